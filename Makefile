@@ -1,0 +1,40 @@
+# LogLM — `make demo` sets up on first use and runs the whole job; `make test` runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test test-fast bench ui lint clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; torch is pinned first so no CUDA build is ever resolved.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m pipelines.demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(ARGS)
+
+bench: setup
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+
+lint: setup
+	$(BIN)/ruff check loglm pipelines tests benchmarks
+
+clean:
+	rm -rf runs outputs .pytest_cache reports/*.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

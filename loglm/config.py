@@ -1,0 +1,219 @@
+"""Typed configuration schema.
+
+Every pipeline composes its Hydra config on top of :class:`RootConfig`, registered as ``schema`` in
+Hydra's ConfigStore.  Because the root is a structured config, a misspelled key or a value of the wrong
+type is refused by Hydra before any work starts, with the offending key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class PathsConfig:
+    # Everything a run writes lives under root: prepared data, models, MLflow store and artifacts.
+    root: str = "runs"
+
+
+@dataclass
+class SessionConfig:
+    # "entity": one session per value of entity_type (e.g. HDFS block id); "window": fixed time windows.
+    by: str = "entity"
+    entity_type: str = "block_id"
+    window_s: float = 3600.0
+    # Sessions longer than this are split into consecutive chunks (each scored; a session's score is
+    # the max over its chunks).  Counted in the manifest as "sessions_split".
+    max_events: int = 256
+    # A session is closed (gets [END]) once its entity has been idle this long before the input ends;
+    # sessions still open when the input ends are scored without [END]. 0 = every session is closed.
+    # Time windows are closed when their span has fully elapsed within the input.
+    idle_close_s: float = 0.0
+
+
+@dataclass
+class SplitConfig:
+    # "chronological": sessions ordered by first timestamp; "seeded": hash of session id;
+    # "predefined": the dataset builder assigns splits itself (e.g. hdfs_keys).
+    method: str = "chronological"
+    train_frac: float = 0.6
+    val_frac: float = 0.1
+    seed: int = 17
+
+
+@dataclass
+class DataConfig:
+    name: str = "hdfs_sample"
+    # reader preset: a name from loglm.ingest.formats.PRESETS, or "sequences" / "hdfs_keys" builders
+    format: str = "hdfs"
+    inputs: list[str] = field(default_factory=list)
+    # optional file with one anomalous entity id per line (evaluation only, never used for training)
+    anomalous_ids: str | None = None
+    session: SessionConfig = field(default_factory=SessionConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    shard_rows: int = 50_000
+    max_line_bytes: int = 65_536
+    # train only on sessions not labelled anomalous (labels come from anomalous_ids, when given)
+    train_normal_only: bool = True
+
+
+@dataclass
+class TokenizerConfig:
+    # Drain-style miner: similarity a line must reach to join an existing template
+    sim_threshold: float = 0.5
+    max_templates: int = 10_000
+    # templates seen fewer times than this in training become UNK
+    min_count: int = 1
+    gap_buckets: int = 16
+    # mask typed parameters (block ids, IPs, paths, numbers, hex) before mining
+    mask_params: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small"
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 258  # [SUM] + session.max_events + [END]
+
+
+@dataclass
+class ObjectiveConfig:
+    mask_ratio: float = 0.15
+    # weight of the LogBERT-style hypersphere term on the summary token (0 disables it)
+    hypersphere_weight: float = 0.1
+    center_momentum: float = 0.99
+    top_k: int = 5
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"
+    num_workers: int = 0
+    seed: int = 42
+    log_every_n_steps: int = 10
+    patience: int = 5
+    progress_bar: bool = True
+    limit_train_batches: float = 1.0
+
+
+@dataclass
+class LoggerConfig:
+    # None -> sqlite store at <paths.root>/mlflow.db with artifacts under <paths.root>/mlartifacts
+    tracking_uri: str | None = None
+    experiment: str = "loglm-pretrain"
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DetectConfig:
+    target_fpr: float = 0.01
+    # session score: "miss_ratio" (share of events outside the model's top-k, tie-broken by mean
+    # surprisal), "mean_surprisal", "max_surprisal"
+    score: str = "miss_ratio"
+    top_k: int = 5
+    # masked views per window; every event is masked in exactly one view, so cost is constant per window
+    n_views: int = 5
+    unk_surprisal: float = 20.0
+    batch_size: int = 256
+    evidence_events: int = 5
+    expected_per_event: int = 3
+
+
+@dataclass
+class DemoConfig:
+    # second stage of the demo: whole HDFS block lifetimes (measurable detection quality)
+    blocks_data: str | None = "hdfs_blocks_sample"
+    blocks_epochs: int = 10
+
+
+@dataclass
+class RootConfig:
+    stage: str = "pretrain"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    # model directory or MLflow run id (detect / evaluate)
+    ckpt: str | None = None
+    # raw input files or directories for detect; empty -> the prepared data's test split
+    inputs: list[str] = field(default_factory=list)
+    # where detect writes alerts (default: <model dir>/alerts/<data.name>.jsonl)
+    out: str | None = None
+    split: str = "test"
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def register_schema() -> None:
+    """Register the typed root schema and the ``${loglm_root:}`` resolver (the project checkout)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="schema", node=RootConfig)
+    if not OmegaConf.has_resolver("loglm_root"):
+        OmegaConf.register_new_resolver("loglm_root", lambda: str(PROJECT_ROOT))
+
+
+def materialize(cfg: Any) -> RootConfig:
+    """A composed Hydra config as the typed dataclass tree every ``run(cfg)`` takes."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, RootConfig):
+        return cfg
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def load_group(group: str, name: str) -> Any:
+    """One option of a config group (e.g. data/hdfs_blocks_sample) as its typed dataclass."""
+    from omegaconf import OmegaConf
+
+    register_schema()
+    schema = {"data": DataConfig, "model": ModelConfig, "tokenizer": TokenizerConfig, "detect": DetectConfig,
+              "objective": ObjectiveConfig, "trainer": TrainerConfig, "logger": LoggerConfig}[group]
+    path = PROJECT_ROOT / "conf" / group / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config {group}={name} ({path})")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path)))
+
+
+def to_plain(cfg: Any) -> dict:
+    """A fully resolved plain dict (what Ray workers and MLflow params get)."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, dict):
+        return cfg
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,132 @@
+"""Alerts: one JSON object per anomalous session, with the evidence an analyst needs to judge it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from loglm.detect.scoring import WindowScores
+from loglm.vocab import UNK, Vocabulary
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")
+
+
+def severity(score: float, threshold: float) -> str:
+    margin = score - threshold
+    scale = max(abs(threshold), 1e-6)
+    if margin > 2 * scale:
+        return "critical"
+    if margin > scale:
+        return "high"
+    if margin > 0.25 * scale:
+        return "medium"
+    return "low"
+
+
+def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: Vocabulary, threshold: float,
+                 evidence_events: int, model_info: dict) -> list[dict]:
+    """Group chunk rows by session; a session alerts when its max chunk score exceeds the threshold."""
+    sids = table.column("session_id").to_pylist()
+    rows_of: dict[str, list[int]] = {}
+    for r, sid in enumerate(sids):
+        rows_of.setdefault(sid, []).append(r)
+    tokens = table.column("tokens").to_pylist()
+    event_idx = table.column("event_idx").to_pylist()
+    labels = table.column("label").to_pylist()
+    etype = table.column("entity_type").to_pylist()
+    entity = table.column("entity").to_pylist()
+    alerts = []
+    for sid, rows in rows_of.items():
+        score = max(float(ws.score[r]) for r in rows)
+        if not score > threshold:
+            continue
+        cands = []  # (surprisal, row, position)
+        for r in rows:
+            for p, s in enumerate(ws.surprisal[r]):
+                cands.append((float(s), r, p))
+        cands.sort(key=lambda c: -c[0])
+        evidence = []
+        for s, r, p in cands[:evidence_events]:
+            expected = [{"template": vocab.token_text(int(t)), "p": round(float(pp), 4)}
+                        for t, pp in zip(ws.expected[r][p], ws.expected_p[r][p]) if pp > 0]
+            position = int(sum(len(tokens[q]) for q in rows if q < r) + p)
+            if p >= len(event_idx[r]):  # the [END] position: the session stopped where the model did not expect
+                last = event(event_idx[r][-1])
+                evidence.append({"position": position, "time": iso(last["ts"]), "file": last["source"],
+                                 "line": int(last["line_no"]), "raw": None, "template": "[END] (session ends here)",
+                                 "known_event": True, "surprisal": round(s, 4),
+                                 "rank": int(min(ws.rank[r][p], 1 << 30)), "expected": expected})
+                continue
+            ev = event(event_idx[r][p])
+            tok = tokens[r][p]
+            tid = ev["template"]
+            tpl = vocab.miner.templates[tid].text if tid is not None and tid >= 0 else ev.get("masked", "")
+            evidence.append({
+                "position": position, "time": iso(ev["ts"]), "file": ev["source"], "line": int(ev["line_no"]),
+                "raw": ev["raw"], "template": tpl, "known_event": tok != UNK, "surprisal": round(s, 4),
+                "rank": int(min(ws.rank[r][p], 1 << 30)), "expected": expected,
+            })
+        evidence.sort(key=lambda e: e["position"])
+        ents: dict[str, list[str]] = {}
+        starts, ends = [], []
+        for r in rows:
+            idx = event_idx[r]
+            first, last = event(idx[0]), event(idx[-1])
+            starts.append(first["ts"])
+            ends.append(last["ts"])
+            for j in idx:
+                for kind, values in event(j)["entities"].items():
+                    bucket = ents.setdefault(kind, [])
+                    bucket.extend(v for v in values if v not in bucket)
+        n_events = int(sum(len(tokens[r]) for r in rows))
+        n_miss = int(sum(int(ws.n_miss[r]) for r in rows))
+        alert = {
+            "alert_id": hashlib.sha256(f"{model_info.get('run_id')}|{sid}".encode()).hexdigest()[:16],
+            "time": iso(max(ends)), "severity": severity(score, threshold),
+            "title": f"Unusual event sequence for {etype[rows[0]]} {entity[rows[0]]}",
+            "session_id": sid, "entity": {"type": etype[rows[0]], "value": entity[rows[0]]},
+            "score": round(score, 6), "threshold": round(threshold, 6),
+            "start_time": iso(min(starts)), "end_time": iso(max(ends)), "n_events": n_events,
+            "n_unexpected_events": n_miss, "entities": ents,
+            "surprising_events": evidence, "model": model_info,
+        }
+        if labels[rows[0]] is not None and labels[rows[0]] >= 0:
+            alert["label"] = int(labels[rows[0]])
+        alerts.append(alert)
+    alerts.sort(key=lambda a: -a["score"])
+    return alerts
+
+
+def write_alerts(path: Path, alerts: list[dict]) -> None:
+    from loglm.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts).encode())
+
+
+def events_from_table(events_tbl) -> Callable[[int], dict]:
+    """Event lookup over a prepared dataset's events.parquet."""
+    cols = {name: events_tbl.column(name).to_pylist() for name in ("source", "line_no", "ts", "template", "raw", "entities")}
+    cache: dict[int, dict] = {}
+
+    def get(i: int) -> dict:
+        if i not in cache:
+            cache[i] = {k: cols[k][i] for k in cols}
+            cache[i]["entities"] = json.loads(cache[i]["entities"])
+        return cache[i]
+
+    return get
+
+
+def events_from_parsed(ev) -> Callable[[int], dict]:
+    def get(i: int) -> dict:
+        return {"source": ev.source[i], "line_no": ev.line_no[i], "ts": ev.ts[i], "template": ev.template[i],
+                "raw": ev.raw[i], "entities": ev.entities[i], "masked": ev.masked[i]}
+
+    return get

@@ -1,0 +1,87 @@
+"""Detection job: score sessions with a trained model, alert above the calibrated threshold."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from loglm.config import DetectConfig
+
+
+def model_dir_for(cfg) -> Path:
+    from loglm.model.store import resolve_model_dir
+
+    if cfg.ckpt:
+        return resolve_model_dir(cfg.ckpt, cfg.paths.root)
+    latest = Path(cfg.paths.root).resolve() / "models" / "latest.json"
+    if latest.is_file():
+        return Path(json.loads(latest.read_text())["model_dir"])
+    raise FileNotFoundError("no model given: pass ckpt=<model dir or run id> (or run pipelines.pretrain first)")
+
+
+def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
+    """Scoring settings must be those the threshold was calibrated with."""
+    cal = loaded.calibration
+    if cal is None:
+        raise ValueError(f"{loaded.folder} has no calibration.json: it cannot decide what is anomalous")
+    return replace(cfg_detect, score=cal["score"], top_k=cal["top_k"], n_views=cal["n_views"],
+                   unk_surprisal=cal["unk_surprisal"])
+
+
+def score_input(cfg, loaded):
+    """Sessions to score (a pyarrow table), an event lookup, and the line accounting."""
+    from loglm.detect.alerts import events_from_parsed, events_from_table
+    from loglm.ingest.prepare import parse_inputs, prepared_dir, read_id_list
+    from loglm.ingest.sessions import label_sessions
+    from loglm.shards import read_events, read_sessions, session_table
+
+    if cfg.inputs:
+        parsed = parse_inputs(list(cfg.inputs), cfg.data, loaded.vocab.miner, frozen=True,
+                              mask=loaded.vocab.mask_params)
+        label_sessions(parsed.sessions, parsed.events,
+                       read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None)
+        for s in parsed.sessions:
+            s.split = "detect"
+        table = session_table(parsed.sessions, parsed.events, loaded.vocab)
+        return table, events_from_parsed(parsed.events), parsed.account.as_dict(), parsed.rejections
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    table = read_sessions(data_dir, cfg.split)
+    return table, events_from_table(read_events(data_dir)), None, []
+
+
+def run(cfg) -> dict:
+    from loglm.detect.alerts import build_alerts, write_alerts
+    from loglm.training.data import windows_of
+    from loglm.detect.scoring import score_windows
+    from loglm.model.store import load_model
+
+    t0 = time.perf_counter()
+    model_dir = model_dir_for(cfg)
+    loaded = load_model(model_dir)
+    dcfg = detect_config_of(loaded, cfg.detect)
+    table, event, account, rejections = score_input(cfg, loaded)
+    toks, gaps, closed = windows_of(table)
+    ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
+    threshold = float(loaded.calibration["threshold"])
+    info = {"run_id": loaded.meta.get("run_id"), "model_dir": str(model_dir)}
+    alerts = build_alerts(table, ws, event, loaded.vocab, threshold, dcfg.evidence_events, info)
+    out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
+    write_alerts(out, alerts)
+    n_sessions = len(set(table.column("session_id").to_pylist()))
+    n_events = int(sum(len(t) for t in toks))
+    elapsed = time.perf_counter() - t0
+    summary = {"alerts_path": str(out), "alerts": len(alerts), "sessions_scored": n_sessions,
+               "events_scored": n_events, "threshold": threshold, "seconds": round(elapsed, 3),
+               "events_per_s": round(n_events / max(elapsed, 1e-9), 1), "model_dir": str(model_dir)}
+    if account is not None:
+        summary["lines"] = account
+        if rejections:
+            rej_path = out.with_suffix(".rejected.jsonl")
+            from loglm.artifacts import atomic_write_bytes
+
+            atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": r}) + "\n"
+                                                 for f, n, r in rejections).encode())
+            summary["rejected_path"] = str(rej_path)
+    return summary

@@ -1,0 +1,120 @@
+"""Evaluation job: test-split metrics at the validation-calibrated threshold, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loglm.detect.metrics import HDFS_ANOMALOUS, HDFS_NORMAL, detection_metrics, reweighted_f1, unique_items
+from loglm.detect.scoring import session_max
+
+METRIC_KEYS = ("precision", "recall", "f1", "fpr", "auroc", "pr_auc")
+
+
+def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+    """Per session: ids, labels, max chunk score, and the full event sequence (for deduplication)."""
+    sids = table.column("session_id").to_pylist()
+    labels = dict(zip(sids, table.column("label").to_pylist()))
+    seqs: dict[str, list] = {}
+    for sid, t in zip(sids, table.column("tokens").to_pylist()):
+        seqs.setdefault(sid, []).extend(t)
+    best = session_max(sids, scores)
+    ids = list(best)
+    return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [tuple(seqs[i]) for i in ids]
+
+
+def evaluate_scores(ids, labels, scores, seqs, threshold: float, hdfs_prevalence: bool) -> dict:
+    known = labels >= 0
+    if not known.any():
+        raise ValueError("the evaluation split has no labelled sessions (give data.anomalous_ids)")
+    labels, scores = labels[known], scores[known]
+    seqs = [s for s, k in zip(seqs, known) if k]
+    result = {"all": detection_metrics(labels, scores, threshold)}
+    uy, us = unique_items(seqs, labels, scores)
+    result["unique"] = detection_metrics(uy, us, threshold)
+    if hdfs_prevalence:
+        for part in ("all", "unique"):
+            m = result[part]
+            m["f1_reweighted"] = reweighted_f1(m["recall"], m["fpr"], HDFS_NORMAL, HDFS_ANOMALOUS)
+    return result
+
+
+def print_table(result: dict, title: str) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = ["items", "n", "TP", "FP", "TN", "FN", "precision", "recall", "F1", "FPR", "AUROC", "PR-AUC"]
+    if "f1_reweighted" in result["all"]:
+        cols.append("F1@HDFS prevalence")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for part, m in result.items():
+        row = [part, str(m["n"]), str(m["tp"]), str(m["fp"]), str(m["tn"]), str(m["fn"])]
+        row += [f"{m[k]:.4f}" for k in METRIC_KEYS]
+        if "f1_reweighted" in m:
+            row.append(f"{m['f1_reweighted']:.4f}")
+        table.add_row(*row)
+    console = Console(width=160)
+    console.print(table)
+    with console.capture() as cap:
+        console.print(table)
+    return cap.get()
+
+
+def run(cfg) -> dict:
+    import mlflow
+
+    from loglm import tracking
+    from loglm.artifacts import atomic_write_json
+    from loglm.training.data import windows_of
+    from loglm.detect.detector import detect_config_of, model_dir_for
+    from loglm.detect.scoring import score_windows
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions
+
+    t0 = time.perf_counter()
+    model_dir = model_dir_for(cfg)
+    loaded = load_model(model_dir)
+    dcfg = detect_config_of(loaded, cfg.detect)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    table = read_sessions(data_dir, cfg.split)
+    toks, gaps, closed = windows_of(table)
+    ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
+    ids, labels, scores, seqs = session_scores(table, ws.score)
+    threshold = float(loaded.calibration["threshold"])
+    result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
+    elapsed = time.perf_counter() - t0
+
+    pretrain_run = loaded.meta.get("run_id")
+    text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split} (threshold {threshold:.4f} from validation normal, "
+                               f"target FPR {loaded.calibration['target_fpr']})")
+    exp = tracking.ensure_experiment(cfg, "loglm-eval")
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    run = client.create_run(exp, run_name=f"eval-{cfg.data.name}-{cfg.split}",
+                            tags=tracking.run_tags(cfg, {"pretrain_run_id": pretrain_run, "split": cfg.split,
+                                                         "model_dir": str(model_dir)}))
+    rid = run.info.run_id
+    for part, m in result.items():
+        for k, v in m.items():
+            if isinstance(v, float) and np.isfinite(v) or isinstance(v, int):
+                client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_unique/{k}", float(v))
+    out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "metrics.json", result)
+    (out_dir / "metrics.txt").write_text(text)
+    client.log_artifacts(rid, str(out_dir), "eval")
+    client.set_terminated(rid)
+    if pretrain_run:  # link back: the pretrain run shows its latest evaluation
+        try:
+            client.log_metric(pretrain_run, "eval/f1", result["all"]["f1"])
+            client.log_metric(pretrain_run, "eval/auroc", result["all"]["auroc"])
+            client.set_tag(pretrain_run, "latest_eval_run_id", rid)
+        except Exception:  # the model may come from another tracking store
+            pass
+    return {"run_id": rid, "metrics": result, "seconds": round(elapsed, 3), "table": text,
+            "metrics_path": str(out_dir / "metrics.json"), "scores": {"ids": ids, "labels": labels, "scores": scores}}

@@ -1,0 +1,114 @@
+"""Dataset builders for inputs that are already event sequences (no raw lines to parse).
+
+``hdfs_blocks``: ``blk_<id>,<event ids>`` lines (loghub numbering) from a normal file and an abnormal file:
+normal blocks are split session-disjointly by a seeded hash of the block id (train / val / test by
+data.split fractions); every abnormal block is a test item (anomalies are never trained on).
+
+``hdfs_keys``: the DeepLog/logdeep HDFS log-key sessions with the fixed ``hdfs_keys`` protocol of
+EVAL_PROTOCOLS.md: train = ``hdfs_train`` (normal), validation = a seeded 10% of it, test = label-0 rows
+of ``robust_log_train.csv``/``robust_log_valid.csv`` plus every session of ``hdfs_test_abnormal``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+from loglm.config import DataConfig
+from loglm.ingest.readers import LineAccount
+from loglm.ingest.sessions import Events, Session
+from loglm.ingest.templates import Template, TemplateMiner
+
+
+def _templates_miner(templates_csv: Path) -> TemplateMiner:
+    miner = TemplateMiner(sim_threshold=1.0)
+    for i, line in enumerate(templates_csv.read_text().splitlines()):
+        miner.templates.append(Template(i, line.replace("<*>", " <*> ").split()))
+    return miner
+
+
+def _add_sequence(ev: Events, sessions: list[Session], account: LineAccount, rejections: list,
+                  source: str, line_no: int, sid: str, keys_text: str, label: int, split: str,
+                  n_templates: int, max_events: int, entity_type: str = "session") -> None:
+    account.read += 1
+    try:
+        keys = [int(k) for k in keys_text.split()]
+    except ValueError:
+        keys = []
+    if not keys or min(keys) < 1 or max(keys) > n_templates:
+        account.reject("bad key sequence")
+        rejections.append((source, line_no, f"bad key sequence: {keys_text[:60]!r}"))
+        return
+    account.accepted += 1
+    start = len(ev.ts)
+    for k in keys:
+        ev.source.append(source)
+        ev.line_no.append(line_no)
+        ev.ts.append(0.0)
+        ev.template.append(k - 1)
+        ev.masked.append(f"E{k}")
+        ev.raw.append(f"E{k}")
+        ev.entities.append({entity_type: [sid]})
+        ev.label.append(None)
+    idx = list(range(start, len(ev.ts)))
+    for c in range(0, len(idx), max_events):
+        sessions.append(Session(sid, entity_type, sid, idx[c:c + max_events], chunk=c // max_events, label=label, split=split,
+                                closed=c + max_events >= len(idx)))
+
+
+def build_hdfs_keys(data: DataConfig):
+    from loglm.ingest.prepare import Parsed
+
+    keys_dir, templates_csv = (Path(p) for p in data.inputs)
+    miner = _templates_miner(templates_csv)
+    n_tpl = len(miner.templates)
+    ev, sessions, account, rejections = Events(), [], LineAccount(), []
+    me = data.session.max_events
+
+    def val_or_train(line_no: int) -> str:
+        h = int(hashlib.sha256(f"{data.split.seed}:{line_no}".encode()).hexdigest()[:12], 16) / 16**12
+        return "val" if h < data.split.val_frac else "train"
+
+    src = str(keys_dir / "hdfs_train")
+    for n, line in enumerate(open(src), 1):
+        _add_sequence(ev, sessions, account, rejections, src, n, f"train-{n}", line, 0, val_or_train(n), n_tpl, me)
+    for name in ("robust_log_train.csv", "robust_log_valid.csv"):
+        src = str(keys_dir / name)
+        with open(src) as fh:
+            for n, row in enumerate(csv.DictReader(fh), 2):
+                if row["label"].strip() != "0":
+                    continue  # anomalies come from hdfs_test_abnormal, which holds all of them
+                _add_sequence(ev, sessions, account, rejections, src, n, f"{name}-{n}", row["Sequence"], 0,
+                              "test", n_tpl, me)
+    src = str(keys_dir / "hdfs_test_abnormal")
+    for n, line in enumerate(open(src), 1):
+        _add_sequence(ev, sessions, account, rejections, src, n, f"abnormal-{n}", line, 1, "test", n_tpl, me)
+    return Parsed(ev, account, rejections, sessions), miner
+
+
+def _seeded_split(seed: int, key: str, train_frac: float, val_frac: float) -> str:
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+    return "train" if h < train_frac else "val" if h < train_frac + val_frac else "test"
+
+
+def build_hdfs_blocks(data: DataConfig):
+    from loglm.ingest.prepare import Parsed
+    from loglm.ingest.readers import open_binary
+
+    normal, abnormal, templates_csv = (Path(p) for p in data.inputs)
+    miner = _templates_miner(templates_csv)
+    ev, sessions, account, rejections = Events(), [], LineAccount(), []
+    for path, label in ((normal, 0), (abnormal, 1)):
+        with open_binary(path) as fh:
+            for n, raw in enumerate(fh, 1):
+                line = raw.decode("utf-8", "replace").strip()
+                blk, _, keys = line.partition(",")
+                split = "test" if label else _seeded_split(data.split.seed, blk, data.split.train_frac,
+                                                           data.split.val_frac)
+                _add_sequence(ev, sessions, account, rejections, str(path), n, blk, keys, label, split,
+                              len(miner.templates), data.session.max_events, "block_id")
+    return Parsed(ev, account, rejections, sessions), miner
+
+
+BUILDERS = {"hdfs_keys": build_hdfs_keys, "hdfs_blocks": build_hdfs_blocks}

@@ -1,0 +1,148 @@
+"""Ingest stage: raw log files -> events -> sessions -> Parquet token shards + vocabulary + manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from loglm.artifacts import atomic_write_bytes, write_manifest
+from loglm.config import DataConfig, TokenizerConfig
+from loglm.ingest.formats import get_format
+from loglm.ingest.params import entities_of, mask_params
+from loglm.ingest.readers import LineAccount, RawTextReader, Rejection, expand_inputs
+from loglm.ingest.sessions import Events, Session, assign_splits, label_sessions, sessionize
+from loglm.ingest.templates import TemplateMiner
+from loglm.vocab import Vocabulary
+
+
+@dataclass
+class Parsed:
+    events: Events
+    account: LineAccount
+    rejections: list[tuple[str, int, str]]
+    sessions: list[Session]
+
+
+def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, frozen: bool,
+                 mask: bool = True) -> Parsed:
+    """Read, mine (or, frozen, only match) templates and sessionize; every line accepted or rejected."""
+    reader = RawTextReader(get_format(data.format), data.max_line_bytes)
+    account = LineAccount()
+    rejections: list[tuple[str, int, str]] = []
+    ev = Events()
+    for path in expand_inputs(inputs):
+        for item in reader.read(path, account):
+            if isinstance(item, Rejection):
+                rejections.append((item.source, item.line_no, item.reason))
+                continue
+            masked, params = mask_params(item.content) if mask else (item.content, {})
+            tid = miner.match(masked) if frozen else miner.add(masked)
+            ents = entities_of(params)
+            for kind, value in item.header_entities.items():
+                ents.setdefault(kind, []).append(value)
+            ev.source.append(item.source)
+            ev.line_no.append(item.line_no)
+            ev.ts.append(item.ts)
+            ev.template.append(-1 if tid is None else tid)
+            ev.masked.append(masked)
+            ev.raw.append(item.raw)
+            ev.entities.append(ents)
+            ev.label.append(item.label)
+    sessions = sessionize(ev, data.session, account, rejections)
+    return Parsed(ev, account, rejections, sessions)
+
+
+def read_id_list(path: str) -> set[str]:
+    with open(path) as fh:
+        return {line.strip() for line in fh if line.strip()}
+
+
+def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, tok: TokenizerConfig) -> Vocabulary:
+    """Vocabulary from training sessions only: templates first seen elsewhere are UNK to the model."""
+    counts: Counter = Counter()
+    for s in sessions:
+        if s.split == "train":
+            counts.update(events.template[j] for j in s.event_idx)
+    keep = sorted(tid for tid, c in counts.items() if c >= tok.min_count and tid >= 0)
+    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params)
+
+
+def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
+    from loglm.shards import events_table, session_table, write_session_shards
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in (out / "sessions").glob("shard-*.parquet"):
+        old.unlink()
+    table = session_table(parsed.sessions, parsed.events, vocab)
+    write_session_shards(table, out / "sessions", data.shard_rows)
+    tmp = out / ".events.parquet.tmp"
+    pq.write_table(events_table(parsed.events), tmp, compression="zstd")
+    tmp.replace(out / "events.parquet")
+    vocab_sha = vocab.save(out / "vocab.json")
+    lines = [json.dumps({"file": f, "line": n, "reason": r}) for f, n, r in parsed.rejections]
+    atomic_write_bytes(out / "rejected.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
+
+    splits = Counter(s.split for s in parsed.sessions if s.chunk == 0)
+    labels = Counter((s.split, s.label) for s in parsed.sessions if s.chunk == 0)
+    acct = parsed.account.as_dict()
+    assert acct["read"] == acct["accepted"] + acct["rejected"], acct
+    summary = {
+        "dataset": data.name, "format": data.format, "inputs": list(data.inputs), "lines": acct,
+        "events": len(parsed.events), "sessions": len({s.session_id for s in parsed.sessions}),
+        "session_rows": len(parsed.sessions), "sessions_split": sum(1 for s in parsed.sessions if s.chunk == 1),
+        "sessions_by_split": dict(splits),
+        "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(labels.items())},
+        "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
+        **extra,
+    }
+    manifest = write_manifest(out, {"summary": summary})
+    shard_hashes = "".join(v["sha256"] for k, v in sorted(manifest["files"].items()) if k.startswith("sessions/"))
+    import hashlib
+
+    summary["data_sha256"] = hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest()
+    write_manifest(out, {"summary": summary})
+    return summary
+
+
+def prepared_dir(root: str | Path, name: str) -> Path:
+    return Path(root).resolve() / "data" / name
+
+
+def run(cfg) -> dict:
+    """Prepare ``cfg.data`` into ``<paths.root>/data/<data.name>``; returns the manifest summary."""
+    from loglm.ingest import builders
+
+    data: DataConfig = cfg.data
+    out = prepared_dir(cfg.paths.root, data.name)
+    t0 = time.perf_counter()
+    if data.format in builders.BUILDERS:
+        parsed, miner = builders.BUILDERS[data.format](data)
+    else:
+        if not data.inputs:
+            raise ValueError("data.inputs is empty: give raw log files or directories")
+        miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+        parsed = parse_inputs(list(data.inputs), data, miner, frozen=False, mask=cfg.tokenizer.mask_params)
+        anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
+        label_sessions(parsed.sessions, parsed.events, anomalous)
+        assign_splits(parsed.sessions, parsed.events, data.split)
+    if parsed.account.accepted == 0:
+        f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
+        raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
+                         f"first rejection: {f}:{n}: {reason}")
+    if data.train_normal_only:
+        # anomalous training sessions are held out of training entirely (they are never test items either)
+        for s in parsed.sessions:
+            if s.split == "train" and s.label == 1:
+                s.split = "train_heldout_anomalous"
+    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer)
+    elapsed = time.perf_counter() - t0
+    summary = write_prepared(out, parsed, vocab, data, {
+        "seconds": round(elapsed, 3),
+        "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
+        "path": str(out),
+    })
+    return summary

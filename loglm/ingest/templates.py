@@ -1,0 +1,111 @@
+"""Template mining: group log messages into event templates (a Drain-style fixed-depth miner).
+
+Messages are first masked (typed parameters become ``<kind>``), then grouped by token count and first
+token; within a group a message joins the most similar template when at least ``sim_threshold`` of its
+tokens agree, and differing positions become ``<*>``.  Template ids are assigned in order of first
+appearance and never change, so a miner continued on new data keeps old ids stable.  An exact-text cache
+makes repeated messages (the bulk of any log) a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WILDCARD = "<*>"
+
+
+@dataclass
+class Template:
+    id: int
+    tokens: list[str]
+    count: int = 0
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+
+class TemplateMiner:
+    def __init__(self, sim_threshold: float = 0.5, max_templates: int = 10_000):
+        self.sim_threshold = sim_threshold
+        self.max_templates = max_templates
+        self.templates: list[Template] = []
+        self._groups: dict[tuple[int, str], list[int]] = {}
+        self._cache: dict[str, int] = {}
+        self._cache_limit = 1_000_000
+
+    @staticmethod
+    def _group_key(tokens: list[str]) -> tuple[int, str]:
+        first = tokens[0] if tokens else ""
+        if any(c.isdigit() for c in first) or first.startswith("<"):
+            first = WILDCARD
+        return len(tokens), first
+
+    @staticmethod
+    def _similarity(template: list[str], tokens: list[str]) -> float:
+        same = 0
+        for t, s in zip(template, tokens):
+            if t == s or t == WILDCARD:
+                same += 1
+        return same / max(1, len(tokens))
+
+    def _best(self, tokens: list[str]) -> tuple[int | None, float]:
+        best, best_sim = None, -1.0
+        for tid in self._groups.get(self._group_key(tokens), ()):
+            sim = self._similarity(self.templates[tid].tokens, tokens)
+            if sim > best_sim:
+                best, best_sim = tid, sim
+        return best, best_sim
+
+    def add(self, masked: str) -> int:
+        """Assign a template to a masked message, creating or generalising one as needed."""
+        tid = self._cache.get(masked)
+        if tid is not None:
+            self.templates[tid].count += 1
+            return tid
+        tokens = masked.split()
+        best, sim = self._best(tokens)
+        if best is not None and sim >= self.sim_threshold:
+            tpl = self.templates[best]
+            tpl.tokens = [t if t == s else WILDCARD for t, s in zip(tpl.tokens, tokens)]
+            tid = best
+        else:
+            if len(self.templates) >= self.max_templates:
+                raise OverflowError(
+                    f"template limit reached ({self.max_templates}); raise tokenizer.max_templates or "
+                    "check the input format (a wrong header format makes every line a new template)")
+            tid = len(self.templates)
+            self.templates.append(Template(tid, tokens))
+            self._groups.setdefault(self._group_key(tokens), []).append(tid)
+        self.templates[tid].count += 1
+        if len(self._cache) < self._cache_limit:
+            self._cache[masked] = tid
+        return tid
+
+    def match(self, masked: str) -> int | None:
+        """Template of a message without changing the miner (detection time); None when unseen."""
+        tid = self._cache.get(masked)
+        if tid is not None:
+            return tid
+        tokens = masked.split()
+        best, sim = self._best(tokens)
+        if best is None:
+            return None
+        tpl = self.templates[best].tokens
+        if all(t == s or t == WILDCARD for t, s in zip(tpl, tokens)):
+            return best
+        return None
+
+    def state(self) -> dict:
+        return {"sim_threshold": self.sim_threshold, "max_templates": self.max_templates,
+                "templates": [{"id": t.id, "tokens": t.tokens, "count": t.count} for t in self.templates]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TemplateMiner:
+        miner = cls(state["sim_threshold"], state["max_templates"])
+        for item in state["templates"]:
+            tpl = Template(item["id"], list(item["tokens"]), item["count"])
+            assert tpl.id == len(miner.templates), "template ids must be dense and ordered"
+            miner.templates.append(tpl)
+            miner._groups.setdefault(cls._group_key(tpl.tokens), []).append(tpl.id)
+        return miner

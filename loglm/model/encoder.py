@@ -1,0 +1,104 @@
+"""The LogLM encoder: a compact pre-LN transformer over event tokens, on fused SDPA attention.
+
+Input position 0 is the ``[SUM]`` summary token; every other position is one event, embedded as
+event token + position + time-gap bucket.  No framework code here: a plain ``nn.Module`` with a config
+dataclass, so the same file serves training, distillation and ONNX export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 257
+    gap_buckets: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, l, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class LogEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.gap = nn.Embedding(cfg.gap_buckets, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        # masked-event head, output matrix tied to the input embedding
+        self.head_transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model))
+        self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """tokens, gaps: (B, L) int; pad_mask: (B, L) bool, True on real positions. Returns (B, L, d)."""
+        l = tokens.shape[1]
+        if l > self.cfg.max_len:
+            raise ValueError(f"sequence length {l} exceeds model.max_len={self.cfg.max_len}")
+        pos = torch.arange(l, device=tokens.device)
+        x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self.gap(gaps))
+        attn_mask = pad_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head_transform(hidden) @ self.tok.weight.T + self.head_bias
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

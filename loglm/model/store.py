@@ -1,0 +1,81 @@
+"""Model directories: weights (safetensors), architecture, vocabulary, calibration, sha256 manifest.
+
+A model directory describes itself, so detection needs nothing but the folder.  It is checked against
+its manifest on load: a missing, truncated or altered file is refused with its name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from loglm.artifacts import atomic_write_json, verify_manifest, write_manifest
+from loglm.model.encoder import EncoderConfig, LogEncoder
+
+WEIGHTS = "model.safetensors"
+ARCH = "model.json"
+VOCAB = "vocab.json"
+CALIBRATION = "calibration.json"
+
+
+def save_weights(folder: Path, encoder: LogEncoder, center: torch.Tensor, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tensors["center"] = center.detach().cpu().contiguous()
+    tmp = folder / f".{WEIGHTS}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "loglm-encoder/1"})
+    tmp.replace(folder / WEIGHTS)
+    atomic_write_json(folder / ARCH, {"encoder": encoder.cfg.to_dict(), **meta})
+
+
+def finalize(folder: Path, vocab_path: Path, extra: dict | None = None) -> dict:
+    """Copy the vocabulary in and seal the folder with a manifest."""
+    if vocab_path.resolve() != (folder / VOCAB).resolve():
+        shutil.copyfile(vocab_path, folder / VOCAB)
+    return write_manifest(folder, extra)
+
+
+class LoadedModel:
+    def __init__(self, folder: Path, encoder: LogEncoder, center: torch.Tensor, meta: dict):
+        from loglm.vocab import Vocabulary
+
+        self.folder = folder
+        self.encoder = encoder.eval()
+        self.center = center
+        self.meta = meta
+        self.vocab = Vocabulary.load(folder / VOCAB)
+        cal = folder / CALIBRATION
+        self.calibration = json.loads(cal.read_text()) if cal.is_file() else None
+
+
+def load_model(folder: str | Path, verify: bool = True) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model directory not found: {folder}")
+    if verify:
+        verify_manifest(folder, required=(WEIGHTS, ARCH, VOCAB))
+    meta = json.loads((folder / ARCH).read_text())
+    encoder = LogEncoder(EncoderConfig(**meta["encoder"]))
+    tensors = load_file(str(folder / WEIGHTS))
+    state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    encoder.load_state_dict(state)
+    return LoadedModel(folder, encoder, tensors["center"], meta)
+
+
+def resolve_model_dir(ckpt: str, root: str | Path) -> Path:
+    """A model directory path, or an MLflow run id whose run recorded one."""
+    p = Path(ckpt).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    candidate = Path(root).resolve() / "models" / ckpt
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(
+        f"ckpt={ckpt!r} is neither a model directory nor a run id with a folder under {Path(root).resolve() / 'models'}")

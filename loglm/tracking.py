@@ -1,0 +1,61 @@
+"""MLflow: a local sqlite store by default, artifacts under the project's run folder, one run per job."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from loglm.config import flatten, to_plain
+
+SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential|private[_-]?key)", re.I)
+
+
+def tracking_uri(cfg) -> str:
+    if cfg.logger.tracking_uri:
+        return cfg.logger.tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = Path(cfg.paths.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def ensure_experiment(cfg, name: str) -> str:
+    """Experiment id; a new experiment stores artifacts under <paths.root>/mlartifacts (not the cwd)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = tracking_uri(cfg)
+    location = None
+    if not uri.startswith("http"):
+        location = (Path(cfg.paths.root).resolve() / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def loggable_params(cfg) -> dict[str, str]:
+    """The resolved config, flattened, with anything that looks like a secret scrubbed."""
+    out = {}
+    for k, v in flatten(to_plain(cfg)).items():
+        out[k] = "***" if SECRET_KEY.search(k.split(".")[-1]) else str(v)[:500]
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg, extra: dict | None = None) -> dict[str, str]:
+    tags = {"git_commit": git_commit(), "seed": str(cfg.trainer.seed), "dataset": cfg.data.name}
+    tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags

@@ -1,0 +1,27 @@
+"""Lightning callbacks of the pretraining job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class BestWeights(pl.Callback):
+    """Writes model.safetensors each time validation loss improves (rank 0 only)."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder, self.meta = folder, meta
+        self.best, self.best_epoch = float("inf"), -1
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is None or float(loss) >= self.best:
+            return
+        from loglm.model.store import save_weights
+
+        self.best, self.best_epoch = float(loss), trainer.current_epoch
+        save_weights(self.folder, module.encoder, module.center,
+                     {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": self.best})

@@ -1,0 +1,101 @@
+"""The LightningModule: masked-event pretraining of a LogEncoder (plus the optional hypersphere term)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning.pytorch as pl
+import torch
+
+from loglm.model.encoder import EncoderConfig, LogEncoder
+from loglm.objectives import IGNORE, hypersphere_loss, mask_events, masked_event_loss
+
+
+class LogLMModule(pl.LightningModule):
+    def __init__(self, encoder: dict, mask_ratio: float = 0.15, hypersphere_weight: float = 0.0,
+                 center_momentum: float = 0.99, top_k: int = 5, lr: float = 1e-3, weight_decay: float = 0.01,
+                 warmup_steps: int = 50):
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = LogEncoder(EncoderConfig(**encoder))
+        # centre of normal summary vectors, tracked as an EMA of training batches (never back-propagated)
+        self.register_buffer("center", torch.zeros(self.encoder.cfg.d_model))
+        self.register_buffer("center_ready", torch.tensor(False))
+        self._events = 0
+        self._t0 = 0.0
+
+    def _step(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
+                                     self.encoder.cfg.vocab_size, generator)
+        hidden = self.encoder(inputs, batch["gaps"], batch["pad_mask"])
+        target = labels != IGNORE
+        logits = self.encoder.logits(hidden[target])  # only the masked positions reach the vocab head
+        gold = labels[target]
+        out = {"mlm": masked_event_loss(logits, gold), "logits": logits, "gold": gold}
+        loss = out["mlm"]
+        if hp.hypersphere_weight > 0:
+            summary = hidden[:, 0]
+            if self.training:
+                with torch.no_grad():
+                    mean = summary.detach().mean(0)
+                    if bool(self.center_ready):
+                        self.center.mul_(hp.center_momentum).add_((1 - hp.center_momentum) * mean)
+                    else:
+                        self.center.copy_(mean)
+                        self.center_ready.fill_(True)
+            out["sphere"] = hypersphere_loss(summary, self.center)
+            loss = loss + hp.hypersphere_weight * out["sphere"]
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self._step(batch)
+        n_events = int(batch["pad_mask"].sum()) - batch["tokens"].shape[0]
+        self._events += n_events
+        bs = batch["tokens"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
+        self.log("train/mlm_loss", out["mlm"], batch_size=bs)
+        if "sphere" in out:
+            self.log("train/sphere_loss", out["sphere"], batch_size=bs)
+        return out["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self._events, self._t0 = 0, time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        dt = time.perf_counter() - self._t0
+        if dt > 0:
+            self.log("perf/events_per_s", self._events / dt, sync_dist=True, reduce_fx="sum")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # a fixed mask per batch makes validation loss comparable across epochs
+        gen = torch.Generator(device=batch["tokens"].device).manual_seed(1000 + batch_idx)
+        out = self._step(batch, gen)
+        k = min(self.hparams.top_k, out["logits"].shape[-1])
+        top = out["logits"].topk(k, dim=-1).indices
+        gold = out["gold"]
+        n = gold.numel()
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/masked_acc", (top[:, 0] == gold).float().mean(), batch_size=n, sync_dist=True)
+        self.log("val/top_k_acc", (top == gold[:, None]).any(-1).float().mean(), batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (no_decay if p.ndim < 2 or "ln" in name or name.endswith("bias") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = min(hp.warmup_steps, total // 5 + 1)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, total - warm)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

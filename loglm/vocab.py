@@ -1,0 +1,70 @@
+"""The log vocabulary: special tokens, one token per training template, time-gap buckets.
+
+It carries the template miner's state, so the same file turns new raw lines into the same token ids at
+detection time; a template absent from training becomes the explicit ``[UNK]`` token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from loglm.ingest.templates import TemplateMiner
+
+SPECIALS = ["[PAD]", "[MASK]", "[UNK]", "[SUM]", "[END]"]
+# [SUM] opens every session (its summary vector); [END] closes it, so the model also predicts where a
+# session should end and a session cut short (missing events) becomes surprising.
+PAD, MASK, UNK, SUM, END = range(len(SPECIALS))
+
+
+def gap_bucket(gap_s: float, n_buckets: int) -> int:
+    """0 for no gap, then logarithmic buckets: (0,1) s -> 1, [1,3) s -> 2, [3,7) s -> 3, ..."""
+    if not gap_s > 0:
+        return 0
+    return min(n_buckets - 1, 1 + int(math.log2(1.0 + gap_s)))
+
+
+class Vocabulary:
+    def __init__(self, miner: TemplateMiner, template_ids: list[int], gap_buckets: int, mask_params: bool):
+        self.miner = miner
+        self.template_ids = list(template_ids)  # token SUM+1+i  <->  template_ids[i]
+        self.token_of = {tid: len(SPECIALS) + i for i, tid in enumerate(self.template_ids)}
+        self.gap_buckets = gap_buckets
+        self.mask_params = mask_params
+
+    @property
+    def size(self) -> int:
+        return len(SPECIALS) + len(self.template_ids)
+
+    def token(self, template_id: int | None) -> int:
+        if template_id is None:
+            return UNK
+        return self.token_of.get(template_id, UNK)
+
+    def token_text(self, token: int) -> str:
+        if token < len(SPECIALS):
+            return SPECIALS[token]
+        return self.miner.templates[self.template_ids[token - len(SPECIALS)]].text
+
+    def to_dict(self) -> dict:
+        return {"format": "loglm-vocab/1", "specials": SPECIALS, "template_ids": self.template_ids,
+                "gap_buckets": self.gap_buckets, "mask_params": self.mask_params, "miner": self.miner.state()}
+
+    def save(self, path: str | Path) -> str:
+        from loglm.artifacts import atomic_write_bytes
+
+        data = json.dumps(self.to_dict(), sort_keys=True).encode()
+        atomic_write_bytes(Path(path), data)
+        return hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read vocabulary {path}: {e}") from e
+        if d.get("format") != "loglm-vocab/1":
+            raise ValueError(f"{path} is not a LogLM vocabulary (format={d.get('format')!r})")
+        return cls(TemplateMiner.from_state(d["miner"]), d["template_ids"], d["gap_buckets"], d["mask_params"])
