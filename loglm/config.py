@@ -132,6 +132,8 @@ class DetectConfig:
     batch_size: int = 256
     evidence_events: int = 5
     expected_per_event: int = 3
+    # also write every session's score (Parquet) next to the alerts, for SIEM enrichment and audits
+    write_scores: bool = True
 
 
 @dataclass

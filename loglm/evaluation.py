@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -70,12 +69,12 @@ def run(cfg) -> dict:
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
-    from loglm.training.data import windows_of
     from loglm.detect.detector import detect_config_of, model_dir_for
     from loglm.detect.scoring import score_windows
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import load_model
     from loglm.shards import read_sessions
+    from loglm.training.data import windows_of
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable
 
 
-
 def entry(config_name: str, run: Callable[[object], dict], show: Callable[[dict], None] | None = None):
     import hydra
 

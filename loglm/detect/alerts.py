@@ -8,8 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from loglm.detect.scoring import WindowScores
 from loglm.vocab import UNK, Vocabulary
 

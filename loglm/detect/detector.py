@@ -51,11 +51,35 @@ def score_input(cfg, loaded):
     return table, events_from_table(read_events(data_dir)), None, []
 
 
+def write_session_scores(path: Path, table, ws) -> None:
+    """One row per scored session (max over its chunks), alerting or not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict] = {}
+    cols = {c: table.column(c).to_pylist() for c in ("session_id", "entity_type", "entity", "start_ts", "end_ts", "label")}
+    for r, sid in enumerate(cols["session_id"]):
+        score = float(ws.score[r])
+        cur = rows.get(sid)
+        if cur is None:
+            rows[sid] = {**{c: cols[c][r] for c in cols}, "score": score, "n_events": int(ws.n_events[r])}
+        else:
+            cur["score"] = max(cur["score"], score)
+            cur["n_events"] += int(ws.n_events[r])
+            cur["start_ts"] = min(cur["start_ts"], cols["start_ts"][r])
+            cur["end_ts"] = max(cur["end_ts"], cols["end_ts"][r])
+    out = pa.Table.from_pylist(list(rows.values()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(out, tmp)
+    tmp.replace(path)
+
+
 def run(cfg) -> dict:
     from loglm.detect.alerts import build_alerts, write_alerts
-    from loglm.training.data import windows_of
     from loglm.detect.scoring import score_windows
     from loglm.model.store import load_model
+    from loglm.training.data import windows_of
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)
@@ -69,10 +93,13 @@ def run(cfg) -> dict:
     alerts = build_alerts(table, ws, event, loaded.vocab, threshold, dcfg.evidence_events, info)
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     write_alerts(out, alerts)
+    if cfg.detect.write_scores:
+        write_session_scores(out.with_suffix(".scores.parquet"), table, ws)
     n_sessions = len(set(table.column("session_id").to_pylist()))
     n_events = int(sum(len(t) for t in toks))
     elapsed = time.perf_counter() - t0
-    summary = {"alerts_path": str(out), "alerts": len(alerts), "sessions_scored": n_sessions,
+    summary = {"alerts_path": str(out), "alerts": len(alerts),
+               "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None, "sessions_scored": n_sessions,
                "events_scored": n_events, "threshold": threshold, "seconds": round(elapsed, 3),
                "events_per_s": round(n_events / max(elapsed, 1e-9), 1), "model_dir": str(model_dir)}
     if account is not None:

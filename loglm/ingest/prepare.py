@@ -71,8 +71,9 @@ def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, t
 
 
 def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
-    from loglm.shards import events_table, session_table, write_session_shards
     import pyarrow.parquet as pq
+
+    from loglm.shards import events_table, session_table, write_session_shards
 
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "sessions").glob("shard-*.parquet"):

@@ -40,11 +40,11 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        b, l, d = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, l, d))
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
 class Block(nn.Module):
@@ -87,10 +87,10 @@ class LogEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """tokens, gaps: (B, L) int; pad_mask: (B, L) bool, True on real positions. Returns (B, L, d)."""
-        l = tokens.shape[1]
-        if l > self.cfg.max_len:
-            raise ValueError(f"sequence length {l} exceeds model.max_len={self.cfg.max_len}")
-        pos = torch.arange(l, device=tokens.device)
+        n = tokens.shape[1]
+        if n > self.cfg.max_len:
+            raise ValueError(f"sequence length {n} exceeds model.max_len={self.cfg.max_len}")
+        pos = torch.arange(n, device=tokens.device)
         x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self.gap(gaps))
         attn_mask = pad_mask[:, None, None, :]
         for block in self.blocks:

@@ -1,0 +1,61 @@
+"""Controlled HDFS-format logs for behavioural tests: a fixed normal block lifecycle, injectable anomalies."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+T0 = datetime(2008, 11, 9, 20, 0, 0)
+
+
+def _line(t: datetime, pid: int, level: str, comp: str, content: str) -> str:
+    return f"{t:%y%m%d %H%M%S} {pid} {level} {comp}: {content}"
+
+
+def normal_block(blk: str, rng: random.Random, t: datetime) -> list[tuple[datetime, str]]:
+    ip = lambda: f"10.250.{rng.randint(0, 20)}.{rng.randint(1, 250)}"  # noqa: E731
+    out = [(t, f"BLOCK* NameSystem.allocateBlock: /user/root/rand/part-{rng.randint(0, 999):05d}. {blk}")]
+    for _ in range(3):
+        out.append((t, f"Receiving block {blk} src: /{ip()}:{rng.randint(30000, 60000)} dest: /{ip()}:50010"))
+    t2 = t + timedelta(seconds=1)
+    for i in range(3):
+        out.append((t2, f"PacketResponder {i} for block {blk} terminating"))
+        out.append((t2, f"Received block {blk} of size 67108864 from /{ip()}"))
+    for _ in range(3):
+        out.append((t2, f"BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip()}:50010 is added to {blk} size 67108864"))
+    return out
+
+
+def render(events: list[tuple[datetime, str]]) -> list[str]:
+    comp = {"BLOCK*": "dfs.FSNamesystem", "Receiving": "dfs.DataNode$DataXceiver",
+            "PacketResponder": "dfs.DataNode$PacketResponder", "Received": "dfs.DataNode$PacketResponder"}
+    lines = []
+    for t, content in events:
+        c = comp.get(content.split()[0], "dfs.DataNode")
+        level = "WARN" if "exception" in content.lower() else "INFO"
+        lines.append(_line(t, 100 + len(lines) % 50, level, c, content))
+    return lines
+
+
+def make_log(n_blocks: int, seed: int, start: datetime = T0, anomalies: dict[int, str] | None = None
+             ) -> tuple[list[str], dict[str, str]]:
+    """Lines of n_blocks interleaved sessions; anomalies maps block index -> 'swap' | 'unseen' | 'cut'."""
+    rng = random.Random(seed)
+    events: list[tuple[datetime, str]] = []
+    kinds: dict[str, str] = {}
+    for b in range(n_blocks):
+        blk = f"blk_{rng.randint(10**17, 10**18)}"
+        t = start + timedelta(seconds=2 * b)
+        ev = normal_block(blk, rng, t)
+        kind = (anomalies or {}).get(b)
+        if kind == "swap":  # terminating before anything was received
+            ev.insert(1, ev.pop(5))
+        elif kind == "unseen":
+            ev.insert(6, (ev[5][0], f"writeBlock {blk} received exception java.io.IOException: Connection reset by peer"))
+        elif kind == "cut":
+            ev = ev[:4]
+        if kind:
+            kinds[blk] = kind
+        events.extend(ev)
+    events.sort(key=lambda e: e[0])
+    return render(events), kinds

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose
+from hydra.errors import ConfigCompositionException
+
+from loglm.config import RootConfig
+
+GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in (ROOT / "conf").iterdir() if p.is_dir()}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes_typed(group, option):
+    cfg = compose("pretrain", [f"{group}={option}"])
+    assert isinstance(cfg, RootConfig)
+
+
+@pytest.mark.parametrize("name", ["prepare", "pretrain", "detect", "evaluate", "demo"])
+def test_every_pipeline_config_composes(name):
+    cfg = compose(name)
+    assert cfg.stage == name
+    assert Path(cfg.paths.root).is_absolute()
+
+
+def test_misspelled_key_is_refused_with_its_name():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("pretrain", ["model.d_modle=64"])
+    assert "d_modle" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_is_refused_with_its_name():
+    with pytest.raises(Exception) as e:
+        compose("pretrain", ["trainer.max_epochs=many"])
+    assert "max_epochs" in str(e.value) + str(e.value.__cause__)
+
+
+def test_cli_refuses_bad_key_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "data.sesion.by=entity",
+                           f"paths.root={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "sesion" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_experiment_preset_overrides():
+    cfg = compose("pretrain", ["experiment=hdfs_demo"])
+    assert cfg.data.name == "hdfs_sample" and cfg.logger.run_name == "hdfs-demo"

@@ -1,0 +1,83 @@
+"""The README's commands as a user runs them: the demo pipeline, then the MLflow UI over its store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.demo", f"paths.root={root}", "model=tiny", "trainer.max_epochs=2",
+         "demo.blocks_epochs=1", "trainer.progress_bar=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc.stdout
+
+
+def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
+    root, out = demo_run
+    assert "LogLM on hdfs_sample/test" in out and "LogLM on hdfs_blocks_sample/test" in out
+    assert "AUROC" in out and "MLflow runs: pretrain" in out
+    alerts = list((root / "models").glob("*/alerts/*.jsonl"))
+    assert len(alerts) == 2
+    for path in alerts:
+        for line in path.read_text().splitlines():
+            a = json.loads(line)
+            assert a["score"] > a["threshold"] and a["surprising_events"] and a["entity"]["type"] == "block_id"
+    prepared = json.loads((root / "data" / "hdfs_sample" / "MANIFEST.json").read_text())["summary"]
+    assert prepared["lines"] == {"read": 20000, "accepted": 20000, "rejected": 0, "rejected_by_reason": {}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_shows_the_demo_runs(demo_run):
+    root, _ = demo_run
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--default-artifact-root", str(root / "mlartifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).read().strip() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not come up")
+        exps = json.loads(urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=loglm-pretrain", timeout=10).read())
+        exp_id = exps["experiment"]["experiment_id"]
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        assert len(runs) == 2
+        for run in runs:
+            params = {p["key"] for p in run["data"]["params"]}
+            metrics = {m["key"] for m in run["data"]["metrics"]}
+            assert "model.d_model" in params and "val/loss" in metrics and "eval/f1" in metrics
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

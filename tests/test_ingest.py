@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from loglm.ingest.formats import get_format, header_regex
+from loglm.ingest.params import entities_of, mask_params
+from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
+from loglm.ingest.templates import TemplateMiner
+
+HDFS_LINE = ("081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 "
+             "src: /10.250.19.102:54106 dest: /10.250.19.102:50010")
+BGL_LINE = ("- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 "
+            "RAS KERNEL INFO instruction cache parity error corrected")
+
+
+def test_hdfs_header_fields_and_time():
+    reader = RawTextReader(get_format("hdfs"))
+    rec = reader.parse_line(HDFS_LINE.encode(), "f.log", 1)
+    assert not isinstance(rec, Rejection)
+    assert rec.content.startswith("Receiving block blk_-1608999687919862906")
+    assert rec.ts == pytest.approx(1226262918.0)  # 2008-11-09 20:35:18 UTC
+
+
+def test_bgl_header_label_and_node_entity():
+    reader = RawTextReader(get_format("bgl"))
+    rec = reader.parse_line(BGL_LINE.encode(), "bgl.log", 7)
+    assert rec.label == "-"
+    assert rec.header_entities == {"hostname": "R02-M1-N0-C:J12-U11"}
+    assert rec.content == "instruction cache parity error corrected"
+    alert = reader.parse_line(("KERNDTLB" + BGL_LINE[1:]).encode(), "bgl.log", 8)
+    assert alert.label == "KERNDTLB"
+
+
+def test_user_header_regex():
+    rx = header_regex("<Month> <Day> <Time> <Host> <Component>: <Content>")
+    m = rx.match("Dec 10 06:55:46 LabSZ sshd[24200]: Invalid user webmaster from 173.234.31.186")
+    assert m and m["Host"] == "LabSZ" and m["Content"].startswith("Invalid user")
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"\xff\xfe garbage", "undecodable bytes"),
+    (b"", "empty line"),
+    (b"not a log line at all", "header does not match"),
+    (b"081199 253518 143 INFO dfs.X: hello", "bad timestamp"),
+    (b"081109 203518 143 INFO dfs.X: a\x00b", "NUL byte"),
+    (b"081109 203518 143 INFO dfs.X: " + b"a" * 200, "line too long"),
+])
+def test_bad_lines_are_rejected_with_reason(raw, reason):
+    item = RawTextReader(get_format("hdfs"), max_line_bytes=128).parse_line(raw, "bad.log", 3)
+    assert isinstance(item, Rejection)
+    assert item.reason.startswith(reason) and item.line_no == 3 and item.source == "bad.log"
+
+
+def test_reader_accounts_for_every_line(tmp_path):
+    path = tmp_path / "mixed.log.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write((HDFS_LINE + "\n").encode() * 5 + b"\xff\n" + b"junk\n" + b"\n")
+    acct = LineAccount()
+    items = list(RawTextReader(get_format("hdfs")).read(path, acct))
+    assert acct.read == 8 == len(items)
+    assert acct.accepted == 5 and acct.rejected == 3
+    assert sum(acct.reasons.values()) == 3
+
+
+def test_typed_parameters_and_entities():
+    masked, params = mask_params("Received block blk_-42 of size 67108864 from /10.251.91.84 user=alice")
+    assert masked == "Received block <block_id> of size <num> from <ip> user=alice"
+    assert params["block_id"] == ["blk_-42"] and params["ip"] == ["10.251.91.84"] and params["num"] == ["67108864"]
+    ents = entities_of(params)
+    assert ents == {"block_id": ["blk_-42"], "ip": ["10.251.91.84"], "user": ["alice"]}
+    masked, params = mask_params("BLOCK* NameSystem.allocateBlock: /mnt/hadoop/job_1/job.jar. blk_7")
+    assert masked == "BLOCK* NameSystem.allocateBlock: <path> <block_id>"
+
+
+def test_miner_groups_generalises_and_keeps_ids_stable():
+    miner = TemplateMiner(sim_threshold=0.5)
+    a = miner.add("PacketResponder <num> for block <block_id> terminating")
+    b = miner.add("Verification succeeded for <block_id>")
+    c = miner.add("PacketResponder <num> for block <block_id> closing")  # differs in one token
+    assert a == c != b
+    assert miner.templates[a].text == "PacketResponder <num> for block <block_id> <*>"
+    state = miner.state()
+    again = TemplateMiner.from_state(state)
+    assert again.match("PacketResponder <num> for block <block_id> whatever") == a
+    assert again.match("Verification succeeded for <block_id>") == b
+    assert again.match("Something never seen before in training") is None
+    new = again.add("Something never seen before in training")
+    assert new == len(state["templates"])  # old ids untouched, new one appended
+
+
+def test_miner_template_cap_is_a_clear_error():
+    miner = TemplateMiner(max_templates=2)
+    miner.add("a b")
+    miner.add("c d e")
+    with pytest.raises(OverflowError, match="max_templates"):
+        miner.add("f g h i")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loglm.config import DetectConfig
+from loglm.detect.metrics import detection_metrics, reweighted_f1, unique_items
+from loglm.detect.scoring import score_windows, threshold_for_fpr
+from loglm.model.encoder import EncoderConfig, LogEncoder
+from loglm.objectives import IGNORE, mask_events
+from loglm.training.data import BucketBatchSampler, collate
+from loglm.vocab import END, MASK, PAD, SUM, UNK, gap_bucket
+
+
+def tiny(vocab=20) -> LogEncoder:
+    torch.manual_seed(0)
+    return LogEncoder(EncoderConfig(vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
+                                    max_len=64)).eval()
+
+
+def test_collate_adds_summary_and_end_only_for_closed():
+    b = collate([(np.array([7, 8, 9]), np.array([0, 1, 2]), True), (np.array([7]), np.array([0]), False)])
+    assert b["tokens"].tolist() == [[SUM, 7, 8, 9, END], [SUM, 7, PAD, PAD, PAD]]
+    assert b["pad_mask"].sum(1).tolist() == [5, 2]
+
+
+def test_padding_does_not_change_outputs():
+    enc = tiny()
+    short = collate([(np.array([5, 6, 7]), np.array([0, 0, 1]), True)])
+    padded = collate([(np.array([5, 6, 7]), np.array([0, 0, 1]), True), (np.arange(5, 15), np.zeros(10, int), True)])
+    with torch.no_grad():
+        a = enc(short["tokens"], short["gaps"], short["pad_mask"])[0]
+        b = enc(padded["tokens"], padded["gaps"], padded["pad_mask"])[0, : a.shape[0]]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_too_long_sequence_is_a_clear_error():
+    enc = tiny()
+    t = torch.full((1, 65), 5)
+    with pytest.raises(ValueError, match="max_len"):
+        enc(t, torch.zeros_like(t), torch.ones_like(t, dtype=torch.bool))
+
+
+def test_masking_targets_only_event_positions_and_at_least_one():
+    b = collate([(np.array([5, 6]), np.array([0, 0]), True), (np.arange(5, 25), np.zeros(20, int), False)])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        inputs, labels = mask_events(b["tokens"], b["pad_mask"], 0.15, 30, gen)
+        target = labels != IGNORE
+        assert not target[:, 0].any()  # never the summary token
+        assert not (target & ~b["pad_mask"]).any()  # never padding
+        assert target.any(1).all()  # every sequence has a target
+        assert (inputs[target] == MASK).float().mean() > 0.3
+
+
+def test_scoring_cost_is_constant_in_window_length():
+    enc = tiny()
+    calls = []
+    enc.register_forward_hook(lambda *a: calls.append(1))
+    cfg = DetectConfig(n_views=4, batch_size=8)
+    for length in (3, 40):
+        calls.clear()
+        toks = [np.full(length, 6)] * 4
+        score_windows(enc, toks, [np.zeros(length, int)] * 4, [True] * 4, cfg)
+        assert len(calls) == 4, length  # one forward per view, whatever the length
+
+
+def test_unk_events_get_maximal_surprisal_and_miss():
+    enc = tiny()
+    cfg = DetectConfig(n_views=2, unk_surprisal=20.0, top_k=3)
+    ws = score_windows(enc, [np.array([5, UNK, 6])], [np.zeros(3, int)], [False], cfg)
+    assert ws.surprisal[0][1] == pytest.approx(20.0)
+    assert ws.n_miss[0] >= 1 and ws.n_events[0] == 3
+
+
+def test_threshold_for_fpr_bounds_validation_fpr():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=1000)
+    for fpr in (0.0, 0.01, 0.05):
+        t = threshold_for_fpr(normal, fpr)
+        assert (normal > t).mean() <= fpr
+    assert (normal > threshold_for_fpr(normal, 0.05)).mean() > 0.04
+    with pytest.raises(ValueError):
+        threshold_for_fpr(np.array([]), 0.01)
+
+
+def test_metrics_counts_and_prevalence():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.9, 0.8, 0.3])
+    m = detection_metrics(y, s, 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (1, 1, 2, 1)
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["fpr"] == pytest.approx(1 / 3)
+    assert m["auroc"] == pytest.approx(4 / 6)
+    # at HDFS prevalence a 1% FPR dominates: precision = 0.9*16838 / (0.9*16838 + 0.01*553366)
+    p = 0.9 * 16838 / (0.9 * 16838 + 0.01 * 553366)
+    assert reweighted_f1(0.9, 0.01) == pytest.approx(2 * p * 0.9 / (p + 0.9))
+    uy, us = unique_items([(1, 2), (1, 2), (3,)], np.array([0, 0, 1]), np.array([0.1, 0.3, 0.9]))
+    assert sorted(zip(uy.tolist(), us.tolist())) == [(0, 0.3), (1, 0.9)]
+
+
+def test_gap_buckets():
+    assert [gap_bucket(g, 8) for g in (0, 0.5, 1, 3, 7, 1e9)] == [0, 1, 2, 3, 4, 7]
+
+
+def test_bucket_sampler_covers_everything_once_per_epoch():
+    lengths = list(np.random.default_rng(1).integers(1, 50, size=103))
+    s = BucketBatchSampler(lengths, 10, shuffle=True, seed=3)
+    batches = list(iter(s))
+    assert sorted(i for b in batches for i in b) == list(range(103))
+    assert len(batches) == len(s)
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    assert spread < 20  # batches hold similar lengths

@@ -1,0 +1,141 @@
+"""Stage-by-stage runs of the real pipeline on small controlled and shipped data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import compose
+from synthetic import make_log
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny LogLM trained on 300 normal synthetic blocks (shared by the tests of this module)."""
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    root = tmp_path_factory.mktemp("runs")
+    lines, _ = make_log(300, seed=1)
+    train_log = root / "train.log"
+    train_log.write_text("\n".join(lines) + "\n")
+    cfg = compose("pretrain", [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{train_log}]",
+                               "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
+                               "data.split.val_frac=0.2", "trainer.max_epochs=12", "trainer.batch_size=32",
+                               "trainer.progress_bar=false", "trainer.patience=50", "trainer.lr=0.003",
+                               "detect.top_k=1"])
+    prep = prepare(cfg)
+    result = pretrain(cfg)
+    return cfg, prep, result
+
+
+def test_prepare_writes_hashed_shards_and_vocab(trained):
+    from loglm.artifacts import verify_manifest
+
+    cfg, prep, _ = trained
+    assert prep["lines"]["read"] == prep["lines"]["accepted"] == 300 * 13
+    assert prep["templates_mined"] == 5 and prep["sessions"] == 300
+    manifest = verify_manifest(prep["path"] and __import__("pathlib").Path(prep["path"]))
+    assert any(k.startswith("sessions/shard-") for k in manifest["files"]) and "vocab.json" in manifest["files"]
+    assert len(manifest["summary"]["data_sha256"]) == 64
+
+
+def test_pretraining_learns_the_normal_lifecycle(trained):
+    _, _, result = trained
+    assert result["metrics"]["val/masked_acc"] > 0.6
+    assert result["calibration"]["n_val_sessions"] > 30
+
+
+def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
+    from loglm.detect.detector import run as detect
+
+    cfg, _, result = trained
+    lines, kinds = make_log(60, seed=99, anomalies={10: "swap", 20: "unseen", 30: "swap", 40: "unseen"})
+    lines.insert(5, "this line has no header")
+    lines.insert(9, "081109 203518 143 INFO dfs.DataNode: no block mentioned here")
+    log = tmp_path / "new.log"
+    log.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe\n")
+    out = tmp_path / "alerts.jsonl"
+    summary = detect(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(out)))
+
+    lines_acct = summary["lines"]
+    assert lines_acct["read"] == len(lines) + 1
+    assert lines_acct["read"] == lines_acct["accepted"] + lines_acct["rejected"]
+    assert lines_acct["rejected"] == 3
+    scores = pq.read_table(summary["scores_path"]).to_pylist()
+    assert len(scores) == 60 and summary["events_scored"] == lines_acct["accepted"]
+    anomalous = [r["score"] for r in scores if r["session_id"] in kinds]
+    normal = [r["score"] for r in scores if r["session_id"] not in kinds]
+    assert min(anomalous) > max(normal)
+
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    alerted = {a["entity"]["value"] for a in alerts}
+    assert set(kinds) <= alerted
+    unseen = next(a for a in alerts if kinds.get(a["entity"]["value"]) == "unseen")
+    ev = max(unseen["surprising_events"], key=lambda e: e["surprisal"])
+    assert ev["known_event"] is False and "exception" in ev["raw"]
+    assert ev["template"].startswith("writeBlock <block_id> received exception")
+    assert ev["expected"] and ev["line"] > 0 and ev["file"] == str(log)
+    assert unseen["entities"]["block_id"] == [unseen["entity"]["value"]] and unseen["entities"]["ip"]
+    rejected = [json.loads(x) for x in open(summary["rejected_path"])]
+    assert {r["reason"].split(":")[0] for r in rejected} == {
+        "header does not match format hdfs", "no block_id in line", "undecodable bytes"}
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(trained):
+    import mlflow
+
+    from loglm import tracking
+
+    cfg, _, result = trained
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.d_model"] == "32" and run.data.params["objective.mask_ratio"] == "0.15"
+    for key in ("train/loss", "val/loss", "val/masked_acc", "val/top_k_acc", "perf/events_per_s", "calib/threshold"):
+        assert key in run.data.metrics, key
+    arts = {a.path for a in client.list_artifacts(result["run_id"], "model")}
+    assert {"model/model.safetensors", "model/vocab.json", "model/config.yaml", "model/calibration.json"} <= arts
+    assert run.data.tags["git_commit"] and run.data.tags["data_sha256"]
+
+
+def test_tampered_model_is_refused_naming_the_file(trained, tmp_path):
+    from loglm.model.store import load_model
+
+    _, _, result = trained
+    copy = tmp_path / "model"
+    shutil.copytree(result["model_dir"], copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_model(copy)
+    (copy / "calibration.json").unlink()
+    with pytest.raises(ValueError, match="calibration.json"):
+        load_model(copy)
+
+
+def test_evaluate_on_shipped_hdfs_head(hdfs_head, tmp_path):
+    """Real HDFS lines end to end with a tiny budget: the metrics table and its MLflow run exist."""
+    from conftest import SHIPPED_ANOMALOUS
+
+    from loglm.evaluation import run as evaluate
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    cfg = compose("pretrain", [f"paths.root={tmp_path}", "model=tiny", "data.name=hdfs_head",
+                               f"data.inputs=[{hdfs_head}]", f"data.anomalous_ids={SHIPPED_ANOMALOUS}",
+                               "trainer.max_epochs=2", "trainer.progress_bar=false", "data.split.train_frac=0.5",
+                               "data.split.val_frac=0.2"])
+    prep = prepare(cfg)
+    assert prep["lines"]["read"] == 3000 and prep["labels_by_split"]
+    result = pretrain(cfg)
+    ev = evaluate(replace(cfg, ckpt=result["model_dir"]))
+    m = ev["metrics"]["all"]
+    assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] == prep["sessions_by_split"]["test"]
+    assert "F1" in ev["table"] and 0 <= m["fpr"] <= 1
