@@ -137,6 +137,37 @@ class DetectConfig:
 
 
 @dataclass
+class DistillConfig:
+    # student architecture (the CPU model)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 256
+    dropout: float = 0.0
+    # "layers": copy evenly spaced teacher blocks (and embeddings) where shapes match; "fresh": random init
+    init: str = "layers"
+    temperature: float = 2.0
+    kl_weight: float = 1.0
+    hard_weight: float = 0.5
+    cosine_weight: float = 0.5
+    max_epochs: int = 10
+    lr: float = 0.002
+    experiment: str = "loglm-distill"
+
+
+@dataclass
+class ExportConfig:
+    # also write model.int8.onnx (dynamic int8 quantisation); used when it keeps parity
+    quantize: bool = True
+    # refuse to write a bundle whose ONNX scores differ from torch by more than this
+    parity_atol: float = 1e-3
+    parity_windows: int = 256
+    registry_name: str = "loglm-detector"
+    alias: str = "candidate"
+    out: str | None = None
+
+
+@dataclass
 class DemoConfig:
     # second stage of the demo: whole HDFS block lifetimes (measurable detection quality)
     blocks_data: str | None = "hdfs_blocks_sample"
@@ -162,6 +193,12 @@ class RootConfig:
     out: str | None = None
     split: str = "test"
     demo: DemoConfig = field(default_factory=DemoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # teacher model for distillation: model directory or MLflow run id
+    teacher: str | None = None
+    # an exported bundle directory (torch-free detection)
+    bundle: str | None = None
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +229,7 @@ def load_group(group: str, name: str) -> Any:
 
     register_schema()
     schema = {"data": DataConfig, "model": ModelConfig, "tokenizer": TokenizerConfig, "detect": DetectConfig,
+              "distill": DistillConfig, "export": ExportConfig,
               "objective": ObjectiveConfig, "trainer": TrainerConfig, "logger": LoggerConfig}[group]
     path = PROJECT_ROOT / "conf" / group / f"{name}.yaml"
     if not path.is_file():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.detect.metrics import HDFS_ANOMALOUS, HDFS_NORMAL, detection_metrics, reweighted_f1, unique_items
-from loglm.detect.scoring import session_max
+from loglm.detect.scores import session_max
 
 METRIC_KEYS = ("precision", "recall", "f1", "fpr", "auroc", "pr_auc")
 
@@ -74,7 +74,7 @@ def run(cfg) -> dict:
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import load_model
     from loglm.shards import read_sessions
-    from loglm.training.data import windows_of
+    from loglm.windows import windows_of
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)

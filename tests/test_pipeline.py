@@ -139,3 +139,21 @@ def test_evaluate_on_shipped_hdfs_head(hdfs_head, tmp_path):
     m = ev["metrics"]["all"]
     assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] == prep["sessions_by_split"]["test"]
     assert "F1" in ev["table"] and 0 <= m["fpr"] <= 1
+
+
+def test_distill_a_tiny_teacher_into_a_linked_student(trained):
+    import mlflow
+
+    from loglm import tracking
+    from loglm.model.store import load_model
+    from loglm.training.distill import run as distill
+
+    cfg, _, result = trained
+    d = replace(cfg.distill, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_epochs=3)
+    out = distill(replace(cfg, teacher=result["run_id"], distill=d))
+    student = load_model(out["model_dir"])
+    assert student.encoder.cfg.d_model == 16 and student.calibration["threshold"] >= 0
+    assert out["student_parameters"] < out["teacher_parameters"]
+    assert out["metrics"]["val/teacher_agreement"] > 0.5
+    run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(out["run_id"])
+    assert run.data.tags["teacher_run_id"] == result["run_id"] and "distill/kl" in run.data.metrics

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loglm.detect.scoring import WindowScores
+from loglm.detect.scores import WindowScores
 from loglm.vocab import UNK, Vocabulary
 
 

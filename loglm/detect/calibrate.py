@@ -12,7 +12,7 @@ from loglm.config import DetectConfig
 from loglm.detect.scoring import score_windows, session_max, threshold_for_fpr
 from loglm.model.store import CALIBRATION
 from loglm.shards import read_sessions
-from loglm.training.data import windows_of
+from loglm.windows import windows_of
 
 
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None) -> dict:

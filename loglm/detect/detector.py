@@ -79,7 +79,7 @@ def run(cfg) -> dict:
     from loglm.detect.alerts import build_alerts, write_alerts
     from loglm.detect.scoring import score_windows
     from loglm.model.store import load_model
-    from loglm.training.data import windows_of
+    from loglm.windows import windows_of
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)

@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 class BestWeights(pl.Callback):
     """Writes model.safetensors each time validation loss improves (rank 0 only)."""
 
-    def __init__(self, folder: Path, meta: dict):
-        self.folder, self.meta = folder, meta
+    def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder"):
+        self.folder, self.meta, self.encoder_attr = folder, meta, encoder_attr
         self.best, self.best_epoch = float("inf"), -1
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -23,5 +23,5 @@ class BestWeights(pl.Callback):
         from loglm.model.store import save_weights
 
         self.best, self.best_epoch = float(loss), trainer.current_epoch
-        save_weights(self.folder, module.encoder, module.center,
+        save_weights(self.folder, getattr(module, self.encoder_attr), module.center,
                      {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": self.best})

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from loglm.vocab import END, PAD, SUM
+from loglm.windows import pad_windows, windows_of
 
 
 class SessionDataset(Dataset):
@@ -36,25 +36,10 @@ class SessionDataset(Dataset):
         return [len(t) + c for t, c in zip(self.tokens, self.closed)]
 
 
-def windows_of(table) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
-    """(tokens, gaps, closed) per row of a session table."""
-    toks = [np.asarray(t, dtype=np.int64) for t in table.column("tokens").to_pylist()]
-    gaps = [np.asarray(g, dtype=np.int64) for g in table.column("gaps").to_pylist()]
-    return toks, gaps, [bool(c) for c in table.column("closed").to_pylist()]
-
-
 def collate(items: list[tuple[np.ndarray, np.ndarray, bool]]) -> dict[str, torch.Tensor]:
     """Pad to the longest session of the batch: [SUM] at position 0, the events, [END] if closed."""
-    length = 2 + max(len(t) for t, _, _ in items)
-    tokens = torch.full((len(items), length), PAD, dtype=torch.long)
-    gaps = torch.zeros((len(items), length), dtype=torch.long)
-    for i, (t, g, closed) in enumerate(items):
-        tokens[i, 0] = SUM
-        tokens[i, 1:1 + len(t)] = torch.from_numpy(t)
-        if closed:
-            tokens[i, 1 + len(t)] = END
-        gaps[i, 1:1 + len(g)] = torch.from_numpy(g)
-    return {"tokens": tokens, "gaps": gaps, "pad_mask": tokens != PAD}
+    tokens, gaps, pad = pad_windows(items)
+    return {"tokens": torch.from_numpy(tokens), "gaps": torch.from_numpy(gaps), "pad_mask": torch.from_numpy(pad)}
 
 
 class BucketBatchSampler(Sampler[list[int]]):

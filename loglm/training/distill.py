@@ -1,0 +1,174 @@
+"""Distillation: a small CPU student learns the teacher's masked-event distributions and hidden states.
+
+Loss = kl_weight * KL(teacher || student) on temperature-softened distributions at masked positions (x T^2)
+     + hard_weight * cross-entropy on the true masked events
+     + cosine_weight * (1 - cos) between projected student and teacher hidden states (all real positions,
+       the summary token included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from loglm.model.encoder import EncoderConfig, LogEncoder
+from loglm.objectives import IGNORE, mask_events
+
+
+def init_from_teacher(student: LogEncoder, teacher: LogEncoder) -> list[str]:
+    """Copy tensors whose shapes match; student block i takes teacher block round(i * Lt / Ls)."""
+    t_state = teacher.state_dict()
+    s_state = student.state_dict()
+    ls, lt = student.cfg.n_layers, teacher.cfg.n_layers
+    pick = {i: min(lt - 1, round(i * lt / ls)) for i in range(ls)}
+    copied = []
+    for name, tensor in s_state.items():
+        src = name
+        if name.startswith("blocks."):
+            i = int(name.split(".")[1])
+            src = f"blocks.{pick[i]}." + ".".join(name.split(".")[2:])
+        if src in t_state and t_state[src].shape == tensor.shape:
+            s_state[name] = t_state[src].clone()
+            copied.append(name)
+    student.load_state_dict(s_state)
+    return copied
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(self, teacher: LogEncoder, student_cfg: dict, mask_ratio: float, temperature: float,
+                 kl_weight: float, hard_weight: float, cosine_weight: float, lr: float, init: str):
+        super().__init__()
+        self.save_hyperparameters(ignore=["teacher"])
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student = LogEncoder(EncoderConfig(**student_cfg))
+        self.copied = init_from_teacher(self.student, teacher) if init == "layers" else []
+        ds, dt = self.student.cfg.d_model, teacher.cfg.d_model
+        self.project = torch.nn.Linear(ds, dt) if ds != dt else torch.nn.Identity()
+        self.register_buffer("center", torch.zeros(ds))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never trains (no dropout either)
+        return self
+
+    def _losses(self, batch: dict, generator=None) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
+                                     self.student.cfg.vocab_size, generator)
+        target = labels != IGNORE
+        with torch.no_grad():
+            t_hidden = self.teacher(inputs, batch["gaps"], batch["pad_mask"])
+            t_logits = self.teacher.logits(t_hidden[target])
+        s_hidden = self.student(inputs, batch["gaps"], batch["pad_mask"])
+        s_logits = self.student.logits(s_hidden[target])
+        t = hp.temperature
+        kl = F.kl_div(F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1), log_target=True,
+                      reduction="batchmean") * t * t
+        hard = F.cross_entropy(s_logits, labels[target])
+        real = batch["pad_mask"]
+        cos = 1 - F.cosine_similarity(self.project(s_hidden[real]), t_hidden[real], dim=-1).mean()
+        loss = hp.kl_weight * kl + hp.hard_weight * hard + hp.cosine_weight * cos
+        return {"loss": loss, "kl": kl, "hard": hard, "cos": cos, "s_logits": s_logits, "gold": labels[target],
+                "t_logits": t_logits}
+
+    def training_step(self, batch, batch_idx):
+        out = self._losses(batch)
+        bs = batch["tokens"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
+        self.log("distill/kl", out["kl"], batch_size=bs)
+        self.log("distill/hard", out["hard"], batch_size=bs)
+        self.log("distill/cosine", out["cos"], batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        gen = torch.Generator().manual_seed(1000 + batch_idx)
+        out = self._losses(batch, gen)
+        n = out["gold"].numel()
+        s_top, t_top = out["s_logits"].argmax(-1), out["t_logits"].argmax(-1)
+        self.log("val/loss", out["hard"], prog_bar=True, batch_size=n)
+        self.log("val/distill_loss", out["loss"], batch_size=n)
+        self.log("val/masked_acc", (s_top == out["gold"]).float().mean(), batch_size=n)
+        self.log("val/teacher_agreement", (s_top == t_top).float().mean(), batch_size=n)
+
+    def configure_optimizers(self):
+        params = list(self.student.parameters()) + list(self.project.parameters())
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.01)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def run(cfg) -> dict:
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+    from omegaconf import OmegaConf
+
+    from loglm import tracking
+    from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.calibrate import calibrate
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.model.store import finalize, load_model, resolve_model_dir
+    from loglm.training.callbacks import BestWeights
+    from loglm.training.data import SessionDataModule
+
+    if not cfg.teacher:
+        raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
+    teacher_dir = resolve_model_dir(cfg.teacher, cfg.paths.root)
+    teacher = load_model(teacher_dir)
+    dataset = teacher.meta.get("dataset", cfg.data.name)
+    data_dir = prepared_dir(cfg.paths.root, dataset)
+    d = cfg.distill
+    pl.seed_everything(cfg.trainer.seed, workers=True)
+    tcfg = teacher.encoder.cfg
+    student_cfg = {**tcfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
+                   "d_ff": d.d_ff, "dropout": d.dropout}
+    objective = teacher.meta.get("objective", {})
+    module = DistillModule(teacher.encoder, student_cfg, objective.get("mask_ratio", cfg.objective.mask_ratio),
+                           d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init)
+    teacher_run = teacher.meta.get("run_id")
+    tracking.ensure_experiment(cfg, d.experiment)
+    logger = MLFlowLogger(experiment_name=d.experiment, tracking_uri=tracking.tracking_uri(cfg),
+                          run_name=f"distill-{dataset}",
+                          tags=tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run,
+                                                       "parent_run_id": teacher_run, "dataset": dataset,
+                                                       "data_sha256": teacher.meta.get("data_sha256")}))
+    logger.log_hyperparams(tracking.loggable_params(cfg))
+    run_id = logger.run_id
+    model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(teacher_dir / "vocab.json", model_dir / "vocab.json")
+    best = BestWeights(model_dir, {"run_id": run_id, "teacher_run_id": teacher_run, "dataset": dataset,
+                                   "data_sha256": teacher.meta.get("data_sha256"), "objective": objective,
+                                   "distill": dataclasses.asdict(d)},
+                       encoder_attr="student")
+    trainer = pl.Trainer(max_epochs=d.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+                         logger=logger, callbacks=[best], enable_checkpointing=False, use_distributed_sampler=False,
+                         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+                         num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.trainer.batch_size, 0, cfg.trainer.seed))
+    seconds = time.perf_counter() - t0
+    atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    student = load_model(model_dir, verify=False)
+    detect_cfg = dataclasses.replace(cfg.detect, **{k: teacher.calibration[k] for k in ("score", "top_k", "n_views", "unk_surprisal")}) \
+        if teacher.calibration else cfg.detect
+    cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir)
+    finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    for k, v in {"calib/threshold": cal["threshold"], "perf/train_seconds": seconds, "best/val_loss": best.best,
+                 "model/parameters": student.encoder.num_parameters(),
+                 "model/teacher_parameters": teacher.encoder.num_parameters(),
+                 "distill/tensors_from_teacher": len(module.copied)}.items():
+        client.log_metric(run_id, k, float(v))
+    client.set_tag(run_id, "model_dir", str(model_dir))
+    client.log_artifacts(run_id, str(model_dir), "model")
+    return {"run_id": run_id, "model_dir": str(model_dir), "teacher_run_id": teacher_run, "calibration": cal,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": seconds,
+            "student_parameters": student.encoder.num_parameters(),
+            "teacher_parameters": teacher.encoder.num_parameters(), "tensors_from_teacher": len(module.copied)}
