@@ -223,6 +223,17 @@ def materialize(cfg: Any) -> RootConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def compose(config_name: str = "pretrain", overrides: list[str] | None = None) -> RootConfig:
+    """The typed config a pipeline gets for these command-line overrides (for notebooks, tests, benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    return materialize(cfg)
+
+
 def load_group(group: str, name: str) -> Any:
     """One option of a config group (e.g. data/hdfs_blocks_sample) as its typed dataclass."""
     from omegaconf import OmegaConf

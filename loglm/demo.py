@@ -1,4 +1,5 @@
-"""The `make demo` job: ingest -> pretrain -> calibrate -> detect -> evaluate, on the data the repo ships.
+"""The `make demo` job: ingest -> pretrain -> calibrate -> detect -> evaluate, on the data the repo ships,
+then distill -> export a bundle -> detect with the torch-free CPU engine.
 
 Stage 1 runs the user's path on raw HDFS lines (alerts carry the raw lines as evidence).  The raw sample
 covers only 183 seconds, too short for most HDFS anomalies to show, so stage 2 repeats the job on whole
@@ -38,6 +39,30 @@ def _stage(cfg, title: str) -> dict:
     return {"prepare": prep, "pretrain": pre, "detect": det, "evaluate": ev}
 
 
+def _deploy(cfg, pre: dict) -> dict:
+    """Distill the raw-log teacher, export the student as a bundle, detect with the torch-free engine."""
+    from rich.console import Console
+
+    from loglm.engine.detect import run as engine_detect
+    from loglm.export.bundle import run as export
+    from loglm.training.distill import run as distill
+
+    console = Console()
+    console.rule("[bold]Deploy: distill -> export bundle -> CPU engine")
+    dist = distill(replace(cfg, teacher=pre["run_id"]))
+    console.print(f"student run {dist['run_id']}: {dist['student_parameters']:,} parameters "
+                  f"(teacher {dist['teacher_parameters']:,}), teacher agreement "
+                  f"{dist['metrics'].get('val/teacher_agreement', float('nan')):.3f}")
+    exp = export(replace(cfg, ckpt=dist["model_dir"]))
+    console.print(f"bundle {exp['bundle']} ({exp['preferred_variant']}), ONNX parity max |diff| "
+                  f"{exp['parity']['fp32']['max_abs_surprisal_diff']:.1e}; registered "
+                  f"{exp['registry']['name']} v{exp['registry']['version']} @{exp['registry']['alias']}")
+    det = engine_detect(exp["bundle"], list(cfg.data.inputs))
+    console.print(f"`loglm detect --bundle {exp['bundle']} {' '.join(cfg.data.inputs)}`: {det['lines']['read']} lines, "
+                  f"{det['sessions_scored']} sessions, {det['alerts']} alerts -> {det['alerts_path']}")
+    return {"distill_run_id": dist["run_id"], "bundle": exp["bundle"], "engine": det}
+
+
 def show_alert(path: str) -> None:
     from rich.console import Console
 
@@ -63,6 +88,7 @@ def run(cfg) -> dict:
     from loglm.config import load_group
 
     results = {"raw": _stage(cfg, f"HDFS raw lines ({cfg.data.name})")}
+    results["raw"]["bundle"] = _deploy(cfg, results["raw"]["pretrain"])
     if cfg.demo.blocks_data:
         blocks_cfg = replace(cfg, data=load_group("data", cfg.demo.blocks_data),
                              trainer=replace(cfg.trainer, max_epochs=cfg.demo.blocks_epochs),
@@ -77,6 +103,9 @@ def run(cfg) -> dict:
                       f"  alerts: {r['detect']['alerts_path']} ({r['detect']['alerts']} alerts)\n"
                       f"  MLflow runs: pretrain {r['pretrain']['run_id']}, evaluation {r['evaluate']['run_id']} "
                       f"({r['pretrain']['tracking_uri']}; `make ui` to browse)")
+    b = results["raw"]["bundle"]
+    console.print(f"[bold]bundle[/bold]: {b['bundle']}  (student run {b['distill_run_id']}; engine alerts "
+                  f"{b['engine']['alerts_path']})")
     show_alert(results["raw"]["detect"]["alerts_path"])
     return {name: {"pretrain_run_id": r["pretrain"]["run_id"], "eval_run_id": r["evaluate"]["run_id"],
                    "alerts_path": r["detect"]["alerts_path"], "metrics": r["evaluate"]["metrics"]}

@@ -16,17 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def compose(config_name: str = "pretrain", overrides: list[str] | None = None):
-    """The typed config a pipeline would get for these command-line overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from loglm.config import PROJECT_ROOT, materialize, register_schema
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
-    return materialize(cfg)
+from loglm.config import compose  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.demo", f"paths.root={root}", "model=tiny", "trainer.max_epochs=2",
-         "demo.blocks_epochs=1", "trainer.progress_bar=false"],
+         "demo.blocks_epochs=1", "trainer.progress_bar=false", "distill.max_epochs=1", "distill.d_model=16",
+         "distill.d_ff=32"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, proc.stdout
@@ -38,6 +39,9 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
         for line in path.read_text().splitlines():
             a = json.loads(line)
             assert a["score"] > a["threshold"] and a["surprising_events"] and a["entity"]["type"] == "block_id"
+    bundles = [p for p in (root / "bundles").iterdir() if not p.name.startswith(".")]
+    assert len(bundles) == 1 and (bundles[0] / "model.onnx").is_file()
+    assert (bundles[0] / "alerts" / "detect.jsonl").is_file() and "loglm detect --bundle" in out
     prepared = json.loads((root / "data" / "hdfs_sample" / "MANIFEST.json").read_text())["summary"]
     assert prepared["lines"] == {"read": 20000, "accepted": 20000, "rejected": 0, "rejected_by_reason": {}}
 

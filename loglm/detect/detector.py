@@ -76,21 +76,30 @@ def write_session_scores(path: Path, table, ws) -> None:
 
 
 def run(cfg) -> dict:
-    from loglm.detect.alerts import build_alerts, write_alerts
+    """Detection with a trained torch model (model directory or run id)."""
     from loglm.detect.scoring import score_windows
     from loglm.model.store import load_model
+
+    loaded = load_model(model_dir_for(cfg))
+    return detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
+
+
+def detect_with(cfg, model, scorer) -> dict:
+    """Score, alert and account, given any model with .vocab/.calibration/.meta/.folder and a scorer
+    (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too."""
+    from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.alerts import build_alerts, write_alerts
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
-    model_dir = model_dir_for(cfg)
-    loaded = load_model(model_dir)
-    dcfg = detect_config_of(loaded, cfg.detect)
-    table, event, account, rejections = score_input(cfg, loaded)
+    model_dir = Path(model.folder)
+    dcfg = detect_config_of(model, cfg.detect)
+    table, event, account, rejections = score_input(cfg, model)
     toks, gaps, closed = windows_of(table)
-    ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
-    threshold = float(loaded.calibration["threshold"])
-    info = {"run_id": loaded.meta.get("run_id"), "model_dir": str(model_dir)}
-    alerts = build_alerts(table, ws, event, loaded.vocab, threshold, dcfg.evidence_events, info)
+    ws = scorer(toks, gaps, closed, dcfg)
+    threshold = float(model.calibration["threshold"])
+    info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
+    alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info)
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     write_alerts(out, alerts)
     if cfg.detect.write_scores:
@@ -99,15 +108,14 @@ def run(cfg) -> dict:
     n_events = int(sum(len(t) for t in toks))
     elapsed = time.perf_counter() - t0
     summary = {"alerts_path": str(out), "alerts": len(alerts),
-               "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None, "sessions_scored": n_sessions,
-               "events_scored": n_events, "threshold": threshold, "seconds": round(elapsed, 3),
-               "events_per_s": round(n_events / max(elapsed, 1e-9), 1), "model_dir": str(model_dir)}
+               "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None,
+               "sessions_scored": n_sessions, "events_scored": n_events, "threshold": threshold,
+               "seconds": round(elapsed, 3), "events_per_s": round(n_events / max(elapsed, 1e-9), 1),
+               "model_dir": str(model_dir)}
     if account is not None:
         summary["lines"] = account
         if rejections:
             rej_path = out.with_suffix(".rejected.jsonl")
-            from loglm.artifacts import atomic_write_bytes
-
             atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": r}) + "\n"
                                                  for f, n, r in rejections).encode())
             summary["rejected_path"] = str(rej_path)

@@ -1,0 +1,1 @@
+"""The CPU inference engine: exported bundles scored with onnxruntime + numpy (no torch, lightning, ray, mlflow)."""

@@ -1,0 +1,48 @@
+"""An exported bundle: ONNX model, vocabulary, calibration and ingest settings, checked against its manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from loglm.artifacts import verify_manifest
+from loglm.detect.scores import log_softmax
+from loglm.vocab import Vocabulary
+
+BUNDLE_FORMAT = "loglm-bundle/1"
+REQUIRED = ("model.onnx", "vocab.json", "calibration.json", "bundle.json", "model.safetensors", "model_card.md")
+
+
+class Bundle:
+    def __init__(self, folder: Path, variant: str | None = None, threads: int = 0, verify: bool = True):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"bundle directory not found: {self.folder}")
+        if verify:
+            verify_manifest(self.folder, REQUIRED)
+        self.info = json.loads((self.folder / "bundle.json").read_text())
+        if self.info.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{self.folder}: not a LogLM bundle (format={self.info.get('format')!r})")
+        self.variant = variant or self.info["preferred_variant"]
+        onnx_file = self.info["variants"][self.variant]["file"]
+        self.vocab = Vocabulary.load(self.folder / "vocab.json")
+        self.calibration = json.loads((self.folder / "calibration.json").read_text())
+        self.meta = {"run_id": self.info.get("run_id"), "bundle": self.folder.name, "variant": self.variant}
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.folder / onnx_file), opts, providers=["CPUExecutionProvider"])
+
+    def logp(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray, target: np.ndarray) -> np.ndarray:
+        logits = self.session.run(["logits"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
+        return log_softmax(logits[target].astype(np.float32))
+
+    def scorer(self):
+        from loglm.detect.scores import score_windows_with
+
+        return lambda toks, gaps, closed, dcfg: score_windows_with(self.logp, toks, gaps, closed, dcfg)

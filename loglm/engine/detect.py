@@ -1,0 +1,35 @@
+"""`loglm detect --bundle DIR INPUT...`: raw logs -> alerts with an exported bundle, on CPU, torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from loglm.config import DataConfig, DetectConfig, RootConfig, SessionConfig
+
+
+def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | None = None) -> RootConfig:
+    """The detection config a bundle carries (ingest format, session rule, scoring), plus the inputs."""
+    info = bundle.info
+    data = dict(info["data"])
+    data["session"] = SessionConfig(**data["session"])
+    cfg = RootConfig(data=DataConfig(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(DataConfig)}}),
+                     detect=DetectConfig(**info["detect"]), inputs=list(inputs), out=out)
+    if batch_size:
+        cfg.detect.batch_size = batch_size
+    return cfg
+
+
+def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
+        batch_size: int | None = None) -> dict:
+    from loglm.detect.detector import detect_with
+    from loglm.engine.bundle import Bundle
+
+    bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads)
+    if not bundle.info.get("raw_log_ingest", True):
+        raise ValueError(f"bundle {bundle_dir} was trained on pre-sequenced data (format "
+                         f"{bundle.info['data']['format']!r}); it cannot parse raw log lines")
+    cfg = bundle_config(bundle, inputs, out or str(Path(bundle_dir) / "alerts" / "detect.jsonl"), batch_size)
+    summary = detect_with(cfg, bundle, bundle.scorer())
+    summary["variant"] = bundle.variant
+    return summary

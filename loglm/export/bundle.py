@@ -1,0 +1,219 @@
+"""Export job: model directory -> self-contained, parity-checked, registered detection bundle.
+
+The bundle holds model.onnx (+ model.int8.onnx), model.safetensors, vocab.json, calibration.json,
+bundle.json (ingest and scoring settings), config.yaml, model_card.md and MANIFEST.json (sha256 of every
+file).  It is written to a temporary folder and renamed into place only after ONNX-vs-torch parity on real
+windows passes, so a failed or interrupted export never leaves a bundle that looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loglm.artifacts import atomic_write_bytes, atomic_write_json, write_manifest
+
+BUNDLE_FILES = ("model.safetensors", "model.json", "vocab.json", "calibration.json", "config.yaml")
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def parity_windows(data_dir: Path, limit: int):
+    """Real windows from the prepared validation and test splits."""
+    import pyarrow as pa
+
+    from loglm.shards import read_sessions
+    from loglm.windows import windows_of
+
+    tables = [read_sessions(data_dir, s) for s in ("val", "test")]
+    table = pa.concat_tables(tables)
+    rng = np.random.default_rng(0)
+    idx = rng.choice(table.num_rows, size=min(limit, table.num_rows), replace=False)
+    return windows_of(table.take(pa.array(np.sort(idx))))
+
+
+def check_parity(torch_scores, onnx_scores, atol: float) -> dict:
+    diff = max((float(np.abs(a - b).max()) if len(a) else 0.0)
+               for a, b in zip(torch_scores.surprisal, onnx_scores.surprisal))
+    score_diff = float(np.abs(torch_scores.score - onnx_scores.score).max())
+    return {"max_abs_surprisal_diff": diff, "max_abs_score_diff": score_diff, "atol": atol, "ok": diff <= atol}
+
+
+def model_card(info: dict) -> str:
+    cal, par = info["calibration"], info["parity"]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in info.get("metrics", {}).items())
+    int8 = ""
+    if "int8" in par:
+        int8 = (f"; int8 max |Δ| = {par['int8']['max_abs_surprisal_diff']:.3g}, alert decisions agree on "
+                f"{par['int8']['decision_agreement']:.4f} of windows")
+    return f"""# LogLM detection bundle `{info['name']}`
+
+- model run: `{info['run_id']}`; teacher run: `{info.get('teacher_run_id') or '-'}`
+- dataset: `{info['dataset']}`, data sha256 `{info.get('data_sha256')}`
+- encoder: {info['encoder']}
+- parameters: {info['parameters']:,}
+- preferred variant: `{info['preferred_variant']}` ({', '.join(info['variants'])})
+- threshold: {cal['threshold']:.6g} for target FPR {cal['target_fpr']} on {cal['n_val_sessions']} validation normal sessions
+  (score `{cal['score']}`, top-k {cal['top_k']}, {cal['n_views']} masked views per window)
+- export parity on {par['windows']} real windows: fp32 max |Δ surprisal| = {par['fp32']['max_abs_surprisal_diff']:.2e}
+  (tolerance {par['fp32']['atol']}){int8}
+- exported {info['exported_at']} by loglm {info['loglm_version']}
+
+## Metrics of the model run
+
+| metric | value |
+|---|---|
+{rows}
+
+Run it: `loglm detect --bundle <this folder> /path/to/logs` (needs only onnxruntime, numpy, pyarrow and loglm's ingest).
+"""
+
+
+def run(cfg) -> dict:
+
+    from loglm.detect.detector import detect_config_of, model_dir_for
+    from loglm.detect.scores import score_windows_with
+    from loglm.detect.scoring import score_windows
+    from loglm.engine.bundle import BUNDLE_FORMAT, Bundle
+    from loglm.export.onnx import export_onnx, quantize_int8
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.model.store import load_model
+
+    model_dir = model_dir_for(cfg)
+    loaded = load_model(model_dir)
+    run_id = loaded.meta.get("run_id") or model_dir.name
+    dcfg = detect_config_of(loaded, cfg.detect)
+    dataset = loaded.meta.get("dataset", cfg.data.name)
+    out = Path(cfg.export.out).resolve() if cfg.export.out else Path(cfg.paths.root).resolve() / "bundles" / run_id
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in BUNDLE_FILES:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
+        export_onnx(loaded.encoder, tmp / "model.onnx")
+        variants = {"fp32": {"file": "model.onnx"}}
+        if cfg.export.quantize:
+            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
+            variants["int8"] = {"file": "model.int8.onnx"}
+
+        from loglm.ingest.builders import BUILDERS
+
+        data_cfg = load_data_config(model_dir, cfg)
+        info = {"format": BUNDLE_FORMAT, "name": f"{dataset}-{run_id[:8]}", "run_id": run_id,
+                "teacher_run_id": loaded.meta.get("teacher_run_id"), "dataset": dataset,
+                "data_sha256": loaded.meta.get("data_sha256"), "encoder": loaded.encoder.cfg.to_dict(),
+                "parameters": loaded.encoder.num_parameters(), "variants": variants, "preferred_variant": "fp32",
+                "data": data_cfg, "detect": dataclasses.asdict(dcfg), "calibration": loaded.calibration,
+                "raw_log_ingest": data_cfg["format"] not in BUILDERS,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loglm_version": _version()}
+        atomic_write_json(tmp / "bundle.json", info)
+        atomic_write_bytes(tmp / "model_card.md", b"placeholder")
+        write_manifest(tmp)
+
+        # parity on real windows: torch vs each ONNX variant, through the same scoring code
+        toks, gaps, closed = parity_windows(prepared_dir(cfg.paths.root, dataset), cfg.export.parity_windows)
+        ref = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
+        thr = float(loaded.calibration["threshold"])
+        parity = {"windows": len(toks)}
+        for variant in variants:
+            b = Bundle(tmp, variant=variant, verify=False)
+            got = score_windows_with(b.logp, toks, gaps, closed, dcfg)
+            parity[variant] = check_parity(ref, got, cfg.export.parity_atol)
+            parity[variant]["decision_agreement"] = float(((ref.score > thr) == (got.score > thr)).mean())
+        if not parity["fp32"]["ok"]:
+            raise ParityError(f"ONNX export of {model_dir} differs from torch by "
+                              f"{parity['fp32']['max_abs_surprisal_diff']:.3g} > export.parity_atol="
+                              f"{cfg.export.parity_atol}; bundle not written")
+        if "int8" in parity and parity["int8"]["decision_agreement"] >= 0.999:
+            info["preferred_variant"] = "int8"  # int8 keeps the alert decisions: prefer the faster model
+        info["parity"] = parity
+        info["metrics"] = _run_metrics(cfg, run_id)
+        atomic_write_json(tmp / "bundle.json", info)
+        atomic_write_bytes(tmp / "model_card.md", model_card(info).encode())
+        write_manifest(tmp, {"bundle": info["name"]})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    registry = register(cfg, out, info)
+    return {"bundle": str(out), "preferred_variant": info["preferred_variant"], "parity": parity,
+            "registry": registry}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loglm")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def load_data_config(model_dir: Path, cfg) -> dict:
+    """The ingest settings the model was trained with (from its resolved config.yaml)."""
+    from omegaconf import OmegaConf
+
+    path = model_dir / "config.yaml"
+    data = OmegaConf.to_container(OmegaConf.load(path).data) if path.is_file() else dataclasses.asdict(cfg.data)
+    data.pop("anomalous_ids", None)
+    data["inputs"] = []
+    return data
+
+
+def _run_metrics(cfg, run_id: str) -> dict:
+    import mlflow
+
+    from loglm import tracking
+
+    try:
+        run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(run_id)
+    except Exception:  # the model may come from another tracking store
+        return {}
+    keep = ("val/loss", "val/masked_acc", "val/top_k_acc", "val/teacher_agreement", "eval/f1", "eval/auroc",
+            "calib/threshold")
+    return {k: round(v, 6) for k, v in run.data.metrics.items() if k in keep}
+
+
+def register(cfg, bundle_dir: Path, info: dict) -> dict:
+    """Log the bundle to an export run and register it as a new model version with an alias."""
+    import mlflow
+
+    from loglm import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    exp = tracking.ensure_experiment(cfg, "loglm-export")
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(exp, run_name=f"export-{info['name']}",
+                            tags=tracking.run_tags(cfg, {"model_run_id": info["run_id"],
+                                                         "teacher_run_id": info.get("teacher_run_id"),
+                                                         "parent_run_id": info["run_id"]}))
+    rid = run.info.run_id
+    par = info["parity"]
+    client.log_metric(rid, "export/fp32_max_abs_diff", par["fp32"]["max_abs_surprisal_diff"])
+    if "int8" in par:
+        client.log_metric(rid, "export/int8_max_abs_diff", par["int8"]["max_abs_surprisal_diff"])
+        client.log_metric(rid, "export/int8_decision_agreement", par["int8"]["decision_agreement"])
+    client.log_artifacts(rid, str(bundle_dir), "bundle")
+    client.set_terminated(rid)
+    name = cfg.export.registry_name
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(name, description="LogLM detection bundles (ONNX + vocabulary + calibration)")
+    source = f"{client.get_run(rid).info.artifact_uri}/bundle"
+    mv = client.create_model_version(name, source=source, run_id=rid,
+                                     tags={"dataset": info["dataset"], "variant": info["preferred_variant"]},
+                                     description=f"bundle {info['name']} of model run {info['run_id']}")
+    client.set_registered_model_alias(name, cfg.export.alias, mv.version)
+    return {"name": name, "version": str(mv.version), "alias": cfg.export.alias, "export_run_id": rid,
+            "source": source}

@@ -1,0 +1,127 @@
+"""Export bundles and the torch-free ONNX engine, on a tiny model trained on controlled raw logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from conftest import ROOT, compose
+from synthetic import make_log
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from loglm.export.bundle import run as export
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    root = tmp_path_factory.mktemp("export")
+    lines, _ = make_log(200, seed=5)
+    log = root / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    cfg = compose("export", [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
+                             "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.7",
+                             "data.split.val_frac=0.3", "trainer.max_epochs=8", "trainer.batch_size=32",
+                             "trainer.progress_bar=false", "trainer.lr=0.003", "detect.top_k=1"])
+    prepare(cfg)
+    model = pretrain(cfg)
+    result = export(replace(cfg, ckpt=model["run_id"]))
+    return cfg, model, result
+
+
+def test_bundle_is_complete_parity_checked_and_registered(exported):
+    import mlflow
+
+    from loglm import tracking
+
+    cfg, model, result = exported
+    bundle = result["bundle"]
+    names = {p.name for p in __import__("pathlib").Path(bundle).iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "model.safetensors", "vocab.json", "calibration.json", "bundle.json",
+            "model_card.md", "config.yaml", "MANIFEST.json"} <= names
+    assert result["parity"]["fp32"]["ok"] and result["parity"]["fp32"]["max_abs_surprisal_diff"] < 1e-3
+    assert result["parity"]["windows"] > 10
+    card = open(f"{bundle}/model_card.md").read()
+    assert model["run_id"] in card and "parity" in card
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg), registry_uri=tracking.tracking_uri(cfg))
+    mv = client.get_model_version_by_alias(cfg.export.registry_name, "candidate")
+    assert str(mv.version) == result["registry"]["version"] and mv.run_id == result["registry"]["export_run_id"]
+
+
+def test_engine_detects_from_raw_logs_without_torch(exported, tmp_path):
+    cfg, _, result = exported
+    lines, kinds = make_log(40, seed=77, anomalies={5: "unseen", 15: "swap"})
+    log = tmp_path / "live.log"
+    log.write_text("\n".join(lines) + "\nnot a log line\n")
+    out = tmp_path / "alerts.jsonl"
+    code = f"""
+import json, sys
+from loglm.cli import main
+rc = main(["detect", "--bundle", {result['bundle']!r}, "--out", {str(out)!r}, {str(log)!r}])
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'lightning', 'ray', 'mlflow', 'hydra', 'deepspeed'}})
+print(json.dumps({{"rc": rc, "heavy": heavy}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last == {"rc": 0, "heavy": []}
+    summary = json.loads(proc.stdout[: proc.stdout.rindex("\n{")])
+    assert summary["lines"]["read"] == len(lines) + 1 and summary["lines"]["rejected"] == 1
+    alerted = {json.loads(x)["entity"]["value"] for x in out.read_text().splitlines()}
+    assert set(kinds) <= alerted
+
+
+def test_engine_and_torch_detection_agree(exported, tmp_path):
+    from loglm.detect.detector import run as torch_detect
+    from loglm.engine.detect import run as onnx_detect
+
+    cfg, model, result = exported
+    lines, _ = make_log(30, seed=8, anomalies={3: "swap"})
+    log = tmp_path / "x.log"
+    log.write_text("\n".join(lines) + "\n")
+    a = torch_detect(replace(cfg, ckpt=model["run_id"], inputs=[str(log)], out=str(tmp_path / "t.jsonl")))
+    b = onnx_detect(result["bundle"], [str(log)], str(tmp_path / "o.jsonl"), variant="fp32")
+    ta = {json.loads(x)["session_id"] for x in open(a["alerts_path"])}
+    tb = {json.loads(x)["session_id"] for x in open(b["alerts_path"])}
+    assert ta == tb and a["events_scored"] == b["events_scored"]
+
+
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "remove"])
+def test_damaged_bundle_is_refused_naming_the_file(exported, tmp_path, damage):
+    from loglm.cli import main
+
+    _, _, result = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(result["bundle"], copy)
+    target = copy / "model.onnx"
+    if damage == "tamper":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:100])
+    else:
+        target.unlink()
+    from loglm.engine.bundle import Bundle
+
+    with pytest.raises(ValueError, match="model.onnx"):
+        Bundle(copy)
+    assert main(["detect", "--bundle", str(copy), str(copy / "vocab.json")]) == 2
+
+
+def test_failed_parity_writes_no_bundle(exported, tmp_path, monkeypatch):
+    import loglm.export.bundle as eb
+
+    cfg, model, _ = exported
+    out = tmp_path / "refused"
+    monkeypatch.setattr(eb, "check_parity", lambda a, b, atol: {"max_abs_surprisal_diff": 1.0, "max_abs_score_diff": 1.0,
+                                                               "atol": atol, "ok": False})
+    with pytest.raises(eb.ParityError, match="bundle not written"):
+        eb.run(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(out))))
+    assert not out.exists() and not list(tmp_path.glob(".refused*"))
