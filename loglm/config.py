@@ -134,6 +134,10 @@ class DetectConfig:
     expected_per_event: int = 3
     # also write every session's score (Parquet) next to the alerts, for SIEM enrichment and audits
     write_scores: bool = True
+    # replace entity values (IPs, users, hosts) by keyed HMAC pseudonyms in alerts and score files
+    pseudonymize: bool = False
+    pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "user", "hostname"])
+    pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
 
 
 @dataclass
@@ -199,6 +203,8 @@ class RootConfig:
     teacher: str | None = None
     # an exported bundle directory (torch-free detection)
     bundle: str | None = None
+    # continue a stopped pretraining run: its MLflow run id or a Lightning checkpoint path
+    resume_from: str | None = None
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

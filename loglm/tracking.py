@@ -24,18 +24,38 @@ def tracking_uri(cfg) -> str:
 
 
 def ensure_experiment(cfg, name: str) -> str:
-    """Experiment id; a new experiment stores artifacts under <paths.root>/mlartifacts (not the cwd)."""
+    """Experiment id; a new experiment stores artifacts under <paths.root>/mlartifacts (not the cwd).
+
+    Uses an explicit client: ``mlflow.set_tracking_uri`` would also export MLFLOW_TRACKING_URI to every
+    child process, silently redirecting their runs.
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    exp = mlflow.get_experiment_by_name(name)
+    uri = tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    uri = tracking_uri(cfg)
     location = None
     if not uri.startswith("http"):
         location = (Path(cfg.paths.root).resolve() / "mlartifacts" / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_logger_run(logger) -> str:
+    """Start (or reopen) a Lightning MLFlowLogger run and return its id.
+
+    Lightning calls ``mlflow.set_tracking_uri``, which exports MLFLOW_TRACKING_URI to this process and every
+    child; restore the environment so later jobs with another store are not redirected.
+    """
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        return logger.run_id
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def loggable_params(cfg) -> dict[str, str]:

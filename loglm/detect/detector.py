@@ -51,7 +51,7 @@ def score_input(cfg, loaded):
     return table, events_from_table(read_events(data_dir)), None, []
 
 
-def write_session_scores(path: Path, table, ws) -> None:
+def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
     """One row per scored session (max over its chunks), alerting or not."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -68,6 +68,10 @@ def write_session_scores(path: Path, table, ws) -> None:
             cur["n_events"] += int(ws.n_events[r])
             cur["start_ts"] = min(cur["start_ts"], cols["start_ts"][r])
             cur["end_ts"] = max(cur["end_ts"], cols["end_ts"][r])
+    if pseudo is not None:
+        for row in rows.values():
+            if row["entity_type"] in pseudo.kinds:
+                row["entity"] = row["session_id"] = pseudo.token(row["entity_type"], row["entity"])
     out = pa.Table.from_pylist(list(rows.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -89,6 +93,7 @@ def detect_with(cfg, model, scorer) -> dict:
     (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too."""
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.alerts import build_alerts, write_alerts
+    from loglm.privacy import from_config
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
@@ -100,10 +105,13 @@ def detect_with(cfg, model, scorer) -> dict:
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info)
+    pseudo = from_config(cfg.detect)
+    if pseudo is not None:
+        alerts = [pseudo.alert(a) for a in alerts]
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     write_alerts(out, alerts)
     if cfg.detect.write_scores:
-        write_session_scores(out.with_suffix(".scores.parquet"), table, ws)
+        write_session_scores(out.with_suffix(".scores.parquet"), table, ws, pseudo)
     n_sessions = len(set(table.column("session_id").to_pylist()))
     n_events = int(sum(len(t) for t in toks))
     elapsed = time.perf_counter() - t0

@@ -14,6 +14,12 @@ class BestWeights(pl.Callback):
         self.folder, self.meta, self.encoder_attr = folder, meta, encoder_attr
         self.best, self.best_epoch = float("inf"), -1
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}  # kept in checkpoints, so resume keeps the best
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return

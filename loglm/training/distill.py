@@ -138,8 +138,8 @@ def run(cfg) -> dict:
                           tags=tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run,
                                                        "parent_run_id": teacher_run, "dataset": dataset,
                                                        "data_sha256": teacher.meta.get("data_sha256")}))
+    run_id = tracking.start_logger_run(logger)
     logger.log_hyperparams(tracking.loggable_params(cfg))
-    run_id = logger.run_id
     model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(teacher_dir / "vocab.json", model_dir / "vocab.json")

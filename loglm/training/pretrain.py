@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+import signal
 import time
 from pathlib import Path
 
 from loglm.config import RootConfig
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: stop, keep the last checkpoint, mark the run."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a Ray worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int) -> dict:
@@ -19,10 +38,23 @@ def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int) -> dict:
             "d_ff": m.d_ff, "dropout": m.dropout, "max_len": m.max_len, "gap_buckets": gap_buckets}
 
 
+def resume_target(cfg) -> tuple[str | None, Path | None]:
+    """(MLflow run id, Lightning checkpoint) to continue, from ``resume_from`` = run id or checkpoint path."""
+    if not cfg.resume_from:
+        return None, None
+    p = Path(cfg.resume_from).expanduser()
+    if p.is_file():
+        return (p.parent.name if p.parent.parent.name == "checkpoints" else None), p.resolve()
+    ckpt = Path(cfg.paths.root).resolve() / "checkpoints" / cfg.resume_from / "last.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: no checkpoint {ckpt} (nor a checkpoint file of that name)")
+    return cfg.resume_from, ckpt
+
+
 def run(cfg) -> dict:
     import lightning.pytorch as pl
     import mlflow
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
     from omegaconf import OmegaConf
 
@@ -51,13 +83,18 @@ def run(cfg) -> dict:
     dm = SessionDataModule(data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
 
     tracking.ensure_experiment(cfg, cfg.logger.experiment)
+    resume_run, resume_ckpt = resume_target(cfg)
     logger = MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                          run_name=cfg.logger.run_name,
+                          run_name=cfg.logger.run_name, run_id=resume_run,
                           tags=tracking.run_tags(cfg, {"data_sha256": summary["data_sha256"], "stage": "pretrain",
                                                        "model_size": cfg.model.name, "world_size": 1,
                                                        "strategy": "single"}))
-    logger.log_hyperparams(tracking.loggable_params(cfg))
-    run_id = logger.run_id
+    run_id = tracking.start_logger_run(logger)
+    if resume_run is None:
+        logger.log_hyperparams(tracking.loggable_params(cfg))
+    else:
+        mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "resumed_from", str(resume_ckpt))
+    ckpt_dir = Path(cfg.paths.root).resolve() / "checkpoints" / run_id
     model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data_dir / "vocab.json", model_dir / "vocab.json")
@@ -66,13 +103,24 @@ def run(cfg) -> dict:
     trainer = pl.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=cfg.trainer.precision, logger=logger, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        callbacks=[best, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min")],
-        enable_checkpointing=False, use_distributed_sampler=False, deterministic=False,
+        callbacks=[best, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"),
+                   ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
+                                   every_n_epochs=1, enable_version_counter=False)], use_distributed_sampler=False, deterministic=False,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=cfg.trainer.progress_bar,
         limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    try:
+        with sigterm_as_interrupt():
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt, weights_only=True)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # the last epoch's checkpoint stays usable; the run is KILLED, not RUNNING forever
+        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client.set_tag(run_id, "interrupted", f"{type(e).__name__} at epoch {trainer.current_epoch}")
+        client.set_terminated(run_id, "KILLED")
+        print(f"\npretraining interrupted; MLflow run {run_id} marked KILLED. Continue with: "
+              f"python -m pipelines.pretrain resume_from={run_id} (same data/model config)", flush=True)
+        raise SystemExit(130) from None
     train_s = time.perf_counter() - t0
 
     atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())

@@ -1,0 +1,77 @@
+"""Ctrl-C / SIGTERM during a real pretraining process, then resume_from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, compose
+from synthetic import make_log
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    from loglm.ingest.prepare import run as prepare
+
+    lines, _ = make_log(300, seed=3)
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    overrides = [f"paths.root={tmp_path}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
+                 "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
+                 "data.split.val_frac=0.2", "trainer.progress_bar=false", "trainer.patience=1000",
+                 "trainer.batch_size=8"]
+    prepare(compose("prepare", overrides))
+    return tmp_path, overrides
+
+
+def _wait_for_checkpoint(root, proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list((root / "checkpoints").glob("*/last.ckpt")) if (root / "checkpoints").exists() else []
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.5)
+    pytest.fail("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_is_killed_and_resumes_from_its_checkpoint(prepared, sig):
+    import mlflow
+    import torch
+
+    root, overrides = prepared
+    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, "trainer.max_epochs=500"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = _wait_for_checkpoint(root, proc)
+    time.sleep(1.0)  # let it get into the next epoch
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    run_id = ckpt.parent.name
+    assert f"resume_from={run_id}" in out
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")  # plain tensors and primitives only
+    stopped_epoch = state["epoch"]
+    stopped_step = state["global_step"]
+    assert stopped_step > 0
+
+    resumed = subprocess.run([sys.executable, "-m", "pipelines.pretrain", *overrides, f"resume_from={run_id}",
+                              f"trainer.max_epochs={stopped_epoch + 3}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    final = torch.load(ckpt, weights_only=True, map_location="cpu")
+    assert final["global_step"] > stopped_step  # continued, not restarted from step 0
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert max(steps) > stopped_step and min(steps) < stopped_step
