@@ -75,3 +75,22 @@ def test_interrupted_run_is_killed_and_resumes_from_its_checkpoint(prepared, sig
     assert final["global_step"] > stopped_step  # continued, not restarted from step 0
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert max(steps) > stopped_step and min(steps) < stopped_step
+
+
+def test_tampered_checkpoint_is_refused_before_resuming(tmp_path):
+    import torch
+
+    from loglm.training.checkpoint_io import VerifiedCheckpointIO
+
+    io = VerifiedCheckpointIO()
+    ckpt = tmp_path / "checkpoints" / "run1" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 2}, ckpt)
+    assert io.load_checkpoint(ckpt)["epoch"] == 2
+    data = bytearray(ckpt.read_bytes())
+    data[-5] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="last.ckpt"):
+        io.load_checkpoint(ckpt)
+    (tmp_path / "checkpoints" / "run1" / "last.ckpt.sha256.json").unlink()
+    with pytest.raises(ValueError, match="unverified"):
+        io.load_checkpoint(ckpt)

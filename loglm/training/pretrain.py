@@ -64,6 +64,7 @@ def run(cfg) -> dict:
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import finalize, load_model
     from loglm.training.callbacks import BestWeights
+    from loglm.training.checkpoint_io import VerifiedCheckpointIO, verify_checkpoint
     from loglm.training.data import SessionDataModule
     from loglm.training.module import LogLMModule
     from loglm.vocab import Vocabulary
@@ -84,6 +85,8 @@ def run(cfg) -> dict:
 
     tracking.ensure_experiment(cfg, cfg.logger.experiment)
     resume_run, resume_ckpt = resume_target(cfg)
+    if resume_ckpt is not None:
+        verify_checkpoint(resume_ckpt)  # before any run is touched
     logger = MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
                           run_name=cfg.logger.run_name, run_id=resume_run,
                           tags=tracking.run_tags(cfg, {"data_sha256": summary["data_sha256"], "stage": "pretrain",
@@ -108,6 +111,7 @@ def run(cfg) -> dict:
                                    every_n_epochs=1, enable_version_counter=False)], use_distributed_sampler=False, deterministic=False,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=cfg.trainer.progress_bar,
         limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0,
+        plugins=[VerifiedCheckpointIO()],
     )
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,71 @@
+"""Lightning checkpoint I/O that is atomic, sha256-verified and never unpickles code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from loglm.artifacts import atomic_write_json, sha256_file
+
+
+class VerifiedCheckpointIO(TorchCheckpointIO):
+    """Writes ``<ckpt>`` via temporary file + rename plus ``<ckpt>.sha256.json``; loads only verified files,
+    with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        # checkpoint and its digest change together: Ctrl-C / SIGTERM wait until both are in place
+        with deferred_signals():
+            os.replace(tmp, path)
+            atomic_write_json(sidecar(path), {"sha256": digest, "bytes": path.stat().st_size})
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        verify_checkpoint(Path(path))
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+    def remove_checkpoint(self, path) -> None:
+        super().remove_checkpoint(path)
+        sidecar(Path(path)).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, ValueError, OSError):  # platforms without pthread_sigmask
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def verify_checkpoint(path: Path) -> None:
+    meta_path = sidecar(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not meta_path.is_file():
+        raise ValueError(f"checkpoint {path} has no {meta_path.name}: refusing an unverified checkpoint")
+    meta = json.loads(meta_path.read_text())
+    if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
+        raise ValueError(f"checkpoint {path} does not match its sha256 ({meta_path.name}): truncated or tampered")
