@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from collections import Counter
@@ -75,6 +76,8 @@ class RawTextReader:
         self.fmt = fmt
         self.regex = fmt.regex()
         self.max_line_bytes = max_line_bytes
+        # log timestamps repeat heavily (second resolution): parse each distinct stamp once
+        self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
         source = os.fspath(path)
@@ -106,7 +109,7 @@ class RawTextReader:
         fields = m.groupdict()
         stamp = " ".join(fields[f] for f in self.fmt.time_fields)
         try:
-            ts = self.fmt.time_parser(stamp)
+            ts = self._parse_time(stamp)
         except (ValueError, OverflowError):
             return Rejection(source, line_no, f"bad timestamp: {stamp[:64]!r}")
         label = fields.get(self.fmt.label_field) if self.fmt.label_field else None
