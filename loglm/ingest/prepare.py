@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from loglm.artifacts import atomic_write_bytes, write_manifest
+from loglm.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.formats import get_format
 from loglm.ingest.params import entities_of, mask_params
@@ -79,7 +80,7 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
     for old in (out / "sessions").glob("shard-*.parquet"):
         old.unlink()
     table = session_table(parsed.sessions, parsed.events, vocab)
-    write_session_shards(table, out / "sessions", data.shard_rows)
+    shards = write_session_shards(table, out / "sessions", data.shard_rows)
     tmp = out / ".events.parquet.tmp"
     pq.write_table(events_table(parsed.events), tmp, compression="zstd")
     tmp.replace(out / "events.parquet")
@@ -90,7 +91,9 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
     splits = Counter(s.split for s in parsed.sessions if s.chunk == 0)
     labels = Counter((s.split, s.label) for s in parsed.sessions if s.chunk == 0)
     acct = parsed.account.as_dict()
-    assert acct["read"] == acct["accepted"] + acct["rejected"], acct
+    if acct["read"] != acct["accepted"] + acct["rejected"]:  # an invariant: a bug if it ever fires
+        raise RuntimeError(f"line accounting does not reconcile: {acct}")
+    shard_hashes = "".join(sha256_file(p) for p in shards)
     summary = {
         "dataset": data.name, "format": data.format, "inputs": list(data.inputs), "lines": acct,
         "events": len(parsed.events), "sessions": len({s.session_id for s in parsed.sessions}),
@@ -98,13 +101,10 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
         "sessions_by_split": dict(splits),
         "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(labels.items())},
         "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
+        # identifies the model-visible data: every token shard plus the vocabulary
+        "data_sha256": hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest(),
         **extra,
     }
-    manifest = write_manifest(out, {"summary": summary})
-    shard_hashes = "".join(v["sha256"] for k, v in sorted(manifest["files"].items()) if k.startswith("sessions/"))
-    import hashlib
-
-    summary["data_sha256"] = hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest()
     write_manifest(out, {"summary": summary})
     return summary
 
