@@ -132,6 +132,7 @@ def _corpus(path, n_lines: int, seed: int) -> int:
     return written
 
 
+@pytest.mark.slow
 def test_million_line_corpus_ingest_and_detect_reconcile(tmp_path):
     from loglm.detect.detector import run as detect
     from loglm.ingest.prepare import run as prepare
