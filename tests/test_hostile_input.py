@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from conftest import compose
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
