@@ -67,25 +67,26 @@ def bench_scoring() -> dict:
 
 
 ONNX_PROCESS = """
-import json, resource, sys, time
+import json, sys, time
 import pyarrow.parquet as pq
 from loglm.config import DetectConfig
-from loglm.detect.scores import score_windows_with
 from loglm.engine.bundle import Bundle
 from loglm.windows import windows_of
 bundle = Bundle(sys.argv[1], variant=sys.argv[2])
 toks, gaps, closed = windows_of(pq.read_table(sys.argv[3]))
 dcfg = DetectConfig(**json.loads(sys.argv[4]))
 t0 = time.perf_counter()
-ws = score_windows_with(bundle.logp, toks, gaps, closed, dcfg)
+ws = bundle.scorer()(toks, gaps, closed, dcfg)
 dt = time.perf_counter() - t0
 heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'ray', 'mlflow'})
-print(json.dumps({"seconds": dt, "events": int(sum(len(t) for t in toks)), "peak_rss_mb":
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "heavy_modules": heavy}))
+# VmHWM: this process's own peak RSS (ru_maxrss would carry over the parent's peak across fork + exec)
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1024
+print(json.dumps({"seconds": dt, "events": int(sum(len(t) for t in toks)), "peak_rss_mb": hwm,
+                  "heavy_modules": heavy}))
 """
 
 
-def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int) -> dict:
+def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int, rtd_weight: float) -> dict:
     """Teacher (torch) vs distilled student (torch, ONNX fp32, ONNX int8) on the same real HDFS windows."""
     import dataclasses
     import subprocess
@@ -94,7 +95,6 @@ def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int) -> dict
     import pyarrow.parquet as pq
 
     from loglm.config import compose  # the same composition a user's command line gets
-    from loglm.detect.scores import score_windows_with
     from loglm.detect.scoring import score_windows
     from loglm.engine.bundle import Bundle
     from loglm.evaluation import evaluate_scores, session_scores
@@ -109,7 +109,7 @@ def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int) -> dict
 
     cfg = compose("pretrain", [f"paths.root={tmp}", "data=hdfs_blocks_sample", "model=small",
                                f"trainer.max_epochs={teacher_epochs}", "trainer.progress_bar=false",
-                               f"distill.max_epochs={student_epochs}"])
+                               f"distill.max_epochs={student_epochs}", f"distill.rtd_weight={rtd_weight}"])
     prepare(cfg)
     teacher_run = pretrain(cfg)
     student_run = distill(dataclasses.replace(cfg, teacher=teacher_run["run_id"]))
@@ -119,6 +119,8 @@ def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int) -> dict
     toks, gaps, closed = windows_of(test)
     events = int(sum(len(t) for t in toks))
     dcfg = dataclasses.replace(cfg.detect, **{k: teacher.calibration[k] for k in ("score", "top_k", "n_views", "unk_surprisal")})
+    # the student is scored as it was calibrated (one pass through its replaced-event head when it has one)
+    scfg = dataclasses.replace(dcfg, scorer=student.calibration.get("scorer", "views"))
     windows_file = tmp / "windows.parquet"
     pq.write_table(test.select(["tokens", "gaps", "closed"]), windows_file)
 
@@ -134,19 +136,20 @@ def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int) -> dict
 
     out = {"data": "hdfs_blocks_sample/test", "windows": len(toks), "events": events,
            "teacher_params": teacher.encoder.num_parameters(), "student_params": student.encoder.num_parameters(),
-           "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "n_views": dcfg.n_views}
+           "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "n_views": dcfg.n_views,
+           "student_scorer": scfg.scorer, "rtd_weight": rtd_weight}
     ws_t, dt = timed(lambda: score_windows(teacher.encoder, toks, gaps, closed, dcfg))
     out["events_per_s_teacher_torch"] = round(events / dt, 1)
     acc = {"teacher_torch": f1_of(ws_t, teacher)}
-    ws_s, dt = timed(lambda: score_windows(student.encoder, toks, gaps, closed, dcfg))
+    ws_s, dt = timed(lambda: score_windows(student.encoder, toks, gaps, closed, scfg))
     out["events_per_s_student_torch"] = round(events / dt, 1)
     acc["student_torch"] = f1_of(ws_s, student)
     for variant in ("fp32", "int8"):
         b = Bundle(Path(bundle_dir), variant=variant)
-        ws_o, _ = timed(lambda b=b: score_windows_with(b.logp, toks, gaps, closed, dcfg))
+        ws_o, _ = timed(lambda b=b: b.scorer()(toks, gaps, closed, scfg))
         acc[f"student_onnx_{variant}"] = f1_of(ws_o, student)
         proc = subprocess.run([sys.executable, "-c", ONNX_PROCESS, bundle_dir, variant, str(windows_file),
-                               json.dumps(dataclasses.asdict(dcfg))], capture_output=True, text=True, check=True)
+                               json.dumps(dataclasses.asdict(scfg))], capture_output=True, text=True, check=True)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         out[f"events_per_s_student_onnx_{variant}"] = round(r["events"] / r["seconds"], 1)
         out[f"peak_rss_mb_onnx_{variant}"] = round(r["peak_rss_mb"], 1)
@@ -198,12 +201,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--teacher-epochs", type=int, default=6)
-    parser.add_argument("--student-epochs", type=int, default=4)
+    parser.add_argument("--student-epochs", type=int, default=10)
+    parser.add_argument("--rtd-weight", type=float, default=2.0,
+                        help="replaced-event head weight of the student (0 = score with masked views)")
     args = parser.parse_args()
     sections = {"ingest": lambda: bench_ingest(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
                 "scoring_cpu": bench_scoring,
                 "inference": lambda: bench_inference(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
-                                                     args.teacher_epochs, args.student_epochs)}
+                                                     args.teacher_epochs, args.student_epochs, args.rtd_weight)}
     results = {}
     for name, fn in sections.items():
         if args.only and name not in args.only:

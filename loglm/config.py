@@ -126,7 +126,9 @@ class DetectConfig:
     # surprisal), "mean_surprisal", "max_surprisal"
     score: str = "miss_ratio"
     top_k: int = 5
-    # masked views per window; every event is masked in exactly one view, so cost is constant per window
+    # "views": n_views masked views per window (every event masked once; cost constant per window);
+    # "rtd": one unmasked pass through a replaced-event-detection head (students distilled with rtd_weight > 0)
+    scorer: str = "views"
     n_views: int = 5
     unk_surprisal: float = 20.0
     batch_size: int = 256
@@ -154,6 +156,9 @@ class DistillConfig:
     kl_weight: float = 1.0
     hard_weight: float = 0.5
     cosine_weight: float = 0.5
+    # ELECTRA-style replaced-event detection head trained on teacher-sampled replacements (0 disables);
+    # a student with it scores a window in one forward pass (detect.scorer=rtd)
+    rtd_weight: float = 2.0
     max_epochs: int = 10
     lr: float = 0.002
     experiment: str = "loglm-distill"

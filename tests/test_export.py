@@ -125,3 +125,26 @@ def test_failed_parity_writes_no_bundle(exported, tmp_path, monkeypatch):
     with pytest.raises(eb.ParityError, match="bundle not written"):
         eb.run(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(out))))
     assert not out.exists() and not list(tmp_path.glob(".refused*"))
+
+
+def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
+    """A distilled student with a replaced-event head exports both outputs; engine and torch agree."""
+    from loglm.detect.detector import run as torch_detect
+    from loglm.engine.detect import run as onnx_detect
+    from loglm.export.bundle import run as export
+    from loglm.training.distill import run as distill
+
+    cfg, model, _ = exported
+    student = distill(replace(cfg, teacher=model["run_id"],
+                              distill=replace(cfg.distill, d_model=16, n_layers=1, d_ff=32, max_epochs=3)))
+    result = export(replace(cfg, ckpt=student["model_dir"], export=replace(cfg.export, out=str(tmp_path / "b"))))
+    assert result["parity"]["fp32"]["ok"]
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["detect"]["scorer"] == "rtd"
+    lines, _ = make_log(25, seed=12, anomalies={4: "unseen"})
+    log = tmp_path / "y.log"
+    log.write_text("\n".join(lines) + "\n")
+    a = torch_detect(replace(cfg, ckpt=student["model_dir"], inputs=[str(log)], out=str(tmp_path / "t.jsonl")))
+    b = onnx_detect(str(tmp_path / "b"), [str(log)], str(tmp_path / "o.jsonl"), variant="fp32")
+    ta = {json.loads(x)["session_id"] for x in open(a["alerts_path"])}
+    tb = {json.loads(x)["session_id"] for x in open(b["alerts_path"])}
+    assert ta == tb

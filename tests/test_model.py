@@ -66,6 +66,22 @@ def test_scoring_cost_is_constant_in_window_length():
         assert len(calls) == 4, length  # one forward per view, whatever the length
 
 
+def test_replaced_event_head_scores_in_one_pass():
+    torch.manual_seed(0)
+    enc = LogEncoder(EncoderConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0,
+                                   max_len=64, rtd_head=True)).eval()
+    calls = []
+    enc.register_forward_hook(lambda *a: calls.append(1))
+    cfg = DetectConfig(scorer="rtd", batch_size=8, unk_surprisal=20.0)
+    toks = [np.array([5, 6, UNK, 7]), np.arange(5, 20)]
+    ws = score_windows(enc, toks, [np.zeros(len(t), int) for t in toks], [True, False], cfg)
+    assert len(calls) == 1  # one forward for the whole batch, any window length
+    assert [len(s) for s in ws.surprisal] == [5, 15]
+    assert ws.surprisal[0][2] == pytest.approx(20.0) and (ws.surprisal[1] > 0).all()
+    with pytest.raises(ValueError, match="replaced-event"):
+        score_windows(tiny(), toks, [np.zeros(len(t), int) for t in toks], [True, True], cfg)
+
+
 def test_unk_events_get_maximal_surprisal_and_miss():
     enc = tiny()
     cfg = DetectConfig(n_views=2, unk_surprisal=20.0, top_k=3)

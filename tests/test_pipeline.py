@@ -155,5 +155,7 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
     assert student.encoder.cfg.d_model == 16 and student.calibration["threshold"] >= 0
     assert out["student_parameters"] < out["teacher_parameters"]
     assert out["metrics"]["val/teacher_agreement"] > 0.5
+    assert student.encoder.rtd is not None and student.calibration["scorer"] == "rtd"
+    assert out["metrics"]["val/rtd_acc"] > 0.5
     run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(out["run_id"])
     assert run.data.tags["teacher_run_id"] == result["run_id"] and "distill/kl" in run.data.metrics

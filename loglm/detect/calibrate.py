@@ -22,7 +22,7 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     per_session = np.array(list(session_max(val.column("session_id").to_pylist(), ws.score).values()))
     thr = threshold_for_fpr(per_session, cfg.target_fpr)
     result = {
-        "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k,
+        "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal,
         "n_val_sessions": int(len(per_session)),
         "val_fpr_at_threshold": float((per_session > thr).mean()),

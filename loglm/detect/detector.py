@@ -27,7 +27,7 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
     if cal is None:
         raise ValueError(f"{loaded.folder} has no calibration.json: it cannot decide what is anomalous")
     return replace(cfg_detect, score=cal["score"], top_k=cal["top_k"], n_views=cal["n_views"],
-                   unk_surprisal=cal["unk_surprisal"])
+                   unk_surprisal=cal["unk_surprisal"], scorer=cal.get("scorer", "views"))
 
 
 def score_input(cfg, loaded):

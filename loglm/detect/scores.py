@@ -105,6 +105,44 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
                         surprisal, rank, expected, expected_p)
 
 
+# (tokens, gaps, pad_mask) -> (logits (B, L, V), replaced logits (B, L)) from one unmasked pass
+RtdFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
+                           cfg: DetectConfig) -> WindowScores:
+    """One forward pass per window: per-position surprisal = -log(1 - p(replaced)); a position counts as a
+    miss when p(replaced) > 0.5; "expected" comes from the masked-event head on the unmasked input."""
+    n = len(tokens)
+    e = cfg.expected_per_event
+    out_s, out_r, out_x, out_p = [None] * n, [None] * n, [None] * n, [None] * n
+    order = sorted(range(n), key=lambda i: len(tokens[i]))
+    for b in range(0, n, cfg.batch_size):
+        rows = order[b:b + cfg.batch_size]
+        tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
+        logits, rtd = rtd_fn(tok, gap, pad)
+        # -log(1 - sigmoid(z)) = softplus(z), computed stably
+        surprisal = np.logaddexp(0.0, rtd.astype(np.float64)).astype(np.float32)
+        surprisal[tok == UNK] = cfg.unk_surprisal
+        miss = (rtd > 0) | (tok == UNK)
+        k = min(e, logits.shape[-1])
+        top = np.argsort(-logits, axis=-1, kind="stable")[..., :k]
+        probs = np.exp(log_softmax(logits.astype(np.float32)))
+        top_p = np.take_along_axis(probs, top, -1)
+        for j, i in enumerate(rows):
+            m = len(tokens[i]) + int(closed[i])
+            out_s[i] = surprisal[j, 1:1 + m]
+            out_r[i] = np.where(miss[j, 1:1 + m], 1 << 30, 0).astype(np.int64)
+            out_x[i] = top[j, 1:1 + m]
+            out_p[i] = top_p[j, 1:1 + m]
+    n_events = np.array([len(s) for s in out_s], dtype=np.int64)
+    n_miss = np.array([(r > 0).sum() for r in out_r], dtype=np.int64)
+    mean_s = np.array([s.mean() if len(s) else 0.0 for s in out_s], dtype=np.float64)
+    max_s = np.array([s.max() if len(s) else 0.0 for s in out_s], dtype=np.float64)
+    return WindowScores(window_score(cfg.score, n_miss / np.maximum(n_events, 1), mean_s, max_s), n_events, n_miss,
+                        mean_s, max_s, out_s, out_r, out_x, out_p)
+
+
 def session_max(session_ids: list[str], scores: np.ndarray) -> dict[str, float]:
     """A session split into chunks scores as its most anomalous chunk."""
     out: dict[str, float] = {}

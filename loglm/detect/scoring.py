@@ -9,6 +9,7 @@ from loglm.config import DetectConfig
 from loglm.detect.scores import (  # noqa: F401  (re-exported for callers of the torch path)
     SCORES,
     WindowScores,
+    score_windows_rtd_with,
     score_windows_with,
     session_max,
     threshold_for_fpr,
@@ -27,6 +28,21 @@ def torch_logp_fn(encoder):
     return logp
 
 
+def torch_rtd_fn(encoder):
+    encoder.eval()
+
+    @torch.inference_mode()
+    def fn(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray):
+        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
+        return encoder.logits(hidden).float().numpy(), encoder.replaced_logit(hidden).float().numpy()
+
+    return fn
+
+
 def score_windows(encoder, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                   cfg: DetectConfig) -> WindowScores:
+    if cfg.scorer == "rtd":
+        return score_windows_rtd_with(torch_rtd_fn(encoder), tokens, gaps, closed, cfg)
+    if cfg.scorer != "views":
+        raise ValueError(f"detect.scorer must be 'views' or 'rtd', got {cfg.scorer!r}")
     return score_windows_with(torch_logp_fn(encoder), tokens, gaps, closed, cfg)

@@ -42,7 +42,16 @@ class Bundle:
         logits = self.session.run(["logits"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
         return log_softmax(logits[target].astype(np.float32))
 
-    def scorer(self):
-        from loglm.detect.scores import score_windows_with
+    def rtd(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, replaced = self.session.run(["logits", "replaced"], {"tokens": tok, "gaps": gap, "pad_mask": pad})
+        return logits, replaced
 
-        return lambda toks, gaps, closed, dcfg: score_windows_with(self.logp, toks, gaps, closed, dcfg)
+    def scorer(self):
+        from loglm.detect.scores import score_windows_rtd_with, score_windows_with
+
+        def score(toks, gaps, closed, dcfg):
+            if dcfg.scorer == "rtd":
+                return score_windows_rtd_with(self.rtd, toks, gaps, closed, dcfg)
+            return score_windows_with(self.logp, toks, gaps, closed, dcfg)
+
+        return score

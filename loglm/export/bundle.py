@@ -78,7 +78,6 @@ Run it: `loglm detect --bundle <this folder> /path/to/logs` (needs only onnxrunt
 def run(cfg) -> dict:
 
     from loglm.detect.detector import detect_config_of, model_dir_for
-    from loglm.detect.scores import score_windows_with
     from loglm.detect.scoring import score_windows
     from loglm.engine.bundle import BUNDLE_FORMAT, Bundle
     from loglm.export.onnx import export_onnx, quantize_int8
@@ -125,7 +124,7 @@ def run(cfg) -> dict:
         parity = {"windows": len(toks)}
         for variant in variants:
             b = Bundle(tmp, variant=variant, verify=False)
-            got = score_windows_with(b.logp, toks, gaps, closed, dcfg)
+            got = b.scorer()(toks, gaps, closed, dcfg)
             parity[variant] = check_parity(ref, got, cfg.export.parity_atol)
             parity[variant]["decision_agreement"] = float(((ref.score > thr) == (got.score > thr)).mean())
         if not parity["fp32"]["ok"]:

@@ -15,8 +15,11 @@ class LogitsGraph(nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
 
-    def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder.logits(self.encoder(tokens, gaps, pad_mask))
+    def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor):
+        hidden = self.encoder(tokens, gaps, pad_mask)
+        if self.encoder.rtd is not None:
+            return self.encoder.logits(hidden), self.encoder.replaced_logit(hidden)
+        return self.encoder.logits(hidden)
 
 
 def export_onnx(encoder, path: Path) -> None:
@@ -31,7 +34,8 @@ def export_onnx(encoder, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, example, str(path), dynamo=True, dynamic_shapes=shapes, external_data=False,
-                          input_names=["tokens", "gaps", "pad_mask"], output_names=["logits"], verbose=False)
+                          input_names=["tokens", "gaps", "pad_mask"],
+                          output_names=["logits", "replaced"] if encoder.rtd is not None else ["logits"], verbose=False)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

@@ -24,6 +24,7 @@ class EncoderConfig:
     dropout: float = 0.1
     max_len: int = 257
     gap_buckets: int = 16
+    rtd_head: bool = False  # per-position "was this event replaced?" logit (one-pass scoring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +75,7 @@ class LogEncoder(nn.Module):
         # masked-event head, output matrix tied to the input embedding
         self.head_transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model))
         self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.rtd = nn.Linear(cfg.d_model, 1) if cfg.rtd_head else None
         self.apply(self._init)
 
     @staticmethod
@@ -99,6 +101,11 @@ class LogEncoder(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head_transform(hidden) @ self.tok.weight.T + self.head_bias
+
+    def replaced_logit(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.rtd is None:
+            raise ValueError("this encoder has no replaced-event-detection head (distill with distill.rtd_weight > 0)")
+        return self.rtd(hidden).squeeze(-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import IGNORE, mask_events
+from loglm.vocab import END
 
 
 def init_from_teacher(student: LogEncoder, teacher: LogEncoder) -> list[str]:
@@ -42,7 +43,8 @@ def init_from_teacher(student: LogEncoder, teacher: LogEncoder) -> list[str]:
 
 class DistillModule(pl.LightningModule):
     def __init__(self, teacher: LogEncoder, student_cfg: dict, mask_ratio: float, temperature: float,
-                 kl_weight: float, hard_weight: float, cosine_weight: float, lr: float, init: str):
+                 kl_weight: float, hard_weight: float, cosine_weight: float, lr: float, init: str,
+                 rtd_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["teacher"])
         self.teacher = teacher.eval().requires_grad_(False)
@@ -74,8 +76,32 @@ class DistillModule(pl.LightningModule):
         real = batch["pad_mask"]
         cos = 1 - F.cosine_similarity(self.project(s_hidden[real]), t_hidden[real], dim=-1).mean()
         loss = hp.kl_weight * kl + hp.hard_weight * hard + hp.cosine_weight * cos
-        return {"loss": loss, "kl": kl, "hard": hard, "cos": cos, "s_logits": s_logits, "gold": labels[target],
-                "t_logits": t_logits}
+        out = {"kl": kl, "hard": hard, "cos": cos, "s_logits": s_logits, "gold": labels[target], "t_logits": t_logits}
+        if hp.rtd_weight > 0:
+            out["rtd"], out["rtd_acc"] = self._replaced_event_loss(batch, target, t_logits, labels[target], generator)
+            loss = loss + hp.rtd_weight * out["rtd"]
+        out["loss"] = loss
+        return out
+
+    def _replaced_event_loss(self, batch, target, t_logits, gold, generator):
+        """ELECTRA-style: the teacher proposes plausible wrong events at the masked positions; the student
+        says, for every position of the unmasked window, whether its event was replaced."""
+        with torch.no_grad():
+            probs = torch.softmax(t_logits.float(), -1)
+            probs[:, :END] = 0.0  # never propose PAD/MASK/UNK/SUM; [END] (a premature end) is allowed
+            probs[torch.arange(len(gold)), gold] = 0.0
+            probs[probs.sum(-1) == 0, END] = 1.0  # nothing else plausible: propose ending here
+            replacement = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            corrupted = batch["tokens"].clone()
+            corrupted[target] = replacement
+            replaced = torch.zeros_like(batch["tokens"], dtype=torch.float)
+            replaced[target] = (replacement != gold).float()
+            scored = batch["pad_mask"].clone()
+            scored[:, 0] = False
+        z = self.student.replaced_logit(self.student(corrupted, batch["gaps"], batch["pad_mask"]))
+        loss = F.binary_cross_entropy_with_logits(z[scored], replaced[scored])
+        acc = ((z[scored] > 0).float() == replaced[scored]).float().mean()
+        return loss, acc
 
     def training_step(self, batch, batch_idx):
         out = self._losses(batch)
@@ -84,6 +110,8 @@ class DistillModule(pl.LightningModule):
         self.log("distill/kl", out["kl"], batch_size=bs)
         self.log("distill/hard", out["hard"], batch_size=bs)
         self.log("distill/cosine", out["cos"], batch_size=bs)
+        if "rtd" in out:
+            self.log("distill/rtd", out["rtd"], batch_size=bs)
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -95,6 +123,9 @@ class DistillModule(pl.LightningModule):
         self.log("val/distill_loss", out["loss"], batch_size=n)
         self.log("val/masked_acc", (s_top == out["gold"]).float().mean(), batch_size=n)
         self.log("val/teacher_agreement", (s_top == t_top).float().mean(), batch_size=n)
+        if "rtd" in out:
+            self.log("val/rtd_loss", out["rtd"], batch_size=n)
+            self.log("val/rtd_acc", out["rtd_acc"], batch_size=n)
 
     def configure_optimizers(self):
         params = list(self.student.parameters()) + list(self.project.parameters())
@@ -127,10 +158,10 @@ def run(cfg) -> dict:
     pl.seed_everything(cfg.trainer.seed, workers=True)
     tcfg = teacher.encoder.cfg
     student_cfg = {**tcfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
-                   "d_ff": d.d_ff, "dropout": d.dropout}
+                   "d_ff": d.d_ff, "dropout": d.dropout, "rtd_head": d.rtd_weight > 0}
     objective = teacher.meta.get("objective", {})
     module = DistillModule(teacher.encoder, student_cfg, objective.get("mask_ratio", cfg.objective.mask_ratio),
-                           d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init)
+                           d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight)
     teacher_run = teacher.meta.get("run_id")
     tracking.ensure_experiment(cfg, d.experiment)
     logger = MLFlowLogger(experiment_name=d.experiment, tracking_uri=tracking.tracking_uri(cfg),
@@ -158,6 +189,8 @@ def run(cfg) -> dict:
     student = load_model(model_dir, verify=False)
     detect_cfg = dataclasses.replace(cfg.detect, **{k: teacher.calibration[k] for k in ("score", "top_k", "n_views", "unk_surprisal")}) \
         if teacher.calibration else cfg.detect
+    if d.rtd_weight > 0:
+        detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
     cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir)
     finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
