@@ -17,12 +17,15 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
     p.add_argument("--variant", choices=["fp32", "int8"], help="model variant (default: the bundle's preferred)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--follow", action="store_true",
+                   help="stream: follow one growing file (or '-' for stdin), alerting as sessions close")
+    p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
     a = p.parse_args(argv)
     from loglm.engine.detect import run
 
     try:
-        summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size)
+        summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s)
     except (FileNotFoundError, ValueError) as e:
         print(f"loglm detect: error: {e}", file=sys.stderr)
         return 2

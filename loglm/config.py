@@ -140,6 +140,10 @@ class DetectConfig:
     pseudonymize: bool = False
     pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "user", "hostname"])
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
+    # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this
+    # many sessions stay open (the least recently active is closed early): memory stays bounded
+    stream_idle_close_s: float = 60.0
+    max_open_sessions: int = 100_000
 
 
 @dataclass
@@ -201,6 +205,10 @@ class RootConfig:
     # where detect writes alerts (default: <model dir>/alerts/<data.name>.jsonl)
     out: str | None = None
     split: str = "test"
+    # detect: follow the single input (a growing file, or "-" for stdin) and alert as sessions close;
+    # follow_exit_s ends the run after that long without new lines (null = follow forever)
+    follow: bool = False
+    follow_exit_s: float | None = None
     demo: DemoConfig = field(default_factory=DemoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -159,3 +159,17 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
     assert out["metrics"]["val/rtd_acc"] > 0.5
     run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(out["run_id"])
     assert run.data.tags["teacher_run_id"] == result["run_id"] and "distill/kl" in run.data.metrics
+
+
+def test_student_inherits_the_teachers_ingest_settings(trained, tmp_path):
+    """A student distilled under another default data config still records the teacher's data."""
+    from omegaconf import OmegaConf
+
+    from loglm.training.distill import run as distill
+
+    cfg, _, result = trained
+    other = replace(cfg, data=replace(cfg.data, name="hdfs_sample", format="bgl"),
+                    distill=replace(cfg.distill, d_model=16, n_layers=1, d_ff=32, max_epochs=1))
+    out = distill(replace(other, teacher=result["run_id"]))
+    data = OmegaConf.load(f"{out['model_dir']}/config.yaml").data
+    assert data.name == "synthetic" and data.format == "hdfs"

@@ -85,7 +85,21 @@ def run(cfg) -> dict:
     from loglm.model.store import load_model
 
     loaded = load_model(model_dir_for(cfg))
-    return detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
+    scorer = lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d)  # noqa: E731
+    if cfg.follow:
+        return follow(cfg, loaded, scorer)
+    return detect_with(cfg, loaded, scorer)
+
+
+def follow(cfg, model, scorer) -> dict:
+    """Streaming detection over one growing file or stdin ("-")."""
+    from loglm.detect.streaming import follow_lines, run_stream
+
+    if len(cfg.inputs) != 1:
+        raise ValueError("follow=true takes exactly one input: a file that grows, or '-' for stdin")
+    source = cfg.inputs[0]
+    out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
+    return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s), source, out)
 
 
 def detect_with(cfg, model, scorer) -> dict:

@@ -21,8 +21,9 @@ def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | 
 
 
 def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
-        batch_size: int | None = None) -> dict:
+        batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None) -> dict:
     from loglm.detect.detector import detect_with
+    from loglm.detect.detector import follow as follow_stream
     from loglm.engine.bundle import Bundle
 
     bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads)
@@ -30,6 +31,10 @@ def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int
         raise ValueError(f"bundle {bundle_dir} was trained on pre-sequenced data (format "
                          f"{bundle.info['data']['format']!r}); it cannot parse raw log lines")
     cfg = bundle_config(bundle, inputs, out or str(Path(bundle_dir) / "alerts" / "detect.jsonl"), batch_size)
-    summary = detect_with(cfg, bundle, bundle.scorer())
+    if follow:
+        cfg.follow_exit_s = follow_exit_s
+        summary = follow_stream(cfg, bundle, bundle.scorer())
+    else:
+        summary = detect_with(cfg, bundle, bundle.scorer())
     summary["variant"] = bundle.variant
     return summary

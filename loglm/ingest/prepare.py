@@ -13,7 +13,7 @@ from loglm.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.formats import get_format
 from loglm.ingest.params import entities_of, mask_params
-from loglm.ingest.readers import LineAccount, RawTextReader, Rejection, expand_inputs
+from loglm.ingest.readers import LineAccount, RawTextReader, Record, Rejection, expand_inputs
 from loglm.ingest.sessions import Events, Session, assign_splits, label_sessions, sessionize
 from loglm.ingest.templates import TemplateMiner
 from loglm.vocab import Vocabulary
@@ -25,6 +25,17 @@ class Parsed:
     account: LineAccount
     rejections: list[tuple[str, int, str]]
     sessions: list[Session]
+
+
+def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
+             ) -> tuple[int, str, dict[str, list[str]]]:
+    """(template id, -1 if unseen by a frozen miner; masked text; entities) of one accepted line."""
+    masked, params = mask_params(item.content) if mask else (item.content, {})
+    tid = miner.match(masked) if frozen else miner.add(masked)
+    ents = entities_of(params)
+    for kind, value in item.header_entities.items():
+        ents.setdefault(kind, []).append(value)
+    return (-1 if tid is None else tid), masked, ents
 
 
 def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, frozen: bool,
@@ -39,15 +50,11 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
             if isinstance(item, Rejection):
                 rejections.append((item.source, item.line_no, item.reason))
                 continue
-            masked, params = mask_params(item.content) if mask else (item.content, {})
-            tid = miner.match(masked) if frozen else miner.add(masked)
-            ents = entities_of(params)
-            for kind, value in item.header_entities.items():
-                ents.setdefault(kind, []).append(value)
+            tid, masked, ents = to_event(item, miner, frozen, mask)
             ev.source.append(item.source)
             ev.line_no.append(item.line_no)
             ev.ts.append(item.ts)
-            ev.template.append(-1 if tid is None else tid)
+            ev.template.append(tid)
             ev.masked.append(masked)
             ev.raw.append(item.raw)
             ev.entities.append(ents)

@@ -45,24 +45,27 @@ class Session:
         return events.ts[self.event_idx[-1]]
 
 
+def session_keys(entities: dict[str, list[str]], ts: float, cfg: SessionConfig) -> list[str]:
+    """The sessions an event belongs to: its entity values (entity mode) or its time window; [] = none."""
+    if cfg.by == "entity":
+        return entities.get(cfg.entity_type) or []
+    if cfg.by == "window":
+        return [datetime.fromtimestamp(int(ts // cfg.window_s) * cfg.window_s, UTC).isoformat()]
+    raise ValueError(f"data.session.by must be 'entity' or 'window', got {cfg.by!r}")
+
+
 def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
                rejections: list[tuple[str, int, str]]) -> list[Session]:
     """Group events; a line without a session key is counted as rejected (never silently dropped)."""
     groups: dict[str, list[int]] = {}
     for i in range(len(events)):
-        if cfg.by == "entity":
-            keys = events.entities[i].get(cfg.entity_type)
-            if not keys:
-                account.accepted -= 1
-                reason = f"no {cfg.entity_type} in line: cannot assign a session"
-                account.reject(reason)
-                rejections.append((events.source[i], events.line_no[i], reason))
-                continue
-        elif cfg.by == "window":
-            start = int(events.ts[i] // cfg.window_s) * cfg.window_s
-            keys = [datetime.fromtimestamp(start, UTC).isoformat()]
-        else:
-            raise ValueError(f"data.session.by must be 'entity' or 'window', got {cfg.by!r}")
+        keys = session_keys(events.entities[i], events.ts[i], cfg)
+        if not keys:
+            account.accepted -= 1
+            reason = f"no {cfg.entity_type} in line: cannot assign a session"
+            account.reject(reason)
+            rejections.append((events.source[i], events.line_no[i], reason))
+            continue
         for key in keys:
             groups.setdefault(key, []).append(i)
 

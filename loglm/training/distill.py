@@ -135,6 +135,19 @@ class DistillModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def teacher_data_config(teacher_dir: Path, fallback):
+    """The student reads the teacher's prepared data, and its bundle must ingest logs the same way."""
+    from omegaconf import OmegaConf
+
+    from loglm.config import DataConfig
+
+    path = teacher_dir / "config.yaml"
+    if not path.is_file():
+        return fallback
+    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data)
+    return OmegaConf.to_object(merged)
+
+
 def run(cfg) -> dict:
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
@@ -152,7 +165,8 @@ def run(cfg) -> dict:
         raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
     teacher_dir = resolve_model_dir(cfg.teacher, cfg.paths.root)
     teacher = load_model(teacher_dir)
-    dataset = teacher.meta.get("dataset", cfg.data.name)
+    cfg = dataclasses.replace(cfg, data=teacher_data_config(teacher_dir, cfg.data))
+    dataset = cfg.data.name
     data_dir = prepared_dir(cfg.paths.root, dataset)
     d = cfg.distill
     pl.seed_everything(cfg.trainer.seed, workers=True)

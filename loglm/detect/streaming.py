@@ -1,0 +1,178 @@
+"""Streaming detection: lines arrive one by one (stdin, a growing file, a generator); sessions close on
+entity inactivity (event time), on reaching data.session.max_events, or when the input ends; alerts are
+written as sessions close.  Memory is bounded: at most detect.max_open_sessions sessions stay open (the
+least recently active one is closed early, counted as "evicted"), each holding at most max_events events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from loglm.detect.alerts import build_alerts, events_from_parsed
+from loglm.detect.detector import detect_config_of
+from loglm.ingest.formats import get_format
+from loglm.ingest.prepare import to_event
+from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
+from loglm.ingest.sessions import Events, Session, session_keys
+
+
+class StreamingDetector:
+    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None):
+        self.cfg = cfg
+        self.model = model
+        self.scorer = scorer
+        self.dcfg = detect_config_of(model, cfg.detect)
+        self.threshold = float(model.calibration["threshold"])
+        self.reader = RawTextReader(get_format(cfg.data.format), cfg.data.max_line_bytes)
+        self.session_cfg = cfg.data.session
+        self.idle_s = cfg.detect.stream_idle_close_s
+        self.max_open = cfg.detect.max_open_sessions
+        self.alerts_out = alerts_out
+        self.rejections_out = rejections_out
+        self.account = LineAccount()
+        self.open: OrderedDict[str, list[dict]] = OrderedDict()  # key -> events, least recently active first
+        self.pending: list[tuple[str, list[dict], bool]] = []  # (key, events, closed) waiting to be scored
+        self.watermark = float("-inf")
+        self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0}
+        self._since_sweep = 0
+
+    # -- input ---------------------------------------------------------------------------------
+    def feed(self, raw: bytes, source: str, line_no: int) -> None:
+        self.account.read += 1
+        item = self.reader.parse_line(raw, source, line_no)
+        if isinstance(item, Rejection):
+            self._reject(source, line_no, item.reason)
+            return
+        tid, masked, ents = to_event(item, self.model.vocab.miner, frozen=True, mask=self.model.vocab.mask_params)
+        keys = session_keys(ents, item.ts, self.session_cfg)
+        if not keys:
+            self._reject(source, line_no, f"no {self.session_cfg.entity_type} in line: cannot assign a session")
+            return
+        self.account.accepted += 1
+        event = {"source": source, "line_no": line_no, "ts": item.ts, "template": tid, "raw": item.raw,
+                 "entities": ents, "masked": masked}
+        self.watermark = max(self.watermark, item.ts)
+        for key in keys:
+            events = self.open.pop(key, None) or []
+            events.append(event)
+            self.open[key] = events  # most recently active last
+            if len(events) >= self.session_cfg.max_events:  # split policy: a full chunk is scored now
+                self.pending.append((key, self.open.pop(key), False))
+        while len(self.open) > self.max_open:
+            key, events = self.open.popitem(last=False)
+            self.stats["evicted"] += 1
+            self.pending.append((key, events, False))
+        self.stats["max_open_seen"] = max(self.stats["max_open_seen"], len(self.open))
+        self._since_sweep += 1
+        if self._since_sweep >= 1000:
+            self._sweep_idle()
+        if len(self.pending) >= self.dcfg.batch_size:
+            self._score_pending()
+
+    def _reject(self, source: str, line_no: int, reason: str) -> None:
+        self.account.reject(reason)
+        if self.rejections_out is not None:
+            self.rejections_out.write(json.dumps({"file": source, "line": line_no, "reason": reason}) + "\n")
+
+    def _sweep_idle(self) -> None:
+        """Close sessions idle for stream_idle_close_s of event time (the newest timestamp seen)."""
+        self._since_sweep = 0
+        horizon = self.watermark - self.idle_s
+        for key in [k for k, ev in self.open.items() if ev[-1]["ts"] <= horizon]:
+            self.pending.append((key, self.open.pop(key), True))
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _score_pending(self) -> None:
+        if not self.pending:
+            return
+        from loglm.shards import session_table
+        from loglm.windows import windows_of
+
+        ev = Events()
+        sessions = []
+        for key, events, closed in self.pending:
+            start = len(ev.ts)
+            for e in events:
+                ev.source.append(e["source"])
+                ev.line_no.append(e["line_no"])
+                ev.ts.append(e["ts"])
+                ev.template.append(e["template"])
+                ev.masked.append(e["masked"])
+                ev.raw.append(e["raw"])
+                ev.entities.append(e["entities"])
+                ev.label.append(None)
+            etype = self.session_cfg.entity_type if self.session_cfg.by == "entity" else "window"
+            sessions.append(Session(key, etype, key, list(range(start, len(ev.ts))), closed=closed, split="stream"))
+        self.pending = []
+        table = session_table(sessions, ev, self.model.vocab)
+        ws = self.scorer(*windows_of(table), self.dcfg)
+        info = {"run_id": self.model.meta.get("run_id"), "model_dir": str(self.model.folder)}
+        alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
+                              self.dcfg.evidence_events, info)
+        from loglm.privacy import from_config
+
+        pseudo = from_config(self.cfg.detect)
+        for a in alerts:
+            self.alerts_out.write(json.dumps(pseudo.alert(a) if pseudo else a) + "\n")
+        self.alerts_out.flush()
+        self.stats["sessions_scored"] += len(sessions)
+        self.stats["events_scored"] += len(ev.ts)
+        self.stats["alerts"] += len(alerts)
+
+    def finish(self) -> dict:
+        """The input ended: sessions still open are scored as they are (without [END])."""
+        while self.open:
+            key, events = self.open.popitem(last=False)
+            self.pending.append((key, events, False))
+            if len(self.pending) >= self.dcfg.batch_size:
+                self._score_pending()
+        self._score_pending()
+        acct = self.account.as_dict()
+        return {"lines": acct, **self.stats, "threshold": self.threshold}
+
+
+def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = None) -> Iterator[tuple[bytes, int]]:
+    """Lines of a growing file (or '-' for stdin) as they arrive; ends after idle_exit_s without growth."""
+    if path == "-":
+        for n, raw in enumerate(sys.stdin.buffer, 1):
+            yield raw, n
+        return
+    with open(path, "rb") as fh:
+        n, buf, last = 0, b"", time.monotonic()
+        while True:
+            chunk = fh.readline()
+            if chunk:
+                buf += chunk
+                if buf.endswith(b"\n"):
+                    n += 1
+                    yield buf, n
+                    buf = b""
+                last = time.monotonic()
+                continue
+            if idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
+                if buf:
+                    n += 1
+                    yield buf, n
+                return
+            time.sleep(poll_s)
+
+
+def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh:
+        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh)
+        try:
+            for raw, n in lines:
+                det.feed(raw, source, n)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a live stream: what was read is still scored and accounted
+        summary = det.finish()
+    summary.update({"alerts_path": str(out), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
+    return summary

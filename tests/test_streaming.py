@@ -1,0 +1,108 @@
+"""Streaming detection: bounded memory on an endless input, alerts as sessions close, exact accounting."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+import time
+import tracemalloc
+from datetime import timedelta
+
+import pytest
+from conftest import ROOT, compose
+from synthetic import T0, normal_block, render
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from synthetic import make_log
+
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    root = tmp_path_factory.mktemp("stream")
+    lines, _ = make_log(200, seed=21)
+    log = root / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    cfg = compose("detect", [f"paths.root={root}", "model=tiny", "data.name=s", f"data.inputs=[{log}]",
+                             "data.anomalous_ids=null", "data.split.method=seeded", "trainer.max_epochs=6",
+                             "trainer.progress_bar=false", "detect.top_k=1", "detect.batch_size=64",
+                             "detect.stream_idle_close_s=5", "detect.max_open_sessions=50"])
+    prepare(cfg)
+    return cfg, pretrain(cfg)
+
+
+def endless(seed: int, blocks: int):
+    """A generator of log lines: overlapping block lifecycles forever (bounded here by `blocks`), some garbage."""
+    rng = random.Random(seed)
+    for b in range(blocks):
+        t = T0 + timedelta(seconds=b)
+        for line in render(normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, t)):
+            yield line.encode() + b"\n"
+        if b % 97 == 0:
+            yield b"\xff garbage that is not a log line\n"
+
+
+def test_endless_input_keeps_memory_bounded_and_accounts_every_line(model):
+    from loglm.detect.scoring import score_windows
+    from loglm.detect.streaming import StreamingDetector
+    from loglm.model.store import load_model
+
+    cfg, result = model
+    loaded = load_model(result["model_dir"])
+    out = io.StringIO()
+    det = StreamingDetector(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d), out)
+    tracemalloc.start()
+    n = 0
+    peaks = []
+    for n, raw in enumerate(endless(1, 6000), 1):
+        det.feed(raw, "gen", n)
+        if n % 20000 == 0:
+            peaks.append(tracemalloc.get_traced_memory()[0])
+            assert len(det.open) <= cfg.detect.max_open_sessions
+    tracemalloc.stop()
+    assert det.stats["sessions_scored"] > 5000  # sessions were closed and scored while the input ran
+    summary = det.finish()
+    assert summary["lines"]["read"] == n == summary["lines"]["accepted"] + summary["lines"]["rejected"]
+    assert summary["lines"]["rejected"] == len(range(0, 6000, 97))
+    assert summary["events_scored"] == summary["lines"]["accepted"]
+    assert summary["max_open_seen"] <= cfg.detect.max_open_sessions
+    # memory does not grow with the input: the last sample is close to the first
+    assert peaks[-1] < 2 * peaks[0] + 5_000_000, peaks
+
+
+def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
+    cfg, result = model
+    log = tmp_path / "live.log"
+    log.write_bytes(b"")
+    out = tmp_path / "alerts.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+         f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=4", "detect.stream_idle_close_s=5",
+         "detect.batch_size=8"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rng = random.Random(3)
+    written = 0
+    with open(log, "ab") as fh:
+        for b in range(40):
+            t = T0 + timedelta(seconds=10 * b)
+            events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, t)
+            if b == 5:  # an event the model never saw, then the block goes on
+                events.insert(3, (t, f"writeBlock blk_9{b} received exception java.io.IOException"))
+            for line in render(events):
+                fh.write(line.encode() + b"\n")
+                written += 1
+            fh.flush()
+            time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout)
+    assert summary["lines"]["read"] == written
+    assert summary["sessions_scored"] >= 40
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])
