@@ -59,3 +59,12 @@ def make_log(n_blocks: int, seed: int, start: datetime = T0, anomalies: dict[int
         events.extend(ev)
     events.sort(key=lambda e: e[0])
     return render(events), kinds
+
+
+def synthetic_run_overrides(root, n_blocks: int, seed: int) -> list[str]:
+    """Writes a normal synthetic log under root; returns the overrides that train a tiny LogLM on it."""
+    lines, _ = make_log(n_blocks, seed)
+    log = root / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    return [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
+            "data.anomalous_ids=null", "data.split.method=seeded", "trainer.progress_bar=false"]

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from conftest import ROOT, compose
-from synthetic import make_log
+from synthetic import make_log, synthetic_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,9 @@ def exported(tmp_path_factory):
     from loglm.training.pretrain import run as pretrain
 
     root = tmp_path_factory.mktemp("export")
-    lines, _ = make_log(200, seed=5)
-    log = root / "train.log"
-    log.write_text("\n".join(lines) + "\n")
-    cfg = compose("export", [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
-                             "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.7",
-                             "data.split.val_frac=0.3", "trainer.max_epochs=8", "trainer.batch_size=32",
-                             "trainer.progress_bar=false", "trainer.lr=0.003", "detect.top_k=1"])
+    cfg = compose("export", synthetic_run_overrides(root, 200, seed=5) + [
+        "data.split.train_frac=0.7", "data.split.val_frac=0.3", "trainer.max_epochs=8", "trainer.batch_size=32",
+        "trainer.lr=0.003", "detect.top_k=1"])
     prepare(cfg)
     model = pretrain(cfg)
     result = export(replace(cfg, ckpt=model["run_id"]))

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 from conftest import compose
-from synthetic import make_log
+from synthetic import make_log, synthetic_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +21,9 @@ def trained(tmp_path_factory):
     from loglm.training.pretrain import run as pretrain
 
     root = tmp_path_factory.mktemp("runs")
-    lines, _ = make_log(300, seed=1)
-    train_log = root / "train.log"
-    train_log.write_text("\n".join(lines) + "\n")
-    cfg = compose("pretrain", [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{train_log}]",
-                               "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
-                               "data.split.val_frac=0.2", "trainer.max_epochs=12", "trainer.batch_size=32",
-                               "trainer.progress_bar=false", "trainer.patience=50", "trainer.lr=0.003",
-                               "detect.top_k=1"])
+    cfg = compose("pretrain", synthetic_run_overrides(root, 300, seed=1) + [
+        "data.split.train_frac=0.8", "data.split.val_frac=0.2", "trainer.max_epochs=12", "trainer.batch_size=32",
+        "trainer.patience=50", "trainer.lr=0.003", "detect.top_k=1"])
     prep = prepare(cfg)
     result = pretrain(cfg)
     return cfg, prep, result

@@ -13,26 +13,20 @@ from datetime import timedelta
 
 import pytest
 from conftest import ROOT, compose
-from synthetic import T0, normal_block, render
+from synthetic import T0, normal_block, render, synthetic_run_overrides
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from synthetic import make_log
-
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 
     root = tmp_path_factory.mktemp("stream")
-    lines, _ = make_log(200, seed=21)
-    log = root / "train.log"
-    log.write_text("\n".join(lines) + "\n")
-    cfg = compose("detect", [f"paths.root={root}", "model=tiny", "data.name=s", f"data.inputs=[{log}]",
-                             "data.anomalous_ids=null", "data.split.method=seeded", "trainer.max_epochs=6",
-                             "trainer.progress_bar=false", "detect.top_k=1", "detect.batch_size=64",
-                             "detect.stream_idle_close_s=5", "detect.max_open_sessions=50"])
+    cfg = compose("detect", synthetic_run_overrides(root, 200, seed=21) + [
+        "trainer.max_epochs=6", "detect.top_k=1", "detect.batch_size=64", "detect.stream_idle_close_s=5",
+        "detect.max_open_sessions=50"])
     prepare(cfg)
     return cfg, pretrain(cfg)
 
