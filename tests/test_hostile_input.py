@@ -157,3 +157,30 @@ def test_million_line_corpus_ingest_and_detect_reconcile(tmp_path):
     assert lines["rejected"] > 10_000 and summary["events_scored"] >= lines["accepted"]
     print(f"\n1M-line corpus: {n} lines, {lines['rejected']} rejected, {summary['sessions_scored']} sessions, "
           f"{summary['alerts']} alerts, {seconds:.1f} s")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.binary(max_size=80), st.builds(
+    lambda blk, keys: f"blk_{blk},{' '.join(map(str, keys))}".encode(),
+    st.integers(-10**6, 10**6), st.lists(st.integers(-3, 40), max_size=12))), max_size=40))
+def test_sequence_builders_account_for_any_bytes(tmp_path, lines):
+    """The pre-sequenced readers (hdfs_blocks, hdfs_keys CSVs): garbage, wrong column counts, bad keys."""
+    from loglm.ingest.builders import build_hdfs_blocks, build_hdfs_keys
+
+    from conftest import ROOT
+
+    body = b"\n".join(x.replace(b"\n", b" ") for x in lines) + (b"\n" if lines else b"")
+    tpl = ROOT / "data" / "hdfs_blocks_sample" / "HDFS_templates.csv"
+    (tmp_path / "n.log").write_bytes(body)
+    (tmp_path / "a.log").write_bytes(body)
+    data = DataConfig(format="hdfs_blocks", inputs=[str(tmp_path / "n.log"), str(tmp_path / "a.log"), str(tpl)])
+    parsed, _ = build_hdfs_blocks(data)
+    assert parsed.account.read == 2 * len(lines) == parsed.account.accepted + parsed.account.rejected
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    for name in ("hdfs_train", "hdfs_test_abnormal"):
+        (keys / name).write_bytes(body)
+    for name in ("robust_log_train.csv", "robust_log_valid.csv"):
+        (keys / name).write_bytes(b"Sequence,label\n" + body)
+    parsed, _ = build_hdfs_keys(DataConfig(format="hdfs_keys", inputs=[str(keys), str(tpl)]))
+    assert parsed.account.read == 4 * len(lines) + 2 == parsed.account.accepted + parsed.account.rejected

@@ -57,6 +57,20 @@ def _add_sequence(ev: Events, sessions: list[Session], account: LineAccount, rej
                                 closed=c + max_events >= len(idx)))
 
 
+def _text_lines(path: Path, account: LineAccount, rejections: list):
+    """(line number, text) of every decodable line; undecodable ones are counted as rejected here."""
+    from loglm.ingest.readers import open_binary
+
+    with open_binary(path) as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                account.read += 1
+                account.reject(f"undecodable bytes: {e.reason}")
+                rejections.append((str(path), n, f"undecodable bytes: {e.reason} at byte {e.start}"))
+
+
 def build_hdfs_keys(data: DataConfig):
     from loglm.ingest.prepare import Parsed
 
@@ -71,18 +85,31 @@ def build_hdfs_keys(data: DataConfig):
         return "val" if h < data.split.val_frac else "train"
 
     src = str(keys_dir / "hdfs_train")
-    for n, line in enumerate(open(src), 1):
+    for n, line in _text_lines(Path(src), account, rejections):
         _add_sequence(ev, sessions, account, rejections, src, n, f"train-{n}", line, 0, val_or_train(n), n_tpl, me)
     for name in ("robust_log_train.csv", "robust_log_valid.csv"):
         src = str(keys_dir / name)
-        with open(src) as fh:
-            for n, row in enumerate(csv.DictReader(fh), 2):
-                if row["label"].strip() != "0":
-                    continue  # anomalies come from hdfs_test_abnormal, which holds all of them
-                _add_sequence(ev, sessions, account, rejections, src, n, f"{name}-{n}", row["Sequence"], 0,
-                              "test", n_tpl, me)
+        for n, line in _text_lines(Path(src), account, rejections):
+            if n == 1:  # header "Sequence,label"
+                account.read += 1
+                account.reject("header row")
+                rejections.append((src, n, "header row"))
+                continue
+            row = next(csv.reader([line]), [])
+            if len(row) != 2 or row[1].strip() not in ("0", "1"):
+                account.read += 1
+                reason = f"wrong column count or label: {len(row)} columns"
+                account.reject(reason)
+                rejections.append((src, n, reason))
+            elif row[1].strip() != "0":
+                # anomalies come from hdfs_test_abnormal, which holds all of them
+                account.read += 1
+                account.reject("excluded by the hdfs_keys protocol: anomalous LogRobust row")
+                rejections.append((src, n, "excluded by the hdfs_keys protocol: anomalous LogRobust row"))
+            else:
+                _add_sequence(ev, sessions, account, rejections, src, n, f"{name}-{n}", row[0], 0, "test", n_tpl, me)
     src = str(keys_dir / "hdfs_test_abnormal")
-    for n, line in enumerate(open(src), 1):
+    for n, line in _text_lines(Path(src), account, rejections):
         _add_sequence(ev, sessions, account, rejections, src, n, f"abnormal-{n}", line, 1, "test", n_tpl, me)
     return Parsed(ev, account, rejections, sessions), miner
 
@@ -94,20 +121,16 @@ def _seeded_split(seed: int, key: str, train_frac: float, val_frac: float) -> st
 
 def build_hdfs_blocks(data: DataConfig):
     from loglm.ingest.prepare import Parsed
-    from loglm.ingest.readers import open_binary
 
     normal, abnormal, templates_csv = (Path(p) for p in data.inputs)
     miner = _templates_miner(templates_csv)
     ev, sessions, account, rejections = Events(), [], LineAccount(), []
     for path, label in ((normal, 0), (abnormal, 1)):
-        with open_binary(path) as fh:
-            for n, raw in enumerate(fh, 1):
-                line = raw.decode("utf-8", "replace").strip()
-                blk, _, keys = line.partition(",")
-                split = "test" if label else _seeded_split(data.split.seed, blk, data.split.train_frac,
-                                                           data.split.val_frac)
-                _add_sequence(ev, sessions, account, rejections, str(path), n, blk, keys, label, split,
-                              len(miner.templates), data.session.max_events, "block_id")
+        for n, line in _text_lines(path, account, rejections):
+            blk, _, keys = line.strip().partition(",")
+            split = "test" if label else _seeded_split(data.split.seed, blk, data.split.train_frac, data.split.val_frac)
+            _add_sequence(ev, sessions, account, rejections, str(path), n, blk, keys, label, split,
+                          len(miner.templates), data.session.max_events, "block_id")
     return Parsed(ev, account, rejections, sessions), miner
 
 

@@ -32,6 +32,7 @@ class TemplateMiner:
         self.templates: list[Template] = []
         self._groups: dict[tuple[int, str], list[int]] = {}
         self._cache: dict[str, int] = {}
+        self._match_cache: dict[str, int | None] = {}
         self._cache_limit = 1_000_000
 
     @staticmethod
@@ -80,6 +81,7 @@ class TemplateMiner:
         self.templates[tid].count += 1
         if len(self._cache) < self._cache_limit:
             self._cache[masked] = tid
+        self._match_cache.clear()  # a template may have been generalised: earlier match answers are stale
         return tid
 
     def match(self, masked: str) -> int | None:
@@ -87,14 +89,16 @@ class TemplateMiner:
         tid = self._cache.get(masked)
         if tid is not None:
             return tid
+        if masked in self._match_cache:  # templates never change while matching: answers can be kept
+            return self._match_cache[masked]
         tokens = masked.split()
-        best, sim = self._best(tokens)
-        if best is None:
-            return None
-        tpl = self.templates[best].tokens
-        if all(t == s or t == WILDCARD for t, s in zip(tpl, tokens)):
-            return best
-        return None
+        best, _ = self._best(tokens)
+        found = None
+        if best is not None and all(t == s or t == WILDCARD for t, s in zip(self.templates[best].tokens, tokens)):
+            found = best
+        if len(self._match_cache) < self._cache_limit:
+            self._match_cache[masked] = found
+        return found
 
     def state(self) -> dict:
         return {"sim_threshold": self.sim_threshold, "max_templates": self.max_templates,
