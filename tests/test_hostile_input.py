@@ -165,9 +165,9 @@ def test_million_line_corpus_ingest_and_detect_reconcile(tmp_path):
     st.integers(-10**6, 10**6), st.lists(st.integers(-3, 40), max_size=12))), max_size=40))
 def test_sequence_builders_account_for_any_bytes(tmp_path, lines):
     """The pre-sequenced readers (hdfs_blocks, hdfs_keys CSVs): garbage, wrong column counts, bad keys."""
-    from loglm.ingest.builders import build_hdfs_blocks, build_hdfs_keys
-
     from conftest import ROOT
+
+    from loglm.ingest.builders import build_hdfs_blocks, build_hdfs_keys
 
     body = b"\n".join(x.replace(b"\n", b" ") for x in lines) + (b"\n" if lines else b"")
     tpl = ROOT / "data" / "hdfs_blocks_sample" / "HDFS_templates.csv"
