@@ -20,6 +20,9 @@ from loglm.ingest.formats import get_format
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
 from loglm.ingest.sessions import Events, Session, session_keys
+from loglm.privacy import from_config
+from loglm.shards import session_table
+from loglm.windows import windows_of
 
 
 class StreamingDetector:
@@ -29,6 +32,7 @@ class StreamingDetector:
         self.scorer = scorer
         self.dcfg = detect_config_of(model, cfg.detect)
         self.threshold = float(model.calibration["threshold"])
+        self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
         self.reader = RawTextReader(get_format(cfg.data.format), cfg.data.max_line_bytes)
         self.session_cfg = cfg.data.session
         self.idle_s = cfg.detect.stream_idle_close_s
@@ -91,9 +95,6 @@ class StreamingDetector:
     def _score_pending(self) -> None:
         if not self.pending:
             return
-        from loglm.shards import session_table
-        from loglm.windows import windows_of
-
         ev = Events()
         sessions = []
         for key, events, closed in self.pending:
@@ -115,11 +116,8 @@ class StreamingDetector:
         info = {"run_id": self.model.meta.get("run_id"), "model_dir": str(self.model.folder)}
         alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
                               self.dcfg.evidence_events, info)
-        from loglm.privacy import from_config
-
-        pseudo = from_config(self.cfg.detect)
         for a in alerts:
-            self.alerts_out.write(json.dumps(pseudo.alert(a) if pseudo else a) + "\n")
+            self.alerts_out.write(json.dumps(self.pseudo.alert(a) if self.pseudo else a) + "\n")
         self.alerts_out.flush()
         self.stats["sessions_scored"] += len(sessions)
         self.stats["events_scored"] += len(ev.ts)

@@ -113,9 +113,7 @@ def run(cfg) -> dict:
                 "data": data_cfg, "detect": dataclasses.asdict(dcfg), "calibration": loaded.calibration,
                 "raw_log_ingest": data_cfg["format"] not in BUILDERS,
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loglm_version": _version()}
-        atomic_write_json(tmp / "bundle.json", info)
-        atomic_write_bytes(tmp / "model_card.md", b"placeholder")
-        write_manifest(tmp)
+        atomic_write_json(tmp / "bundle.json", info)  # the parity check below opens the bundle unverified
 
         # parity on real windows: torch vs each ONNX variant, through the same scoring code
         toks, gaps, closed = parity_windows(prepared_dir(cfg.paths.root, dataset), cfg.export.parity_windows)
