@@ -26,7 +26,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(ARGS)
 
-bench: setup
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 ui: setup

@@ -47,9 +47,22 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     name: str = "hdfs_sample"
-    # reader preset: a name from loglm.ingest.formats.PRESETS, or "sequences" / "hdfs_keys" builders
+    # reader: a raw-text preset from loglm.ingest.formats.PRESETS (hdfs, bgl, linux, openssh, ... every
+    # loghub system), "jsonl", a flow format ("zeek", "cicflowmeter", "netflow"), or a sequence builder
+    # ("hdfs_keys", "hdfs_blocks")
     format: str = "hdfs"
     inputs: list[str] = field(default_factory=list)
+    # your own raw-text header in loghub notation, e.g. "<Month> <Day> <Time> <Host> <Component>: <Content>"
+    # (overrides the preset); time_fields are joined by a space and read with time_format
+    # ("epoch", a strptime format, or "noyear:<strptime format>")
+    header: str | None = None
+    time_fields: list[str] = field(default_factory=list)
+    time_format: str = "epoch"
+    label_field: str | None = None
+    # header field -> entity kind, e.g. {Host: hostname}
+    entity_fields: dict[str, str] = field(default_factory=dict)
+    # structured readers (jsonl, flows): field mapping, see loglm.ingest.json_reader / loglm.ingest.flows
+    fields: dict[str, str] = field(default_factory=dict)
     # optional file with one anomalous entity id per line (evaluation only, never used for training)
     anomalous_ids: str | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -63,7 +76,7 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     # Drain-style miner: similarity a line must reach to join an existing template
-    sim_threshold: float = 0.5
+    sim_threshold: float = 0.4
     max_templates: int = 10_000
     # templates seen fewer times than this in training become UNK
     min_count: int = 1

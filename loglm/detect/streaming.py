@@ -16,7 +16,7 @@ from pathlib import Path
 
 from loglm.detect.alerts import build_alerts, events_from_parsed
 from loglm.detect.detector import detect_config_of
-from loglm.ingest.formats import get_format
+from loglm.ingest.formats import format_of
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
 from loglm.ingest.sessions import Events, Session, session_keys
@@ -33,7 +33,7 @@ class StreamingDetector:
         self.dcfg = detect_config_of(model, cfg.detect)
         self.threshold = float(model.calibration["threshold"])
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
-        self.reader = RawTextReader(get_format(cfg.data.format), cfg.data.max_line_bytes)
+        self.reader = RawTextReader(format_of(cfg.data), cfg.data.max_line_bytes)
         self.session_cfg = cfg.data.session
         self.idle_s = cfg.detect.stream_idle_close_s
         self.max_open = cfg.detect.max_open_sessions

@@ -26,18 +26,28 @@ class LogFormat:
 
 
 def header_regex(header: str) -> re.Pattern[str]:
-    """Compile loghub notation into a regex with one named group per ``<Field>``."""
-    parts = re.split(r"(<[^<>]+>)", header)
+    """Compile loghub notation into a regex with one named group per ``<Field>``.
+
+    As in loghub's ``log_format``, the text between fields is a regular expression (escape ``[ ] ( ) |``
+    to match them literally; optional pieces such as ``(\\[<PID>\\])?`` work) and any run of spaces matches
+    any run of whitespace.
+    """
+    parts = re.split(r"(<[A-Za-z_]\w*>)", header)
     out = []
     for part in parts:
         if not part:
             continue
-        if part.startswith("<") and part.endswith(">"):
+        if re.fullmatch(r"<[A-Za-z_]\w*>", part):
             name = part[1:-1]
             out.append(f"(?P<{name}>.*?)" if name != "Content" else f"(?P<{name}>.*)")
         else:
-            out.append(r"\s+".join(re.escape(piece) for piece in re.split(r" +", part)))
-    return re.compile("^" + "".join(out) + "$")
+            out.append(re.sub(r" +", r"\\s+", part))
+    if "(?P<Content>" not in "".join(out):
+        raise ValueError(f"log header {header!r} has no <Content> field")
+    try:
+        return re.compile("^" + "".join(out) + "$")
+    except re.error as e:
+        raise ValueError(f"log header {header!r} is not a valid pattern: {e}") from None
 
 
 def _strptime(fmt: str) -> Callable[[str], float]:
@@ -48,30 +58,87 @@ def _strptime(fmt: str) -> Callable[[str], float]:
     return parse
 
 
+def _strptime_no_year(fmt: str) -> Callable[[str], float]:
+    """Headers without a year (syslog): read in leap year 2000 so that 'Feb 29' parses."""
+    full = _strptime("%Y " + fmt)
+
+    def parse(value: str) -> float:
+        return full("2000 " + value)
+
+    parse.__name__ = f"strptime_no_year_{fmt}"
+    return parse
+
+
 def _epoch(value: str) -> float:
     return float(value)
 
 
-PRESETS: dict[str, LogFormat] = {
-    "hdfs": LogFormat(
-        name="hdfs",
-        header="<Date> <Time> <Pid> <Level> <Component>: <Content>",
-        time_fields=("Date", "Time"),
-        time_parser=_strptime("%y%m%d %H%M%S"),
-    ),
-    "bgl": LogFormat(
-        name="bgl",
-        header="<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
-        time_fields=("Time",),
-        time_parser=_strptime("%Y-%m-%d-%H.%M.%S.%f"),
-        label_field="Label",
-        entity_fields=(("Node", "hostname"),),
-    ),
-}
+def time_parser(time_format: str) -> Callable[[str], float]:
+    """``epoch`` (seconds), a strptime format, or ``noyear:<strptime format>``."""
+    if time_format == "epoch":
+        return _epoch
+    if time_format.startswith("noyear:"):
+        return _strptime_no_year(time_format[len("noyear:"):])
+    return _strptime(time_format)
+
+
+def _preset(name: str, header: str, time_fields: tuple[str, ...], time_format: str, **kw) -> LogFormat:
+    return LogFormat(name=name, header=header, time_fields=time_fields, time_parser=time_parser(time_format), **kw)
+
+
+# One preset per loghub system (header notation as published with loghub's benchmarks).
+PRESETS: dict[str, LogFormat] = {p.name: p for p in [
+    _preset("hdfs", "<Date> <Time> <Pid> <Level> <Component>: <Content>", ("Date", "Time"), "%y%m%d %H%M%S"),
+    _preset("bgl", "<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
+            ("Time",), "%Y-%m-%d-%H.%M.%S.%f", label_field="Label", entity_fields=(("Node", "hostname"),)),
+    _preset("android", "<Date> <Time>  <Pid>  <Tid> <Level> <Component>: <Content>", ("Date", "Time"),
+            "noyear:%m-%d %H:%M:%S.%f"),
+    _preset("apache", r"\[<Time>\] \[<Level>\] <Content>", ("Time",), "%a %b %d %H:%M:%S %Y"),
+    _preset("hadoop", r"<Date> <Time> <Level> \[<Process>\] <Component>: <Content>", ("Date", "Time"),
+            "%Y-%m-%d %H:%M:%S,%f"),
+    _preset("healthapp", r"<Time>\|<Component>\|<Pid>\|<Content>", ("Time",), "%Y%m%d-%H:%M:%S:%f"),
+    _preset("hpc", "<LogId> <Node> <Component> <State> <Time> <Flag> <Content>", ("Time",), "epoch",
+            entity_fields=(("Node", "hostname"),)),
+    _preset("linux", r"<Month> <Date> <Time> <Level> <Component>(\[<PID>\])?: <Content>", ("Month", "Date", "Time"),
+            "noyear:%b %d %H:%M:%S", entity_fields=(("Level", "hostname"),)),
+    _preset("mac", r"<Month>  <Date> <Time> <User> <Component>\[<PID>\]( \(<Address>\))?: <Content>",
+            ("Month", "Date", "Time"), "noyear:%b %d %H:%M:%S", entity_fields=(("User", "hostname"),)),
+    _preset("openssh", r"<Date> <Day> <Time> <Component> sshd\[<Pid>\]: <Content>", ("Date", "Day", "Time"),
+            "noyear:%b %d %H:%M:%S", entity_fields=(("Component", "hostname"),)),
+    _preset("openstack", r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
+            ("Date", "Time"), "%Y-%m-%d %H:%M:%S.%f"),
+    _preset("proxifier", r"\[<Time>\] <Program> - <Content>", ("Time",), "noyear:%m.%d %H:%M:%S"),
+    _preset("spark", "<Date> <Time> <Level> <Component>: <Content>", ("Date", "Time"), "%y/%m/%d %H:%M:%S"),
+    _preset("thunderbird", r"<Label> <Timestamp> <Date> <User> <Month> <Day> <Time> <Location> "
+            r"<Component>(\[<PID>\])?: <Content>", ("Timestamp",), "epoch", label_field="Label",
+            entity_fields=(("User", "hostname"),)),
+    _preset("windows", "<Date> <Time>, <Level>                  <Component>    <Content>", ("Date", "Time"),
+            "%Y-%m-%d %H:%M:%S"),
+    _preset("zookeeper", r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>", ("Date", "Time"),
+            "%Y-%m-%d %H:%M:%S,%f"),
+]}
 
 
 def get_format(name: str) -> LogFormat:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown log format {name!r}; known presets: {sorted(PRESETS)}") from None
+        raise ValueError(f"unknown log format {name!r}; known presets: {sorted(PRESETS)}, or give "
+                         "data.header (loghub notation) with data.time_fields and data.time_format") from None
+
+
+def format_of(data) -> LogFormat:
+    """The format a data config names: a preset, or its own ``data.header`` notation."""
+    if data.header:
+        if not data.time_fields:
+            raise ValueError("data.header is set but data.time_fields is empty: name the header fields "
+                             "holding the timestamp (e.g. [Date, Time]) and data.time_format")
+        fmt = LogFormat(name=data.format or "custom", header=data.header, time_fields=tuple(data.time_fields),
+                        time_parser=time_parser(data.time_format), label_field=data.label_field,
+                        entity_fields=tuple(data.entity_fields.items()))
+        rx = fmt.regex()
+        missing = [f for f in (*fmt.time_fields, *(k for k, _ in fmt.entity_fields)) if f not in rx.groupindex]
+        if missing:
+            raise ValueError(f"data.header {data.header!r} has no field(s) {missing} named in time/entity fields")
+        return fmt
+    return get_format(data.format)

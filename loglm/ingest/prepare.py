@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loglm.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
-from loglm.ingest.formats import get_format
+from loglm.ingest.formats import format_of
 from loglm.ingest.params import entities_of, mask_params
 from loglm.ingest.readers import LineAccount, RawTextReader, Record, Rejection, expand_inputs
 from loglm.ingest.sessions import Events, Session, assign_splits, label_sessions, sessionize
@@ -41,7 +41,7 @@ def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
 def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, frozen: bool,
                  mask: bool = True) -> Parsed:
     """Read, mine (or, frozen, only match) templates and sessionize; every line accepted or rejected."""
-    reader = RawTextReader(get_format(data.format), data.max_line_bytes)
+    reader = RawTextReader(format_of(data), data.max_line_bytes)
     account = LineAccount()
     rejections: list[tuple[str, int, str]] = []
     ev = Events()

@@ -26,7 +26,7 @@ class Template:
 
 
 class TemplateMiner:
-    def __init__(self, sim_threshold: float = 0.5, max_templates: int = 10_000):
+    def __init__(self, sim_threshold: float = 0.4, max_templates: int = 10_000):
         self.sim_threshold = sim_threshold
         self.max_templates = max_templates
         self.templates: list[Template] = []
@@ -44,11 +44,21 @@ class TemplateMiner:
 
     @staticmethod
     def _similarity(template: list[str], tokens: list[str]) -> float:
-        same = 0
+        """Share of the message's constant tokens the template has at the same place.
+
+        Wildcards and masked parameters (``<ip>``, ``<num>``, ...) carry no evidence either way: two
+        messages that agree only on their parameters are not the same event.
+        """
+        same = constant = 0
         for t, s in zip(template, tokens):
-            if t == s or t == WILDCARD:
+            if "<" in s and ">" in s:
+                continue
+            constant += 1
+            if t == s:
                 same += 1
-        return same / max(1, len(tokens))
+        if not constant:  # a message of parameters only joins a template of exactly those parameters
+            return float(all(t == s for t, s in zip(template, tokens)))
+        return same / constant
 
     def _best(self, tokens: list[str]) -> tuple[int | None, float]:
         best, best_sim = None, -1.0
