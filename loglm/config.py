@@ -21,8 +21,12 @@ class PathsConfig:
 
 @dataclass
 class SessionConfig:
-    # "entity": one session per value of entity_type (e.g. HDFS block id); "window": fixed time windows.
+    # "entity": one session per value of entity_type (e.g. HDFS block id); "window": fixed time windows;
+    # "entity_window": per entity and time window (flows per source host every window_s);
+    # "event": every event alone (flow tables without hosts or times, e.g. CICIDS samples);
+    # "count": consecutive windows of window_events events in time order (sparse logs such as BGL samples).
     by: str = "entity"
+    window_events: int = 20
     entity_type: str = "block_id"
     window_s: float = 3600.0
     # Sessions longer than this are split into consecutive chunks (each scored; a session's score is
@@ -36,7 +40,10 @@ class SessionConfig:
 
 @dataclass
 class SplitConfig:
-    # "chronological": sessions ordered by first timestamp; "seeded": hash of session id;
+    # "chronological": sessions ordered by first timestamp, fractions of the session count;
+    # "chronological_events": events ordered by time, fractions of the event count, by a session's first event;
+    # "chronological_time": fractions of the time span (first to last event), by session start;
+    # "seeded": hash of session id;
     # "predefined": the dataset builder assigns splits itself (e.g. hdfs_keys).
     method: str = "chronological"
     train_frac: float = 0.6
@@ -69,8 +76,22 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     shard_rows: int = 50_000
     max_line_bytes: int = 65_536
-    # train only on sessions not labelled anomalous (labels come from anomalous_ids, when given)
+    # train only on sessions not labelled anomalous (labels come from anomalous_ids, when given); sessions
+    # holding events with an unknown label (e.g. Zeek "Background") are held out of training too
     train_normal_only: bool = True
+    # per-event labels (BGL first field, flow label columns): these mean normal, these mean "not labelled"
+    # (excluded from metrics); any other value is anomalous
+    normal_labels: list[str] = field(default_factory=lambda: ["-", "Benign", "BENIGN", "benign", "normal", "Normal"])
+    unknown_labels: list[str] = field(default_factory=lambda: ["Background", "background"])
+    # "session": metrics per session; "event": per event (each flow inherits its session's score)
+    eval_unit: str = "session"
+    # flows: quantile buckets for duration/bytes/packets, well-known ports kept, sentence back-off count
+    flow_buckets: int = 8
+    flow_port_budget: int = 64
+    flow_min_count: int = 2
+    # CIDRs of the monitored network: flow direction (in/out/int/ext) from addresses; empty = the sensor's
+    # own local_orig/local_resp flags
+    local_networks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -151,7 +172,7 @@ class DetectConfig:
     write_scores: bool = True
     # replace entity values (IPs, users, hosts) by keyed HMAC pseudonyms in alerts and score files
     pseudonymize: bool = False
-    pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "user", "hostname"])
+    pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "src_ip", "dst_ip", "pair", "user", "hostname"])
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this
     # many sessions stay open (the least recently active is closed early): memory stays bounded

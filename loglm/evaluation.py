@@ -25,6 +25,30 @@ def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np
     return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [tuple(seqs[i]) for i in ids]
 
 
+def event_scores(table, ids, scores, data_dir, data_cfg) -> tuple[list, np.ndarray, np.ndarray, list]:
+    """Per event (e.g. per flow): each event takes its session's score and keeps its own label."""
+    import pyarrow.parquet as pq
+
+    from loglm.ingest.sessions import event_label
+
+    ev = pq.read_table(Path(data_dir) / "events.parquet", columns=["label", "template"])
+    raw_labels = ev.column("label").to_pylist()
+    templates = ev.column("template").to_pylist()
+    normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
+    best = dict(zip(ids, scores))
+    seqs: dict[str, list] = {}
+    for sid, t in zip(table.column("session_id").to_pylist(), table.column("tokens").to_pylist()):
+        seqs.setdefault(sid, []).extend(t)
+    out_ids, out_y, out_s, out_keys = [], [], [], []
+    for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
+        for j in idx:
+            out_ids.append(j)
+            out_y.append(event_label(raw_labels[j], normal, unknown))
+            out_s.append(best[sid])
+            out_keys.append((templates[j], tuple(seqs[sid])))
+    return out_ids, np.array(out_y), np.array(out_s, dtype=np.float64), out_keys
+
+
 def evaluate_scores(ids, labels, scores, seqs, threshold: float, hdfs_prevalence: bool) -> dict:
     known = labels >= 0
     if not known.any():
@@ -85,12 +109,16 @@ def run(cfg) -> dict:
     toks, gaps, closed = windows_of(table)
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
     ids, labels, scores, seqs = session_scores(table, ws.score)
+    if cfg.data.eval_unit == "event":
+        ids, labels, scores, seqs = event_scores(table, ids, scores, data_dir, cfg.data)
+    elif cfg.data.eval_unit != "session":
+        raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
     threshold = float(loaded.calibration["threshold"])
     result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
-    text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split} (threshold {threshold:.4f} from validation normal, "
+    text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split}, per {cfg.data.eval_unit} (threshold {threshold:.4f} from validation normal, "
                                f"target FPR {loaded.calibration['target_fpr']})")
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))

@@ -52,6 +52,7 @@ def events_table(events: Events) -> pa.Table:
     return pa.Table.from_pydict({
         "source": events.source, "line_no": events.line_no, "ts": events.ts, "template": events.template,
         "raw": events.raw, "entities": [json.dumps(e, sort_keys=True) for e in events.entities],
+        "label": events.label if len(events.label) == len(events.ts) else [None] * len(events.ts),
     })
 
 

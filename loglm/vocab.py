@@ -27,8 +27,10 @@ def gap_bucket(gap_s: float, n_buckets: int) -> int:
 
 
 class Vocabulary:
-    def __init__(self, miner: TemplateMiner, template_ids: list[int], gap_buckets: int, mask_params: bool):
+    def __init__(self, miner: TemplateMiner, template_ids: list[int], gap_buckets: int, mask_params: bool,
+                 flow_codec=None):
         self.miner = miner
+        self.flow_codec = flow_codec  # loglm.ingest.flows.FlowCodec for flow datasets
         self.template_ids = list(template_ids)  # token SUM+1+i  <->  template_ids[i]
         self.token_of = {tid: len(SPECIALS) + i for i, tid in enumerate(self.template_ids)}
         self.gap_buckets = gap_buckets
@@ -50,7 +52,8 @@ class Vocabulary:
 
     def to_dict(self) -> dict:
         return {"format": "loglm-vocab/1", "specials": SPECIALS, "template_ids": self.template_ids,
-                "gap_buckets": self.gap_buckets, "mask_params": self.mask_params, "miner": self.miner.state()}
+                "gap_buckets": self.gap_buckets, "mask_params": self.mask_params, "miner": self.miner.state(),
+                "flow_codec": self.flow_codec.state() if self.flow_codec is not None else None}
 
     def save(self, path: str | Path) -> str:
         from loglm.artifacts import atomic_write_bytes
@@ -67,4 +70,9 @@ class Vocabulary:
             raise ValueError(f"cannot read vocabulary {path}: {e}") from e
         if d.get("format") != "loglm-vocab/1":
             raise ValueError(f"{path} is not a LogLM vocabulary (format={d.get('format')!r})")
-        return cls(TemplateMiner.from_state(d["miner"]), d["template_ids"], d["gap_buckets"], d["mask_params"])
+        codec = None
+        if d.get("flow_codec"):
+            from loglm.ingest.flows import FlowCodec
+
+            codec = FlowCodec.from_state(d["flow_codec"])
+        return cls(TemplateMiner.from_state(d["miner"]), d["template_ids"], d["gap_buckets"], d["mask_params"], codec)

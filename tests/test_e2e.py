@@ -43,7 +43,7 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
     assert len(bundles) == 1 and (bundles[0] / "model.onnx").is_file()
     assert (bundles[0] / "alerts" / "detect.jsonl").is_file() and "loglm detect --bundle" in out
     prepared = json.loads((root / "data" / "hdfs_sample" / "MANIFEST.json").read_text())["summary"]
-    assert prepared["lines"] == {"read": 20000, "accepted": 20000, "rejected": 0, "rejected_by_reason": {}}
+    assert prepared["lines"] == {"read": 20000, "accepted": 20000, "rejected": 0, "metadata": 0, "rejected_by_reason": {}}
 
 
 def _free_port() -> int:

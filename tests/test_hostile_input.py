@@ -20,7 +20,8 @@ from loglm.config import DataConfig, DetectConfig, SessionConfig
 from loglm.ingest.formats import get_format
 from loglm.ingest.params import mask_params
 from loglm.ingest.prepare import parse_inputs
-from loglm.ingest.readers import RawTextReader, Record, Rejection
+from loglm.ingest.raw_text import RawTextReader
+from loglm.ingest.readers import Record, Rejection
 from loglm.ingest.templates import TemplateMiner
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

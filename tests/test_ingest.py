@@ -6,7 +6,8 @@ import pytest
 
 from loglm.ingest.formats import get_format, header_regex
 from loglm.ingest.params import entities_of, mask_params
-from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
+from loglm.ingest.raw_text import RawTextReader
+from loglm.ingest.readers import LineAccount, Rejection
 from loglm.ingest.templates import TemplateMiner
 
 HDFS_LINE = ("081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 "

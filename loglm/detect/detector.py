@@ -39,9 +39,10 @@ def score_input(cfg, loaded):
 
     if cfg.inputs:
         parsed = parse_inputs(list(cfg.inputs), cfg.data, loaded.vocab.miner, frozen=True,
-                              mask=loaded.vocab.mask_params)
+                              mask=loaded.vocab.mask_params, codec=loaded.vocab.flow_codec)
         label_sessions(parsed.sessions, parsed.events,
-                       read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None)
+                       read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None,
+                       cfg.data.normal_labels, cfg.data.unknown_labels)
         for s in parsed.sessions:
             s.split = "detect"
         table = session_table(parsed.sessions, parsed.events, loaded.vocab)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from loglm.detect.alerts import build_alerts, events_from_parsed
 from loglm.detect.detector import detect_config_of
-from loglm.ingest.formats import format_of
 from loglm.ingest.prepare import to_event
-from loglm.ingest.readers import LineAccount, RawTextReader, Rejection
+from loglm.ingest.readers import LineAccount, Rejection, make_reader
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
 from loglm.shards import session_table
@@ -33,7 +32,7 @@ class StreamingDetector:
         self.dcfg = detect_config_of(model, cfg.detect)
         self.threshold = float(model.calibration["threshold"])
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
-        self.reader = RawTextReader(format_of(cfg.data), cfg.data.max_line_bytes)
+        self.reader = make_reader(cfg.data)
         self.session_cfg = cfg.data.session
         self.idle_s = cfg.detect.stream_idle_close_s
         self.max_open = cfg.detect.max_open_sessions
@@ -50,11 +49,16 @@ class StreamingDetector:
     def feed(self, raw: bytes, source: str, line_no: int) -> None:
         self.account.read += 1
         item = self.reader.parse_line(raw, source, line_no)
+        if item is None:  # a metadata line of a structured format (Zeek #fields, CSV header)
+            self.account.metadata += 1
+            return
         if isinstance(item, Rejection):
             self._reject(source, line_no, item.reason)
             return
-        tid, masked, ents = to_event(item, self.model.vocab.miner, frozen=True, mask=self.model.vocab.mask_params)
-        keys = session_keys(ents, item.ts, self.session_cfg)
+        vocab = self.model.vocab
+        tid, masked, ents = to_event(item, vocab.miner, frozen=True, mask=vocab.mask_params, codec=vocab.flow_codec)
+        keys = ([f"{source}:{line_no}"] if self.session_cfg.by == "event"
+                else session_keys(ents, item.ts, self.session_cfg))
         if not keys:
             self._reject(source, line_no, f"no {self.session_cfg.entity_type} in line: cannot assign a session")
             return
@@ -108,8 +112,10 @@ class StreamingDetector:
                 ev.raw.append(e["raw"])
                 ev.entities.append(e["entities"])
                 ev.label.append(None)
-            etype = self.session_cfg.entity_type if self.session_cfg.by == "entity" else "window"
-            sessions.append(Session(key, etype, key, list(range(start, len(ev.ts))), closed=closed, split="stream"))
+            by = self.session_cfg.by
+            etype = self.session_cfg.entity_type if by in ("entity", "entity_window") else by
+            entity = key.split("@", 1)[0] if by == "entity_window" else key
+            sessions.append(Session(key, etype, entity, list(range(start, len(ev.ts))), closed=closed, split="stream"))
         self.pending = []
         table = session_table(sessions, ev, self.model.vocab)
         ws = self.scorer(*windows_of(table), self.dcfg)

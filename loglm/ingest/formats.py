@@ -73,10 +73,20 @@ def _epoch(value: str) -> float:
     return float(value)
 
 
+def _iso(value: str) -> float:
+    t = datetime.fromisoformat(value)
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def time_parser(time_format: str) -> Callable[[str], float]:
-    """``epoch`` (seconds), a strptime format, or ``noyear:<strptime format>``."""
+    """``epoch`` (seconds), ``epoch_ms``, ``iso`` (ISO 8601, UTC unless it says otherwise), a strptime
+    format, or ``noyear:<strptime format>``."""
     if time_format == "epoch":
         return _epoch
+    if time_format == "epoch_ms":
+        return lambda value: float(value) / 1000.0
+    if time_format == "iso":
+        return _iso
     if time_format.startswith("noyear:"):
         return _strptime_no_year(time_format[len("noyear:"):])
     return _strptime(time_format)

@@ -15,8 +15,7 @@ ENTITY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
                             r"(?:com|net|org|edu|gov|mil|int|io|hk|cn|uk|de|jp|ru|fr|local|lan|internal|arpa)"
                             r"(?::\d{1,5})?)(?![\w.\-])")),
 ]
-# Other parameters are only masked, one pattern after the other (placeholders hold no digits, so a later
-# pattern never rewrites an earlier placeholder).
+# Other parameters are only masked.
 MASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("uuid", re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")),
     ("path", re.compile(r"(?<![\w])(?:/[\w.\-]+)+/?")),
@@ -26,66 +25,56 @@ MASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 PARAM_PATTERNS = ENTITY_PATTERNS + MASK_PATTERNS
 ENTITY_KINDS = {kind for kind, _ in ENTITY_PATTERNS}
 _USER = re.compile(r"\b(?:user|uid|for user|by user)[=: ]\s*([A-Za-z_][\w.\-]{0,31})", re.IGNORECASE)
-_ENTITIES = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in ENTITY_PATTERNS))
-_MASKS = [(pat, f"<{kind}>") for kind, pat in MASK_PATTERNS]
-# Every pattern treats all digits alike, so a message's masking depends only on its *shape* (digits 1-9
-# written as 0, same length, same offsets): shapes repeat far more than messages and are cached.
+# one pass, first matching kind wins at each position (the order above)
+_PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARAM_PATTERNS))
+
+# Every pattern treats all digits alike, so where a message's parameters are depends only on its *shape*
+# (digits 1-9 written as 0: same length, same offsets).  Shapes repeat far more than messages, so the
+# regular expressions run once per shape; the masked text is then cut from the message itself.
 _ZERO = str.maketrans("123456789", "000000000")
-_TOKEN = re.compile(r"\S+")
-_CACHE_LIMIT = 100_000
-_line_cache: dict[str, tuple[str, tuple[tuple[str, int, int], ...]]] = {}
-_token_cache: dict[str, tuple[str, tuple[tuple[str, int, int], ...]]] = {}
-Masked = tuple[str, tuple[tuple[str, int, int], ...]]
+_CACHE_LIMIT = 200_000
+# shape -> (segments (start, end, placeholder or None for the message's own text), entity spans)
+Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...]]
+_layouts: dict[str, Layout] = {}
 
 
-def _mask_token_shape(token: str) -> Masked:
-    spans: list[tuple[str, int, int]] = []
-
-    def keep(m: re.Match[str]) -> str:
+def _layout(shape: str) -> Layout:
+    segments: list[tuple[int, int, str | None]] = []
+    entities: list[tuple[str, int, int]] = []
+    pos = 0
+    for m in _PARAMS.finditer(shape):
         kind = m.lastgroup or "num"
-        spans.append((kind, m.start(), m.end()))
-        return f"<{kind}>"
-
-    masked = _ENTITIES.sub(keep, token)
-    for pat, placeholder in _MASKS:
-        masked = pat.sub(placeholder, masked)
-    return masked, tuple(spans)
-
-
-def _mask_line_shape(shape: str) -> Masked:
-    # No pattern spans whitespace (and a token edge looks to the patterns like a space), so a line is
-    # masked token by token; runs of whitespace become one space (the miner splits on whitespace anyway).
-    out: list[str] = []
-    spans: list[tuple[str, int, int]] = []
-    for m in _TOKEN.finditer(shape):
-        token = m.group(0)
-        hit = _token_cache.get(token)
-        if hit is None:
-            hit = _mask_token_shape(token)
-            if len(_token_cache) >= _CACHE_LIMIT:
-                _token_cache.clear()
-            _token_cache[token] = hit
-        out.append(hit[0])
-        base = m.start()
-        spans.extend((kind, base + a, base + b) for kind, a, b in hit[1])
-    return " ".join(out), tuple(spans)
+        a, b = m.span()
+        if a > pos:
+            segments.append((pos, a, None))
+        segments.append((a, b, f"<{kind}>"))
+        if kind in ENTITY_KINDS:
+            entities.append((kind, a, b))
+        pos = b
+    if pos < len(shape):
+        segments.append((pos, len(shape), None))
+    return tuple(segments), tuple(entities)
 
 
 def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     """Replace typed parameters by ``<kind>`` placeholders; return the masked text and the entity values.
 
     Entity values (block ids, IPs, host names, users) are returned per kind in order of appearance; other
-    parameters (uuids, paths, hex, numbers) are only masked.  The regular expressions run once per distinct
-    message shape (see ``_ZERO``): this is the hot path of ingest.
+    parameters (uuids, paths, hex, numbers) are only masked.  This is the hot path of ingest: the
+    regular expressions run once per distinct message shape (see ``_ZERO``).
     """
     shape = content.translate(_ZERO)
-    hit = _line_cache.get(shape)
-    if hit is None:
-        hit = _mask_line_shape(shape)
-        if len(_line_cache) >= _CACHE_LIMIT:
-            _line_cache.clear()
-        _line_cache[shape] = hit
-    masked, spans = hit
+    layout = _layouts.get(shape)
+    if layout is None:
+        layout = _layout(shape)
+        if len(_layouts) >= _CACHE_LIMIT:
+            _layouts.clear()
+        _layouts[shape] = layout
+    segments, spans = layout
+    if len(segments) == 1 and segments[0][2] is None:
+        masked = content
+    else:
+        masked = "".join(content[a:b] if ph is None else ph for a, b, ph in segments)
     found: dict[str, list[str]] = {}
     for kind, a, b in spans:
         value = content[a:b]

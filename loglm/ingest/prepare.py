@@ -11,9 +11,9 @@ from pathlib import Path
 
 from loglm.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
-from loglm.ingest.formats import format_of
+from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
-from loglm.ingest.readers import LineAccount, RawTextReader, Record, Rejection, expand_inputs
+from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Record, Rejection, expand_inputs, make_reader
 from loglm.ingest.sessions import Events, Session, assign_splits, label_sessions, sessionize
 from loglm.ingest.templates import TemplateMiner
 from loglm.vocab import Vocabulary
@@ -27,9 +27,21 @@ class Parsed:
     sessions: list[Session]
 
 
-def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
+def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True, codec: FlowCodec | None = None
              ) -> tuple[int, str, dict[str, list[str]]]:
-    """(template id, -1 if unseen by a frozen miner; masked text; entities) of one accepted line."""
+    """(template id, -1 if unseen by a frozen miner; masked text; entities) of one accepted record.
+
+    A flow's template is its flow sentence; before the codec is fitted (training) it is -1 and filled
+    by :func:`mine_flows`.
+    """
+    if item.fields is not None:
+        ents = {kind: [value] for kind, value in item.header_entities.items()}
+        ents["ip"] = list(dict.fromkeys(v for k in ("src_ip", "dst_ip") for v in ents.get(k, [])))
+        if codec is None:
+            return -1, "", ents
+        sentence = codec.sentence(item.fields)
+        tid = miner.match(sentence) if frozen else miner.add(sentence)
+        return (-1 if tid is None else tid), sentence, ents
     masked, params = mask_params(item.content) if mask else (item.content, {})
     tid = miner.match(masked) if frozen else miner.add(masked)
     ents = entities_of(params)
@@ -39,9 +51,9 @@ def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
 
 
 def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, frozen: bool,
-                 mask: bool = True) -> Parsed:
+                 mask: bool = True, codec: FlowCodec | None = None) -> Parsed:
     """Read, mine (or, frozen, only match) templates and sessionize; every line accepted or rejected."""
-    reader = RawTextReader(format_of(data), data.max_line_bytes)
+    reader = make_reader(data)
     account = LineAccount()
     rejections: list[tuple[str, int, str]] = []
     ev = Events()
@@ -50,7 +62,7 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
             if isinstance(item, Rejection):
                 rejections.append((item.source, item.line_no, item.reason))
                 continue
-            tid, masked, ents = to_event(item, miner, frozen, mask)
+            tid, masked, ents = to_event(item, miner, frozen, mask, codec)
             ev.source.append(item.source)
             ev.line_no.append(item.line_no)
             ev.ts.append(item.ts)
@@ -59,8 +71,25 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
             ev.raw.append(item.raw)
             ev.entities.append(ents)
             ev.label.append(item.label)
+            ev.fields.append(item.fields)
     sessions = sessionize(ev, data.session, account, rejections)
     return Parsed(ev, account, rejections, sessions)
+
+
+def mine_flows(parsed: Parsed, data: DataConfig, miner: TemplateMiner) -> FlowCodec:
+    """Fit the flow codec on training flows (normal sessions of the train split), then give every flow
+    its sentence and template, in input order."""
+    train = [parsed.events.fields[j] for s in parsed.sessions if s.split == "train" for j in s.event_idx]
+    if not train:
+        raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
+    codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
+                      local_networks=list(data.local_networks)).fit(train)
+    ev = parsed.events
+    for i, flow in enumerate(ev.fields):
+        sentence = codec.sentence(flow)
+        ev.masked[i] = sentence
+        ev.template[i] = miner.add(sentence)
+    return codec
 
 
 def read_id_list(path: str) -> set[str]:
@@ -68,14 +97,15 @@ def read_id_list(path: str) -> set[str]:
         return {line.strip() for line in fh if line.strip()}
 
 
-def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, tok: TokenizerConfig) -> Vocabulary:
+def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, tok: TokenizerConfig,
+                codec: FlowCodec | None = None) -> Vocabulary:
     """Vocabulary from training sessions only: templates first seen elsewhere are UNK to the model."""
     counts: Counter = Counter()
     for s in sessions:
         if s.split == "train":
             counts.update(events.template[j] for j in s.event_idx)
     keep = sorted(tid for tid, c in counts.items() if c >= tok.min_count and tid >= 0)
-    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params)
+    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec)
 
 
 def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
@@ -98,7 +128,7 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
     splits = Counter(s.split for s in parsed.sessions if s.chunk == 0)
     labels = Counter((s.split, s.label) for s in parsed.sessions if s.chunk == 0)
     acct = parsed.account.as_dict()
-    if acct["read"] != acct["accepted"] + acct["rejected"]:  # an invariant: a bug if it ever fires
+    if not parsed.account.reconciles():  # an invariant: a bug if it ever fires
         raise RuntimeError(f"line accounting does not reconcile: {acct}")
     shard_hashes = "".join(sha256_file(p) for p in shards)
     summary = {
@@ -127,16 +157,24 @@ def run(cfg) -> dict:
     data: DataConfig = cfg.data
     out = prepared_dir(cfg.paths.root, data.name)
     t0 = time.perf_counter()
+    codec = None
     if data.format in builders.BUILDERS:
         parsed, miner = builders.BUILDERS[data.format](data)
     else:
         if not data.inputs:
             raise ValueError("data.inputs is empty: give raw log files or directories")
-        miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+        flows = data.format in FLOW_FORMATS
+        # flow sentences are exact templates: no Drain-style merging of different field values
+        miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
         parsed = parse_inputs(list(data.inputs), data, miner, frozen=False, mask=cfg.tokenizer.mask_params)
         anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
-        label_sessions(parsed.sessions, parsed.events, anomalous)
+        partly_unknown = label_sessions(parsed.sessions, parsed.events, anomalous, data.normal_labels,
+                                        data.unknown_labels)
         assign_splits(parsed.sessions, parsed.events, data.split)
+        if data.train_normal_only:
+            for s in parsed.sessions:
+                if s.split == "train" and s.session_id in partly_unknown:
+                    s.split = "train_heldout_unlabelled"
     if parsed.account.accepted == 0:
         f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
         raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
@@ -146,7 +184,9 @@ def run(cfg) -> dict:
         for s in parsed.sessions:
             if s.split == "train" and s.label == 1:
                 s.split = "train_heldout_anomalous"
-    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer)
+    if data.format in FLOW_FORMATS:
+        codec = mine_flows(parsed, data, miner)
+    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
     summary = write_prepared(out, parsed, vocab, data, {
         "seconds": round(elapsed, 3),

@@ -1,16 +1,18 @@
-"""Readers turn raw inputs into accepted records or rejections; every line is one or the other."""
+"""What every reader shares: records, rejections, line accounting, input expansion, and the reader factory.
+
+A reader turns one input file into a stream of accepted :class:`Record` s and :class:`Rejection` s; every
+line is one or the other, except the metadata lines of structured formats (Zeek ``#fields`` headers, a CSV
+header row), which are counted as such.  Readers live one per module: ``raw_text`` (loghub-style headers),
+``json_lines``, ``zeek`` (conn.log) and ``flow_table`` (CICFlowMeter / NetFlow CSV and Parquet).
+"""
 
 from __future__ import annotations
 
-import functools
 import gzip
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from loglm.ingest.formats import LogFormat
 
 
 @dataclass(slots=True)
@@ -22,6 +24,8 @@ class Record:
     raw: str
     label: str | None = None
     header_entities: dict[str, str] = field(default_factory=dict)
+    # structured records (network flows): canonical fields, turned into a flow sentence by loglm.ingest.flows
+    fields: dict | None = None
 
 
 @dataclass(slots=True)
@@ -38,6 +42,7 @@ class LineAccount:
     read: int = 0
     accepted: int = 0
     rejected: int = 0
+    metadata: int = 0  # header/comment lines of structured formats: neither events nor errors
     reasons: Counter = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:
@@ -46,7 +51,59 @@ class LineAccount:
 
     def as_dict(self) -> dict:
         return {"read": self.read, "accepted": self.accepted, "rejected": self.rejected,
-                "rejected_by_reason": dict(self.reasons)}
+                "metadata": self.metadata, "rejected_by_reason": dict(self.reasons)}
+
+    def reconciles(self) -> bool:
+        return self.read == self.accepted + self.rejected + self.metadata
+
+
+def check_line(raw_bytes: bytes, source: str, line_no: int, max_line_bytes: int) -> str | Rejection:
+    """The decoded text of one input line, or why it is refused (checks every reader shares)."""
+    if len(raw_bytes) > max_line_bytes:
+        return Rejection(source, line_no, f"line too long: {len(raw_bytes)} bytes > {max_line_bytes}")
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejection(source, line_no, f"undecodable bytes: {e.reason} at byte {e.start}")
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        return Rejection(source, line_no, "empty line")
+    if "\x00" in text:
+        return Rejection(source, line_no, "NUL byte in line")
+    return text
+
+
+def tally(items: Iterator[Record | Rejection], account: LineAccount) -> Iterator[Record | Rejection]:
+    for item in items:
+        if isinstance(item, Rejection):
+            account.reject(item.reason)
+        else:
+            account.accepted += 1
+        yield item
+
+
+FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow")
+
+
+def make_reader(data):
+    """The reader a data config names (``data.format``)."""
+    fmt = data.format
+    if fmt == "jsonl":
+        from loglm.ingest.json_lines import JsonLinesReader
+
+        return JsonLinesReader(data)
+    if fmt == "zeek":
+        from loglm.ingest.zeek import ZeekConnReader
+
+        return ZeekConnReader(data)
+    if fmt in ("cicflowmeter", "netflow"):
+        from loglm.ingest.flow_table import FlowTableReader
+
+        return FlowTableReader(data)
+    from loglm.ingest.formats import format_of
+    from loglm.ingest.raw_text import RawTextReader
+
+    return RawTextReader(format_of(data), data.max_line_bytes)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -69,49 +126,3 @@ def open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-class RawTextReader:
-    """Lines with a loghub-style header (``<Date> <Time> ... <Content>``)."""
-
-    def __init__(self, fmt: LogFormat, max_line_bytes: int = 65_536):
-        self.fmt = fmt
-        self.regex = fmt.regex()
-        self.max_line_bytes = max_line_bytes
-        # log timestamps repeat heavily (second resolution): parse each distinct stamp once
-        self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
-
-    def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        source = os.fspath(path)
-        with open_binary(path) as fh:
-            for line_no, raw_bytes in enumerate(fh, start=1):
-                account.read += 1
-                item = self.parse_line(raw_bytes, source, line_no)
-                if isinstance(item, Rejection):
-                    account.reject(item.reason)
-                else:
-                    account.accepted += 1
-                yield item
-
-    def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
-        if len(raw_bytes) > self.max_line_bytes:
-            return Rejection(source, line_no, f"line too long: {len(raw_bytes)} bytes > {self.max_line_bytes}")
-        try:
-            text = raw_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return Rejection(source, line_no, f"undecodable bytes: {e.reason} at byte {e.start}")
-        text = text.rstrip("\r\n")
-        if not text.strip():
-            return Rejection(source, line_no, "empty line")
-        if "\x00" in text:
-            return Rejection(source, line_no, "NUL byte in line")
-        m = self.regex.match(text)
-        if m is None:
-            return Rejection(source, line_no, f"header does not match format {self.fmt.name}")
-        fields = m.groupdict()
-        stamp = " ".join(fields[f] for f in self.fmt.time_fields)
-        try:
-            ts = self._parse_time(stamp)
-        except (ValueError, OverflowError):
-            return Rejection(source, line_no, f"bad timestamp: {stamp[:64]!r}")
-        label = fields.get(self.fmt.label_field) if self.fmt.label_field else None
-        ents = {kind: fields[name] for name, kind in self.fmt.entity_fields if fields.get(name)}
-        return Record(source, line_no, ts, fields["Content"], text, label, ents)

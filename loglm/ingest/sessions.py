@@ -22,6 +22,9 @@ class Events:
     raw: list[str] = field(default_factory=list)
     entities: list[dict[str, list[str]]] = field(default_factory=list)
     label: list[str | None] = field(default_factory=list)
+    # canonical fields of structured records (flows), None for text lines; flows get their template once
+    # the flow codec is fitted (loglm.ingest.flows)
+    fields: list[dict | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -50,15 +53,28 @@ def session_keys(entities: dict[str, list[str]], ts: float, cfg: SessionConfig) 
     if cfg.by == "entity":
         return entities.get(cfg.entity_type) or []
     if cfg.by == "window":
-        return [datetime.fromtimestamp(int(ts // cfg.window_s) * cfg.window_s, UTC).isoformat()]
-    raise ValueError(f"data.session.by must be 'entity' or 'window', got {cfg.by!r}")
+        return [_window(ts, cfg.window_s)]
+    if cfg.by == "entity_window":
+        return [f"{v}@{_window(ts, cfg.window_s)}" for v in entities.get(cfg.entity_type) or []]
+    raise ValueError(f"data.session.by must be 'entity', 'window', 'entity_window' or 'event', got {cfg.by!r}")
+
+
+def _window(ts: float, window_s: float) -> str:
+    return datetime.fromtimestamp(int(ts // window_s) * window_s, UTC).isoformat()
 
 
 def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
                rejections: list[tuple[str, int, str]]) -> list[Session]:
     """Group events; a line without a session key is counted as rejected (never silently dropped)."""
     groups: dict[str, list[int]] = {}
-    for i in range(len(events)):
+    if cfg.by == "count":  # consecutive windows of window_events events in time order
+        order = sorted(range(len(events)), key=lambda j: (events.ts[j], j))
+        for r, i in enumerate(order):
+            groups.setdefault(f"w{r // cfg.window_events:08d}", []).append(i)
+    for i in range(len(events) if cfg.by != "count" else 0):
+        if cfg.by == "event":
+            groups[f"{events.source[i]}:{events.line_no[i]}"] = [i]
+            continue
         keys = session_keys(events.entities[i], events.ts[i], cfg)
         if not keys:
             account.accepted -= 1
@@ -69,35 +85,57 @@ def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
         for key in keys:
             groups.setdefault(key, []).append(i)
 
-    entity_type = cfg.entity_type if cfg.by == "entity" else "window"
+    entity_type = {"entity": cfg.entity_type, "entity_window": cfg.entity_type, "event": "event",
+                   "count": "window"}.get(cfg.by, "window")
     input_end = max(events.ts) if len(events) else 0.0
     sessions = []
     for key, idx in groups.items():
         idx.sort(key=lambda j: (events.ts[j], j))
-        if cfg.by == "window":
+        if cfg.by in ("event", "count"):
+            closed = True
+        elif cfg.by in ("window", "entity_window"):
             closed = int(events.ts[idx[0]] // cfg.window_s) * cfg.window_s + cfg.window_s <= input_end
         else:
             closed = cfg.idle_close_s <= 0 or events.ts[idx[-1]] <= input_end - cfg.idle_close_s
         for c in range(0, len(idx), cfg.max_events):
             last = c + cfg.max_events >= len(idx)
-            sessions.append(Session(key, entity_type, key, idx[c:c + cfg.max_events], chunk=c // cfg.max_events,
+            entity = key.split("@", 1)[0] if cfg.by == "entity_window" else key
+            sessions.append(Session(key, entity_type, entity, idx[c:c + cfg.max_events], chunk=c // cfg.max_events,
                                     closed=closed and last))
     return sessions
 
 
-def label_sessions(sessions: list[Session], events: Events, anomalous_ids: set[str] | None) -> None:
-    """Entity lists label whole sessions; per-line labels (BGL: anything but '-') label any window they touch."""
+def event_label(label: str | None, normal: set[str], unknown: set[str]) -> int:
+    """1 anomalous, 0 normal, -1 not labelled (no label, or a label meaning "unknown")."""
+    if label is None or label in unknown:
+        return -1
+    return 0 if label in normal else 1
+
+
+def label_sessions(sessions: list[Session], events: Events, anomalous_ids: set[str] | None,
+                   normal_labels=("-",), unknown_labels=()) -> set[str]:
+    """Entity lists label whole sessions; per-line labels label any session they touch: anomalous if any
+    event is, normal if all its events are labelled normal, else unknown (-1).
+
+    Returns the ids of sessions holding events labelled "unknown" (they are kept out of training).
+    """
+    normal, unknown = set(normal_labels), set(unknown_labels)
     by_id: dict[str, int] = {}
+    partly_unknown: set[str] = set()
     for s in sessions:
         if anomalous_ids is not None:
             lab = int(s.entity in anomalous_ids)
-        elif events.label[s.event_idx[0]] is not None:
-            lab = int(any(events.label[j] not in (None, "-") for j in s.event_idx))
-        else:
+        elif all(events.label[j] is None for j in s.event_idx):
             lab = -1
+        else:
+            labs = [event_label(events.label[j], normal, unknown) for j in s.event_idx]
+            lab = 1 if 1 in labs else -1 if -1 in labs else 0
+            if -1 in labs:
+                partly_unknown.add(s.session_id)
         by_id[s.session_id] = max(by_id.get(s.session_id, -1), lab)
     for s in sessions:  # every chunk carries its session's label
         s.label = by_id[s.session_id]
+    return partly_unknown
 
 
 def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig) -> None:
@@ -114,10 +152,23 @@ def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig) -> 
     if cfg.method == "chronological":
         order = sorted(firsts.values())
         rank = {sid: r / max(1, len(order)) for r, (_, sid) in enumerate(order)}
+    elif cfg.method == "chronological_events":
+        order = sorted(range(len(events)), key=lambda j: (events.ts[j], j))
+        pos = {j: r / max(1, len(order)) for r, j in enumerate(order)}
+        rank = {}
+        for s in sessions:
+            r = pos[s.event_idx[0]]
+            rank[s.session_id] = min(rank.get(s.session_id, r), r)
+    elif cfg.method == "chronological_time":
+        t0 = min((t for t, _ in firsts.values()), default=0.0)
+        t1 = max((events.ts[s.event_idx[-1]] for s in sessions), default=t0)
+        rank = {sid: (t - t0) / max(t1 - t0, 1e-9) for sid, (t, _) in firsts.items()}
     elif cfg.method == "seeded":
         rank = {sid: int(hashlib.sha256(f"{cfg.seed}:{sid}".encode()).hexdigest()[:12], 16) / 16**12 for sid in firsts}
     else:
-        raise ValueError(f"data.split.method must be 'chronological' or 'seeded', got {cfg.method!r}")
+        raise ValueError("data.split.method must be 'chronological', 'chronological_events', "
+                         "'chronological_time' or 'seeded', "
+                         f"got {cfg.method!r}")
     for s in sessions:
         r = rank[s.session_id]
         s.split = "train" if r < cfg.train_frac else "val" if r < cfg.train_frac + cfg.val_frac else "test"

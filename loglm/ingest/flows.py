@@ -1,0 +1,192 @@
+"""Network flows as log events: canonical flow fields and the flow "sentence" a model reads.
+
+Every flow reader (Zeek conn.log, CICFlowMeter, NetFlow) maps its columns onto :data:`CANONICAL`.  A flow
+then becomes one event whose text is a short sentence of field tokens::
+
+    proto=tcp svc=http port=80 state=SF dir=out | dur=3 ob=5 ib=6 op=2 ip=2
+
+categorical fields as they are (well-known destination ports kept exactly up to a budget, other ports as
+range classes ``sys``/``reg``/``eph``), and quantile buckets for duration, bytes and packets fitted on the
+training flows.  The sentence is the event's template: one flow = one position in the sequence, so flows
+and log lines share the vocabulary, the model and the scoring unchanged.  Rare sentences back off: a
+training flow whose full sentence occurs fewer than ``min_count`` times is written as its categorical part
+(before ``|``), and one whose categorical part is rare too as ``proto=.. dir=..``.  Any later flow is
+written as the most specific of its three forms that training wrote (``known``); a flow with none of them
+known (say, inbound, when training saw only outbound traffic) is [UNK] to the model.  IP addresses and host names are entities (they key sessions and
+appear in alerts), never vocabulary: a model that memorises addresses learns shortcuts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import ipaddress
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+# canonical flow fields; readers fill what their format has (missing = None)
+CANONICAL = ("ts", "duration", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "service", "state",
+             "fwd_bytes", "bwd_bytes", "fwd_pkts", "bwd_pkts", "local_orig", "local_resp", "label")
+NUMERIC = ("duration", "fwd_bytes", "bwd_bytes", "fwd_pkts", "bwd_pkts")
+SHORT = {"duration": "dur", "fwd_bytes": "ob", "bwd_bytes": "ib", "fwd_pkts": "op", "bwd_pkts": "ip"}
+
+
+def port_class(port: int | None) -> str:
+    if port is None or port < 0:
+        return "na"
+    return "sys" if port < 1024 else "reg" if port < 49152 else "eph"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_local(ip: str, networks: tuple) -> bool | None:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+def direction(flow: dict, networks: tuple = ()) -> str:
+    """out: a local host talks to the outside; in: the outside talks to a local host; int: local to local.
+
+    Local means inside ``networks`` when given; otherwise the sensor's own verdict (Zeek local_orig /
+    local_resp), which depends on each sensor's configuration.
+    """
+    if networks and flow.get("src_ip") and flow.get("dst_ip"):
+        lo, lr = _is_local(flow["src_ip"], networks), _is_local(flow["dst_ip"], networks)
+    else:
+        lo, lr = flow.get("local_orig"), flow.get("local_resp")
+    if lo is None and lr is None:
+        return "na"
+    return {(True, False): "out", (False, True): "in", (True, True): "int", (False, False): "ext"}.get(
+        (bool(lo), bool(lr)), "na")
+
+
+@dataclass
+class FlowCodec:
+    n_buckets: int = 8
+    port_budget: int = 64
+    min_count: int = 2
+    edges: dict[str, list[float]] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)  # sentences the training flows were written as
+    local_networks: list[str] = field(default_factory=list)  # CIDRs of the monitored network
+
+    def __post_init__(self):
+        try:
+            self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.local_networks)
+        except ValueError as e:
+            raise ValueError(f"data.local_networks: {e}") from None
+
+    def fit(self, flows: list[dict]) -> FlowCodec:
+        """Quantile edges, kept ports and frequent sentences, from training flows only."""
+        self.edges = {}
+        for name in NUMERIC:
+            values = sorted(v for v in (f.get(name) for f in flows) if v is not None and v > 0)
+            edges: list[float] = []
+            if values:
+                for q in range(1, self.n_buckets - 1):  # bucket 0 is "zero", the rest split positive values
+                    edges.append(values[min(len(values) - 1, int(q * len(values) / (self.n_buckets - 1)))])
+            self.edges[name] = sorted(set(edges))
+        ports = Counter(f.get("dst_port") for f in flows if f.get("dst_port") is not None and f["dst_port"] < 1024)
+        self.ports = sorted(p for p, _ in ports.most_common(self.port_budget))
+        parts = [self._parts(f) for f in flows]
+        cat = Counter(p[1] for p in parts)
+        full = Counter(p[1] + " | " + p[2] for p in parts)
+        self.known = set()
+        for base, c, num in parts:
+            f = c + " | " + num
+            self.known.add(f if full[f] >= self.min_count else c if cat[c] >= self.min_count else base)
+        return self
+
+    def bucket(self, name: str, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "na"
+        if value <= 0:
+            return "0"
+        return str(1 + bisect.bisect_right(self.edges.get(name, []), value))
+
+    def _parts(self, flow: dict) -> tuple[str, str, str]:
+        port = flow.get("dst_port")
+        port_tok = str(port) if port is not None and port in self._port_set else port_class(port)
+        base = f"proto={flow.get('proto') or 'na'} dir={direction(flow, self._networks)}"
+        cat = f"{base} svc={flow.get('service') or '-'} port={port_tok} state={flow.get('state') or '-'}"
+        num = " ".join(f"{SHORT[n]}={self.bucket(n, flow.get(n))}" for n in NUMERIC)
+        return base, cat, num
+
+    def sentence(self, flow: dict) -> str:
+        base, cat, num = self._parts(flow)
+        full = cat + " | " + num
+        if full in self.known:
+            return full
+        return cat if cat in self.known else base
+
+    @property
+    def _port_set(self) -> set[int]:
+        cached = getattr(self, "_ports_cached", None)
+        if cached is None or cached[0] is not self.ports:
+            cached = (self.ports, set(self.ports))
+            self._ports_cached = cached
+        return cached[1]
+
+    def state(self) -> dict:
+        return {"n_buckets": self.n_buckets, "port_budget": self.port_budget, "min_count": self.min_count,
+                "edges": self.edges, "ports": self.ports, "known": sorted(self.known),
+                "local_networks": self.local_networks}
+
+    @classmethod
+    def from_state(cls, d: dict) -> FlowCodec:
+        return cls(d["n_buckets"], d["port_budget"], d["min_count"], {k: list(v) for k, v in d["edges"].items()},
+                   list(d["ports"]), set(d["known"]), list(d.get("local_networks", [])))
+
+
+def to_int(value) -> int | None:
+    if value is None or value == "" or value == "-":
+        return None
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):
+        raise ValueError(f"not an integer: {str(value)[:32]!r}") from None
+
+
+def to_float(value) -> float | None:
+    if value is None or value == "" or value == "-":
+        return None
+    try:
+        v = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"not a number: {str(value)[:32]!r}") from None
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def to_bool(value) -> bool | None:
+    if value in (None, "", "-"):
+        return None
+    return str(value).strip().lower() in ("t", "true", "1", "yes")
+
+
+CONVERT = {"ts": to_float, "duration": to_float, "src_port": to_int, "dst_port": to_int,
+           "fwd_bytes": to_float, "bwd_bytes": to_float, "fwd_pkts": to_float, "bwd_pkts": to_float,
+           "local_orig": to_bool, "local_resp": to_bool}
+
+
+def canonical_flow(raw: dict[str, str], columns: dict[str, str]) -> dict:
+    """Canonical flow from one row: ``columns`` maps canonical name -> the row's column name.
+
+    Raises ValueError naming the column whose value is not what its field needs.
+    """
+    flow: dict = {}
+    for name, col in columns.items():
+        value = raw.get(col)
+        conv = CONVERT.get(name)
+        if conv is None:
+            flow[name] = None if value in (None, "", "-", "(empty)") else str(value).strip()
+        else:
+            try:
+                flow[name] = conv(value)
+            except ValueError as e:
+                raise ValueError(f"column {col!r}: {e}") from None
+    if flow.get("proto"):
+        flow["proto"] = flow["proto"].lower()
+    return flow

@@ -1,0 +1,83 @@
+"""Small synthetic flow files in the real formats: Zeek conn.log (labeled), CICFlowMeter CSV, NetFlow.
+
+The traffic: one local host browsing (https/http/dns, outbound) every few seconds, and, when asked, an
+outside scanner probing the host's ports (inbound S0 flows) -- the shape of the CTU captures.
+"""
+
+from __future__ import annotations
+
+import random
+
+ZEEK_HEADER = """#separator \\x09
+#set_separator\t,
+#empty_field\t(empty)
+#unset_field\t-
+#path\tconn
+#open\t2022-06-17-00-00-07
+#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\tduration\torig_bytes\tresp_bytes\tconn_state\tlocal_orig\tlocal_resp\tmissed_bytes\thistory\torig_pkts\torig_ip_bytes\tresp_pkts\tresp_ip_bytes\ttunnel_parents\tlabel\tdetailedlabel
+#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tinterval\tcount\tcount\tstring\tbool\tbool\tcount\tstring\tcount\tcount\tcount\tcount\tset[string]\tstring\tstring
+"""
+HOST = "10.0.0.5"
+
+
+def zeek_rows(n_normal: int, n_attack: int, seed: int = 0, t0: float = 1_655_071_198.0) -> list[str]:
+    rng = random.Random(seed)
+    rows = []
+    t = t0
+    # (port, proto, service, typical bytes out, bytes in, packets out, packets in, seconds)
+    services = [(443, "tcp", "ssl", 600, 5000, 10, 12, 0.5), (80, "tcp", "http", 400, 20000, 8, 20, 0.2),
+                (53, "udp", "dns", 40, 90, 1, 1, 0.01), (443, "tcp", "-", 100, 100, 3, 3, 2.0)]
+    for i in range(n_normal):
+        t += rng.uniform(1, 20)
+        port, proto, svc, ob, ib, op, ip, dur = services[rng.randrange(len(services))]
+        if rng.random() < 0.2:  # some heavier transfers
+            ob, ib, op, ip, dur = ob * 10, ib * 30, op * 5, ip * 20, dur * 8
+        j = lambda v: max(1, int(v * rng.uniform(0.9, 1.1)))  # noqa: E731
+        rows.append((t, f"C{i}", HOST, rng.randint(49152, 65000), f"93.184.{rng.randint(0, 9)}.{rng.randint(1, 250)}",
+                     port, proto, svc, f"{dur * rng.uniform(0.9, 1.1):.6f}", j(ob), j(ib), "SF", "T", "F", 0,
+                     "ShADadFf", j(op), j(ob) + 400, j(ip), j(ib) + 400, "(empty)", "Benign", "Browsing"))
+    attacker = "198.51.100.7"
+    ta = t0 + (t - t0) * 0.75
+    for i in range(n_attack):
+        ta += rng.uniform(0.1, 2)
+        rows.append((ta, f"A{i}", attacker, rng.randint(40000, 60000), HOST, rng.choice([22, 23, 445, 3389, 5432, 8080]),
+                     "tcp", "-", "0.000010", 0, 0, "S0", "F", "T", 0, "S", 2, 80, 0, 0, "(empty)", "Malicious",
+                     "External-Attack"))
+    rows.append((ta + 1, "B0", HOST, 50000, "224.0.0.251", 5353, "udp", "dns", "-", "-", "-", "S0", "T", "F", 0, "D",
+                 1, 100, 0, 0, "(empty)", "Background", "(empty)"))
+    rows.sort(key=lambda r: r[0])
+    return ["\t".join(f"{v:.6f}" if k == 0 else str(v) for k, v in enumerate(r)) for r in rows]
+
+
+def write_zeek(path, n_normal: int = 300, n_attack: int = 40, seed: int = 0) -> None:
+    path.write_text(ZEEK_HEADER + "\n".join(zeek_rows(n_normal, n_attack, seed)) + "\n#close\t2022-06-18-00-00-00\n")
+
+
+CIC_COLUMNS = ["Flow Duration", "Total Fwd Packets", "Total Backward Packets", "Total Length of Fwd Packets",
+               "Total Length of Bwd Packets", "Fwd Packet Length Max", "Flow Bytes/s", "Label"]
+
+
+def write_cicflowmeter(path, n_benign: int = 60, n_attack: int = 20, seed: int = 0) -> None:
+    """CICFlowMeter column names with the leading spaces of the original CIC-IDS2017 CSVs."""
+    rng = random.Random(seed)
+    lines = [",".join(" " + c if i else c for i, c in enumerate(CIC_COLUMNS))]
+    for _ in range(n_benign):
+        lines.append(f"{rng.randint(100, 5_000_000)},{rng.randint(2, 20)},{rng.randint(2, 20)},"
+                     f"{rng.randint(60, 3000)},{rng.randint(100, 90000)},{rng.randint(40, 1500)},"
+                     f"{rng.uniform(10, 1e6):.3f},BENIGN")
+    for _ in range(n_attack):
+        lines.append(f"{rng.randint(1, 60)},1,1,0,0,0,Infinity,PortScan")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def netflow_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"first_seen": 1_700_000_000.0 + i, "sa": HOST, "da": f"93.184.0.{rng.randint(1, 250)}",
+             "sp": rng.randint(49152, 65000), "dp": rng.choice([443, 80]), "pr": "TCP", "td": rng.uniform(0, 3),
+             "ibyt": rng.randint(100, 5000), "obyt": rng.randint(100, 90000), "ipkt": rng.randint(2, 20),
+             "opkt": rng.randint(2, 50)} for i in range(n)]
+
+
+NETFLOW_FIELDS = {"ts": "first_seen", "src_ip": "sa", "dst_ip": "da", "src_port": "sp", "dst_port": "dp",
+                  "proto": "pr", "duration": "td", "fwd_bytes": "ibyt", "bwd_bytes": "obyt", "fwd_pkts": "ipkt",
+                  "bwd_pkts": "opkt"}

@@ -1,0 +1,243 @@
+"""Every reader on small shipped fixtures: loghub presets, custom headers, JSON lines, Zeek, CICFlowMeter,
+NetFlow (CSV and Parquet); flow tokenization; the reject manifest; incremental miner state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import compose
+from flow_fixtures import HOST, NETFLOW_FIELDS, netflow_rows, write_cicflowmeter, write_zeek
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loglm.config import DataConfig
+from loglm.ingest.formats import PRESETS, format_of, header_regex
+from loglm.ingest.readers import LineAccount, Record, Rejection, make_reader
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def read_all(data: DataConfig, path: Path) -> tuple[list[Record], list[Rejection], LineAccount]:
+    acct = LineAccount()
+    items = list(make_reader(data).read(path, acct))
+    assert acct.reconciles(), acct.as_dict()
+    return ([i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Rejection)], acct)
+
+
+@pytest.mark.parametrize("system", sorted(p.name.split("_")[0] for p in (FIXTURES / "loghub").glob("*_40.log")))
+def test_every_loghub_preset_parses_its_system(system):
+    records, rejected, acct = read_all(DataConfig(format=system.lower()), FIXTURES / "loghub" / f"{system}_40.log")
+    assert acct.read == 40 and not rejected, rejected[:2]
+    assert all(r.content and r.ts == r.ts for r in records)
+
+
+def test_all_loghub_systems_have_a_preset():
+    systems = {p.name.split("_")[0].lower() for p in (FIXTURES / "loghub").glob("*_40.log")}
+    assert systems <= set(PRESETS) and len(systems) == 15
+
+
+def test_custom_header_and_its_errors(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("2024-05-01T10:00:00 web01 nginx[12]: GET /index.html 200\n"
+                   "2024-05-01T10:00:01 web02 sshd[9]: Failed password for user bob from 10.1.2.3\n"
+                   "garbage\n")
+    data = DataConfig(format="custom", header=r"<Time> <Host> <Component>\[<Pid>\]: <Content>", time_fields=["Time"],
+                      time_format="iso", entity_fields={"Host": "hostname"})
+    records, rejected, _ = read_all(data, log)
+    assert [r.header_entities["hostname"] for r in records] == ["web01", "web02"]
+    assert rejected[0].line_no == 3 and "header does not match" in rejected[0].reason
+    with pytest.raises(ValueError, match="no <Content>"):
+        header_regex("<Time> <Host>")
+    with pytest.raises(ValueError, match="Nope"):
+        format_of(DataConfig(header="<Time> <Content>", time_fields=["Nope"]))
+
+
+def test_json_lines_nested_fields_entities_and_rejections(tmp_path):
+    path = tmp_path / "events.jsonl"
+    rows = [
+        {"@timestamp": "2024-05-01T10:00:00Z", "event": {"message": "Accepted password for alice from 10.0.0.9"},
+         "user": {"name": "alice"}, "source": {"ip": "10.0.0.9"}},
+        {"@timestamp": "2024-05-01T10:00:05+02:00", "event": {"message": "session opened"}, "user": {"name": "alice"}},
+    ]
+    lines = [json.dumps(r) for r in rows] + ["{not json", "[1, 2]", json.dumps({"@timestamp": "x", "event": {"message": "m"}}),
+                                             json.dumps({"@timestamp": "2024-05-01T10:00:00Z"})]
+    path.write_text("\n".join(lines) + "\n")
+    data = DataConfig(format="jsonl", fields={"message": "event.message", "time": "@timestamp"}, time_format="iso",
+                      entity_fields={"user.name": "user", "source.ip": "ip"})
+    records, rejected, acct = read_all(data, path)
+    assert acct.as_dict()["read"] == 6 and len(records) == 2
+    assert records[0].content.startswith("Accepted password") and records[0].header_entities == {"user": "alice", "ip": "10.0.0.9"}
+    assert records[1].ts == records[0].ts + 5 - 2 * 3600  # the offset is honoured
+    reasons = [r.reason for r in rejected]
+    assert reasons[0].startswith("invalid JSON") and reasons[1].startswith("not a JSON object")
+    assert reasons[2].startswith("bad timestamp") and "missing field 'event.message'" in reasons[3]
+
+
+def test_zeek_conn_log_flows_labels_and_metadata(tmp_path):
+    path = tmp_path / "conn.log.labeled"
+    write_zeek(path, n_normal=50, n_attack=10)
+    records, rejected, acct = read_all(DataConfig(format="zeek"), path)
+    assert not rejected and len(records) == 61 and acct.metadata == 9  # 8 header lines + #close
+    labels = {r.label for r in records}
+    assert labels == {"Benign", "Malicious", "Background"}
+    attack = next(r for r in records if r.label == "Malicious")
+    assert attack.fields["state"] == "S0" and attack.fields["dst_ip"] == HOST and attack.fields["local_resp"] is True
+    assert attack.header_entities["dst_ip"] == HOST
+    unset = next(r for r in records if r.label == "Background")
+    assert unset.fields["duration"] is None and unset.fields["fwd_bytes"] is None  # "-" = unset, not 0
+
+
+def test_zeek_bad_rows_are_rejected_with_line_and_reason(tmp_path):
+    good = tmp_path / "good.log"
+    write_zeek(good, 5, 0)
+    lines = good.read_text().splitlines()
+    lines.insert(0, "1.0\tearly row before any header")
+    row = lines[9].split("\t")  # a real data row
+    lines.insert(12, "1655071198.0\ttoo\tfew")
+    lines.insert(13, "\t".join(row[:9] + ["lots"] + row[10:]))  # orig_bytes is not a count
+    lines.insert(14, "\t".join(["yesterday"] + row[1:]))
+    bad = tmp_path / "bad.log"
+    bad.write_text("\n".join(lines) + "\n")
+    _, rejected, acct = read_all(DataConfig(format="zeek"), bad)
+    by_line = {r.line_no: r.reason for r in rejected}
+    assert by_line[1] == "data row before a #fields header"
+    assert by_line[13].startswith("wrong column count")
+    assert by_line[14] == "bad value: column 'orig_bytes': not a number: 'lots'"
+    assert by_line[15].startswith("bad value: column 'ts'")
+    assert acct.rejected == 4
+    # a header that is not a conn.log refuses every row below it, naming the header line
+    other = tmp_path / "dns.log"
+    other.write_text("#separator \\x09\n#fields\tts\tquery\n1.0\texample.com\n")
+    _, rejected, _ = read_all(DataConfig(format="zeek"), other)
+    assert "lacks" in rejected[0].reason and "line 2" in rejected[0].reason
+
+
+def test_cicflowmeter_csv(tmp_path):
+    path = tmp_path / "cic.csv"
+    write_cicflowmeter(path, 30, 10)
+    records, rejected, acct = read_all(DataConfig(format="cicflowmeter"), path)
+    assert not rejected and len(records) == 40 and acct.metadata == 1
+    assert all(r.fields["duration"] < 5.1 for r in records)  # microseconds -> seconds
+    assert records[0].ts == 2.0 and records[-1].label == "PortScan"  # no timestamp column: file order
+    # a file without a required column: every row refused with the reason, nothing silently dropped
+    lines = path.read_text().splitlines()
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(",".join(line.split(",")[1:]) for line in lines) + "\n")
+    records, rejected, _ = read_all(DataConfig(format="cicflowmeter"), cut)
+    assert not records and len(rejected) == 40 and "Flow Duration" in rejected[0].reason
+
+
+def test_netflow_parquet_and_csv_with_a_field_mapping(tmp_path):
+    rows = netflow_rows(25)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nf.parquet")
+    (tmp_path / "nf.csv").write_text(",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in r.values()) for r in rows) + "\n")
+    data = DataConfig(format="netflow", fields=dict(NETFLOW_FIELDS), time_format="epoch")
+    for name in ("nf.parquet", "nf.csv"):
+        records, rejected, _ = read_all(data, tmp_path / name)
+        assert not rejected and len(records) == 25
+        assert records[3].fields["proto"] == "tcp" and records[3].fields["src_ip"] == HOST
+        assert records[3].ts == rows[3]["first_seen"]
+
+
+def test_flow_codec_buckets_backoff_and_no_addresses_in_vocabulary(tmp_path):
+    from loglm.ingest.flows import FlowCodec
+
+    path = tmp_path / "conn.log"
+    write_zeek(path, 200, 20)
+    records, _, _ = read_all(DataConfig(format="zeek"), path)
+    train = [r.fields for r in records if r.label == "Benign"]
+    codec = FlowCodec(n_buckets=6, min_count=3).fit(train)
+    sentences = {codec.sentence(f) for f in train}
+    assert not any(ip in s for s in sentences for ip in (HOST, "93.184."))  # addresses are entities only
+    assert all("dir=out" in s for s in sentences)
+    assert any(" | " in s for s in sentences) and all(s in codec.known for s in sentences)
+    attack = next(r.fields for r in records if r.label == "Malicious")
+    s = codec.sentence(attack)
+    assert "dir=in" in s and s not in codec.known  # a kind of flow training never saw: [UNK] to the model
+    again = FlowCodec.from_state(json.loads(json.dumps(codec.state())))
+    assert all(again.sentence(f) == codec.sentence(f) for f in train[:50])
+    # direction from the monitored network's addresses, not the sensor's flags
+    flipped = {**train[0], "local_orig": False, "local_resp": False}
+    assert "dir=ext" in codec.sentence(flipped)
+    by_net = FlowCodec(local_networks=["10.0.0.0/8"]).fit(train)
+    assert "dir=out" in by_net.sentence(flipped)
+
+
+def test_prepare_flows_reject_manifest_and_reconciled_totals(tmp_path):
+    from loglm.ingest.prepare import run as prepare
+    from loglm.vocab import UNK, Vocabulary
+
+    path = tmp_path / "conn.log.labeled"
+    write_zeek(path, 300, 40)
+    with open(path, "a") as fh:
+        fh.write("1655099999.0\tbroken\trow\n\n")
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{path}]",
+                              "data.local_networks=[10.0.0.0/8]", "data.session.window_s=600"])
+    summary = prepare(cfg)
+    lines = summary["lines"]
+    assert lines["read"] == lines["accepted"] + lines["rejected"] + lines["metadata"]
+    assert lines["rejected"] == 2 and lines["rejected_by_reason"] == {"wrong column count": 1, "empty line": 1}
+    rejected = [json.loads(x) for x in (Path(summary["path"]) / "rejected.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [351, 352] and all(r["file"] == str(path) for r in rejected)
+    vocab = Vocabulary.load(Path(summary["path"]) / "vocab.json")
+    assert vocab.flow_codec is not None and vocab.flow_codec.local_networks == ["10.0.0.0/8"]
+    table = pq.read_table(Path(summary["path"]) / "sessions")
+    rows = table.to_pylist()
+    attack = [r for r in rows if r["label"] == 1]
+    assert attack and all(t == UNK for r in attack for t in r["tokens"])
+    assert all(r["split"] != "train" for r in attack)
+    assert {r["entity_type"] for r in rows} == {"src_ip"}
+
+
+def test_incremental_miner_keeps_ids_and_flags_new_templates(hdfs_head):
+    from loglm.ingest.params import mask_params
+    from loglm.ingest.templates import TemplateMiner
+    from loglm.vocab import UNK, Vocabulary
+
+    records, _, _ = read_all(DataConfig(format="hdfs"), hdfs_head)
+    first, later = records[:1500], records[1500:]
+    miner = TemplateMiner()
+    ids = [miner.add(mask_params(r.content)[0]) for r in first]
+    vocab = Vocabulary(miner, sorted(set(ids)), 16, True)
+    state = json.loads(json.dumps(vocab.to_dict()))
+    resumed = Vocabulary.load_dict(state) if hasattr(Vocabulary, "load_dict") else None
+    miner2 = TemplateMiner.from_state(state["miner"])
+    n_before = len(miner2.templates)
+    for r in later:
+        miner2.add(mask_params(r.content)[0])
+    miner2.add("a brand new kind of message never seen before")
+    assert [miner2.match(mask_params(r.content)[0]) for r in first] == ids  # old ids stable
+    assert len(miner2.templates) > n_before
+    continued = Vocabulary(miner2, vocab.template_ids, 16, True)
+    new_id = miner2.match("a brand new kind of message never seen before")
+    assert new_id >= n_before and continued.token(new_id) == UNK  # unseen in training
+    assert resumed is None or resumed.size == vocab.size
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["blk_-12", "blk_99", "10.0.0.1", "/10.2.3.4:50010", "proxy.cse.cuhk.edu.hk:5070",
+                                 "www.example.com", "org.apache.Foo", "/var/log/x.log", "0x1F", "42", "-7", "3.14",
+                                 "(1.20", "KB)", "user=bob", "uid=0", "word", "a-b", "0673dd71-34c5-4fbb-86c4-40623fbe45b4",
+                                 "x1y2", "12ab", "IPv4", "  ", "\t", "\u0663", "1.2.3.4.5"]), max_size=12))
+def test_shape_cached_masking_equals_the_patterns_on_the_text(tokens):
+    """The cache keys on digit shapes: it must give what the patterns give on the actual text."""
+    from loglm.ingest import params
+
+    text = " ".join(tokens)
+    for _ in range(2):  # cold, then answered from the cache
+        masked, found = params.mask_params(text)
+        expected = {}
+
+        def repl(m):
+            kind, v = m.lastgroup, m.group(0)
+            if kind in params.ENTITY_KINDS:
+                value = v.lstrip("/").split(":")[0] if kind in ("ip", "hostname") else v
+                expected.setdefault(kind, []).append(value)  # noqa: B023
+            return f"<{kind}>"
+
+        assert masked == params._PARAMS.sub(repl, text)
+        assert {k: v for k, v in found.items() if k != "user"} == expected
