@@ -222,8 +222,27 @@ class DemoConfig:
 
 
 @dataclass
+class RayConfig:
+    # null: start a private local Ray instance on 127.0.0.1; "auto" or "ray://host:10001": join a cluster
+    address: str | None = None
+    # CPUs of the private local instance (null = all)
+    num_cpus: int | None = None
+    # prepare backend=ray: input lines per parse task
+    lines_per_task: int = 100_000
+    # pretraining launcher=ray: workers, GPUs, resources per worker, where checkpoints go
+    num_workers: int = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    storage_path: str | None = None
+    max_failures: int = 2
+
+
+@dataclass
 class RootConfig:
     stage: str = "pretrain"
+    # prepare: "local" (this process) or "ray" (Ray Data parses and masks the input in parallel tasks)
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -285,6 +304,14 @@ def compose(config_name: str = "pretrain", overrides: list[str] | None = None) -
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     return materialize(cfg)
+
+
+def data_config_from_dict(d: dict) -> DataConfig:
+    """Rebuild a DataConfig sent to a Ray task as a plain dict."""
+    d = dict(d)
+    d["session"] = SessionConfig(**d["session"])
+    d["split"] = SplitConfig(**d["split"])
+    return DataConfig(**d)
 
 
 def load_group(group: str, name: str) -> Any:

@@ -32,19 +32,38 @@ _PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARA
 # (digits 1-9 written as 0: same length, same offsets).  Shapes repeat far more than messages, so the
 # regular expressions run once per shape; the masked text is then cut from the message itself.
 _ZERO = str.maketrans("123456789", "000000000")
+_ZERO_BYTES = bytes.maketrans(b"123456789", b"000000000")  # the same on ASCII text, 15x faster
 _CACHE_LIMIT = 200_000
 # shape -> (segments (start, end, placeholder or None for the message's own text), entity spans)
 Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...]]
-_layouts: dict[str, Layout] = {}
+_layouts: dict[str | bytes, Layout] = {}
+
+
+_TOKEN = re.compile(r"\S+")
+_PARAM_CHARS = frozenset("0123456789./-")  # a token with none of these cannot hold any parameter
+_token_spans: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
 
 def _layout(shape: str) -> Layout:
+    # No pattern spans whitespace and a token's edge looks to every pattern like the space around it, so
+    # the patterns run per distinct token shape (tokens repeat across lines far more than whole lines).
+    spans: list[tuple[str, int, int]] = []
+    for m in _TOKEN.finditer(shape):
+        token = m.group(0)
+        if _PARAM_CHARS.isdisjoint(token) and token.isascii():  # a regex \d also matches non-ASCII digits
+            continue
+        hit = _token_spans.get(token)
+        if hit is None:
+            hit = tuple((t.lastgroup or "num", t.start(), t.end()) for t in _PARAMS.finditer(token))
+            if len(_token_spans) >= _CACHE_LIMIT:
+                _token_spans.clear()
+            _token_spans[token] = hit
+        base = m.start()
+        spans.extend((kind, base + a, base + b) for kind, a, b in hit)
     segments: list[tuple[int, int, str | None]] = []
     entities: list[tuple[str, int, int]] = []
     pos = 0
-    for m in _PARAMS.finditer(shape):
-        kind = m.lastgroup or "num"
-        a, b = m.span()
+    for kind, a, b in spans:
         if a > pos:
             segments.append((pos, a, None))
         segments.append((a, b, f"<{kind}>"))
@@ -63,18 +82,21 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     parameters (uuids, paths, hex, numbers) are only masked.  This is the hot path of ingest: the
     regular expressions run once per distinct message shape (see ``_ZERO``).
     """
-    shape = content.translate(_ZERO)
-    layout = _layouts.get(shape)
+    if content.isascii():  # offsets in bytes are offsets in characters
+        key: str | bytes = content.encode("ascii").translate(_ZERO_BYTES)
+    else:
+        key = content.translate(_ZERO)
+    layout = _layouts.get(key)
     if layout is None:
-        layout = _layout(shape)
+        layout = _layout(key.decode("ascii") if isinstance(key, bytes) else key)
         if len(_layouts) >= _CACHE_LIMIT:
             _layouts.clear()
-        _layouts[shape] = layout
+        _layouts[key] = layout
     segments, spans = layout
     if len(segments) == 1 and segments[0][2] is None:
         masked = content
     else:
-        masked = "".join(content[a:b] if ph is None else ph for a, b, ph in segments)
+        masked = "".join([content[a:b] if ph is None else ph for a, b, ph in segments])
     found: dict[str, list[str]] = {}
     for kind, a, b in spans:
         value = content[a:b]

@@ -27,6 +27,19 @@ class Parsed:
     sessions: list[Session]
 
 
+def event_parts(item: Record, mask: bool = True) -> tuple[str | None, dict[str, list[str]]]:
+    """(masked text, None for a flow; entities) of one accepted record: the stateless part of ingest."""
+    if item.fields is not None:
+        ents = {kind: [value] for kind, value in item.header_entities.items()}
+        ents["ip"] = list(dict.fromkeys(v for k in ("src_ip", "dst_ip") for v in ents.get(k, [])))
+        return None, ents
+    masked, params = mask_params(item.content) if mask else (item.content, {})
+    ents = entities_of(params)
+    for kind, value in item.header_entities.items():
+        ents.setdefault(kind, []).append(value)
+    return masked, ents
+
+
 def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True, codec: FlowCodec | None = None
              ) -> tuple[int, str, dict[str, list[str]]]:
     """(template id, -1 if unseen by a frozen miner; masked text; entities) of one accepted record.
@@ -34,19 +47,12 @@ def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
     A flow's template is its flow sentence; before the codec is fitted (training) it is -1 and filled
     by :func:`mine_flows`.
     """
-    if item.fields is not None:
-        ents = {kind: [value] for kind, value in item.header_entities.items()}
-        ents["ip"] = list(dict.fromkeys(v for k in ("src_ip", "dst_ip") for v in ents.get(k, [])))
+    masked, ents = event_parts(item, mask)
+    if masked is None:
         if codec is None:
             return -1, "", ents
-        sentence = codec.sentence(item.fields)
-        tid = miner.match(sentence) if frozen else miner.add(sentence)
-        return (-1 if tid is None else tid), sentence, ents
-    masked, params = mask_params(item.content) if mask else (item.content, {})
+        masked = codec.sentence(item.fields)
     tid = miner.match(masked) if frozen else miner.add(masked)
-    ents = entities_of(params)
-    for kind, value in item.header_entities.items():
-        ents.setdefault(kind, []).append(value)
     return (-1 if tid is None else tid), masked, ents
 
 
@@ -166,7 +172,14 @@ def run(cfg) -> dict:
         flows = data.format in FLOW_FORMATS
         # flow sentences are exact templates: no Drain-style merging of different field values
         miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
-        parsed = parse_inputs(list(data.inputs), data, miner, frozen=False, mask=cfg.tokenizer.mask_params)
+        if cfg.backend == "ray":
+            from loglm.ingest.distributed import parse_inputs_ray
+
+            parsed = parse_inputs_ray(list(data.inputs), data, miner, cfg.tokenizer.mask_params, cfg.ray)
+        elif cfg.backend == "local":
+            parsed = parse_inputs(list(data.inputs), data, miner, frozen=False, mask=cfg.tokenizer.mask_params)
+        else:
+            raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
         anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
         partly_unknown = label_sessions(parsed.sessions, parsed.events, anomalous, data.normal_labels,
                                         data.unknown_labels)
@@ -189,7 +202,7 @@ def run(cfg) -> dict:
     vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
     summary = write_prepared(out, parsed, vocab, data, {
-        "seconds": round(elapsed, 3),
+        "seconds": round(elapsed, 3), "backend": cfg.backend,
         "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
         "path": str(out),
     })

@@ -1,0 +1,79 @@
+"""prepare backend=ray (Ray Data on a real local 2-CPU Ray instance) gives exactly what backend=local gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import compose
+from flow_fixtures import write_zeek
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from loglm.ray_cluster import local_ray_env
+
+    local_ray_env()
+    import ray
+
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    try:
+        assert ray.cluster_resources().get("CPU") == 2
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def both_backends(tmp_path: Path, overrides: list[str]) -> dict:
+    from loglm.ingest.prepare import run as prepare
+
+    out = {}
+    for backend in ("local", "ray"):
+        cfg = compose("prepare", [f"paths.root={tmp_path / backend}", f"backend={backend}", "ray.lines_per_task=500",
+                                  *overrides])
+        summary = prepare(cfg)
+        folder = Path(summary["path"])
+        out[backend] = {
+            "summary": summary,
+            "sessions": pq.read_table(folder / "sessions").sort_by([("session_id", "ascending"), ("chunk", "ascending")]),
+            "events": pq.read_table(folder / "events.parquet"),
+            "rejected": (folder / "rejected.jsonl").read_text(),
+            "vocab": (folder / "vocab.json").read_bytes(),
+        }
+    return out
+
+
+def assert_same(out: dict) -> None:
+    local, ray = out["local"], out["ray"]
+    assert ray["summary"]["backend"] == "ray"
+    assert local["summary"]["lines"] == ray["summary"]["lines"]
+    assert local["summary"]["data_sha256"] == ray["summary"]["data_sha256"]
+    assert local["sessions"].equals(ray["sessions"])  # same token ids, gaps, splits, labels, sessions
+    assert local["events"].equals(ray["events"])
+    assert local["rejected"] == ray["rejected"] and local["vocab"] == ray["vocab"]
+
+
+def test_ray_data_ingest_of_raw_lines_with_bad_input_equals_local(ray_local, tmp_path, hdfs_head):
+    lines = hdfs_head.read_bytes().split(b"\n")
+    lines.insert(700, b"\xff\xfe not utf-8")
+    lines.insert(1200, b"")
+    lines.insert(1800, b"081109 203615 148 INFO dfs.DataNode: " + b"x" * 70_000)
+    raw = tmp_path / "hdfs.log"
+    raw.write_bytes(b"\n".join(lines))  # no newline after the last line
+    out = both_backends(tmp_path, ["data=hdfs_raw", f"data.inputs=[{raw}]", "data.anomalous_ids=null"])
+    assert_same(out)
+    lines_acct = out["ray"]["summary"]["lines"]
+    assert lines_acct["read"] == 3003 and lines_acct["rejected"] == 3 + lines_acct["rejected_by_reason"].get(
+        "no block_id in line", 0)
+
+
+def test_ray_data_ingest_of_zeek_flows_equals_local(ray_local, tmp_path):
+    path = tmp_path / "conn.log.labeled"
+    write_zeek(path, 1500, 200)  # several 500-line ranges: later ranges need the #fields header
+    out = both_backends(tmp_path, ["data=zeek_ctu", f"data.inputs=[{path}]", "data.local_networks=[10.0.0.0/8]"])
+    assert_same(out)
+    assert out["ray"]["summary"]["lines"]["metadata"] == 9
