@@ -222,6 +222,22 @@ class DemoConfig:
 
 
 @dataclass
+class StrategyConfig:
+    # "single", "ddp" or "deepspeed" (conf/strategy: single, ddp, deepspeed_stage2, deepspeed_stage3)
+    name: str = "single"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+
+
+@dataclass
+class LauncherConfig:
+    # "local": this process (and trainer.devices processes); "ray": Ray Train workers
+    name: str = "local"
+
+
+@dataclass
 class RayConfig:
     # null: start a private local Ray instance on 127.0.0.1; "auto" or "ray://host:10001": join a cluster
     address: str | None = None
@@ -243,6 +259,8 @@ class RootConfig:
     # prepare: "local" (this process) or "ray" (Ray Data parses and masks the input in parallel tasks)
     backend: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -320,7 +338,8 @@ def load_group(group: str, name: str) -> Any:
 
     register_schema()
     schema = {"data": DataConfig, "model": ModelConfig, "tokenizer": TokenizerConfig, "detect": DetectConfig,
-              "distill": DistillConfig, "export": ExportConfig,
+              "distill": DistillConfig, "export": ExportConfig, "strategy": StrategyConfig,
+              "launcher": LauncherConfig,
               "objective": ObjectiveConfig, "trainer": TrainerConfig, "logger": LoggerConfig}[group]
     path = PROJECT_ROOT / "conf" / group / f"{name}.yaml"
     if not path.is_file():

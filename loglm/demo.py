@@ -87,7 +87,7 @@ def run(cfg) -> dict:
 
     from loglm.config import load_group
 
-    results = {"raw": _stage(cfg, f"HDFS raw lines ({cfg.data.name})")}
+    results = {"raw": _stage(cfg, f"{cfg.data.name} ({cfg.data.format} records)")}
     results["raw"]["bundle"] = _deploy(cfg, results["raw"]["pretrain"])
     if cfg.demo.blocks_data:
         blocks_cfg = replace(cfg, data=load_group("data", cfg.demo.blocks_data),

@@ -4,6 +4,7 @@ NetFlow (CSV and Parquet); flow tokenization; the reject manifest; incremental m
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -241,3 +242,25 @@ def test_shape_cached_masking_equals_the_patterns_on_the_text(tokens):
 
         assert masked == params._PARAMS.sub(repl, text)
         assert {k: v for k, v in found.items() if k != "user"} == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=300) | st.sampled_from([
+    b"#fields\tts\tid.orig_h\tid.resp_h\tproto", b"#separator \\x2c", b"1.5\t10.0.0.1\t10.0.0.2\ttcp",
+    b'{"timestamp": 1, "message": "m"}', b'{"timestamp": "nan", "message": 1}', b"Flow Duration,Label",
+    b"12,BENIGN", b"\xff\xfe", b"\x00", b"1e999\ta\tb\tc", b"1e300\t10.0.0.1\t10.0.0.2\ttcp",
+    b'{"timestamp": -1e300, "message": "m"}']), max_size=8))
+def test_structured_readers_never_raise_and_account_every_line(lines):
+    """Arbitrary bytes into the JSON, Zeek and CSV readers: each line a record, a rejection or metadata."""
+    import tempfile
+
+    for fmt in ("jsonl", "zeek", "cicflowmeter"):
+        data = DataConfig(format=fmt, max_line_bytes=256,
+                          fields={"message": "message", "time": "timestamp"} if fmt == "jsonl" else {})
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "in.txt"
+            path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+            records, rejected, acct = read_all(data, path)
+            assert acct.read == len(records) + len(rejected) + acct.metadata
+            for r in records:
+                datetime.fromtimestamp(r.ts, UTC)  # every accepted time is a date

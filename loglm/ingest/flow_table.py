@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
 from loglm.ingest.zeek import flow_entities
 
 CICFLOWMETER_COLUMNS = {
@@ -62,7 +62,7 @@ class FlowTableReader:
         if flow.get("proto") in PROTO_NUMBERS:
             flow["proto"] = PROTO_NUMBERS[flow["proto"]]
         raw = ",".join("" if v is None else str(v) for v in row.values())
-        return Record(source, line_no, flow["ts"], "", raw, flow.get("label"), flow_entities(flow), flow)
+        return accept(Record(source, line_no, flow["ts"], "", raw, flow.get("label"), flow_entities(flow), flow))
 
     def _present(self, header: list[str]) -> tuple[dict[str, str], str | None]:
         names = {h.strip() for h in header}

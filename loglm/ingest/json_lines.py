@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
 
 DEFAULT_FIELDS = {"message": "message", "time": "timestamp"}
 
@@ -85,4 +85,4 @@ class JsonLinesReader:
             if value is not None and not isinstance(value, dict | list) and str(value):
                 ents[kind] = str(value)
         label = lookup(obj, self.fields["label"]) if "label" in self.fields else None
-        return Record(source, line_no, ts, str(message), text, None if label is None else str(label), ents)
+        return accept(Record(source, line_no, ts, str(message), text, None if label is None else str(label), ents))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import LogFormat
-from loglm.ingest.readers import LineAccount, Record, Rejection, check_line, open_binary
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary
 
 
 class RawTextReader:
@@ -48,4 +48,4 @@ class RawTextReader:
             return Rejection(source, line_no, f"bad timestamp: {stamp[:64]!r}")
         label = fields.get(self.fmt.label_field) if self.fmt.label_field else None
         ents = {kind: fields[name] for name, kind in self.fmt.entity_fields if fields.get(name)}
-        return Record(source, line_no, ts, fields["Content"], text, label, ents)
+        return accept(Record(source, line_no, ts, fields["Content"], text, label, ents))

@@ -73,6 +73,18 @@ def check_line(raw_bytes: bytes, source: str, line_no: int, max_line_bytes: int)
     return text
 
 
+# timestamps a calendar can hold (year 1 .. 9999): windows and alerts turn them into dates
+TS_MIN, TS_MAX = -62_135_596_800.0, 253_402_300_799.0
+
+
+def accept(record: Record) -> Record | Rejection:
+    """The record, or a rejection when its timestamp is not a real point in time."""
+    ts = record.ts
+    if not (TS_MIN <= ts <= TS_MAX):  # also false for NaN
+        return Rejection(record.source, record.line_no, f"bad timestamp: {ts!r} out of range")
+    return record
+
+
 def tally(items: Iterator[Record | Rejection], account: LineAccount) -> Iterator[Record | Rejection]:
     for item in items:
         if isinstance(item, Rejection):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
-from loglm.ingest.readers import LineAccount, Record, Rejection, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
 
 ZEEK_COLUMNS = {
     "ts": "ts", "src_ip": "id.orig_h", "src_port": "id.orig_p", "dst_ip": "id.resp_h", "dst_port": "id.resp_p",
@@ -94,4 +94,4 @@ class ZeekConnReader:
             return Rejection(source, line_no, f"bad value: {e}")
         if flow.get("ts") is None:
             return Rejection(source, line_no, "bad timestamp: missing ts")
-        return Record(source, line_no, flow["ts"], "", text, flow.get("label"), flow_entities(flow), flow)
+        return accept(Record(source, line_no, flow["ts"], "", text, flow.get("label"), flow_entities(flow), flow))

@@ -21,12 +21,18 @@ VOCAB = "vocab.json"
 CALIBRATION = "calibration.json"
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().cpu()
+    return (t.float() if t.is_floating_point() else t).contiguous()
+
+
 def save_weights(folder: Path, encoder: LogEncoder, center: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    tensors["center"] = center.detach().cpu().contiguous()
+    # fp32 on disk whatever the training precision (bf16 under DeepSpeed): distill/export/CPU read it
+    tensors = {f"encoder.{k}": _fp32(v) for k, v in encoder.state_dict().items()}
+    tensors["center"] = _fp32(center)
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "loglm-encoder/1"})
     tmp.replace(folder / WEIGHTS)

@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 class BestWeights(pl.Callback):
     """Writes model.safetensors each time validation loss improves (rank 0 only)."""
 
-    def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder"):
-        self.folder, self.meta, self.encoder_attr = folder, meta, encoder_attr
+    def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder", enabled: bool = True):
+        self.folder, self.meta, self.encoder_attr, self.enabled = folder, meta, encoder_attr, enabled
         self.best, self.best_epoch = float("inf"), -1
 
     def state_dict(self) -> dict:
@@ -25,6 +25,9 @@ class BestWeights(pl.Callback):
             return
         loss = trainer.callback_metrics.get("val/loss")
         if loss is None or float(loss) >= self.best:
+            return
+        if not self.enabled:  # still track the best loss; weights come from elsewhere (ZeRO-3)
+            self.best, self.best_epoch = float(loss), trainer.current_epoch
             return
         from loglm.model.store import save_weights
 

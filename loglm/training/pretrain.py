@@ -51,95 +51,180 @@ def resume_target(cfg) -> tuple[str | None, Path | None]:
     return cfg.resume_from, ckpt
 
 
-def run(cfg) -> dict:
-    import lightning.pytorch as pl
-    import mlflow
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+@dataclasses.dataclass
+class RunContext:
+    """What the driver sets up once and every training process (local or Ray worker) needs."""
+
+    run_id: str
+    data_dir: str
+    model_dir: str
+    ckpt_dir: str
+    data_sha256: str
+    encoder: dict
+    resume_ckpt: str | None = None
+
+
+def _logger(cfg, run_id: str | None, tags: dict | None = None):
     from lightning.pytorch.loggers import MLFlowLogger
-    from omegaconf import OmegaConf
 
     from loglm import tracking
-    from loglm.artifacts import atomic_write_bytes, atomic_write_json
-    from loglm.detect.calibrate import calibrate
+
+    return MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
+                        run_name=cfg.logger.run_name, run_id=run_id, tags=tags)
+
+
+def start_run(cfg) -> RunContext:
+    """Driver side: check the data, create (or reopen) the MLflow run, lay out the model folder."""
+    import mlflow
+
+    from loglm import tracking
+    from loglm.artifacts import verify_manifest
     from loglm.ingest.prepare import prepared_dir
-    from loglm.model.store import finalize, load_model
-    from loglm.training.callbacks import BestWeights
-    from loglm.training.checkpoint_io import VerifiedCheckpointIO, verify_checkpoint
-    from loglm.training.data import SessionDataModule
-    from loglm.training.module import LogLMModule
+    from loglm.training.checkpoint_io import verify_checkpoint
     from loglm.vocab import Vocabulary
 
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
     if not (data_dir / "vocab.json").is_file():
         raise FileNotFoundError(f"{data_dir} has no prepared data: run `python -m pipelines.prepare data={cfg.data.name}`")
-    from loglm.artifacts import verify_manifest
-
     summary = verify_manifest(data_dir)["summary"]
     vocab = Vocabulary.load(data_dir / "vocab.json")
-    pl.seed_everything(cfg.trainer.seed, workers=True)
     enc = encoder_config(cfg, vocab.size, vocab.gap_buckets)
-    module = LogLMModule(enc, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
-                         cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
-                         cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
-    dm = SessionDataModule(data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
-
     tracking.ensure_experiment(cfg, cfg.logger.experiment)
     resume_run, resume_ckpt = resume_target(cfg)
-    if resume_ckpt is not None:
+    if resume_ckpt is not None and cfg.strategy.name != "deepspeed" and resume_ckpt.is_file():
         verify_checkpoint(resume_ckpt)  # before any run is touched
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                          run_name=cfg.logger.run_name, run_id=resume_run,
-                          tags=tracking.run_tags(cfg, {"data_sha256": summary["data_sha256"], "stage": "pretrain",
-                                                       "model_size": cfg.model.name, "world_size": 1,
-                                                       "strategy": "single"}))
+    world = cfg.ray.num_workers if cfg.launcher.name == "ray" else cfg.trainer.devices
+    logger = _logger(cfg, resume_run, tracking.run_tags(cfg, {
+        "data_sha256": summary["data_sha256"], "stage": "pretrain", "model_size": cfg.model.name,
+        "world_size": world, "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
+        else f"deepspeed_stage{cfg.strategy.zero_stage}", "launcher": cfg.launcher.name}))
     run_id = tracking.start_logger_run(logger)
     if resume_run is None:
         logger.log_hyperparams(tracking.loggable_params(cfg))
     else:
         mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "resumed_from", str(resume_ckpt))
-    ckpt_dir = Path(cfg.paths.root).resolve() / "checkpoints" / run_id
-    model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
+    root = Path(cfg.paths.root).resolve()
+    model_dir = root / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data_dir / "vocab.json", model_dir / "vocab.json")
-    best = BestWeights(model_dir, {"run_id": run_id, "data_sha256": summary["data_sha256"],
-                                   "dataset": cfg.data.name, "objective": dataclasses.asdict(cfg.objective)})
+    return RunContext(run_id, str(data_dir), str(model_dir), str(root / "checkpoints" / run_id),
+                      summary["data_sha256"], enc, None if resume_ckpt is None else str(resume_ckpt))
+
+
+def build_module(cfg, ctx: RunContext):
+    from loglm.training.module import LogLMModule
+
+    return LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
+                       cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
+                       cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
+
+
+def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | None = None):
+    """The Lightning Trainer of one training process; only ``on_ray`` and the config differ between a
+    laptop, local DDP, and Ray Train workers with DDP or DeepSpeed."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from loglm.training.callbacks import BestWeights
+    from loglm.training.checkpoint_io import VerifiedCheckpointIO
+    from loglm.training.strategies import lightning_strategy
+
+    zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3
+    best = BestWeights(Path(ctx.model_dir), {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
+                                             "dataset": cfg.data.name,
+                                             "objective": dataclasses.asdict(cfg.objective)},
+                       enabled=not zero3)  # ZeRO-3 shards parameters: weights come from the final checkpoint
+    callbacks = [best, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"), *(extra_callbacks or [])]
+    plugins = []
+    if on_ray:
+        from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback
+
+        callbacks.append(RayTrainReportCallback())
+        plugins.append(RayLightningEnvironment())
+        accelerator = "gpu" if cfg.ray.use_gpu else "cpu"
+        devices = "auto"
+    else:
+        callbacks.append(ModelCheckpoint(dirpath=ctx.ckpt_dir, filename="last", save_top_k=1, monitor=None,
+                                         every_n_epochs=1, enable_version_counter=False))
+        accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
+    if cfg.strategy.name != "deepspeed":
+        plugins.append(VerifiedCheckpointIO())  # DeepSpeed writes its own sharded checkpoints
+    tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator)
     trainer = pl.Trainer(
-        max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision, logger=logger, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        callbacks=[best, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"),
-                   ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, monitor=None,
-                                   every_n_epochs=1, enable_version_counter=False)], use_distributed_sampler=False, deterministic=False,
+        max_epochs=cfg.trainer.max_epochs, accelerator=accelerator, devices=devices,
+        strategy=lightning_strategy(cfg.strategy, tcfg, on_ray), precision=cfg.trainer.precision,
+        logger=_logger(cfg, ctx.run_id), log_every_n_steps=cfg.trainer.log_every_n_steps,
+        callbacks=callbacks, plugins=plugins, use_distributed_sampler=False, deterministic=False,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=cfg.trainer.progress_bar,
-        limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0,
-        plugins=[VerifiedCheckpointIO()],
-    )
-    t0 = time.perf_counter()
+        limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0)
+    return trainer, best
+
+
+def _fit_local(cfg, ctx: RunContext) -> dict:
+    import lightning.pytorch as pl
+    import mlflow
+
+    from loglm import tracking
+    from loglm.training.data import SessionDataModule
+
+    pl.seed_everything(cfg.trainer.seed, workers=True)
+    module = build_module(cfg, ctx)
+    dm = SessionDataModule(ctx.data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
+    trainer, best = build_trainer(cfg, ctx, on_ray=False)
     try:
         with sigterm_as_interrupt():
-            trainer.fit(module, datamodule=dm, ckpt_path=resume_ckpt, weights_only=True)
+            trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_ckpt, weights_only=True)
     except (KeyboardInterrupt, SystemExit) as e:
         # the last epoch's checkpoint stays usable; the run is KILLED, not RUNNING forever
         client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
-        client.set_tag(run_id, "interrupted", f"{type(e).__name__} at epoch {trainer.current_epoch}")
-        client.set_terminated(run_id, "KILLED")
-        print(f"\npretraining interrupted; MLflow run {run_id} marked KILLED. Continue with: "
-              f"python -m pipelines.pretrain resume_from={run_id} (same data/model config)", flush=True)
+        client.set_tag(ctx.run_id, "interrupted", f"{type(e).__name__} at epoch {trainer.current_epoch}")
+        client.set_terminated(ctx.run_id, "KILLED")
+        print(f"\npretraining interrupted; MLflow run {ctx.run_id} marked KILLED. Continue with: "
+              f"python -m pipelines.pretrain resume_from={ctx.run_id} (same data/model config)", flush=True)
         raise SystemExit(130) from None
+    if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
+        raise ValueError("ZeRO-3 runs under launcher=ray (its checkpoints are gathered there)")
+    return {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "best_val_loss": best.best,
+            "best_epoch": best.best_epoch, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+
+
+def run(cfg) -> dict:
+    """Pretrain ``cfg.data`` with ``cfg.launcher`` (local | ray) and ``cfg.strategy``; returns the run's summary."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from loglm import tracking
+    from loglm.artifacts import atomic_write_bytes, atomic_write_json
+    from loglm.detect.calibrate import calibrate
+    from loglm.model.store import finalize, load_model
+
+    ctx = start_run(cfg)
+    t0 = time.perf_counter()
+    if cfg.launcher.name == "ray":
+        from loglm.training.ray_train import fit_on_ray
+
+        fit = fit_on_ray(cfg, ctx)
+    elif cfg.launcher.name == "local":
+        fit = _fit_local(cfg, ctx)
+    else:
+        raise ValueError(f"launcher.name must be local or ray, got {cfg.launcher.name!r}")
     train_s = time.perf_counter() - t0
 
+    model_dir, data_dir = Path(ctx.model_dir), Path(ctx.data_dir)
     atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     loaded = load_model(model_dir, verify=False)
     cal = calibrate(loaded.encoder, data_dir, cfg.detect, model_dir)
-    finalize(model_dir, data_dir / "vocab.json", {"run_id": run_id, "data_sha256": summary["data_sha256"]})
+    finalize(model_dir, data_dir / "vocab.json", {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256})
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     for k, v in {"calib/threshold": cal["threshold"], "calib/val_fpr": cal["val_fpr_at_threshold"],
-                 "perf/train_seconds": train_s, "best/val_loss": best.best, "model/parameters": loaded.encoder.num_parameters()}.items():
-        client.log_metric(run_id, k, float(v))
-    client.set_tag(run_id, "model_dir", str(model_dir))
-    client.log_artifacts(run_id, str(model_dir), "model")
-    atomic_write_json(model_dir.parent / "latest.json", {"run_id": run_id, "model_dir": str(model_dir)})
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return {"run_id": run_id, "model_dir": str(model_dir), "calibration": cal, "metrics": metrics,
-            "best_val_loss": best.best, "best_epoch": best.best_epoch, "epochs": trainer.current_epoch,
+                 "perf/train_seconds": train_s, "best/val_loss": fit["best_val_loss"],
+                 "model/parameters": loaded.encoder.num_parameters()}.items():
+        client.log_metric(ctx.run_id, k, float(v))
+    client.set_tag(ctx.run_id, "model_dir", str(model_dir))
+    client.log_artifacts(ctx.run_id, str(model_dir), "model")
+    if client.get_run(ctx.run_id).info.status != "FINISHED":
+        client.set_terminated(ctx.run_id, "FINISHED")
+    atomic_write_json(model_dir.parent / "latest.json", {"run_id": ctx.run_id, "model_dir": str(model_dir)})
+    return {"run_id": ctx.run_id, "model_dir": str(model_dir), "calibration": cal, **fit,
             "train_seconds": train_s, "tracking_uri": tracking.tracking_uri(cfg)}

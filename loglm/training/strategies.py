@@ -1,0 +1,79 @@
+"""Lightning strategies from config: the same LightningModule on one CPU, DDP, or DeepSpeed ZeRO-2/3,
+in this process tree or inside Ray Train workers.
+
+DeepSpeed on CPU: Lightning's (and Ray's) DeepSpeed strategy refuse to run without CUDA. The
+``*CPU`` subclasses below lift only that check (gloo backend, CPU device) so that CI can run a real
+ZeRO-2 step on two CPU processes; they are selected only when ``trainer.accelerator=cpu`` and are never
+the GPU path.
+"""
+
+from __future__ import annotations
+
+from loglm.config import StrategyConfig, TrainerConfig
+
+
+def deepspeed_config(strategy: StrategyConfig, trainer: TrainerConfig) -> dict:
+    """The DeepSpeed JSON config (validated by DeepSpeed itself in tests)."""
+    zero = {"stage": strategy.zero_stage, "overlap_comm": trainer.accelerator == "gpu",
+            "contiguous_gradients": True, "allgather_bucket_size": strategy.allgather_bucket_size,
+            "reduce_bucket_size": strategy.reduce_bucket_size}
+    if strategy.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    cfg = {"zero_optimization": zero, "train_micro_batch_size_per_gpu": trainer.batch_size,
+           "gradient_clipping": 1.0, "zero_allow_untested_optimizer": True}
+    if trainer.precision.startswith("bf16"):
+        cfg["bf16"] = {"enabled": True}
+    elif trainer.precision.startswith("16"):
+        cfg["fp16"] = {"enabled": True}
+    return cfg
+
+
+def _cpu_deepspeed(base):
+    import torch
+
+    class CPU(base):
+        """DeepSpeed on CPU processes (gloo): CI smoke runs only."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("process_group_backend", "gloo")
+            super().__init__(*args, **kwargs)
+
+        def setup_environment(self) -> None:  # skip only the CUDA check
+            from lightning.pytorch.strategies import DeepSpeedStrategy
+
+            super(DeepSpeedStrategy, self).setup_environment()
+
+        @property
+        def root_device(self):
+            return torch.device("cpu", 0)  # DeepSpeed reads a device index; every rank shares the CPU
+
+        def setup_distributed(self) -> None:  # no CUDA device index to validate
+            from lightning.fabric.utilities.seed import reset_seed
+
+            reset_seed()
+            self.set_world_ranks()
+            self._init_deepspeed_distributed()
+
+    CPU.__name__ = CPU.__qualname__ = f"{base.__name__}CPU"
+    return CPU
+
+
+def lightning_strategy(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
+    """A Strategy instance (or Lightning's name for it) for ``Trainer(strategy=...)``."""
+    name = strategy.name
+    if name not in ("single", "ddp", "deepspeed"):
+        raise ValueError(f"strategy.name must be single, ddp or deepspeed, got {name!r}")
+    if name == "deepspeed":
+        if on_ray:
+            from ray.train.lightning import RayDeepSpeedStrategy as base
+        else:
+            from lightning.pytorch.strategies import DeepSpeedStrategy as base
+        cls = _cpu_deepspeed(base) if trainer.accelerator == "cpu" else base
+        return cls(config=deepspeed_config(strategy, trainer))
+    if on_ray:
+        from ray.train.lightning import RayDDPStrategy
+
+        return RayDDPStrategy()
+    if name == "ddp":
+        return "ddp"
+    return "auto"

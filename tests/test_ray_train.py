@@ -1,0 +1,132 @@
+"""Ray Train on a real local Ray (2 CPU workers): DDP pretraining, a killed worker resuming from its last
+checkpoint, and a real 2-process DeepSpeed ZeRO-2 run on CPU with its checkpoint gathered to fp32."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose
+from synthetic import synthetic_run_overrides
+
+pytestmark = pytest.mark.slow
+
+RAY = ["launcher=ray", "ray.num_workers=2", "ray.num_cpus=2", "trainer.batch_size=32", "trainer.patience=50"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from loglm.ingest.prepare import run as prepare
+
+    root = tmp_path_factory.mktemp("runs")
+    overrides = synthetic_run_overrides(root, 200, seed=5)
+    prepare(compose("prepare", overrides))
+    return root, overrides
+
+
+def run_info(root: Path, run_id: str):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id)
+
+
+def test_ray_ddp_pretraining_on_two_workers(prepared):
+    from loglm.model.store import load_model
+    from loglm.training.pretrain import run as pretrain
+
+    root, overrides = prepared
+    result = pretrain(compose("pretrain", overrides + RAY + ["strategy=ddp", "trainer.max_epochs=2"]))
+    assert result["worker_group_starts"] == 1 and result["epochs"] == 2
+    run = run_info(root, result["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "ddp"
+    assert tags["ray_job_id"] and tags["ray_storage"].endswith(result["run_id"])
+    assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
+    assert load_model(result["model_dir"]).calibration["threshold"] > 0
+
+
+def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
+    """kill -9 one Ray Train worker after its first checkpoint: Ray restarts the group, which continues
+    from that checkpoint (not from step 0) and finishes the same MLflow run."""
+    root, overrides = prepared
+    epochs = 8
+    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, "strategy=ddp", f"trainer.max_epochs={epochs}",
+           "ray.max_failures=2"]
+    log = open(tmp_path / "pretrain.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    storage = root / "ray_results"
+    killed = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if list(storage.glob("*/checkpoint_*/checkpoint.ckpt")):
+                time.sleep(2.0)  # a checkpoint counts once the controller has registered it
+                pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+                if pids:
+                    killed = int(pids[0])
+                    os.kill(killed, signal.SIGKILL)
+                    break
+            time.sleep(0.2)
+        assert killed, "no checkpoint and worker to kill appeared"
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    out = (tmp_path / "pretrain.log").read_text()
+    assert rc == 0, out[-3000:]
+    attempts_file = next(root.glob("checkpoints/*/attempts.jsonl"))
+    run_id = attempts_file.parent.name
+    attempts = [json.loads(x) for x in attempts_file.read_text().splitlines()]
+    assert len(attempts) == 2, attempts
+    first, second = attempts
+    assert first["resumed"] is None and first["start_step"] == 0
+    assert second["resumed"] == "ray" and second["start_epoch"] >= 1 and second["start_step"] > 0, attempts  # not 0
+    run = run_info(root, run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["worker_group_starts"] == "2"
+    steps = run.data.metrics  # the last epoch's checkpoint metrics reach the run
+    assert "calib/threshold" in steps
+
+
+def test_deepspeed_zero2_on_two_cpu_processes_and_fp32_gathering(prepared):
+    import torch
+
+    from loglm.model.store import load_model
+    from loglm.training.pretrain import run as pretrain
+    from loglm.training.zero import zero_state_dict
+
+    root, overrides = prepared
+    result = pretrain(compose("pretrain", overrides + RAY + ["strategy=deepspeed_stage2", "trainer.max_epochs=2"]))
+    assert run_info(root, result["run_id"]).data.tags["strategy"] == "deepspeed_stage2"
+    ckpt = Path(result["checkpoint"]) / "checkpoint.ckpt"
+    assert (ckpt / "latest").is_file()
+    state = zero_state_dict(ckpt)
+    model = load_model(result["model_dir"])
+    enc = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    assert set(enc) <= set(state)
+    assert all(state[k].dtype == torch.float32 and torch.isfinite(state[k]).all() for k in enc)
+
+
+def test_deepspeed_configs_are_valid_for_deepspeed():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from loglm.config import TrainerConfig, load_group
+    from loglm.training.strategies import deepspeed_config
+
+    for name, stage in (("deepspeed_stage2", 2), ("deepspeed_stage3", 3)):
+        strategy = load_group("strategy", name)
+        for precision in ("32-true", "bf16-mixed"):
+            ds = deepspeed_config(strategy, TrainerConfig(precision=precision, accelerator="gpu"))
+            parsed = DeepSpeedConfig(ds)
+            assert parsed.zero_optimization_stage == stage
+            assert parsed.bfloat16_config.enabled == (precision == "bf16-mixed")
+    with pytest.raises(Exception):
+        DeepSpeedConfig({**deepspeed_config(load_group("strategy", "deepspeed_stage2"), TrainerConfig()),
+                         "zero_optimization": {"stage": 2, "no_such_key": 1}})
