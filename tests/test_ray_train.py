@@ -127,6 +127,6 @@ def test_deepspeed_configs_are_valid_for_deepspeed():
             parsed = DeepSpeedConfig(ds)
             assert parsed.zero_optimization_stage == stage
             assert parsed.bfloat16_config.enabled == (precision == "bf16-mixed")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="no_such_key"):  # pydantic ValidationError is a ValueError
         DeepSpeedConfig({**deepspeed_config(load_group("strategy", "deepspeed_stage2"), TrainerConfig()),
                          "zero_optimization": {"stage": 2, "no_such_key": 1}})
