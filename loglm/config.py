@@ -172,6 +172,8 @@ class DetectConfig:
     write_scores: bool = True
     # replace entity values (IPs, users, hosts) by keyed HMAC pseudonyms in alerts and score files
     pseudonymize: bool = False
+    # findings (<alerts>.ocsf.jsonl): alerts of one entity at most this many seconds apart are one finding
+    group_gap_s: float = 600.0
     pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "src_ip", "dst_ip", "pair", "user", "hostname"])
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this

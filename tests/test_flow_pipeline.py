@@ -44,3 +44,9 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert HOST in top["entities"]["dst_ip"]
     ev0 = top["surprising_events"][0]
     assert "dir=in" in ev0["template"] and "Malicious" in ev0["raw"] and ev0["line"] > 8
+    # the SIEM feed: the scanner's windows grouped into one OCSF Detection Finding
+    findings = [json.loads(x) for x in open(summary["findings_path"])]
+    scanner = [f for f in findings if f["unmapped"]["loglm"]["entity"]["value"] == "198.51.100.7"]
+    assert len(scanner) == 1 and scanner[0]["class_uid"] == 2004
+    assert scanner[0]["finding_info"]["related_events_count"] == sum(a["entity"]["value"] == "198.51.100.7" for a in alerts)
+    assert {"name": "dst_ip", "type_id": 2, "type": "IP Address", "value": HOST} in scanner[0]["observables"]

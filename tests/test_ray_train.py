@@ -52,6 +52,24 @@ def test_ray_ddp_pretraining_on_two_workers(prepared):
     assert load_model(result["model_dir"]).calibration["threshold"] > 0
 
 
+def train_workers_of(root_pid: int) -> list[int]:
+    """PIDs of Ray Train workers started under ``root_pid`` (its private Ray instance), not anyone else's."""
+    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
+    parent, args = {}, {}
+    for row in rows:
+        pid, ppid, *cmd = row.split(None, 2)
+        parent[int(pid)], args[int(pid)] = int(ppid), " ".join(cmd)
+
+    def under(pid: int) -> bool:
+        while pid > 1:
+            if pid == root_pid:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return sorted(p for p, a in args.items() if a.startswith("ray::RayTrainWorker") and under(p))
+
+
 def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
     """kill -9 one Ray Train worker after its first checkpoint: Ray restarts the group, which continues
     from that checkpoint (not from step 0) and finishes the same MLflow run."""
@@ -68,9 +86,9 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if list(storage.glob("*/checkpoint_*/checkpoint.ckpt")):
                 time.sleep(2.0)  # a checkpoint counts once the controller has registered it
-                pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+                pids = train_workers_of(proc.pid)
                 if pids:
-                    killed = int(pids[0])
+                    killed = pids[0]
                     os.kill(killed, signal.SIGKILL)
                     break
             time.sleep(0.2)

@@ -103,6 +103,23 @@ def follow(cfg, model, scorer) -> dict:
     return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s), source, out)
 
 
+def write_findings(alerts_path: Path, alerts: list[dict], dcfg) -> dict:
+    """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.findings import group_alerts, to_ocsf
+
+    try:
+        product = version("loglm")
+    except PackageNotFoundError:
+        product = "0+unknown"
+    findings = group_alerts(alerts, dcfg.group_gap_s, dcfg.evidence_events)
+    path = alerts_path.with_suffix(".ocsf.jsonl")
+    atomic_write_bytes(path, "".join(json.dumps(to_ocsf(f, product)) + "\n" for f in findings).encode())
+    return {"findings_path": str(path), "findings": len(findings)}
+
+
 def detect_with(cfg, model, scorer) -> dict:
     """Score, alert and account, given any model with .vocab/.calibration/.meta/.folder and a scorer
     (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too."""
@@ -125,12 +142,13 @@ def detect_with(cfg, model, scorer) -> dict:
         alerts = [pseudo.alert(a) for a in alerts]
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     write_alerts(out, alerts)
+    findings_path = write_findings(out, alerts, cfg.detect)
     if cfg.detect.write_scores:
         write_session_scores(out.with_suffix(".scores.parquet"), table, ws, pseudo)
     n_sessions = len(set(table.column("session_id").to_pylist()))
     n_events = int(sum(len(t) for t in toks))
     elapsed = time.perf_counter() - t0
-    summary = {"alerts_path": str(out), "alerts": len(alerts),
+    summary = {"alerts_path": str(out), "alerts": len(alerts), **findings_path,
                "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None,
                "sessions_scored": n_sessions, "events_scored": n_events, "threshold": threshold,
                "seconds": round(elapsed, 3), "events_per_s": round(n_events / max(elapsed, 1e-9), 1),

@@ -25,7 +25,7 @@ from loglm.windows import windows_of
 
 
 class StreamingDetector:
-    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None):
+    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None):
         self.cfg = cfg
         self.model = model
         self.scorer = scorer
@@ -37,6 +37,12 @@ class StreamingDetector:
         self.idle_s = cfg.detect.stream_idle_close_s
         self.max_open = cfg.detect.max_open_sessions
         self.alerts_out = alerts_out
+        self.findings_out = findings_out
+        if findings_out is not None:
+            from loglm.detect.findings import FindingStream
+
+            self.findings = FindingStream(cfg.detect.group_gap_s, cfg.detect.evidence_events, _product_version(),
+                                          cfg.detect.max_open_sessions)
         self.rejections_out = rejections_out
         self.account = LineAccount()
         self.open: OrderedDict[str, list[dict]] = OrderedDict()  # key -> events, least recently active first
@@ -123,8 +129,13 @@ class StreamingDetector:
         alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
                               self.dcfg.evidence_events, info)
         for a in alerts:
-            self.alerts_out.write(json.dumps(self.pseudo.alert(a) if self.pseudo else a) + "\n")
+            a = self.pseudo.alert(a) if self.pseudo else a
+            self.alerts_out.write(json.dumps(a) + "\n")
+            if self.findings_out is not None:  # SIEM feed: Create, then Update while the entity keeps alerting
+                self.findings_out.write(json.dumps(self.findings.feed(a)) + "\n")
         self.alerts_out.flush()
+        if self.findings_out is not None:
+            self.findings_out.flush()
         self.stats["sessions_scored"] += len(sessions)
         self.stats["events_scored"] += len(ev.ts)
         self.stats["alerts"] += len(alerts)
@@ -167,16 +178,26 @@ def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = Non
             time.sleep(poll_s)
 
 
+def _product_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loglm")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh:
-        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh)
+    with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh, \
+            open(out.with_suffix(".ocsf.jsonl"), "w") as findings_fh:
+        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh)
         try:
             for raw, n in lines:
                 det.feed(raw, source, n)
         except KeyboardInterrupt:
             pass  # Ctrl-C ends a live stream: what was read is still scored and accounted
         summary = det.finish()
-    summary.update({"alerts_path": str(out), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
+    summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
     return summary

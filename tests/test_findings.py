@@ -1,0 +1,74 @@
+"""Alerts grouped into findings and written as OCSF Detection Findings (batch and streaming)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from loglm.detect.findings import FindingStream, group_alerts, to_ocsf
+
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def alert(aid: str, etype: str, value: str, start_s: float, dur_s: float, score: float, severity: str,
+          surprisals: list[float], entities: dict | None = None) -> dict:
+    start, end = T0 + timedelta(seconds=start_s), T0 + timedelta(seconds=start_s + dur_s)
+    events = [{"position": i, "time": iso(start + timedelta(seconds=i)), "file": "conn.log", "line": 10 + i,
+               "raw": f"raw line {aid}/{i}", "template": f"tpl {i}", "known_event": True, "surprisal": s, "rank": 7,
+               "expected": [{"template": "tpl 0", "p": 0.9}]} for i, s in enumerate(surprisals)]
+    return {"alert_id": aid, "time": iso(end), "severity": severity, "title": f"Unusual event sequence for {etype} {value}",
+            "session_id": f"{value}@{start_s}", "entity": {"type": etype, "value": value}, "score": score,
+            "threshold": 1.0, "start_time": iso(start), "end_time": iso(end), "n_events": len(surprisals),
+            "n_unexpected_events": 1, "entities": entities or {etype: [value]}, "surprising_events": events,
+            "model": {"run_id": "r1", "model_dir": "/m"}, "label": 1}
+
+
+def test_alerts_of_one_entity_within_the_gap_become_one_finding():
+    alerts = [alert("a1", "src_ip", "198.51.100.7", 0, 60, 3.0, "high", [5.0, 1.0]),
+              alert("a2", "src_ip", "198.51.100.7", 300, 60, 9.0, "critical", [2.0, 8.0, 0.5],
+                    {"src_ip": ["198.51.100.7"], "dst_ip": ["10.0.0.5"]}),
+              alert("a3", "src_ip", "198.51.100.7", 5000, 60, 1.5, "low", [1.5]),  # an hour later: new finding
+              alert("b1", "hostname", "web01", 10, 60, 2.0, "medium", [3.0])]
+    findings = group_alerts(alerts, gap_s=600, evidence_events=3)
+    assert [f["n_alerts"] for f in findings] == [2, 1, 1]  # worst first
+    top = findings[0]
+    assert top["alert_ids"] == ["a1", "a2"] and top["score"] == 9.0 and top["severity"] == "critical"
+    assert top["first_seen"] == iso(T0) and top["last_seen"] == iso(T0 + timedelta(seconds=360))
+    assert top["entities"] == {"src_ip": ["198.51.100.7"], "dst_ip": ["10.0.0.5"]}
+    assert sorted(e["surprisal"] for e in top["surprising_events"]) == [2.0, 5.0, 8.0]  # across both windows
+    assert top["n_events"] == 5 and top["label"] == 1
+    assert len(group_alerts(alerts, gap_s=0)) == 4
+
+
+def test_ocsf_detection_finding_shape():
+    alerts = [alert("a1", "src_ip", "198.51.100.7", 0, 60, 3.0, "high", [5.0],
+                    {"src_ip": ["198.51.100.7"], "hostname": ["web01"], "user": ["bob"], "block_id": ["blk_1"]})]
+    f = to_ocsf(group_alerts(alerts, 600)[0], "1.2.3")
+    assert (f["class_uid"], f["category_uid"], f["activity_id"], f["type_uid"]) == (2004, 2, 1, 200401)
+    assert f["severity_id"] == 4 and f["severity"] == "High" and isinstance(f["time"], int)
+    info = f["finding_info"]
+    assert info["first_seen_time"] == int(T0.timestamp() * 1000) and info["last_seen_time"] - info["first_seen_time"] == 60_000
+    assert info["analytic"]["type_id"] == 4 and info["analytic"]["uid"] == "r1" and info["uid"]
+    obs = {(o["name"], o["type_id"], o["value"]) for o in f["observables"]}
+    assert obs == {("src_ip", 2, "198.51.100.7"), ("hostname", 1, "web01"), ("user", 4, "bob"), ("block_id", 99, "blk_1")}
+    ev = f["evidences"][0]["data"]
+    assert ev["raw"] and ev["template"] and ev["surprisal"] == 5.0 and ev["expected"][0]["template"] == "tpl 0"
+    assert f["metadata"]["product"] == {"name": "LogLM", "vendor_name": "LogLM", "version": "1.2.3"}
+    assert f["metadata"]["version"].startswith("1.") and f["unmapped"]["loglm"]["alert_ids"] == ["a1"]
+
+
+def test_streaming_findings_create_then_update_and_stay_bounded():
+    stream = FindingStream(gap_s=600, evidence_events=5, product_version="x", max_open=2)
+    first = stream.feed(alert("a1", "src_ip", "1.1.1.1", 0, 60, 3.0, "low", [2.0]))
+    second = stream.feed(alert("a2", "src_ip", "1.1.1.1", 200, 60, 5.0, "high", [4.0]))
+    assert (first["activity_id"], second["activity_id"]) == (1, 2) and second["type_uid"] == 200402
+    assert first["finding_info"]["uid"] == second["finding_info"]["uid"]
+    assert second["finding_info"]["related_events_count"] == 2 and second["severity_id"] == 4
+    later = stream.feed(alert("a3", "src_ip", "1.1.1.1", 9000, 60, 2.0, "low", [1.0]))
+    assert later["activity_id"] == 1 and later["finding_info"]["uid"] != first["finding_info"]["uid"]
+    for i in range(10):
+        stream.feed(alert(f"x{i}", "src_ip", f"9.9.9.{i}", 0, 1, 2.0, "low", [1.0]))
+    assert len(stream.open) == 2
