@@ -174,6 +174,8 @@ class DetectConfig:
     pseudonymize: bool = False
     # findings (<alerts>.ocsf.jsonl): alerts of one entity at most this many seconds apart are one finding
     group_gap_s: float = 600.0
+    # an HTML report (<alerts>.html): timeline, score histogram, PR/ROC with labels, top alerts
+    report: bool = True
     pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "src_ip", "dst_ip", "pair", "user", "hostname"])
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this

@@ -88,12 +88,37 @@ def print_table(result: dict, title: str) -> str:
     return cap.get()
 
 
+def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, result: dict, data_dir, run_id) -> Path:
+    """report.html + plots/*.png in the evaluation's folder (logged to MLflow with it)."""
+    from loglm.detect.alerts import build_alerts, events_from_table
+    from loglm.detect.detector import session_view
+    from loglm.privacy import from_config
+    from loglm.report import write_report
+    from loglm.shards import read_events
+
+    alerts = build_alerts(table, ws, events_from_table(read_events(data_dir)), loaded.vocab, threshold,
+                          dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)})
+    pseudo = from_config(cfg.detect)
+    if pseudo is not None:
+        alerts = [pseudo.alert(a) for a in alerts]
+    _, scores, starts, labels = session_view(table, ws.score)
+    path = out_dir / "report.html"
+    plots = write_report(path, f"LogLM evaluation: {cfg.data.name}/{cfg.split}",
+                         f"model {run_id}; threshold {threshold:.4g} from validation normal data (target FPR "
+                         f"{loaded.calibration.get('target_fpr')}); metrics per {cfg.data.eval_unit}",
+                         scores, starts, threshold, alerts, labels=labels, metrics=result)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    for name, png in plots.items():
+        (out_dir / "plots" / f"{name}.png").write_bytes(png)
+    return path
+
+
 def run(cfg) -> dict:
     import mlflow
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
-    from loglm.detect.detector import detect_config_of, model_dir_for
+    from loglm.detect.detector import check_same_vocabulary, detect_config_of, model_dir_for
     from loglm.detect.scoring import score_windows
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import load_model
@@ -105,6 +130,7 @@ def run(cfg) -> dict:
     loaded = load_model(model_dir)
     dcfg = detect_config_of(loaded, cfg.detect)
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    check_same_vocabulary(Path(model_dir), data_dir)
     table = read_sessions(data_dir, cfg.split)
     toks, gaps, closed = windows_of(table)
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
@@ -134,6 +160,7 @@ def run(cfg) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "metrics.json", result)
     (out_dir / "metrics.txt").write_text(text)
+    report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, data_dir, pretrain_run)
     client.log_artifacts(rid, str(out_dir), "eval")
     client.set_terminated(rid)
     if pretrain_run:  # link back: the pretrain run shows its latest evaluation
@@ -143,5 +170,5 @@ def run(cfg) -> dict:
             client.set_tag(pretrain_run, "latest_eval_run_id", rid)
         except Exception:  # the model may come from another tracking store
             pass
-    return {"run_id": rid, "metrics": result, "seconds": round(elapsed, 3), "table": text,
+    return {"run_id": rid, "metrics": result, "seconds": round(elapsed, 3), "table": text, "report": str(report),
             "metrics_path": str(out_dir / "metrics.json"), "scores": {"ids": ids, "labels": labels, "scores": scores}}

@@ -134,6 +134,13 @@ def test_evaluate_on_shipped_hdfs_head(hdfs_head, tmp_path):
     m = ev["metrics"]["all"]
     assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] == prep["sessions_by_split"]["test"]
     assert "F1" in ev["table"] and 0 <= m["fpr"] <= 1
+    # the HTML report and its plots are in the evaluation's MLflow run
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    logged = {f.path for f in client.list_artifacts(ev["run_id"], "eval")}
+    plots = {f.path for f in client.list_artifacts(ev["run_id"], "eval/plots")}
+    assert "eval/report.html" in logged and {"eval/plots/timeline.png", "eval/plots/histogram.png"} <= plots
 
 
 def test_distill_a_tiny_teacher_into_a_linked_student(trained):

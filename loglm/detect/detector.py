@@ -30,6 +30,17 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
                    unk_surprisal=cal["unk_surprisal"], scorer=cal.get("scorer", "views"))
 
 
+def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:
+    """Prepared token ids mean something only under the vocabulary they were made with."""
+    from loglm.artifacts import sha256_file
+
+    mine, theirs = model_dir / "vocab.json", data_dir / "vocab.json"
+    if theirs.is_file() and mine.is_file() and sha256_file(mine) != sha256_file(theirs):
+        raise ValueError(f"the model {model_dir} was trained on another vocabulary than the prepared data {data_dir}: "
+                         "pass ckpt=<the run trained on this data>, or give raw inputs=[...] to score with the "
+                         "model's own vocabulary")
+
+
 def score_input(cfg, loaded):
     """Sessions to score (a pyarrow table), an event lookup, and the line accounting."""
     from loglm.detect.alerts import events_from_parsed, events_from_table
@@ -48,6 +59,7 @@ def score_input(cfg, loaded):
         table = session_table(parsed.sessions, parsed.events, loaded.vocab)
         return table, events_from_parsed(parsed.events), parsed.account.as_dict(), parsed.rejections
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    check_same_vocabulary(Path(loaded.folder), data_dir)
     table = read_sessions(data_dir, cfg.split)
     return table, events_from_table(read_events(data_dir)), None, []
 
@@ -103,6 +115,37 @@ def follow(cfg, model, scorer) -> dict:
     return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s), source, out)
 
 
+def session_view(table, scores):
+    """Per session (max over chunks): ids, scores, start times, labels (-1 unknown)."""
+    import numpy as np
+
+    best: dict[str, list] = {}
+    for sid, score, start, label in zip(table.column("session_id").to_pylist(), scores,
+                                        table.column("start_ts").to_pylist(), table.column("label").to_pylist()):
+        cur = best.get(sid)
+        if cur is None:
+            best[sid] = [float(score), start, label]
+        else:
+            cur[0], cur[1] = max(cur[0], float(score)), min(cur[1], start)
+    ids = list(best)
+    return (ids, np.array([best[i][0] for i in ids]), np.array([best[i][1] for i in ids]),
+            np.array([best[i][2] if best[i][2] is not None else -1 for i in ids]))
+
+
+def write_detection_report(alerts_path: Path, table, ws, alerts: list[dict], threshold: float, cfg, model) -> Path:
+    """The HTML report of a detection run (``<alerts>.html``)."""
+    from loglm.report import write_report
+
+    _, scores, starts, labels = session_view(table, ws.score)
+    path = alerts_path.with_suffix(".html")
+    where = ", ".join(cfg.inputs) if cfg.inputs else f"{cfg.data.name}/{cfg.split}"
+    write_report(path, f"LogLM detection: {where}",
+                 f"model {model.meta.get('run_id')} ({model.folder}); threshold from validation normal data at "
+                 f"target FPR {model.calibration.get('target_fpr')}", scores, starts, threshold, alerts,
+                 labels=labels if (labels >= 0).any() else None)
+    return path
+
+
 def write_findings(alerts_path: Path, alerts: list[dict], dcfg) -> dict:
     """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -143,6 +186,8 @@ def detect_with(cfg, model, scorer) -> dict:
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     write_alerts(out, alerts)
     findings_path = write_findings(out, alerts, cfg.detect)
+    if cfg.detect.report:
+        findings_path["report_path"] = str(write_detection_report(out, table, ws, alerts, threshold, cfg, model))
     if cfg.detect.write_scores:
         write_session_scores(out.with_suffix(".scores.parquet"), table, ws, pseudo)
     n_sessions = len(set(table.column("session_id").to_pylist()))

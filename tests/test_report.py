@@ -1,0 +1,37 @@
+"""The HTML report: self-contained, escapes log text, shows curves only when labels exist."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from test_findings import alert
+
+from loglm.report import write_report
+
+
+def test_report_is_self_contained_and_escapes_log_lines(tmp_path):
+    hostile = alert("a1", "user", "<img src=x onerror=alert(1)>", 0, 60, 3.0, "high", [5.0, 1.0])
+    hostile["surprising_events"][0]["raw"] = "GET /<script>alert('x')</script> HTTP/1.1"
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1, 0.2, 300), rng.normal(3, 0.5, 30)]
+    labels = np.r_[np.zeros(300, int), np.ones(30, int)]
+    times = 1.7e9 + np.arange(330) * 60.0
+    path = tmp_path / "report.html"
+    plots = write_report(path, "LogLM evaluation: test", "model r1", scores, times, 2.0, [hostile], labels=labels,
+                         metrics={"all": {"n": 330, "tp": 28, "fp": 1, "tn": 299, "fn": 2, "precision": 0.97,
+                                          "recall": 0.93, "f1": 0.95, "fpr": 0.003, "auroc": 0.99, "pr_auc": 0.98}})
+    page = path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=x" not in page
+    assert set(plots) == {"timeline", "histogram", "pr_curve", "roc_curve"}
+    assert all(v.startswith(b"\x89PNG") for v in plots.values())
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing fetched
+    assert "Top alerts (1 of 1)" in page and "0.9500" in page and "rgba(192,57,43" in page
+
+
+def test_report_without_labels_has_no_curves(tmp_path):
+    plots = write_report(tmp_path / "r.html", "LogLM detection", "", np.array([0.1, 0.5, 3.0]),
+                         np.array([1.7e9, 1.7e9 + 5, 1.7e9 + 9]), 1.0, [])
+    assert set(plots) == {"timeline", "histogram"}
+    assert "No session scored above the threshold" in (tmp_path / "r.html").read_text()
