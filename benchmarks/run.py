@@ -215,6 +215,30 @@ def bench_pretrain_cpu(tmp: Path, model: str = "small", batch_size: int = 64, st
     }
 
 
+def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[dict, dict]:
+    """Each protocol's evaluation suite (LogLM + DeepLog + PCA + IsolationForest on one split), with an
+    optional smaller training budget: {dataset: {model: {precision, recall, f1, auroc, pr_auc, fpr}}}."""
+    from loglm.config import compose
+    from loglm.evaluation_suite import run as suite
+
+    keys = ("precision", "recall", "f1", "auroc", "pr_auc", "fpr")
+    out: dict = {}
+    runs: dict = {}
+    for dataset in datasets:
+        overrides = [f"dataset={dataset}", f"paths.root={tmp}", "trainer.progress_bar=false",
+                     f"suite.reports_dir={REPORTS}"]
+        if epochs:
+            overrides += [f"trainer.max_epochs={epochs}", f"suite.baseline_epochs={epochs}"]
+        t0 = time.perf_counter()
+        result = suite(compose("evaluate", overrides))
+        key = {"hdfs": "hdfs", "bgl": "bgl", "zeek_ctu": "zeek_ctu"}.get(dataset, dataset)
+        out[key] = {("loglm" if m == "LogLM" else m): {k: round(float(r["metrics"]["all"][k]), 4) for k in keys}
+                    for m, r in result["models"].items()}
+        runs[key] = {"protocol": result["protocol"], "parent_run_id": result["parent_run_id"],
+                     "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1)}
+    return out, runs
+
+
 def bench_scoring() -> dict:
     """Detection scoring (n_views masked views per window) with the `small` encoder on CPU."""
     import numpy as np
@@ -374,12 +398,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--accuracy-datasets", nargs="*", default=["hdfs", "bgl", "zeek_ctu"])
+    parser.add_argument("--accuracy-epochs", type=int, default=4,
+                        help="training budget of the accuracy section (0 = each protocol's own)")
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--rtd-weight", type=float, default=2.0,
                         help="replaced-event head weight of the student (0 = score with masked views)")
     args = parser.parse_args()
     sections = {"ingest": lambda: bench_ingest(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
                 "pretrain_cpu": lambda: bench_pretrain_cpu(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
+                "accuracy": lambda: bench_accuracy(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
+                                                   args.accuracy_datasets, args.accuracy_epochs),
                 "scoring_cpu": bench_scoring,
                 "inference": lambda: bench_inference(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
                                                      args.teacher_epochs, args.student_epochs, args.rtd_weight)}
@@ -389,6 +418,8 @@ def main() -> None:
             continue
         print(f"bench {name} ...", flush=True)
         results[name] = fn()
+        if name == "accuracy":  # (metrics per dataset and model, how each suite ran)
+            results["accuracy"], results["accuracy_runs"] = results["accuracy"]
         print(json.dumps(results[name], indent=2), flush=True)
     results["machine"] = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     write_reports(results)

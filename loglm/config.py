@@ -219,6 +219,17 @@ class ExportConfig:
 
 
 @dataclass
+class SuiteConfig:
+    # python -m pipelines.evaluate dataset=<protocol>: LogLM and baselines on one split (conf/dataset)
+    enabled: bool = False
+    protocol: str | None = None
+    baselines: list[str] = field(default_factory=lambda: ["deeplog", "pca", "iforest"])
+    baseline_epochs: int = 10
+    # where eval_<protocol>.md/.json go (default: reports/ next to paths.root)
+    reports_dir: str | None = None
+
+
+@dataclass
 class DemoConfig:
     # second stage of the demo: whole HDFS block lifetimes (measurable detection quality)
     blocks_data: str | None = "hdfs_blocks_sample"
@@ -285,6 +296,7 @@ class RootConfig:
     follow: bool = False
     follow_exit_s: float | None = None
     demo: DemoConfig = field(default_factory=DemoConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # teacher model for distillation: model directory or MLflow run id

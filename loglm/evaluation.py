@@ -113,7 +113,7 @@ def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, resul
     return path
 
 
-def run(cfg) -> dict:
+def run(cfg, parent_run_id: str | None = None) -> dict:
     import mlflow
 
     from loglm import tracking
@@ -148,9 +148,11 @@ def run(cfg) -> dict:
                                f"target FPR {loaded.calibration['target_fpr']})")
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
-    run = client.create_run(exp, run_name=f"eval-{cfg.data.name}-{cfg.split}",
-                            tags=tracking.run_tags(cfg, {"pretrain_run_id": pretrain_run, "split": cfg.split,
-                                                         "model_dir": str(model_dir)}))
+    extra = {"pretrain_run_id": pretrain_run, "split": cfg.split, "model_dir": str(model_dir), "model": "loglm"}
+    if parent_run_id:  # one child run per model under the evaluation suite's parent run
+        extra["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp, run_name="loglm" if parent_run_id else f"eval-{cfg.data.name}-{cfg.split}",
+                            tags=tracking.run_tags(cfg, extra))
     rid = run.info.run_id
     for part, m in result.items():
         for k, v in m.items():

@@ -264,3 +264,19 @@ def test_structured_readers_never_raise_and_account_every_line(lines):
             assert acct.read == len(records) + len(rejected) + acct.metadata
             for r in records:
                 datetime.fromtimestamp(r.ts, UTC)  # every accepted time is a date
+
+
+def test_id_sequence_builder_openstack_protocol(tmp_path):
+    from loglm.ingest.prepare import run as prepare
+
+    (tmp_path / "templates.csv").write_text("a <*>\nb <*>\nc\nd\n")
+    (tmp_path / "train").write_text("".join(f"t{i},1 2 3\n" for i in range(10)))
+    (tmp_path / "normal").write_text("".join(f"n{i},1 2 3\n" for i in range(100)) + "broken line\nx,1 9\n")
+    (tmp_path / "abnormal").write_text("a1,1 4 3\na2,2\n")
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=openstack",
+                              f"data.inputs=[{tmp_path}/train,{tmp_path}/normal,{tmp_path}/abnormal,{tmp_path}/templates.csv]"])
+    summary = prepare(cfg)
+    by = summary["labels_by_split"]
+    assert by["train/0"] == 10 and by["test/1"] == 2 and by["val/0"] + by["test/0"] == 100
+    assert 5 <= by["val/0"] <= 40  # a seeded 20% of test normal, removed from the test set
+    assert summary["lines"]["rejected_by_reason"] == {"not '<sequence id>,<event ids>'": 1, "bad key sequence": 1}

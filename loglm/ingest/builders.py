@@ -4,6 +4,11 @@
 normal blocks are split session-disjointly by a seeded hash of the block id (train / val / test by
 data.split fractions); every abnormal block is a test item (anomalies are never trained on).
 
+``id_sequences``: ``<sequence id>,<event ids>`` files (the AIT collection: OpenStack and others) with the
+``openstack`` protocol of EVAL_PROTOCOLS.md: inputs = [train, test_normal, test_abnormal, templates];
+train = the train file (normal); validation normal = a seeded ``data.split.val_frac`` of test_normal,
+removed from the test set; test = the rest of test_normal plus every test_abnormal sequence.
+
 ``hdfs_keys``: the DeepLog/logdeep HDFS log-key sessions with the fixed ``hdfs_keys`` protocol of
 EVAL_PROTOCOLS.md: train = ``hdfs_train`` (normal), validation = a seeded 10% of it, test = label-0 rows
 of ``robust_log_train.csv``/``robust_log_valid.csv`` plus every session of ``hdfs_test_abnormal``.
@@ -134,4 +139,34 @@ def build_hdfs_blocks(data: DataConfig):
     return Parsed(ev, account, rejections, sessions), miner
 
 
-BUILDERS = {"hdfs_keys": build_hdfs_keys, "hdfs_blocks": build_hdfs_blocks}
+def build_id_sequences(data: DataConfig):
+    from loglm.ingest.prepare import Parsed
+
+    if len(data.inputs) != 4:
+        raise ValueError("format id_sequences takes inputs=[train, test_normal, test_abnormal, templates.csv]")
+    train, normal, abnormal, templates_csv = (Path(p) for p in data.inputs)
+    miner = _templates_miner(templates_csv)
+    n_tpl = len(miner.templates)
+    ev, sessions, account, rejections = Events(), [], LineAccount(), []
+    me = data.session.max_events
+    for path, label in ((train, 0), (normal, 0), (abnormal, 1)):
+        src = str(path)
+        for n, line in _text_lines(path, account, rejections):
+            sid, sep, keys = line.partition(",")
+            if not sep or not sid.strip():
+                account.read += 1
+                account.reject("not '<sequence id>,<event ids>'")
+                rejections.append((src, n, "not '<sequence id>,<event ids>'"))
+                continue
+            if path is train:
+                split = "train"
+            elif path is normal:
+                split = "val" if _seeded_split(data.split.seed, sid, data.split.val_frac, 0.0) == "train" else "test"
+            else:
+                split = "test"
+            _add_sequence(ev, sessions, account, rejections, src, n, f"{path.name}:{sid.strip()}", keys, label, split,
+                          n_tpl, me, entity_type="sequence")
+    return Parsed(ev, account, rejections, sessions), miner
+
+
+BUILDERS = {"hdfs_keys": build_hdfs_keys, "hdfs_blocks": build_hdfs_blocks, "id_sequences": build_id_sequences}

@@ -1,0 +1,82 @@
+"""DeepLog-style baseline (Du et al., CCS 2017): an LSTM predicts each event from the ``window`` events
+before it, trained on normal training sessions; a session's score is its most surprising event
+(max -log p of the event that happened).  Same token ids, [END] and splits as LogLM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loglm.vocab import END, PAD, SUM, UNK
+
+
+def _contexts(seqs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context windows left-padded with [SUM]/[PAD], next event, owning sequence index)."""
+    xs, ys, owner = [], [], []
+    for i, s in enumerate(seqs):
+        full = [SUM] + s
+        for t in range(1, len(full)):
+            ctx = full[max(0, t - window):t]
+            xs.append([PAD] * (window - len(ctx)) + ctx)
+            ys.append(full[t])
+            owner.append(i)
+    return np.array(xs, dtype=np.int64).reshape(-1, window), np.array(ys, dtype=np.int64), np.array(owner)
+
+
+class DeepLog:
+    def __init__(self, vocab_size: int, window: int = 10, hidden: int = 64, layers: int = 2, epochs: int = 10,
+                 batch_size: int = 512, lr: float = 3e-3, seed: int = 0):
+        import torch
+
+        self.vocab_size, self.window, self.epochs, self.batch_size, self.lr = vocab_size, window, epochs, batch_size, lr
+        torch.manual_seed(seed)
+        self.seed = seed
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = torch.nn.Embedding(vocab_size, hidden, padding_idx=PAD)
+                self.lstm = torch.nn.LSTM(hidden, hidden, layers, batch_first=True)
+                self.out = torch.nn.Linear(hidden, vocab_size)
+
+            def forward(self, x):
+                h, _ = self.lstm(self.emb(x))
+                return self.out(h[:, -1])
+
+        self.net = Net()
+
+    @staticmethod
+    def sequences(tokens: list, closed: list[bool]) -> list[list[int]]:
+        return [list(map(int, t)) + ([END] if c else []) for t, c in zip(tokens, closed)]
+
+    def fit(self, seqs: list[list[int]]) -> DeepLog:
+        import torch
+
+        x, y, _ = _contexts(seqs, self.window)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.net.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(xt), generator=gen)
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                loss = torch.nn.functional.cross_entropy(self.net(xt[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return self
+
+    def score(self, seqs: list[list[int]], unk_surprisal: float = 20.0) -> np.ndarray:
+        import torch
+
+        x, y, owner = _contexts(seqs, self.window)
+        out = np.zeros(len(seqs))
+        self.net.eval()
+        with torch.no_grad():
+            for b in range(0, len(x), 8192):
+                logp = torch.log_softmax(self.net(torch.from_numpy(x[b:b + 8192])), -1).numpy()
+                s = -logp[np.arange(len(logp)), y[b:b + 8192]]
+                s = np.where(y[b:b + 8192] == UNK, unk_surprisal, s)  # an event training never saw
+                np.maximum.at(out, owner[b:b + 8192], s)
+        return out

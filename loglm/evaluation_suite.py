@@ -1,0 +1,163 @@
+"""Evaluation suite: one protocol of EVAL_PROTOCOLS.md, LogLM and the baselines on the same split.
+
+``python -m pipelines.evaluate dataset=hdfs`` (or ``bgl``, ``zeek_ctu``): prepares the protocol's data if
+needed, pretrains LogLM unless ``ckpt=`` names a model, then evaluates LogLM, a DeepLog-style LSTM, PCA and
+IsolationForest on event counts.  Every model is trained on the training split's normal sessions only and
+thresholded on the validation split's normal sessions at ``detect.target_fpr``; metrics on all and on
+unique test items.  One MLflow parent run (``loglm-eval``) with a child run per model; the table goes to
+``reports/eval_<protocol>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from loglm.evaluation import METRIC_KEYS, evaluate_scores, event_scores, session_scores
+
+# published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
+REFERENCES = {
+    "hdfs_keys": [("LogBERT (reference run, test-tuned threshold, short sessions dropped; F1 counting them as missed)",
+                   {"precision": 0.992, "recall": 0.794, "f1": 0.667})],
+}
+
+
+def _split(data_dir: Path, name: str):
+    from loglm.shards import read_sessions
+    from loglm.windows import windows_of
+
+    table = read_sessions(data_dir, name)
+    toks, _, closed = windows_of(table)
+    return table, toks, closed
+
+
+def _baselines(names: list[str], vocab_size: int, cfg):
+    from loglm.baselines.deeplog import DeepLog
+    from loglm.baselines.event_counts import IsolationForestBaseline, PCABaseline
+
+    made = {}
+    for name in names:
+        if name == "deeplog":
+            made[name] = ("sequence", DeepLog(vocab_size, epochs=cfg.suite.baseline_epochs, seed=cfg.trainer.seed))
+        elif name == "pca":
+            made[name] = ("counts", PCABaseline())
+        elif name == "iforest":
+            made[name] = ("counts", IsolationForestBaseline(cfg.trainer.seed))
+        else:
+            raise ValueError(f"unknown baseline {name!r}; known: deeplog, pca, iforest")
+    return made
+
+
+def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tuple[dict, float, float]:
+    """(metrics, threshold, seconds) of one baseline on the prepared split."""
+    from loglm.baselines.deeplog import DeepLog
+    from loglm.baselines.event_counts import count_matrix
+    from loglm.detect.scores import session_max, threshold_for_fpr
+
+    t0 = time.perf_counter()
+    train, tr_toks, tr_closed = _split(data_dir, "train")
+    train_normal = np.asarray(train.column("label").to_numpy()) != 1
+    tr_toks = [t for t, k in zip(tr_toks, train_normal) if k]
+    tr_closed = [c for c, k in zip(tr_closed, train_normal) if k]
+
+    def scores_of(toks, closed):
+        if kind == "sequence":
+            return model.score(DeepLog.sequences(toks, closed), cfg.detect.unk_surprisal)
+        return model.score(count_matrix(toks, closed, vocab_size))
+
+    if kind == "sequence":
+        model.fit(DeepLog.sequences(tr_toks, tr_closed))
+    else:
+        model.fit(count_matrix(tr_toks, tr_closed, vocab_size))
+    val, v_toks, v_closed = _split(data_dir, "val")
+    keep = np.asarray(val.column("label").to_numpy()) != 1
+    v_scores = scores_of([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k])
+    v_sids = [s for s, k in zip(val.column("session_id").to_pylist(), keep) if k]
+    threshold = threshold_for_fpr(np.array(list(session_max(v_sids, v_scores).values())), cfg.detect.target_fpr)
+    test, t_toks, t_closed = _split(data_dir, cfg.split)
+    ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
+    if cfg.data.eval_unit == "event":
+        ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
+    metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
+    return metrics, threshold, time.perf_counter() - t0
+
+
+def markdown(protocol: str, rows: dict[str, dict], notes: list[str]) -> str:
+    lines = [f"# Evaluation: `{protocol}`", "", *notes, "",
+             "| model | items | precision | recall | F1 | FPR | AUROC | PR-AUC | TP | FP | TN | FN | threshold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, r in rows.items():
+        for part in ("all", "unique"):
+            m = r["metrics"][part]
+            extra = f" (F1 at HDFS prevalence {m['f1_reweighted']:.3f})" if "f1_reweighted" in m else ""
+            lines.append(f"| {model} | {part}{extra} | " + " | ".join(f"{m[k]:.4f}" for k in METRIC_KEYS[:1])
+                         + " | " + " | ".join(f"{m[k]:.4f}" for k in ("recall", "f1", "fpr", "auroc", "pr_auc"))
+                         + f" | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} | {r['threshold']:.4g} |")
+    for name, ref in REFERENCES.get(protocol, []):
+        lines.append(f"| {name} | all | {ref['precision']:.3f} | {ref['recall']:.3f} | {ref['f1']:.3f} | | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg) -> dict:
+    import mlflow
+
+    from loglm import tracking
+    from loglm.artifacts import atomic_write_json, verify_manifest
+    from loglm.evaluation import run as evaluate
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+    from loglm.vocab import Vocabulary
+
+    protocol = cfg.suite.protocol or cfg.data.name
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    if not (data_dir / "MANIFEST.json").is_file():
+        prepare(cfg)
+    summary = verify_manifest(data_dir)["summary"]
+    from loglm.model.store import load_model, resolve_model_dir
+
+    ckpt = str(resolve_model_dir(cfg.ckpt, cfg.paths.root)) if cfg.ckpt else pretrain(cfg)["model_dir"]
+    exp = tracking.ensure_experiment(cfg, "loglm-eval")
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    parent = client.create_run(exp, run_name=f"suite-{protocol}", tags=tracking.run_tags(cfg, {
+        "protocol": protocol, "data_sha256": summary["data_sha256"], "split": cfg.split,
+        "baselines": ",".join(cfg.suite.baselines)})).info.run_id
+    rows: dict[str, dict] = {}
+    ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
+
+    rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
+                     "run_id": ours["run_id"]}
+    vocab_size = Vocabulary.load(data_dir / "vocab.json").size
+    for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
+        metrics, threshold, seconds = run_baseline(kind, model, cfg, data_dir, vocab_size)
+        child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
+            "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
+        cid = child.info.run_id
+        for part, m in metrics.items():
+            for k, v in m.items():
+                if isinstance(v, int | float) and np.isfinite(v):
+                    client.log_metric(cid, f"eval/{k}" if part == "all" else f"eval_unique/{k}", float(v))
+        client.log_metric(cid, "eval/threshold", threshold)
+        client.log_metric(cid, "perf/seconds", seconds)
+        client.set_terminated(cid)
+        rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid}
+    for name, r in rows.items():  # the parent shows every model's headline numbers side by side
+        for k in ("f1", "auroc", "precision", "recall", "fpr"):
+            client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))
+    notes = [f"Protocol `{protocol}` (EVAL_PROTOCOLS.md), data `{cfg.data.name}` (sha256 {summary['data_sha256'][:16]}), "
+             f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
+             f"sessions only, threshold from validation normal sessions at target FPR {cfg.detect.target_fpr}.",
+             f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
+    text = markdown(protocol, rows, notes)
+    reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"eval_{protocol}.md").write_text(text)
+    atomic_write_json(reports / f"eval_{protocol}.json", {"protocol": protocol, "parent_run_id": parent,
+                                                           "models": rows})
+    client.log_text(parent, text, f"eval_{protocol}.md")
+    client.set_terminated(parent)
+    print(text)
+    return {"parent_run_id": parent, "protocol": protocol, "models": rows, "markdown": str(reports / f"eval_{protocol}.md")}

@@ -1,0 +1,65 @@
+"""Baselines and the evaluation suite: LogLM, DeepLog-style LSTM, PCA and IsolationForest on one split,
+one MLflow parent run with a child run per model, a Markdown table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import compose
+from synthetic import make_log
+
+from loglm.baselines.deeplog import DeepLog
+from loglm.baselines.event_counts import IsolationForestBaseline, PCABaseline, count_matrix
+
+
+def test_deeplog_learns_an_order_and_flags_a_swap():
+    normal = [[5, 6, 7, 8, 9, 6, 7, 8]] * 200
+    model = DeepLog(vocab_size=12, window=4, hidden=16, layers=1, epochs=30, batch_size=64).fit(
+        DeepLog.sequences(normal, [True] * 200))
+    scores = model.score(DeepLog.sequences([[5, 6, 7, 8, 9, 6, 7, 8], [5, 7, 6, 8, 9, 6, 7, 8], [5, 6, 2]],
+                                           [True, True, True]))
+    assert scores[1] > scores[0] + 1 and scores[2] == 20.0  # swapped order; an [UNK] event
+
+
+def test_count_baselines_flag_an_unusual_mix_of_events():
+    rng = np.random.default_rng(0)
+    train = [[5] * rng.integers(1, 4) + [6] * rng.integers(1, 4) + [7, 8] for _ in range(300)]
+    x = count_matrix(train, [True] * 300, 12)
+    odd = count_matrix([[5, 5, 6, 6, 7, 8], [9, 9, 9, 10, 10, 11]], [True, True], 12)
+    for model in (PCABaseline(), IsolationForestBaseline()):
+        s = model.fit(x).score(odd)
+        assert s[1] > s[0], type(model).__name__
+
+
+@pytest.mark.slow
+def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path):
+    import mlflow
+
+    from loglm.evaluation_suite import run as suite
+
+    lines, kinds = make_log(240, seed=3, anomalies={i: ("swap" if i % 2 else "unseen") for i in range(150, 240, 6)})
+    log = tmp_path / "app.log"
+    log.write_text("\n".join(lines) + "\n")
+    ids = tmp_path / "anomalous.txt"
+    ids.write_text("\n".join(kinds) + "\n")
+    cfg = compose("evaluate", [f"paths.root={tmp_path}/runs", "model=tiny", "data.name=suite_synth", f"data.inputs=[{log}]",
+                               f"data.anomalous_ids={ids}", "data.split.method=chronological", "trainer.max_epochs=3",
+                               "trainer.progress_bar=false", "suite.enabled=true", "suite.protocol=synthetic",
+                               "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports"])
+    result = suite(cfg)
+    assert set(result["models"]) == {"LogLM", "deeplog", "pca", "iforest"}
+    for r in result["models"].values():
+        m = r["metrics"]["all"]
+        assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] > 0 and "unique" in r["metrics"]
+    # the same test items for every model
+    assert len({r["metrics"]["all"]["n"] for r in result["models"].values()}) == 1
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    children = client.search_runs([client.get_experiment_by_name("loglm-eval").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    assert sorted(r.data.tags["model"] for r in children) == ["deeplog", "iforest", "loglm", "pca"]
+    assert all("eval/f1" in r.data.metrics for r in children)
+    table = (tmp_path / "reports" / "eval_synthetic.md").read_text()
+    assert "| LogLM | all |" in table and "| deeplog | unique |" in table
+    assert json.loads((tmp_path / "reports" / "eval_synthetic.json").read_text())["parent_run_id"] == result["parent_run_id"]
