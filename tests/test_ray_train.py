@@ -75,11 +75,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
     from that checkpoint (not from step 0) and finishes the same MLflow run."""
     root, overrides = prepared
     epochs = 8
+    storage = tmp_path / "ray_results"  # this run's own: earlier tests' checkpoints must not trigger the kill
     cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, "strategy=ddp", f"trainer.max_epochs={epochs}",
-           "ray.max_failures=2"]
+           "ray.max_failures=2", f"ray.storage_path={storage}"]
     log = open(tmp_path / "pretrain.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    storage = root / "ray_results"
     killed = None
     try:
         deadline = time.time() + 240
@@ -100,8 +100,8 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
         log.close()
     out = (tmp_path / "pretrain.log").read_text()
     assert rc == 0, out[-3000:]
-    attempts_file = next(root.glob("checkpoints/*/attempts.jsonl"))
-    run_id = attempts_file.parent.name
+    run_id = next(p.name for p in storage.iterdir() if p.is_dir())
+    attempts_file = root / "checkpoints" / run_id / "attempts.jsonl"
     attempts = [json.loads(x) for x in attempts_file.read_text().splitlines()]
     assert len(attempts) == 2, attempts
     first, second = attempts
