@@ -226,7 +226,7 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
     runs: dict = {}
     for dataset in datasets:
         overrides = [f"dataset={dataset}", f"paths.root={tmp}", "trainer.progress_bar=false",
-                     f"suite.reports_dir={REPORTS}"]
+                     f"suite.reports_dir={tmp / 'reports'}"]  # keeps reports/eval_*.md (full budgets)
         if epochs:
             overrides += [f"trainer.max_epochs={epochs}", f"suite.baseline_epochs={epochs}"]
         t0 = time.perf_counter()

@@ -150,6 +150,8 @@ def run(cfg) -> dict:
     notes = [f"Protocol `{protocol}` (EVAL_PROTOCOLS.md), data `{cfg.data.name}` (sha256 {summary['data_sha256'][:16]}), "
              f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
              f"sessions only, threshold from validation normal sessions at target FPR {cfg.detect.target_fpr}.",
+             f"LogLM model `{ckpt}`; DeepLog LSTM {cfg.suite.baseline_epochs} epochs (window 10, 2x64), PCA at 95% "
+             "variance and IsolationForest (200 trees) on TF-IDF event counts.",
              f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
     text = markdown(protocol, rows, notes)
     reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
