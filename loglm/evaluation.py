@@ -49,6 +49,25 @@ def event_scores(table, ids, scores, data_dir, data_cfg) -> tuple[list, np.ndarr
     return out_ids, np.array(out_y), np.array(out_s, dtype=np.float64), out_keys
 
 
+def recall_by_class(event_ids: list, scores: np.ndarray, threshold: float, data_dir, data_cfg) -> dict:
+    """Per anomalous label value (attack class): items, detected, recall at the threshold (event unit)."""
+    import pyarrow.parquet as pq
+
+    raw = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
+    normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
+    out: dict[str, dict] = {}
+    for j, s in zip(event_ids, scores):
+        label = raw[j]
+        if label is None or label in normal or label in unknown:
+            continue
+        c = out.setdefault(str(label), {"n": 0, "detected": 0})
+        c["n"] += 1
+        c["detected"] += int(s > threshold)
+    for c in out.values():
+        c["recall"] = c["detected"] / c["n"]
+    return dict(sorted(out.items()))
+
+
 def evaluate_scores(ids, labels, scores, seqs, threshold: float, hdfs_prevalence: bool) -> dict:
     known = labels >= 0
     if not known.any():
@@ -141,6 +160,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
         raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
     threshold = float(loaded.calibration["threshold"])
     result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
+    by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
@@ -160,7 +180,9 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
                 client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_unique/{k}", float(v))
     out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "metrics.json", result)
+    atomic_write_json(out_dir / "metrics.json", {**result, "recall_by_class": by_class})
+    for name, c in by_class.items():
+        client.log_metric(rid, f"eval_class/{name.replace(' ', '_')}/recall", float(c["recall"]))
     (out_dir / "metrics.txt").write_text(text)
     report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, data_dir, pretrain_run)
     client.log_artifacts(rid, str(out_dir), "eval")
@@ -172,5 +194,6 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
             client.set_tag(pretrain_run, "latest_eval_run_id", rid)
         except Exception:  # the model may come from another tracking store
             pass
-    return {"run_id": rid, "metrics": result, "seconds": round(elapsed, 3), "table": text, "report": str(report),
+    return {"run_id": rid, "metrics": result, "recall_by_class": by_class, "seconds": round(elapsed, 3), "table": text,
+            "report": str(report),
             "metrics_path": str(out_dir / "metrics.json"), "scores": {"ids": ids, "labels": labels, "scores": scores}}

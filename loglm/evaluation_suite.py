@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loglm.evaluation import METRIC_KEYS, evaluate_scores, event_scores, session_scores
+from loglm.evaluation import METRIC_KEYS, evaluate_scores, event_scores, recall_by_class, session_scores
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
 REFERENCES = {
@@ -51,8 +51,8 @@ def _baselines(names: list[str], vocab_size: int, cfg):
     return made
 
 
-def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tuple[dict, float, float]:
-    """(metrics, threshold, seconds) of one baseline on the prepared split."""
+def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tuple[dict, float, float, dict]:
+    """(metrics, threshold, seconds, recall by class) of one baseline on the prepared split."""
     from loglm.baselines.deeplog import DeepLog
     from loglm.baselines.event_counts import count_matrix
     from loglm.detect.scores import session_max, threshold_for_fpr
@@ -82,7 +82,8 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     if cfg.data.eval_unit == "event":
         ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
     metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
-    return metrics, threshold, time.perf_counter() - t0
+    by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
+    return metrics, threshold, time.perf_counter() - t0, by_class
 
 
 def markdown(protocol: str, rows: dict[str, dict], notes: list[str]) -> str:
@@ -98,6 +99,14 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str]) -> str:
                          + f" | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} | {r['threshold']:.4g} |")
     for name, ref in REFERENCES.get(protocol, []):
         lines.append(f"| {name} | all | {ref['precision']:.3f} | {ref['recall']:.3f} | {ref['f1']:.3f} | | | | | | | | |")
+    classes = sorted({c for r in rows.values() for c in r.get("recall_by_class", {})})
+    if classes:
+        lines += ["", "Recall per anomalous class (items in the test split):", "",
+                  "| model | " + " | ".join(f"{c} ({next(r['recall_by_class'][c]['n'] for r in rows.values() if c in r.get('recall_by_class', {}))})" for c in classes) + " |",
+                  "|---" * (len(classes) + 1) + "|"]
+        for model, r in rows.items():
+            rc = r.get("recall_by_class", {})
+            lines.append(f"| {model} | " + " | ".join(f"{rc[c]['recall']:.3f}" if c in rc else "" for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,10 +138,10 @@ def run(cfg) -> dict:
     ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
 
     rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
-                     "run_id": ours["run_id"]}
+                     "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
     vocab_size = Vocabulary.load(data_dir / "vocab.json").size
     for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
-        metrics, threshold, seconds = run_baseline(kind, model, cfg, data_dir, vocab_size)
+        metrics, threshold, seconds, by_class = run_baseline(kind, model, cfg, data_dir, vocab_size)
         child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
             "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
         cid = child.info.run_id
@@ -143,7 +152,7 @@ def run(cfg) -> dict:
         client.log_metric(cid, "eval/threshold", threshold)
         client.log_metric(cid, "perf/seconds", seconds)
         client.set_terminated(cid)
-        rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid}
+        rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid, "recall_by_class": by_class}
     for name, r in rows.items():  # the parent shows every model's headline numbers side by side
         for k in ("f1", "auroc", "precision", "recall", "fpr"):
             client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))

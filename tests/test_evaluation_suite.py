@@ -63,3 +63,16 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     table = (tmp_path / "reports" / "eval_synthetic.md").read_text()
     assert "| LogLM | all |" in table and "| deeplog | unique |" in table
     assert json.loads((tmp_path / "reports" / "eval_synthetic.json").read_text())["parent_run_id"] == result["parent_run_id"]
+
+
+def test_recall_per_attack_class(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.config import DataConfig
+    from loglm.evaluation import recall_by_class
+
+    labels = ["BENIGN", "DoS", "DoS", "PortScan", "Background", None, "DoS"]
+    pq.write_table(pa.table({"label": labels}), tmp_path / "events.parquet")
+    out = recall_by_class(list(range(7)), np.array([0.1, 0.9, 0.2, 0.95, 0.99, 0.99, 0.7]), 0.5, tmp_path, DataConfig())
+    assert out == {"DoS": {"n": 3, "detected": 2, "recall": 2 / 3}, "PortScan": {"n": 1, "detected": 1, "recall": 1.0}}
