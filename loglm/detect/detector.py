@@ -148,15 +148,10 @@ def write_detection_report(alerts_path: Path, table, ws, alerts: list[dict], thr
 
 def write_findings(alerts_path: Path, alerts: list[dict], dcfg) -> dict:
     """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.findings import group_alerts, to_ocsf
+    from loglm.detect.findings import group_alerts, product_version, to_ocsf
 
-    try:
-        product = version("loglm")
-    except PackageNotFoundError:
-        product = "0+unknown"
+    product = product_version()
     findings = group_alerts(alerts, dcfg.group_gap_s, dcfg.evidence_events)
     path = alerts_path.with_suffix(".ocsf.jsonl")
     atomic_write_bytes(path, "".join(json.dumps(to_ocsf(f, product)) + "\n" for f in findings).encode())

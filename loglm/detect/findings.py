@@ -25,6 +25,16 @@ OBSERVABLE_TYPE = {"ip": (2, "IP Address"), "src_ip": (2, "IP Address"), "dst_ip
                    "hostname": (1, "Hostname"), "user": (4, "User Name")}
 
 
+def product_version() -> str:
+    """The installed LogLM version (metadata.product.version of every finding)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loglm")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def _ms(iso_time: str) -> int:
     return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
 

@@ -39,9 +39,9 @@ class StreamingDetector:
         self.alerts_out = alerts_out
         self.findings_out = findings_out
         if findings_out is not None:
-            from loglm.detect.findings import FindingStream
+            from loglm.detect.findings import FindingStream, product_version
 
-            self.findings = FindingStream(cfg.detect.group_gap_s, cfg.detect.evidence_events, _product_version(),
+            self.findings = FindingStream(cfg.detect.group_gap_s, cfg.detect.evidence_events, product_version(),
                                           cfg.detect.max_open_sessions)
         self.rejections_out = rejections_out
         self.account = LineAccount()
@@ -176,15 +176,6 @@ def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = Non
                     yield buf, n
                 return
             time.sleep(poll_s)
-
-
-def _product_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("loglm")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path) -> dict:

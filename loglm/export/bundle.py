@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.artifacts import atomic_write_bytes, atomic_write_json, write_manifest
+from loglm.detect.findings import product_version
 
 BUNDLE_FILES = ("model.safetensors", "model.json", "vocab.json", "calibration.json", "config.yaml")
 
@@ -112,7 +113,7 @@ def run(cfg) -> dict:
                 "parameters": loaded.encoder.num_parameters(), "variants": variants, "preferred_variant": "fp32",
                 "data": data_cfg, "detect": dataclasses.asdict(dcfg), "calibration": loaded.calibration,
                 "raw_log_ingest": data_cfg["format"] not in BUILDERS,
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loglm_version": _version()}
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loglm_version": product_version()}
         atomic_write_json(tmp / "bundle.json", info)  # the parity check below opens the bundle unverified
 
         # parity on real windows: torch vs each ONNX variant, through the same scoring code
@@ -145,15 +146,6 @@ def run(cfg) -> dict:
     registry = register(cfg, out, info)
     return {"bundle": str(out), "preferred_variant": info["preferred_variant"], "parity": parity,
             "registry": registry}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("loglm")
-    except PackageNotFoundError:
-        return "dev"
 
 
 def load_data_config(model_dir: Path, cfg) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines, tally
 from loglm.ingest.zeek import flow_entities
 
 CICFLOWMETER_COLUMNS = {
@@ -71,20 +71,10 @@ class FlowTableReader:
         return present, (f"header lacks required column(s) {missing}" if missing else None)
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        items = self._parquet(path, account) if path.suffix == ".parquet" else self._csv(path, account)
-        return tally(items, account)
-
-    def _csv(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        source = os.fspath(path)
-        self._header_of = None
-        with open_binary(path) as fh:
-            for line_no, raw_bytes in enumerate(fh, start=1):
-                account.read += 1
-                item = self.parse_line(raw_bytes, source, line_no)
-                if item is None:
-                    account.metadata += 1
-                else:
-                    yield item
+        if path.suffix == ".parquet":
+            return tally(self._parquet(path, account), account)
+        self._header_of = None  # the first line of this file is its header
+        return read_lines(self.parse_line, path, account)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection | None:
         """One CSV row as a flow, a rejection, or None for the file's header row."""

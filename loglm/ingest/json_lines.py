@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
 
 DEFAULT_FIELDS = {"message": "message", "time": "timestamp"}
 
@@ -45,15 +44,7 @@ class JsonLinesReader:
         self.max_line_bytes = data.max_line_bytes
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        source = os.fspath(path)
-
-        def items():
-            with open_binary(path) as fh:
-                for line_no, raw_bytes in enumerate(fh, start=1):
-                    account.read += 1
-                    yield self.parse_line(raw_bytes, source, line_no)
-
-        return tally(items(), account)
+        return read_lines(self.parse_line, path, account)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)

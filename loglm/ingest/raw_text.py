@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import LogFormat
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
 
 
 class RawTextReader:
@@ -22,16 +21,7 @@ class RawTextReader:
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        source = os.fspath(path)
-        with open_binary(path) as fh:
-            for line_no, raw_bytes in enumerate(fh, start=1):
-                account.read += 1
-                item = self.parse_line(raw_bytes, source, line_no)
-                if isinstance(item, Rejection):
-                    account.reject(item.reason)
-                else:
-                    account.accepted += 1
-                yield item
+        return read_lines(self.parse_line, path, account)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)

@@ -9,6 +9,7 @@ header row), which are counted as such.  Readers live one per module: ``raw_text
 from __future__ import annotations
 
 import gzip
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,24 @@ def tally(items: Iterator[Record | Rejection], account: LineAccount) -> Iterator
         else:
             account.accepted += 1
         yield item
+
+
+def read_lines(parse_line, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+    """Every line of a text file through ``parse_line(raw, source, line_no)`` (None = a metadata line),
+    accounted: the one line loop of the text readers."""
+    source = os.fspath(path)
+
+    def items():
+        with open_binary(path) as fh:
+            for line_no, raw_bytes in enumerate(fh, start=1):
+                account.read += 1
+                item = parse_line(raw_bytes, source, line_no)
+                if item is None:
+                    account.metadata += 1
+                else:
+                    yield item
+
+    return tally(items(), account)
 
 
 FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow")

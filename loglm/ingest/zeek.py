@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, open_binary, tally
+from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
 
 ZEEK_COLUMNS = {
     "ts": "ts", "src_ip": "id.orig_h", "src_port": "id.orig_p", "dst_ip": "id.resp_h", "dst_port": "id.resp_p",
@@ -47,19 +47,8 @@ class ZeekConnReader:
         self.no_header = "data row before a #fields header"
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        return tally(self._items(path, account), account)
-
-    def _items(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        source = os.fspath(path)
-        self._reset(source)
-        with open_binary(path) as fh:
-            for line_no, raw_bytes in enumerate(fh, start=1):
-                account.read += 1
-                item = self.parse_line(raw_bytes, source, line_no)
-                if item is None:
-                    account.metadata += 1
-                else:
-                    yield item
+        self._reset(os.fspath(path))
+        return read_lines(self.parse_line, path, account)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection | None:
         """One flow, a rejection, or None for a metadata line (which may change how rows are read)."""
