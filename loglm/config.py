@@ -165,7 +165,12 @@ class DetectConfig:
     scorer: str = "views"
     n_views: int = 5
     unk_surprisal: float = 20.0
+    # an event type training never saw ([UNK]) is an alarm by itself: it lifts its window's score above every
+    # window without one (+1 on miss_ratio, +unk_surprisal on the surprisal scores)
+    unknown_alarm: bool = True
     batch_size: int = 256
+    # and at most this many padded positions per batch: bounded memory on long windows
+    max_batch_tokens: int = 8192
     evidence_events: int = 5
     expected_per_event: int = 3
     # also write every session's score (Parquet) next to the alerts, for SIEM enrichment and audits

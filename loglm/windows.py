@@ -21,6 +21,23 @@ def pad_windows(items: list[tuple[np.ndarray, np.ndarray, bool]]) -> tuple[np.nd
     return tokens, gaps, tokens != PAD
 
 
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Window indices in batches of similar length (shortest first): at most ``batch_size`` windows and at
+    most ``max_tokens`` padded positions each, so activation memory (attention grows with B x L^2) stays
+    bounded whatever the window length; a window longer than ``max_tokens`` is a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:  # ascending lengths: the window being added is the batch's longest
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * (lengths[i] + 2) > max_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 def windows_of(table) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
     """(tokens, gaps, closed) per row of a session table."""
     toks = [np.asarray(t, dtype=np.int64) for t in table.column("tokens").to_pylist()]

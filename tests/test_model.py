@@ -6,11 +6,13 @@ import torch
 
 from loglm.config import DetectConfig
 from loglm.detect.metrics import detection_metrics, reweighted_f1, unique_items
+from loglm.detect.scores import calibrated_config
 from loglm.detect.scoring import score_windows, threshold_for_fpr
 from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import IGNORE, mask_events
 from loglm.training.data import BucketBatchSampler, collate
 from loglm.vocab import END, MASK, PAD, SUM, UNK, gap_bucket
+from loglm.windows import length_batches
 
 
 def tiny(vocab=20) -> LogEncoder:
@@ -88,6 +90,42 @@ def test_unk_events_get_maximal_surprisal_and_miss():
     ws = score_windows(enc, [np.array([5, UNK, 6])], [np.zeros(3, int)], [False], cfg)
     assert ws.surprisal[0][1] == pytest.approx(20.0)
     assert ws.n_miss[0] >= 1 and ws.n_events[0] == 3
+
+
+@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "max_surprisal"])
+def test_one_unknown_event_outscores_any_window_of_known_events(score):
+    # a long session with one template training never saw must not be averaged below the threshold
+    enc = tiny()
+    rng = np.random.default_rng(0)
+    known = [rng.integers(5, 20, size=60) for _ in range(20)]
+    long_with_unk = np.concatenate([known[0][:59], [UNK]])
+    toks = known + [long_with_unk]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    on = score_windows(enc, toks, gaps, [True] * len(toks), DetectConfig(n_views=3, score=score))
+    assert on.score[-1] > on.score[:-1].max()
+    off = score_windows(enc, toks, gaps, [True] * len(toks), DetectConfig(n_views=3, score=score, unknown_alarm=False))
+    assert off.score[-1] == pytest.approx(on.score[-1] - (1.0 if score == "miss_ratio" else 20.0))
+    # detection scores the way the threshold was calibrated; old calibrations had no alarm
+    cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
+    assert calibrated_config(DetectConfig(), cal).unknown_alarm is False
+    assert calibrated_config(DetectConfig(), {**cal, "unknown_alarm": True}).unknown_alarm is True
+
+
+def test_length_batches_bound_windows_and_padded_positions():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 300, size=500).tolist() + [5000]
+    batches = length_batches(lengths, batch_size=64, max_tokens=4096)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every window, once
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 64 and (len(b) * (longest + 2) <= 4096 or len(b) == 1)
+    # scores do not depend on how windows are batched
+    enc, cfg = tiny(), DetectConfig(n_views=3)
+    toks = [rng.integers(5, 20, size=int(n)) for n in rng.integers(1, 60, size=40)]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    a = score_windows(enc, toks, gaps, [True] * 40, cfg)
+    b = score_windows(enc, toks, gaps, [True] * 40, DetectConfig(n_views=3, batch_size=3, max_batch_tokens=100))
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-4, atol=1e-6)
 
 
 def test_threshold_for_fpr_bounds_validation_fpr():

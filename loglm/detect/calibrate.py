@@ -23,7 +23,7 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     thr = threshold_for_fpr(per_session, cfg.target_fpr)
     result = {
         "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
-        "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal,
+        "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
         "n_val_sessions": int(len(per_session)),
         "val_fpr_at_threshold": float((per_session > thr).mean()),
         "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},

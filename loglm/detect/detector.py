@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from loglm.config import DetectConfig
+from loglm.detect.scores import calibrated_config
 
 
 def model_dir_for(cfg) -> Path:
@@ -26,8 +26,7 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
     cal = loaded.calibration
     if cal is None:
         raise ValueError(f"{loaded.folder} has no calibration.json: it cannot decide what is anomalous")
-    return replace(cfg_detect, score=cal["score"], top_k=cal["top_k"], n_views=cal["n_views"],
-                   unk_surprisal=cal["unk_surprisal"], scorer=cal.get("scorer", "views"))
+    return calibrated_config(cfg_detect, cal)
 
 
 def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:

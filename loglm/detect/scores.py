@@ -14,13 +14,13 @@ model's top candidates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from loglm.config import DetectConfig
 from loglm.vocab import MASK, UNK
-from loglm.windows import pad_windows
+from loglm.windows import length_batches, pad_windows
 
 SCORES = ("miss_ratio", "mean_surprisal", "max_surprisal")
 # (masked tokens, gaps, pad_mask, target_mask) -> log-probabilities (n_targets, vocab) at target positions
@@ -40,15 +40,29 @@ class WindowScores:
     expected_p: list[np.ndarray]
 
 
-def window_score(kind: str, miss_ratio, mean_s, max_s) -> np.ndarray:
+def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
+    """``cfg`` with the scoring settings a threshold was calibrated with: detection must score the same way.
+    (Calibrations written before ``unknown_alarm`` existed were made without it.)"""
+    return replace(cfg, score=calibration["score"], top_k=calibration["top_k"], n_views=calibration["n_views"],
+                   unk_surprisal=calibration["unk_surprisal"], scorer=calibration.get("scorer", "views"),
+                   unknown_alarm=calibration.get("unknown_alarm", False))
+
+
+def window_score(cfg: DetectConfig, miss_ratio, mean_s, max_s, n_unknown) -> np.ndarray:
+    kind = cfg.score
     if kind == "miss_ratio":
         # share of events outside the top-k; mean surprisal (scaled below one step) breaks ties
-        return miss_ratio + np.minimum(mean_s, 99.0) / 1e4
-    if kind == "mean_surprisal":
-        return mean_s
-    if kind == "max_surprisal":
-        return max_s
-    raise ValueError(f"detect.score must be one of {SCORES}, got {kind!r}")
+        base, alarm = miss_ratio + np.minimum(mean_s, 99.0) / 1e4, 1.0
+    elif kind == "mean_surprisal":
+        base, alarm = mean_s, cfg.unk_surprisal
+    elif kind == "max_surprisal":
+        base, alarm = max_s, cfg.unk_surprisal
+    else:
+        raise ValueError(f"detect.score must be one of {SCORES}, got {kind!r}")
+    # a window holding an event type training never saw scores above every window without one (a miss ratio
+    # is at most 1 plus the tie-break): one unseen template in a long session is not averaged away.  A flag,
+    # not a count: windows that all hold unseen events still rank by their score, not by their length.
+    return base + (n_unknown > 0) * alarm if cfg.unknown_alarm else base
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -64,9 +78,7 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
     rank: list[np.ndarray] = [np.zeros(0, np.int64)] * n
     expected: list[np.ndarray] = [np.zeros((0, e), np.int64)] * n
     expected_p: list[np.ndarray] = [np.zeros((0, e), np.float32)] * n
-    order = sorted(range(n), key=lambda i: len(tokens[i]))
-    for b in range(0, n, cfg.batch_size):
-        rows = order[b:b + cfg.batch_size]
+    for rows in length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
         bsz, length = tok.shape
         s_out = np.zeros((bsz, length), np.float32)
@@ -101,7 +113,8 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
     mean_s = np.array([s.mean() if len(s) else 0.0 for s in surprisal], dtype=np.float64)
     max_s = np.array([s.max() if len(s) else 0.0 for s in surprisal], dtype=np.float64)
     miss_ratio = n_miss / np.maximum(n_events, 1)
-    return WindowScores(window_score(cfg.score, miss_ratio, mean_s, max_s), n_events, n_miss, mean_s, max_s,
+    n_unknown = np.array([(t == UNK).sum() for t in tokens], dtype=np.int64)
+    return WindowScores(window_score(cfg, miss_ratio, mean_s, max_s, n_unknown), n_events, n_miss, mean_s, max_s,
                         surprisal, rank, expected, expected_p)
 
 
@@ -116,9 +129,7 @@ def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[n
     n = len(tokens)
     e = cfg.expected_per_event
     out_s, out_r, out_x, out_p = [None] * n, [None] * n, [None] * n, [None] * n
-    order = sorted(range(n), key=lambda i: len(tokens[i]))
-    for b in range(0, n, cfg.batch_size):
-        rows = order[b:b + cfg.batch_size]
+    for rows in length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
         logits, rtd = rtd_fn(tok, gap, pad)
         # -log(1 - sigmoid(z)) = softplus(z), computed stably
@@ -139,8 +150,9 @@ def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[n
     n_miss = np.array([(r > 0).sum() for r in out_r], dtype=np.int64)
     mean_s = np.array([s.mean() if len(s) else 0.0 for s in out_s], dtype=np.float64)
     max_s = np.array([s.max() if len(s) else 0.0 for s in out_s], dtype=np.float64)
-    return WindowScores(window_score(cfg.score, n_miss / np.maximum(n_events, 1), mean_s, max_s), n_events, n_miss,
-                        mean_s, max_s, out_s, out_r, out_x, out_p)
+    n_unknown = np.array([(t == UNK).sum() for t in tokens], dtype=np.int64)
+    return WindowScores(window_score(cfg, n_miss / np.maximum(n_events, 1), mean_s, max_s, n_unknown), n_events,
+                        n_miss, mean_s, max_s, out_s, out_r, out_x, out_p)
 
 
 def session_max(session_ids: list[str], scores: np.ndarray) -> dict[str, float]:

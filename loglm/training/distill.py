@@ -156,6 +156,7 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.calibrate import calibrate
+    from loglm.detect.scores import calibrated_config
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import finalize, load_model, resolve_model_dir
     from loglm.training.callbacks import BestWeights
@@ -201,8 +202,7 @@ def run(cfg) -> dict:
     seconds = time.perf_counter() - t0
     atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     student = load_model(model_dir, verify=False)
-    detect_cfg = dataclasses.replace(cfg.detect, **{k: teacher.calibration[k] for k in ("score", "top_k", "n_views", "unk_surprisal")}) \
-        if teacher.calibration else cfg.detect
+    detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
     if d.rtd_weight > 0:
         detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
     cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir)
