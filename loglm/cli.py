@@ -14,7 +14,7 @@ def detect_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loglm detect", description="Score raw logs with an exported LogLM bundle (CPU).")
     p.add_argument("--bundle", required=True, help="bundle directory written by `pipelines.export`")
     p.add_argument("--out", help="alerts file (JSON lines); default <bundle>/alerts/detect.jsonl")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0, help="batches scored in parallel, one onnxruntime thread each (0 = one per core)")
     p.add_argument("--variant", choices=["fp32", "int8"], help="model variant (default: the bundle's preferred)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--follow", action="store_true",

@@ -144,3 +144,52 @@ def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
     ta = {json.loads(x)["session_id"] for x in open(a["alerts_path"])}
     tb = {json.loads(x)["session_id"] for x in open(b["alerts_path"])}
     assert ta == tb
+
+
+@pytest.mark.parametrize("rtd_head", [False, True])
+def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rtd_head):
+    """Attention exports as one com.microsoft.MultiHeadAttention op per layer; the graph computes the same
+    outputs as torch and as the standard-ops export (padding included)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from loglm.export.onnx import ScoringGraph, export_onnx, output_names
+    from loglm.model.encoder import EncoderConfig, LogEncoder
+
+    torch.manual_seed(0)
+    enc = LogEncoder(EncoderConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
+                                   max_len=64, rtd_head=rtd_head)).eval()
+    rng = np.random.default_rng(0)
+    tok = rng.integers(5, 30, size=(7, 19))
+    pad = np.arange(19)[None] < rng.integers(3, 20, size=7)[:, None]
+    tok[~pad] = 0
+    feed = {"tokens": tok, "gaps": rng.integers(0, 8, size=tok.shape), "pad_mask": pad}
+    with torch.inference_mode():
+        ref = ScoringGraph(enc, 3)(*(torch.from_numpy(v) for v in feed.values()))
+    ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+    for fused in (True, False):
+        path = tmp_path / f"m{fused}.onnx"
+        export_onnx(enc, path, expected=3, fused_attention=fused)
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert ("MultiHeadAttention" in ops) == fused
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(output_names(enc), feed)
+        for r, g in zip(ref, got):
+            if r.dtype.kind == "f":
+                np.testing.assert_allclose(g[pad], r[pad], atol=1e-4)
+            else:
+                assert (g[pad] == r[pad]).mean() > 0.99  # top-k indices (ties may order differently)
+
+
+def test_rtd_outputs_from_full_logits_match_the_graph_top_k():
+    import numpy as np
+    import torch
+
+    from loglm.detect.scores import rtd_outputs_from_logits
+
+    logits = np.random.default_rng(1).normal(size=(3, 5, 100)).astype(np.float32)
+    _, top, top_logp = rtd_outputs_from_logits(logits, np.zeros((3, 5), np.float32), 4)
+    ref_logp, ref_top = torch.topk(torch.log_softmax(torch.from_numpy(logits), -1), 4, dim=-1)
+    assert (top == ref_top.numpy()).all()
+    np.testing.assert_allclose(top_logp, ref_logp.numpy(), atol=1e-5)

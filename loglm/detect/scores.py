@@ -13,7 +13,7 @@ model's top candidates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -70,15 +70,85 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries along the last axis, largest first (ties: lower index first)."""
+    k = min(k, scores.shape[-1])
+    if scores.shape[-1] <= 64:
+        return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
+    order = np.argsort(-np.take_along_axis(scores, part, -1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, -1)
+
+
+class _Windows:
+    """Per-window results gathered batch by batch; aggregates computed on whole padded batches."""
+
+    def __init__(self, n: int, cfg: DetectConfig):
+        e = cfg.expected_per_event
+        self.cfg = cfg
+        self.surprisal: list[np.ndarray] = [np.zeros(0, np.float32)] * n
+        self.rank: list[np.ndarray] = [np.zeros(0, np.int64)] * n
+        self.expected: list[np.ndarray] = [np.zeros((0, e), np.int64)] * n
+        self.expected_p: list[np.ndarray] = [np.zeros((0, e), np.float32)] * n
+        self.n_events = np.zeros(n, np.int64)
+        self.n_miss = np.zeros(n, np.int64)
+        self.n_unknown = np.zeros(n, np.int64)
+        self.mean_s = np.zeros(n, np.float64)
+        self.max_s = np.zeros(n, np.float64)
+
+    def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss) -> None:
+        """Batch results, position 0 being [SUM]; window j covers positions 1 .. m[j] (events, [END])."""
+        pos = np.arange(tok.shape[1])[None]
+        valid = (pos >= 1) & (pos <= m[:, None])
+        idx = np.asarray(rows)
+        self.n_events[idx] = m
+        self.n_miss[idx] = (miss & valid).sum(1)
+        self.n_unknown[idx] = (tok == UNK).sum(1)
+        s64 = s_out.astype(np.float64)
+        self.mean_s[idx] = np.where(valid, s64, 0.0).sum(1) / np.maximum(m, 1)
+        self.max_s[idx] = np.where(m > 0, np.where(valid, s64, -np.inf).max(1), 0.0)
+        for j, i in enumerate(rows):
+            end = 1 + m[j]
+            self.surprisal[i] = s_out[j, 1:end]
+            self.rank[i] = r_out[j, 1:end]
+            self.expected[i] = x_out[j, 1:end]
+            self.expected_p[i] = p_out[j, 1:end]
+
+    def result(self) -> WindowScores:
+        score = window_score(self.cfg, self.n_miss / np.maximum(self.n_events, 1), self.mean_s, self.max_s,
+                             self.n_unknown)
+        return WindowScores(score, self.n_events, self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank,
+                            self.expected, self.expected_p)
+
+
+def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
+    return np.array([len(tokens[i]) + int(closed[i]) for i in rows], dtype=np.int64)  # events (+ [END])
+
+
+def ordered_map(fn: Callable, items: list, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in order, with at most 2 x workers results in flight
+    (bounded memory); ONNX Runtime and numpy release the GIL, so batches run truly in parallel."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="loglm-score") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
-                       cfg: DetectConfig) -> WindowScores:
-    n = len(tokens)
+                       cfg: DetectConfig, workers: int = 1) -> WindowScores:
     e = cfg.expected_per_event
-    surprisal: list[np.ndarray] = [np.zeros(0, np.float32)] * n
-    rank: list[np.ndarray] = [np.zeros(0, np.int64)] * n
-    expected: list[np.ndarray] = [np.zeros((0, e), np.int64)] * n
-    expected_p: list[np.ndarray] = [np.zeros((0, e), np.float32)] * n
-    for rows in length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens):
+
+    def batch(rows: list[int]):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
         bsz, length = tok.shape
         s_out = np.zeros((bsz, length), np.float32)
@@ -95,64 +165,57 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
             gold_lp = np.take_along_axis(logp, gold[:, None], 1)[:, 0]
             s_out[target] = -gold_lp
             r_out[target] = (logp > gold_lp[:, None]).sum(1)
-            k = min(e, logp.shape[1])
-            top = np.argsort(-logp, axis=1, kind="stable")[:, :k]
-            x_out[target, :k] = top
-            p_out[target, :k] = np.exp(np.take_along_axis(logp, top, 1))
+            top = top_k(logp, e)
+            x_out[target, :top.shape[1]] = top
+            p_out[target, :top.shape[1]] = np.exp(np.take_along_axis(logp, top, 1))
         unk = tok == UNK
         s_out[unk] = cfg.unk_surprisal
         r_out[unk] = 1 << 30
-        for j, i in enumerate(rows):
-            m = len(tokens[i]) + int(closed[i])  # events (+ [END])
-            surprisal[i] = s_out[j, 1:1 + m]
-            rank[i] = r_out[j, 1:1 + m]
-            expected[i] = x_out[j, 1:1 + m]
-            expected_p[i] = p_out[j, 1:1 + m]
-    n_events = np.array([len(s) for s in surprisal], dtype=np.int64)
-    n_miss = np.array([(r >= cfg.top_k).sum() for r in rank], dtype=np.int64)
-    mean_s = np.array([s.mean() if len(s) else 0.0 for s in surprisal], dtype=np.float64)
-    max_s = np.array([s.max() if len(s) else 0.0 for s in surprisal], dtype=np.float64)
-    miss_ratio = n_miss / np.maximum(n_events, 1)
-    n_unknown = np.array([(t == UNK).sum() for t in tokens], dtype=np.int64)
-    return WindowScores(window_score(cfg, miss_ratio, mean_s, max_s, n_unknown), n_events, n_miss, mean_s, max_s,
-                        surprisal, rank, expected, expected_p)
+        return rows, tok, s_out, r_out, x_out, p_out, r_out >= cfg.top_k
+
+    out = _Windows(len(tokens), cfg)
+    batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
+    for rows, tok, *arrays in ordered_map(batch, batches, workers):
+        out.add(rows, tok, _lengths(tokens, closed, rows), *arrays)
+    return out.result()
 
 
-# (tokens, gaps, pad_mask) -> (logits (B, L, V), replaced logits (B, L)) from one unmasked pass
-RtdFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (tokens, gaps, pad_mask) -> (replaced logits (B, L), top expected tokens (B, L, k), their log-probabilities
+# (B, L, k)) from one unmasked pass
+RtdFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def rtd_outputs_from_logits(logits: np.ndarray, replaced: np.ndarray, k: int):
+    """RtdFn outputs from full logits (bundles exported before the graph computed the top-k itself)."""
+    logits = logits.astype(np.float32, copy=False)
+    top = top_k(logits, k)
+    z = logits.max(-1, keepdims=True)
+    log_norm = z + np.log(np.exp(logits - z).sum(-1, keepdims=True))
+    return replaced, top, np.take_along_axis(logits, top, -1) - log_norm
 
 
 def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
-                           cfg: DetectConfig) -> WindowScores:
+                           cfg: DetectConfig, workers: int = 1) -> WindowScores:
     """One forward pass per window: per-position surprisal = -log(1 - p(replaced)); a position counts as a
     miss when p(replaced) > 0.5; "expected" comes from the masked-event head on the unmasked input."""
-    n = len(tokens)
-    e = cfg.expected_per_event
-    out_s, out_r, out_x, out_p = [None] * n, [None] * n, [None] * n, [None] * n
-    for rows in length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens):
+    def batch(rows: list[int]):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
-        logits, rtd = rtd_fn(tok, gap, pad)
+        return rows, tok, *rtd_fn(tok, gap, pad)
+
+    out = _Windows(len(tokens), cfg)
+    batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
+    for rows, tok, rtd, top, top_logp in ordered_map(batch, batches, workers):
+        rtd = rtd.astype(np.float32, copy=False)
+        unk = tok == UNK
         # -log(1 - sigmoid(z)) = softplus(z), computed stably
-        surprisal = np.logaddexp(0.0, rtd.astype(np.float64)).astype(np.float32)
-        surprisal[tok == UNK] = cfg.unk_surprisal
-        miss = (rtd > 0) | (tok == UNK)
-        k = min(e, logits.shape[-1])
-        top = np.argsort(-logits, axis=-1, kind="stable")[..., :k]
-        probs = np.exp(log_softmax(logits.astype(np.float32)))
-        top_p = np.take_along_axis(probs, top, -1)
-        for j, i in enumerate(rows):
-            m = len(tokens[i]) + int(closed[i])
-            out_s[i] = surprisal[j, 1:1 + m]
-            out_r[i] = np.where(miss[j, 1:1 + m], 1 << 30, 0).astype(np.int64)
-            out_x[i] = top[j, 1:1 + m]
-            out_p[i] = top_p[j, 1:1 + m]
-    n_events = np.array([len(s) for s in out_s], dtype=np.int64)
-    n_miss = np.array([(r > 0).sum() for r in out_r], dtype=np.int64)
-    mean_s = np.array([s.mean() if len(s) else 0.0 for s in out_s], dtype=np.float64)
-    max_s = np.array([s.max() if len(s) else 0.0 for s in out_s], dtype=np.float64)
-    n_unknown = np.array([(t == UNK).sum() for t in tokens], dtype=np.int64)
-    return WindowScores(window_score(cfg, n_miss / np.maximum(n_events, 1), mean_s, max_s, n_unknown), n_events,
-                        n_miss, mean_s, max_s, out_s, out_r, out_x, out_p)
+        surprisal = np.logaddexp(np.float32(0.0), rtd)
+        surprisal[unk] = cfg.unk_surprisal
+        miss = (rtd > 0) | unk
+        rank = np.where(miss, 1 << 30, 0).astype(np.int64)
+        k = cfg.expected_per_event
+        out.add(rows, tok, _lengths(tokens, closed, rows), surprisal, rank, top[..., :k].astype(np.int64, copy=False),
+                np.exp(top_logp[..., :k].astype(np.float32, copy=False)), miss)
+    return out.result()
 
 
 def session_max(session_ids: list[str], scores: np.ndarray) -> dict[str, float]:

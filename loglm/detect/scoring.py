@@ -28,13 +28,15 @@ def torch_logp_fn(encoder):
     return logp
 
 
-def torch_rtd_fn(encoder):
+def torch_rtd_fn(encoder, k: int):
     encoder.eval()
 
     @torch.inference_mode()
     def fn(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray):
         hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
-        return encoder.logits(hidden).float().numpy(), encoder.replaced_logit(hidden).float().numpy()
+        logp = torch.log_softmax(encoder.logits(hidden).float(), -1)
+        top_logp, top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        return encoder.replaced_logit(hidden).float().numpy(), top.numpy(), top_logp.numpy()
 
     return fn
 
@@ -42,7 +44,7 @@ def torch_rtd_fn(encoder):
 def score_windows(encoder, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                   cfg: DetectConfig) -> WindowScores:
     if cfg.scorer == "rtd":
-        return score_windows_rtd_with(torch_rtd_fn(encoder), tokens, gaps, closed, cfg)
+        return score_windows_rtd_with(torch_rtd_fn(encoder, cfg.expected_per_event), tokens, gaps, closed, cfg)
     if cfg.scorer != "views":
         raise ValueError(f"detect.scorer must be 'views' or 'rtd', got {cfg.scorer!r}")
     return score_windows_with(torch_logp_fn(encoder), tokens, gaps, closed, cfg)

@@ -98,7 +98,8 @@ def run(cfg) -> dict:
         for name in BUNDLE_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
-        export_onnx(loaded.encoder, tmp / "model.onnx")
+        export_onnx(loaded.encoder, tmp / "model.onnx", expected=dcfg.expected_per_event,
+                    fused_attention=cfg.export.fused_attention)
         variants = {"fp32": {"file": "model.onnx"}}
         if cfg.export.quantize:
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")

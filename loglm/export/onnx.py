@@ -1,31 +1,107 @@
-"""ONNX export of an encoder (dynamo exporter, dynamic batch and sequence) and int8 quantisation."""
+"""ONNX export of an encoder (dynamo exporter, dynamic batch and sequence) and int8 quantisation.
+
+Two speed choices, both checked by the bundle's parity test (torch vs ONNX through the same scoring code):
+
+- **Fused attention** (``fused_attention=True``): each layer's attention is exported as ONNX Runtime's
+  ``com.microsoft.MultiHeadAttention`` kernel (one op with a key-padding mask) instead of the ~20 reshape,
+  transpose, mask and softmax nodes the generic exporter writes; ~25% faster on CPU.  Turn it off for a
+  runtime without ONNX Runtime's contrib ops.
+- **Scores in the graph** for one-pass (replaced-event head) models: the graph returns the replaced logit
+  and the top-k expected events with their log-probabilities, not the (B, L, V) logits, so the engine does
+  no vocabulary-sized work in numpy.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-class LogitsGraph(nn.Module):
-    """tokens, gaps (int64), pad_mask (bool), all (B, L)  ->  logits (B, L, V)."""
+@torch.library.custom_op("loglm::attention", mutates_args=())
+def attention(qkv: torch.Tensor, pad_mask: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Multi-head self-attention on packed projections (B, L, 3D) with a key mask (B, L): True = attend."""
+    b, n, d3 = qkv.shape
+    q, k, v = qkv.view(b, n, 3, n_heads, d3 // (3 * n_heads)).permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=pad_mask[:, None, None, :])
+    return y.transpose(1, 2).reshape(b, n, d3 // 3)
 
-    def __init__(self, encoder):
+
+@attention.register_fake
+def _attention_shape(qkv, pad_mask, n_heads):
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
+
+
+def _attention_to_onnx():
+    """The ONNX translation of ``loglm::attention``: Split + com.microsoft.MultiHeadAttention."""
+    import onnxscript
+    from onnx.defs import OpSchema
+    from onnxscript import opset18 as op
+
+    param, optional = OpSchema.FormalParameter, OpSchema.FormalParameterOption.Optional
+    schema = OpSchema(  # the subset of the contrib op's signature used here (onnx has no schema for it)
+        "MultiHeadAttention", "com.microsoft", 1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T"),
+                param("bias", "T", param_option=optional), param("key_padding_mask", "M", param_option=optional)],
+        outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "")])
+    mha = onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "MultiHeadAttention", schema)
+
+    def translate(qkv, pad_mask, n_heads: int):
+        q, k, v = op.Split(qkv, num_outputs=3, axis=-1)
+        return mha(q, k, v, None, op.Cast(pad_mask, to=6), num_heads=n_heads)  # mask as int32, 1 = attend
+
+    return translate
+
+
+class FusedSelfAttention(nn.Module):
+    """The same weights as ``SelfAttention``, computed through ``loglm::attention`` (one ONNX op)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.qkv, self.proj, self.n_heads = attn.qkv, attn.proj, attn.n_heads
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.ops.loglm.attention(self.qkv(x), attn_mask[:, 0, 0, :], self.n_heads))
+
+
+class ScoringGraph(nn.Module):
+    """tokens, gaps (int64), pad_mask (bool), all (B, L)  ->
+    with a replaced-event head: replaced (B, L), top_tokens (B, L, k), top_logp (B, L, k);
+    without: logits (B, L, V) (masked views are scored in numpy)."""
+
+    def __init__(self, encoder, expected: int):
         super().__init__()
         self.encoder = encoder.eval()
+        self.expected = min(expected, encoder.cfg.vocab_size)
 
     def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor):
         hidden = self.encoder(tokens, gaps, pad_mask)
-        if self.encoder.rtd is not None:
-            return self.encoder.logits(hidden), self.encoder.replaced_logit(hidden)
-        return self.encoder.logits(hidden)
+        logits = self.encoder.logits(hidden)
+        if self.encoder.rtd is None:
+            return logits
+        top_logp, top = torch.topk(torch.log_softmax(logits, -1), self.expected, dim=-1)
+        return self.encoder.replaced_logit(hidden), top, top_logp
 
 
-def export_onnx(encoder, path: Path) -> None:
+def output_names(encoder) -> list[str]:
+    return ["replaced", "top_tokens", "top_logp"] if encoder.rtd is not None else ["logits"]
+
+
+def export_onnx(encoder, path: Path, expected: int = 3, fused_attention: bool = True) -> None:
     import warnings
 
-    graph = LogitsGraph(encoder)
+    encoder = copy.deepcopy(encoder).eval()
+    table = {}
+    if fused_attention:
+        for block in encoder.blocks:
+            block.attn = FusedSelfAttention(block.attn)
+        table = {torch.ops.loglm.attention.default: _attention_to_onnx()}
+    graph = ScoringGraph(encoder, expected)
     b, n = 4, 12
     example = (torch.full((b, n), 5, dtype=torch.long), torch.zeros((b, n), dtype=torch.long),
                torch.ones((b, n), dtype=torch.bool))
@@ -34,8 +110,8 @@ def export_onnx(encoder, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, example, str(path), dynamo=True, dynamic_shapes=shapes, external_data=False,
-                          input_names=["tokens", "gaps", "pad_mask"],
-                          output_names=["logits", "replaced"] if encoder.rtd is not None else ["logits"], verbose=False)
+                          input_names=["tokens", "gaps", "pad_mask"], output_names=output_names(encoder),
+                          custom_translation_table=table, verbose=False)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
