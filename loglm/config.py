@@ -207,6 +207,10 @@ class DistillConfig:
     # ELECTRA-style replaced-event detection head trained on teacher-sampled replacements (0 disables);
     # a student with it scores a window in one forward pass (detect.scorer=rtd)
     rtd_weight: float = 2.0
+    # replacements are drawn from the teacher's masked-event distribution at this temperature (> 1: less
+    # plausible events too), mixed with this share of uniformly drawn events
+    proposal_temperature: float = 3.0
+    proposal_uniform: float = 0.0
     max_epochs: int = 10
     lr: float = 0.002
     experiment: str = "loglm-distill"

@@ -165,3 +165,24 @@ def test_bucket_sampler_covers_everything_once_per_epoch():
     assert len(batches) == len(s)
     spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
     assert spread < 20  # batches hold similar lengths
+
+
+def test_replacement_proposals_are_wrong_real_events_and_soften_with_temperature():
+    from loglm.training.distill import propose_replacements
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.full((4000, 12), -8.0)
+    logits[:, 6] = 8.0  # the true event, near certain
+    logits[:, 7] = 4.0  # the one plausible alternative
+    gold = torch.full((4000,), 6)
+    for t, u in ((1.0, 0.0), (3.0, 0.0), (1.0, 0.5)):
+        r = propose_replacements(logits, gold, t, u, gen)
+        assert not (r == 6).any() and (r >= END).all()  # never the truth, never PAD/MASK/UNK/SUM
+        share = (r == 7).float().mean().item()
+        if (t, u) == (1.0, 0.0):
+            assert share > 0.99  # a sharp teacher proposes only its runner-up
+        else:
+            assert share < 0.95  # softened or mixed: other events too (T=3: 0.90 expected)
+    only_gold = torch.full((3, 12), -1e9)
+    only_gold[:, 6] = 0.0
+    assert (propose_replacements(only_gold, torch.full((3,), 6), 1.0, 0.0, gen) != 6).all()
