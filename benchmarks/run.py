@@ -414,7 +414,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--accuracy-datasets", nargs="*", default=["hdfs", "bgl", "zeek_ctu"])
-    parser.add_argument("--accuracy-epochs", type=int, default=4,
+    parser.add_argument("--accuracy-epochs", type=int, default=0,
                         help="training budget of the accuracy section (0 = each protocol's own)")
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--inference-data", default="hdfs_keys",
