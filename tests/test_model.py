@@ -186,3 +186,29 @@ def test_replacement_proposals_are_wrong_real_events_and_soften_with_temperature
     only_gold = torch.full((3, 12), -1e9)
     only_gold[:, 6] = 0.0
     assert (propose_replacements(only_gold, torch.full((3,), 6), 1.0, 0.0, gen) != 6).all()
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight():
+    import threading
+    import time
+
+    from loglm.detect.scores import ordered_map
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(x):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002 * (x % 3))
+        with lock:
+            running[0] -= 1
+        return x * x
+
+    consumed = []
+    for y in ordered_map(work, list(range(40)), workers=3):
+        consumed.append(y)
+    assert consumed == [x * x for x in range(40)] and 1 < peak[0] <= 3
+    assert list(ordered_map(work, [1, 2], workers=1)) == [1, 4]
+    with pytest.raises(ZeroDivisionError):
+        list(ordered_map(lambda x: 1 / x, [1, 0, 2], workers=2))
