@@ -280,3 +280,13 @@ def test_id_sequence_builder_openstack_protocol(tmp_path):
     assert by["train/0"] == 10 and by["test/1"] == 2 and by["val/0"] + by["test/0"] == 100
     assert 5 <= by["val/0"] <= 40  # a seeded 20% of test normal, removed from the test set
     assert summary["lines"]["rejected_by_reason"] == {"not '<sequence id>,<event ids>'": 1, "bad key sequence": 1}
+
+
+@pytest.mark.parametrize("header", [b"Flow Duration\r,Label", b""])
+def test_unreadable_csv_header_rejects_its_rows_with_the_reason(tmp_path, header):
+    path = tmp_path / "flows.csv"
+    path.write_bytes(header + b"\n12,BENIGN\n13,BENIGN\n")
+    records, rejected, acct = read_all(DataConfig(format="cicflowmeter"), path)
+    assert not records and acct.read == len(rejected) + acct.metadata == 3
+    assert all(r.line_no in (1, 2, 3) for r in rejected)
+    assert any("header" in r.reason for r in rejected)

@@ -82,9 +82,13 @@ class FlowTableReader:
         if getattr(self, "_header_of", None) != source:
             if isinstance(text, Rejection):
                 return text
-            self.header = [h.strip() for h in next(csv.reader(io.StringIO(text)))]
-            self.present, self.problem = self._present(self.header)
             self._header_of = source
+            try:
+                self.header = [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
+            except csv.Error as e:  # every row of this file is then rejected with the reason
+                self.header, self.present, self.problem = [], {}, f"malformed CSV header (line 1): {e}"
+                return Rejection(source, line_no, self.problem)
+            self.present, self.problem = self._present(self.header)
             return None
         if isinstance(text, Rejection):
             return text
