@@ -187,11 +187,9 @@ RtdFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndar
 
 def rtd_outputs_from_logits(logits: np.ndarray, replaced: np.ndarray, k: int):
     """RtdFn outputs from full logits (bundles exported before the graph computed the top-k itself)."""
-    logits = logits.astype(np.float32, copy=False)
-    top = top_k(logits, k)
-    z = logits.max(-1, keepdims=True)
-    log_norm = z + np.log(np.exp(logits - z).sum(-1, keepdims=True))
-    return replaced, top, np.take_along_axis(logits, top, -1) - log_norm
+    logp = log_softmax(logits.astype(np.float32, copy=False))
+    top = top_k(logp, k)
+    return replaced, top, np.take_along_axis(logp, top, -1)
 
 
 def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
