@@ -1,9 +1,25 @@
-"""Joining or starting Ray: a private local instance bound to 127.0.0.1, or an existing cluster by address."""
+"""Joining or starting Ray: a private local instance bound to 127.0.0.1, or an existing cluster by address.
+
+A local instance is a private head started with ``ray start --head --block`` on loopback and joined by
+address, then stopped by its PID.  An in-process ``ray.init()`` is not used: it leaves the GCS, the raylet,
+the dashboard agent and the workers listening on every interface with authentication off (measured with
+``ss -ltnp``; docs/security.md), while ``ray start --node-ip-address=127.0.0.1`` binds each to loopback.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from contextlib import contextmanager
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
 
 
 def local_ray_env() -> None:
@@ -14,9 +30,76 @@ def local_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    """A private single-node Ray head on 127.0.0.1 (``ray start --head --block``), stopped by its PID."""
+
+    def __init__(self, num_cpus: int | None = None, start_timeout_s: float = 90.0):
+        local_ray_env()
+        # Ray's socket paths must stay under 107 bytes: a short folder under /tmp
+        self.temp_dir = tempfile.mkdtemp(prefix="loglm-ray-", dir="/tmp")
+        self.port = free_port()
+        self.address = f"{LOOPBACK}:{self.port}"
+        ray_bin = Path(sys.executable).parent / "ray"
+        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--block",
+               f"--port={self.port}", f"--node-ip-address={LOOPBACK}", "--include-dashboard=false",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        if num_cpus:
+            cmd.append(f"--num-cpus={num_cpus}")
+        self.log = Path(self.temp_dir) / "head.log"
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"local Ray head exited with {self.proc.returncode}:\n{self._log_tail()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                    pass
+                if b"Ray runtime started" in self.log.read_bytes():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"local Ray head did not come up within {timeout_s:.0f} s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` stops the processes of its cluster; SIGKILL the group if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
 @contextmanager
 def ray_session(ray_cfg):
-    """``ray.init`` for the duration of a job; a local instance this call started is shut down after it."""
+    """``ray.init`` for the duration of a job; a local head this call started is stopped after it."""
+    if not ray_cfg.address:
+        local_ray_env()  # before `import ray`: it reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import
     import ray
 
     if ray.is_initialized():
@@ -24,12 +107,22 @@ def ray_session(ray_cfg):
         return
     if ray_cfg.address:
         ray.init(address=ray_cfg.address, logging_level="ERROR", log_to_driver=False)
-    else:
-        local_ray_env()
-        ray.init(num_cpus=ray_cfg.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+        return
+    from ray._private import ray_constants
+
+    # if ray was imported before local_ray_env(), it would map 127.0.0.1 to this host's network address
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    head = LocalHead(ray_cfg.num_cpus)
     try:
-        yield ray
+        ray.init(address=head.address, _node_ip_address=LOOPBACK, logging_level="ERROR", log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        head.stop()

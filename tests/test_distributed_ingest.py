@@ -14,18 +14,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from loglm.ray_cluster import local_ray_env
+    from omegaconf import OmegaConf
 
-    local_ray_env()
-    import ray
+    from loglm.ray_cluster import ray_session
 
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
-    try:
+    with ray_session(OmegaConf.create({"address": None, "num_cpus": 2})) as ray:
         assert ray.cluster_resources().get("CPU") == 2
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def both_backends(tmp_path: Path, overrides: list[str]) -> dict:
