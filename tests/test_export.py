@@ -193,3 +193,15 @@ def test_rtd_outputs_from_full_logits_match_the_graph_top_k():
     ref_logp, ref_top = torch.topk(torch.log_softmax(torch.from_numpy(logits), -1), 4, dim=-1)
     assert (top == ref_top.numpy()).all()
     np.testing.assert_allclose(top_logp, ref_logp.numpy(), atol=1e-5)
+
+
+def test_export_into_a_users_folder_is_refused_and_the_folder_kept(exported, tmp_path):
+    from loglm.export.bundle import run as export
+
+    cfg, model, _ = exported
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt"):
+        export(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(v))))
+    assert (v / "notes.txt").read_text() == "x" and [p.name for p in v.iterdir()] == ["notes.txt"]

@@ -62,3 +62,51 @@ def test_pseudonymised_alerts_hide_entities_but_stay_correlatable(tmp_path, monk
     assert all(v.startswith("ip~") for a in runs[0] for v in a["entities"].get("ip", []))
     assert [a["entities"] for a in runs[0]] == [a["entities"] for a in runs[1]]  # stable: still correlatable
     assert runs[0][0]["entity"]["type"] == "block_id" and runs[0][0]["entity"]["value"].startswith("blk_")
+
+
+def fake_bundle(folder):
+    from loglm.artifacts import atomic_write_json, write_manifest
+    from loglm.engine.bundle import BUNDLE_FORMAT
+
+    folder.mkdir()
+    atomic_write_json(folder / "bundle.json", {"format": BUNDLE_FORMAT})
+    (folder / "model.onnx").write_bytes(b"onnx")
+    write_manifest(folder)
+    return folder
+
+
+def test_export_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
+    from loglm.export.bundle import check_replaceable, replace_folder
+
+    user = tmp_path / "v"
+    user.mkdir()
+    (user / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt"):
+        check_replaceable(user)
+    new = fake_bundle(tmp_path / "new")
+    with pytest.raises(ValueError, match="notes.txt"):
+        replace_folder(new, user)
+    assert (user / "notes.txt").read_text() == "x" and (new / "model.onnx").is_file()
+    (tmp_path / "plain").write_text("y")  # a file where the folder would go
+    with pytest.raises(ValueError, match="not a folder"):
+        check_replaceable(tmp_path / "plain")
+    check_replaceable(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+
+
+def test_export_replaces_its_own_bundle_but_not_files_added_to_it(tmp_path):
+    from loglm.export.bundle import check_replaceable, replace_folder
+
+    out = fake_bundle(tmp_path / "b")
+    replace_folder(fake_bundle(tmp_path / "b2"), out)  # a bundle LogLM wrote: replaced
+    assert (out / "bundle.json").is_file() and not (tmp_path / "b2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the old bundle is gone, nothing left over
+    (out / "alerts").mkdir()
+    (out / "alerts" / "detect.jsonl").write_text("{}\n")  # alerts written into the bundle by `loglm detect`
+    with pytest.raises(ValueError, match="alerts/detect.jsonl"):
+        check_replaceable(out)
+    (out / "alerts" / "detect.jsonl").unlink()
+    (out / ".hidden").write_text("z")  # hidden files are not part of a bundle either
+    with pytest.raises(ValueError, match=".hidden"):
+        check_replaceable(out)

@@ -9,6 +9,7 @@ windows passes, so a failed or interrupted export never leaves a bundle that loo
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def run(cfg) -> dict:
     dcfg = detect_config_of(loaded, cfg.detect)
     dataset = loaded.meta.get("dataset", cfg.data.name)
     out = Path(cfg.export.out).resolve() if cfg.export.out else Path(cfg.paths.root).resolve() / "bundles" / run_id
+    check_replaceable(out)  # before any work: a folder that is not ours is refused, never emptied
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -138,15 +140,61 @@ def run(cfg) -> dict:
         atomic_write_json(tmp / "bundle.json", info)
         atomic_write_bytes(tmp / "model_card.md", model_card(info).encode())
         write_manifest(tmp, {"bundle": info["name"]})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     registry = register(cfg, out, info)
     return {"bundle": str(out), "preferred_variant": info["preferred_variant"], "parity": parity,
             "registry": registry}
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files in ``folder`` that are not part of a LogLM bundle's manifest (all of them if it is no bundle)."""
+    import json
+
+    from loglm.artifacts import MANIFEST
+    from loglm.engine.bundle import BUNDLE_FORMAT
+
+    present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text())["files"])
+        is_bundle = json.loads((folder / "bundle.json").read_text()).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return present
+    if not is_bundle:
+        return present
+    return [p for p in present if p != MANIFEST and p not in listed]
+
+
+def check_replaceable(out: Path) -> None:
+    """Export writes into a new or empty folder, or replaces a bundle LogLM wrote there whose files are all
+    its own; anything else (a user's folder, a bundle with alerts or notes added) is refused, naming files."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"export.out={out} exists and is not a folder LogLM wrote; refusing to replace it")
+    extra = foreign_files(out)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ValueError(f"export.out={out} holds files that are not part of a LogLM bundle ({shown}); "
+                         "refusing to replace it: choose another export.out, or move those files away")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put ``new`` at ``out``; an existing bundle there (checked again) is moved aside and removed only after."""
+    if not out.exists():
+        new.rename(out)
+        return
+    check_replaceable(out)
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
 
 
 def load_data_config(model_dir: Path, cfg) -> dict:
