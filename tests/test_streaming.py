@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -99,4 +100,41 @@ def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
     assert summary["lines"]["read"] == written
     assert summary["sessions_scored"] >= 40
     alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_on_stdin_scores_what_is_held_and_prints_the_summary(model, tmp_path, sig):
+    """`docker stop` / systemd send SIGTERM, a terminal Ctrl-C: the stream must not lose buffered sessions."""
+    cfg, result = model
+    out = tmp_path / "alerts.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+         "inputs=[-]", f"out={out}", "follow=true", "detect.stream_idle_close_s=100000", "detect.batch_size=8"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stderr:  # the handlers are in place once it says it follows
+        if b"loglm: following" in line:
+            break
+    rng = random.Random(5)
+    written = 0
+    for b in range(30):
+        events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, T0 + timedelta(seconds=b))
+        if b == 7:
+            events.insert(3, (events[3][0], f"writeBlock blk_9{b} received exception java.io.IOException"))
+        for line in render(events):
+            proc.stdin.write(line.encode() + b"\n")
+            written += 1
+    proc.stdin.flush()  # stdin stays open: the stream would wait for more lines forever
+    time.sleep(3)  # the pipe is drained (every line read; sessions open, none idle)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    proc.stdin.close()
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout)
+    assert summary["stopped_by"] == signal.Signals(sig).name
+    assert summary["lines"]["read"] == written == summary["lines"]["accepted"]
+    # nothing held was lost: 30 blocks and the injected line's own block (blk_97)
+    assert summary["events_scored"] == written and summary["sessions_scored"] == 31
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(alerts) == summary["alerts"] >= 1
     assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])

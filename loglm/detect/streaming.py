@@ -20,6 +20,7 @@ from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import LineAccount, Rejection, make_reader
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
+from loglm.signals import stop_on_signals
 from loglm.shards import session_table
 from loglm.windows import windows_of
 
@@ -184,11 +185,20 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
     with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh, \
             open(out.with_suffix(".ocsf.jsonl"), "w") as findings_fh:
         det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh)
-        try:
-            for raw, n in lines:
-                det.feed(raw, source, n)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C ends a live stream: what was read is still scored and accounted
-        summary = det.finish()
+        with stop_on_signals() as stop:
+            print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held)",
+                  file=sys.stderr, flush=True)
+            try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
+                for raw, n in lines:
+                    with stop.deferred():
+                        det.feed(raw, source, n)
+                    if stop.requested:
+                        break
+            except KeyboardInterrupt:
+                pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
+            stop.finish()
+            summary = det.finish()
+        if stop.received:
+            summary["stopped_by"] = stop.name
     summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
     return summary

@@ -1,0 +1,86 @@
+"""How a LogLM process stops on SIGINT (Ctrl-C) and SIGTERM (`kill`, `docker stop`, systemd, a scheduler).
+
+One rule for every long-running job: the first signal raises :class:`Stopped` in the main thread (so a
+blocking read of stdin or a training step is interrupted), the job then finishes what it holds (scores
+buffered sessions, marks its run, flushes its outputs); a signal that arrives while it finishes does not
+interrupt that work, and a further signal forces the process out at once (exit 128 + signal number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived; ``signum`` says which.  A KeyboardInterrupt, so code that already handles
+    Ctrl-C (Lightning's trainer among it) handles SIGTERM the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class StopSignals:
+    """State of one :func:`stop_on_signals` block."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.finishing = False
+        self._deferred = 0
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received[0]).name if self.received else None
+
+    def handler(self, signum, frame) -> None:
+        self.received.append(signum)
+        if len(self.received) >= 2:
+            sys.stderr.write(f"loglm: second stop signal ({signal.Signals(signum).name}): exiting now\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        if self.finishing:
+            sys.stderr.write(f"loglm: {signal.Signals(signum).name} while finishing; send it again to exit at once\n")
+            sys.stderr.flush()
+            return
+        if self._deferred:
+            return  # the job sees `requested` at its next safe point
+        raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A step that must not be cut in half (scoring a batch and writing its alerts): a signal during it
+        is recorded, and the job stops after the step (check ``requested``)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+
+    def finish(self) -> None:
+        """Enter the finishing phase (also on a normal end of input): a signal now no longer interrupts."""
+        self.finishing = True
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Install the stop rule for the duration of the block (main thread only; elsewhere a no-op)."""
+    state = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = {s: signal.signal(s, state.handler) for s in SIGNALS}
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
