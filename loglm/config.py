@@ -156,6 +156,9 @@ class LoggerConfig:
 @dataclass
 class DetectConfig:
     target_fpr: float = 0.01
+    # a validation set with fewer normal items than the target needs (1/target_fpr - 1) is refused before
+    # training ("refuse"), or calibrated on anyway with a recorded warning ("warn"); loglm/detect/thresholds.py
+    small_validation: str = "refuse"
     # session score: "miss_ratio" (share of events outside the model's top-k, tie-broken by mean
     # surprisal), "mean_surprisal", "max_surprisal"
     score: str = "miss_ratio"
@@ -188,6 +191,12 @@ class DetectConfig:
     # many sessions stay open (the least recently active is closed early): memory stays bounded
     stream_idle_close_s: float = 60.0
     max_open_sessions: int = 100_000
+
+    def __post_init__(self):  # checked when the config is composed, before any work
+        if not 0 < self.target_fpr < 1:
+            raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.small_validation not in ("refuse", "warn"):
+            raise ValueError(f"detect.small_validation must be 'refuse' or 'warn', got {self.small_validation!r}")
 
 
 @dataclass

@@ -55,7 +55,8 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     """(metrics, threshold, seconds, recall by class) of one baseline on the prepared split."""
     from loglm.baselines.deeplog import DeepLog
     from loglm.baselines.event_counts import count_matrix
-    from loglm.detect.scores import session_max, threshold_for_fpr
+    from loglm.detect.scores import session_max
+    from loglm.detect.thresholds import normal_validation_mask, threshold_for_fpr
 
     t0 = time.perf_counter()
     train, tr_toks, tr_closed = _split(data_dir, "train")
@@ -73,7 +74,7 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     else:
         model.fit(count_matrix(tr_toks, tr_closed, vocab_size))
     val, v_toks, v_closed = _split(data_dir, "val")
-    keep = np.asarray(val.column("label").to_numpy()) != 1
+    keep, _ = normal_validation_mask(val.column("label").to_numpy())  # the rule LogLM's calibration uses
     v_scores = scores_of([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k])
     v_sids = [s for s, k in zip(val.column("session_id").to_pylist(), keep) if k]
     threshold = threshold_for_fpr(np.array(list(session_max(v_sids, v_scores).values())), cfg.detect.target_fpr)
@@ -116,14 +117,16 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.artifacts import atomic_write_json, verify_manifest
     from loglm.evaluation import run as evaluate
-    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
     from loglm.vocab import Vocabulary
 
     protocol = cfg.suite.protocol or cfg.data.name
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
-    if not (data_dir / "MANIFEST.json").is_file():
+    stale = stale_reason(data_dir, cfg) if (data_dir / "MANIFEST.json").is_file() else "not prepared yet"
+    if stale:  # never evaluate on a prepared folder made from other inputs or settings
+        print(f"loglm: preparing {cfg.data.name}: {stale}", flush=True)
         prepare(cfg)
     summary = verify_manifest(data_dir)["summary"]
     from loglm.model.store import load_model, resolve_model_dir

@@ -47,7 +47,8 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     cfg = compose("evaluate", [f"paths.root={tmp_path}/runs", "model=tiny", "data.name=suite_synth", f"data.inputs=[{log}]",
                                f"data.anomalous_ids={ids}", "data.split.method=chronological", "trainer.max_epochs=3",
                                "trainer.progress_bar=false", "suite.enabled=true", "suite.protocol=synthetic",
-                               "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports"])
+                               "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports",
+                               "detect.small_validation=warn"])
     result = suite(cfg)
     assert set(result["models"]) == {"LogLM", "deeplog", "pca", "iforest"}
     for r in result["models"].values():

@@ -24,7 +24,7 @@ def test_zeek_flows_end_to_end(tmp_path):
     cfg = compose("pretrain", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{capture}]",
                                "data.local_networks=[10.0.0.0/8]", "data.session.window_s=300", "model=tiny",
                                "trainer.max_epochs=8", "trainer.batch_size=16", "trainer.progress_bar=false",
-                               "detect.score=mean_surprisal"])
+                               "detect.score=mean_surprisal", "detect.small_validation=warn"])
     prep = prepare(cfg)
     assert prep["lines"]["metadata"] == 9 and prep["lines"]["rejected"] == 0
     result = pretrain(cfg)
@@ -50,3 +50,33 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert len(scanner) == 1 and scanner[0]["class_uid"] == 2004
     assert scanner[0]["finding_info"]["related_events_count"] == sum(a["entity"]["value"] == "198.51.100.7" for a in alerts)
     assert {"name": "dst_ip", "type_id": 2, "type": "IP Address", "value": HOST} in scanner[0]["observables"]
+
+
+def test_background_flows_are_skipped_in_training_windows_not_the_windows(tmp_path):
+    """A training window is not thrown away because it holds an unlabelled (Background) flow: that flow is
+    skipped and the window's Benign flows train; validation and test windows keep every flow."""
+    import pyarrow.parquet as pq
+    from flow_fixtures import ZEEK_HEADER, zeek_rows
+
+    from loglm.ingest.prepare import run as prepare
+    from loglm.shards import read_sessions
+
+    rows = [r.split("\t") for r in zeek_rows(900, 0, seed=1)]
+    for i, r in enumerate(rows):
+        if i % 7 == 0:
+            r[21] = "Background"
+    capture = tmp_path / "conn.log.labeled"
+    capture.write_text(ZEEK_HEADER + "\n".join("\t".join(r) for r in rows) + "\n")
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{capture}]",
+                              "data.local_networks=[10.0.0.0/8]"])
+    summary = prepare(cfg)
+    data_dir = tmp_path / "runs" / "data" / "zeek_ctu"
+    events = pq.read_table(data_dir / "events.parquet").column("label").to_pylist()
+    train = read_sessions(data_dir, "train")
+    train_events = [j for idx in train.column("event_idx").to_pylist() for j in idx]
+    assert train.num_rows > 0 and set(train.column("label").to_pylist()) == {0}
+    assert train_events and all(events[j] == "Benign" for j in train_events)  # no Background event trains
+    assert summary["sessions_by_split"].get("train_heldout_unlabelled", 0) == 0  # no window was lost
+    assert summary["train_events_skipped_unlabelled"] > 0
+    val = read_sessions(data_dir, "val")  # validation keeps its Background flows
+    assert any(events[j] == "Background" for idx in val.column("event_idx").to_pylist() for j in idx)

@@ -97,3 +97,34 @@ def test_miner_template_cap_is_a_clear_error():
     miner.add("c d e")
     with pytest.raises(OverflowError, match="max_templates"):
         miner.add("f g h i")
+
+
+def test_prepared_data_knows_when_it_is_stale(tmp_path):
+    """A prepared folder records its inputs and settings; a changed input or setting is named, and pretrain
+    refuses the stale folder before any work instead of training on it."""
+    import os
+
+    from conftest import compose
+    from synthetic import synthetic_run_overrides
+
+    from loglm.ingest.prepare import prepared_dir, stale_reason
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import start_run
+
+    overrides = synthetic_run_overrides(tmp_path, 60, seed=2)
+    cfg = compose("pretrain", overrides)
+    prepare(cfg)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    assert stale_reason(data_dir, cfg) is None
+    assert stale_reason(data_dir, compose("pretrain", overrides + ["data.eval_unit=event"])) is None  # reporting only
+    changed = compose("pretrain", overrides + ["data.session.max_events=32"])
+    assert "data.session.max_events" in stale_reason(data_dir, changed)
+    log = tmp_path / "train.log"
+    with open(log, "a") as fh:
+        fh.write("081109 203615 148 INFO dfs.DataNode$PacketResponder: one more line for blk_1\n")
+    os.utime(log, ns=(log.stat().st_atime_ns, log.stat().st_mtime_ns + 10**9))
+    assert "inputs changed" in stale_reason(data_dir, cfg) and str(log.resolve()) in stale_reason(data_dir, cfg)
+    with pytest.raises(ValueError, match="inputs changed.*prepare it again"):
+        start_run(cfg)
+    prepare(cfg)
+    assert stale_reason(data_dir, cfg) is None

@@ -25,7 +25,7 @@ def prepared(tmp_path):
     overrides = [f"paths.root={tmp_path}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
                  "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
                  "data.split.val_frac=0.2", "trainer.progress_bar=false", "trainer.patience=1000",
-                 "trainer.batch_size=8"]
+                 "trainer.batch_size=8", "detect.small_validation=warn"]
     prepare(compose("prepare", overrides))
     return tmp_path, overrides
 

@@ -131,12 +131,53 @@ def test_length_batches_bound_windows_and_padded_positions():
 def test_threshold_for_fpr_bounds_validation_fpr():
     rng = np.random.default_rng(0)
     normal = rng.normal(size=1000)
-    for fpr in (0.0, 0.01, 0.05):
+    for fpr in (0.001, 0.01, 0.05):
         t = threshold_for_fpr(normal, fpr)
         assert (normal > t).mean() <= fpr
     assert (normal > threshold_for_fpr(normal, 0.05)).mean() > 0.04
     with pytest.raises(ValueError):
         threshold_for_fpr(np.array([]), 0.01)
+    with pytest.raises(ValueError, match="target_fpr"):
+        threshold_for_fpr(normal, 0.0)
+
+
+def test_conformal_threshold_holds_its_fpr_on_new_data():
+    """Over many validation draws, the FPR on fresh normal data averages at most the target, near it, and the
+    stated 90 % interval covers the realised FPR about 90 % of the time."""
+    from loglm.detect.thresholds import fpr_promise
+
+    rng = np.random.default_rng(1)
+    target, n = 0.01, 500
+    promise = fpr_promise(n, target)
+    realised = []
+    for _ in range(400):
+        t = threshold_for_fpr(rng.standard_t(3, size=n), target)
+        realised.append((rng.standard_t(3, size=20000) > t).mean())
+    realised = np.array(realised)
+    assert promise["expected_fpr"] <= target and abs(realised.mean() - promise["expected_fpr"]) < 0.0015
+    lo, hi = promise["fpr_interval_90"]
+    assert 0.84 <= ((realised >= lo) & (realised <= hi)).mean() <= 0.96
+    # the old rule (floor(target * n) allowed above) overshoots the target on new data
+    old = [(rng.standard_t(3, size=20000) > np.sort(rng.standard_t(3, size=n))[n - 1 - int(target * n)]).mean()
+           for _ in range(200)]
+    assert np.mean(old) > target
+
+
+def test_small_validation_is_refused_or_warned_and_only_normal_items_calibrate():
+    from loglm.detect.thresholds import check_validation_size, min_validation_normal, normal_validation_mask
+
+    assert min_validation_normal(0.01) == 99
+    with pytest.raises(ValueError, match="12 normal validation items cannot calibrate"):
+        check_validation_size(12, 0.01, "refuse")
+    assert "cannot calibrate" in check_validation_size(12, 0.01, "warn")
+    assert "wide promise" in check_validation_size(120, 0.01, "refuse")  # reachable but loose: a warning
+    assert check_validation_size(2000, 0.01, "refuse") is None
+    with pytest.raises(ValueError, match="no normal validation"):
+        check_validation_size(0, 0.01, "warn")
+    keep, population = normal_validation_mask(np.array([0, -1, 1, 0, -1]))
+    assert keep.tolist() == [True, False, False, True, False] and population == "labelled normal"
+    keep, population = normal_validation_mask(np.array([-1, -1]))
+    assert keep.all() and population.startswith("unlabelled")
 
 
 def test_metrics_counts_and_prevalence():

@@ -126,7 +126,7 @@ def test_evaluate_on_shipped_hdfs_head(hdfs_head, tmp_path):
     cfg = compose("pretrain", [f"paths.root={tmp_path}", "model=tiny", "data.name=hdfs_head",
                                f"data.inputs=[{hdfs_head}]", f"data.anomalous_ids={SHIPPED_ANOMALOUS}",
                                "trainer.max_epochs=2", "trainer.progress_bar=false", "data.split.train_frac=0.5",
-                               "data.split.val_frac=0.2"])
+                               "data.split.val_frac=0.2", "detect.small_validation=warn"])
     prep = prepare(cfg)
     assert prep["lines"]["read"] == 3000 and prep["labels_by_split"]
     result = pretrain(cfg)

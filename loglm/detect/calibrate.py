@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +10,49 @@ import pyarrow as pa
 
 from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
-from loglm.detect.scoring import score_windows, session_max, threshold_for_fpr
+from loglm.detect.scoring import score_windows, session_max
+from loglm.detect.thresholds import check_validation_size, fpr_promise, normal_validation_mask, threshold_for_fpr
 from loglm.model.store import CALIBRATION
 from loglm.shards import read_sessions
 from loglm.windows import windows_of
 
 
+def normal_validation(table: pa.Table) -> tuple[pa.Table, str, int]:
+    """The validation windows to calibrate on, which population they are, and how many sessions they form."""
+    keep, population = normal_validation_mask(table.column("label").to_numpy(zero_copy_only=False))
+    table = table.filter(pa.array(keep))
+    return table, population, len(set(table.column("session_id").to_pylist()))
+
+
+def check_validation(data_dir: str | Path, cfg: DetectConfig) -> str | None:
+    """Before any training: refuse a validation split too small for ``cfg.target_fpr`` (or return the warning)."""
+    _, _, n = normal_validation(read_sessions(data_dir, "val"))
+    return check_validation_size(n, cfg.target_fpr, cfg.small_validation)
+
+
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None) -> dict:
-    val = read_sessions(data_dir, "val")
-    val = val.filter(pa.array(np.asarray(val.column("label").to_numpy()) != 1))  # normal or unlabelled
+    val, population, n = normal_validation(read_sessions(data_dir, "val"))
+    warning = check_validation_size(n, cfg.target_fpr, cfg.small_validation)
     ws = score_windows(encoder, *windows_of(val), cfg)
-    per_session = np.array(list(session_max(val.column("session_id").to_pylist(), ws.score).values()))
+    return calibration_of(np.array(list(session_max(val.column("session_id").to_pylist(), ws.score).values())),
+                          cfg, population, warning, out_dir)
+
+
+def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, warning: str | None,
+                   out_dir: Path | None = None) -> dict:
+    """calibration.json: the threshold, the scoring settings it holds for, and what it promises on new data."""
     thr = threshold_for_fpr(per_session, cfg.target_fpr)
+    if not np.isfinite(thr):
+        raise ValueError(f"calibration gave a non-finite threshold ({thr}): the model's scores are not finite")
+    if warning:
+        print(f"loglm: WARNING: {warning}", file=sys.stderr, flush=True)
     result = {
         "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
-        "n_val_sessions": int(len(per_session)),
+        "n_val_sessions": int(len(per_session)), "val_population": population,
         "val_fpr_at_threshold": float((per_session > thr).mean()),
+        "promise": fpr_promise(len(per_session), cfg.target_fpr),
+        "warning": warning,
         "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},
     }
     if out_dir is not None:

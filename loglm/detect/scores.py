@@ -224,14 +224,3 @@ def session_max(session_ids: list[str], scores: np.ndarray) -> dict[str, float]:
         if sid not in out or v > out[sid]:
             out[sid] = v
     return out
-
-
-def threshold_for_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
-    """Smallest threshold t with share(normal > t) <= target_fpr; alerts fire on score > t."""
-    if len(normal_scores) == 0:
-        raise ValueError("no validation normal sessions to calibrate on; check data.split.val_frac")
-    if not 0 <= target_fpr < 1:
-        raise ValueError(f"detect.target_fpr must be in [0, 1), got {target_fpr}")
-    s = np.sort(np.asarray(normal_scores, dtype=np.float64))
-    allowed = int(np.floor(target_fpr * len(s) + 1e-9))  # normal sessions allowed above the threshold
-    return float(s[len(s) - 1 - allowed])

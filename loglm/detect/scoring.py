@@ -12,8 +12,8 @@ from loglm.detect.scores import (  # noqa: F401  (re-exported for callers of the
     score_windows_rtd_with,
     score_windows_with,
     session_max,
-    threshold_for_fpr,
 )
+from loglm.detect.thresholds import threshold_for_fpr  # noqa: F401
 
 
 def torch_logp_fn(encoder):

@@ -14,7 +14,14 @@ from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
 from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Record, Rejection, expand_inputs, make_reader
-from loglm.ingest.sessions import Events, Session, assign_splits, label_sessions, sessionize
+from loglm.ingest.sessions import (
+    Events,
+    Session,
+    assign_splits,
+    label_sessions,
+    sessionize,
+    skip_unlabelled_events,
+)
 from loglm.ingest.templates import TemplateMiner
 from loglm.vocab import Vocabulary
 
@@ -156,6 +163,60 @@ def prepared_dir(root: str | Path, name: str) -> Path:
     return Path(root).resolve() / "data" / name
 
 
+# DataConfig keys that do not change what prepare writes (how results are reported)
+NOT_INGEST_KEYS = ("eval_unit",)
+
+
+def ingest_fingerprint(cfg) -> dict:
+    """What a prepared folder is made from: the data and tokenizer settings, and each input file's path,
+    size and modification time (as `make` judges staleness; contents are not re-read)."""
+    import dataclasses
+
+
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_INGEST_KEYS}
+    config = {"data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer)}
+    files = {}
+    paths = list(cfg.data.inputs) + ([cfg.data.anomalous_ids] if cfg.data.anomalous_ids else [])
+    for p in paths:
+        try:
+            found = expand_inputs([p])
+        except (FileNotFoundError, ValueError):
+            found = []
+        if not found:
+            files[str(Path(p).resolve())] = "missing"
+        for q in found:
+            st = q.stat()
+            files[str(q.resolve())] = f"{st.st_size}:{st.st_mtime_ns}"
+    return {"config": config, "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str)
+                                                              .encode()).hexdigest(), "files": files}
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def stale_reason(data_dir: Path, cfg) -> str | None:
+    """Why the prepared folder no longer matches ``cfg`` and its inputs (None when it does)."""
+    try:
+        recorded = json.loads((data_dir / "MANIFEST.json").read_text())["summary"].get("fingerprint")
+    except (OSError, ValueError, KeyError):
+        return f"{data_dir} has no readable MANIFEST.json"
+    if not recorded:
+        return f"{data_dir} was prepared by an older LogLM (no record of its inputs and settings)"
+    now = ingest_fingerprint(cfg)
+    if now["config_sha256"] != recorded["config_sha256"]:
+        keys = _diff_keys(recorded["config"], now["config"])
+        return f"settings changed since {data_dir} was prepared: {', '.join(keys[:6]) or 'config'}"
+    if now["files"] != recorded["files"]:
+        changed = sorted(f for f in set(now["files"]) | set(recorded["files"])
+                         if now["files"].get(f) != recorded["files"].get(f))
+        return (f"inputs changed since {data_dir} was prepared (added, removed, resized or modified): "
+                f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
+    return None
+
+
 def run(cfg) -> dict:
     """Prepare ``cfg.data`` into ``<paths.root>/data/<data.name>``; returns the manifest summary."""
     from loglm.ingest import builders
@@ -163,7 +224,9 @@ def run(cfg) -> dict:
     data: DataConfig = cfg.data
     out = prepared_dir(cfg.paths.root, data.name)
     t0 = time.perf_counter()
+    fingerprint = ingest_fingerprint(cfg)  # before reading: a file that changes while it is read looks stale
     codec = None
+    skipped_unlabelled = 0
     if data.format in builders.BUILDERS:
         parsed, miner = builders.BUILDERS[data.format](data)
     else:
@@ -184,10 +247,10 @@ def run(cfg) -> dict:
         partly_unknown = label_sessions(parsed.sessions, parsed.events, anomalous, data.normal_labels,
                                         data.unknown_labels)
         assign_splits(parsed.sessions, parsed.events, data.split)
-        if data.train_normal_only:
-            for s in parsed.sessions:
-                if s.split == "train" and s.session_id in partly_unknown:
-                    s.split = "train_heldout_unlabelled"
+        if data.train_normal_only:  # unlabelled events of otherwise normal training sessions are skipped
+            mixed = {s.session_id for s in parsed.sessions
+                     if s.split == "train" and s.session_id in partly_unknown and s.label != 1}
+            skipped_unlabelled = skip_unlabelled_events(parsed.sessions, parsed.events, mixed, data.unknown_labels)
     if parsed.account.accepted == 0:
         f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
         raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
@@ -202,7 +265,8 @@ def run(cfg) -> dict:
     vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
     summary = write_prepared(out, parsed, vocab, data, {
-        "seconds": round(elapsed, 3), "backend": cfg.backend,
+        "seconds": round(elapsed, 3), "backend": cfg.backend, "train_events_skipped_unlabelled": skipped_unlabelled,
+        "fingerprint": fingerprint,
         "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
         "path": str(out),
     })

@@ -138,6 +138,28 @@ def label_sessions(sessions: list[Session], events: Events, anomalous_ids: set[s
     return partly_unknown
 
 
+def skip_unlabelled_events(sessions: list[Session], events: Events, session_ids: set[str],
+                           unknown_labels=()) -> int:
+    """Training rule for sessions that mix labelled and unlabelled events (a Zeek window holding one
+    `Background` flow beside Benign ones): the unlabelled events are skipped and the labelled rest trains,
+    instead of the whole window being thrown away.  A chunk left empty is held out
+    (``train_heldout_unlabelled``).  Only sessions in ``session_ids`` (training, not anomalous) are touched;
+    validation and test keep every event (unlabelled traffic is part of what is scored).  Returns the
+    number of events skipped."""
+    unknown = set(unknown_labels)
+    skipped = 0
+    for s in sessions:
+        if s.session_id not in session_ids:
+            continue
+        keep = [j for j in s.event_idx if events.label[j] is not None and events.label[j] not in unknown]
+        skipped += len(s.event_idx) - len(keep)
+        if keep:
+            s.event_idx, s.label = keep, 0
+        else:
+            s.split = "train_heldout_unlabelled"
+    return skipped
+
+
 def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig) -> None:
     """Session-disjoint split; all chunks of a session share it.
 

@@ -170,7 +170,7 @@ def run(cfg) -> dict:
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.calibrate import calibrate
+    from loglm.detect.calibrate import calibrate, check_validation
     from loglm.detect.scores import calibrated_config
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import finalize, load_model, resolve_model_dir
@@ -184,6 +184,7 @@ def run(cfg) -> dict:
     cfg = dataclasses.replace(cfg, data=teacher_data_config(teacher_dir, cfg.data))
     dataset = cfg.data.name
     data_dir = prepared_dir(cfg.paths.root, dataset)
+    check_validation(data_dir, cfg.detect)  # a student calibrates on the same split: refused before training
     d = cfg.distill
     pl.seed_everything(cfg.trainer.seed, workers=True)
     tcfg = teacher.encoder.cfg

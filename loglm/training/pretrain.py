@@ -79,7 +79,7 @@ def start_run(cfg) -> RunContext:
 
     from loglm import tracking
     from loglm.artifacts import verify_manifest
-    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.training.checkpoint_io import verify_checkpoint
     from loglm.vocab import Vocabulary
 
@@ -87,6 +87,13 @@ def start_run(cfg) -> RunContext:
     if not (data_dir / "vocab.json").is_file():
         raise FileNotFoundError(f"{data_dir} has no prepared data: run `python -m pipelines.prepare data={cfg.data.name}`")
     summary = verify_manifest(data_dir)["summary"]
+    stale = stale_reason(data_dir, cfg)
+    if stale:
+        raise ValueError(f"{stale}: prepare it again (python -m pipelines.prepare with the same data overrides) "
+                         "before training on it")
+    from loglm.detect.calibrate import check_validation
+
+    small_validation = check_validation(data_dir, cfg.detect)  # refused here, before any training
     vocab = Vocabulary.load(data_dir / "vocab.json")
     enc = encoder_config(cfg, vocab.size, vocab.gap_buckets)
     tracking.ensure_experiment(cfg, cfg.logger.experiment)
@@ -99,6 +106,9 @@ def start_run(cfg) -> RunContext:
         "world_size": world, "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
         else f"deepspeed_stage{cfg.strategy.zero_stage}", "launcher": cfg.launcher.name}))
     run_id = tracking.start_logger_run(logger)
+    if small_validation:
+        print(f"loglm: WARNING: {small_validation}", flush=True)
+        mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "calibration_warning", small_validation)
     if resume_run is None:
         logger.log_hyperparams(tracking.loggable_params(cfg))
     else:
@@ -218,6 +228,8 @@ def run(cfg) -> dict:
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     for k, v in {"calib/threshold": cal["threshold"], "calib/val_fpr": cal["val_fpr_at_threshold"],
+                 "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
+                 "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1],
                  "perf/train_seconds": train_s, "best/val_loss": fit["best_val_loss"],
                  "model/parameters": loaded.encoder.num_parameters()}.items():
         client.log_metric(ctx.run_id, k, float(v))
