@@ -168,6 +168,9 @@ class DetectConfig:
     scorer: str = "views"
     n_views: int = 5
     unk_surprisal: float = 20.0
+    # miss_ratio: the tie-breaking mean surprisal is divided by this, so a window without misses scores below
+    # any window with one (max_events up to 10,000); calibrations made before it existed used 1e4
+    tie_scale: float = 1e6
     # an event type training never saw ([UNK]) is an alarm by itself: it lifts its window's score above every
     # window without one (+1 on miss_ratio, +unk_surprisal on the surprisal scores)
     unknown_alarm: bool = True

@@ -253,3 +253,24 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     assert list(ordered_map(work, [1, 2], workers=1)) == [1, 4]
     with pytest.raises(ZeroDivisionError):
         list(ordered_map(lambda x: 1 / x, [1, 0, 2], workers=2))
+
+
+def test_threshold_never_splits_the_windows_without_a_miss():
+    """When the target quantile falls among validation windows without any miss (ordered only by their
+    drifting mean surprisal), the threshold becomes "any miss": a quiet window never alerts, one miss does."""
+    from loglm.config import DetectConfig
+    from loglm.detect.calibrate import threshold_of
+    from loglm.detect.scores import calibrated_config, quiet_band_top, window_score
+
+    cfg = DetectConfig()
+    rng = np.random.default_rng(0)
+    n = 1000
+    miss = np.where(np.arange(n) < 3, 1 / 20, 0.0)  # 0.3 % of validation windows hold a miss
+    val = window_score(cfg, miss, rng.uniform(0.1, 0.5, n), None, np.zeros(n))
+    thr, rule = threshold_of(val, cfg)
+    assert thr == quiet_band_top(cfg) and rule.startswith("any miss")
+    later = window_score(cfg, np.array([0.0, 1 / 256, 0.0]), np.array([5.0, 0.1, 99.0]), None, np.array([0, 0, 1]))
+    assert (later > thr).tolist() == [False, True, True]  # drifted surprisal: quiet; one miss; an unseen event
+    busy = window_score(cfg, rng.uniform(0, 0.3, n), rng.uniform(0.1, 0.5, n), None, np.zeros(n))
+    assert threshold_of(busy, cfg)[1] == "conformal quantile"
+    assert calibrated_config(cfg, {"score": "miss_ratio", "top_k": 5, "n_views": 5, "unk_surprisal": 20.0}).tie_scale == 1e4

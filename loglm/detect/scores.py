@@ -45,14 +45,24 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
     (Calibrations written before ``unknown_alarm`` existed were made without it.)"""
     return replace(cfg, score=calibration["score"], top_k=calibration["top_k"], n_views=calibration["n_views"],
                    unk_surprisal=calibration["unk_surprisal"], scorer=calibration.get("scorer", "views"),
-                   unknown_alarm=calibration.get("unknown_alarm", False))
+                   unknown_alarm=calibration.get("unknown_alarm", False),
+                   tie_scale=calibration.get("tie_scale", 1e4))
+
+
+TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
+
+
+def quiet_band_top(cfg: DetectConfig) -> float | None:
+    """The highest miss-ratio score a window without any miss or unseen event can have (None for scores
+    without such a band): everything above it holds at least one event outside the model's top-k."""
+    return TIE_CAP / cfg.tie_scale if cfg.score == "miss_ratio" else None
 
 
 def window_score(cfg: DetectConfig, miss_ratio, mean_s, max_s, n_unknown) -> np.ndarray:
     kind = cfg.score
     if kind == "miss_ratio":
-        # share of events outside the top-k; mean surprisal (scaled below one step) breaks ties
-        base, alarm = miss_ratio + np.minimum(mean_s, 99.0) / 1e4, 1.0
+        # share of events outside the top-k; mean surprisal, scaled below the smallest miss ratio, breaks ties
+        base, alarm = miss_ratio + np.minimum(mean_s, TIE_CAP) / cfg.tie_scale, 1.0
     elif kind == "mean_surprisal":
         base, alarm = mean_s, cfg.unk_surprisal
     elif kind == "max_surprisal":

@@ -20,8 +20,8 @@ from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import LineAccount, Rejection, make_reader
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
-from loglm.signals import stop_on_signals
 from loglm.shards import session_table
+from loglm.signals import stop_on_signals
 from loglm.windows import windows_of
 
 
