@@ -1,9 +1,9 @@
 """The `make demo` job: ingest -> pretrain -> calibrate -> detect -> evaluate, on the data the repo ships,
 then distill -> export a bundle -> detect with the torch-free CPU engine.
 
-Stage 1 runs the user's path on raw HDFS lines (alerts carry the raw lines as evidence).  The raw sample
-covers only 183 seconds, too short for most HDFS anomalies to show, so stage 2 repeats the job on whole
-HDFS block lifetimes (shipped as event sequences) where detection quality can be measured.
+The data is 8,050 complete HDFS blocks of raw lines (data/hdfs_loglead, protocol hdfs_loglead): the path a
+user takes (raw lines -> templates -> block sessions -> alerts) on sessions whose whole lifecycle is there,
+so the first table is a measured figure: the test FPR beside the target it was calibrated for.
 """
 
 from __future__ import annotations
@@ -98,8 +98,13 @@ def run(cfg) -> dict:
     console.rule("[bold]Summary")
     for name, r in results.items():
         m = r["evaluate"]["metrics"]["all"]
-        console.print(f"[bold]{name}[/bold]: F1 {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  "
-                      f"FPR {m['fpr']:.4f}  AUROC {m['auroc']:.3f}  PR-AUC {m['pr_auc']:.3f}\n"
+        cal = r["pretrain"]["calibration"]
+        hi = cal["promise"]["fpr_interval_90"][1]
+        console.print(f"[bold]{name}[/bold] (test split, {m['n']} sessions never seen in training or calibration): "
+                      f"F1 {m['f1']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  AUROC {m['auroc']:.3f}  "
+                      f"PR-AUC {m['pr_auc']:.3f}\n"
+                      f"  test FPR {m['fpr']:.4f} for a target of {cal['target_fpr']} (threshold from "
+                      f"{cal['n_val_sessions']} validation normal sessions; promised at most {hi:.4f} at 95 %)\n"
                       f"  alerts: {r['detect']['alerts_path']} ({r['detect']['alerts']} alerts)\n"
                       f"  MLflow runs: pretrain {r['pretrain']['run_id']}, evaluation {r['evaluate']['run_id']} "
                       f"({r['pretrain']['tracking_uri']}; `make ui` to browse)")
