@@ -7,7 +7,7 @@ import json
 import runpy
 import sys
 
-PIPELINES = ("prepare", "pretrain", "distill", "export", "detect", "evaluate", "demo")
+PIPELINES = ("prepare", "pretrain", "distill", "export", "detect", "calibrate", "evaluate", "demo")
 
 
 def detect_main(argv: list[str]) -> int:

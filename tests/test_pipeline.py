@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -175,3 +176,44 @@ def test_student_inherits_the_teachers_ingest_settings(trained, tmp_path):
     out = distill(replace(other, teacher=result["run_id"]))
     data = OmegaConf.load(f"{out['model_dir']}/config.yaml").data
     assert data.name == "synthetic" and data.format == "hdfs"
+
+
+def test_recalibrate_on_a_new_environments_unlabelled_traffic(trained, tmp_path):
+    """pipelines.calibrate: the threshold set again from new traffic alone, into a new model folder; the
+    original is untouched, the new one detects, an existing folder or too little traffic is refused."""
+    import mlflow
+
+    from loglm import tracking
+    from loglm.detect.detector import run as detect
+    from loglm.detect.recalibrate import POPULATION
+    from loglm.detect.recalibrate import run as recalibrate
+
+    cfg, _, result = trained
+    model_dir = Path(result["model_dir"])
+    before = (model_dir / "calibration.json").read_bytes()
+    lines, kinds = make_log(150, seed=7, anomalies={i: "swap" for i in range(0, 150, 10)})
+    log = tmp_path / "site_b.log"
+    log.write_text("\n".join(lines) + "\n")
+    run_cfg = replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "recal"),
+                      detect=replace(cfg.detect, target_fpr=0.05))
+    r = recalibrate(run_cfg)
+    new = Path(r["model_dir"])
+    assert new == (tmp_path / "recal").resolve() and (model_dir / "calibration.json").read_bytes() == before
+    cal = json.loads((new / "calibration.json").read_text())
+    assert cal["n_val_sessions"] == 150 and cal["val_population"] == POPULATION and cal["target_fpr"] == 0.05
+    assert cal["previous"]["threshold"] == result["calibration"]["threshold"]
+    assert cal["recalibrated_on"]["inputs"] == [str(log.resolve())] and cal["recalibrated_on"]["lines"]["read"] == len(lines)
+    # at most k = floor(0.05 * 151) - 1 = 6 sessions of the calibration traffic score above the new threshold
+    summary = detect(replace(cfg, ckpt=str(new), inputs=[str(log)], out=str(tmp_path / "a.jsonl")))
+    assert summary["alerts"] <= 6 and summary["threshold"] == cal["threshold"]
+    with pytest.raises(ValueError, match="never replaces"):
+        recalibrate(run_cfg)
+    small = tmp_path / "few.log"
+    small.write_text("\n".join(make_log(5, seed=8)[0]) + "\n")
+    with pytest.raises(ValueError, match="5 normal validation items cannot calibrate"):
+        recalibrate(replace(run_cfg, inputs=[str(small)], out=str(tmp_path / "r2"),
+                            detect=replace(cfg.detect, target_fpr=0.01, small_validation="refuse")))
+    assert not (tmp_path / "r2").exists()
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    run = client.get_run(r["run_id"])
+    assert run.data.tags["parent_run_id"] == result["run_id"] and run.data.metrics["calib/threshold"] == cal["threshold"]

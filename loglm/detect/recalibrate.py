@@ -1,0 +1,95 @@
+"""Recalibration in a new environment: a trained model's threshold set again from the new place's own recent
+traffic, without labels (assumed mostly normal), for ``detect.target_fpr``.
+
+Weights and vocabulary are unchanged; the result is a **new** model folder (``<model>-recal-<time>`` beside
+the model, or ``out=``) holding a copy of them, the new ``calibration.json`` (what it was recalibrated on, the
+previous threshold) and its own manifest.  The original folder is never touched, so rolling back is using
+the old folder.  Labels in the inputs (a Zeek ``label`` column) are not used: recalibration is for places
+where nobody has labelled anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loglm.artifacts import atomic_write_json
+
+POPULATION = "unlabelled recent traffic of the new environment (assumed normal; input labels not used)"
+COPIED = ("model.safetensors", "model.json", "vocab.json", "config.yaml")
+
+
+def model_data_config(model_dir: Path, fallback):
+    """The ingest settings the model was trained with (its config.yaml), without the training set's labels."""
+    from loglm.training.distill import teacher_data_config
+
+    return dataclasses.replace(teacher_data_config(model_dir, fallback), anomalous_ids=None)
+
+
+def run(cfg) -> dict:
+    import mlflow
+
+    from loglm import tracking
+    from loglm.detect.calibrate import calibration_of
+    from loglm.detect.detector import detect_config_of, model_dir_for, score_input
+    from loglm.detect.scoring import score_windows, session_max
+    from loglm.detect.thresholds import check_validation_size
+    from loglm.model.store import CALIBRATION, finalize, load_model
+    from loglm.windows import windows_of
+
+    if not cfg.inputs:
+        raise ValueError("give the new environment's recent traffic: inputs=[file or directory, ...]")
+    model_dir = model_dir_for(cfg)
+    out = (Path(cfg.out) if cfg.out else
+           model_dir.parent / f"{model_dir.name}-recal-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists():
+        raise ValueError(f"out={out} exists: recalibration writes a new model folder and never replaces one")
+    loaded = load_model(model_dir)
+    dcfg = detect_config_of(loaded, cfg.detect)  # the model's scoring settings, this run's target FPR
+    run_cfg = dataclasses.replace(cfg, data=model_data_config(model_dir, cfg.data))
+    table, _, account, _ = score_input(run_cfg, loaded)
+    if table.num_rows == 0:
+        raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
+    ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
+    per_session = np.array(list(session_max(table.column("session_id").to_pylist(), ws.score).values()))
+    warning = check_validation_size(len(per_session), dcfg.target_fpr, dcfg.small_validation)
+    cal = calibration_of(per_session, dcfg, POPULATION, warning)
+    cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
+                              "sessions": int(len(per_session)), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    cal["previous"] = {"model_dir": str(model_dir), "threshold": loaded.calibration["threshold"],
+                       "target_fpr": loaded.calibration["target_fpr"],
+                       "n_val_sessions": loaded.calibration.get("n_val_sessions")}
+
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # a hidden folder of ours, left by an interrupted recalibration
+    tmp.mkdir(parents=True)
+    try:
+        for name in COPIED:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
+        atomic_write_json(tmp / CALIBRATION, cal)
+        finalize(tmp, tmp / "vocab.json", {"recalibrated_from": str(model_dir), "run_id": loaded.meta.get("run_id")})
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    exp = tracking.ensure_experiment(cfg, "loglm-calibrate")
+    rid = client.create_run(exp, run_name=f"recalibrate-{model_dir.name[:8]}", tags=tracking.run_tags(cfg, {
+        "parent_run_id": loaded.meta.get("run_id"), "model_dir": str(out), "recalibrated_from": str(model_dir)})
+    ).info.run_id
+    client.log_param(rid, "target_fpr", dcfg.target_fpr)
+    client.log_param(rid, "inputs", ",".join(str(p) for p in cfg.inputs)[:500])
+    for k, v in {"calib/threshold": cal["threshold"], "calib/previous_threshold": cal["previous"]["threshold"],
+                 "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
+                 "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1]}.items():
+        client.log_metric(rid, k, float(v))
+    client.set_terminated(rid)
+    return {"model_dir": str(out), "run_id": rid, "threshold": cal["threshold"],
+            "previous_threshold": cal["previous"]["threshold"], "sessions": cal["n_val_sessions"],
+            "promise": cal["promise"], "threshold_rule": cal["threshold_rule"], "warning": warning, "lines": account}
