@@ -68,6 +68,35 @@ def recall_by_class(event_ids: list, scores: np.ndarray, threshold: float, data_
     return dict(sorted(out.items()))
 
 
+def transfer_sessions(cfg, loaded, data_dir: Path):
+    """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
+    again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
+    [UNK]); labels and splits come out as prepare made them.  Returns the sessions and their event lookup."""
+    import pyarrow.parquet as pq
+
+    from loglm.detect.alerts import events_from_parsed
+    from loglm.ingest.builders import BUILDERS
+    from loglm.ingest.prepare import parse_inputs, read_id_list
+    from loglm.ingest.sessions import assign_splits, label_sessions
+    from loglm.shards import session_table
+
+    if cfg.data.format in BUILDERS:
+        raise ValueError(f"data.format={cfg.data.format!r} is pre-sequenced with its own event keys: a model trained "
+                         "on another vocabulary cannot read it (transfer evaluation needs raw inputs)")
+    vocab = loaded.vocab
+    parsed = parse_inputs(list(cfg.data.inputs), cfg.data, vocab.miner, frozen=True, mask=vocab.mask_params,
+                          codec=vocab.flow_codec)
+    label_sessions(parsed.sessions, parsed.events,
+                   read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None,
+                   cfg.data.normal_labels, cfg.data.unknown_labels)
+    assign_splits(parsed.sessions, parsed.events, cfg.data.split)
+    prepared = pq.read_metadata(Path(data_dir) / "events.parquet").num_rows
+    if len(parsed.events) != prepared:  # event ids must be the prepared data's (per-event labels, reports)
+        raise ValueError(f"{data_dir} holds {prepared} events but its inputs give {len(parsed.events)} now: prepare again")
+    table = session_table([s for s in parsed.sessions if s.split == cfg.split], parsed.events, vocab)
+    return table, events_from_parsed(parsed.events)
+
+
 def evaluate_scores(ids, labels, scores, seqs, threshold: float, hdfs_prevalence: bool) -> dict:
     known = labels >= 0
     if not known.any():
@@ -107,15 +136,14 @@ def print_table(result: dict, title: str) -> str:
     return cap.get()
 
 
-def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, result: dict, data_dir, run_id) -> Path:
+def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, result: dict, event, run_id) -> Path:
     """report.html + plots/*.png in the evaluation's folder (logged to MLflow with it)."""
-    from loglm.detect.alerts import build_alerts, events_from_table
+    from loglm.detect.alerts import build_alerts
     from loglm.detect.detector import session_view
     from loglm.privacy import from_config
     from loglm.report import write_report
-    from loglm.shards import read_events
 
-    alerts = build_alerts(table, ws, events_from_table(read_events(data_dir)), loaded.vocab, threshold,
+    alerts = build_alerts(table, ws, event, loaded.vocab, threshold,
                           dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)})
     pseudo = from_config(cfg.detect)
     if pseudo is not None:
@@ -137,11 +165,12 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
-    from loglm.detect.detector import check_same_vocabulary, detect_config_of, model_dir_for
+    from loglm.detect.alerts import events_from_table
+    from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
     from loglm.detect.scoring import score_windows
-    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
-    from loglm.shards import read_sessions
+    from loglm.shards import read_events, read_sessions
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
@@ -149,8 +178,14 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     loaded = load_model(model_dir)
     dcfg = detect_config_of(loaded, cfg.detect)
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
-    check_same_vocabulary(Path(model_dir), data_dir)
-    table = read_sessions(data_dir, cfg.split)
+    stale = stale_reason(data_dir, cfg)
+    if stale:
+        raise ValueError(f"{stale}: prepare it again before evaluating on it")
+    transfer = not same_vocabulary(Path(model_dir), data_dir)
+    if transfer:
+        table, event = transfer_sessions(cfg, loaded, data_dir)
+    else:
+        table, event = read_sessions(data_dir, cfg.split), events_from_table(read_events(data_dir))
     toks, gaps, closed = windows_of(table)
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
     ids, labels, scores, seqs = session_scores(table, ws.score)
@@ -164,11 +199,14 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
-    text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split}, per {cfg.data.eval_unit} (threshold {threshold:.4f} from validation normal, "
-                               f"target FPR {loaded.calibration['target_fpr']})")
+    trained_on = loaded.meta.get("dataset") or "another dataset"
+    where = f" (transfer: model trained on {trained_on}, scored with its own vocabulary)" if transfer else ""
+    text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split}{where}, per {cfg.data.eval_unit} (threshold "
+                               f"{threshold:.4f} from validation normal, target FPR {loaded.calibration['target_fpr']})")
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
-    extra = {"pretrain_run_id": pretrain_run, "split": cfg.split, "model_dir": str(model_dir), "model": "loglm"}
+    extra = {"pretrain_run_id": pretrain_run, "split": cfg.split, "model_dir": str(model_dir), "model": "loglm",
+             "transfer": str(transfer), "model_dataset": trained_on}
     if parent_run_id:  # one child run per model under the evaluation suite's parent run
         extra["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp, run_name="loglm" if parent_run_id else f"eval-{cfg.data.name}-{cfg.split}",
@@ -184,7 +222,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     for name, c in by_class.items():
         client.log_metric(rid, f"eval_class/{name.replace(' ', '_')}/recall", float(c["recall"]))
     (out_dir / "metrics.txt").write_text(text)
-    report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, data_dir, pretrain_run)
+    report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, event, pretrain_run)
     client.log_artifacts(rid, str(out_dir), "eval")
     client.set_terminated(rid)
     if pretrain_run:  # link back: the pretrain run shows its latest evaluation
@@ -194,6 +232,6 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
             client.set_tag(pretrain_run, "latest_eval_run_id", rid)
         except Exception:  # the model may come from another tracking store
             pass
-    return {"run_id": rid, "metrics": result, "recall_by_class": by_class, "seconds": round(elapsed, 3), "table": text,
+    return {"run_id": rid, "transfer": transfer, "metrics": result, "recall_by_class": by_class, "seconds": round(elapsed, 3), "table": text,
             "report": str(report),
             "metrics_path": str(out_dir / "metrics.json"), "scores": {"ids": ids, "labels": labels, "scores": scores}}

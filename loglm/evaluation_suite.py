@@ -5,7 +5,7 @@ needed, pretrains LogLM unless ``ckpt=`` names a model, then evaluates LogLM, a 
 IsolationForest on event counts.  Every model is trained on the training split's normal sessions only and
 thresholded on the validation split's normal sessions at ``detect.target_fpr``; metrics on all and on
 unique test items.  One MLflow parent run (``loglm-eval``) with a child run per model; the table goes to
-``reports/eval_<protocol>.md`` and ``.json``.
+``reports/eval_<protocol>__<dataset>-<data sha256[:8]>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     return metrics, threshold, time.perf_counter() - t0, by_class
+
+
+def report_stem(protocol: str, dataset: str, data_sha256: str) -> str:
+    """Reports are named by protocol, dataset and the prepared data's hash: the same protocol run on other
+    inputs (another capture, another day) never overwrites this one's report."""
+    return f"eval_{protocol}__{dataset}-{data_sha256[:8]}"
 
 
 def markdown(protocol: str, rows: dict[str, dict], notes: list[str]) -> str:
@@ -168,10 +174,12 @@ def run(cfg) -> dict:
     text = markdown(protocol, rows, notes)
     reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / f"eval_{protocol}.md").write_text(text)
-    atomic_write_json(reports / f"eval_{protocol}.json", {"protocol": protocol, "parent_run_id": parent,
+    stem = report_stem(protocol, cfg.data.name, summary["data_sha256"])
+    (reports / f"{stem}.md").write_text(text)
+    atomic_write_json(reports / f"{stem}.json", {"protocol": protocol, "parent_run_id": parent,
                                                            "models": rows})
-    client.log_text(parent, text, f"eval_{protocol}.md")
+    client.log_text(parent, text, f"{stem}.md")
     client.set_terminated(parent)
     print(text)
-    return {"parent_run_id": parent, "protocol": protocol, "models": rows, "markdown": str(reports / f"eval_{protocol}.md")}
+    return {"parent_run_id": parent, "protocol": protocol, "models": rows, "markdown": str(reports / f"{stem}.md"),
+            "target_fpr": cfg.detect.target_fpr}

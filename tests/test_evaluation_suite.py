@@ -4,6 +4,7 @@ one MLflow parent run with a child run per model, a Markdown table."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,9 +62,11 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
                                   f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
     assert sorted(r.data.tags["model"] for r in children) == ["deeplog", "iforest", "loglm", "pca"]
     assert all("eval/f1" in r.data.metrics for r in children)
-    table = (tmp_path / "reports" / "eval_synthetic.md").read_text()
+    reports = sorted((tmp_path / "reports").glob("eval_synthetic__suite_synth-*.md"))
+    assert len(reports) == 1 and reports[0].name == Path(result["markdown"]).name  # named by protocol and dataset
+    table = reports[0].read_text()
     assert "| LogLM | all |" in table and "| deeplog | unique |" in table
-    assert json.loads((tmp_path / "reports" / "eval_synthetic.json").read_text())["parent_run_id"] == result["parent_run_id"]
+    assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
 
 
 def test_recall_per_attack_class(tmp_path):

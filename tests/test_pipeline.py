@@ -217,3 +217,28 @@ def test_recalibrate_on_a_new_environments_unlabelled_traffic(trained, tmp_path)
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     run = client.get_run(r["run_id"])
     assert run.data.tags["parent_run_id"] == result["run_id"] and run.data.metrics["calib/threshold"] == cal["threshold"]
+
+
+def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(trained, tmp_path):
+    """pipelines.evaluate ckpt=<model> data=<other prepared data>: not refused for its other vocabulary; the
+    other data's test sessions are read again with the model's templates, and an unseen event still alarms."""
+    from loglm.evaluation import run as evaluate
+    from loglm.ingest.prepare import run as prepare
+    from loglm.shards import read_sessions
+
+    cfg, _, result = trained
+    lines, kinds = make_log(120, seed=31, anomalies={i: "unseen" for i in range(3, 120, 12)})
+    log = tmp_path / "site_c.log"
+    log.write_text("\n".join(lines) + "\n")
+    ids = tmp_path / "anomalous.txt"
+    ids.write_text("\n".join(kinds) + "\n")
+    other = replace(cfg, data=replace(cfg.data, name="site_c", inputs=[str(log)], anomalous_ids=str(ids),
+                                      split=replace(cfg.data.split, train_frac=0.5, val_frac=0.1)))
+    prep = prepare(other)
+    data_dir = Path(prep["path"])
+    ev = evaluate(replace(other, ckpt=result["run_id"]))
+    assert ev["transfer"] and "transfer: model trained on synthetic" in ev["table"]
+    test = read_sessions(data_dir, "test")
+    assert ev["metrics"]["all"]["n"] == len(set(test.column("session_id").to_pylist()))
+    n_anom = sum(1 for lab in test.column("label").to_pylist() if lab == 1)
+    assert n_anom > 0 and ev["metrics"]["all"]["tp"] == n_anom  # every unseen-event block alarms

@@ -29,12 +29,16 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
     return calibrated_config(cfg_detect, cal)
 
 
-def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:
-    """Prepared token ids mean something only under the vocabulary they were made with."""
+def same_vocabulary(model_dir: Path, data_dir: Path) -> bool:
     from loglm.artifacts import sha256_file
 
     mine, theirs = model_dir / "vocab.json", data_dir / "vocab.json"
-    if theirs.is_file() and mine.is_file() and sha256_file(mine) != sha256_file(theirs):
+    return not (theirs.is_file() and mine.is_file() and sha256_file(mine) != sha256_file(theirs))
+
+
+def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:
+    """Prepared token ids mean something only under the vocabulary they were made with."""
+    if not same_vocabulary(model_dir, data_dir):
         raise ValueError(f"the model {model_dir} was trained on another vocabulary than the prepared data {data_dir}: "
                          "pass ckpt=<the run trained on this data>, or give raw inputs=[...] to score with the "
                          "model's own vocabulary")
