@@ -28,6 +28,18 @@ def test_zeek_flows_end_to_end(tmp_path):
     prep = prepare(cfg)
     assert prep["lines"]["metadata"] == 9 and prep["lines"]["rejected"] == 0
     result = pretrain(cfg)
+    # calibrated at the unit that is reported: one item per Benign validation flow, not per window
+    import pyarrow.parquet as pq
+
+    from loglm.shards import read_sessions
+
+    data_dir = tmp_path / "runs" / "data" / "zeek_ctu"
+    labels = pq.read_table(data_dir / "events.parquet").column("label").to_pylist()
+    val = read_sessions(data_dir, "val")
+    benign = sum(1 for idx in val.column("event_idx").to_pylist() for j in idx if labels[j] == "Benign")
+    cal = result["calibration"]
+    assert cal["val_population"].startswith("labelled-normal events") and cal["n_val_sessions"] == benign
+    assert benign > len(set(val.column("session_id").to_pylist()))
     run_cfg = replace(cfg, ckpt=result["run_id"])
     ev = evaluate(run_cfg)
     m = ev["metrics"]["all"]

@@ -30,18 +30,55 @@ def normal_validation(table: pa.Table) -> tuple[pa.Table, str, int]:
     return table, population, len(set(table.column("session_id").to_pylist()))
 
 
-def check_validation(data_dir: str | Path, cfg: DetectConfig) -> str | None:
+def normal_validation_events(val: pa.Table, data_dir: str | Path, data) -> dict[str, int]:
+    """Per-event calibration (``data.eval_unit=event``, e.g. per flow): how many labelled-normal events each
+    validation session holds.  Each such event is one calibration item carrying its session's score, so the
+    threshold is set at the unit that is reported; unlabelled (Background) and anomalous events never count.
+    Every session of the split is considered, whatever its own label (a window with one Malicious flow still
+    holds normal flows, which a per-flow FPR counts)."""
+    import pyarrow.parquet as pq
+
+    from loglm.ingest.sessions import event_label
+
+    labels = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
+    normal, unknown = set(data.normal_labels), set(data.unknown_labels)
+    counts: dict[str, int] = {}
+    for sid, idx in zip(val.column("session_id").to_pylist(), val.column("event_idx").to_pylist()):
+        n = sum(1 for j in idx if event_label(labels[j], normal, unknown) == 0)
+        counts[sid] = counts.get(sid, 0) + n
+    return {sid: n for sid, n in counts.items() if n}
+
+
+def validation_items(data_dir: str | Path, data) -> tuple[pa.Table, str, dict[str, int] | None, int]:
+    """(windows to score, population, per-session item weights or None, number of calibration items)."""
+    val = read_sessions(data_dir, "val")
+    if data is not None and data.eval_unit == "event":
+        weights = normal_validation_events(val, data_dir, data)
+        if weights:
+            val = val.filter(pa.array([sid in weights for sid in val.column("session_id").to_pylist()]))
+            return val, "labelled-normal events (per-event unit)", weights, int(sum(weights.values()))
+    val, population, n = normal_validation(val)
+    return val, population, None, n
+
+
+def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str | None:
     """Before any training: refuse a validation split too small for ``cfg.target_fpr`` (or return the warning)."""
-    _, _, n = normal_validation(read_sessions(data_dir, "val"))
+    _, _, _, n = validation_items(data_dir, data)
     return check_validation_size(n, cfg.target_fpr, cfg.small_validation)
 
 
-def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None) -> dict:
-    val, population, n = normal_validation(read_sessions(data_dir, "val"))
+def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None, data=None) -> dict:
+    """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
+    the calibration for ``cfg.target_fpr``."""
+    val, population, weights, n = validation_items(data_dir, data)
     warning = check_validation_size(n, cfg.target_fpr, cfg.small_validation)
     ws = score_windows(encoder, *windows_of(val), cfg)
-    return calibration_of(np.array(list(session_max(val.column("session_id").to_pylist(), ws.score).values())),
-                          cfg, population, warning, out_dir)
+    per_session = session_max(val.column("session_id").to_pylist(), ws.score)
+    if weights is None:
+        items = np.array(list(per_session.values()))
+    else:  # one item per normal event, carrying its session's score
+        items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
+    return calibration_of(items, cfg, population, warning, out_dir)
 
 
 def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str]:

@@ -184,7 +184,7 @@ def run(cfg) -> dict:
     cfg = dataclasses.replace(cfg, data=teacher_data_config(teacher_dir, cfg.data))
     dataset = cfg.data.name
     data_dir = prepared_dir(cfg.paths.root, dataset)
-    check_validation(data_dir, cfg.detect)  # a student calibrates on the same split: refused before training
+    check_validation(data_dir, cfg.detect, cfg.data)  # a student calibrates on the same split: refused before training
     d = cfg.distill
     pl.seed_everything(cfg.trainer.seed, workers=True)
     tcfg = teacher.encoder.cfg
@@ -222,7 +222,7 @@ def run(cfg) -> dict:
     detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
     if d.rtd_weight > 0:
         detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
-    cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir)
+    cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir, cfg.data)
     finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     for k, v in {"calib/threshold": cal["threshold"], "perf/train_seconds": seconds, "best/val_loss": best.best,

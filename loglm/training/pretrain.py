@@ -93,7 +93,7 @@ def start_run(cfg) -> RunContext:
                          "before training on it")
     from loglm.detect.calibrate import check_validation
 
-    small_validation = check_validation(data_dir, cfg.detect)  # refused here, before any training
+    small_validation = check_validation(data_dir, cfg.detect, cfg.data)  # refused here, before any training
     vocab = Vocabulary.load(data_dir / "vocab.json")
     enc = encoder_config(cfg, vocab.size, vocab.gap_buckets)
     tracking.ensure_experiment(cfg, cfg.logger.experiment)
@@ -223,7 +223,7 @@ def run(cfg) -> dict:
     model_dir, data_dir = Path(ctx.model_dir), Path(ctx.data_dir)
     atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     loaded = load_model(model_dir, verify=False)
-    cal = calibrate(loaded.encoder, data_dir, cfg.detect, model_dir)
+    cal = calibrate(loaded.encoder, data_dir, cfg.detect, model_dir, cfg.data)
     finalize(model_dir, data_dir / "vocab.json", {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256})
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
