@@ -142,6 +142,9 @@ class TrainerConfig:
     patience: int = 5
     progress_bar: bool = True
     limit_train_batches: float = 1.0
+    # after Ctrl-C / SIGTERM the job marks its run KILLED and exits; if it is still alive this many seconds
+    # later (a step or a lock that does not return), it exits at once (a second signal does so immediately)
+    stop_grace_s: float = 60.0
 
 
 @dataclass

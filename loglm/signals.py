@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -26,13 +27,38 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-class StopSignals:
-    """State of one :func:`stop_on_signals` block."""
+_ACTIVE: list[StopSignals] = []
 
-    def __init__(self):
+
+def active() -> StopSignals | None:
+    """The innermost :func:`stop_on_signals` block of this process, if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+class StopSignals:
+    """State of one :func:`stop_on_signals` block.  With ``grace_s``, the first signal also starts a watchdog:
+    if the process is still alive ``grace_s`` seconds later (a step that does not return, a lock that is never
+    released), it exits at once with 128 + the signal number."""
+
+    def __init__(self, grace_s: float | None = None):
         self.received: list[int] = []
         self.finishing = False
         self._deferred = 0
+        self.grace_s = grace_s
+        self._watchdog: threading.Thread | None = None
+
+    def _start_watchdog(self, signum: int) -> None:
+        if self.grace_s is None or self._watchdog is not None:
+            return
+
+        def expire():
+            time.sleep(self.grace_s)
+            sys.stderr.write(f"loglm: still running {self.grace_s:.0f} s after {signal.Signals(signum).name}: exiting now\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+        self._watchdog = threading.Thread(target=expire, name="loglm-stop-watchdog", daemon=True)
+        self._watchdog.start()
 
     @property
     def requested(self) -> bool:
@@ -44,6 +70,7 @@ class StopSignals:
 
     def handler(self, signum, frame) -> None:
         self.received.append(signum)
+        self._start_watchdog(signum)
         if len(self.received) >= 2:
             sys.stderr.write(f"loglm: second stop signal ({signal.Signals(signum).name}): exiting now\n")
             sys.stderr.flush()
@@ -72,15 +99,17 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals(grace_s: float | None = None):
     """Install the stop rule for the duration of the block (main thread only; elsewhere a no-op)."""
-    state = StopSignals()
+    state = StopSignals(grace_s)
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
     previous = {s: signal.signal(s, state.handler) for s in SIGNALS}
+    _ACTIVE.append(state)
     try:
         yield state
     finally:
+        _ACTIVE.remove(state)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -94,3 +94,59 @@ def test_tampered_checkpoint_is_refused_before_resuming(tmp_path):
     (tmp_path / "checkpoints" / "run1" / "last.ckpt.sha256.json").unlink()
     with pytest.raises(ValueError, match="unverified"):
         io.load_checkpoint(ckpt)
+
+
+def probe(phase: str, marker, overrides: list[str]) -> subprocess.Popen:
+    """pipelines.pretrain paused inside ``phase`` (tests/signal_probe.py); returns once it is there."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "signal_probe.py"), phase, str(marker), *overrides],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not marker.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"never reached {phase}: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+PHASES = {"train_step": "training", "validation": "training", "checkpoint": "training",
+          "calibration": "calibration"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_stop_signal_ends_pretraining_at_every_phase(prepared, tmp_path, phase, sig):
+    """The signal lands while the job is paused inside the phase (tests/signal_probe.py): the process ends
+    within a bound, the run is KILLED naming the phase, and the checkpoint on disk is whole."""
+    import mlflow
+
+    from loglm.training.checkpoint_io import verify_checkpoint
+
+    root, overrides = prepared
+    marker = tmp_path / "at-phase"
+    epochs = 2 if phase == "calibration" else 500
+    proc = probe(phase, marker, overrides + [f"trainer.max_epochs={epochs}", "trainer.stop_grace_s=30"])
+    t0 = time.time()
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    took = time.time() - t0
+    assert proc.returncode == 130, out[-2000:]
+    assert took < 20, f"{took:.1f} s to stop"  # the phase's own pause is cut short (except the 3 s swap)
+    assert f"interrupted during {PHASES[phase]}" in out
+    run_id = out.rsplit("resume_from=", 1)[1].split()[0]
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert PHASES[phase] in client.get_run(run_id).data.tags["interrupted"]
+    verify_checkpoint(root / "checkpoints" / run_id / "last.ckpt")  # checkpoint and digest agree
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_that_hangs_is_ended_by_the_watchdog(prepared, tmp_path, sig):
+    _, overrides = prepared
+    marker = tmp_path / "at-phase"
+    proc = probe("hang", marker, overrides + ["trainer.max_epochs=500", "trainer.stop_grace_s=3"])
+    t0 = time.time()
+    os.kill(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig and time.time() - t0 < 15, out[-2000:]
+    assert "exiting now" in out

@@ -44,6 +44,19 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
 
 @contextlib.contextmanager
 def deferred_signals():
+    """Ctrl-C / SIGTERM wait until the block is done.  Under LogLM's stop rule the signal is recorded and acted
+    on after the block (a signal mask alone does not do it: the kernel hands a process signal to another
+    thread, and Python runs its handler in the main thread wherever it is); elsewhere the signals are masked."""
+    from loglm.signals import Stopped, active
+
+    stop = active()
+    if stop is not None:
+        with stop.deferred():
+            yield
+        if stop.requested and not stop.finishing:
+            stop.finishing = True
+            raise Stopped(stop.received[0])
+        return
     sigs = {signal.SIGINT, signal.SIGTERM}
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)

@@ -174,8 +174,10 @@ def run(cfg) -> dict:
     from loglm.detect.scores import calibrated_config
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import finalize, load_model, resolve_model_dir
+    from loglm.signals import stop_on_signals
     from loglm.training.callbacks import BestWeights
     from loglm.training.data import SessionDataModule
+    from loglm.training.pretrain import interrupted, stopped
 
     if not cfg.teacher:
         raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
@@ -215,14 +217,22 @@ def run(cfg) -> dict:
                          enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
                          num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.trainer.batch_size, 0, cfg.trainer.seed))
-    seconds = time.perf_counter() - t0
-    atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    student = load_model(model_dir, verify=False)
-    detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
-    if d.rtd_weight > 0:
-        detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
-    cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir, cfg.data)
+    phase = "training"
+    with stop_on_signals(cfg.trainer.stop_grace_s):  # Ctrl-C / SIGTERM: KILLED run, bounded exit
+        try:
+            trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.trainer.batch_size, 0, cfg.trainer.seed))
+            seconds = time.perf_counter() - t0
+            phase = "calibration"
+            atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+            student = load_model(model_dir, verify=False)
+            detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
+            if d.rtd_weight > 0:
+                detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
+            cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir, cfg.data)
+        except BaseException as e:
+            if not interrupted(e):
+                raise
+            raise stopped(cfg, run_id, phase, e, what="distill") from None
     finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
     for k, v in {"calib/threshold": cal["threshold"], "perf/train_seconds": seconds, "best/val_loss": best.best,

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
-import signal
 import time
 from pathlib import Path
 
 from loglm.config import RootConfig
+from loglm.signals import stop_on_signals
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: stop, keep the last checkpoint, mark the run."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+def stopped(cfg, run_id: str, phase: str, exc: BaseException, what: str = "pretraining") -> SystemExit:
+    """A stop signal ended the job: the run is marked KILLED (not RUNNING forever, not FINISHED), the resume
+    command printed; the last epoch's checkpoint stays usable.  Returns the SystemExit to raise (exit 130)."""
+    import mlflow
+
+    from loglm import tracking
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. inside a Ray worker): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client.set_tag(run_id, "interrupted", f"{type(exc).__name__} during {phase}: {exc}")
+        client.set_terminated(run_id, "KILLED")
+    except Exception as e:  # the store may be what hangs or fails: still exit
+        print(f"loglm: could not mark MLflow run {run_id} KILLED: {e}", flush=True)
+    hint = (f"python -m pipelines.pretrain resume_from={run_id} (same data/model config)" if what == "pretraining"
+            else f"python -m pipelines.{what} with the same arguments")
+    print(f"\n{what} interrupted during {phase}; MLflow run {run_id} marked KILLED. Continue with: {hint}",
+          flush=True)
+    return SystemExit(130)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """A stop: Ctrl-C / SIGTERM, or Lightning's own ``sys.exit(1)`` after it caught one."""
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code not in (0, None))
 
 
 def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int) -> dict:
@@ -172,26 +179,14 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
 
 def _fit_local(cfg, ctx: RunContext) -> dict:
     import lightning.pytorch as pl
-    import mlflow
 
-    from loglm import tracking
     from loglm.training.data import SessionDataModule
 
     pl.seed_everything(cfg.trainer.seed, workers=True)
     module = build_module(cfg, ctx)
     dm = SessionDataModule(ctx.data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
     trainer, best = build_trainer(cfg, ctx, on_ray=False)
-    try:
-        with sigterm_as_interrupt():
-            trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_ckpt, weights_only=True)
-    except (KeyboardInterrupt, SystemExit) as e:
-        # the last epoch's checkpoint stays usable; the run is KILLED, not RUNNING forever
-        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
-        client.set_tag(ctx.run_id, "interrupted", f"{type(e).__name__} at epoch {trainer.current_epoch}")
-        client.set_terminated(ctx.run_id, "KILLED")
-        print(f"\npretraining interrupted; MLflow run {ctx.run_id} marked KILLED. Continue with: "
-              f"python -m pipelines.pretrain resume_from={ctx.run_id} (same data/model config)", flush=True)
-        raise SystemExit(130) from None
+    trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_ckpt, weights_only=True)
     if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
         raise ValueError("ZeRO-3 runs under launcher=ray (its checkpoints are gathered there)")
     return {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "best_val_loss": best.best,
@@ -200,6 +195,18 @@ def _fit_local(cfg, ctx: RunContext) -> dict:
 
 def run(cfg) -> dict:
     """Pretrain ``cfg.data`` with ``cfg.launcher`` (local | ray) and ``cfg.strategy``; returns the run's summary."""
+    ctx = start_run(cfg)
+    progress = {"phase": "training"}
+    with stop_on_signals(cfg.trainer.stop_grace_s):  # Ctrl-C / SIGTERM: KILLED run, bounded exit
+        try:
+            return _train_and_calibrate(cfg, ctx, progress)
+        except BaseException as e:
+            if not interrupted(e):
+                raise
+            raise stopped(cfg, ctx.run_id, progress["phase"], e) from None
+
+
+def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
     import mlflow
     from omegaconf import OmegaConf
 
@@ -208,7 +215,6 @@ def run(cfg) -> dict:
     from loglm.detect.calibrate import calibrate
     from loglm.model.store import finalize, load_model
 
-    ctx = start_run(cfg)
     t0 = time.perf_counter()
     if cfg.launcher.name == "ray":
         from loglm.training.ray_train import fit_on_ray
@@ -220,6 +226,7 @@ def run(cfg) -> dict:
         raise ValueError(f"launcher.name must be local or ray, got {cfg.launcher.name!r}")
     train_s = time.perf_counter() - t0
 
+    progress["phase"] = "calibration"
     model_dir, data_dir = Path(ctx.model_dir), Path(ctx.data_dir)
     atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     loaded = load_model(model_dir, verify=False)
