@@ -242,3 +242,24 @@ def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(tr
     assert ev["metrics"]["all"]["n"] == len(set(test.column("session_id").to_pylist()))
     n_anom = sum(1 for lab in test.column("label").to_pylist() if lab == 1)
     assert n_anom > 0 and ev["metrics"]["all"]["tp"] == n_anom  # every unseen-event block alarms
+
+
+def test_a_diverged_run_fails_instead_of_finishing(tmp_path):
+    """trainer.lr=1e12: the scores are not finite, so there is no threshold: the run is FAILED with the
+    reason, and latest.json does not point at a model that cannot decide anything."""
+    import mlflow
+
+    from loglm import tracking
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    cfg = compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + [
+        "trainer.max_epochs=2", "trainer.lr=1e12", "trainer.warmup_steps=0"])
+    prepare(cfg)
+    with pytest.raises(ValueError, match="non-finite"):
+        pretrain(cfg)
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "non-finite" in runs[0].data.tags["error"] and "calibration" in runs[0].data.tags["error"]
+    assert not (tmp_path / "models" / "latest.json").exists()

@@ -202,8 +202,23 @@ def run(cfg) -> dict:
             return _train_and_calibrate(cfg, ctx, progress)
         except BaseException as e:
             if not interrupted(e):
+                mark_failed(cfg, ctx.run_id, progress["phase"], e)
                 raise
             raise stopped(cfg, ctx.run_id, progress["phase"], e) from None
+
+
+def mark_failed(cfg, run_id: str, phase: str, exc: BaseException) -> None:
+    """An error ended the job: its run is FAILED with the reason, never left RUNNING or shown FINISHED."""
+    import mlflow
+
+    from loglm import tracking
+
+    try:
+        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client.set_tag(run_id, "error", f"{type(exc).__name__} during {phase}: {exc}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as e:  # report the original error, not the bookkeeping one
+        print(f"loglm: could not mark MLflow run {run_id} FAILED: {e}", flush=True)
 
 
 def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
