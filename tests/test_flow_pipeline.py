@@ -41,6 +41,12 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert cal["val_population"].startswith("labelled-normal events") and cal["n_val_sessions"] == benign
     assert benign > len(set(val.column("session_id").to_pylist()))
     run_cfg = replace(cfg, ckpt=result["run_id"])
+    from loglm.detect.recalibrate import run as recalibrate
+
+    rec = recalibrate(replace(run_cfg, inputs=[str(capture)], out=str(tmp_path / "recal")))
+    assert rec["items"] == rec["lines"]["accepted"] == 2151 and rec["sessions"] < rec["items"]  # one item per flow
+    recal = json.loads((tmp_path / "recal" / "calibration.json").read_text())
+    assert "per event" in recal["val_population"] and recal["recalibrated_on"]["items"] == 2151
     ev = evaluate(run_cfg)
     m = ev["metrics"]["all"]
     assert m["n"] > 100 and m["auroc"] > 0.95  # per flow, Background excluded

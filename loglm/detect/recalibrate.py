@@ -55,11 +55,21 @@ def run(cfg) -> dict:
     if table.num_rows == 0:
         raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
     ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
-    per_session = np.array(list(session_max(table.column("session_id").to_pylist(), ws.score).values()))
-    warning = check_validation_size(len(per_session), dcfg.target_fpr, dcfg.small_validation)
-    cal = calibration_of(per_session, dcfg, POPULATION, warning)
+    sids = table.column("session_id").to_pylist()
+    per_session = session_max(sids, ws.score)
+    if run_cfg.data.eval_unit == "event":  # the unit that is reported: one item per event (flow), as calibrate does
+        events: dict[str, int] = {}
+        for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
+            events[sid] = events.get(sid, 0) + len(idx)
+        items = np.repeat(np.array([per_session[s] for s in events]), np.array(list(events.values())))
+        population = POPULATION.replace("traffic", "traffic, per event")
+    else:
+        items, population = np.array(list(per_session.values())), POPULATION
+    warning = check_validation_size(len(items), dcfg.target_fpr, dcfg.small_validation)
+    cal = calibration_of(items, dcfg, population, warning)
     cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
-                              "sessions": int(len(per_session)), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                              "sessions": len(per_session), "items": int(len(items)),
+                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     cal["previous"] = {"model_dir": str(model_dir), "threshold": loaded.calibration["threshold"],
                        "target_fpr": loaded.calibration["target_fpr"],
                        "n_val_sessions": loaded.calibration.get("n_val_sessions")}
@@ -91,5 +101,6 @@ def run(cfg) -> dict:
         client.log_metric(rid, k, float(v))
     client.set_terminated(rid)
     return {"model_dir": str(out), "run_id": rid, "threshold": cal["threshold"],
-            "previous_threshold": cal["previous"]["threshold"], "sessions": cal["n_val_sessions"],
+            "previous_threshold": cal["previous"]["threshold"], "sessions": len(per_session),
+            "items": int(len(items)),
             "promise": cal["promise"], "threshold_rule": cal["threshold_rule"], "warning": warning, "lines": account}
