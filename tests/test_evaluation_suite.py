@@ -66,6 +66,8 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     assert len(reports) == 1 and reports[0].name == Path(result["markdown"]).name  # named by protocol and dataset
     table = reports[0].read_text()
     assert "| LogLM | all |" in table and "| deeplog | unique |" in table
+    fpr = result["models"]["LogLM"]["metrics"]["all"]["fpr"]
+    assert f"| {fpr:.4f} | {fpr / 0.01:.2f}" in table  # the test FPR beside its ratio to the target
     assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
 
 
