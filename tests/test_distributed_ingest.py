@@ -72,3 +72,13 @@ def test_ray_data_ingest_of_zeek_flows_equals_local(ray_local, tmp_path):
     out = both_backends(tmp_path, ["data=zeek_ctu", f"data.inputs=[{path}]", "data.local_networks=[10.0.0.0/8]"])
     assert_same(out)
     assert out["ray"]["summary"]["lines"]["metadata"] == 9
+
+
+def test_ray_data_ingest_of_damaged_files_equals_local(ray_local, tmp_path, hdfs_head):
+    """A truncated and a corrupt .gz among good files: both backends reject them by name and go on."""
+    from test_hostile_input import damaged_inputs
+
+    paths, _ = damaged_inputs(tmp_path, hdfs_head)
+    out = both_backends(tmp_path, ["data=hdfs_raw", f"data.inputs=[{','.join(paths)}]", "data.anomalous_ids=null"])
+    assert_same(out)
+    assert out["ray"]["rejected"].count("unreadable file") == 2

@@ -185,3 +185,54 @@ def test_sequence_builders_account_for_any_bytes(tmp_path, lines):
         (keys / name).write_bytes(b"Sequence,label\n" + body)
     parsed, _ = build_hdfs_keys(DataConfig(format="hdfs_keys", inputs=[str(keys), str(tpl)]))
     assert parsed.account.read == 4 * len(lines) + 2 == parsed.account.accepted + parsed.account.rejected
+
+
+def damaged_inputs(tmp_path, hdfs_head) -> tuple[list[str], int]:
+    """A good file, a truncated .gz, a .gz of garbage, another good file; and the lines the truncated one yields."""
+    import gzip as gz
+    import zlib
+
+    lines = hdfs_head.read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.log").write_bytes(b"".join(lines[:400]))
+    whole = gz.compress(b"".join(lines[400:1400]))
+    (tmp_path / "b.log.gz").write_bytes(whole[: len(whole) // 2])  # cut mid-stream
+    (tmp_path / "c.log.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)  # a gzip header, then garbage
+    (tmp_path / "d.log").write_bytes(b"".join(lines[1400:1600]))
+    readable = zlib.decompressobj(31).decompress(whole[: len(whole) // 2]).count(b"\n")
+    return [str(tmp_path / n) for n in ("a.log", "b.log.gz", "c.log.gz", "d.log")], readable
+
+
+def test_a_damaged_file_is_rejected_by_name_and_the_run_goes_on(tmp_path, hdfs_head):
+    paths, readable = damaged_inputs(tmp_path, hdfs_head)
+    data = DataConfig(format="hdfs", session=SessionConfig(by="entity", entity_type="block_id"))
+    parsed = parse_inputs(paths, data, TemplateMiner(), frozen=False)
+    acct = parsed.account
+    assert acct.read == acct.accepted + acct.rejected
+    bad = {f: (n, r) for f, n, r in parsed.rejections if "unreadable file" in r}
+    assert set(bad) == {paths[1], paths[2]}  # each damaged file named, once
+    assert bad[paths[1]][0] == readable + 1 and "EOFError" in bad[paths[1]][1]  # its readable lines were kept
+    assert "BadGzipFile" in bad[paths[2]][1] or "error" in bad[paths[2]][1].lower()
+    sources = set(parsed.events.source)
+    assert paths[0] in sources and paths[3] in sources  # the good files after a bad one were read
+    assert sum(1 for s in parsed.events.source if s == paths[1]) + sum(
+        1 for f, _, r in parsed.rejections if f == paths[1] and "unreadable" not in r) == readable
+
+
+def test_hostile_lines_of_every_reader_are_rejected_not_raised(tmp_path):
+    """The reproductions of the hardening issue: a 5,000-digit JSON number, a bad escape in a Zeek header,
+    a JSON time of 0001-01-01 with week-long windows; each is that line's rejection (or a valid window)."""
+    j = tmp_path / "j.jsonl"
+    j.write_text('{"message": "a", "@timestamp": ' + "9" * 5000 + "}\n"
+                 '{"message": "b", "@timestamp": "0001-01-01T00:00:00", "host": "h"}\n'
+                 '{"message": "c", "@timestamp": "2020-01-01T00:00:00", "host": "h"}\n')
+    data = DataConfig(format="jsonl", time_format="iso", fields={"message": "message", "time": "@timestamp"},
+                      entity_fields={"host": "hostname"}, session=SessionConfig(by="window", window_s=604800))
+    parsed = parse_inputs([str(j)], data, TemplateMiner(), frozen=False)
+    assert parsed.account.as_dict()["read"] == 3 and parsed.account.reconciles()
+    assert [n for _, n, r in parsed.rejections if r.startswith("unparseable line: ValueError")] == [1]
+    assert len(parsed.sessions) == 2 and parsed.account.accepted == 2  # year-1 event has its own window
+    z = tmp_path / "z.log"
+    z.write_bytes(b"#separator \\x\n#fields\tts\n1\n")
+    parsed = parse_inputs([str(z)], DataConfig(format="zeek"), TemplateMiner(), frozen=False)
+    assert parsed.account.reconciles() and parsed.rejections[0][1] == 1
+    assert "UnicodeDecodeError" in parsed.rejections[0][2]

@@ -17,7 +17,7 @@ from pathlib import Path
 from loglm.detect.alerts import build_alerts, events_from_parsed
 from loglm.detect.detector import detect_config_of
 from loglm.ingest.prepare import to_event
-from loglm.ingest.readers import LineAccount, Rejection, make_reader
+from loglm.ingest.readers import LineAccount, Rejection, make_reader, parse_line_safely
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
 from loglm.shards import session_table
@@ -55,7 +55,7 @@ class StreamingDetector:
     # -- input ---------------------------------------------------------------------------------
     def feed(self, raw: bytes, source: str, line_no: int) -> None:
         self.account.read += 1
-        item = self.reader.parse_line(raw, source, line_no)
+        item = parse_line_safely(self.reader.parse_line, raw, source, line_no)
         if item is None:  # a metadata line of a structured format (Zeek #fields, CSV header)
             self.account.metadata += 1
             return

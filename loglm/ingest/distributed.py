@@ -15,7 +15,17 @@ import json
 import os
 from pathlib import Path
 
-from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection, expand_inputs, make_reader, open_binary
+from loglm.ingest.readers import (
+    FLOW_FORMATS,
+    UNREADABLE,
+    LineAccount,
+    Rejection,
+    expand_inputs,
+    make_reader,
+    open_binary,
+    parse_line_safely,
+    unreadable,
+)
 from loglm.ingest.sessions import Events, sessionize
 
 META, RECORD, REJECT = 0, 1, 2
@@ -69,9 +79,16 @@ def _leading_metadata(path: Path, fmt: str) -> int:
 
 
 def _lines(task: dict):
+    """(line number, raw bytes) of a task's range; a whole (gzip) file that turns out damaged ends with
+    (line number, exception), which becomes the same rejection the local reader gives."""
     if task["end"] < 0:
-        with open_binary(Path(task["path"])) as fh:
-            yield from enumerate(fh, start=1)
+        n = 0
+        try:
+            with open_binary(Path(task["path"])) as fh:
+                for n, raw in enumerate(fh, start=1):
+                    yield n, raw
+        except UNREADABLE as e:
+            yield n + 1, e
         return
     with open(task["path"], "rb") as fh:
         fh.seek(task["start"])
@@ -108,8 +125,9 @@ def parse_tasks(batch: dict, data: dict, mask: bool) -> dict:
             if task["prime"]:  # headers from the top of the file set how this range is read
                 with open(source, "rb") as fh:
                     for n in range(1, task["prime"] + 1):
-                        reader.parse_line(fh.readline(), source, n)
-            items = ((n, reader.parse_line(raw, source, n)) for n, raw in _lines(task))
+                        parse_line_safely(reader.parse_line, fh.readline(), source, n)
+            items = ((n, unreadable(source, n - 1, raw) if isinstance(raw, BaseException)
+                      else parse_line_safely(reader.parse_line, raw, source, n)) for n, raw in _lines(task))
         for line_no, item in items:
             if item is None:
                 emit(META, source, line_no)

@@ -17,7 +17,17 @@ from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines, tally
+from loglm.ingest.readers import (
+    UNREADABLE,
+    LineAccount,
+    Record,
+    Rejection,
+    accept,
+    check_line,
+    read_lines,
+    tally,
+    unreadable,
+)
 from loglm.ingest.zeek import flow_entities
 
 CICFLOWMETER_COLUMNS = {
@@ -103,17 +113,22 @@ class FlowTableReader:
         return self._flow(dict(zip(self.header, values)), source, line_no, self.present)
 
     def _parquet(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         source = os.fspath(path)
-        pf = pq.ParquetFile(path)
-        present, problem = self._present(pf.schema_arrow.names)
         row_no = 0
-        for batch in pf.iter_batches(batch_size=65_536):
-            for row in batch.to_pylist():
-                row_no += 1
-                account.read += 1
-                if problem:
-                    yield Rejection(source, row_no, problem)
-                    continue
-                yield self._flow(row, source, row_no, present)
+        try:
+            pf = pq.ParquetFile(path)
+            present, problem = self._present(pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=65_536):
+                for row in batch.to_pylist():
+                    row_no += 1
+                    account.read += 1
+                    if problem:
+                        yield Rejection(source, row_no, problem)
+                        continue
+                    yield self._flow(row, source, row_no, present)
+        except (*UNREADABLE, pa.ArrowException) as e:  # a damaged Parquet file: rejected, the run goes on
+            account.read += 1
+            yield unreadable(source, row_no, e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -95,20 +96,45 @@ def tally(items: Iterator[Record | Rejection], account: LineAccount) -> Iterator
         yield item
 
 
+# what reading a damaged file raises: truncated gzip (EOFError), a corrupt one (BadGzipFile is an OSError,
+# zlib.error), an I/O error
+UNREADABLE = (OSError, EOFError, zlib.error)
+
+
+def unreadable(source: str, lines_read: int, exc: BaseException) -> Rejection:
+    """The rest of a file that cannot be read, as one rejection naming the file, where, and why."""
+    return Rejection(source, lines_read + 1, f"unreadable file: {type(exc).__name__}: {exc} "
+                                             f"(after line {lines_read}; the lines before it were read)")
+
+
+def parse_line_safely(parse_line, raw: bytes, source: str, line_no: int) -> Record | Rejection | None:
+    """One line through a reader, which must never take the run down: whatever a hostile line makes a
+    parser raise (a 5,000-digit JSON number, a bad escape in a Zeek header) rejects that line, with the reason."""
+    try:
+        return parse_line(raw, source, line_no)
+    except Exception as e:  # noqa: BLE001 - any parser failure on untrusted input is that line's rejection
+        return Rejection(source, line_no, f"unparseable line: {type(e).__name__}: {str(e)[:200]}")
+
+
 def read_lines(parse_line, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
     """Every line of a text file through ``parse_line(raw, source, line_no)`` (None = a metadata line),
     accounted: the one line loop of the text readers."""
     source = os.fspath(path)
 
     def items():
-        with open_binary(path) as fh:
-            for line_no, raw_bytes in enumerate(fh, start=1):
-                account.read += 1
-                item = parse_line(raw_bytes, source, line_no)
-                if item is None:
-                    account.metadata += 1
-                else:
-                    yield item
+        line_no = 0
+        try:
+            with open_binary(path) as fh:
+                for line_no, raw_bytes in enumerate(fh, start=1):
+                    account.read += 1
+                    item = parse_line_safely(parse_line, raw_bytes, source, line_no)
+                    if item is None:
+                        account.metadata += 1
+                    else:
+                        yield item
+        except UNREADABLE as e:  # a truncated or corrupt file: its lines so far stand, the run goes on
+            account.read += 1
+            yield unreadable(source, line_no, e)
 
     return tally(items(), account)
 

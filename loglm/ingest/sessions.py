@@ -60,7 +60,11 @@ def session_keys(entities: dict[str, list[str]], ts: float, cfg: SessionConfig) 
 
 
 def _window(ts: float, window_s: float) -> str:
-    return datetime.fromtimestamp(int(ts // window_s) * window_s, UTC).isoformat()
+    start = int(ts // window_s) * window_s
+    try:
+        return datetime.fromtimestamp(start, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):  # a window starting before year 1 (0001-01-01 and a week span)
+        return f"t{start:.0f}"
 
 
 def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
