@@ -205,3 +205,15 @@ def test_export_into_a_users_folder_is_refused_and_the_folder_kept(exported, tmp
     with pytest.raises(ValueError, match="notes.txt"):
         export(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(v))))
     assert (v / "notes.txt").read_text() == "x" and [p.name for p in v.iterdir()] == ["notes.txt"]
+
+
+def test_detection_where_every_line_is_rejected_fails_with_the_reasons(exported, tmp_path, capsys):
+    """A wrong format or wrong settings reject everything: that is an error naming the reasons, not 0 alerts."""
+    from loglm.cli import main
+
+    _, _, result = exported
+    log = tmp_path / "eve.json"
+    log.write_text('{"event_type": "alert"}\n{"event_type": "dns"}\nnot json either\n')
+    assert main(["detect", "--bundle", result["bundle"], "--out", str(tmp_path / "a.jsonl"), str(log)]) == 2
+    err = capsys.readouterr().err
+    assert "all 3 lines were rejected with data.format='hdfs'" in err and f"{log}:1:" in err

@@ -44,6 +44,15 @@ def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:
                          "model's own vocabulary")
 
 
+def check_not_all_rejected(lines: dict, rejections: list, data) -> None:
+    """Every line rejected is a wrong format or wrong settings, not a quiet day: an error naming the reasons."""
+    if lines["read"] > lines["metadata"] and lines["accepted"] == 0:
+        reasons = ", ".join(f"{r!r}: {n}" for r, n in sorted(lines["rejected_by_reason"].items(), key=lambda x: -x[1])[:3])
+        first = f"; first: {rejections[0][0]}:{rejections[0][1]}: {rejections[0][2][:200]}" if rejections else ""
+        raise ValueError(f"all {lines['read'] - lines['metadata']} lines were rejected with data.format="
+                         f"{data.format!r} ({reasons}){first}: nothing was scored")
+
+
 def score_input(cfg, loaded):
     """Sessions to score (a pyarrow table), an event lookup, and the line accounting."""
     from loglm.detect.alerts import events_from_parsed, events_from_table
@@ -54,6 +63,7 @@ def score_input(cfg, loaded):
     if cfg.inputs:
         parsed = parse_inputs(list(cfg.inputs), cfg.data, loaded.vocab.miner, frozen=True,
                               mask=loaded.vocab.mask_params, codec=loaded.vocab.flow_codec)
+        check_not_all_rejected(parsed.account.as_dict(), parsed.rejections, cfg.data)
         label_sessions(parsed.sessions, parsed.events,
                        read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None,
                        cfg.data.normal_labels, cfg.data.unknown_labels)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from loglm.detect.alerts import build_alerts, events_from_parsed
-from loglm.detect.detector import detect_config_of
+from loglm.detect.detector import check_not_all_rejected, detect_config_of
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import LineAccount, Rejection, make_reader, parse_line_safely
 from loglm.ingest.sessions import Events, Session, session_keys
@@ -200,5 +200,6 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             summary = det.finish()
         if stop.received:
             summary["stopped_by"] = stop.name
+    check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
     summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
     return summary
