@@ -1,5 +1,6 @@
 # LogLM — `make demo` sets up on first use and runs the whole job; `make test` runs the tests.
 PY ?= python3
+SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,10 +12,13 @@ setup: $(STAMP)
 
 # Re-installs only when pyproject.toml changes; torch is pinned first so no CUDA build is ever resolved.
 $(STAMP): pyproject.toml
+	@echo "LogLM setup: creating $(VENV) and installing torch (CPU), lightning, ray, mlflow, onnxruntime, deepspeed (first run only: a few minutes, ~2.2 GB)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
+	@echo "LogLM setup: [1/2] torch 2.13.0 (CPU build)"
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,deepspeed]"
+	@echo "LogLM setup: [2/2] loglm and its dependencies"
+	set -o pipefail; $(BIN)/python -m pip install -e ".[dev,deepspeed]" | { grep --line-buffered -E "^(Collecting|Successfully)" || true; }
 	touch $(STAMP)
 
 demo: setup
