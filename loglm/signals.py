@@ -81,6 +81,7 @@ class StopSignals:
             return
         if self._deferred:
             return  # the job sees `requested` at its next safe point
+        self.finishing = True  # raised once: from here on the job is finishing
         raise Stopped(signum)
 
     @contextlib.contextmanager
@@ -113,3 +114,29 @@ def stop_on_signals(grace_s: float | None = None):
         _ACTIVE.remove(state)
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C / SIGTERM wait until the block is done (a checkpoint and its digest, an MLflow write: a stop cut
+    into a SQLAlchemy transaction left the sqlite store locked).  Under the stop rule the signal is recorded
+    and acted on after the block (a signal mask alone does not do it: the kernel hands a process signal to
+    another thread, and Python runs its handler in the main thread wherever it is); elsewhere the signals
+    are masked for the block."""
+    stop = active()
+    if stop is not None:
+        with stop.deferred():
+            yield
+        if stop.requested and not stop.finishing:
+            stop.finishing = True
+            raise Stopped(stop.received[0])
+        return
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
+    except (AttributeError, ValueError, OSError):  # platforms without pthread_sigmask, not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

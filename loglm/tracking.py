@@ -79,3 +79,27 @@ def run_tags(cfg, extra: dict | None = None) -> dict[str, str]:
     tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
+
+
+def mlflow_logger(**kwargs):
+    """Lightning's MLFlowLogger whose writes are never cut by Ctrl-C / SIGTERM: a stop that lands inside one
+    waits until it is done (a cut SQLAlchemy transaction left the sqlite store locked, so the run could
+    not be marked KILLED)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from loglm.signals import deferred_signals
+
+    class SignalSafeMLFlowLogger(MLFlowLogger):
+        def log_metrics(self, *args, **kw):
+            with deferred_signals():
+                return super().log_metrics(*args, **kw)
+
+        def log_hyperparams(self, *args, **kw):
+            with deferred_signals():
+                return super().log_hyperparams(*args, **kw)
+
+        def finalize(self, *args, **kw):
+            with deferred_signals():
+                return super().finalize(*args, **kw)
+
+    return SignalSafeMLFlowLogger(**kwargs)

@@ -127,8 +127,9 @@ def test_a_stop_signal_on_stdin_scores_what_is_held_and_prints_the_summary(model
     proc.stdin.flush()  # stdin stays open: the stream would wait for more lines forever
     time.sleep(3)  # the pipe is drained (every line read; sessions open, none idle)
     proc.send_signal(sig)
+    stdin, proc.stdin = proc.stdin, None  # communicate() would close stdin: the input must not end
     stdout, stderr = proc.communicate(timeout=60)
-    proc.stdin.close()
+    stdin.close()
     assert proc.returncode == 0, stderr[-2000:]
     summary = json.loads(stdout)
     assert summary["stopped_by"] == signal.Signals(sig).name
@@ -138,3 +139,31 @@ def test_a_stop_signal_on_stdin_scores_what_is_held_and_prints_the_summary(model
     alerts = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(alerts) == summary["alerts"] >= 1
     assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])
+
+
+def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path):
+    """The race the stdin test once lost: the input ends (EOF) while a SIGTERM is on its way. Whichever the
+    stream sees first, it scores everything, prints the summary and exits 0."""
+    cfg, result = model
+    lines = b"".join(line.encode() + b"\n" for b in range(10)
+                     for line in render(normal_block(f"blk_{b}", random.Random(b), T0 + timedelta(seconds=b))))
+    for delay in (0.0, 0.05, 0.2):
+        out = tmp_path / f"alerts-{delay}.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+             "inputs=[-]", f"out={out}", "follow=true", "detect.batch_size=8"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for line in proc.stderr:
+            if b"loglm: following" in line:
+                break
+        proc.stdin.write(lines)
+        proc.stdin.close()  # EOF ...
+        proc.stdin = None
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)  # ... and a stop, close together
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr[-2000:]
+        summary = json.loads(stdout)
+        # what was read before the stop is scored and accounted; lines still in the pipe were never read
+        assert 0 < summary["lines"]["read"] == summary["events_scored"] <= lines.count(b"\n")
+        assert summary["lines"]["accepted"] == summary["lines"]["read"]

@@ -194,9 +194,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
                         det.feed(raw, source, n)
                     if stop.requested:
                         break
+                stop.finish()  # inside the try: a signal landing as the input ends is caught below too
             except KeyboardInterrupt:
                 pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
-            stop.finish()
             summary = det.finish()
         if stop.received:
             summary["stopped_by"] = stop.name

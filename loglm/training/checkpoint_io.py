@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from loglm.artifacts import atomic_write_json, sha256_file
+from loglm.signals import deferred_signals
 
 
 class VerifiedCheckpointIO(TorchCheckpointIO):
@@ -40,33 +39,6 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         sidecar(Path(path)).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def deferred_signals():
-    """Ctrl-C / SIGTERM wait until the block is done.  Under LogLM's stop rule the signal is recorded and acted
-    on after the block (a signal mask alone does not do it: the kernel hands a process signal to another
-    thread, and Python runs its handler in the main thread wherever it is); elsewhere the signals are masked."""
-    from loglm.signals import Stopped, active
-
-    stop = active()
-    if stop is not None:
-        with stop.deferred():
-            yield
-        if stop.requested and not stop.finishing:
-            stop.finishing = True
-            raise Stopped(stop.received[0])
-        return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):  # platforms without pthread_sigmask
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def sidecar(path: Path) -> Path:

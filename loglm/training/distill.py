@@ -165,7 +165,6 @@ def teacher_data_config(teacher_dir: Path, fallback):
 
 def run(cfg) -> dict:
     import mlflow
-    from lightning.pytorch.loggers import MLFlowLogger
     from omegaconf import OmegaConf
 
     from loglm import tracking
@@ -198,11 +197,10 @@ def run(cfg) -> dict:
                            d.proposal_temperature, d.proposal_uniform)
     teacher_run = teacher.meta.get("run_id")
     tracking.ensure_experiment(cfg, d.experiment)
-    logger = MLFlowLogger(experiment_name=d.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                          run_name=f"distill-{dataset}",
-                          tags=tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run,
-                                                       "parent_run_id": teacher_run, "dataset": dataset,
-                                                       "data_sha256": teacher.meta.get("data_sha256")}))
+    tags = tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run, "parent_run_id": teacher_run,
+                                   "dataset": dataset, "data_sha256": teacher.meta.get("data_sha256")})
+    logger = tracking.mlflow_logger(experiment_name=d.experiment, tracking_uri=tracking.tracking_uri(cfg),
+                                    run_name=f"distill-{dataset}", tags=tags)
     run_id = tracking.start_logger_run(logger)
     logger.log_hyperparams(tracking.loggable_params(cfg))
     model_dir = Path(cfg.paths.root).resolve() / "models" / run_id

@@ -72,12 +72,10 @@ class RunContext:
 
 
 def _logger(cfg, run_id: str | None, tags: dict | None = None):
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from loglm import tracking
 
-    return MLFlowLogger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                        run_name=cfg.logger.run_name, run_id=run_id, tags=tags)
+    return tracking.mlflow_logger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
+                                 run_name=cfg.logger.run_name, run_id=run_id, tags=tags)
 
 
 def start_run(cfg) -> RunContext:
