@@ -49,6 +49,10 @@ class SplitConfig:
     train_frac: float = 0.6
     val_frac: float = 0.1
     seed: int = 17
+    # optional cut (ISO 8601 time, UTC unless it says otherwise): sessions starting at or after it are test,
+    # whatever the fractions; the fractions then divide the data before it ("train on Monday, test on the
+    # rest of the week": test_from=2017-07-04, train_frac=0.8, val_frac=0.2)
+    test_from: str | None = None
 
 
 @dataclass
@@ -85,6 +89,9 @@ class DataConfig:
     unknown_labels: list[str] = field(default_factory=lambda: ["Background", "background"])
     # "session": metrics per session; "event": per event (each flow inherits its session's score)
     eval_unit: str = "session"
+    # flows with eval_unit=event: also report per source-destination pair per window of this many seconds
+    # (a pair-window takes its flows' highest score and is anomalous if any of its flows is; 0 = off)
+    eval_pair_window_s: float = 0.0
     # flows: quantile buckets for duration/bytes/packets, well-known ports kept, sentence back-off count
     flow_buckets: int = 8
     flow_port_budget: int = 64

@@ -68,6 +68,41 @@ def recall_by_class(event_ids: list, scores: np.ndarray, threshold: float, data_
     return dict(sorted(out.items()))
 
 
+def _first(value):
+    return value[0] if isinstance(value, list) and value else value or None
+
+
+def pair_window_items(event_ids: list, labels: np.ndarray, scores: np.ndarray, data_dir, window_s: float):
+    """Flows grouped per source-destination pair per ``window_s`` window (the unit Tempo reports): a
+    pair-window takes its flows' highest score and is anomalous if any labelled flow of it is (unlabelled if
+    none is labelled).  Returns keys, labels, scores."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(Path(data_dir) / "events.parquet", columns=["ts", "entities"])
+    ts, ents = ev.column("ts").to_pylist(), ev.column("entities").to_pylist()
+    label: dict[tuple, int] = {}
+    best: dict[tuple, float] = {}
+    for j, y, s in zip(event_ids, labels, scores):
+        e = json.loads(ents[j])
+        src, dst = e.get("src_ip"), e.get("dst_ip")
+        key = (_first(src), _first(dst), int(ts[j] // window_s))
+        label[key] = max(label.get(key, -1), int(y))
+        best[key] = max(best.get(key, -np.inf), float(s))
+    keys = list(best)
+    return keys, np.array([label[k] for k in keys]), np.array([best[k] for k in keys], dtype=np.float64)
+
+
+def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_dir, data_cfg) -> dict:
+    """``result["pair_window"]`` when ``data.eval_pair_window_s`` is set (event unit only)."""
+    if data_cfg.eval_unit == "event" and data_cfg.eval_pair_window_s > 0:
+        _, y, s = pair_window_items(ids, labels, scores, data_dir, data_cfg.eval_pair_window_s)
+        known = y >= 0
+        result["pair_window"] = detection_metrics(y[known], s[known], threshold)
+    return result
+
+
 def transfer_sessions(cfg, loaded, data_dir: Path):
     """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
     again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
@@ -195,6 +230,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
         raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
     threshold = float(loaded.calibration["threshold"])
     result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
+    add_pair_windows(result, ids, labels, scores, threshold, data_dir, cfg.data)
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     elapsed = time.perf_counter() - t0
 
@@ -215,12 +251,12 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     for part, m in result.items():
         for k, v in m.items():
             if isinstance(v, float) and np.isfinite(v) or isinstance(v, int):
-                client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_unique/{k}", float(v))
+                client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
     out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "metrics.json", {**result, "recall_by_class": by_class})
     for name, c in by_class.items():
-        client.log_metric(rid, f"eval_class/{name.replace(' ', '_')}/recall", float(c["recall"]))
+        client.log_metric(rid, tracking.metric_name(f"eval_class/{name.replace(' ', '_')}/recall"), float(c["recall"]))
     (out_dir / "metrics.txt").write_text(text)
     report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, event, pretrain_run)
     client.log_artifacts(rid, str(out_dir), "eval")

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from loglm.evaluation import METRIC_KEYS, evaluate_scores, event_scores, recall_by_class, session_scores
+from loglm.evaluation import (
+    METRIC_KEYS,
+    add_pair_windows,
+    evaluate_scores,
+    event_scores,
+    recall_by_class,
+    session_scores,
+)
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
 REFERENCES = {
@@ -35,19 +42,23 @@ def _split(data_dir: Path, name: str):
 
 
 def _baselines(names: list[str], vocab_size: int, cfg):
+    from loglm.baselines import flow_features
     from loglm.baselines.deeplog import DeepLog
     from loglm.baselines.event_counts import IsolationForestBaseline, PCABaseline
 
     made = {}
     for name in names:
-        if name == "deeplog":
+        if name in flow_features.FLOW_BASELINES:
+            made[name] = ("flow", flow_features.make(name, cfg.trainer.seed, cfg.suite.baseline_epochs))
+        elif name == "deeplog":
             made[name] = ("sequence", DeepLog(vocab_size, epochs=cfg.suite.baseline_epochs, seed=cfg.trainer.seed))
         elif name == "pca":
             made[name] = ("counts", PCABaseline())
         elif name == "iforest":
             made[name] = ("counts", IsolationForestBaseline(cfg.trainer.seed))
         else:
-            raise ValueError(f"unknown baseline {name!r}; known: deeplog, pca, iforest")
+            raise ValueError(f"unknown baseline {name!r}; known: deeplog, pca, iforest, "
+                             f"{', '.join(flow_features.FLOW_BASELINES)}")
     return made
 
 
@@ -58,6 +69,8 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     from loglm.detect.scores import session_max
     from loglm.detect.thresholds import normal_validation_mask, threshold_for_fpr
 
+    if kind == "flow":
+        return run_flow_baseline(model, cfg, data_dir)
     t0 = time.perf_counter()
     train, tr_toks, tr_closed = _split(data_dir, "train")
     train_normal = np.asarray(train.column("label").to_numpy()) != 1
@@ -83,8 +96,44 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     if cfg.data.eval_unit == "event":
         ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
     metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
+    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     return metrics, threshold, time.perf_counter() - t0, by_class
+
+
+def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
+    """A flow-feature baseline (loglm.baselines.flow_features): every flow scored on its own fields; trained
+    on the training sessions' flows, thresholded on the validation split's normal flows, per flow on test."""
+    import pyarrow.parquet as pq
+
+    from loglm.baselines.flow_features import FlowFeatures, read_flows
+    from loglm.detect.thresholds import threshold_for_fpr
+    from loglm.ingest.sessions import event_label
+    from loglm.shards import read_sessions
+
+    if cfg.data.eval_unit != "event":
+        raise ValueError("flow-feature baselines score flows: they need data.eval_unit=event on flow data")
+    t0 = time.perf_counter()
+    raw = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
+    normal, unknown = set(cfg.data.normal_labels), set(cfg.data.unknown_labels)
+
+    def events_of(split: str, normal_sessions_only: bool = False) -> list[int]:
+        t = read_sessions(data_dir, split)
+        return [j for lab, idx in zip(t.column("label").to_pylist(), t.column("event_idx").to_pylist())
+                if not (normal_sessions_only and lab == 1) for j in idx]
+
+    feats = FlowFeatures(local_networks=tuple(cfg.data.local_networks))
+    model.fit(feats.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True))))
+    val = [j for j in events_of("val") if event_label(raw[j], normal, unknown) == 0]
+    threshold = threshold_for_fpr(model.score(feats.transform(read_flows(data_dir, val))), cfg.detect.target_fpr)
+    ids = events_of(cfg.split)
+    x = feats.transform(read_flows(data_dir, ids))
+    scores = model.score(x)
+    labels = np.array([event_label(raw[j], normal, unknown) for j in ids])
+    keys = [tuple(np.round(row, 3)) for row in x]  # unique items: identical feature vectors
+    metrics = evaluate_scores(ids, labels, scores, keys, threshold, False)
+    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
+    return metrics, threshold, time.perf_counter() - t0, recall_by_class(ids, scores, threshold, data_dir, cfg.data)
 
 
 def report_stem(protocol: str, dataset: str, data_sha256: str) -> str:
@@ -99,7 +148,9 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr:
              "| model | items | precision | recall | F1 | FPR | FPR / target | AUROC | PR-AUC | TP | FP | TN | FN | threshold |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in rows.items():
-        for part in ("all", "unique"):
+        for part in ("all", "unique", "pair_window"):
+            if part not in r["metrics"]:
+                continue
             m = r["metrics"][part]
             extra = f" (F1 at HDFS prevalence {m['f1_reweighted']:.3f})" if "f1_reweighted" in m else ""
             ratio = m["fpr"] / target_fpr
@@ -161,7 +212,7 @@ def run(cfg) -> dict:
         for part, m in metrics.items():
             for k, v in m.items():
                 if isinstance(v, int | float) and np.isfinite(v):
-                    client.log_metric(cid, f"eval/{k}" if part == "all" else f"eval_unique/{k}", float(v))
+                    client.log_metric(cid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
         client.log_metric(cid, "eval/threshold", threshold)
         client.log_metric(cid, "perf/seconds", seconds)
         client.set_terminated(cid)
@@ -175,6 +226,16 @@ def run(cfg) -> dict:
              f"LogLM model `{ckpt}`; DeepLog LSTM {cfg.suite.baseline_epochs} epochs (window 10, 2x64), PCA at 95% "
              "variance and IsolationForest (200 trees) on TF-IDF event counts.",
              f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
+    if any(b in ("flow_iforest", "flow_pca", "kitnet") for b in cfg.suite.baselines):
+        notes.append("Flow-feature baselines score each flow on its own fields (log-scaled bytes, packets, duration, "
+                     "bytes per packet, destination port, direction): IsolationForest (200 trees), PCA (95% variance), "
+                     f"KitNET-style autoencoder ensemble ({cfg.suite.baseline_epochs} epochs).")
+    if cfg.data.eval_pair_window_s > 0:
+        notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
+                     "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
+    if cfg.data.label_field or "label" in cfg.data.fields:
+        notes.append("Attack classes come from the data's label column"
+                     + (f" `{cfg.data.fields['label']}`" if "label" in cfg.data.fields else "") + ".")
     text = markdown(protocol, rows, notes, cfg.detect.target_fpr)
     reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
     reports.mkdir(parents=True, exist_ok=True)

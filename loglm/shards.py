@@ -49,11 +49,15 @@ def session_table(sessions: list[Session], events: Events, vocab: Vocabulary) ->
 
 
 def events_table(events: Events) -> pa.Table:
-    return pa.Table.from_pydict({
+    columns = {
         "source": events.source, "line_no": events.line_no, "ts": events.ts, "template": events.template,
         "raw": events.raw, "entities": [json.dumps(e, sort_keys=True) for e in events.entities],
         "label": events.label if len(events.label) == len(events.ts) else [None] * len(events.ts),
-    })
+    }
+    if len(events.fields) == len(events.ts) and any(f is not None for f in events.fields):
+        # flows: their canonical fields (numeric baselines read them; null for text lines)
+        columns["fields"] = [None if f is None else json.dumps(f, sort_keys=True) for f in events.fields]
+    return pa.Table.from_pydict(columns)
 
 
 def write_session_shards(table: pa.Table, folder: Path, shard_rows: int) -> list[Path]:

@@ -66,6 +66,12 @@ def loggable_params(cfg) -> dict[str, str]:
     return out
 
 
+def metric_name(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric name (say, parentheses in an attack class)
+    written as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,

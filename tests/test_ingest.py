@@ -128,3 +128,10 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
         start_run(cfg)
     prepare(cfg)
     assert stale_reason(data_dir, cfg) is None
+    # a folder written by a LogLM whose prepared layout differs (older events.parquet) is stale too
+    import json
+
+    manifest = json.loads((data_dir / "MANIFEST.json").read_text())
+    manifest["summary"]["fingerprint"]["config"]["layout"] = 1
+    (data_dir / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert "layout 1, now 2" in stale_reason(data_dir, cfg)

@@ -164,7 +164,12 @@ def prepared_dir(root: str | Path, name: str) -> Path:
 
 
 # DataConfig keys that do not change what prepare writes (how results are reported)
-NOT_INGEST_KEYS = ("eval_unit",)
+NOT_INGEST_KEYS = ("eval_unit", "eval_pair_window_s")
+
+
+# bumped whenever what a prepared folder holds changes (2: events.parquet gains the flows' `fields`), so a
+# folder written by an older LogLM is prepared again instead of read as if it were current
+PREPARED_LAYOUT = 2
 
 
 def ingest_fingerprint(cfg) -> dict:
@@ -174,7 +179,7 @@ def ingest_fingerprint(cfg) -> dict:
 
 
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_INGEST_KEYS}
-    config = {"data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer)}
+    config = {"data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer), "layout": PREPARED_LAYOUT}
     files = {}
     paths = list(cfg.data.inputs) + ([cfg.data.anomalous_ids] if cfg.data.anomalous_ids else [])
     for p in paths:
@@ -206,6 +211,8 @@ def stale_reason(data_dir: Path, cfg) -> str | None:
     if not recorded:
         return f"{data_dir} was prepared by an older LogLM (no record of its inputs and settings)"
     now = ingest_fingerprint(cfg)
+    if recorded["config"].get("layout", 1) != PREPARED_LAYOUT:
+        return f"{data_dir} was prepared by another LogLM version (layout {recorded['config'].get('layout', 1)}, now {PREPARED_LAYOUT})"
     if now["config_sha256"] != recorded["config_sha256"]:
         keys = _diff_keys(recorded["config"], now["config"])
         return f"settings changed since {data_dir} was prepared: {', '.join(keys[:6]) or 'config'}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from loglm.config import SessionConfig, SplitConfig
@@ -164,22 +164,43 @@ def skip_unlabelled_events(sessions: list[Session], events: Events, session_ids:
     return skipped
 
 
-def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig) -> None:
+def test_cut(cfg: SplitConfig) -> float | None:
+    """``split.test_from`` as epoch seconds (None when not set); a value that is not a time is an error."""
+    if not cfg.test_from:
+        return None
+    from loglm.ingest.formats import time_parser
+
+    try:
+        return time_parser("iso")(str(cfg.test_from))
+    except (ValueError, OverflowError):
+        raise ValueError(f"data.split.test_from must be an ISO 8601 time, got {cfg.test_from!r}") from None
+
+
+def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig, _within: list[int] | None = None) -> None:
     """Session-disjoint split; all chunks of a session share it.
 
     chronological: sessions ordered by first timestamp, earliest train_frac train, next val_frac val, rest test.
     seeded: a stable hash of (seed, session id) decides, independent of input order.
     """
+    cut = test_cut(cfg)
     firsts: dict[str, tuple[float, str]] = {}
     for s in sessions:
         t = s.start(events)
         if s.session_id not in firsts or t < firsts[s.session_id][0]:
             firsts[s.session_id] = (t, s.session_id)
+    if cut is not None:  # sessions from the cut on are test; the fractions divide what comes before it
+        after = {sid for sid, (t, _) in firsts.items() if t >= cut}
+        before = [s for s in sessions if s.session_id not in after]
+        assign_splits(before, events, replace(cfg, test_from=None), _within=[j for s in before for j in s.event_idx])
+        for s in sessions:
+            if s.session_id in after:
+                s.split = "test"
+        return
     if cfg.method == "chronological":
         order = sorted(firsts.values())
         rank = {sid: r / max(1, len(order)) for r, (_, sid) in enumerate(order)}
     elif cfg.method == "chronological_events":
-        order = sorted(range(len(events)), key=lambda j: (events.ts[j], j))
+        order = sorted(range(len(events)) if _within is None else _within, key=lambda j: (events.ts[j], j))
         pos = {j: r / max(1, len(order)) for r, j in enumerate(order)}
         rank = {}
         for s in sessions:
