@@ -5,7 +5,8 @@ AdamW) on full-length synthetic sessions, optionally under DeepSpeed ZeRO (one p
     python -m benchmarks.gpu_throughput --device cpu --model tiny --steps 5 --seq 64    # dry run
 
 MFU = achieved model FLOP/s / peak (``--peak-tflops``, default 989 = H100/H200 dense bf16).  Model FLOPs
-per token = 6 x non-embedding parameters + 12 x layers x d_model x sequence length (attention).
+per token = 6 x (non-embedding parameters + the tied output head at masked positions)
++ 12 x layers x d_model x sequence length (attention).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def main() -> None:
     device = torch.device(args.device)
     module = LogLMModule(enc, hypersphere_weight=0.1).to(device).train()
     params = sum(p.numel() for p in module.parameters())
-    embed = sum(p.numel() for n, p in module.named_parameters() if "emb" in n)
-    flops_per_token = 6 * (params - embed) + 12 * m.n_layers * m.d_model * (args.seq + 2)
+    # embedding lookups cost no matmul FLOPs: every nn.Embedding (tok, pos, gap) is left out of 6N; the token
+    # matrix is used again as the tied output head, but only at the masked positions (mask ratio 0.15)
+    embed = sum(p.numel() for mod in module.modules() if isinstance(mod, torch.nn.Embedding) for p in mod.parameters())
+    head = 0.15 * args.vocab * m.d_model
+    flops_per_token = 6 * (params - embed + head) + 12 * m.n_layers * m.d_model * (args.seq + 2)
 
     engine = None
     if args.zero:

@@ -231,12 +231,18 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
             overrides += [f"trainer.max_epochs={epochs}", f"suite.baseline_epochs={epochs}"]
         t0 = time.perf_counter()
         result = suite(compose("evaluate", overrides))
-        key = {"hdfs": "hdfs", "bgl": "bgl", "zeek_ctu": "zeek_ctu"}.get(dataset, dataset)
-        out[key] = {("loglm" if m == "LogLM" else m): {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys},
-                                                        "target_fpr": result["target_fpr"],
-                                                        "fpr_within_2x_target": bool(r["metrics"]["all"]["fpr"]
-                                                                                     <= 2 * result["target_fpr"])}
-                    for m, r in result["models"].items()}
+        key = result["protocol"]
+        out[key] = {}
+        for m, r in result["models"].items():
+            row = {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys}, "target_fpr": result["target_fpr"],
+                   "fpr_within_2x_target": bool(r["metrics"]["all"]["fpr"] <= 2 * result["target_fpr"]),
+                   "unique_f1": round(float(r["metrics"]["unique"]["f1"]), 4)}
+            if "pair_window" in r["metrics"]:  # flows: per source-destination pair and window too
+                row.update({f"pair_window_{k}": round(float(r["metrics"]["pair_window"][k]), 4) for k in keys})
+            classes = {c: v for c, v in r.get("recall_by_class", {}).items() if v["n"] >= 100}
+            if classes:  # the weakest attack class with at least 100 test items
+                row["min_class_recall_100"] = round(min(v["recall"] for v in classes.values()), 4)
+            out[key]["loglm" if m == "LogLM" else m] = row
         runs[key] = {"protocol": result["protocol"], "parent_run_id": result["parent_run_id"],
                      "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1)}
     return out, runs
@@ -416,7 +422,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--teacher-epochs", type=int, default=10)
-    parser.add_argument("--accuracy-datasets", nargs="*", default=["hdfs_loglead", "hdfs", "bgl", "zeek_ctu"])
+    parser.add_argument("--accuracy-datasets", nargs="*",
+                        default=["cic_flowprep", "hdfs_loglead", "zeek_ctu", "openstack_kalaki", "hdfs", "bgl"])
     parser.add_argument("--accuracy-epochs", type=int, default=0,
                         help="training budget of the accuracy section (0 = each protocol's own)")
     parser.add_argument("--student-epochs", type=int, default=10)

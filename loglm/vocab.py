@@ -68,8 +68,13 @@ class Vocabulary:
             d = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read vocabulary {path}: {e}") from e
+        return cls.from_dict(d, str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "vocabulary") -> Vocabulary:
+        """The inverse of :meth:`to_dict` (``where`` names the source in errors)."""
         if d.get("format") != "loglm-vocab/1":
-            raise ValueError(f"{path} is not a LogLM vocabulary (format={d.get('format')!r})")
+            raise ValueError(f"{where} is not a LogLM vocabulary (format={d.get('format')!r})")
         codec = None
         if d.get("flow_codec"):
             from loglm.ingest.flows import FlowCodec

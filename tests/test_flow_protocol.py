@@ -52,6 +52,23 @@ def test_pair_windows_take_the_highest_flow_score_and_any_attack(tmp_path):
     assert got == {("a", "b", 0): (1, 0.5), ("a", "c", 0): (0, 0.9), ("a", "b", 1): (0, 0.2), ("x", "b", 0): (-1, 0.3)}
 
 
+def test_false_positives_beside_attacks_count_either_direction_in_the_same_window(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.evaluation import false_positives_beside_attacks
+
+    pairs = [("a", "b"), ("a", "b"), ("b", "a"), ("a", "c"), ("a", "b"), ("b", "a")]
+    ts = [0.0, 10.0, 20.0, 30.0, 400.0, 40.0]
+    ents = [{"src_ip": [x], "dst_ip": [y]} for x, y in pairs]
+    pq.write_table(pa.table({"ts": ts, "entities": [json.dumps(e) for e in ents]}), tmp_path / "events.parquet")
+    labels = np.array([0, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.9, 0.8, 0.9, 0.9, 0.01])
+    # flows 0 (same direction) and 2 (reverse) are beside the attack; 3 (other host), 4 (next window) and
+    # 5 (below the threshold) are not
+    assert false_positives_beside_attacks(list(range(6)), labels, scores, 0.5, tmp_path, 300) == 2
+
+
 def _flow(rng, src, dst, port, ob, ib, op, ip, dur):
     j = lambda v: max(0, int(v * rng.uniform(0.8, 1.2)))  # noqa: E731
     return {"src_ip": src, "dst_ip": dst, "dst_port": port, "src_port": rng.randint(49152, 65000),
@@ -140,3 +157,5 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
     assert result["models"]["flow_iforest"]["recall_by_class"]["SSH-Patator"]["recall"] > 0.9
     table = open(result["markdown"]).read()
     assert "| kitnet | pair_window |" in table and "SSH-Patator (150)" in table
+    assert "False positives beside attacks" in table and all(
+        "fp_beside_attack" in r["metrics"]["all"] for r in result["models"].values())

@@ -84,3 +84,26 @@ def test_cluster_manifests_run_the_same_entry_point():
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(limits["nvidia.com/gpu"]) >= 1
+
+
+@pytest.mark.slow
+def test_local_ddp_on_two_processes_trains_one_run(tmp_path):
+    """`launcher=local strategy=ddp trainer.devices=2` (conf/launcher/local.yaml): Lightning starts rank 1 by
+    running the same command again; it joins rank 0's MLflow run instead of creating (or crashing on) its own."""
+
+    import mlflow
+    from synthetic import synthetic_run_overrides
+
+    overrides = synthetic_run_overrides(tmp_path, 80, seed=4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "pipelines.prepare", *overrides], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.pretrain", *overrides, "launcher=local", "strategy=ddp",
+                           "trainer.devices=2", "trainer.max_epochs=2"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("loglm-pretrain").experiment_id])
+    assert [(r.info.status, r.data.tags["world_size"]) for r in runs] == [("FINISHED", "2")]
+    assert '"rank": 1' in proc.stdout and runs[0].info.run_id in proc.stdout
+    assert (tmp_path / "models" / runs[0].info.run_id / "calibration.json").is_file()

@@ -205,7 +205,7 @@ def test_incremental_miner_keeps_ids_and_flags_new_templates(hdfs_head):
     ids = [miner.add(mask_params(r.content)[0]) for r in first]
     vocab = Vocabulary(miner, sorted(set(ids)), 16, True)
     state = json.loads(json.dumps(vocab.to_dict()))
-    resumed = Vocabulary.load_dict(state) if hasattr(Vocabulary, "load_dict") else None
+    resumed = Vocabulary.from_dict(state)
     miner2 = TemplateMiner.from_state(state["miner"])
     n_before = len(miner2.templates)
     for r in later:
@@ -216,7 +216,8 @@ def test_incremental_miner_keeps_ids_and_flags_new_templates(hdfs_head):
     continued = Vocabulary(miner2, vocab.template_ids, 16, True)
     new_id = miner2.match("a brand new kind of message never seen before")
     assert new_id >= n_before and continued.token(new_id) == UNK  # unseen in training
-    assert resumed is None or resumed.size == vocab.size
+    assert resumed.size == vocab.size and resumed.template_ids == vocab.template_ids
+    assert [resumed.token(t) for t in ids] == [vocab.token(t) for t in ids]  # the same tokens after the round trip
 
 
 @settings(max_examples=300, deadline=None)

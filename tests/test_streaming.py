@@ -167,3 +167,25 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
         # what was read before the stop is scored and accounted; lines still in the pipe were never read
         assert 0 < summary["lines"]["read"] == summary["events_scored"] <= lines.count(b"\n")
         assert summary["lines"]["accepted"] == summary["lines"]["read"]
+
+
+def test_count_windows_stream_like_the_batch_path(model):
+    """``data.session.by=count`` (the batch path's rule for sparse logs) works in streaming too: windows of
+    ``window_events`` events in arrival order, each scored as it fills, the last one at the end."""
+    from dataclasses import replace
+
+    from loglm.detect.scoring import score_windows
+    from loglm.detect.streaming import StreamingDetector
+    from loglm.model.store import load_model
+
+    cfg, result = model
+    cfg = replace(cfg, data=replace(cfg.data, session=replace(cfg.data.session, by="count", window_events=25)))
+    loaded = load_model(result["model_dir"])
+    out = io.StringIO()
+    det = StreamingDetector(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d), out)
+    lines = [raw for raw in endless(3, 40) if not raw.startswith(b"\xff")]
+    for n, raw in enumerate(lines, 1):
+        det.feed(raw, "gen", n)
+    summary = det.finish()
+    assert summary["lines"]["accepted"] == len(lines) == summary["events_scored"]
+    assert summary["sessions_scored"] == -(-len(lines) // 25)  # every full window and the last partial one

@@ -49,7 +49,8 @@ class StreamingDetector:
         self.open: OrderedDict[str, list[dict]] = OrderedDict()  # key -> events, least recently active first
         self.pending: list[tuple[str, list[dict], bool]] = []  # (key, events, closed) waiting to be scored
         self.watermark = float("-inf")
-        self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0}
+        self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0,
+                      "events_counted": 0}
         self._since_sweep = 0
 
     # -- input ---------------------------------------------------------------------------------
@@ -64,8 +65,14 @@ class StreamingDetector:
             return
         vocab = self.model.vocab
         tid, masked, ents = to_event(item, vocab.miner, frozen=True, mask=vocab.mask_params, codec=vocab.flow_codec)
-        keys = ([f"{source}:{line_no}"] if self.session_cfg.by == "event"
-                else session_keys(ents, item.ts, self.session_cfg))
+        by = self.session_cfg.by
+        if by == "event":
+            keys = [f"{source}:{line_no}"]
+        elif by == "count":  # consecutive windows of window_events events, in arrival order
+            keys = [f"w{self.stats['events_counted'] // self.session_cfg.window_events:08d}"]
+            self.stats["events_counted"] += 1
+        else:
+            keys = session_keys(ents, item.ts, self.session_cfg)
         if not keys:
             self._reject(source, line_no, f"no {self.session_cfg.entity_type} in line: cannot assign a session")
             return
@@ -77,7 +84,9 @@ class StreamingDetector:
             events = self.open.pop(key, None) or []
             events.append(event)
             self.open[key] = events  # most recently active last
-            if len(events) >= self.session_cfg.max_events:  # split policy: a full chunk is scored now
+            if by == "count" and len(events) >= self.session_cfg.window_events:  # the window is complete
+                self.pending.append((key, self.open.pop(key), True))
+            elif len(events) >= self.session_cfg.max_events:  # split policy: a full chunk is scored now
                 self.pending.append((key, self.open.pop(key), False))
         while len(self.open) > self.max_open:
             key, events = self.open.popitem(last=False)
@@ -120,7 +129,7 @@ class StreamingDetector:
                 ev.entities.append(e["entities"])
                 ev.label.append(None)
             by = self.session_cfg.by
-            etype = self.session_cfg.entity_type if by in ("entity", "entity_window") else by
+            etype = self.session_cfg.entity_type if by in ("entity", "entity_window") else {"count": "window"}.get(by, by)
             entity = key.split("@", 1)[0] if by == "entity_window" else key
             sessions.append(Session(key, etype, entity, list(range(start, len(ev.ts))), closed=closed, split="stream"))
         self.pending = []

@@ -56,7 +56,9 @@ def session_keys(entities: dict[str, list[str]], ts: float, cfg: SessionConfig) 
         return [_window(ts, cfg.window_s)]
     if cfg.by == "entity_window":
         return [f"{v}@{_window(ts, cfg.window_s)}" for v in entities.get(cfg.entity_type) or []]
-    raise ValueError(f"data.session.by must be 'entity', 'window', 'entity_window' or 'event', got {cfg.by!r}")
+    if cfg.by in ("event", "count"):  # keyed by the caller (line position, arrival order), not by the event
+        raise ValueError(f"data.session.by={cfg.by!r} sessions are keyed by their caller, not session_keys")
+    raise ValueError(f"data.session.by must be 'entity', 'window', 'entity_window', 'event' or 'count', got {cfg.by!r}")
 
 
 def _window(ts: float, window_s: float) -> str:

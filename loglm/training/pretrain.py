@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -191,9 +193,27 @@ def _fit_local(cfg, ctx: RunContext) -> dict:
             "best_epoch": best.best_epoch, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
 
 
+RUN_CONTEXT_ENV = "LOGLM_RUN_CONTEXT"
+
+
+def _ddp_child_context() -> RunContext | None:
+    """In a process Lightning's local DDP launcher started for rank > 0 (it runs the same command again), the
+    driver's run: every rank trains under the one MLflow run rank 0 created; only rank 0 calibrates."""
+    raw = os.environ.get(RUN_CONTEXT_ENV)
+    if raw and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+        return RunContext(**json.loads(raw))
+    return None
+
+
 def run(cfg) -> dict:
     """Pretrain ``cfg.data`` with ``cfg.launcher`` (local | ray) and ``cfg.strategy``; returns the run's summary."""
+    child = _ddp_child_context()
+    if child is not None:  # rank > 0 of local DDP: train beside rank 0, then leave the rest to it
+        fit = _fit_local(cfg, child)
+        return {"run_id": child.run_id, "rank": int(os.environ["LOCAL_RANK"]), **fit}
     ctx = start_run(cfg)
+    if cfg.launcher.name == "local":  # local DDP's launcher starts the other ranks with this environment
+        os.environ[RUN_CONTEXT_ENV] = json.dumps(dataclasses.asdict(ctx))
     progress = {"phase": "training"}
     with stop_on_signals(cfg.trainer.stop_grace_s):  # Ctrl-C / SIGTERM: KILLED run, bounded exit
         try:
@@ -203,6 +223,8 @@ def run(cfg) -> dict:
                 mark_failed(cfg, ctx.run_id, progress["phase"], e)
                 raise
             raise stopped(cfg, ctx.run_id, progress["phase"], e) from None
+        finally:
+            os.environ.pop(RUN_CONTEXT_ENV, None)
 
 
 def mark_failed(cfg, run_id: str, phase: str, exc: BaseException) -> None:
