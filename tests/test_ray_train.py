@@ -104,6 +104,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
     attempts_file = root / "checkpoints" / run_id / "attempts.jsonl"
     attempts = [json.loads(x) for x in attempts_file.read_text().splitlines()]
     assert len(attempts) == 2, attempts
+    assert all(a["checkpoint_writers"] == [] for a in attempts), attempts  # only Ray Train checkpoints
     first, second = attempts
     assert first["resumed"] is None and first["start_step"] == 0
     assert second["resumed"] == "ray" and second["start_epoch"] >= 1 and second["start_step"] > 0, attempts  # not 0

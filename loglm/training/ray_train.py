@@ -34,7 +34,10 @@ def _attempt_logger(path: Path, resumed: str | None):
             with open(path, "a") as fh:
                 fh.write(json.dumps({"time": time.time(), "resumed": resumed, "pid": os.getpid(),
                                      "world_size": trainer.world_size, "start_epoch": trainer.current_epoch,
-                                     "start_step": trainer.global_step}) + "\n")
+                                     "start_step": trainer.global_step,
+                                     # Lightning's own checkpoint writers (none: Ray Train checkpoints)
+                                     "checkpoint_writers": [type(c).__name__ for c in trainer.checkpoint_callbacks]})
+                         + "\n")
 
     return AttemptLog()
 
