@@ -244,6 +244,9 @@ class ExportConfig:
     quantize: bool = True
     # refuse to write a bundle whose ONNX scores differ from torch by more than this
     parity_atol: float = 1e-3
+    # the int8 model is preferred only when its surprisals stay within this of torch's (nats) and it keeps
+    # at least 99.9% of the alert decisions; otherwise fp32 is preferred (int8 stays in the bundle)
+    int8_parity_atol: float = 0.05
     parity_windows: int = 256
     # attention as ONNX Runtime's fused com.microsoft.MultiHeadAttention op (false: standard ONNX ops only)
     fused_attention: bool = True

@@ -217,3 +217,14 @@ def test_detection_where_every_line_is_rejected_fails_with_the_reasons(exported,
     assert main(["detect", "--bundle", result["bundle"], "--out", str(tmp_path / "a.jsonl"), str(log)]) == 2
     err = capsys.readouterr().err
     assert "all 3 lines were rejected with data.format='hdfs'" in err and f"{log}:1:" in err
+
+
+def test_int8_is_preferred_only_when_its_own_parity_check_passes():
+    from loglm.export.bundle import preferred_variant
+
+    fp32 = {"ok": True, "decision_agreement": 1.0}
+    assert preferred_variant({"fp32": fp32}) == "fp32"
+    assert preferred_variant({"fp32": fp32, "int8": {"ok": True, "decision_agreement": 0.9995}}) == "int8"
+    # the eve.json bundle: decisions agreed but int8's surprisals were outside its tolerance -> fp32
+    assert preferred_variant({"fp32": fp32, "int8": {"ok": False, "decision_agreement": 1.0}}) == "fp32"
+    assert preferred_variant({"fp32": fp32, "int8": {"ok": True, "decision_agreement": 0.99}}) == "fp32"

@@ -53,7 +53,14 @@ def test_ocsf_detection_finding_shape():
     assert info["first_seen_time"] == int(T0.timestamp() * 1000) and info["last_seen_time"] - info["first_seen_time"] == 60_000
     assert info["analytic"]["type_id"] == 4 and info["analytic"]["uid"] == "r1" and info["uid"]
     obs = {(o["name"], o["type_id"], o["value"]) for o in f["observables"]}
-    assert obs == {("src_ip", 2, "198.51.100.7"), ("hostname", 1, "web01"), ("user", 4, "bob"), ("block_id", 99, "blk_1")}
+    path = "unmapped.loglm.entities."
+    assert obs == {(path + "src_ip", 2, "198.51.100.7"), (path + "hostname", 1, "web01"), (path + "user", 4, "bob"),
+                   (path + "block_id", 99, "blk_1")}
+    for o in f["observables"]:  # each observable names the path of its value in the event
+        node = f
+        for key in o["name"].split("."):
+            node = node[key]
+        assert o["value"] in node
     ev = f["evidences"][0]["data"]
     assert ev["raw"] and ev["template"] and ev["surprisal"] == 5.0 and ev["expected"][0]["template"] == "tpl 0"
     assert f["metadata"]["product"] == {"name": "LogLM", "vendor_name": "LogLM", "version": "1.2.3"}
@@ -72,3 +79,24 @@ def test_streaming_findings_create_then_update_and_stay_bounded():
     for i in range(10):
         stream.feed(alert(f"x{i}", "src_ip", f"9.9.9.{i}", 0, 1, 2.0, "low", [1.0]))
     assert len(stream.open) == 2
+
+
+def test_findings_validate_against_the_ocsf_schema_they_declare():
+    """Create and Update events against the official OCSF JSON schema of the declared version (generated
+    offline from the schema export the ocsf-json-schema package ships)."""
+    import jsonschema
+    from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
+
+    from loglm.detect.findings import OCSF_VERSION
+
+    schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=OCSF_VERSION)).get_class_schema("detection_finding")
+    validator = jsonschema.Draft202012Validator(schema)
+    stream = FindingStream(600, 3, "1.2.3")
+    events = [stream.feed(alert("a1", "src_ip", "198.51.100.7", 0, 60, 3.0, "high", [5.0, 2.0],
+                                {"src_ip": ["198.51.100.7"], "hostname": ["web01"], "user": ["bob"]})),
+              stream.feed(alert("a2", "src_ip", "198.51.100.7", 120, 60, 7.0, "critical", [9.0]))]
+    assert [e["activity_name"] for e in events] == ["Create", "Update"]
+    events.append(to_ocsf(group_alerts([alert("b1", "block_id", "blk_9", 0, 5, 2.0, "low", [3.0])], 600)[0], "1.2.3"))
+    for event in events:
+        errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(event)]
+        assert not errors, errors

@@ -67,7 +67,7 @@ def test_zeek_flows_end_to_end(tmp_path):
     scanner = [f for f in findings if f["unmapped"]["loglm"]["entity"]["value"] == "198.51.100.7"]
     assert len(scanner) == 1 and scanner[0]["class_uid"] == 2004
     assert scanner[0]["finding_info"]["related_events_count"] == sum(a["entity"]["value"] == "198.51.100.7" for a in alerts)
-    assert {"name": "dst_ip", "type_id": 2, "type": "IP Address", "value": HOST} in scanner[0]["observables"]
+    assert {"name": "unmapped.loglm.entities.dst_ip", "type_id": 2, "type": "IP Address", "value": HOST} in scanner[0]["observables"]
 
 
 def test_background_flows_are_skipped_in_training_windows_not_the_windows(tmp_path):

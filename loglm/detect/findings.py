@@ -5,9 +5,10 @@ an analyst wants one finding for it.  Alerts of the same entity (type and value)
 ``detect.group_gap_s`` apart are merged into one finding: first/last seen, every member alert, the worst
 score, the most surprising events across its windows, and the union of the entities involved.
 
-Each finding becomes an OCSF 1.3 Detection Finding (class_uid 2004, category "Findings"): ``time``,
+Each finding becomes an OCSF 1.4 Detection Finding (class_uid 2004, category "Findings"): ``time``,
 ``severity_id``, ``finding_info`` (uid, title, analytic = the model), ``observables`` for every entity
-(IP address, host name, user name, other ids), ``evidences`` (the surprising events with raw line,
+(IP address, host name, user name, other ids; each observable's ``name`` is the path of its value in the
+event, ``unmapped.loglm.entities.<kind>``), ``evidences`` (the surprising events with raw line,
 template, surprisal and what the model expected instead), ``metadata`` (product, model version) and the
 LogLM specifics under ``unmapped.loglm``.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-OCSF_VERSION = "1.3.0"
+# 1.4.0: finding_info.related_events_count (the number of windows grouped) first appears in 1.4.0; every
+# finding validates against that version's official JSON schema (tests/test_findings.py)
+OCSF_VERSION = "1.4.0"
 SEVERITY_ID = {"low": 2, "medium": 3, "high": 4, "critical": 5}
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 # OCSF observable type ids
@@ -87,7 +90,8 @@ def observables(entities: dict[str, list[str]]) -> list[dict]:
     out = []
     for kind, values in entities.items():
         type_id, type_name = OBSERVABLE_TYPE.get(kind, (99, "Other"))
-        out.extend({"name": kind, "type_id": type_id, "type": type_name, "value": v} for v in values)
+        out.extend({"name": f"unmapped.loglm.entities.{kind}", "type_id": type_id, "type": type_name, "value": v}
+                   for v in values)
     return out
 
 
@@ -118,6 +122,7 @@ def to_ocsf(finding: dict, product_version: str, activity_id: int = 1) -> dict:
                      "correlation_uid": f"{finding['entity']['type']}:{finding['entity']['value']}"},
         "unmapped": {"loglm": {"score": finding["score"], "threshold": finding["threshold"],
                                "alert_ids": finding["alert_ids"], "entity": finding["entity"],
+                               "entities": finding["entities"],
                                "model_dir": model.get("model_dir")}},
     }
 
