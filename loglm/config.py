@@ -166,6 +166,9 @@ class LoggerConfig:
 @dataclass
 class DetectConfig:
     target_fpr: float = 0.01
+    # raw inputs=[...] are read with the data settings the model was trained with ("model": format, header,
+    # fields, sessions, from its config.yaml) or with this command's data.* ("command")
+    data_from: str = "model"
     # a validation set with fewer normal items than the target needs (1/target_fpr - 1) is refused before
     # training ("refuse"), or calibrated on anyway with a recorded warning ("warn"); loglm/detect/thresholds.py
     small_validation: str = "refuse"

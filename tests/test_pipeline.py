@@ -263,3 +263,24 @@ def test_a_diverged_run_fails_instead_of_finishing(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "non-finite" in runs[0].data.tags["error"] and "calibration" in runs[0].data.tags["error"]
     assert not (tmp_path / "models" / "latest.json").exists()
+
+
+def test_detection_reads_inputs_the_way_the_model_was_trained(trained, tmp_path):
+    """A detect command that repeats none of the training data.* overrides reads raw inputs with the model's
+    own data settings (its config.yaml); detect.data_from=command uses the command's.  A clean rerun leaves
+    no stale rejection file."""
+    from loglm.detect.detector import run as detect
+
+    cfg, _, result = trained
+    lines, _ = make_log(30, seed=12)
+    log = tmp_path / "new.log"
+    log.write_text("\n".join(lines) + "\n")
+    plain = compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}", f"inputs=[{log}]",
+                               f"out={tmp_path}/a.jsonl", "data.format=bgl", "data.name=other"])
+    summary = detect(plain)  # the command says bgl; the model was trained on hdfs-format lines
+    assert summary["lines"]["accepted"] == len(lines) and summary["lines"]["rejected"] == 0
+    assert (tmp_path / "a.rejected.jsonl").read_text() == ""
+    with pytest.raises(ValueError, match="lines were rejected with data.format='bgl'"):
+        detect(replace(plain, detect=replace(plain.detect, data_from="command")))
+    with pytest.raises(ValueError, match="data_from must be"):
+        detect(replace(plain, detect=replace(plain.detect, data_from="nope")))

@@ -111,10 +111,36 @@ def run(cfg) -> dict:
     from loglm.model.store import load_model
 
     loaded = load_model(model_dir_for(cfg))
+    cfg = with_model_data(cfg, Path(loaded.folder))
     scorer = lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d)  # noqa: E731
     if cfg.follow:
         return follow(cfg, loaded, scorer)
     return detect_with(cfg, loaded, scorer)
+
+
+def with_model_data(cfg, model_dir: Path):
+    """Raw inputs are read the way the model's training data was (its config.yaml: format, header, fields,
+    sessions), not with this command's defaults, unless ``detect.data_from=command``.  The training data's
+    label file does not describe new inputs and is dropped (labelled inputs: ``detect.data_from=command``
+    with ``data.anomalous_ids``).  Says which it uses."""
+    import dataclasses
+    import sys
+
+    if not cfg.inputs or cfg.detect.data_from == "command":
+        return cfg
+    if cfg.detect.data_from != "model":
+        raise ValueError(f"detect.data_from must be 'model' or 'command', got {cfg.detect.data_from!r}")
+    if not (model_dir / "config.yaml").is_file():
+        print(f"loglm: {model_dir} records no data settings: reading inputs with this command's data.*", file=sys.stderr)
+        return cfg
+    from loglm.training.distill import teacher_data_config
+
+    data = dataclasses.replace(teacher_data_config(model_dir, cfg.data), anomalous_ids=None)
+    if data != cfg.data:
+        print(f"loglm: reading inputs as the model's training data was read (data {data.name!r}, format "
+              f"{data.format!r}, sessions by {data.session.by}); detect.data_from=command uses this command's data.*",
+              file=sys.stderr)
+    return dataclasses.replace(cfg, data=data)
 
 
 def follow(cfg, model, scorer) -> dict:
@@ -208,9 +234,8 @@ def detect_with(cfg, model, scorer) -> dict:
                "model_dir": str(model_dir)}
     if account is not None:
         summary["lines"] = account
-        if rejections:
-            rej_path = out.with_suffix(".rejected.jsonl")
-            atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": r}) + "\n"
-                                                 for f, n, r in rejections).encode())
-            summary["rejected_path"] = str(rej_path)
+        rej_path = out.with_suffix(".rejected.jsonl")  # written on every run (empty: none), never a stale one
+        atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": r}) + "\n"
+                                             for f, n, r in rejections).encode())
+        summary["rejected_path"] = str(rej_path)
     return summary
