@@ -135,3 +135,43 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
     manifest["summary"]["fingerprint"]["config"]["layout"] = 1
     (data_dir / "MANIFEST.json").write_text(json.dumps(manifest))
     assert "layout 1, now 2" in stale_reason(data_dir, cfg)
+
+
+def test_templates_come_from_training_lines_only(tmp_path):
+    """Templates first seen in validation or test lines are not mined into the vocabulary artifact, and a
+    training line maps to the same template at prepare time and when a frozen miner reads it at detection."""
+    import json
+
+    import pyarrow.parquet as pq
+    from conftest import compose
+    from synthetic import make_log
+
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+    from loglm.vocab import Vocabulary
+
+    lines, _ = make_log(120, seed=5, anomalies={i: "unseen" for i in range(100, 120, 3)})  # late blocks: test
+    log = tmp_path / "app.log"
+    log.write_text("\n".join(lines) + "\n")
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data.name=late_unseen", f"data.inputs=[{log}]",
+                              "data.anomalous_ids=null", "data.split.method=chronological", "data.train_normal_only=false"])
+    prepare(cfg)
+    data_dir = prepared_dir(cfg.paths.root, "late_unseen")
+    vocab = Vocabulary.load(data_dir / "vocab.json")
+    texts = [t.text for t in vocab.miner.templates]
+    assert not any("Connection reset by peer" in t for t in texts)  # only in test lines: not a template
+    ev = pq.read_table(data_dir / "events.parquet", columns=["raw", "template"]).to_pylist()
+    unseen = [e for e in ev if "Connection reset by peer" in e["raw"]]
+    assert unseen and all(e["template"] == -1 for e in unseen)  # [UNK], as detection reads them
+    sessions = pq.read_table(sorted((data_dir / "sessions").glob("*.parquet"))[0]).to_pylist()
+    train_ids = sorted({j for s in sessions if s["split"] == "train" for j in s["event_idx"]})
+    assert len(vocab.miner.templates) == len({ev[j]["template"] for j in train_ids})  # every template is a training one
+    from loglm.ingest.formats import get_format
+    from loglm.ingest.params import mask_params
+    from loglm.ingest.raw_text import RawTextReader
+
+    reader = RawTextReader(get_format("hdfs"))
+    for j in train_ids[:300]:  # detection reads a training line as prepare did
+        rec = reader.parse_line(ev[j]["raw"].encode(), "x", 1)
+        assert vocab.miner.match(mask_params(rec.content)[0]) == ev[j]["template"]
+    assert json.loads((data_dir / "MANIFEST.json").read_text())["summary"]["templates_mined"] == len(texts)

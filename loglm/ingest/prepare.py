@@ -89,6 +89,38 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
     return Parsed(ev, account, rejections, sessions)
 
 
+class DeferredMiner:
+    """Stands in for the miner while lines are read at prepare time: templates are mined only after the split
+    is known, from training lines (:func:`mine_training_first`)."""
+
+    def add(self, masked: str) -> int:
+        return -1
+
+    def match(self, masked: str) -> None:
+        return None
+
+
+def training_events(parsed: Parsed) -> list[int]:
+    """Event ids of the training split (after unlabelled events were skipped), in input order."""
+    return sorted({j for s in parsed.sessions if s.split == "train" for j in s.event_idx})
+
+
+def mine_training_first(parsed: Parsed, miner: TemplateMiner) -> None:
+    """Templates from training lines only, in input order; every other line is matched against them (a
+    frozen miner, as detection does) and is -1 ([UNK]) when none fits.  So templates first seen in
+    validation or test neither enter the vocabulary artifact (a leak from test into the model) nor change
+    how a training line is read: a training line maps to the same template at prepare and at detection."""
+    ev = parsed.events
+    train = training_events(parsed)
+    for j in train:
+        ev.template[j] = miner.add(ev.masked[j])
+    in_train = set(train)
+    for j in range(len(ev)):
+        if j not in in_train:
+            tid = miner.match(ev.masked[j])
+            ev.template[j] = -1 if tid is None else tid
+
+
 def mine_flows(parsed: Parsed, data: DataConfig, miner: TemplateMiner) -> FlowCodec:
     """Fit the flow codec on training flows (normal sessions of the train split), then give every flow
     its sentence and template, in input order."""
@@ -99,9 +131,8 @@ def mine_flows(parsed: Parsed, data: DataConfig, miner: TemplateMiner) -> FlowCo
                       local_networks=list(data.local_networks)).fit(train)
     ev = parsed.events
     for i, flow in enumerate(ev.fields):
-        sentence = codec.sentence(flow)
-        ev.masked[i] = sentence
-        ev.template[i] = miner.add(sentence)
+        ev.masked[i] = codec.sentence(flow)
+    mine_training_first(parsed, miner)  # sentences of validation/test flows only are [UNK], not templates
     return codec
 
 
@@ -242,12 +273,14 @@ def run(cfg) -> dict:
         flows = data.format in FLOW_FORMATS
         # flow sentences are exact templates: no Drain-style merging of different field values
         miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+        # templates are mined from training lines only, once the split is known (mine_training_first)
+        deferred = DeferredMiner()
         if cfg.backend == "ray":
             from loglm.ingest.distributed import parse_inputs_ray
 
-            parsed = parse_inputs_ray(list(data.inputs), data, miner, cfg.tokenizer.mask_params, cfg.ray)
+            parsed = parse_inputs_ray(list(data.inputs), data, deferred, cfg.tokenizer.mask_params, cfg.ray)
         elif cfg.backend == "local":
-            parsed = parse_inputs(list(data.inputs), data, miner, frozen=False, mask=cfg.tokenizer.mask_params)
+            parsed = parse_inputs(list(data.inputs), data, deferred, frozen=False, mask=cfg.tokenizer.mask_params)
         else:
             raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
         anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
@@ -269,6 +302,8 @@ def run(cfg) -> dict:
                 s.split = "train_heldout_anomalous"
     if data.format in FLOW_FORMATS:
         codec = mine_flows(parsed, data, miner)
+    elif data.format not in builders.BUILDERS:
+        mine_training_first(parsed, miner)
     vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
     summary = write_prepared(out, parsed, vocab, data, {
