@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -32,14 +33,35 @@ def ensure_experiment(cfg, name: str) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if not uri.startswith("http"):
-        location = (Path(cfg.paths.root).resolve() / "mlartifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    with store_init_lock(uri):
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if not uri.startswith("http"):
+            location = (Path(cfg.paths.root).resolve() / "mlartifacts" / name).as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str):
+    """For a local sqlite store, an exclusive file lock (``<db>.lock``) while the store is first opened and
+    the experiment created: two jobs started together on a fresh ``paths.root`` otherwise both create the
+    schema and one fails (``duplicate column name``), or both create the experiment."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def start_logger_run(logger) -> str:

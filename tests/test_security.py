@@ -110,3 +110,27 @@ def test_export_replaces_its_own_bundle_but_not_files_added_to_it(tmp_path):
     (out / ".hidden").write_text("z")  # hidden files are not part of a bundle either
     with pytest.raises(ValueError, match=".hidden"):
         check_replaceable(out)
+
+
+def _open_store(root: str, barrier) -> str:
+    from conftest import compose
+
+    from loglm import tracking
+
+    cfg = compose("pretrain", [f"paths.root={root}"])
+    barrier.wait()
+    return tracking.ensure_experiment(cfg, "loglm-pretrain")
+
+
+def test_jobs_started_together_on_a_fresh_store_do_not_race(tmp_path):
+    """Two jobs opening a fresh sqlite store at the same moment: one creates the schema and the experiment
+    while the other waits on the lock (before: `duplicate column name: client_request_id`)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for attempt in range(2):
+        root = str(tmp_path / f"root{attempt}")
+        barrier = ctx.Manager().Barrier(3)
+        with ctx.Pool(3) as pool:
+            ids = pool.starmap(_open_store, [(root, barrier)] * 3)
+        assert len(set(ids)) == 1, ids
