@@ -301,3 +301,56 @@ def test_custom_header_is_matched_in_linear_time_or_refused():
                              "Content": "session opened"}
     with pytest.raises(ValueError, match="linear time only"):
         header_regex(r"<Date> (?=x)<Level>(\1)? <Content>")
+
+
+def test_a_gzip_bomb_line_is_measured_while_read_not_held(tmp_path):
+    """A 2 MB gzip holding a 2 GiB line without a newline reached 4.3 GB RSS: the line was read whole before
+    its length was checked.  Now at most max_line_bytes + 1 bytes of it are held (here: a 256 MiB line)."""
+    import gzip
+    import tracemalloc
+
+    path = tmp_path / "bomb.log.gz"
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(b"081109 203518 143 INFO dfs.DataNode: ")
+        block = b"A" * (1 << 20)
+        for _ in range(256):
+            fh.write(block)
+        fh.write(b"\n081109 203519 143 INFO dfs.DataNode: Receiving block blk_1\n")
+    data = DataConfig(format="hdfs", max_line_bytes=65_536, session=SessionConfig(by="entity"))
+    tracemalloc.start()
+    parsed = parse_inputs([str(path)], data, TemplateMiner(), frozen=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 << 20, peak
+    assert parsed.account.as_dict()["read"] == 2 and parsed.account.accepted == 1
+    (f, n, reason), = parsed.rejections
+    assert n == 1 and reason == f"line too long: {len(b'081109 203518 143 INFO dfs.DataNode: ') + (256 << 20) + 1} bytes > 65536"
+
+
+def test_streaming_reads_of_a_long_line_are_bounded(tmp_path):
+    from loglm.detect.streaming import follow_lines
+    from loglm.ingest.readers import check_line
+
+    path = tmp_path / "grow.log"
+    path.write_bytes(b"short line\n" + b"B" * 300_000 + b"\nlast line without newline")
+    got = list(follow_lines(str(path), poll_s=0.01, idle_exit_s=0.05, max_line_bytes=1000))
+    assert [n for _, n in got] == [1, 2, 3]
+    assert got[0][0] == b"short line\n" and got[2][0] == b"last line without newline"
+    assert len(got[1][0]) == 1001 and check_line(got[1][0], "s", 2, 1000).reason == "line too long: 300001 bytes > 1000"
+
+
+def test_ingest_caches_stay_bounded_on_a_flood_of_unique_long_lines():
+    """Unique ~60 KB lines grew a stream from 0.8 to 4.8 GB through the shape and template caches; now
+    their keys are bounded in bytes (long keys are not cached at all)."""
+    from loglm.ingest import params
+
+    miner = TemplateMiner()
+    rng = random.Random(0)
+    for i in range(200):
+        words = " ".join(f"w{rng.randrange(10**9)}x{i}" for _ in range(400))  # ~6 KB, unique
+        masked, _ = mask_params(words)
+        miner.add(masked)
+        miner.match(masked)
+    assert params._layouts.key_bytes <= params._layouts.max_bytes
+    assert sum(len(k) for k in params._layouts) <= 1024 * len(params._layouts)
+    assert all(len(k) <= 1024 for k in miner._cache) and all(len(k) <= 1024 for k in miner._match_cache)

@@ -151,7 +151,8 @@ def follow(cfg, model, scorer) -> dict:
         raise ValueError("follow=true takes exactly one input: a file that grows, or '-' for stdin")
     source = cfg.inputs[0]
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
-    return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s), source, out)
+    return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s,
+                                                                max_line_bytes=cfg.data.max_line_bytes), source, out)
 
 
 def session_view(table, scores):

@@ -17,7 +17,14 @@ from pathlib import Path
 from loglm.detect.alerts import build_alerts, events_from_parsed
 from loglm.detect.detector import check_not_all_rejected, detect_config_of
 from loglm.ingest.prepare import to_event
-from loglm.ingest.readers import LineAccount, Rejection, make_reader, parse_line_safely
+from loglm.ingest.readers import (
+    LineAccount,
+    LongLine,
+    Rejection,
+    bounded_lines,
+    make_reader,
+    parse_line_safely,
+)
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
 from loglm.shards import session_table
@@ -162,28 +169,42 @@ class StreamingDetector:
         return {"lines": acct, **self.stats, "threshold": self.threshold}
 
 
-def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = None) -> Iterator[tuple[bytes, int]]:
-    """Lines of a growing file (or '-' for stdin) as they arrive; ends after idle_exit_s without growth."""
+def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
+                 max_line_bytes: int = 65_536) -> Iterator[tuple[bytes, int]]:
+    """Lines of a growing file (or '-' for stdin) as they arrive; ends after idle_exit_s without growth.
+    At most ``max_line_bytes + 1`` bytes of a line are held: a longer one comes back as a
+    :class:`~loglm.ingest.readers.LongLine` (rejected with its length), whatever arrives."""
     if path == "-":
-        for n, raw in enumerate(sys.stdin.buffer, 1):
+        for n, raw in enumerate(bounded_lines(sys.stdin.buffer, max_line_bytes), 1):
             yield raw, n
         return
+    limit = max_line_bytes + 1
+
+    def line_of(buf: bytes, total: int) -> bytes:
+        if total <= len(buf):
+            return buf
+        long = LongLine(buf)
+        long.total = total
+        return long
+
     with open(path, "rb") as fh:
-        n, buf, last = 0, b"", time.monotonic()
+        n, buf, total, last = 0, b"", 0, time.monotonic()
         while True:
-            chunk = fh.readline()
+            chunk = fh.readline(limit)
             if chunk:
-                buf += chunk
-                if buf.endswith(b"\n"):
+                total += len(chunk)
+                if len(buf) < limit:  # keep the line's start only
+                    buf = (buf + chunk)[:limit]
+                if chunk.endswith(b"\n"):
                     n += 1
-                    yield buf, n
-                    buf = b""
+                    yield line_of(buf, total), n
+                    buf, total = b"", 0
                 last = time.monotonic()
                 continue
             if idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
                 if buf:
                     n += 1
-                    yield buf, n
+                    yield line_of(buf, total), n
                 return
             time.sleep(poll_s)
 

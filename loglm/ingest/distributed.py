@@ -20,6 +20,7 @@ from loglm.ingest.readers import (
     UNREADABLE,
     LineAccount,
     Rejection,
+    bounded_lines,
     expand_inputs,
     make_reader,
     open_binary,
@@ -78,27 +79,27 @@ def _leading_metadata(path: Path, fmt: str) -> int:
     return 1 if fmt in ("cicflowmeter", "netflow") else 0
 
 
-def _lines(task: dict):
-    """(line number, raw bytes) of a task's range; a whole (gzip) file that turns out damaged ends with
-    (line number, exception), which becomes the same rejection the local reader gives."""
+def _lines(task: dict, max_line_bytes: int):
+    """(line number, raw bytes) of a task's range, read line by line with bounded memory as the local reader
+    does (:func:`bounded_lines`); a whole (gzip) file that turns out damaged ends with (line number,
+    exception), which becomes the same rejection the local reader gives."""
     if task["end"] < 0:
         n = 0
         try:
             with open_binary(Path(task["path"])) as fh:
-                for n, raw in enumerate(fh, start=1):
+                for n, raw in enumerate(bounded_lines(fh, max_line_bytes), start=1):
                     yield n, raw
         except UNREADABLE as e:
             yield n + 1, e
         return
     with open(task["path"], "rb") as fh:
         fh.seek(task["start"])
-        data = fh.read(task["end"] - task["start"])
-    parts = data.split(b"\n")
-    last = parts.pop()  # b"" when the range ends with a newline
-    for k, part in enumerate(parts):
-        yield task["first_line"] + k, part + b"\n"
-    if last:
-        yield task["first_line"] + len(parts), last
+        n = task["first_line"]
+        for raw in bounded_lines(fh, max_line_bytes):
+            yield n, raw
+            n += 1
+            if fh.tell() >= task["end"]:  # ranges end at a line end
+                return
 
 
 def parse_tasks(batch: dict, data: dict, mask: bool) -> dict:
@@ -127,7 +128,7 @@ def parse_tasks(batch: dict, data: dict, mask: bool) -> dict:
                     for n in range(1, task["prime"] + 1):
                         parse_line_safely(reader.parse_line, fh.readline(), source, n)
             items = ((n, unreadable(source, n - 1, raw) if isinstance(raw, BaseException)
-                      else parse_line_safely(reader.parse_line, raw, source, n)) for n, raw in _lines(task))
+                      else parse_line_safely(reader.parse_line, raw, source, n)) for n, raw in _lines(task, cfg.max_line_bytes))
         for line_no, item in items:
             if item is None:
                 emit(META, source, line_no)

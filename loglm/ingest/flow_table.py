@@ -84,7 +84,7 @@ class FlowTableReader:
         if path.suffix == ".parquet":
             return tally(self._parquet(path, account), account)
         self._header_of = None  # the first line of this file is its header
-        return read_lines(self.parse_line, path, account)
+        return read_lines(self.parse_line, path, account, self.max_line_bytes)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection | None:
         """One CSV row as a flow, a rejection, or None for the file's header row."""

@@ -44,7 +44,7 @@ class JsonLinesReader:
         self.max_line_bytes = data.max_line_bytes
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        return read_lines(self.parse_line, path, account)
+        return read_lines(self.parse_line, path, account, self.max_line_bytes)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from loglm.ingest.cache import BoundedCache
+
 # Entities are the typed parameters an analyst pivots on: their values are kept.  Order matters: more
 # specific patterns first, so a block id is never read as a number.
 ENTITY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
@@ -33,15 +35,15 @@ _PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARA
 # regular expressions run once per shape; the masked text is then cut from the message itself.
 _ZERO = str.maketrans("123456789", "000000000")
 _ZERO_BYTES = bytes.maketrans(b"123456789", b"000000000")  # the same on ASCII text, 15x faster
-_CACHE_LIMIT = 200_000
 # shape -> (segments (start, end, placeholder or None for the message's own text), entity spans)
 Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...]]
-_layouts: dict[str | bytes, Layout] = {}
+# bounded by key bytes: shapes of ordinary lines repeat, a flood of unique long lines does not
+_layouts: BoundedCache = BoundedCache(32 << 20, 1024)
 
 
 _TOKEN = re.compile(r"\S+")
 _PARAM_CHARS = frozenset("0123456789./-")  # a token with none of these cannot hold any parameter
-_token_spans: dict[str, tuple[tuple[str, int, int], ...]] = {}
+_token_spans: BoundedCache = BoundedCache(8 << 20, 256)
 
 
 def _layout(shape: str) -> Layout:
@@ -55,9 +57,7 @@ def _layout(shape: str) -> Layout:
         hit = _token_spans.get(token)
         if hit is None:
             hit = tuple((t.lastgroup or "num", t.start(), t.end()) for t in _PARAMS.finditer(token))
-            if len(_token_spans) >= _CACHE_LIMIT:
-                _token_spans.clear()
-            _token_spans[token] = hit
+            _token_spans.put(token, hit)
         base = m.start()
         spans.extend((kind, base + a, base + b) for kind, a, b in hit)
     segments: list[tuple[int, int, str | None]] = []
@@ -89,9 +89,7 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     layout = _layouts.get(key)
     if layout is None:
         layout = _layout(key.decode("ascii") if isinstance(key, bytes) else key)
-        if len(_layouts) >= _CACHE_LIMIT:
-            _layouts.clear()
-        _layouts[key] = layout
+        _layouts.put(key, layout)
     segments, spans = layout
     if len(segments) == 1 and segments[0][2] is None:
         masked = content

@@ -21,7 +21,7 @@ class RawTextReader:
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        return read_lines(self.parse_line, path, account)
+        return read_lines(self.parse_line, path, account, self.max_line_bytes)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)

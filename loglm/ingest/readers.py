@@ -59,10 +59,41 @@ class LineAccount:
         return self.read == self.accepted + self.rejected + self.metadata
 
 
+class LongLine(bytes):
+    """The first bytes of a line longer than the limit; ``total`` is the whole line's length, counted while
+    the rest was read and dropped (never held in memory)."""
+
+    total: int = 0
+
+
+def bounded_lines(fh, max_line_bytes: int) -> Iterator[bytes]:
+    """Lines of a binary stream, each read with at most ``max_line_bytes + 1`` bytes in memory: a longer
+    line comes back as a :class:`LongLine` (its start and its length).  A 2 GiB line without a newline
+    (a 2 MB gzip) used to be read whole before its length was checked (4.3 GB RSS)."""
+    limit = max_line_bytes + 1
+    while True:
+        line = fh.readline(limit)
+        if not line:
+            return
+        if len(line) < limit or line.endswith(b"\n"):
+            yield line
+            continue
+        total = len(line)
+        while True:
+            more = fh.readline(1 << 20)
+            total += len(more)
+            if not more or more.endswith(b"\n"):
+                break
+        long = LongLine(line)
+        long.total = total
+        yield long
+
+
 def check_line(raw_bytes: bytes, source: str, line_no: int, max_line_bytes: int) -> str | Rejection:
     """The decoded text of one input line, or why it is refused (checks every reader shares)."""
     if len(raw_bytes) > max_line_bytes:
-        return Rejection(source, line_no, f"line too long: {len(raw_bytes)} bytes > {max_line_bytes}")
+        return Rejection(source, line_no, f"line too long: {getattr(raw_bytes, 'total', len(raw_bytes))} bytes > "
+                                          f"{max_line_bytes}")
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -116,16 +147,17 @@ def parse_line_safely(parse_line, raw: bytes, source: str, line_no: int) -> Reco
         return Rejection(source, line_no, f"unparseable line: {type(e).__name__}: {str(e)[:200]}")
 
 
-def read_lines(parse_line, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int = 65_536
+               ) -> Iterator[Record | Rejection]:
     """Every line of a text file through ``parse_line(raw, source, line_no)`` (None = a metadata line),
-    accounted: the one line loop of the text readers."""
+    accounted: the one line loop of the text readers.  Lines are read bounded (:func:`bounded_lines`)."""
     source = os.fspath(path)
 
     def items():
         line_no = 0
         try:
             with open_binary(path) as fh:
-                for line_no, raw_bytes in enumerate(fh, start=1):
+                for line_no, raw_bytes in enumerate(bounded_lines(fh, max_line_bytes), start=1):
                     account.read += 1
                     item = parse_line_safely(parse_line, raw_bytes, source, line_no)
                     if item is None:

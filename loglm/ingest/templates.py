@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loglm.ingest.cache import BoundedCache
+
 WILDCARD = "<*>"
 
 
@@ -31,9 +33,9 @@ class TemplateMiner:
         self.max_templates = max_templates
         self.templates: list[Template] = []
         self._groups: dict[tuple[int, str], list[int]] = {}
-        self._cache: dict[str, int] = {}
-        self._match_cache: dict[str, int | None] = {}
-        self._cache_limit = 1_000_000
+        # masked message -> template id, bounded by key bytes (a flood of unique lines cannot grow them)
+        self._cache: BoundedCache = BoundedCache(64 << 20, 1024)
+        self._match_cache: BoundedCache = BoundedCache(64 << 20, 1024)
 
     @staticmethod
     def _group_key(tokens: list[str]) -> tuple[int, str]:
@@ -89,8 +91,7 @@ class TemplateMiner:
             self.templates.append(Template(tid, tokens))
             self._groups.setdefault(self._group_key(tokens), []).append(tid)
         self.templates[tid].count += 1
-        if len(self._cache) < self._cache_limit:
-            self._cache[masked] = tid
+        self._cache.put(masked, tid)
         self._match_cache.clear()  # a template may have been generalised: earlier match answers are stale
         return tid
 
@@ -106,8 +107,7 @@ class TemplateMiner:
         found = None
         if best is not None and all(t == s or t == WILDCARD for t, s in zip(self.templates[best].tokens, tokens)):
             found = best
-        if len(self._match_cache) < self._cache_limit:
-            self._match_cache[masked] = found
+        self._match_cache.put(masked, found)
         return found
 
     def state(self) -> dict:

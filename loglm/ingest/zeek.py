@@ -48,7 +48,7 @@ class ZeekConnReader:
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
         self._reset(os.fspath(path))
-        return read_lines(self.parse_line, path, account)
+        return read_lines(self.parse_line, path, account, self.max_line_bytes)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection | None:
         """One flow, a rejection, or None for a metadata line (which may change how rows are read)."""
