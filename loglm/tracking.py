@@ -80,11 +80,30 @@ def start_logger_run(logger) -> str:
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+# column maps name input fields, not credentials: a JSON field called "token" is not a secret
+NOT_SECRET_PREFIXES = ("data.fields.", "data.entity_fields.")
+
+
+def is_secret_key(path: str) -> bool:
+    """A dotted config path whose last part looks like a credential (password, secret, token, api key...)."""
+    return not path.startswith(NOT_SECRET_PREFIXES) and bool(SECRET_KEY.search(path.split(".")[-1]))
+
+
+def redacted(tree, prefix: str = ""):
+    """A plain config tree with every secret-named value replaced by ``***`` (config.yaml, bundles)."""
+    if isinstance(tree, dict):
+        return {k: ("***" if is_secret_key(f"{prefix}{k}") and not isinstance(v, dict | list) and v is not None
+                    else redacted(v, f"{prefix}{k}.")) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redacted(v, prefix) for v in tree]
+    return tree
+
+
 def loggable_params(cfg) -> dict[str, str]:
     """The resolved config, flattened, with anything that looks like a secret scrubbed."""
     out = {}
     for k, v in flatten(to_plain(cfg)).items():
-        out[k] = "***" if SECRET_KEY.search(k.split(".")[-1]) else str(v)[:500]
+        out[k] = "***" if is_secret_key(k) else str(v)[:500]
     return out
 
 
@@ -102,9 +121,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def config_yaml(cfg) -> bytes:
+    """The config as written next to a model (config.yaml, copied into bundles): secrets as ``***``."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(redacted(to_plain(cfg)))).encode()
+
+
 def run_tags(cfg, extra: dict | None = None) -> dict[str, str]:
     tags = {"git_commit": git_commit(), "seed": str(cfg.trainer.seed), "dataset": cfg.data.name}
-    tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
+    tags.update({k: ("***" if is_secret_key(k) else str(v)) for k, v in (cfg.logger.tags or {}).items()})
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 

@@ -18,6 +18,36 @@ def test_secret_like_keys_are_scrubbed_from_params():
     assert "hunter2" not in json.dumps(params) and "abc123" not in json.dumps(params)
 
 
+def test_secrets_stay_out_of_tags_and_config_files():
+    from omegaconf import OmegaConf
+
+    from loglm.tracking import config_yaml, run_tags
+
+    cfg = compose("pretrain", ["+logger.tags.api_key=abc123", "+logger.tags.team=soc",
+                               "+data.fields={token: tok, ts: time}"])
+    tags = run_tags(cfg)
+    assert tags["api_key"] == "***" and tags["team"] == "soc"
+    written = config_yaml(cfg).decode()
+    assert "abc123" not in written and OmegaConf.create(written).logger.tags.api_key == "***"
+    assert OmegaConf.create(written).data.fields == {"token": "tok", "ts": "time"}  # a column map is no secret
+
+
+def test_pseudonymisation_covers_templates_ipv6_users_and_rejection_reasons():
+    p = Pseudonymizer(b"k" * 32, ["ip", "src_ip", "user", "hostname"])
+    alert = {"entity": {"type": "src_ip", "value": "10.0.0.7"}, "entities": {"src_ip": ["10.0.0.7"]},
+             "session_id": "10.0.0.7@w1", "title": "Unusual event sequence for src_ip 10.0.0.7",
+             "surprising_events": [{"raw": "Failed password for user alice from 2001:db8::7 port 22",
+                                    "template": "Failed password for user alice from 2001:db8::7 port <num>",
+                                    "expected": [{"template": "session opened for user root by uid=0", "p": 0.4}]}]}
+    out = json.dumps(p.alert(alert))
+    for secret in ("10.0.0.7", "alice", "2001:db8::7", "root"):
+        assert secret not in out, secret
+    assert p.token("user", "alice") in out and p.token("ip", "2001:db8::7") in out
+    reason = p.scrub("bad timestamp: 'fe80::1%eth0 user=mallory 192.168.1.9'")
+    assert "mallory" not in reason and "fe80" not in reason and "192.168.1.9" not in reason
+    assert p.scrub("12:00:01 at 10:30") == "12:00:01 at 10:30"  # clock times are not addresses
+
+
 def test_pseudonyms_are_keyed_and_stable():
     a = Pseudonymizer(b"k" * 32, ["ip"])
     b = Pseudonymizer(b"j" * 32, ["ip"])

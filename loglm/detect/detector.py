@@ -236,7 +236,8 @@ def detect_with(cfg, model, scorer) -> dict:
     if account is not None:
         summary["lines"] = account
         rej_path = out.with_suffix(".rejected.jsonl")  # written on every run (empty: none), never a stale one
-        atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": r}) + "\n"
+        scrub = pseudo.scrub if pseudo is not None else (lambda r: r)  # reasons may quote raw values
+        atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": scrub(r)}) + "\n"
                                              for f, n, r in rejections).encode())
         summary["rejected_path"] = str(rej_path)
     return summary

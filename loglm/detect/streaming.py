@@ -109,7 +109,8 @@ class StreamingDetector:
     def _reject(self, source: str, line_no: int, reason: str) -> None:
         self.account.reject(reason)
         if self.rejections_out is not None:
-            self.rejections_out.write(json.dumps({"file": source, "line": line_no, "reason": reason}) + "\n")
+            quoted = self.pseudo.scrub(reason) if self.pseudo else reason  # reasons may quote raw values
+            self.rejections_out.write(json.dumps({"file": source, "line": line_no, "reason": quoted}) + "\n")
 
     def _sweep_idle(self) -> None:
         """Close sessions idle for stream_idle_close_s of event time (the newest timestamp seen)."""

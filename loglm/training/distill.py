@@ -165,7 +165,6 @@ def teacher_data_config(teacher_dir: Path, fallback):
 
 def run(cfg) -> dict:
     import mlflow
-    from omegaconf import OmegaConf
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes
@@ -221,7 +220,7 @@ def run(cfg) -> dict:
             trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.trainer.batch_size, 0, cfg.trainer.seed))
             seconds = time.perf_counter() - t0
             phase = "calibration"
-            atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+            atomic_write_bytes(model_dir / "config.yaml", tracking.config_yaml(cfg))  # secrets as ***
             student = load_model(model_dir, verify=False)
             detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
             if d.rtd_weight > 0:

@@ -244,7 +244,6 @@ def mark_failed(cfg, run_id: str, phase: str, exc: BaseException) -> None:
 
 def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
     import mlflow
-    from omegaconf import OmegaConf
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes, atomic_write_json
@@ -264,7 +263,7 @@ def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
 
     progress["phase"] = "calibration"
     model_dir, data_dir = Path(ctx.model_dir), Path(ctx.data_dir)
-    atomic_write_bytes(model_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    atomic_write_bytes(model_dir / "config.yaml", tracking.config_yaml(cfg))  # secrets as ***
     loaded = load_model(model_dir, verify=False)
     cal = calibrate(loaded.encoder, data_dir, cfg.detect, model_dir, cfg.data)
     finalize(model_dir, data_dir / "vocab.json", {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256})
