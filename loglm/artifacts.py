@@ -59,6 +59,8 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict:
         if name not in manifest["files"]:
             raise ValueError(f"{folder}: required file {name} is not in the manifest")
     for name, meta in manifest["files"].items():
+        if not inside(folder, name):
+            raise ValueError(f"{folder}: manifest entry {name!r} points outside the folder; refusing it")
         p = folder / name
         if not p.is_file():
             raise ValueError(f"{folder}: file {name} listed in the manifest is missing")
@@ -67,3 +69,54 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict:
         if sha256_file(p) != meta["sha256"]:
             raise ValueError(f"{folder}: file {name} does not match its sha256 in the manifest (tampered?)")
     return manifest
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out`` (same parent): an existing ``out`` is moved aside, ``new``
+    renamed in, and only then the old one removed; if the rename fails the old folder is put back.  So a
+    step that fails while writing (a full disk, an interrupted job) never leaves a half-written folder where
+    a good one was."""
+    import shutil
+
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
+
+
+def inside(folder: Path, name: str) -> bool:
+    """``name`` is a relative path that stays within ``folder`` (no absolute path, no ``..``, no link out)."""
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts:
+        return False
+    try:
+        return (folder / p).resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def check_calibration(cal: dict, where: Path) -> dict:
+    """A calibration a detector may use: a finite threshold and a target FPR in (0, 1) (the manifest only
+    proves the file is the one written; whoever rewrites both could set a NaN threshold)."""
+    import math
+
+    thr, target = cal.get("threshold"), cal.get("target_fpr")
+    if not isinstance(thr, int | float) or not math.isfinite(thr):
+        raise ValueError(f"{where}: calibration threshold {thr!r} is not a finite number; recalibrate the model")
+    if not isinstance(target, int | float) or not 0 < target < 1:
+        raise ValueError(f"{where}: calibration target_fpr {target!r} is not in (0, 1)")
+    return cal
+
+
+def check_vocab_size(vocab_size: int, expected: int, where: Path) -> None:
+    """The vocabulary must be the one the model's embeddings were built for."""
+    if vocab_size != expected:
+        raise ValueError(f"{where}: vocab.json has {vocab_size} tokens but the model was built for {expected}; "
+                         "the vocabulary does not belong to this model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,7 +17,15 @@ def entry(config_name: str, run: Callable[[object], dict], show: Callable[[dict]
 
     @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name=config_name)
     def main(cfg) -> None:
-        result = run(materialize(cfg))
+        try:
+            result = run(materialize(cfg))
+        except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            # a user's mistake (bad setting, missing file, stale data): the reason, not a traceback;
+            # HYDRA_FULL_ERROR=1 shows the traceback
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"loglm: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
         if show is not None:
             show(result)
         else:

@@ -49,3 +49,14 @@ def test_cli_refuses_bad_key_before_any_work(tmp_path):
 def test_experiment_preset_overrides():
     cfg = compose("pretrain", ["experiment=hdfs_demo"])
     assert cfg.data.name == "hdfs_sample" and cfg.logger.run_name == "hdfs-demo"
+
+
+def test_a_users_mistake_prints_the_reason_not_a_traceback(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.pretrain", "data.name=nothing_here",
+                           f"paths.root={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("loglm: error:") and "has no prepared data" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -228,3 +228,41 @@ def test_int8_is_preferred_only_when_its_own_parity_check_passes():
     # the eve.json bundle: decisions agreed but int8's surprisals were outside its tolerance -> fp32
     assert preferred_variant({"fp32": fp32, "int8": {"ok": False, "decision_agreement": 1.0}}) == "fp32"
     assert preferred_variant({"fp32": fp32, "int8": {"ok": True, "decision_agreement": 0.99}}) == "fp32"
+
+
+@pytest.mark.parametrize("rewrite", ["nan_threshold", "outside_onnx", "other_vocab", "manifest_escape"])
+def test_a_bundle_whose_manifest_was_rewritten_is_refused(exported, tmp_path, rewrite):
+    """MANIFEST.json proves integrity only: whoever rewrites a file *and* the manifest passes it.  So the
+    contents are checked too: a finite threshold, a model file inside the bundle, a vocabulary of the
+    model's size, manifest entries inside the folder."""
+    from loglm.artifacts import write_manifest
+    from loglm.engine.bundle import Bundle
+
+    _, _, result = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(result["bundle"], copy)
+    (tmp_path / "evil.onnx").write_bytes((copy / "model.onnx").read_bytes())
+    if rewrite == "nan_threshold":
+        cal = json.loads((copy / "calibration.json").read_text())
+        (copy / "calibration.json").write_text(json.dumps({**cal, "threshold": float("nan")}))
+        match = "not a finite number"
+    elif rewrite == "outside_onnx":
+        info = json.loads((copy / "bundle.json").read_text())
+        info["variants"]["fp32"]["file"] = "../evil.onnx"
+        info["preferred_variant"] = "fp32"
+        (copy / "bundle.json").write_text(json.dumps(info))
+        match = "never reads files outside itself"
+    elif rewrite == "other_vocab":
+        vocab = json.loads((copy / "vocab.json").read_text())
+        vocab["template_ids"] = vocab["template_ids"] + list(range(10**6, 10**6 + 50))
+        (copy / "vocab.json").write_text(json.dumps(vocab))
+        match = "does not belong to this model"
+    manifest = json.loads((copy / "MANIFEST.json").read_text())
+    write_manifest(copy, {k: v for k, v in manifest.items() if k not in ("files", "format", "created")})
+    if rewrite == "manifest_escape":
+        manifest = json.loads((copy / "MANIFEST.json").read_text())
+        manifest["files"]["../evil.onnx"] = manifest["files"]["model.onnx"]
+        (copy / "MANIFEST.json").write_text(json.dumps(manifest))
+        match = "points outside the folder"
+    with pytest.raises(ValueError, match=match):
+        Bundle(copy)

@@ -175,3 +175,52 @@ def test_templates_come_from_training_lines_only(tmp_path):
         rec = reader.parse_line(ev[j]["raw"].encode(), "x", 1)
         assert vocab.miner.match(mask_params(rec.content)[0]) == ev[j]["template"]
     assert json.loads((data_dir / "MANIFEST.json").read_text())["summary"]["templates_mined"] == len(texts)
+
+
+def test_a_failed_re_prepare_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    from conftest import compose
+    from synthetic import synthetic_run_overrides
+
+    from loglm import shards
+    from loglm.artifacts import verify_manifest
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+
+    cfg = compose("prepare", synthetic_run_overrides(tmp_path, 40, seed=3))
+    prepare(cfg)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    before = verify_manifest(data_dir)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards, "write_session_shards", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(cfg)
+    assert verify_manifest(data_dir) == before  # the good dataset is untouched
+    assert [p.name for p in data_dir.parent.iterdir()] == [data_dir.name]  # and no half-written folder is left
+
+
+def test_a_named_pipe_is_read_as_an_input(tmp_path):
+    import os
+    import threading
+
+    from synthetic import make_log
+
+    from loglm.config import DataConfig
+    from loglm.ingest.prepare import parse_inputs
+    from loglm.ingest.templates import TemplateMiner
+
+    lines, _ = make_log(5, seed=1)
+    fifo = tmp_path / "ship.pipe"
+    os.mkfifo(fifo)
+
+    def ship():
+        with open(fifo, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    t = threading.Thread(target=ship)
+    t.start()
+    parsed = parse_inputs([str(fifo)], DataConfig(format="hdfs"), TemplateMiner(), frozen=False)
+    t.join(10)
+    assert parsed.account.accepted == len(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loglm.artifacts import verify_manifest
+from loglm.artifacts import check_calibration, check_vocab_size, inside, verify_manifest
 from loglm.detect.scores import log_softmax, rtd_outputs_from_logits
 from loglm.vocab import Vocabulary
 
@@ -23,15 +23,22 @@ class Bundle:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"bundle directory not found: {self.folder}")
-        if verify:
-            verify_manifest(self.folder, REQUIRED)
+        manifest = verify_manifest(self.folder, REQUIRED) if verify else None
         self.info = json.loads((self.folder / "bundle.json").read_text())
         if self.info.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{self.folder}: not a LogLM bundle (format={self.info.get('format')!r})")
         self.variant = variant or self.info["preferred_variant"]
+        if self.variant not in self.info["variants"]:
+            raise ValueError(f"{self.folder}: no model variant {self.variant!r} (has {sorted(self.info['variants'])})")
         onnx_file = self.info["variants"][self.variant]["file"]
+        if not inside(self.folder, onnx_file) or (manifest is not None and onnx_file not in manifest["files"]):
+            raise ValueError(f"{self.folder}: variant {self.variant!r} names {onnx_file!r}, which is not a file of "
+                             "this bundle's manifest; a bundle never reads files outside itself")
         self.vocab = Vocabulary.load(self.folder / "vocab.json")
-        self.calibration = json.loads((self.folder / "calibration.json").read_text())
+        if "encoder" in self.info:
+            check_vocab_size(self.vocab.size, self.info["encoder"]["vocab_size"], self.folder)
+        self.calibration = check_calibration(json.loads((self.folder / "calibration.json").read_text()),
+                                             self.folder / "calibration.json")
         self.meta = {"run_id": self.info.get("run_id"), "bundle": self.folder.name, "variant": self.variant}
         # batches run concurrently, one onnxruntime thread each: on small encoders that beats splitting each
         # op across threads (measured ~1.3x on 2 cores, `make bench` key inference)

@@ -9,7 +9,6 @@ windows passes, so a failed or interrupted export never leaves a bundle that loo
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from pathlib import Path
@@ -192,18 +191,11 @@ def check_replaceable(out: Path) -> None:
 
 def replace_folder(new: Path, out: Path) -> None:
     """Put ``new`` at ``out``; an existing bundle there (checked again) is moved aside and removed only after."""
-    if not out.exists():
-        new.rename(out)
-        return
-    check_replaceable(out)
-    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-    out.rename(old)
-    try:
-        new.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old)
+    from loglm.artifacts import swap_in
+
+    if out.exists():
+        check_replaceable(out)
+    swap_in(new, out)
 
 
 def load_data_config(model_dir: Path, cfg) -> dict:

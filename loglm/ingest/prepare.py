@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from loglm.artifacts import atomic_write_bytes, sha256_file, write_manifest
+from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
@@ -306,10 +308,19 @@ def run(cfg) -> dict:
         mine_training_first(parsed, miner)
     vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
-    summary = write_prepared(out, parsed, vocab, data, {
+    # written beside and swapped in when complete: a failure while writing keeps the previous good dataset
+    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        summary = write_prepared(tmp, parsed, vocab, data, {
         "seconds": round(elapsed, 3), "backend": cfg.backend, "train_events_skipped_unlabelled": skipped_unlabelled,
         "fingerprint": fingerprint,
-        "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
-        "path": str(out),
-    })
+            "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
+            "path": str(out),
+        })
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary

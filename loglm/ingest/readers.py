@@ -204,6 +204,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
             paths.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")))
         elif p.is_file():
             paths.append(p)
+        elif p.exists():  # a named pipe or device (e.g. a FIFO a log shipper writes into): read as a stream
+            paths.append(p)
         else:
             raise FileNotFoundError(f"input not found: {item}")
     if not paths:

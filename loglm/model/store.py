@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from loglm.artifacts import atomic_write_json, verify_manifest, write_manifest
+from loglm.artifacts import (
+    atomic_write_json,
+    check_calibration,
+    check_vocab_size,
+    verify_manifest,
+    write_manifest,
+)
 from loglm.model.encoder import EncoderConfig, LogEncoder
 
 WEIGHTS = "model.safetensors"
@@ -55,8 +61,9 @@ class LoadedModel:
         self.center = center
         self.meta = meta
         self.vocab = Vocabulary.load(folder / VOCAB)
+        check_vocab_size(self.vocab.size, encoder.cfg.vocab_size, folder)
         cal = folder / CALIBRATION
-        self.calibration = json.loads(cal.read_text()) if cal.is_file() else None
+        self.calibration = check_calibration(json.loads(cal.read_text()), cal) if cal.is_file() else None
 
 
 def load_model(folder: str | Path, verify: bool = True) -> LoadedModel:
