@@ -59,10 +59,12 @@ def test_ray_data_ingest_of_raw_lines_with_bad_input_equals_local(ray_local, tmp
     lines.insert(1800, b"081109 203615 148 INFO dfs.DataNode: " + b"x" * 70_000)
     raw = tmp_path / "hdfs.log"
     raw.write_bytes(b"\n".join(lines))  # no newline after the last line
-    out = both_backends(tmp_path, ["data=hdfs_raw", f"data.inputs=[{raw}]", "data.anomalous_ids=null"])
+    cr = tmp_path / "hdfs_cr.log"  # the same records ending in bare CRs (one whole-file task on Ray)
+    cr.write_bytes(b"\r".join(hdfs_head.read_bytes().split(b"\n")[:500]))
+    out = both_backends(tmp_path, ["data=hdfs_raw", f"data.inputs=[{raw},{cr}]", "data.anomalous_ids=null"])
     assert_same(out)
     lines_acct = out["ray"]["summary"]["lines"]
-    assert lines_acct["read"] == 3003 and lines_acct["rejected"] == 3 + lines_acct["rejected_by_reason"].get(
+    assert lines_acct["read"] == 3003 + 500 and lines_acct["rejected"] == 3 + lines_acct["rejected_by_reason"].get(
         "no block_id in line", 0)
 
 

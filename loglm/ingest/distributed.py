@@ -21,6 +21,7 @@ from loglm.ingest.readers import (
     LineAccount,
     Rejection,
     bounded_lines,
+    cr_terminated,
     expand_inputs,
     make_reader,
     open_binary,
@@ -37,7 +38,7 @@ def plan_tasks(paths: list[Path], fmt: str, lines_per_task: int) -> list[dict]:
     tasks = []
     for path in paths:
         kind = "parquet" if path.suffix == ".parquet" else "lines"
-        if kind == "parquet" or path.suffix == ".gz":
+        if kind == "parquet" or path.suffix == ".gz" or cr_terminated(path):  # CR-terminated: one task
             tasks.append({"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0})
             continue
         prime = _leading_metadata(path, fmt)
@@ -86,8 +87,10 @@ def _lines(task: dict, max_line_bytes: int):
     if task["end"] < 0:
         n = 0
         try:
-            with open_binary(Path(task["path"])) as fh:
-                for n, raw in enumerate(bounded_lines(fh, max_line_bytes), start=1):
+            path = Path(task["path"])
+            cr = cr_terminated(path)
+            with open_binary(path) as fh:
+                for n, raw in enumerate(bounded_lines(fh, max_line_bytes, cr), start=1):
                     yield n, raw
         except UNREADABLE as e:
             yield n + 1, e
