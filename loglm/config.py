@@ -19,6 +19,17 @@ class PathsConfig:
     root: str = "runs"
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _finite(x) -> bool:
+    import math
+
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
 @dataclass
 class SessionConfig:
     # "entity": one session per value of entity_type (e.g. HDFS block id); "window": fixed time windows;
@@ -37,6 +48,15 @@ class SessionConfig:
     # Time windows are closed when their span has fully elapsed within the input.
     idle_close_s: float = 0.0
 
+    def __post_init__(self):  # value ranges are checked when the config is composed, before any work
+        _check(self.by in ("entity", "window", "entity_window", "event", "count"),
+               f"data.session.by must be entity, window, entity_window, event or count, got {self.by!r}")
+        _check(self.window_events >= 1, f"data.session.window_events must be >= 1, got {self.window_events}")
+        _check(_finite(self.window_s) and self.window_s > 0, f"data.session.window_s must be > 0, got {self.window_s}")
+        _check(self.max_events >= 1, f"data.session.max_events must be >= 1, got {self.max_events}")
+        _check(_finite(self.idle_close_s) and self.idle_close_s >= 0,
+               f"data.session.idle_close_s must be >= 0, got {self.idle_close_s}")
+
 
 @dataclass
 class SplitConfig:
@@ -53,6 +73,11 @@ class SplitConfig:
     # whatever the fractions; the fractions then divide the data before it ("train on Monday, test on the
     # rest of the week": test_from=2017-07-04, train_frac=0.8, val_frac=0.2)
     test_from: str | None = None
+
+    def __post_init__(self):
+        _check(0 <= self.train_frac <= 1 and 0 <= self.val_frac <= 1 and self.train_frac + self.val_frac <= 1 + 1e-9,
+               f"data.split.train_frac ({self.train_frac}) and val_frac ({self.val_frac}) must lie in [0, 1] "
+               "and add up to at most 1")
 
 
 @dataclass
@@ -123,6 +148,14 @@ class ModelConfig:
     dropout: float = 0.1
     max_len: int = 258  # [SUM] + session.max_events + [END]
 
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.d_model % self.n_heads == 0,
+               f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        _check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.max_len >= 3, f"model.max_len must be >= 3, got {self.max_len}")
+
 
 @dataclass
 class ObjectiveConfig:
@@ -152,6 +185,18 @@ class TrainerConfig:
     # after Ctrl-C / SIGTERM the job marks its run KILLED and exits; if it is still alive this many seconds
     # later (a step or a lock that does not return), it exits at once (a second signal does so immediately)
     stop_grace_s: float = 60.0
+
+    def __post_init__(self):
+        _check(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}")
+        _check(self.batch_size >= 1, f"trainer.batch_size must be >= 1, got {self.batch_size}")
+        _check(_finite(self.lr) and 0 < self.lr <= 10, f"trainer.lr must be in (0, 10], got {self.lr}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+               f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_steps >= 0 and self.patience >= 0 and self.devices >= 1 and self.num_workers >= 0,
+               "trainer.warmup_steps, patience and num_workers must be >= 0 and trainer.devices >= 1")
+        _check(_finite(self.limit_train_batches) and self.limit_train_batches > 0,
+               f"trainer.limit_train_batches must be > 0, got {self.limit_train_batches}")
+        _check(_finite(self.stop_grace_s) and self.stop_grace_s > 0, f"trainer.stop_grace_s must be > 0, got {self.stop_grace_s}")
 
 
 @dataclass

@@ -60,3 +60,17 @@ def test_a_users_mistake_prints_the_reason_not_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("loglm: error:") and "has no prepared data" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_model=-1", "model.d_model must be >= 1"), ("model.n_heads=3", "divisible by model.n_heads"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"), ("trainer.lr=1e12", "trainer.lr must be in"),
+    ("trainer.batch_size=0", "trainer.batch_size must be >= 1"), ("data.session.window_s=0", "window_s must be > 0"),
+    ("data.session.by=hour", "data.session.by must be"), ("data.split.train_frac=0.95", "add up to at most 1"),
+    ("detect.target_fpr=2", "detect.target_fpr must be in"),
+])
+def test_value_ranges_are_refused_when_the_config_is_composed(override, message):
+    """Before any work (these used to fail after minutes of training, or not at all: d_model=-1 after 91 s
+    with the run left RUNNING, max_epochs=0 with a FINISHED run and no model)."""
+    with pytest.raises(ValueError, match=message):
+        compose("pretrain", [override])

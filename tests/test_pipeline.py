@@ -253,8 +253,11 @@ def test_a_diverged_run_fails_instead_of_finishing(tmp_path):
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 
+    with pytest.raises(ValueError, match=r"trainer.lr must be in \(0, 10\]"):  # refused before any work
+        compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + ["trainer.lr=1e12"])
     cfg = compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + [
-        "trainer.max_epochs=2", "trainer.lr=1e12", "trainer.warmup_steps=0"])
+        "trainer.max_epochs=2", "trainer.warmup_steps=0"])
+    cfg.trainer.lr = 1e12  # a run that diverges anyway (the range check is past): the FAILED path
     prepare(cfg)
     with pytest.raises(ValueError, match="non-finite"):
         pretrain(cfg)
