@@ -20,12 +20,15 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--follow", action="store_true",
                    help="stream: follow one growing file (or '-' for stdin), alerting as sessions close")
     p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
+    p.add_argument("--verify-key", help="PEM Ed25519 public key: refuse a bundle not signed by its private key "
+                                        "(default: $LOGLM_BUNDLE_VERIFY_KEY)")
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
     a = p.parse_args(argv)
     from loglm.engine.detect import run
 
     try:
-        summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s)
+        summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
+                      a.verify_key)
     except (FileNotFoundError, ValueError) as e:
         print(f"loglm detect: error: {e}", file=sys.stderr)
         return 2
@@ -34,13 +37,41 @@ def detect_main(argv: list[str]) -> int:
     return 0
 
 
+def keygen_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm keygen", description="Write an Ed25519 key pair for signing bundles.")
+    p.add_argument("--out", required=True, help="folder for signing_key.pem (private) and verify_key.pem (public)")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    from loglm.signing import generate_keypair
+
+    try:
+        private, public = generate_keypair(Path(a.out))
+    except ValueError as e:
+        print(f"loglm keygen: error: {e}", file=sys.stderr)
+        return 2
+    print(f"signing key (keep private): {private}\nverify key (for detection hosts): {public}\n"
+          f"sign: python -m pipelines.export ckpt=<model> export.signing_key={private}\n"
+          f"verify: loglm detect --bundle <bundle> --verify-key {public} <inputs>")
+    return 0
+
+
+USAGE = (f"usage: loglm detect --bundle DIR [--verify-key PEM] INPUT...   (torch-free detection)\n"
+         f"       loglm keygen --out DIR                                 (bundle signing keys)\n"
+         f"       loglm {{{','.join(PIPELINES)}}} [key=value ...]   (the pipelines; key=value as in conf/)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "detect" and any(a.startswith("--bundle") for a in argv[1:]):
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] == "detect" and any(a.startswith("--bundle") or a in ("-h", "--help") for a in argv[1:]):
         return detect_main(argv[1:])
+    if argv and argv[0] == "keygen":
+        return keygen_main(argv[1:])
     if not argv or argv[0] not in PIPELINES:
-        print(f"usage: loglm detect --bundle DIR INPUT... | loglm {{{','.join(PIPELINES)}}} [key=value ...]",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     sys.argv = [f"pipelines.{argv[0]}", *argv[1:]]
     runpy.run_module(f"pipelines.{argv[0]}", run_name="__main__")

@@ -298,6 +298,9 @@ class ExportConfig:
     parity_windows: int = 256
     # attention as ONNX Runtime's fused com.microsoft.MultiHeadAttention op (false: standard ONNX ops only)
     fused_attention: bool = True
+    # optional Ed25519 signature over the bundle manifest (MANIFEST.sig): path to a PEM private key
+    # (`loglm keygen --out DIR`); detection hosts verify with the public key (`loglm detect --verify-key`)
+    signing_key: str | None = None
     registry_name: str = "loglm-detector"
     alias: str = "candidate"
     out: str | None = None

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose
@@ -266,3 +267,48 @@ def test_a_bundle_whose_manifest_was_rewritten_is_refused(exported, tmp_path, re
         match = "points outside the folder"
     with pytest.raises(ValueError, match=match):
         Bundle(copy)
+
+
+def test_signed_bundle_is_verified_and_an_altered_or_unsigned_one_refused(exported, tmp_path, monkeypatch):
+    """export.signing_key signs the manifest (Ed25519); with a verify key (--verify-key or
+    $LOGLM_BUNDLE_VERIFY_KEY) detection refuses an unsigned bundle, one signed by another key, and one whose
+    files and manifest were rewritten together (which the manifest alone cannot catch)."""
+    from loglm.artifacts import write_manifest
+    from loglm.cli import main
+    from loglm.engine.bundle import Bundle
+    from loglm.export.bundle import run as export
+    from loglm.signing import generate_keypair
+
+    cfg, model, result = exported
+    private, public = generate_keypair(tmp_path / "keys")
+    other_private, other_public = generate_keypair(tmp_path / "other")
+    signed = tmp_path / "signed"
+    export(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(signed), signing_key=str(private))))
+    assert (signed / "MANIFEST.sig").is_file()
+    assert Bundle(signed, verify_key=str(public)).signature["algorithm"] == "ed25519"
+    with pytest.raises(ValueError, match="not by the verify key"):
+        Bundle(signed, verify_key=str(other_public))
+    with pytest.raises(ValueError, match="unsigned"):
+        Bundle(Path(result["bundle"]), verify_key=str(public))
+    forged = tmp_path / "forged"
+    shutil.copytree(signed, forged)
+    cal = json.loads((forged / "calibration.json").read_text())
+    (forged / "calibration.json").write_text(json.dumps({**cal, "threshold": cal["threshold"] * 100}))
+    write_manifest(forged, {"bundle": "forged"})  # a consistent manifest: integrity alone would pass
+    Bundle(forged)  # (without a verify key it loads: integrity only)
+    with pytest.raises(ValueError, match="does not match MANIFEST.json"):
+        Bundle(forged, verify_key=str(public))
+    monkeypatch.setenv("LOGLM_BUNDLE_VERIFY_KEY", str(public))
+    assert main(["detect", "--bundle", str(forged), str(forged / "vocab.json")]) == 2
+    # re-exporting over a signed bundle replaces it (its signature is not a foreign file)
+    export(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(signed), signing_key=str(other_private))))
+    assert Bundle(signed, verify_key=str(other_public))
+
+
+def test_keygen_and_help_exit_cleanly(tmp_path, capsys):
+    from loglm.cli import main
+
+    assert main(["--help"]) == 0 and "loglm keygen" in capsys.readouterr().out
+    assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "signing_key.pem").stat().st_mode & 0o077 == 0  # the private key is private
+    assert main(["keygen", "--out", str(tmp_path / "k")]) == 2  # never overwritten

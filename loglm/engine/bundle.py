@@ -13,16 +13,25 @@ from loglm.detect.scores import log_softmax, rtd_outputs_from_logits
 from loglm.vocab import Vocabulary
 
 BUNDLE_FORMAT = "loglm-bundle/1"
+# a public key here makes every bundle need a valid signature by its private key (loglm/signing.py)
+VERIFY_KEY_ENV = "LOGLM_BUNDLE_VERIFY_KEY"
 REQUIRED = ("model.onnx", "vocab.json", "calibration.json", "bundle.json", "model.safetensors", "model_card.md")
 
 
 class Bundle:
-    def __init__(self, folder: Path, variant: str | None = None, threads: int = 0, verify: bool = True):
+    def __init__(self, folder: Path, variant: str | None = None, threads: int = 0, verify: bool = True,
+                 verify_key: str | None = None):
         import onnxruntime as ort
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"bundle directory not found: {self.folder}")
+        verify_key = (verify_key or os.environ.get(VERIFY_KEY_ENV) or None) if verify else None
+        self.signature = None
+        if verify_key:  # authenticity before integrity: the signed manifest is what the files are checked against
+            from loglm.signing import verify_folder
+
+            self.signature = verify_folder(self.folder, verify_key)
         manifest = verify_manifest(self.folder, REQUIRED) if verify else None
         self.info = json.loads((self.folder / "bundle.json").read_text())
         if self.info.get("format") != BUNDLE_FORMAT:

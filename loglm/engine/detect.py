@@ -21,12 +21,13 @@ def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | 
 
 
 def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
-        batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None) -> dict:
+        batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None,
+        verify_key: str | None = None) -> dict:
     from loglm.detect.detector import detect_with
     from loglm.detect.detector import follow as follow_stream
     from loglm.engine.bundle import Bundle
 
-    bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads)
+    bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads, verify_key=verify_key)
     if not bundle.info.get("raw_log_ingest", True):
         raise ValueError(f"bundle {bundle_dir} was trained on pre-sequenced data (format "
                          f"{bundle.info['data']['format']!r}); it cannot parse raw log lines")

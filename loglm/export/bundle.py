@@ -148,6 +148,10 @@ def run(cfg) -> dict:
         atomic_write_json(tmp / "bundle.json", info)
         atomic_write_bytes(tmp / "model_card.md", model_card(info).encode())
         write_manifest(tmp, {"bundle": info["name"]})
+        if cfg.export.signing_key:  # authenticity: Ed25519 over the manifest (loglm/signing.py)
+            from loglm.signing import sign_folder
+
+            sign_folder(tmp, cfg.export.signing_key)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,7 +176,9 @@ def foreign_files(folder: Path) -> list[str]:
         return present
     if not is_bundle:
         return present
-    return [p for p in present if p != MANIFEST and p not in listed]
+    from loglm.signing import SIGNATURE
+
+    return [p for p in present if p not in (MANIFEST, SIGNATURE) and p not in listed]
 
 
 def check_replaceable(out: Path) -> None:
