@@ -86,7 +86,7 @@ def test_your_own_logs_from_raw_file_to_alerts(tmp_path, kind):
         write_netflow(new, 200, 2)
         extra = netflow_overrides()
     overrides = [f"paths.root={tmp_path}/runs", "data=own", f"data.name=own_{kind}", f"data.inputs=[{train}]",
-                 "model=tiny", "trainer.max_epochs=2", "trainer.progress_bar=false", "detect.small_validation=warn",
+                 "model=tiny", "trainer.max_epochs=1", "trainer.progress_bar=false", "detect.small_validation=warn",
                  *extra]
     cfg = compose("pretrain", overrides)
     assert cfg.data.anomalous_ids is None and cfg.data.session.by == "entity_window"  # nothing inherited
