@@ -244,20 +244,28 @@ def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(tr
     assert n_anom > 0 and ev["metrics"]["all"]["tp"] == n_anom  # every unseen-event block alarms
 
 
-def test_a_diverged_run_fails_instead_of_finishing(tmp_path):
-    """trainer.lr=1e12: the scores are not finite, so there is no threshold: the run is FAILED with the
-    reason, and latest.json does not point at a model that cannot decide anything."""
+def test_a_diverged_run_fails_instead_of_finishing(tmp_path, monkeypatch):
+    """A diverged model (trainer.lr=1e12 made one; that value is now refused when the config is composed)
+    scores NaN, so there is no threshold: the run is FAILED with the reason, and latest.json does not point
+    at a model that cannot decide anything."""
     import mlflow
 
     from loglm import tracking
+    from loglm.detect import calibrate as calibration
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 
     with pytest.raises(ValueError, match=r"trainer.lr must be in \(0, 10\]"):  # refused before any work
         compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + ["trainer.lr=1e12"])
-    cfg = compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + [
-        "trainer.max_epochs=2", "trainer.warmup_steps=0"])
-    cfg.trainer.lr = 1e12  # a run that diverges anyway (the range check is past): the FAILED path
+    cfg = compose("pretrain", synthetic_run_overrides(tmp_path, 120, seed=6) + ["trainer.max_epochs=2"])
+    real = calibration.score_windows
+
+    def diverged(*args, **kwargs):  # what a diverged model's scores are
+        ws = real(*args, **kwargs)
+        ws.score[:] = float("nan")
+        return ws
+
+    monkeypatch.setattr(calibration, "score_windows", diverged)
     prepare(cfg)
     with pytest.raises(ValueError, match="non-finite"):
         pretrain(cfg)
