@@ -74,7 +74,7 @@ def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
     assert set(kinds) <= alerted
     unseen = next(a for a in alerts if kinds.get(a["entity"]["value"]) == "unseen")
     ev = max(unseen["surprising_events"], key=lambda e: e["surprisal"])
-    assert ev["known_event"] is False and "exception" in ev["raw"]
+    assert ev["known_event"] is False and "exception" in ev["raw"] and ev["rank"] is None  # no rank: never seen
     assert ev["template"].startswith("writeBlock <block_id> received exception")
     assert ev["expected"] and ev["line"] > 0 and ev["file"] == str(log)
     assert unseen["entities"]["block_id"] == [unseen["entity"]["value"]] and unseen["entities"]["ip"]

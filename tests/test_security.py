@@ -164,3 +164,17 @@ def test_jobs_started_together_on_a_fresh_store_do_not_race(tmp_path):
         with ctx.Pool(3) as pool:
             ids = pool.starmap(_open_store, [(root, barrier)] * 3)
         assert len(set(ids)) == 1, ids
+
+
+def test_outputs_are_readable_by_the_group_as_new_files_would_be(tmp_path):
+    """Alerts and artifacts were written 0600 (mkstemp), so another service user could not read them."""
+    import os
+
+    from loglm.artifacts import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -69,7 +69,8 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
             evidence.append({
                 "position": position, "time": iso(ev["ts"]), "file": ev["source"], "line": int(ev["line_no"]),
                 "raw": ev["raw"], "template": tpl, "known_event": tok != UNK, "surprisal": round(s, 4),
-                "rank": int(min(ws.rank[r][p], 1 << 30)), "expected": expected,
+                # an event type training never saw has no rank among the model's predictions
+                "rank": None if tok == UNK else int(min(ws.rank[r][p], 1 << 30)), "expected": expected,
             })
         evidence.sort(key=lambda e: e["position"])
         ents: dict[str, list[str]] = {}
