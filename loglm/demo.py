@@ -78,7 +78,8 @@ def show_alert(path: str) -> None:
                   f"{a['start_time']} .. {a['end_time']}; entities {a['entities']}")
     for e in a["surprising_events"]:
         exp = ", ".join(f"{x['template']} ({x['p']:.2f})" for x in e["expected"][:2])
-        console.print(f"  #{e['position']:>3} surprisal {e['surprisal']:6.2f} rank {e['rank']:>3}  "
+        rank = "unseen" if e["rank"] is None else f"{e['rank']:>3}"  # an event type training never saw
+        console.print(f"  #{e['position']:>3} surprisal {e['surprisal']:6.2f} rank {rank}  "
                       f"{e['template']}\n        line {e['line']}: {e['raw']}\n        expected: {exp}")
 
 
