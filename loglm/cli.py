@@ -25,15 +25,18 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
     a = p.parse_args(argv)
     from loglm.engine.detect import run
+    from loglm.signals import until_exit
 
-    try:
-        summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
-                      a.verify_key)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"loglm detect: error: {e}", file=sys.stderr)
-        return 2
-    json.dump(summary, sys.stdout, indent=2)
-    print()
+    with until_exit():  # a stream that ended as a stop signal arrived still prints its summary
+        try:
+            summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
+                          a.verify_key)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"loglm detect: error: {e}", file=sys.stderr)
+            return 2
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+        sys.stdout.flush()
     return 0
 
 

@@ -140,3 +140,44 @@ def deferred_signals():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_RESULT_READY = threading.Event()
+
+
+def result_ready() -> None:
+    """The job has its result (a stream that scored everything it read): a stop signal from now until the
+    process exits is ignored by :func:`until_exit`, so the summary is printed and the exit code is 0."""
+    _RESULT_READY.set()
+
+
+@contextlib.contextmanager
+def until_exit():
+    """For entry points, around the job and the printing of its result.  A stop signal that lands after the
+    job called :func:`result_ready` is ignored (the stream that ended as a SIGTERM arrived still prints its
+    summary and exits 0: once the job's own stop rule was gone, the default action killed it with -15);
+    before that, the signal gets the handler it had before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _RESULT_READY.clear()
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def handler(signum, frame):
+        if _RESULT_READY.is_set():
+            return
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        elif before != signal.SIG_IGN:  # the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        if not _RESULT_READY.is_set():  # with a result, the process is on its way out: keep ignoring stops
+            for s, h in previous.items():  # (interpreter shutdown and atexit work can take a moment)
+                signal.signal(s, h)

@@ -162,7 +162,7 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
         time.sleep(delay)
         proc.send_signal(signal.SIGTERM)  # ... and a stop, close together
         stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0, stderr[-2000:]
+        assert proc.returncode == 0, (delay, stdout[-300:], stderr[-2000:])
         summary = json.loads(stdout)
         # what was read before the stop is scored and accounted; lines still in the pipe were never read
         assert 0 < summary["lines"]["read"] == summary["events_scored"] <= lines.count(b"\n")

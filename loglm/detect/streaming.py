@@ -28,7 +28,7 @@ from loglm.ingest.readers import (
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
 from loglm.shards import session_table
-from loglm.signals import stop_on_signals
+from loglm.signals import result_ready, stop_on_signals
 from loglm.windows import windows_of
 
 
@@ -229,6 +229,7 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             except KeyboardInterrupt:
                 pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
             summary = det.finish()
+            result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
             summary["stopped_by"] = stop.name
     check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
