@@ -72,13 +72,14 @@ def _first(value):
     return value[0] if isinstance(value, list) and value else value or None
 
 
-def pair_window_items(event_ids: list, labels: np.ndarray, scores: np.ndarray, data_dir, window_s: float):
+def pair_window_items(event_ids: list, labels: np.ndarray, scores: np.ndarray, data_dir, window_s: float,
+                      keys: list[tuple] | None = None):
     """Flows grouped per source-destination pair per ``window_s`` window (the unit Tempo reports): a
     pair-window takes its flows' highest score and is anomalous if any labelled flow of it is (unlabelled if
     none is labelled).  Returns keys, labels, scores."""
     label: dict[tuple, int] = {}
     best: dict[tuple, float] = {}
-    for key, y, s in zip(_pair_keys(event_ids, data_dir, window_s), labels, scores):
+    for key, y, s in zip(keys or _pair_keys(event_ids, data_dir, window_s), labels, scores):
         label[key] = max(label.get(key, -1), int(y))
         best[key] = max(best.get(key, -np.inf), float(s))
     keys = list(best)
@@ -101,11 +102,11 @@ def _pair_keys(event_ids: list, data_dir, window_s: float) -> list[tuple]:
 
 
 def false_positives_beside_attacks(event_ids: list, labels: np.ndarray, scores: np.ndarray, threshold: float,
-                                   data_dir, window_s: float) -> int:
+                                   data_dir, window_s: float, keys: list[tuple] | None = None) -> int:
     """Normal-labelled flows above the threshold exchanged, in either direction and in the same window, by two
     hosts that also exchange attack flows there: on CIC-IDS2017 these are mostly the attacks' reverse-direction
     flows that the dataset labels benign (a known caveat); the report counts them beside the FPR."""
-    keys = _pair_keys(event_ids, data_dir, window_s)
+    keys = keys or _pair_keys(event_ids, data_dir, window_s)
     attacked = {(frozenset(k[:2]), k[2]) for k, y in zip(keys, labels) if y == 1}
     return int(sum(1 for k, y, s in zip(keys, labels, scores)
                    if y == 0 and s > threshold and (frozenset(k[:2]), k[2]) in attacked))
@@ -116,11 +117,12 @@ def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_d
     positives beside attacks (``result["all"]["fp_beside_attack"]``)."""
     if data_cfg.eval_unit == "event" and data_cfg.eval_pair_window_s > 0:
         window = data_cfg.eval_pair_window_s
-        _, y, s = pair_window_items(ids, labels, scores, data_dir, window)
+        keys = _pair_keys(ids, data_dir, window)  # events.parquet read once for both
+        _, y, s = pair_window_items(ids, labels, scores, data_dir, window, keys)
         known = y >= 0
         result["pair_window"] = detection_metrics(y[known], s[known], threshold)
         result["all"]["fp_beside_attack"] = false_positives_beside_attacks(ids, labels, scores, threshold, data_dir,
-                                                                           window)
+                                                                           window, keys)
     return result
 
 

@@ -19,9 +19,9 @@ from loglm.detect.detector import check_not_all_rejected, detect_config_of
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import (
     LineAccount,
-    LongLine,
     Rejection,
     bounded_lines,
+    line_of,
     make_reader,
     parse_line_safely,
 )
@@ -180,14 +180,6 @@ def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = Non
             yield raw, n
         return
     limit = max_line_bytes + 1
-
-    def line_of(buf: bytes, total: int) -> bytes:
-        if total <= len(buf):
-            return buf
-        long = LongLine(buf)
-        long.total = total
-        return long
-
     with open(path, "rb") as fh:
         n, buf, total, last = 0, b"", 0, time.monotonic()
         while True:

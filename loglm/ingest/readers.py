@@ -93,13 +93,14 @@ def _cr_lines(fh, max_line_bytes: int) -> Iterator[bytes]:
             if len(buf) < limit:
                 buf = (buf + part)[:limit]
             if k < len(parts) - 1:  # a CR ends this line
-                yield _line_of(buf + b"\r" if total < limit else buf, total + 1)
+                yield line_of(buf + b"\r" if total < limit else buf, total + 1)
                 buf, total = b"", 0
     if total:
-        yield _line_of(buf, total)
+        yield line_of(buf, total)
 
 
-def _line_of(head: bytes, total: int) -> bytes:
+def line_of(head: bytes, total: int) -> bytes:
+    """``head`` itself, or a :class:`LongLine` when the whole line (``total`` bytes) was longer."""
     if total <= len(head):
         return head
     long = LongLine(head)
