@@ -178,6 +178,9 @@ def until_exit():
     try:
         yield
     finally:
-        if not _RESULT_READY.is_set():  # with a result, the process is on its way out: keep ignoring stops
-            for s, h in previous.items():  # (interpreter shutdown and atexit work can take a moment)
+        if _RESULT_READY.is_set():  # the process is on its way out: ignore stops at the OS level (interpreter
+            for s in SIGNALS:  # shutdown resets Python-level handlers to the default, which killed it with -15)
+                signal.signal(s, signal.SIG_IGN)
+        else:
+            for s, h in previous.items():
                 signal.signal(s, h)
