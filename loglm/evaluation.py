@@ -202,7 +202,7 @@ def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, resul
     from loglm.report import write_report
 
     alerts = build_alerts(table, ws, event, loaded.vocab, threshold,
-                          dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)})
+                          dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)}, loaded.calibration)
     pseudo = from_config(cfg.detect)
     if pseudo is not None:
         alerts = [pseudo.alert(a) for a in alerts]
@@ -271,19 +271,26 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     run = client.create_run(exp, run_name="loglm" if parent_run_id else f"eval-{cfg.data.name}-{cfg.split}",
                             tags=tracking.run_tags(cfg, extra))
     rid = run.info.run_id
-    for part, m in result.items():
-        for k, v in m.items():
-            if isinstance(v, float) and np.isfinite(v) or isinstance(v, int):
-                client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
-    out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "metrics.json", {**result, "recall_by_class": by_class})
-    for name, c in by_class.items():
-        client.log_metric(rid, tracking.metric_name(f"eval_class/{name.replace(' ', '_')}/recall"), float(c["recall"]))
-    (out_dir / "metrics.txt").write_text(text)
-    report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, event, pretrain_run)
-    client.log_artifacts(rid, str(out_dir), "eval")
-    client.set_terminated(rid)
+    with tracking.run_outcome(client, rid):  # FAILED, not RUNNING, when the report cannot be written
+        for k, v in {"threshold": threshold, "target_fpr": loaded.calibration.get("target_fpr"), "scorer": dcfg.scorer,
+                     "split": cfg.split, "eval_unit": cfg.data.eval_unit, "dataset": cfg.data.name,
+                     "model_dir": str(model_dir), "pretrain_run_id": pretrain_run}.items():
+            client.log_param(rid, k, str(v)[:500])
+        from loglm.artifacts import verify_manifest
+
+        tracking.log_dataset_input(client, rid, data_dir, verify_manifest(data_dir)["summary"], "evaluation")
+        for part, m in result.items():
+            for k, v in m.items():
+                if isinstance(v, float) and np.isfinite(v) or isinstance(v, int):
+                    client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
+        out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "metrics.json", {**result, "recall_by_class": by_class})
+        for name, c in by_class.items():
+            client.log_metric(rid, tracking.metric_name(f"eval_class/{name.replace(' ', '_')}/recall"), float(c["recall"]))
+        (out_dir / "metrics.txt").write_text(text)
+        report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, event, pretrain_run)
+        client.log_artifacts(rid, str(out_dir), "eval")
     if pretrain_run:  # link back: the pretrain run shows its latest evaluation
         try:
             client.log_metric(pretrain_run, "eval/f1", result["all"]["f1"])

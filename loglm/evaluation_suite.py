@@ -208,53 +208,62 @@ def run(cfg) -> dict:
     parent = client.create_run(exp, run_name=f"suite-{protocol}", tags=tracking.run_tags(cfg, {
         "protocol": protocol, "data_sha256": summary["data_sha256"], "split": cfg.split,
         "baselines": ",".join(cfg.suite.baselines)})).info.run_id
-    rows: dict[str, dict] = {}
-    ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
+    with tracking.run_outcome(client, parent):
+        for k, v in {"protocol": protocol, "target_fpr": cfg.detect.target_fpr, "split": cfg.split, "dataset": cfg.data.name,
+                     "eval_unit": cfg.data.eval_unit, "baselines": ",".join(cfg.suite.baselines), "model_dir": ckpt}.items():
+            client.log_param(parent, k, str(v)[:500])
+        tracking.log_dataset_input(client, parent, data_dir, summary, "evaluation")
+        rows: dict[str, dict] = {}
+        ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
 
-    rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
-                     "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
-    vocab_size = Vocabulary.load(data_dir / "vocab.json").size
-    for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
-        metrics, threshold, seconds, by_class = run_baseline(kind, model, cfg, data_dir, vocab_size)
-        child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
-            "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
-        cid = child.info.run_id
-        for part, m in metrics.items():
-            for k, v in m.items():
-                if isinstance(v, int | float) and np.isfinite(v):
-                    client.log_metric(cid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
-        client.log_metric(cid, "eval/threshold", threshold)
-        client.log_metric(cid, "perf/seconds", seconds)
-        client.set_terminated(cid)
-        rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid, "recall_by_class": by_class}
-    for name, r in rows.items():  # the parent shows every model's headline numbers side by side
-        for k in ("f1", "auroc", "precision", "recall", "fpr"):
-            client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))
-    notes = [f"Protocol `{protocol}` (EVAL_PROTOCOLS.md), data `{cfg.data.name}` (sha256 {summary['data_sha256'][:16]}), "
-             f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
-             f"sessions only, threshold from validation normal sessions at target FPR {cfg.detect.target_fpr}.",
-             f"LogLM model `{ckpt}`; DeepLog LSTM {cfg.suite.baseline_epochs} epochs (window 10, 2x64), PCA at 95% "
-             "variance and IsolationForest (200 trees) on TF-IDF event counts.",
-             f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
-    if any(b in ("flow_iforest", "flow_pca", "kitnet") for b in cfg.suite.baselines):
-        notes.append("Flow-feature baselines score each flow on its own fields (log-scaled bytes, packets, duration, "
-                     "bytes per packet, destination port, direction): IsolationForest (200 trees), PCA (95% variance), "
-                     f"KitNET-style autoencoder ensemble ({cfg.suite.baseline_epochs} epochs).")
-    if cfg.data.eval_pair_window_s > 0:
-        notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
-                     "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
-    if cfg.data.label_field or "label" in cfg.data.fields:
-        notes.append("Attack classes come from the data's label column"
-                     + (f" `{cfg.data.fields['label']}`" if "label" in cfg.data.fields else "") + ".")
-    text = markdown(protocol, rows, notes, cfg.detect.target_fpr)
-    reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
-    reports.mkdir(parents=True, exist_ok=True)
-    stem = report_stem(protocol, cfg.data.name, summary["data_sha256"])
-    (reports / f"{stem}.md").write_text(text)
-    atomic_write_json(reports / f"{stem}.json", {"protocol": protocol, "parent_run_id": parent,
-                                                           "models": rows})
-    client.log_text(parent, text, f"{stem}.md")
-    client.set_terminated(parent)
+        rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
+                         "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
+        vocab_size = Vocabulary.load(data_dir / "vocab.json").size
+        for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
+            metrics, threshold, seconds, by_class = run_baseline(kind, model, cfg, data_dir, vocab_size)
+            child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
+                "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
+            cid = child.info.run_id
+            for k, v in {"threshold": threshold, "target_fpr": cfg.detect.target_fpr, "model": name, "split": cfg.split,
+                         "eval_unit": cfg.data.eval_unit, "dataset": cfg.data.name,
+                         "epochs": cfg.suite.baseline_epochs}.items():
+                client.log_param(cid, k, str(v))
+            tracking.log_dataset_input(client, cid, data_dir, summary, "evaluation")
+            for part, m in metrics.items():
+                for k, v in m.items():
+                    if isinstance(v, int | float) and np.isfinite(v):
+                        client.log_metric(cid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
+            client.log_metric(cid, "eval/threshold", threshold)
+            client.log_metric(cid, "perf/seconds", seconds)
+            client.set_terminated(cid)
+            rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid, "recall_by_class": by_class}
+        for name, r in rows.items():  # the parent shows every model's headline numbers side by side
+            for k in ("f1", "auroc", "precision", "recall", "fpr"):
+                client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))
+        notes = [f"Protocol `{protocol}` (EVAL_PROTOCOLS.md), data `{cfg.data.name}` (sha256 {summary['data_sha256'][:16]}), "
+                 f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
+                 f"sessions only, threshold from validation normal sessions at target FPR {cfg.detect.target_fpr}.",
+                 f"LogLM model `{ckpt}`; DeepLog LSTM {cfg.suite.baseline_epochs} epochs (window 10, 2x64), PCA at 95% "
+                 "variance and IsolationForest (200 trees) on TF-IDF event counts.",
+                 f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
+        if any(b in ("flow_iforest", "flow_pca", "kitnet") for b in cfg.suite.baselines):
+            notes.append("Flow-feature baselines score each flow on its own fields (log-scaled bytes, packets, duration, "
+                         "bytes per packet, destination port, direction): IsolationForest (200 trees), PCA (95% variance), "
+                         f"KitNET-style autoencoder ensemble ({cfg.suite.baseline_epochs} epochs).")
+        if cfg.data.eval_pair_window_s > 0:
+            notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
+                         "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
+        if cfg.data.label_field or "label" in cfg.data.fields:
+            notes.append("Attack classes come from the data's label column"
+                         + (f" `{cfg.data.fields['label']}`" if "label" in cfg.data.fields else "") + ".")
+        text = markdown(protocol, rows, notes, cfg.detect.target_fpr)
+        reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
+        reports.mkdir(parents=True, exist_ok=True)
+        stem = report_stem(protocol, cfg.data.name, summary["data_sha256"])
+        (reports / f"{stem}.md").write_text(text)
+        atomic_write_json(reports / f"{stem}.json", {"protocol": protocol, "parent_run_id": parent,
+                                                               "models": rows})
+        client.log_text(parent, text, f"{stem}.md")
     print(text)
     return {"parent_run_id": parent, "protocol": protocol, "models": rows, "markdown": str(reports / f"{stem}.md"),
             "target_fpr": cfg.detect.target_fpr}

@@ -157,3 +157,60 @@ def mlflow_logger(**kwargs):
                 return super().finalize(*args, **kw)
 
     return SignalSafeMLFlowLogger(**kwargs)
+
+
+def log_dataset_input(client, run_id: str, data_dir: str | Path, summary: dict, context: str) -> None:
+    """Record the prepared dataset a run read as an MLflow dataset input (the run page's "Datasets used"):
+    name, the digest of every token shard plus the vocabulary, where it lies, and its counts per split."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {k: summary[k] for k in ("events", "sessions", "sessions_by_split", "vocab_size") if k in summary}
+    ds = Dataset(name=str(summary.get("dataset") or Path(data_dir).name), digest=str(summary["data_sha256"])[:36],
+                 source_type="local", source=json.dumps({"uri": Path(data_dir).resolve().as_uri()}),
+                 profile=json.dumps(profile))
+    client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+
+def log_model_folder(client, run_id: str, model_dir: str | Path, name: str, params: dict | None = None,
+                     step: int = 0) -> str:
+    """Register ``model_dir`` (safetensors weights, vocabulary, calibration, config) as an MLflow logged model
+    produced by ``run_id`` (the run page's "Logged models"; the experiment's Models tab); returns its id.
+    Plain files, nothing pickled: load it with ``loglm.model.store.load_model`` on the downloaded folder."""
+    from mlflow.entities import LoggedModelOutput
+
+    exp_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(exp_id, name=name, source_run_id=run_id, model_type="loglm",
+                                       params={k: str(v)[:500] for k, v in (params or {}).items()})
+    try:
+        client.log_model_artifacts(model.model_id, str(model_dir))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    client.set_tag(run_id, "logged_model_id", model.model_id)
+    return model.model_id
+
+
+def default_run_name(cfg, stage: str) -> str:
+    """``logger.run_name`` when set, else ``<stage>-<dataset>`` (runs on custom data get a readable name)."""
+    return cfg.logger.run_name or f"{stage}-{cfg.data.name}"
+
+
+@contextlib.contextmanager
+def run_outcome(client, run_id: str):
+    """The body's outcome as the run's status: FINISHED when it returns, KILLED on Ctrl-C / SIGTERM, FAILED
+    (with the error as the ``error`` tag) on any other exception; a failed job never shows as Finished."""
+    try:
+        yield
+    except BaseException as e:
+        stop = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code not in (0, None))
+        try:
+            client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+            client.set_terminated(run_id, "KILLED" if stop else "FAILED")
+        except Exception as bookkeeping:  # report the original error, not the bookkeeping one
+            print(f"loglm: could not mark MLflow run {run_id} failed: {bookkeeping}", flush=True)
+        raise
+    client.set_terminated(run_id, "FINISHED")

@@ -62,6 +62,13 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
                                   f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
     assert sorted(r.data.tags["model"] for r in children) == ["deeplog", "iforest", "loglm", "pca"]
     assert all("eval/f1" in r.data.metrics for r in children)
+    # the compare view has something to compare: threshold, target FPR, split; and the data each one read
+    for r in children:
+        assert float(r.data.params["threshold"]) == pytest.approx(r.data.metrics.get("eval/threshold", float(r.data.params["threshold"])))
+        assert r.data.params["target_fpr"] == "0.01" and r.data.params["split"] == cfg.split
+        assert [i.dataset.name for i in r.inputs.dataset_inputs] == ["suite_synth"]
+    assert children[0].data.params.get("scorer") or any("scorer" in r.data.params for r in children)
+    assert client.get_run(result["parent_run_id"]).info.status == "FINISHED"
     reports = sorted((tmp_path / "reports").glob("eval_synthetic__suite_synth-*.md"))
     assert len(reports) == 1 and reports[0].name == Path(result["markdown"]).name  # named by protocol and dataset
     table = reports[0].read_text()

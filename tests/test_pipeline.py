@@ -49,6 +49,7 @@ def test_pretraining_learns_the_normal_lifecycle(trained):
 
 def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
     from loglm.detect.detector import run as detect
+    from loglm.model.store import load_model
 
     cfg, _, result = trained
     lines, kinds = make_log(60, seed=99, anomalies={10: "swap", 20: "unseen", 30: "swap", 40: "unseen"})
@@ -78,6 +79,14 @@ def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
     assert ev["template"].startswith("writeBlock <block_id> received exception")
     assert ev["expected"] and ev["line"] > 0 and ev["file"] == str(log)
     assert unseen["entities"]["block_id"] == [unseen["entity"]["value"]] and unseen["entities"]["ip"]
+    # a closed session's [END] is scored but is not an event: it never makes the count exceed the events
+    assert all(0 <= a["n_unexpected_events"] <= a["n_events"] for a in alerts)
+    assert all(isinstance(a["unexpected_end"], bool) for a in alerts)
+    # severity by rarity among the normal validation sessions the threshold came from
+    tail = max(load_model(result["model_dir"]).calibration["val_top_scores"])
+    for a in alerts:
+        above_all = a["score"] > tail
+        assert (a["severity"] in ("high", "critical")) == above_all, a
     rejected = [json.loads(x) for x in open(summary["rejected_path"])]
     assert {r["reason"].split(":")[0] for r in rejected} == {
         "header does not match format hdfs", "no block_id in line", "undecodable bytes"}
@@ -95,9 +104,19 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     assert run.data.params["model.d_model"] == "32" and run.data.params["objective.mask_ratio"] == "0.15"
     for key in ("train/loss", "val/loss", "val/masked_acc", "val/top_k_acc", "perf/events_per_s", "calib/threshold"):
         assert key in run.data.metrics, key
-    arts = {a.path for a in client.list_artifacts(result["run_id"], "model")}
-    assert {"model/model.safetensors", "model/vocab.json", "model/config.yaml", "model/calibration.json"} <= arts
     assert run.data.tags["git_commit"] and run.data.tags["data_sha256"]
+    assert run.info.run_name == f"pretrain-{cfg.data.name}"  # no logger.run_name: named after the dataset
+    # the weights are an MLflow logged model produced by this run (plain files, nothing pickled)
+    model = client.get_logged_model(run.data.tags["logged_model_id"])
+    assert model.source_run_id == result["run_id"] and model.status == "READY"
+    assert model.name == f"loglm-{cfg.data.name}" and float(model.params["threshold"]) == result["calibration"]["threshold"]
+    arts = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert {"model.safetensors", "vocab.json", "config.yaml", "calibration.json"} <= arts
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    # the prepared dataset is the run's input, identified by its digest
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == cfg.data.name and run.data.tags["data_sha256"].startswith(inp.dataset.digest)
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
 
 
 def test_tampered_model_is_refused_naming_the_file(trained, tmp_path):

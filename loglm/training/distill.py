@@ -175,7 +175,7 @@ def run(cfg) -> dict:
     from loglm.signals import stop_on_signals
     from loglm.training.callbacks import BestWeights
     from loglm.training.data import SessionDataModule
-    from loglm.training.pretrain import interrupted, stopped
+    from loglm.training.pretrain import interrupted, mark_failed, stopped
 
     if not cfg.teacher:
         raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
@@ -202,6 +202,10 @@ def run(cfg) -> dict:
                                     run_name=f"distill-{dataset}", tags=tags)
     run_id = tracking.start_logger_run(logger)
     logger.log_hyperparams(tracking.loggable_params(cfg))
+    from loglm.artifacts import verify_manifest
+
+    tracking.log_dataset_input(mlflow.MlflowClient(tracking.tracking_uri(cfg)), run_id, data_dir,
+                               verify_manifest(data_dir)["summary"], "training")
     model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(teacher_dir / "vocab.json", model_dir / "vocab.json")
@@ -228,6 +232,7 @@ def run(cfg) -> dict:
             cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir, cfg.data)
         except BaseException as e:
             if not interrupted(e):
+                mark_failed(cfg, run_id, phase, e)
                 raise
             raise stopped(cfg, run_id, phase, e, what="distill") from None
     finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
@@ -238,7 +243,9 @@ def run(cfg) -> dict:
                  "distill/tensors_from_teacher": len(module.copied)}.items():
         client.log_metric(run_id, k, float(v))
     client.set_tag(run_id, "model_dir", str(model_dir))
-    client.log_artifacts(run_id, str(model_dir), "model")
+    tracking.log_model_folder(client, run_id, model_dir, f"loglm-student-{dataset}", {
+        "dataset": dataset, "teacher_run_id": teacher_run, "threshold": cal["threshold"],
+        "scorer": cal.get("scorer", detect_cfg.scorer), **{f"encoder.{k}": v for k, v in student_cfg.items()}})
     return {"run_id": run_id, "model_dir": str(model_dir), "teacher_run_id": teacher_run, "calibration": cal,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": seconds,
             "student_parameters": student.encoder.num_parameters(),

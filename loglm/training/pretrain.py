@@ -77,7 +77,7 @@ def _logger(cfg, run_id: str | None, tags: dict | None = None):
     from loglm import tracking
 
     return tracking.mlflow_logger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                                 run_name=cfg.logger.run_name, run_id=run_id, tags=tags)
+                                 run_name=tracking.default_run_name(cfg, "pretrain"), run_id=run_id, tags=tags)
 
 
 def start_run(cfg) -> RunContext:
@@ -118,6 +118,8 @@ def start_run(cfg) -> RunContext:
         mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "calibration_warning", small_validation)
     if resume_run is None:
         logger.log_hyperparams(tracking.loggable_params(cfg))
+        tracking.log_dataset_input(mlflow.MlflowClient(tracking.tracking_uri(cfg)), run_id, data_dir, summary,
+                                   "training")
     else:
         mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "resumed_from", str(resume_ckpt))
     root = Path(cfg.paths.root).resolve()
@@ -276,7 +278,10 @@ def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
                  "model/parameters": loaded.encoder.num_parameters()}.items():
         client.log_metric(ctx.run_id, k, float(v))
     client.set_tag(ctx.run_id, "model_dir", str(model_dir))
-    client.log_artifacts(ctx.run_id, str(model_dir), "model")
+    tracking.log_model_folder(client, ctx.run_id, model_dir, f"loglm-{cfg.data.name}", {
+        "dataset": cfg.data.name, "data_sha256": ctx.data_sha256, "threshold": cal["threshold"],
+        "target_fpr": cfg.detect.target_fpr, "scorer": cfg.detect.scorer, **{f"encoder.{k}": v for k, v in ctx.encoder.items()}},
+        step=int(fit.get("global_step") or 0))
     if client.get_run(ctx.run_id).info.status != "FINISHED":
         client.set_terminated(ctx.run_id, "FINISHED")
     atomic_write_json(model_dir.parent / "latest.json", {"run_id": ctx.run_id, "model_dir": str(model_dir)})
