@@ -250,7 +250,9 @@ class DetectConfig:
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this
     # many sessions stay open (the least recently active is closed early): memory stays bounded
-    stream_idle_close_s: float = 60.0
+    # null: the session rule's data.session.idle_close_s when training split sessions on pauses, else the
+    # longest pause inside 99.9% of normal training sessions, doubled (calibration.json "session_pause_s"), else 60 s
+    stream_idle_close_s: float | None = None
     max_open_sessions: int = 100_000
 
     def __post_init__(self):  # checked when the config is composed, before any work
@@ -258,6 +260,9 @@ class DetectConfig:
             raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.small_validation not in ("refuse", "warn"):
             raise ValueError(f"detect.small_validation must be 'refuse' or 'warn', got {self.small_validation!r}")
+        if self.stream_idle_close_s is not None and not self.stream_idle_close_s > 0:
+            raise ValueError(f"detect.stream_idle_close_s must be > 0 (or null: from the training data), "
+                             f"got {self.stream_idle_close_s}")
 
 
 @dataclass
@@ -414,7 +419,32 @@ def materialize(cfg: Any) -> RootConfig:
 
     if isinstance(cfg, RootConfig):
         return cfg
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), RootConfig)
+    if unknown:
+        raise ValueError("unknown config key" + ("s " if len(unknown) > 1 else " ") + "; ".join(unknown)
+                         + " (a key added with + must exist in the schema, loglm/config.py)")
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def unknown_keys(tree: Any, schema: type, prefix: str = "") -> list[str]:
+    """Dotted paths in ``tree`` that ``schema`` (a dataclass) has no field for, each with the closest field
+    name: ``+model.d_modle=64`` would otherwise be composed and then dropped without a word."""
+    import difflib
+    import typing
+
+    if not isinstance(tree, dict) or not dataclasses.is_dataclass(schema):
+        return []
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key, value in tree.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            out.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+            continue
+        kind = hints[key]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            out.extend(unknown_keys(value, kind, f"{prefix}{key}."))
+    return out
 
 
 def compose(config_name: str = "pretrain", overrides: list[str] | None = None) -> RootConfig:

@@ -42,6 +42,21 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def curves(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, fpr, tpr) at every distinct score threshold, highest first (the points
+    scikit-learn's curves give, in numpy: the report, also drawn by the torch-free engine, does not pull in
+    scikit-learn, scipy and pandas for two curves)."""
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], (y[order] == 1)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last item of each group of tied scores
+    tp = np.cumsum(y)[last].astype(np.float64)
+    fp = (last + 1) - tp
+    pos, neg = max(1.0, float(y.sum())), max(1.0, float((~y).sum()))
+    precision = np.r_[tp / (tp + fp), 1.0]
+    recall = np.r_[tp / pos, 0.0]
+    return precision, recall, np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
+
+
 def make_plots(scores: np.ndarray, times: np.ndarray, threshold: float, labels: np.ndarray | None) -> dict[str, bytes]:
     import matplotlib
 
@@ -85,11 +100,8 @@ def make_plots(scores: np.ndarray, times: np.ndarray, threshold: float, labels: 
     plots["histogram"] = _png(fig)
 
     if labels is not None and len(set(labels[labels >= 0].tolist())) == 2:
-        from sklearn.metrics import precision_recall_curve, roc_curve
-
         y, s = labels[labels >= 0], scores[labels >= 0]
-        prec, rec, _ = precision_recall_curve(y, s)
-        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, fpr, tpr = curves(y, s)
         pred = s > threshold
         op_r = (pred & (y == 1)).sum() / max(1, (y == 1).sum())
         op_p = (pred & (y == 1)).sum() / max(1, pred.sum())

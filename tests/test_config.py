@@ -32,6 +32,20 @@ def test_misspelled_key_is_refused_with_its_name():
     assert "d_modle" in str(e.value.__cause__ or e.value)
 
 
+def test_a_key_added_with_plus_that_the_schema_lacks_is_refused_not_dropped(tmp_path):
+    """``+model.d_modle=64`` composed and was then dropped without a word (the model kept d_model=128)."""
+    with pytest.raises(ValueError, match=r"model\.d_modle \(did you mean model\.d_model\?\)"):
+        compose("pretrain", ["+model.d_modle=64"])
+    with pytest.raises(ValueError, match=r"data\.sesion"):
+        compose("pretrain", ["+data.sesion={by: entity}"])
+    # free-form maps keep taking new keys
+    assert compose("pretrain", ["+logger.tags.team=soc"]).logger.tags["team"] == "soc"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "+model.d_modle=64", f"paths.root={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "loglm: error: unknown config key model.d_modle" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_wrong_type_is_refused_with_its_name():
     with pytest.raises(Exception) as e:
         compose("pretrain", ["trainer.max_epochs=many"])

@@ -57,18 +57,27 @@ def test_engine_detects_from_raw_logs_without_torch(exported, tmp_path):
     log = tmp_path / "live.log"
     log.write_text("\n".join(lines) + "\nnot a log line\n")
     out = tmp_path / "alerts.jsonl"
-    code = f"""
+    def engine(*flags: str) -> tuple[dict, str]:
+        code = f"""
 import json, sys
 from loglm.cli import main
-rc = main(["detect", "--bundle", {result['bundle']!r}, "--out", {str(out)!r}, {str(log)!r}])
-heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'lightning', 'ray', 'mlflow', 'hydra', 'deepspeed'}})
+rc = main(["detect", "--bundle", {result['bundle']!r}, "--out", {str(out)!r}, *{list(flags)!r}, {str(log)!r}])
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'lightning', 'ray', 'mlflow', 'hydra', 'deepspeed',
+                                                        'matplotlib', 'sklearn', 'scipy'}})
 print(json.dumps({{"rc": rc, "heavy": heavy}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last == {"rc": 0, "heavy": []}
-    summary = json.loads(proc.stdout[: proc.stdout.rindex("\n{")])
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
+
+    # the HTML report needs matplotlib to draw; nothing else heavy, and nothing at all without a report
+    # (pandas is left out of the check: pyarrow imports it, when installed, to build any table)
+    last, _ = engine()
+    assert last == {"rc": 0, "heavy": ["matplotlib"]} and out.with_suffix(".html").is_file()
+    out.with_suffix(".html").unlink()
+    last, proc_stdout = engine("--no-report")
+    assert last == {"rc": 0, "heavy": []} and not out.with_suffix(".html").exists()
+    summary = json.loads(proc_stdout[: proc_stdout.rindex("\n{")])
     assert summary["lines"]["read"] == len(lines) + 1 and summary["lines"]["rejected"] == 1
     alerted = {json.loads(x)["entity"]["value"] for x in out.read_text().splitlines()}
     assert set(kinds) <= alerted

@@ -100,3 +100,20 @@ def test_findings_validate_against_the_ocsf_schema_they_declare():
     for event in events:
         errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(event)]
         assert not errors, errors
+
+
+def test_severity_is_rarity_among_normal_validation_scores_not_a_ratio_to_the_threshold():
+    """A tiny threshold (4e-5, the 'no miss' band of a miss-ratio score) used to make any window with one miss
+    'critical' (its margin is 800x the threshold); by rarity it is 'high': above every normal validation window,
+    with one unexpected event.  Scores some normal windows reach are 'low' or 'medium'."""
+    from loglm.detect.alerts import severity, severity_rule
+
+    tail = [4e-5] * 5 + [3e-5] * 20 + [1e-5] * 231  # the highest of 2,000 normal validation windows
+    cal = {"val_top_scores": tail, "target_fpr": 0.01, "n_val_sessions": 2000}  # budget: 20 windows
+    rate = severity_rule(cal, 2e-5)
+    assert severity(0.033, 4e-5) == "critical"  # the old rule
+    assert rate(0.033, 1) == "high" and rate(0.5, 7) == "critical"
+    assert rate(4e-5, 1) == "medium"  # 5 normal windows score as high: at most a quarter of the budget
+    assert rate(3e-5, 1) == "low"  # 25 do
+    # a calibration written before the tail was recorded keeps the old rule
+    assert severity_rule({"target_fpr": 0.01}, 2.0)(7.0, 3) == severity(7.0, 2.0) == "critical"

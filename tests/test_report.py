@@ -35,3 +35,22 @@ def test_report_without_labels_has_no_curves(tmp_path):
                          np.array([1.7e9, 1.7e9 + 5, 1.7e9 + 9]), 1.0, [])
     assert set(plots) == {"timeline", "histogram"}
     assert "No session scored above the threshold" in (tmp_path / "r.html").read_text()
+
+
+def test_curves_are_scikit_learns_points():
+    """The report's PR and ROC curves (numpy, so the engine does not import scikit-learn/scipy/pandas) give
+    scikit-learn's points on tied integer scores."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from loglm.report import curves
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 300))
+        y, s = rng.integers(0, 2, n), rng.integers(0, 20, n).astype(float)
+        y[:2] = [0, 1]
+        p, r, f, t = curves(y, s)
+        want_p, want_r, _ = precision_recall_curve(y, s)
+        want_f, want_t, _ = roc_curve(y, s, drop_intermediate=False)
+        assert np.allclose(np.r_[p[:-1][::-1], 1], want_p) and np.allclose(np.r_[r[:-1][::-1], 0], want_r)
+        assert np.allclose(f, want_f) and np.allclose(t, want_t)

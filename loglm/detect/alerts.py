@@ -16,7 +16,12 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(float(ts), UTC).isoformat().replace("+00:00", "Z")
 
 
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
 def severity(score: float, threshold: float) -> str:
+    """Legacy rule for calibrations without the validation tail: the margin over the threshold in units of
+    the threshold (misleading when the threshold is tiny: any miss then reads "critical")."""
     margin = score - threshold
     scale = max(abs(threshold), 1e-6)
     if margin > 2 * scale:
@@ -28,9 +33,38 @@ def severity(score: float, threshold: float) -> str:
     return "low"
 
 
+def severity_rule(calibration: dict | None, threshold: float) -> Callable[[float, int], str]:
+    """(score, unexpected events) -> severity, from how rare the score is among the **normal validation**
+    items the threshold was calibrated on (``val_top_scores``, their highest scores):
+
+    - low: above the threshold, and more than a quarter of the FPR budget of normal items scored as high;
+    - medium: fewer normal items (but at least one) scored as high;
+    - high: higher than every normal validation item;
+    - critical: higher than every normal validation item, with at least 2 unexpected events.
+
+    So severity reads the same whatever the score's scale (a miss ratio, nats of surprisal)."""
+    tail = (calibration or {}).get("val_top_scores")
+    if not tail:
+        return lambda score, n_unexpected: severity(score, threshold)
+    import numpy as np
+
+    ascending = np.sort(np.asarray(tail, np.float64))
+    budget = max(1.0, float(calibration["target_fpr"]) * int(calibration["n_val_sessions"]))
+
+    def rule(score: float, n_unexpected: int) -> str:
+        as_high = len(ascending) - int(np.searchsorted(ascending, score, "left"))  # normal items scoring >= score
+        if as_high == 0:
+            return "critical" if n_unexpected >= 2 else "high"
+        return "medium" if as_high <= budget / 4 else "low"
+
+    return rule
+
+
 def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: Vocabulary, threshold: float,
-                 evidence_events: int, model_info: dict) -> list[dict]:
-    """Group chunk rows by session; a session alerts when its max chunk score exceeds the threshold."""
+                 evidence_events: int, model_info: dict, calibration: dict | None = None) -> list[dict]:
+    """Group chunk rows by session; a session alerts when its max chunk score exceeds the threshold.
+    ``calibration`` (the model's) sets severities by rarity among normal validation items."""
+    rate = severity_rule(calibration, threshold)
     sids = table.column("session_id").to_pylist()
     rows_of: dict[str, list[int]] = {}
     for r, sid in enumerate(sids):
@@ -85,15 +119,17 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
                     bucket = ents.setdefault(kind, [])
                     bucket.extend(v for v in values if v not in bucket)
         n_events = int(sum(len(tokens[r]) for r in rows))
-        n_miss = int(sum(int(ws.n_miss[r]) for r in rows))
+        # n_miss counts scored positions, the closing [END] among them: an early or late end is reported apart
+        ends_early = ws.end_miss is not None and bool(any(ws.end_miss[r] for r in rows))
+        n_miss = int(sum(int(ws.n_miss[r]) - int(ws.end_miss is not None and ws.end_miss[r]) for r in rows))
         alert = {
             "alert_id": hashlib.sha256(f"{model_info.get('run_id')}|{sid}".encode()).hexdigest()[:16],
-            "time": iso(max(ends)), "severity": severity(score, threshold),
+            "time": iso(max(ends)), "severity": rate(score, n_miss + ends_early),
             "title": f"Unusual event sequence for {etype[rows[0]]} {entity[rows[0]]}",
             "session_id": sid, "entity": {"type": etype[rows[0]], "value": entity[rows[0]]},
             "score": round(score, 6), "threshold": round(threshold, 6),
             "start_time": iso(min(starts)), "end_time": iso(max(ends)), "n_events": n_events,
-            "n_unexpected_events": n_miss, "entities": ents,
+            "n_unexpected_events": n_miss, "unexpected_end": ends_early, "entities": ents,
             "surprising_events": evidence, "model": model_info,
         }
         if labels[rows[0]] is not None and labels[rows[0]] >= 0:

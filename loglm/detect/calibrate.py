@@ -78,7 +78,20 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
         items = np.array(list(per_session.values()))
     else:  # one item per normal event, carrying its session's score
         items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
-    return calibration_of(items, cfg, population, warning, out_dir)
+    return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)})
+
+
+def prepared_pauses(data_dir: str | Path) -> dict | None:
+    """The prepared data's pause quantiles inside normal training sessions (None for older datasets)."""
+    import json
+
+    try:
+        return json.loads((Path(data_dir) / "MANIFEST.json").read_text())["summary"].get("session_pause_s")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+VAL_TAIL = 256
 
 
 def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str]:
@@ -95,7 +108,7 @@ def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str
 
 
 def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, warning: str | None,
-                   out_dir: Path | None = None) -> dict:
+                   out_dir: Path | None = None, extra: dict | None = None) -> dict:
     """calibration.json: the threshold, the scoring settings it holds for, and what it promises on new data."""
     thr, rule = threshold_of(per_session, cfg)
     if not np.isfinite(thr):
@@ -111,6 +124,9 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "promise": fpr_promise(len(per_session), cfg.target_fpr),
         "warning": warning,
         "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},
+        # the highest normal validation scores: alert severities say how rare a score is among them
+        "val_top_scores": [float(v) for v in np.sort(per_session)[::-1][:VAL_TAIL]],
+        **(extra or {}),
     }
     if out_dir is not None:
         atomic_write_json(out_dir / CALIBRATION, result)

@@ -214,7 +214,8 @@ def detect_with(cfg, model, scorer) -> dict:
     ws = scorer(toks, gaps, closed, dcfg)
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
-    alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info)
+    alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
+                          model.calibration)
     pseudo = from_config(cfg.detect)
     if pseudo is not None:
         alerts = [pseudo.alert(a) for a in alerts]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from loglm.config import DetectConfig
-from loglm.vocab import MASK, UNK
+from loglm.progress import Progress
+from loglm.vocab import END, MASK, UNK
 from loglm.windows import length_batches, pad_windows
 
 SCORES = ("miss_ratio", "mean_surprisal", "max_surprisal")
@@ -38,6 +39,9 @@ class WindowScores:
     rank: list[np.ndarray]  # 0 = the model's first choice
     expected: list[np.ndarray]  # (positions, E) top predicted tokens
     expected_p: list[np.ndarray]
+    # the window is closed and the model did not expect it to end there (its [END] position is a miss; it
+    # counts in n_miss, which scores positions, but it is not an event)
+    end_miss: np.ndarray | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -103,6 +107,7 @@ class _Windows:
         self.n_events = np.zeros(n, np.int64)
         self.n_miss = np.zeros(n, np.int64)
         self.n_unknown = np.zeros(n, np.int64)
+        self.end_miss = np.zeros(n, bool)
         self.mean_s = np.zeros(n, np.float64)
         self.max_s = np.zeros(n, np.float64)
 
@@ -114,6 +119,8 @@ class _Windows:
         self.n_events[idx] = m
         self.n_miss[idx] = (miss & valid).sum(1)
         self.n_unknown[idx] = (tok == UNK).sum(1)
+        last = np.arange(len(rows)), np.minimum(m, tok.shape[1] - 1)
+        self.end_miss[idx] = (tok[last] == END) & miss[last] & (m > 0)
         s64 = s_out.astype(np.float64)
         self.mean_s[idx] = np.where(valid, s64, 0.0).sum(1) / np.maximum(m, 1)
         self.max_s[idx] = np.where(m > 0, np.where(valid, s64, -np.inf).max(1), 0.0)
@@ -128,7 +135,7 @@ class _Windows:
         score = window_score(self.cfg, self.n_miss / np.maximum(self.n_events, 1), self.mean_s, self.max_s,
                              self.n_unknown)
         return WindowScores(score, self.n_events, self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank,
-                            self.expected, self.expected_p)
+                            self.expected, self.expected_p, self.end_miss)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
@@ -185,8 +192,10 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
 
     out = _Windows(len(tokens), cfg)
     batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
+    progress = Progress("scoring", "windows")
     for rows, tok, *arrays in ordered_map(batch, batches, workers):
         out.add(rows, tok, _lengths(tokens, closed, rows), *arrays)
+        progress.tick(len(rows), f"of {len(tokens):,}")
     return out.result()
 
 
@@ -212,7 +221,9 @@ def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[n
 
     out = _Windows(len(tokens), cfg)
     batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
+    progress = Progress("scoring", "windows")
     for rows, tok, rtd, top, top_logp in ordered_map(batch, batches, workers):
+        progress.tick(len(rows), f"of {len(tokens):,}")
         rtd = rtd.astype(np.float32, copy=False)
         unk = tok == UNK
         # -log(1 - sigmoid(z)) = softplus(z), computed stably

@@ -22,7 +22,8 @@ def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | 
 
 def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
         batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None,
-        verify_key: str | None = None) -> dict:
+        verify_key: str | None = None, report: bool = True) -> dict:
+    """``report=False``: no HTML report, and so no matplotlib import (onnxruntime, numpy and pyarrow only)."""
     from loglm.detect.detector import detect_with
     from loglm.detect.detector import follow as follow_stream
     from loglm.engine.bundle import Bundle
@@ -32,6 +33,7 @@ def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int
         raise ValueError(f"bundle {bundle_dir} was trained on pre-sequenced data (format "
                          f"{bundle.info['data']['format']!r}); it cannot parse raw log lines")
     cfg = bundle_config(bundle, inputs, out or str(Path(bundle_dir) / "alerts" / "detect.jsonl"), batch_size)
+    cfg.detect.report = cfg.detect.report and report
     if follow:
         cfg.follow_exit_s = follow_exit_s
         summary = follow_stream(cfg, bundle, bundle.scorer())
