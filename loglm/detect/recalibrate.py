@@ -66,7 +66,8 @@ def run(cfg) -> dict:
     else:
         items, population = np.array(list(per_session.values())), POPULATION
     warning = check_validation_size(len(items), dcfg.target_fpr, dcfg.small_validation)
-    cal = calibration_of(items, dcfg, population, warning)
+    cal = calibration_of(items, dcfg, population, warning,
+                         extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
     cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
                               "sessions": len(per_session), "items": int(len(items)),
                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

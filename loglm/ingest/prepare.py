@@ -68,12 +68,18 @@ def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
 def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, frozen: bool,
                  mask: bool = True, codec: FlowCodec | None = None) -> Parsed:
     """Read, mine (or, frozen, only match) templates and sessionize; every line accepted or rejected."""
+    from loglm.progress import Progress
+
     reader = make_reader(data)
     account = LineAccount()
     rejections: list[tuple[str, int, str]] = []
     ev = Events()
-    for path in expand_inputs(inputs):
+    paths = expand_inputs(inputs)
+    progress = Progress("reading")
+    for k, path in enumerate(paths, 1):
+        progress.detail = f"file {k}/{len(paths)} {path.name}"
         for item in reader.read(path, account):
+            progress.tick()
             if isinstance(item, Rejection):
                 rejections.append((item.source, item.line_no, item.reason))
                 continue
@@ -88,6 +94,8 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
             ev.label.append(item.label)
             ev.fields.append(item.fields)
     sessions = sessionize(ev, data.session, account, rejections)
+    progress.done(f"read {account.read:,} lines from {len(paths)} file{'s' * (len(paths) != 1)}: "
+                  f"{account.accepted:,} events in {len(sessions):,} sessions, {account.rejected:,} lines rejected")
     return Parsed(ev, account, rejections, sessions)
 
 
@@ -112,15 +120,24 @@ def mine_training_first(parsed: Parsed, miner: TemplateMiner) -> None:
     frozen miner, as detection does) and is -1 ([UNK]) when none fits.  So templates first seen in
     validation or test neither enter the vocabulary artifact (a leak from test into the model) nor change
     how a training line is read: a training line maps to the same template at prepare and at detection."""
+    from loglm.progress import Progress
+
     ev = parsed.events
     train = training_events(parsed)
+    progress = Progress("mining templates from training lines")
     for j in train:
         ev.template[j] = miner.add(ev.masked[j])
+        progress.tick()
     in_train = set(train)
+    unseen = 0
     for j in range(len(ev)):
         if j not in in_train:
             tid = miner.match(ev.masked[j])
             ev.template[j] = -1 if tid is None else tid
+            unseen += tid is None
+            progress.tick()
+    progress.done(f"{len(miner.templates):,} templates mined from {len(train):,} training lines; "
+                  f"{len(ev) - len(train):,} other lines matched to them ({unseen:,} fit none: [UNK])")
 
 
 def mine_flows(parsed: Parsed, data: DataConfig, miner: TemplateMiner) -> FlowCodec:
@@ -154,6 +171,26 @@ def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, t
     return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec)
 
 
+def session_pauses(parsed: Parsed) -> dict:
+    """The longest pause (seconds between consecutive events) inside each normal training session, as
+    quantiles: streaming detection closes a session after a pause longer than nearly every training session
+    held, so it cuts sessions where training did (a shorter idle close splits them and the pieces alarm)."""
+    import numpy as np
+
+    ts = parsed.events.ts
+    longest: dict[str, float] = {}
+    for s in parsed.sessions:
+        if s.split != "train" or len(s.event_idx) < 2:
+            continue
+        t = np.sort(np.asarray([ts[j] for j in s.event_idx], np.float64))
+        longest[s.session_id] = max(longest.get(s.session_id, 0.0), float(np.diff(t).max()))
+    if not longest:
+        return {"n": 0}
+    v = np.fromiter(longest.values(), np.float64)
+    return {"n": int(len(v)), "p99": float(np.quantile(v, 0.99)), "p999": float(np.quantile(v, 0.999)),
+            "max": float(v.max())}
+
+
 def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
     import pyarrow.parquet as pq
 
@@ -183,7 +220,7 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
         "session_rows": len(parsed.sessions), "sessions_split": sum(1 for s in parsed.sessions if s.chunk == 1),
         "sessions_by_split": dict(splits),
         "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(labels.items())},
-        "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
+        "session_pause_s": session_pauses(parsed), "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
         # identifies the model-visible data: every token shard plus the vocabulary
         "data_sha256": hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest(),
         **extra,

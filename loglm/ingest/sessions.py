@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 
 from loglm.config import SessionConfig, SplitConfig
@@ -28,6 +28,19 @@ class Events:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def drop(self, rejected: set[int]) -> list[int]:
+        """Remove the events at ``rejected`` (lines rejected after they were read) in place; returns the new
+        index of every old one (-1 where removed), so no rejected line stays among the events."""
+        new_of, n = [], 0
+        for i in range(len(self)):
+            new_of.append(-1 if i in rejected else n)
+            n += i not in rejected
+        for f in fields(self):
+            column = getattr(self, f.name)
+            if len(column) == len(new_of):
+                setattr(self, f.name, [v for i, v in enumerate(column) if i not in rejected])
+        return new_of
 
 
 @dataclass
@@ -77,6 +90,7 @@ def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
         order = sorted(range(len(events)), key=lambda j: (events.ts[j], j))
         for r, i in enumerate(order):
             groups.setdefault(f"w{r // cfg.window_events:08d}", []).append(i)
+    keyless: set[int] = set()
     for i in range(len(events) if cfg.by != "count" else 0):
         if cfg.by == "event":
             groups[f"{events.source[i]}:{events.line_no[i]}"] = [i]
@@ -87,9 +101,13 @@ def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
             reason = f"no {cfg.entity_type} in line: cannot assign a session"
             account.reject(reason)
             rejections.append((events.source[i], events.line_no[i], reason))
+            keyless.add(i)
             continue
         for key in keys:
             groups.setdefault(key, []).append(i)
+    if keyless:  # a rejected line is not an event: events = accepted lines, in events.parquet too
+        new_of = events.drop(keyless)
+        groups = {k: [new_of[i] for i in idx] for k, idx in groups.items()}
 
     entity_type = {"entity": cfg.entity_type, "entity_window": cfg.entity_type, "event": "event",
                    "count": "window"}.get(cfg.by, "window")
