@@ -250,8 +250,8 @@ class DetectConfig:
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this
     # many sessions stay open (the least recently active is closed early): memory stays bounded
-    # null: the session rule's data.session.idle_close_s when training split sessions on pauses, else the
-    # longest pause inside 99.9% of normal training sessions, doubled (calibration.json "session_pause_s"), else 60 s
+    # null: twice the longest pause inside 99.9% of normal training sessions (calibration.json
+    # "session_pause_s"), else 60 s
     stream_idle_close_s: float | None = None
     max_open_sessions: int = 100_000
 

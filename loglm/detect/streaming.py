@@ -159,10 +159,12 @@ class StreamingDetector:
         self.stats["alerts"] += len(alerts)
 
     def finish(self) -> dict:
-        """The input ended: sessions still open are scored as they are (without [END])."""
+        """The input ended: sessions still open are scored as batch detection would score them: closed
+        ([END]) when quiet for ``data.session.idle_close_s`` before the input's last event, else as they are."""
+        quiet = self.session_cfg.idle_close_s
         while self.open:
             key, events = self.open.popitem(last=False)
-            self.pending.append((key, events, False))
+            self.pending.append((key, events, quiet > 0 and events[-1]["ts"] <= self.watermark - quiet))
             if len(self.pending) >= self.dcfg.batch_size:
                 self._score_pending()
         self._score_pending()
@@ -178,8 +180,6 @@ def stream_idle_close(cfg, calibration: dict) -> tuple[float, str]:
     60 s idle close gave 1,880 sessions and 104 alerts where batch gave 1,782 and 67)."""
     if cfg.detect.stream_idle_close_s is not None:
         return float(cfg.detect.stream_idle_close_s), "detect.stream_idle_close_s"
-    if cfg.data.session.idle_close_s > 0:
-        return float(cfg.data.session.idle_close_s), "data.session.idle_close_s (training's session rule)"
     pauses = calibration.get("session_pause_s") or {}
     if pauses.get("n"):
         return max(1.0, 2 * float(pauses["p999"])), (f"twice the longest pause inside 99.9% of {pauses['n']} "
