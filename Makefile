@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-fast bench ui lint clean
+.PHONY: setup browser demo test test-fast bench ui lint clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,17 @@ $(STAMP): pyproject.toml
 	set -o pipefail; $(BIN)/python -m pip install -e ".[dev,deepspeed]" | { grep --line-buffered -E "^(Collecting|Successfully)" || true; }
 	touch $(STAMP)
 
+# Headless Chromium for the browser tests of the triage page (apt; sudo when not root). Skipped when present.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "LogLM setup: installing Chromium (apt) for the triage page's browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+
 demo: setup
 	$(BIN)/python -m pipelines.demo $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup

@@ -431,12 +431,15 @@ def main() -> None:
                         help="data config of the inference section (its test split is scored)")
     parser.add_argument("--rtd-weight", type=float, default=2.0,
                         help="replaced-event head weight of the student (0 = score with masked views)")
+    parser.add_argument("--analyst-model", help="model directory for the analyst section (default: pretrain one)")
     args = parser.parse_args()
     sections = {"ingest": lambda: bench_ingest(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
                 "pretrain_cpu": lambda: bench_pretrain_cpu(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
                 "accuracy": lambda: bench_accuracy(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
                                                    args.accuracy_datasets, args.accuracy_epochs),
                 "scoring_cpu": bench_scoring,
+                "analyst": lambda: __import__("benchmarks.analyst", fromlist=["bench_analyst"]).bench_analyst(
+                    Path(tempfile.mkdtemp(prefix="loglm-bench-")), args.analyst_model),
                 "inference": lambda: bench_inference(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
                                                      args.teacher_epochs, args.student_epochs, args.rtd_weight,
                                                      args.inference_data)}

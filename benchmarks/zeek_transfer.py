@@ -2,6 +2,9 @@
 
     python -m benchmarks.zeek_transfer 008 010 [--root DIR]
 
+With --tune, also one round of `pipelines.tune` on those early flows (continued pretraining from the source
+model's weights + a new threshold; no analyst verdicts) and its evaluation.
+
 Steps (protocol zeek_ctu settings, `dataset=zeek_ctu`): prepare and pretrain on the source capture alone
 (chronological 60/10/30, threshold from its validation Benign flows); evaluate on its own test split; prepare
 the destination capture and evaluate the source model on its test split (a transfer evaluation: the model's
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("source", choices=sorted(CAPTURES))
     p.add_argument("destination", choices=sorted(CAPTURES))
     p.add_argument("--root", help="runs folder (default: a new temporary one)")
+    p.add_argument("--tune", action="store_true", help="also tune the model on the early flows (pipelines.tune)")
     a = p.parse_args(argv)
     data = PROJECT_ROOT.parent / "shared" / "data" / "zeek_ctu_conn"
     root = Path(a.root or tempfile.mkdtemp(prefix="loglm-zeek-transfer-")).resolve()
@@ -63,6 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
     labels = early_part(data / CAPTURES[a.destination], early)
     rec = recalibrate(replace(dst, ckpt=model["model_dir"], inputs=[str(early)], out=str(root / "recalibrated")))
     rows["transfer, recalibrated on unlabelled early flows"] = evaluate(replace(dst, ckpt=rec["model_dir"]))
+    if a.tune:  # one tuning round (pipelines.tune) on the same unlabelled early flows, no verdicts
+        from loglm.analyst.tune import run as tune
+
+        tuned = tune(replace(dst, ckpt=model["model_dir"], inputs=[str(early)],
+                             tune=replace(dst.tune, export=False)))
+        rows["transfer, tuned on unlabelled early flows (pipelines.tune)"] = evaluate(replace(dst, ckpt=tuned["model_dir"]))
     out = {"source": a.source, "destination": a.destination, "root": str(root),
            "recalibration_traffic_labels": labels, "recalibrated_threshold": rec["threshold"],
            "source_threshold": model["calibration"]["threshold"], "results": {}}

@@ -7,7 +7,7 @@ import json
 import runpy
 import sys
 
-PIPELINES = ("prepare", "pretrain", "distill", "export", "detect", "calibrate", "evaluate", "demo")
+PIPELINES = ("prepare", "pretrain", "distill", "export", "detect", "calibrate", "evaluate", "embed", "demo")
 
 
 def detect_main(argv: list[str]) -> int:
@@ -22,6 +22,7 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
     p.add_argument("--verify-key", help="PEM Ed25519 public key: refuse a bundle not signed by its private key "
                                         "(default: $LOGLM_BUNDLE_VERIFY_KEY)")
+    p.add_argument("--kinds", help="few-shot kinds file (`loglm kinds fit`): alerts get a kind and ATT&CK from it")
     p.add_argument("--no-report", action="store_true",
                    help="skip the HTML report (<out>.html); the engine then imports no plotting library")
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
@@ -32,13 +33,39 @@ def detect_main(argv: list[str]) -> int:
     with until_exit():  # a stream that ended as a stop signal arrived still prints its summary
         try:
             summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
-                          a.verify_key, report=not a.no_report)
+                          a.verify_key, report=not a.no_report, kinds=a.kinds)
         except (FileNotFoundError, ValueError) as e:
             print(f"loglm detect: error: {e}", file=sys.stderr)
             return 2
         json.dump(summary, sys.stdout, indent=2)
         print()
         sys.stdout.flush()
+    return 0
+
+
+def embed_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm embed",
+                                description="One vector per session of raw logs, with an exported bundle (CPU, torch-free).")
+    p.add_argument("--bundle", required=True, help="bundle directory written by `pipelines.export`")
+    p.add_argument("--out", help="Parquet file (default <bundle>/embeddings/inputs.parquet)")
+    p.add_argument("--threads", type=int, default=0, help="batches embedded in parallel (0 = one per core)")
+    p.add_argument("--verify-key", help="PEM Ed25519 public key the bundle must be signed with")
+    p.add_argument("inputs", nargs="+", help="raw log files or directories")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    from loglm.analyst.embed import run
+    from loglm.engine.bundle import Bundle
+    from loglm.engine.detect import bundle_config
+
+    try:
+        bundle = Bundle(Path(a.bundle), threads=a.threads, verify_key=a.verify_key)
+        cfg = bundle_config(bundle, a.inputs, a.out)
+        summary = run(cfg, bundle, bundle.embed, bundle.workers)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"loglm embed: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -62,6 +89,12 @@ def keygen_main(argv: list[str]) -> int:
 
 
 USAGE = (f"usage: loglm detect --bundle DIR [--verify-key PEM] INPUT...   (torch-free detection)\n"
+         f"       loglm embed --bundle DIR [--out FILE] INPUT...          (one vector per session, torch-free)\n"
+         f"       loglm similar --embeddings F --session ID              (similar sequences)\n"
+         f"       loglm kinds fit --embeddings F --examples CSV --out K  (few-shot kinds for detect.kinds=)\n"
+         f"       loglm feedback --alerts F --alert-id ID --verdict benign|malicious\n"
+         f"       loglm triage --alerts F [--embeddings E]                (triage page on 127.0.0.1)\n"
+         f"       loglm model list|promote|rollback ...                   (registry: champion / candidate)\n"
          f"       loglm keygen --out DIR                                 (bundle signing keys)\n"
          f"       loglm {{{','.join(PIPELINES)}}} [key=value ...]   (the pipelines; key=value as in conf/)")
 
@@ -75,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return detect_main(argv[1:])
     if argv and argv[0] == "keygen":
         return keygen_main(argv[1:])
+    if argv and argv[0] == "embed" and any(a.startswith("--bundle") or a in ("-h", "--help") for a in argv[1:]):
+        return embed_main(argv[1:])
+    from loglm.analyst.cli import COMMANDS
+
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     if not argv or argv[0] not in PIPELINES:
         print(USAGE, file=sys.stderr)
         return 2

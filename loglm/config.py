@@ -246,6 +246,12 @@ class DetectConfig:
     group_gap_s: float = 600.0
     # an HTML report (<alerts>.html): timeline, score histogram, PR/ROC with labels, top alerts
     report: bool = True
+    # likely ATT&CK techniques on every alert (loglm/analyst/attack.py): from its kind when known, else from
+    # the similarity of its evidence to the technique descriptions
+    attack_context: bool = True
+    # a few-shot kinds file (`loglm kinds fit`): each alert is labelled with the closest known kind and a
+    # confidence, "unknown" below the file's min_confidence
+    kinds: str | None = None
     pseudonymize_kinds: list[str] = field(default_factory=lambda: ["ip", "src_ip", "dst_ip", "pair", "user", "hostname"])
     pseudonym_key_env: str = "LOGLM_PSEUDONYM_KEY"
     # streaming (detect follow=true): sessions close after this much event-time inactivity; at most this
@@ -362,6 +368,24 @@ class RayConfig:
 
 
 @dataclass
+class TuneConfig:
+    # analysts' verdicts: benign sessions are trained on as normal, malicious ones are kept out
+    feedback: str | None = None
+    max_epochs: int = 5
+    lr: float = 3e-4
+    # share of the new traffic's sessions the new threshold is calibrated on (not trained on)
+    val_frac: float = 0.3
+    # the registered version gets this alias; `loglm model promote` moves "champion" to it
+    alias: str = "candidate"
+    export: bool = True
+
+    def __post_init__(self):
+        _check(self.max_epochs >= 1 and 0 < self.val_frac < 1 and 0 < self.lr <= 10,
+               f"tune.max_epochs >= 1, tune.val_frac in (0, 1) and tune.lr in (0, 10] (got {self.max_epochs}, "
+               f"{self.val_frac}, {self.lr})")
+
+
+@dataclass
 class RootConfig:
     stage: str = "pretrain"
     # prepare: "local" (this process) or "ray" (Ray Data parses and masks the input in parallel tasks)
@@ -398,6 +422,9 @@ class RootConfig:
     bundle: str | None = None
     # continue a stopped pretraining run: its MLflow run id or a Lightning checkpoint path
     resume_from: str | None = None
+    # start pretraining from a trained model's weights (a new run; same vocabulary): tuning
+    init_from: str | None = None
+    tune: TuneConfig = field(default_factory=lambda: TuneConfig())
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -203,6 +203,9 @@ def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, resul
 
     alerts = build_alerts(table, ws, event, loaded.vocab, threshold,
                           dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)}, loaded.calibration)
+    from loglm.analyst.enrich import enrich_alerts
+
+    alerts = enrich_alerts(alerts, table, loaded, dcfg)
     pseudo = from_config(cfg.detect)
     if pseudo is not None:
         alerts = [pseudo.alert(a) for a in alerts]

@@ -97,6 +97,19 @@ def test_findings_validate_against_the_ocsf_schema_they_declare():
               stream.feed(alert("a2", "src_ip", "198.51.100.7", 120, 60, 7.0, "critical", [9.0]))]
     assert [e["activity_name"] for e in events] == ["Create", "Update"]
     events.append(to_ocsf(group_alerts([alert("b1", "block_id", "blk_9", 0, 5, 2.0, "low", [3.0])], 600)[0], "1.2.3"))
+    # ATT&CK context (a sub-technique from a few-shot kind, a technique from evidence) as OCSF attack objects
+    from loglm.analyst.attack import by_evidence, for_kind
+
+    tagged = alert("c1", "src_ip", "203.0.113.9", 0, 60, 5.0, "high", [4.0])
+    tagged["kind"] = {"name": "SSH-Patator", "confidence": 0.93}
+    tagged["attacks"] = for_kind("SSH-Patator") + by_evidence(
+        {"n_events": 300, "surprising_events": [{"template": "proto=tcp dir=in svc=- port=80 state=-"}]})
+    tagged_event = to_ocsf(group_alerts([tagged], 600)[0], "1.2.3")
+    attacks = tagged_event["finding_info"]["attacks"]
+    assert attacks[0]["sub_technique"]["uid"] == "T1110.001" and attacks[0]["technique"]["uid"] == "T1110"
+    assert attacks[0]["tactic"]["name"] == "Credential Access" and attacks[0]["version"] == "18.1"
+    assert tagged_event["unmapped"]["loglm"]["kind"]["name"] == "SSH-Patator"
+    events.append(tagged_event)
     for event in events:
         errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(event)]
         assert not errors, errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,15 +110,19 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
         evidence.sort(key=lambda e: e["position"])
         ents: dict[str, list[str]] = {}
         starts, ends = [], []
+        ports: Counter = Counter()
         for r in rows:
             idx = event_idx[r]
             first, last = event(idx[0]), event(idx[-1])
             starts.append(first["ts"])
             ends.append(last["ts"])
             for j in idx:
-                for kind, values in event(j)["entities"].items():
+                e = event(j)
+                for kind, values in e["entities"].items():
                     bucket = ents.setdefault(kind, [])
                     bucket.extend(v for v in values if v not in bucket)
+                if e.get("fields") and e["fields"].get("dst_port") is not None:
+                    ports[f"{e['fields'].get('proto') or 'na'}/{e['fields']['dst_port']}"] += 1
         n_events = int(sum(len(tokens[r]) for r in rows))
         # n_miss counts scored positions, the closing [END] among them: an early or late end is reported apart
         ends_early = ws.end_miss is not None and bool(any(ws.end_miss[r] for r in rows))
@@ -130,6 +135,8 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
             "score": round(score, 6), "threshold": round(threshold, 6),
             "start_time": iso(min(starts)), "end_time": iso(max(ends)), "n_events": n_events,
             "n_unexpected_events": n_miss, "unexpected_end": ends_early, "entities": ents,
+            # flows: events per destination service (protocol/port), most frequent first
+            **({"services": dict(ports.most_common(10))} if ports else {}),
             "surprising_events": evidence, "model": model_info,
         }
         if labels[rows[0]] is not None and labels[rows[0]] >= 0:
@@ -147,13 +154,17 @@ def write_alerts(path: Path, alerts: list[dict]) -> None:
 
 def events_from_table(events_tbl) -> Callable[[int], dict]:
     """Event lookup over a prepared dataset's events.parquet."""
-    cols = {name: events_tbl.column(name).to_pylist() for name in ("source", "line_no", "ts", "template", "raw", "entities")}
+    names = ("source", "line_no", "ts", "template", "raw", "entities") + (
+        ("fields",) if "fields" in events_tbl.column_names else ())
+    cols = {name: events_tbl.column(name).to_pylist() for name in names}
     cache: dict[int, dict] = {}
 
     def get(i: int) -> dict:
         if i not in cache:
             cache[i] = {k: cols[k][i] for k in cols}
             cache[i]["entities"] = json.loads(cache[i]["entities"])
+            if cache[i].get("fields"):
+                cache[i]["fields"] = json.loads(cache[i]["fields"])
         return cache[i]
 
     return get
@@ -162,6 +173,7 @@ def events_from_table(events_tbl) -> Callable[[int], dict]:
 def events_from_parsed(ev) -> Callable[[int], dict]:
     def get(i: int) -> dict:
         return {"source": ev.source[i], "line_no": ev.line_no[i], "ts": ev.ts[i], "template": ev.template[i],
-                "raw": ev.raw[i], "entities": ev.entities[i], "masked": ev.masked[i]}
+                "raw": ev.raw[i], "entities": ev.entities[i], "masked": ev.masked[i],
+                "fields": ev.fields[i] if i < len(ev.fields) else None}
 
     return get

@@ -216,6 +216,9 @@ def detect_with(cfg, model, scorer) -> dict:
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
                           model.calibration)
+    from loglm.analyst.enrich import enrich_alerts
+
+    alerts = enrich_alerts(alerts, table, model, dcfg)
     pseudo = from_config(cfg.detect)
     if pseudo is not None:
         alerts = [pseudo.alert(a) for a in alerts]

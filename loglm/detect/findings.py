@@ -83,7 +83,37 @@ def _merge(group: list[dict], etype: str, value: str, evidence_events: int) -> d
         "time": max(a["time"] for a in group), "n_alerts": len(group), "alert_ids": [a["alert_id"] for a in group],
         "n_events": sum(a["n_events"] for a in group), "entities": ents, "surprising_events": evidence,
         "model": first["model"], **({"label": max(a["label"] for a in group)} if all("label" in a for a in group) else {}),
+        "attacks": _union_attacks(group), **({"kind": worst["kind"]} if "kind" in worst else {}),
     }
+
+
+def _union_attacks(group: list[dict]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for a in group:
+        for t in a.get("attacks", []):
+            seen.setdefault(t["id"], t)
+    return list(seen.values())
+
+
+def ocsf_attacks(attacks: list[dict]) -> list[dict]:
+    """OCSF ``attack`` objects (technique or sub-technique, tactic, ATT&CK version) of LogLM's techniques."""
+    from loglm.analyst.attack import ATTACK_VERSION
+
+    out = []
+    for t in attacks:
+        name = t["name"].split(": ", 1)
+        ref = {"uid": t["id"], "name": name[-1], "src_url": t["url"]}
+        obj = {"version": ATTACK_VERSION}
+        if "." in t["id"]:
+            parent = t["id"].split(".")[0]
+            obj["technique"] = {"uid": parent, "name": name[0], "src_url": f"https://attack.mitre.org/techniques/{parent}"}
+            obj["sub_technique"] = ref
+        else:
+            obj["technique"] = ref
+        if t.get("tactics"):
+            obj["tactic"] = {"name": t["tactics"][0].replace("-", " ").title()}
+        out.append(obj)
+    return out
 
 
 def observables(entities: dict[str, list[str]]) -> list[dict]:
@@ -114,6 +144,7 @@ def to_ocsf(finding: dict, product_version: str, activity_id: int = 1) -> dict:
             "last_seen_time": _ms(finding["last_seen"]), "related_events_count": finding["n_alerts"],
             "analytic": {"name": "LogLM masked-event model", "type_id": 4, "type": "Learning (ML/DL)",
                          "uid": model.get("run_id"), "version": model.get("bundle_version") or model.get("run_id")},
+            **({"attacks": ocsf_attacks(finding["attacks"])} if finding.get("attacks") else {}),
         },
         "observables": observables(finding["entities"]),
         "evidences": [{"data": e} for e in finding["surprising_events"]],
@@ -123,7 +154,8 @@ def to_ocsf(finding: dict, product_version: str, activity_id: int = 1) -> dict:
         "unmapped": {"loglm": {"score": finding["score"], "threshold": finding["threshold"],
                                "alert_ids": finding["alert_ids"], "entity": finding["entity"],
                                "entities": finding["entities"],
-                               "model_dir": model.get("model_dir")}},
+                               "model_dir": model.get("model_dir"),
+                               **({"kind": finding["kind"]} if "kind" in finding else {})}},
     }
 
 

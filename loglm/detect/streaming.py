@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from loglm.analyst.enrich import enrich_alerts
 from loglm.detect.alerts import build_alerts, events_from_parsed
 from loglm.detect.detector import check_not_all_rejected, detect_config_of
 from loglm.ingest.prepare import to_event
@@ -146,6 +147,7 @@ class StreamingDetector:
         info = {"run_id": self.model.meta.get("run_id"), "model_dir": str(self.model.folder)}
         alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
                               self.dcfg.evidence_events, info, self.model.calibration)
+        alerts = enrich_alerts(alerts, table, self.model, self.dcfg)
         for a in alerts:
             a = self.pseudo.alert(a) if self.pseudo else a
             self.alerts_out.write(json.dumps(a) + "\n")

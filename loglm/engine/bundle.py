@@ -57,7 +57,21 @@ class Bundle:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.folder / onnx_file), opts, providers=["CPUExecutionProvider"])
-        self.outputs_top_k = "top_tokens" in {o.name for o in self.session.get_outputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.outputs_top_k = "top_tokens" in outputs
+        self.has_embedding = "window_vector" in outputs
+
+    def embed(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        """(B, d) unit vectors of padded windows (loglm.analyst.embed)."""
+        if not self.has_embedding:
+            raise ValueError(f"bundle {self.folder} was exported before its graph had a window_vector output: "
+                             "export it again (python -m pipelines.export ckpt=<model>)")
+        return self.session.run(["window_vector"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
+
+    def embed_events(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        """(B, L, d) unit vectors of every position."""
+        self.embed(tok[:1], gap[:1], pad[:1])  # the same clear error for an older bundle
+        return self.session.run(["event_vectors"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
 
     def logp(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray, target: np.ndarray) -> np.ndarray:
         logits = self.session.run(["logits"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from loglm.config import DataConfig, DetectConfig, RootConfig, SessionConfig
@@ -22,18 +23,24 @@ def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | 
 
 def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
         batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None,
-        verify_key: str | None = None, report: bool = True) -> dict:
+        verify_key: str | None = None, report: bool = True, kinds: str | None = None) -> dict:
     """``report=False``: no HTML report, and so no matplotlib import (onnxruntime, numpy and pyarrow only)."""
     from loglm.detect.detector import detect_with
     from loglm.detect.detector import follow as follow_stream
     from loglm.engine.bundle import Bundle
 
+    if str(bundle_dir).startswith("models:/"):  # a registered version: mlflow is imported for this lookup only
+        from loglm.analyst.registry import resolve
+
+        bundle_dir = str(resolve(str(bundle_dir), os.environ.get("LOGLM_RUNS", "runs")))
     bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads, verify_key=verify_key)
     if not bundle.info.get("raw_log_ingest", True):
         raise ValueError(f"bundle {bundle_dir} was trained on pre-sequenced data (format "
                          f"{bundle.info['data']['format']!r}); it cannot parse raw log lines")
     cfg = bundle_config(bundle, inputs, out or str(Path(bundle_dir) / "alerts" / "detect.jsonl"), batch_size)
     cfg.detect.report = cfg.detect.report and report
+    if kinds:
+        cfg.detect.kinds = kinds
     if follow:
         cfg.follow_exit_s = follow_exit_s
         summary = follow_stream(cfg, bundle, bundle.scorer())

@@ -132,12 +132,21 @@ def run(cfg) -> dict:
         ref = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
         thr = float(loaded.calibration["threshold"])
         parity = {"windows": len(toks)}
+        from loglm.analyst.embed import embed_windows, torch_embed_fn
+
+        ref_vec = embed_windows(torch_embed_fn(loaded.encoder), toks, gaps, closed)
         for variant in variants:
             b = Bundle(tmp, variant=variant, verify=False)
             got = b.scorer()(toks, gaps, closed, dcfg)
             atol = cfg.export.int8_parity_atol if variant == "int8" else cfg.export.parity_atol
             parity[variant] = check_parity(ref, got, atol)
             parity[variant]["decision_agreement"] = float(((ref.score > thr) == (got.score > thr)).mean())
+            # session vectors (loglm embed): cosine of each window's ONNX vector with torch's
+            cos = (embed_windows(b.embed, toks, gaps, closed) * ref_vec).sum(1) if len(toks) else np.ones(1)
+            parity[variant]["min_embedding_cosine"] = float(cos.min())
+        if parity["fp32"]["min_embedding_cosine"] < 0.999:
+            raise ParityError(f"ONNX export of {model_dir}: session vectors differ from torch's (lowest cosine "
+                              f"{parity['fp32']['min_embedding_cosine']:.4f} < 0.999); bundle not written")
         if not parity["fp32"]["ok"]:
             raise ParityError(f"ONNX export of {model_dir} differs from torch by "
                               f"{parity['fp32']['max_abs_surprisal_diff']:.3g} > export.parity_atol="

@@ -72,7 +72,8 @@ class FusedSelfAttention(nn.Module):
 class ScoringGraph(nn.Module):
     """tokens, gaps (int64), pad_mask (bool), all (B, L)  ->
     with a replaced-event head: replaced (B, L), top_tokens (B, L, k), top_logp (B, L, k);
-    without: logits (B, L, V) (masked views are scored in numpy)."""
+    without: logits (B, L, V) (masked views are scored in numpy); then window_vector (B, d) and
+    event_vectors (B, L, d) either way."""
 
     def __init__(self, encoder, expected: int):
         super().__init__()
@@ -82,14 +83,18 @@ class ScoringGraph(nn.Module):
     def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor):
         hidden = self.encoder(tokens, gaps, pad_mask)
         logits = self.encoder.logits(hidden)
+        vectors = self.encoder.embedding(hidden, pad_mask), self.encoder.event_embedding(hidden)
         if self.encoder.rtd is None:
-            return logits
+            return logits, *vectors
         top_logp, top = torch.topk(torch.log_softmax(logits, -1), self.expected, dim=-1)
-        return self.encoder.replaced_logit(hidden), top, top_logp
+        return self.encoder.replaced_logit(hidden), top, top_logp, *vectors
 
 
 def output_names(encoder) -> list[str]:
-    return ["replaced", "top_tokens", "top_logp"] if encoder.rtd is not None else ["logits"]
+    """The graph's outputs; ``window_vector`` (B, d) is the window's unit vector, ``event_vectors`` (B, L, d)
+    each position's (loglm.analyst.embed); onnxruntime computes only the outputs a caller asks for."""
+    return (["replaced", "top_tokens", "top_logp"] if encoder.rtd is not None else ["logits"]) + [
+        "window_vector", "event_vectors"]
 
 
 def export_onnx(encoder, path: Path, expected: int = 3, fused_attention: bool = True) -> None:

@@ -107,5 +107,18 @@ class LogEncoder(nn.Module):
             raise ValueError("this encoder has no replaced-event-detection head (distill with distill.rtd_weight > 0)")
         return self.rtd(hidden).squeeze(-1)
 
+    @staticmethod
+    def embedding(hidden: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """One unit vector per window: the mean of its positions' final hidden states ([SUM], events, [END]),
+        L2-normalised, so cosine similarity is a dot product.  (B, L, d), (B, L) -> (B, d)."""
+        m = pad_mask.to(hidden.dtype).unsqueeze(-1)
+        mean = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @staticmethod
+    def event_embedding(hidden: torch.Tensor) -> torch.Tensor:
+        """Each position's final hidden state as a unit vector (an event in its context): (B, L, d)."""
+        return hidden / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -83,7 +83,12 @@ def load_model(folder: str | Path, verify: bool = True) -> LoadedModel:
 
 
 def resolve_model_dir(ckpt: str, root: str | Path) -> Path:
-    """A model directory path, or an MLflow run id whose run recorded one."""
+    """A model directory path, an MLflow run id whose run recorded one, or a registered version
+    (``models:/loglm-detector@champion``: its bundle folder, which holds the weights too)."""
+    if ckpt.startswith("models:/"):
+        from loglm.analyst.registry import resolve
+
+        return resolve(ckpt, root)
     p = Path(ckpt).expanduser()
     if p.is_dir():
         return p.resolve()

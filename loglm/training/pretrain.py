@@ -133,9 +133,20 @@ def start_run(cfg) -> RunContext:
 def build_module(cfg, ctx: RunContext):
     from loglm.training.module import LogLMModule
 
-    return LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
-                       cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
-                       cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
+    module = LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
+                         cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
+                         cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
+    if cfg.init_from:  # tuning: a trained model's weights (same vocabulary) are the starting point
+        from loglm.model.store import load_model
+
+        start = load_model(cfg.init_from)
+        if start.encoder.cfg.to_dict() != {**start.encoder.cfg.to_dict(), **ctx.encoder}:
+            raise ValueError(f"init_from={cfg.init_from}: its encoder {start.encoder.cfg.to_dict()} does not match "
+                             f"this run's {ctx.encoder} (same vocabulary and model size needed)")
+        module.encoder.load_state_dict(start.encoder.state_dict())
+        module.center.copy_(start.center)
+        module.center_ready.fill_(True)
+    return module
 
 
 def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | None = None):

@@ -1,0 +1,165 @@
+"""Bench section ``analyst``: few-shot kinds on frozen LogLM flow vectors vs the same classifiers on raw flow
+features (cic_flowprep attack classes), and similar-sequence search speed, exact vs HNSW."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows: int = 100):
+    """Attack flows of ``split`` with their class: (LogLM vector of each flow in its window's context, raw
+    flow features fitted on training flows, kinds). Classes with fewer than ``min_flows`` flows are left out."""
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.embed import embed_events, torch_event_embed_fn
+    from loglm.baselines.flow_features import FlowFeatures, read_flows
+    from loglm.config import compose
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions
+    from loglm.windows import windows_of
+
+    loaded = load_model(model_dir)
+    labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
+    table = read_sessions(data_dir, split)
+    toks, gaps, closed = windows_of(table)
+    per_window = embed_events(torch_event_embed_fn(loaded.encoder), toks, gaps, closed)
+    counts = Counter(labels[i] for idx in table.column("event_idx").to_pylist() for i in idx)
+    keep = {c for c, n in counts.items() if c not in (None, "BENIGN") and n >= min_flows}
+    ids, vecs, kinds = [], [], []
+    for idx, v in zip(table.column("event_idx").to_pylist(), per_window):
+        for j, i in enumerate(idx):
+            if labels[i] in keep:
+                ids.append(i)
+                vecs.append(v[j])
+                kinds.append(labels[i])
+    train = read_sessions(data_dir, "train")
+    train_ids = [i for idx in train.column("event_idx").to_pylist() for i in idx]
+    data_cfg = compose("evaluate", [f"dataset={data_dir.name}"]).data if (Path(__file__).parents[1] / "conf" / "dataset" / f"{data_dir.name}.yaml").is_file() else None
+    ff = FlowFeatures(local_networks=tuple(data_cfg.local_networks) if data_cfg else ())
+    ff.fit(read_flows(data_dir, train_ids))
+    raw = ff.transform(read_flows(data_dir, ids))
+    return np.stack(vecs), raw, kinds
+
+
+def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 20) -> dict:
+    from loglm.analyst.fewshot import fewshot_accuracy
+
+    emb, raw, kinds = flow_vectors(model_dir, data_dir)
+    out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": "flow (attack classes with >= 100 test flows)"}
+    table = {}
+    for name, x, std in (("loglm", emb, False), ("raw_features", raw, True)):
+        for method in ("prototype", "logreg"):
+            row = {}
+            for k in ks:
+                r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std)
+                row[f"k{k}_balanced"] = round(r["balanced_accuracy"], 4)
+                row[f"k{k}_accuracy"] = round(r["accuracy"], 4)
+            table[f"{name}_{method}"] = row
+    out["fewshot"] = table
+    for k in ks:  # the headline keys: each representation at its better classifier, balanced accuracy
+        out[f"fewshot_accuracy_k{k}"] = max(table[f"loglm_{m}"][f"k{k}_balanced"] for m in ("prototype", "logreg"))
+        out[f"raw_fewshot_accuracy_k{k}"] = max(table[f"raw_features_{m}"][f"k{k}_balanced"]
+                                                for m in ("prototype", "logreg"))
+    return out
+
+
+def bench_search(sizes=(100_000, 1_000_000), d: int = 128, queries: int = 200, seed: int = 0) -> dict:
+    """Queries/s and recall@10 of HNSW against exact search, on clustered unit vectors."""
+    from loglm.analyst.search import VectorIndex
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in sizes:
+        centers = rng.normal(size=(2000, d)).astype(np.float32)
+        x = centers[rng.integers(0, 2000, n)] + 0.5 * rng.normal(size=(n, d)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        q = x[rng.integers(0, n, queries)] + 0.05 * rng.normal(size=(queries, d)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        exact = VectorIndex(x, "exact")
+        t = time.perf_counter()
+        _, ie = exact.search(q, 10)
+        te = time.perf_counter() - t
+        t = time.perf_counter()
+        hnsw = VectorIndex(x, "hnsw")
+        build = time.perf_counter() - t
+        t = time.perf_counter()
+        _, ih = hnsw.search(q, 10)
+        th = time.perf_counter() - t
+        out[f"n{n}"] = {"exact_qps": round(queries / te, 1), "hnsw_qps": round(queries / th, 1),
+                        "hnsw_build_s": round(build, 2),
+                        "hnsw_recall_at_10": round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ih)])), 4)}
+    return out
+
+
+
+
+def bench_attack(model_dir: Path, data_dir: Path) -> dict:
+    """ATT&CK from evidence alone, on the test alerts of a labelled flow dataset: for each alert whose attack
+    class has a known technique (KIND_TECHNIQUES), is that technique (or its parent) among the top 3?"""
+    import dataclasses
+    import json
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.attack import KIND_TECHNIQUES, by_evidence
+    from loglm.config import compose
+    from loglm.detect.detector import detect_with
+    from loglm.detect.scoring import score_windows
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions
+
+    loaded = load_model(model_dir)
+    cfg = compose("detect", [f"dataset={data_dir.name}", f"paths.root={data_dir.parent.parent}", "split=test"])
+    out = Path(tempfile.mkdtemp(prefix="loglm-attack-")) / "alerts.jsonl"
+    cfg = dataclasses.replace(cfg, out=str(out), detect=dataclasses.replace(cfg.detect, report=False,
+                                                                            attack_context=False))
+    detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
+    labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
+    t = read_sessions(data_dir, "test")
+    cls: dict[str, Counter] = {}
+    for sid, idx in zip(t.column("session_id").to_pylist(), t.column("event_idx").to_pylist()):
+        cls.setdefault(sid, Counter()).update(labels[i] for i in idx if labels[i] not in (None, "BENIGN"))
+    per_class: dict[str, list[int]] = {}
+    for line in out.read_text().splitlines():
+        a = json.loads(line)
+        c = cls.get(a["session_id"])
+        if not c:
+            continue
+        kind = c.most_common(1)[0][0]
+        want = KIND_TECHNIQUES.get(kind.lower().replace("–", "-"))
+        if not want:
+            continue
+        got = {x["id"] for x in by_evidence(a)} | {x["id"].split(".")[0] for x in by_evidence(a)}
+        per_class.setdefault(kind, []).append(int(any(w in got or w.split(".")[0] in got for w in want)))
+    return {"unit": "test alert (window) with a labelled attack class", "hit_at_3": {
+        k: {"alerts": len(v), "hit_rate": round(sum(v) / len(v), 3), "technique": KIND_TECHNIQUES[k.lower()][0]}
+        for k, v in per_class.items()},
+        "overall": round(sum(sum(v) for v in per_class.values()) / max(1, sum(len(v) for v in per_class.values())), 3)}
+
+
+def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_flowprep") -> dict:
+    """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget (or take ``model_dir``),
+    then few-shot kinds, ATT&CK from evidence, and search speed."""
+    import dataclasses
+
+    from loglm.config import compose
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    cfg = compose("evaluate", [f"dataset={dataset}", f"paths.root={tmp}"])
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=False))
+    prepare(cfg)
+    if model_dir is None:
+        model_dir = pretrain(cfg)["model_dir"]
+    data_dir = prepared_dir(cfg.paths.root, dataset)
+    out = {"dataset": dataset, "model_dir": str(model_dir)}
+    out.update(bench_fewshot(Path(model_dir), data_dir))
+    out["attack_from_evidence"] = bench_attack(Path(model_dir), data_dir)
+    out["search"] = bench_search()
+    return out

@@ -1,0 +1,126 @@
+"""`loglm similar | kinds | feedback | triage | model`: the analyst's commands (see README "The analyst's loop")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def similar_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm similar", description="Sessions most similar to one (cosine of their vectors).")
+    p.add_argument("--embeddings", required=True, help="Parquet written by pipelines.embed / loglm embed")
+    p.add_argument("--session", required=True, help="session id (an alert's session_id)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto")
+    a = p.parse_args(argv)
+    from loglm.analyst.embed import read_embeddings
+    from loglm.analyst.search import similar_sessions
+
+    meta, vecs = read_embeddings(a.embeddings)
+    print(json.dumps(similar_sessions(meta, vecs, a.session, a.top, a.index), indent=2))
+    return 0
+
+
+def kinds_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm kinds fit",
+                                description="Fit a few-shot kinds file from labelled sessions (prototypes on their vectors).")
+    p.add_argument("action", choices=["fit"])
+    p.add_argument("--embeddings", required=True, help="Parquet of session vectors holding the examples")
+    p.add_argument("--examples", help="CSV with columns session_id,kind")
+    p.add_argument("--feedback", help="feedback table: malicious verdicts that name a kind are examples")
+    p.add_argument("--min-confidence", type=float, default=0.5, help="below it an alert's kind is 'unknown'")
+    p.add_argument("--out", required=True, help="kinds file (JSON) for detect.kinds=")
+    a = p.parse_args(argv)
+    import csv
+
+    from loglm.analyst import feedback as fb
+    from loglm.analyst.embed import read_embeddings
+    from loglm.analyst.fewshot import FewShot
+
+    examples: dict[str, str] = {}
+    if a.examples:
+        with open(a.examples, newline="") as fh:
+            for row in csv.DictReader(fh):
+                examples[row["session_id"]] = row["kind"]
+    if a.feedback:
+        examples.update({r["session_id"]: r["kind"] for r in fb.read(a.feedback).values()
+                         if r["verdict"] == "malicious" and r.get("kind")})
+    if not examples:
+        print("loglm kinds: error: no examples (give --examples CSV or --feedback with kinds)", file=sys.stderr)
+        return 2
+    meta, vecs = read_embeddings(a.embeddings)
+    row_of = {s: i for i, s in enumerate(meta.column("session_id").to_pylist())}
+    missing = [s for s in examples if s not in row_of]
+    if missing:
+        print(f"loglm kinds: error: {len(missing)} example sessions are not in {a.embeddings} (first: {missing[0]})",
+              file=sys.stderr)
+        return 2
+    ids = list(examples)
+    clf = FewShot("prototype", a.min_confidence).fit(vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
+    clf.save(a.out)
+    print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))
+    return 0
+
+
+def feedback_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm feedback", description="Record a verdict on an alert.")
+    p.add_argument("--alerts", required=True, help="alerts file (JSON lines)")
+    p.add_argument("--alert-id", required=True)
+    p.add_argument("--verdict", required=True, choices=["benign", "malicious"])
+    p.add_argument("--kind", help="what it is (malicious verdicts): becomes a few-shot example")
+    p.add_argument("--note", default="")
+    p.add_argument("--table", default="runs/feedback.jsonl", help="feedback table (JSON lines, appended)")
+    a = p.parse_args(argv)
+    from loglm.analyst import feedback as fb
+
+    try:
+        alert = fb.find_alert(fb.load_alerts(a.alerts), a.alert_id)
+        print(json.dumps(fb.record(a.table, alert, a.verdict, a.kind, a.note, alerts_file=a.alerts)))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"loglm feedback: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def triage_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm triage", description="The triage page over an alerts file (127.0.0.1 only).")
+    p.add_argument("--alerts", required=True)
+    p.add_argument("--feedback", default="runs/feedback.jsonl")
+    p.add_argument("--embeddings", help="session vectors for 'similar sequences' (pipelines.embed / loglm embed)")
+    p.add_argument("--port", type=int, default=8765)
+    a = p.parse_args(argv)
+    from loglm.analyst.triage import serve
+
+    serve(a.alerts, a.feedback, a.embeddings, a.port)
+    return 0
+
+
+def model_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm model", description="Registered detector versions: list, promote, roll back.")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("--name", default="loglm-detector")
+    p.add_argument("--version", help="promote: the version to make champion (default: the candidate)")
+    p.add_argument("--to", help="rollback: the version champion goes back to")
+    p.add_argument("--root", default=os.environ.get("LOGLM_RUNS", "runs"), help="paths.root (its mlflow.db)")
+    a = p.parse_args(argv)
+    from loglm.analyst import registry
+
+    try:
+        if a.action == "list":
+            out = registry.versions(a.name, a.root)
+        elif a.action == "promote":
+            out = registry.promote(a.name, a.version, a.root)
+        else:
+            if not a.to:
+                raise ValueError("rollback needs --to <version>")
+            out = registry.rollback(a.name, a.to, a.root)
+    except Exception as e:  # a missing model or version: the registry's own message
+        print(f"loglm model: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+COMMANDS = {"model": model_main, "similar": similar_main, "kinds": kinds_main, "feedback": feedback_main, "triage": triage_main}

@@ -1,0 +1,177 @@
+"""Log lines in, vectors out: one unit vector per session (and per window), from the encoder's hidden states.
+
+A window's vector is the mean of its positions' final hidden states, L2-normalised
+(``LogEncoder.embedding``; the exported ONNX graph has it as its ``embedding`` output, so the torch-free engine
+embeds too).  A session cut into several windows gets the normalised mean of its windows' vectors.  Cosine
+similarity between two sessions is then the dot product of their vectors (loglm.analyst.search).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from loglm.detect.scores import ordered_map
+from loglm.progress import Progress
+from loglm.windows import length_batches, pad_windows
+
+# (tokens, gaps, pad_mask) of a padded batch -> (B, d) unit vectors
+EmbedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def torch_embed_fn(encoder) -> EmbedFn:
+    import torch
+
+    encoder.eval()
+
+    @torch.inference_mode()
+    def embed(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(pad)
+        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), t)
+        return encoder.embedding(hidden.float(), t).numpy()
+
+    return embed
+
+
+def torch_event_embed_fn(encoder) -> EmbedFn:
+    import torch
+
+    encoder.eval()
+
+    @torch.inference_mode()
+    def embed(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
+        return encoder.event_embedding(hidden.float()).numpy()
+
+    return embed
+
+
+def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
+                 batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> list[np.ndarray]:
+    """Per window, a (events, d) float32 array: each event's unit vector in its window's context."""
+    out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(tokens)
+
+    def batch(rows: list[int]):
+        tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
+        return rows, fn(tok, gap, pad)
+
+    for rows, vec in ordered_map(batch, length_batches([len(t) for t in tokens], batch_size, max_batch_tokens),
+                                 workers):
+        for j, i in enumerate(rows):
+            out[i] = np.ascontiguousarray(vec[j, 1:1 + len(tokens[i])], np.float32)
+    return out
+
+
+def embed_windows(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
+                  batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> np.ndarray:
+    """(windows, d) float32 unit vectors, in window order; batched by length like scoring (bounded memory)."""
+    if not tokens:
+        return np.zeros((0, 0), np.float32)
+
+    def batch(rows: list[int]):
+        tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
+        return rows, fn(tok, gap, pad)
+
+    out: np.ndarray | None = None
+    progress = Progress("embedding", "windows")
+    for rows, vec in ordered_map(batch, length_batches([len(t) for t in tokens], batch_size, max_batch_tokens),
+                                 workers):
+        if out is None:
+            out = np.zeros((len(tokens), vec.shape[1]), np.float32)
+        out[rows] = vec
+        progress.tick(len(rows), f"of {len(tokens):,}")
+    return out
+
+
+def session_vectors(session_ids: list[str], window_vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(session ids in first-seen order, (sessions, d) unit vectors): a session is the normalised mean of its
+    windows."""
+    index: dict[str, int] = {}
+    for sid in session_ids:
+        index.setdefault(sid, len(index))
+    rows = np.fromiter((index[s] for s in session_ids), np.int64, len(session_ids))
+    sums = np.zeros((len(index), window_vectors.shape[1]), np.float64)
+    np.add.at(sums, rows, window_vectors.astype(np.float64))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return list(index), (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def embedding_table(table, window_vectors: np.ndarray, scores: np.ndarray | None = None):
+    """One row per session: ids, entity, time span, events, label, score (its highest window's, when given),
+    and ``embedding`` (fixed-size list of float32)."""
+    import pyarrow as pa
+
+    sids = table.column("session_id").to_pylist()
+    ids, vecs = session_vectors(sids, window_vectors)
+    cols = {c: table.column(c).to_pylist() for c in ("entity_type", "entity", "start_ts", "end_ts", "label")}
+    n_events = [len(t) for t in table.column("tokens").to_pylist()]
+    row_of: dict[str, dict] = {}
+    for r, sid in enumerate(sids):
+        cur = row_of.get(sid)
+        if cur is None:
+            row_of[sid] = {"session_id": sid, "entity_type": cols["entity_type"][r], "entity": cols["entity"][r],
+                           "start_ts": cols["start_ts"][r], "end_ts": cols["end_ts"][r], "n_events": n_events[r],
+                           "label": cols["label"][r], "score": None if scores is None else float(scores[r])}
+        else:
+            cur["start_ts"] = min(cur["start_ts"], cols["start_ts"][r])
+            cur["end_ts"] = max(cur["end_ts"], cols["end_ts"][r])
+            cur["n_events"] += n_events[r]
+            if scores is not None:
+                cur["score"] = max(cur["score"], float(scores[r]))
+    rows = [row_of[s] for s in ids]
+    d = vecs.shape[1]
+    out = pa.table({
+        "session_id": [r["session_id"] for r in rows], "entity_type": [r["entity_type"] for r in rows],
+        "entity": [r["entity"] for r in rows], "start_ts": pa.array([r["start_ts"] for r in rows], pa.float64()),
+        "end_ts": pa.array([r["end_ts"] for r in rows], pa.float64()),
+        "n_events": pa.array([r["n_events"] for r in rows], pa.int64()),
+        "label": pa.array([r["label"] for r in rows], pa.int64()),
+        "score": pa.array([r["score"] for r in rows], pa.float64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), d),
+    })
+    return out
+
+
+def write_embeddings(path: Path, table) -> Path:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_embeddings(path: str | Path) -> tuple[object, np.ndarray]:
+    """(the Parquet table without its vectors, (n, d) float32 vectors)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    col = t.column("embedding").combine_chunks()
+    d = col.type.list_size
+    vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
+    return t.drop(["embedding"]), vecs
+
+
+def run(cfg, model, embed_fn: EmbedFn, workers: int = 1) -> dict:
+    """Embed ``cfg.inputs`` (raw lines, read the way the model's data was) or the prepared split ``cfg.split``
+    into ``cfg.out`` (default ``<model>/embeddings/<split or inputs>.parquet``)."""
+    import time
+
+    from loglm.detect.detector import detect_config_of, score_input
+    from loglm.windows import windows_of
+
+    t0 = time.perf_counter()
+    table, _, account, _ = score_input(cfg, model)
+    if table.num_rows == 0:
+        raise ValueError(f"no session to embed in {list(cfg.inputs) or cfg.split} (lines: {account})")
+    toks, gaps, closed = windows_of(table)
+    dcfg = detect_config_of(model, cfg.detect)
+    vectors = embed_windows(embed_fn, toks, gaps, closed, dcfg.batch_size, dcfg.max_batch_tokens, workers)
+    out = Path(cfg.out) if cfg.out else Path(model.folder) / "embeddings" / f"{'inputs' if cfg.inputs else cfg.split}.parquet"
+    emb = embedding_table(table, vectors)
+    write_embeddings(out, emb)
+    return {"embeddings_path": str(out), "sessions": emb.num_rows, "windows": len(toks), "dim": int(vectors.shape[1]),
+            "lines": account, "seconds": round(time.perf_counter() - t0, 3)}

@@ -1,0 +1,112 @@
+"""Few-shot kinds: a light classifier on frozen vectors labels alerts with a known kind and a confidence.
+
+Given k labelled examples per kind (an analyst's: "these 5 sessions were SSH brute force"), two classifiers:
+
+- ``prototype``: each kind is the normalised mean of its examples; an item takes the kind of the most
+  similar prototype (cosine), with confidence = softmax over the kinds' similarities (temperature 0.05);
+- ``logreg``: multinomial logistic regression (scikit-learn) on the vectors.
+
+Below ``min_confidence`` an item is ``unknown``: a kind nobody labelled is not forced into one that was.
+The same classifiers run on raw flow features (``loglm.baselines.flow_features``), which is what shows what
+pretraining adds (``make bench`` key ``analyst``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+UNKNOWN = "unknown"
+TEMPERATURE = 0.05
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class FewShot:
+    def __init__(self, method: str = "prototype", min_confidence: float = 0.0, standardize: bool = False):
+        if method not in ("prototype", "logreg"):
+            raise ValueError(f"few-shot method must be prototype or logreg, got {method!r}")
+        self.method, self.min_confidence, self.standardize = method, min_confidence, standardize
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return (x - self.mean) / self.std if self.standardize else x
+
+    def fit(self, x: np.ndarray, kinds: list[str]) -> FewShot:
+        x = np.asarray(x, np.float64)
+        if len(x) != len(kinds) or not len(x):
+            raise ValueError(f"few-shot needs one kind per example, got {len(x)} vectors and {len(kinds)} kinds")
+        self.kinds = sorted(set(kinds))
+        if self.standardize:
+            self.mean, self.std = x.mean(0), x.std(0)
+            self.std[self.std < 1e-9] = 1.0
+        z = self._prep(x)
+        y = np.array([self.kinds.index(k) for k in kinds])
+        if self.method == "prototype" or len(self.kinds) < 2:
+            self.prototypes = _unit(np.stack([z[y == c].mean(0) for c in range(len(self.kinds))]))
+            self.model = None
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            self.model = LogisticRegression(C=10.0, max_iter=2000).fit(z, y)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        z = self._prep(x)
+        if self.model is not None:
+            return self.model.predict_proba(z)
+        sims = _unit(z) @ self.prototypes.T / TEMPERATURE
+        sims -= sims.max(1, keepdims=True)
+        e = np.exp(sims)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(kind or ``unknown`` per item, confidence per item)."""
+        p = self.proba(x)
+        best, conf = p.argmax(1), p.max(1)
+        return [self.kinds[b] if c >= self.min_confidence else UNKNOWN for b, c in zip(best, conf)], conf
+
+    def save(self, path: Path) -> None:
+        """A prototype classifier as JSON (kinds, prototypes, settings): what detection loads to label alerts."""
+        if self.model is not None:
+            raise ValueError("only the prototype classifier is saved (its file is plain JSON)")
+        out = {"method": "prototype", "kinds": self.kinds, "min_confidence": self.min_confidence,
+               "prototypes": self.prototypes.round(6).tolist()}
+        Path(path).write_text(json.dumps(out))
+
+    @classmethod
+    def load(cls, path: Path) -> FewShot:
+        d = json.loads(Path(path).read_text())
+        f = cls("prototype", float(d["min_confidence"]))
+        f.kinds, f.prototypes, f.model = list(d["kinds"]), np.asarray(d["prototypes"], np.float64), None
+        return f
+
+
+def fewshot_accuracy(x: np.ndarray, kinds: list[str], k: int, method: str = "prototype", trials: int = 20,
+                     seed: int = 0, standardize: bool = False) -> dict:
+    """k examples per kind drawn at random, every other item classified; over ``trials`` draws: the mean
+    accuracy and the mean balanced accuracy (mean per-kind recall: a large kind does not hide a small one)."""
+    rng = np.random.default_rng(seed)
+    kinds_arr = np.asarray(kinds)
+    classes = sorted(set(kinds))
+    by_class = {c: np.flatnonzero(kinds_arr == c) for c in classes}
+    if min(len(v) for v in by_class.values()) <= k:
+        raise ValueError(f"k={k} needs more than {k} items of every kind: "
+                         + ", ".join(f"{c} {len(v)}" for c, v in by_class.items()))
+    acc, bal = [], []
+    for _ in range(trials):
+        support = np.concatenate([rng.choice(v, k, replace=False) for v in by_class.values()])
+        query = np.setdiff1d(np.arange(len(kinds)), support)
+        clf = FewShot(method, standardize=standardize).fit(x[support], list(kinds_arr[support]))
+        pred = np.asarray(clf.predict(x[query])[0])
+        truth = kinds_arr[query]
+        acc.append(float((pred == truth).mean()))
+        bal.append(float(np.mean([(pred[truth == c] == c).mean() for c in classes])))
+    return {"k": k, "method": method, "trials": trials, "accuracy": float(np.mean(acc)),
+            "balanced_accuracy": float(np.mean(bal)), "balanced_accuracy_std": float(np.std(bal)),
+            "kinds": {c: int(len(v)) for c, v in by_class.items()}}

@@ -1,0 +1,165 @@
+"""Triage page: a local web page over an alerts file (127.0.0.1 only).
+
+Alerts ranked by score; each opens to its raw lines with what the model expected instead, entities, time
+span, similar past sequences (when an embeddings file is given), its kind and ATT&CK context; two buttons
+record the analyst's verdict into the feedback table (loglm.analyst.feedback).
+
+Stack: Starlette on uvicorn, both already installed with MLflow's server (no new dependency), pages rendered
+on the server as plain HTML with a few lines of JavaScript for the buttons (no build step, no CDN: it works
+on an air-gapped analyst host).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from loglm.analyst import feedback as fb
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2733;max-width:1180px}
+table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1px solid #e3e7ee;text-align:left;vertical-align:top}
+.sev-critical{color:#7b1fa2;font-weight:600}.sev-high{color:#c0392b;font-weight:600}.sev-medium{color:#e67e22}.sev-low{color:#8a6d00}
+code{font:12px ui-monospace,Menlo,monospace;white-space:pre-wrap;word-break:break-all}.muted{color:#5b6577}
+button{padding:6px 14px;margin-right:8px;border:1px solid #8895a7;border-radius:4px;background:#f4f6f9;cursor:pointer}
+.verdict{font-weight:600}a{color:#1f4e79}"""
+
+SCRIPT = """async function verdict(id, v){
+  const kind = document.getElementById('kind').value, note = document.getElementById('note').value;
+  const r = await fetch('/api/feedback', {method:'POST', headers:{'content-type':'application/json'},
+    body: JSON.stringify({alert_id:id, verdict:v, kind:kind, note:note})});
+  const j = await r.json();
+  document.getElementById('status').textContent = r.ok ? ('recorded: ' + j.verdict) : ('error: ' + j.error);
+}"""
+
+
+def _e(v) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _attacks(a: dict) -> str:
+    items = [f"<a href='{_e(t['url'])}'>{_e(t['id'])}</a> {_e(t['name'])} <span class=muted>({_e(t.get('source'))}"
+             + (f", {t['similarity']:.2f}" if "similarity" in t else "") + ")</span>" for t in a.get("attacks", [])]
+    return "<br>".join(items) or "<span class=muted>none</span>"
+
+
+class Triage:
+    def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None):
+        self.alerts_path = Path(alerts_path)
+        self.feedback_path = Path(feedback_path)
+        self.alerts = sorted(fb.load_alerts(self.alerts_path), key=lambda a: -a["score"])
+        self.by_id = {a["alert_id"]: a for a in self.alerts}
+        self.meta = self.vectors = self.index = None
+        if embeddings:
+            from loglm.analyst.embed import read_embeddings
+            from loglm.analyst.search import VectorIndex
+
+            self.meta, self.vectors = read_embeddings(embeddings)
+            self.index = VectorIndex(self.vectors)
+
+    def page(self, title: str, body: str) -> str:
+        return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{CSS}</style>"
+                f"<script>{SCRIPT}</script></head><body>{body}</body></html>")
+
+    def index_page(self) -> str:
+        verdicts = fb.read(self.feedback_path)
+        rows = []
+        for rank, a in enumerate(self.alerts, 1):
+            v = verdicts.get(a["alert_id"], {}).get("verdict", "")
+            kind = a.get("kind", {}).get("name", "")
+            top = ", ".join(t["id"] for t in a.get("attacks", [])[:2])
+            rows.append(f"<tr data-alert='{_e(a['alert_id'])}'><td>{rank}</td><td class='sev-{_e(a['severity'])}'>{_e(a['severity'])}</td>"
+                        f"<td><a href='/alert/{_e(a['alert_id'])}'>{_e(a['title'])}</a></td><td>{a['score']:.4g}</td>"
+                        f"<td>{_e(a['start_time'])}</td><td>{a['n_events']}</td><td>{_e(kind)}</td><td>{_e(top)}</td>"
+                        f"<td class=verdict>{_e(v)}</td></tr>")
+        body = (f"<h1>LogLM triage</h1><p class=muted>{len(self.alerts)} alerts from {_e(self.alerts_path)}, ranked by "
+                f"score; verdicts go to {_e(self.feedback_path)}</p><table><tr><th>#</th><th>severity</th><th>alert</th>"
+                "<th>score</th><th>start</th><th>events</th><th>kind</th><th>ATT&amp;CK</th><th>verdict</th></tr>"
+                + "".join(rows) + "</table>")
+        return self.page("LogLM triage", body)
+
+    def similar(self, a: dict, k: int = 10) -> list[dict]:
+        if self.index is None:
+            return []
+        from loglm.analyst.search import similar_sessions
+
+        try:
+            return similar_sessions(self.meta, self.vectors, a["session_id"], k, index=self.index)
+        except ValueError:
+            return []
+
+    def alert_page(self, alert_id: str) -> str | None:
+        a = self.by_id.get(alert_id)
+        if a is None:
+            return None
+        verdict = fb.read(self.feedback_path).get(alert_id, {})
+        ev_rows = []
+        for e in a["surprising_events"]:
+            expected = "<br>".join(f"<code>{_e(x['template'])}</code> ({x['p']:.2f})" for x in e.get("expected", [])[:3])
+            seen = "" if e.get("known_event", True) else " <b>[never seen in training]</b>"
+            ev_rows.append(f"<tr class=event><td>#{e['position']}</td><td>{_e(e['time'])}<br><span class=muted>"
+                           f"{_e(Path(str(e['file'])).name)}:{e['line']}</span></td><td>{e['surprisal']:.2f}</td>"
+                           f"<td><code>{_e(e['template'])}</code>{seen}<br><code class=muted>{_e(e.get('raw'))}</code></td>"
+                           f"<td>{expected}</td></tr>")
+        ents = "<br>".join(f"<b>{_e(k)}</b>: {_e(', '.join(map(str, v[:20])))}" for k, v in a["entities"].items())
+        sim = self.similar(a)
+        sim_rows = "".join(f"<tr class=similar><td>{_e(s['session_id'])}</td><td>{s['similarity']:.3f}</td>"
+                           f"<td>{_e(s.get('label'))}</td><td>{s.get('n_events')}</td></tr>" for s in sim)
+        similar = ("<table><tr><th>session</th><th>cosine</th><th>label</th><th>events</th></tr>" + sim_rows + "</table>"
+                   if sim else "<p class=muted>no embeddings file given (loglm triage --embeddings ...)</p>")
+        kind = a.get("kind")
+        kind_text = (f"{_e(kind['name'])} (confidence {kind['confidence']:.2f})" if kind
+                     else "<span class=muted>not labelled (detect.kinds=...)</span>")
+        body = (f"<p><a href='/'>&larr; all alerts</a></p><h1>{_e(a['title'])}</h1>"
+                f"<p><span class='sev-{_e(a['severity'])}'>{_e(a['severity'])}</span> · score {a['score']:.4g} &gt; "
+                f"threshold {a['threshold']:.4g} · {_e(a['start_time'])} → {_e(a['end_time'])} · {a['n_events']} events, "
+                f"{a['n_unexpected_events']} unexpected · alert <code>{_e(a['alert_id'])}</code></p>"
+                f"<h2>Kind</h2><p id=kindname>{kind_text}</p>"
+                f"<h2>ATT&amp;CK context</h2><p id=attacks>{_attacks(a)}</p>"
+                f"<h2>Entities</h2><p>{ents}</p>"
+                "<h2>Surprising events</h2><table><tr><th>pos</th><th>time / line</th><th>surprisal</th>"
+                f"<th>event</th><th>the model expected</th></tr>{''.join(ev_rows)}</table>"
+                f"<h2>Similar sequences</h2>{similar}"
+                f"<h2>Verdict</h2><p>current: <span class=verdict id=current>{_e(verdict.get('verdict', 'none'))}</span></p>"
+                "<p><input id=kind placeholder='kind (optional), e.g. SSH brute force' size=40> "
+                "<input id=note placeholder='note' size=40></p>"
+                f"<p><button id=benign onclick=\"verdict('{_e(alert_id)}','benign')\">Benign</button>"
+                f"<button id=malicious onclick=\"verdict('{_e(alert_id)}','malicious')\">Malicious</button>"
+                "<span id=status class=muted></span></p>")
+        return self.page(a["title"], body)
+
+    def app(self):
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import HTMLResponse, JSONResponse
+        from starlette.routing import Route
+
+        async def index(request: Request):
+            return HTMLResponse(self.index_page())
+
+        async def alert(request: Request):
+            page = self.alert_page(request.path_params["alert_id"])
+            return HTMLResponse(page) if page else HTMLResponse("no such alert", status_code=404)
+
+        async def post_feedback(request: Request):
+            try:
+                body = json.loads(await request.body())
+                a = self.by_id.get(str(body.get("alert_id")))
+                if a is None:
+                    return JSONResponse({"error": "no such alert"}, status_code=404)
+                row = fb.record(self.feedback_path, a, str(body.get("verdict")), body.get("kind") or None,
+                                str(body.get("note") or ""), alerts_file=str(self.alerts_path))
+            except ValueError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+            return JSONResponse(row)
+
+        return Starlette(routes=[Route("/", index), Route("/alert/{alert_id}", alert),
+                                 Route("/api/feedback", post_feedback, methods=["POST"])])
+
+
+def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int = 8765) -> None:
+    import uvicorn
+
+    triage = Triage(alerts, feedback, embeddings)
+    print(f"loglm triage: http://127.0.0.1:{port}/ ({len(triage.alerts)} alerts; verdicts to {feedback})", flush=True)
+    uvicorn.run(triage.app(), host="127.0.0.1", port=port, log_level="warning")

@@ -1,0 +1,101 @@
+"""Tuning: continue pretraining a deployed model on its environment's new normal traffic plus the sessions
+analysts marked benign, recalibrate, export, and register the result as a new version (``candidate``).
+
+1. The new traffic (``inputs=[...]``) is read the way the model's data was, with the model's **own**
+   vocabulary (templates it never saw stay ``[UNK]``: the vocabulary, and so the token ids, do not change).
+2. Sessions are split by a seeded hash: ``tune.val_frac`` of them calibrate the new threshold, the rest train.
+   Sessions with a ``benign`` verdict (``tune.feedback``) train whatever the hash says; sessions with a
+   ``malicious`` verdict are kept out of both.
+3. Pretraining starts from the model's weights (``init_from``), ``tune.max_epochs`` at ``tune.lr``, as a new
+   MLflow run (experiment ``loglm-tune``, tagged with the model it started from).
+4. The new model is exported as a bundle and registered as a new version of ``export.registry_name`` with the
+   alias ``tune.alias``; ``loglm model promote`` makes it champion, ``loglm model rollback`` undoes that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+
+def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
+    """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary."""
+    from loglm.artifacts import swap_in
+    from loglm.ingest.prepare import ingest_fingerprint, parse_inputs, prepared_dir, write_prepared
+    from loglm.ingest.sessions import assign_splits
+
+    data = cfg.data
+    parsed = parse_inputs(list(data.inputs), data, loaded.vocab.miner, frozen=True, mask=loaded.vocab.mask_params,
+                          codec=loaded.vocab.flow_codec)
+    if parsed.account.accepted == 0:
+        raise ValueError(f"tune: no line of {list(data.inputs)} was accepted with data.format={data.format!r}")
+    for s in parsed.sessions:
+        s.label = 0  # the new traffic is taken as normal (unlabelled), as recalibration does
+    assign_splits(parsed.sessions, parsed.events, data.split)
+    kept_out = 0
+    for s in parsed.sessions:
+        if s.session_id in malicious:
+            s.split, kept_out = "excluded_malicious", kept_out + 1
+        elif s.session_id in benign:
+            s.split = "train"
+    out = prepared_dir(cfg.paths.root, data.name)
+    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary = write_prepared(tmp, parsed, loaded.vocab, data, {"fingerprint": ingest_fingerprint(cfg),
+                                                                   "tuned_from": str(loaded.folder),
+                                                                   "feedback_benign": len(benign),
+                                                                   "feedback_malicious_sessions_kept_out": kept_out})
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, summary
+
+
+def run(cfg) -> dict:
+    from loglm.analyst import feedback as fb
+    from loglm.detect.detector import with_model_data
+    from loglm.export.bundle import run as export
+    from loglm.model.store import load_model, resolve_model_dir
+    from loglm.training.pretrain import run as pretrain
+
+    if not cfg.ckpt:
+        raise ValueError("give the model to tune: ckpt=<model dir | run id | models:/loglm-detector@champion>")
+    if not cfg.inputs:
+        raise ValueError("give the environment's recent traffic: inputs=[file or directory, ...]")
+    model_dir = resolve_model_dir(cfg.ckpt, cfg.paths.root)
+    loaded = load_model(model_dir)
+    verdicts = fb.read(cfg.tune.feedback) if cfg.tune.feedback else {}
+    benign = {r["session_id"] for r in verdicts.values() if r["verdict"] == "benign"}
+    malicious = {r["session_id"] for r in verdicts.values() if r["verdict"] == "malicious"}
+    cfg = with_model_data(dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, data_from="model")), model_dir)
+    tag = hashlib.sha256(("|".join(sorted(map(str, cfg.inputs))) + str(model_dir)).encode()).hexdigest()[:8]
+    data = dataclasses.replace(
+        cfg.data, name=f"tune-{loaded.meta.get('dataset', 'model')}-{tag}", inputs=list(cfg.inputs),
+        anomalous_ids=None, train_normal_only=False,
+        split=dataclasses.replace(cfg.data.split, method="seeded", train_frac=1 - cfg.tune.val_frac,
+                                  val_frac=cfg.tune.val_frac, test_from=None))
+    enc = loaded.encoder.cfg
+    model = dataclasses.replace(cfg.model, d_model=enc.d_model, n_layers=enc.n_layers, n_heads=enc.n_heads,
+                                d_ff=enc.d_ff, max_len=enc.max_len, dropout=enc.dropout)
+    tcfg = dataclasses.replace(cfg, data=data, model=model, init_from=str(model_dir),
+                               trainer=dataclasses.replace(cfg.trainer, max_epochs=cfg.tune.max_epochs, lr=cfg.tune.lr),
+                               logger=dataclasses.replace(cfg.logger, experiment="loglm-tune",
+                                                          run_name=f"tune-{loaded.meta.get('dataset', 'model')}",
+                                                          tags={**cfg.logger.tags, "tuned_from": str(model_dir)}),
+                               detect=dataclasses.replace(cfg.detect, small_validation="warn"))
+    data_dir, summary = prepare_with_vocab(tcfg, loaded, benign, malicious)
+    trained = pretrain(tcfg)
+    out = {"model_dir": trained["model_dir"], "run_id": trained["run_id"], "tuned_from": str(model_dir),
+           "data_dir": str(data_dir), "sessions_by_split": summary["sessions_by_split"],
+           "feedback": {"benign": len(benign), "malicious": len(malicious)},
+           "threshold": {"before": loaded.calibration["threshold"], "after": trained["calibration"]["threshold"]}}
+    if cfg.tune.export:
+        ecfg = dataclasses.replace(tcfg, ckpt=trained["model_dir"],
+                                   export=dataclasses.replace(tcfg.export, alias=cfg.tune.alias, out=None))
+        out["export"] = export(ecfg)
+    return out

@@ -1,0 +1,254 @@
+"""The analyst's loop on a tiny model of controlled raw logs: embeddings (torch and ONNX agree), similar
+sequences, few-shot kinds, ATT&CK context, feedback -> tune -> promote -> rollback through the registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, compose
+from synthetic import make_log, synthetic_run_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A tiny model trained on normal blocks, exported and promoted to champion."""
+    from loglm.analyst import registry
+    from loglm.export.bundle import run as export
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    root = tmp_path_factory.mktemp("analyst")
+    cfg = compose("tune", synthetic_run_overrides(root, 240, seed=8) + [
+        "data.split.train_frac=0.7", "data.split.val_frac=0.3", "trainer.max_epochs=8", "trainer.batch_size=32",
+        "trainer.lr=0.003", "detect.top_k=1", "export.quantize=false"])
+    prepare(cfg)
+    model = pretrain(cfg)
+    bundle = export(replace(cfg, ckpt=model["run_id"]))
+    registry.promote(cfg.export.registry_name, bundle["registry"]["version"], cfg.paths.root)
+    return cfg, model, bundle
+
+
+def write_log(path: Path, n: int, seed: int, anomalies: dict) -> dict:
+    lines, kinds = make_log(n, seed=seed, anomalies=anomalies)
+    path.write_text("\n".join(lines) + "\n")
+    return kinds
+
+
+def test_embeddings_torch_and_onnx_agree_and_search_finds_the_same_kind(deployed, tmp_path):
+    from loglm.analyst.embed import read_embeddings
+    from loglm.analyst.search import VectorIndex, similar_sessions
+    from loglm.detect.detector import run as detect
+
+    cfg, model, bundle = deployed
+    assert bundle["parity"]["fp32"]["min_embedding_cosine"] > 0.999  # export checks the vectors too
+    log = tmp_path / "new.log"
+    kinds = write_log(log, 90, 31, {i: ("swap" if i % 2 else "unseen") for i in range(10, 90, 5)})
+    torch_out = tmp_path / "torch.parquet"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.embed", f"paths.root={cfg.paths.root}",
+                           f"ckpt={model['model_dir']}", f"inputs=[{log}]", f"out={torch_out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    onnx_out = tmp_path / "onnx.parquet"
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "embed", "--bundle", bundle["bundle"], "--out",
+                           str(onnx_out), str(log)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    tm, tv = read_embeddings(torch_out)
+    om, ov = read_embeddings(onnx_out)
+    assert tm.column("session_id").to_pylist() == om.column("session_id").to_pylist() and len(tv) == 90
+    assert np.allclose(np.linalg.norm(tv, axis=1), 1, atol=1e-5)
+    assert float((tv * ov).sum(1).min()) > 0.999  # the same session vectors from torch and the engine
+    # the nearest neighbours of an anomalous session are mostly sessions of its own kind
+    sids = tm.column("session_id").to_pylist()
+    hits = []
+    for sid, kind in kinds.items():
+        near = similar_sessions(tm, tv, sid, k=3)
+        assert sid not in {n["session_id"] for n in near} and near[0]["similarity"] >= near[-1]["similarity"]
+        hits += [kinds.get(n["session_id"]) == kind for n in near]
+    assert np.mean(hits) > 0.6, hits
+    assert VectorIndex(tv).kind == "exact"  # a small set is searched exactly
+    assert len(sids) == len(set(sids))
+    # detection with a few-shot kinds file labels each alert with the closest kind
+    examples = tmp_path / "examples.csv"
+    first = {}
+    for sid, kind in kinds.items():
+        first.setdefault(kind, []).append(sid)
+    examples.write_text("session_id,kind\n" + "".join(f"{s},{'SSH-Patator' if k == 'swap' else 'crash'}\n"
+                                                      for k, v in first.items() for s in v[:2]))
+    kinds_file = tmp_path / "kinds.json"
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "kinds", "fit", "--embeddings", str(torch_out),
+                           "--examples", str(examples), "--min-confidence", "0.0", "--out", str(kinds_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "alerts.jsonl"
+    detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(out),
+                   detect=replace(cfg.detect, kinds=str(kinds_file))))
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    labelled = [(a["kind"]["name"], kinds[a["session_id"]]) for a in alerts if a["session_id"] in kinds]
+    assert len(labelled) == len(kinds)
+    assert np.mean([got == ("SSH-Patator" if want == "swap" else "crash") for got, want in labelled]) > 0.8
+    # a kind with known techniques gives them; the OCSF finding carries them (validated in test_findings)
+    ssh = next(a for a in alerts if a["kind"]["name"] == "SSH-Patator")
+    assert ssh["attacks"][0]["id"] == "T1110.001" and ssh["attacks"][0]["source"] == "kind"
+    findings = [json.loads(x) for x in out.with_suffix(".ocsf.jsonl").read_text().splitlines()]
+    assert any(a.get("sub_technique", {}).get("uid") == "T1110.001" for f in findings
+               for a in f["finding_info"].get("attacks", []))
+
+
+def test_feedback_tune_promote_rollback(deployed, tmp_path):
+    """Benign drift: the environment's normal blocks now report 'terminating' before 'received' (the swap).
+    The champion alerts on them; analysts mark some benign; tuning on the new traffic plus those verdicts
+    gives a candidate that alerts on far fewer of them and still catches blocks with an exception; promote
+    makes it champion; rollback brings version 1 back."""
+    from loglm.analyst import feedback as fb
+    from loglm.analyst import registry
+    from loglm.analyst.tune import run as tune
+    from loglm.detect.detector import run as detect
+
+    cfg, model, bundle = deployed
+    name = cfg.export.registry_name
+    drift = tmp_path / "drift.log"
+    write_log(drift, 240, 41, {i: "swap" for i in range(0, 240, 2)})
+    fresh = tmp_path / "fresh.log"
+    kinds = write_log(fresh, 120, 42, {**{i: "swap" for i in range(0, 120, 2)}, **{i: "unseen" for i in range(1, 120, 10)}})
+    swapped = {s for s, k in kinds.items() if k == "swap"}
+    crashed = {s for s, k in kinds.items() if k == "unseen"}
+
+    def alerted(ckpt: str) -> set[str]:
+        out = tmp_path / f"alerts-{len(list(tmp_path.glob('alerts-*')))}.jsonl"
+        detect(replace(cfg, ckpt=ckpt, inputs=[str(fresh)], out=str(out)))
+        return {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
+
+    before = alerted("models:/loglm-detector@champion")
+    assert len(before & swapped) > 0.5 * len(swapped) and crashed <= before
+    # an analyst marks 10 swap alerts of the drift traffic benign (through the CLI)
+    drift_alerts = tmp_path / "drift-alerts.jsonl"
+    detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(drift)], out=str(drift_alerts)))
+    table = tmp_path / "feedback.jsonl"
+    for a in fb.load_alerts(drift_alerts)[:10]:
+        proc = subprocess.run([sys.executable, "-m", "loglm.cli", "feedback", "--alerts", str(drift_alerts),
+                               "--alert-id", a["alert_id"], "--verdict", "benign", "--table", str(table)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert len(fb.read(table)) == 10
+    result = tune(replace(cfg, ckpt="models:/loglm-detector@champion", inputs=[str(drift)],
+                          tune=replace(cfg.tune, feedback=str(table), max_epochs=6, lr=0.002)))
+    assert result["feedback"] == {"benign": 10, "malicious": 0}
+    candidate = result["export"]["registry"]["version"]
+    assert candidate != bundle["registry"]["version"]
+    after = alerted(f"models:/{name}/{candidate}")
+    print(f"drift alerts before/after tuning: {len(before & swapped)}/{len(after & swapped)} of {len(swapped)}; "
+          f"exception blocks caught {len(crashed & before)}/{len(crashed & after)} of {len(crashed)}")
+    assert len(after & swapped) < 0.5 * len(before & swapped), (len(before & swapped), len(after & swapped))
+    assert crashed <= after  # the exception blocks are still caught (never-seen events stay [UNK])
+    # promote, then roll back: champion resolves to each version's bundle in turn
+    moved = registry.promote(name, None, cfg.paths.root)
+    assert moved["champion"] == candidate and moved["previous"] == bundle["registry"]["version"]
+    def champion_run() -> str:  # the registered copy of the bundle (the export run's artifact)
+        folder = registry.resolve(f"models:/{name}@champion", cfg.paths.root)
+        return json.loads((folder / "bundle.json").read_text())["run_id"]
+
+    assert champion_run() == result["run_id"]
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "model", "rollback", "--to",
+                           bundle["registry"]["version"], "--root", str(cfg.paths.root)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["previous"] == candidate
+    assert champion_run() == model["run_id"]
+    history = [v for v in registry.versions(name, cfg.paths.root) if "champion" in v["aliases"]]
+    assert [v["version"] for v in history] == [bundle["registry"]["version"]]
+
+
+def chromium() -> str:
+    """The system Chromium (make setup installs it: `make browser`)."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        subprocess.run(["make", "-s", "browser"], cwd=ROOT, check=True, timeout=600)
+        path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "no Chromium: run `make browser` (apt-get install chromium)"
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_triage_page_in_a_real_browser(deployed, tmp_path):
+    """Alerts ranked; an alert's page shows its raw lines, what the model expected, similar sequences and
+    ATT&CK context; the Benign button records a verdict the table and the index page then show."""
+    import time
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    from loglm.analyst import feedback as fb
+    from loglm.detect.detector import run as detect
+
+    cfg, model, bundle = deployed
+    log = tmp_path / "new.log"
+    write_log(log, 60, 77, {5: "unseen", 15: "swap", 25: "unseen"})
+    alerts_path = tmp_path / "alerts.jsonl"
+    detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(alerts_path)))
+    emb = tmp_path / "emb.parquet"
+    subprocess.run([sys.executable, "-m", "loglm.cli", "embed", "--bundle", bundle["bundle"], "--out", str(emb),
+                    str(log)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    table = tmp_path / "feedback.jsonl"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "loglm.cli", "triage", "--alerts", str(alerts_path),
+                               "--embeddings", str(emb), "--feedback", str(table), "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.25)
+        alerts = sorted(fb.load_alerts(alerts_path), key=lambda a: -a["score"])
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            rows = page.locator("tr[data-alert]")
+            assert rows.count() == len(alerts) > 0
+            assert rows.first.get_attribute("data-alert") == alerts[0]["alert_id"]  # ranked by score
+            page.locator("tr[data-alert] a").first.click()
+            page.wait_for_selector("tr.event")
+            text = page.inner_text("body")
+            first = alerts[0]
+            assert first["surprising_events"][0]["template"].split()[0] in text
+            assert "the model expected" in text and "ATT&CK context" in text
+            assert page.locator("tr.similar").count() == 10  # nearest sessions from the embeddings
+            assert page.locator("#attacks a").count() >= 1
+            page.screenshot(path=str(tmp_path / "triage.png"), full_page=True)
+            page.fill("#note", "maintenance window")
+            page.click("#benign")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('recorded')")
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert page.locator("tr[data-alert] td.verdict").first.inner_text() == "benign"
+            browser.close()
+        row = fb.read(table)[first["alert_id"]]
+        assert row["verdict"] == "benign" and row["note"] == "maintenance window" and row["session_id"] == first["session_id"]
+        # the server listens on loopback only
+        import socket
+
+        addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None) if a[0] == socket.AF_INET}
+        for addr in addrs - {"127.0.0.1"}:
+            with pytest.raises(OSError):
+                socket.create_connection((addr, port), timeout=1).close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,70 @@
+"""Vector search (exact and HNSW), few-shot classifiers and ATT&CK mapping on controlled inputs (fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loglm.analyst.attack import by_evidence, evidence_text, for_kind, techniques
+from loglm.analyst.fewshot import UNKNOWN, FewShot, fewshot_accuracy
+from loglm.analyst.search import VectorIndex
+
+
+def clustered(n: int, d: int = 32, centers: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d))
+    x = c[rng.integers(0, centers, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_exact_search_is_brute_force_and_hnsw_recalls_it():
+    x = clustered(5000)
+    q = x[:50]
+    sims, idx = VectorIndex(x, "exact").search(q, 10, block=7)
+    brute = q @ x.T
+    assert np.allclose(sims, -np.sort(-brute, axis=1)[:, :10], atol=1e-5)
+    assert (idx[:, 0] == np.arange(50)).all()  # each vector is its own nearest
+    _, hidx = VectorIndex(x, "hnsw").search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, hidx)])
+    assert recall > 0.9, recall
+    assert VectorIndex(x[:3], "exact").search(q[:1], 10)[1].shape == (1, 3)  # k larger than the set
+    with pytest.raises(ValueError, match="auto, exact or hnsw"):
+        VectorIndex(x, "annoy")
+
+
+def test_fewshot_prototypes_and_unknown():
+    rng = np.random.default_rng(1)
+    centers = {"ssh": np.eye(8)[0], "dos": np.eye(8)[1], "scan": np.eye(8)[2]}
+    x = np.concatenate([c + 0.2 * rng.normal(size=(40, 8)) for c in centers.values()])
+    y = [k for k in centers for _ in range(40)]
+    for method in ("prototype", "logreg"):
+        r = fewshot_accuracy(x, y, 5, method, trials=5)
+        assert r["balanced_accuracy"] > 0.95 and r["kinds"] == {"dos": 40, "scan": 40, "ssh": 40}
+    clf = FewShot("prototype", min_confidence=0.9).fit(x[::8], y[::8])
+    names, conf = clf.predict(np.stack([centers["ssh"], np.eye(8)[5]]))
+    assert names[0] == "ssh" and conf[0] > 0.9 and names[1] == UNKNOWN  # an unlabelled kind is not forced
+    with pytest.raises(ValueError, match="more than 40"):
+        fewshot_accuracy(x, y, 40)
+
+
+def test_fewshot_file_roundtrip(tmp_path):
+    x = np.eye(4)[[0, 0, 1, 1]] + 0.01
+    clf = FewShot("prototype", 0.3).fit(x, ["a", "a", "b", "b"])
+    clf.save(tmp_path / "k.json")
+    again = FewShot.load(tmp_path / "k.json")
+    assert again.predict(x)[0] == clf.predict(x)[0] == ["a", "a", "b", "b"]
+
+
+def test_attack_context_from_kind_and_from_evidence():
+    assert len(techniques()) > 600 and "T1110.001" in techniques()
+    (t,) = for_kind("SSH-Patator")
+    assert t["id"] == "T1110.001" and t["name"] == "Brute Force: Password Guessing" and t["tactics"] == ["credential-access"]
+    assert t["url"] == "https://attack.mitre.org/techniques/T1110/001"
+    assert for_kind("dos_hulk")[0]["id"] == "T1499.002" and for_kind("something new") == []
+    flood = {"n_events": 400, "surprising_events": [{"template": "proto=tcp dir=in svc=- port=80 state=- | dur=1"}]}
+    assert "http web server" in evidence_text(flood) and "flood" in evidence_text(flood)
+    top = [t["id"] for t in by_evidence(flood)]
+    assert "T1499.002" in top and all(t["source"] == "evidence" for t in by_evidence(flood))
+    ssh = {"n_events": 3, "surprising_events": [{"template": "proto=tcp dir=in svc=- port=22 state=-"}]}
+    assert by_evidence(ssh)[0]["id"].startswith("T1021")  # remote services over SSH
+    assert by_evidence({"surprising_events": []}) == []
