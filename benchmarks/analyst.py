@@ -51,7 +51,8 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
     emb, raw, kinds = flow_vectors(model_dir, data_dir)
     out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": "flow (attack classes with >= 100 test flows)"}
     table = {}
-    for name, x, std in (("loglm", emb, False), ("raw_features", raw, True)):
+    both = np.concatenate([raw, emb], 1)  # raw features beside the flow's LogLM vector (its window context)
+    for name, x, std in (("loglm", emb, False), ("raw_features", raw, True), ("raw_plus_loglm", both, True)):
         for method in ("prototype", "logreg"):
             row = {}
             for k in ks:

@@ -38,7 +38,7 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def search(self, queries: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, indices), each (q, k), most similar first; -1 where fewer than k vectors exist."""
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         k = max(1, min(k, len(self.vectors)))

@@ -1,0 +1,37 @@
+"""008 -> 010 with the analyst loop: the source model's alerts on 010's early traffic get verdicts (malicious where
+the flow label says so, benign otherwise: an analyst triaging every alert), then one tuning round with them.
+
+    python -m benchmarks.zeek_transfer 008 010 --tune --root /tmp/zt   # first: the model and the early flows
+    python -m benchmarks.zeek_triage_sim /tmp/zt
+"""
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from loglm.analyst import feedback as fb
+from loglm.analyst.tune import run as tune
+from loglm.config import PROJECT_ROOT, compose
+from loglm.detect.detector import run as detect
+from loglm.evaluation import run as evaluate
+from loglm.model.store import load_model
+
+root = Path(sys.argv[1]); data = PROJECT_ROOT.parent / "shared" / "data" / "zeek_ctu_conn"
+src_model = next(p for p in (root / "models").iterdir() if p.is_dir() and load_model(p).meta.get("dataset") == "zeek_008" and "recal" not in p.name)
+base = ["dataset=zeek_ctu", f"paths.root={root}", "trainer.progress_bar=false", "suite.enabled=false"]
+dst = compose("evaluate", base + ["data.name=zeek_010", f"data.inputs=[{data / '010_ctu-normal-42_day2_conn.log.labeled'}]"])
+early = root / "010_early.log"
+out = root / "early_alerts.jsonl"
+# the analysts' view: alerts of the source model on the early traffic, labels read from the zeek label column
+detect(replace(dst, ckpt=str(src_model), inputs=[str(early)], out=str(out), detect=replace(dst.detect, data_from="command")))
+alerts = fb.load_alerts(out)
+table = root / "feedback.jsonl"
+table.unlink(missing_ok=True)
+for a in alerts:
+    fb.record(table, a, "malicious" if a.get("label") == 1 else "benign", note="simulated triage")
+v = fb.read(table)
+print("verdicts", sum(r["verdict"] == "malicious" for r in v.values()), "malicious,", sum(r["verdict"] == "benign" for r in v.values()), "benign, of", len(alerts), "alerts")
+tuned = tune(replace(dst, ckpt=str(src_model), inputs=[str(early)], tune=replace(dst.tune, export=False, feedback=str(table))))
+m = evaluate(replace(dst, ckpt=tuned["model_dir"]))["metrics"]["all"]
+print(f"| transfer, tuned on early flows with analyst verdicts | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['fpr']:.4f} | {m['auroc']:.4f} | {m['n']} |")
+print(json.dumps(tuned["sessions_by_split"]), tuned["feedback"])
