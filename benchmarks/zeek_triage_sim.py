@@ -16,7 +16,8 @@ from loglm.detect.detector import run as detect
 from loglm.evaluation import run as evaluate
 from loglm.model.store import load_model
 
-root = Path(sys.argv[1]); data = PROJECT_ROOT.parent / "shared" / "data" / "zeek_ctu_conn"
+root = Path(sys.argv[1])
+data = PROJECT_ROOT.parent / "shared" / "data" / "zeek_ctu_conn"
 src_model = next(p for p in (root / "models").iterdir() if p.is_dir() and load_model(p).meta.get("dataset") == "zeek_008" and "recal" not in p.name)
 base = ["dataset=zeek_ctu", f"paths.root={root}", "trainer.progress_bar=false", "suite.enabled=false"]
 dst = compose("evaluate", base + ["data.name=zeek_010", f"data.inputs=[{data / '010_ctu-normal-42_day2_conn.log.labeled'}]"])
