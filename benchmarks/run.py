@@ -392,14 +392,18 @@ def write_reports(results: dict) -> None:
     REPORTS.mkdir(exist_ok=True)
     path = REPORTS / "bench.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
     for key, section in results.items():  # a partial run (--only, fewer datasets) keeps the other entries
+        if isinstance(section, dict) and key != "machine":
+            section.setdefault("measured_at", now)  # each section keeps the time it was measured
         if key in ("accuracy", "accuracy_runs"):
             merged[key] = {**merged.get(key, {}), **section}
         else:
             merged[key] = section
     path.write_text(json.dumps(merged, indent=2) + "\n")
     lines = ["# LogLM benchmarks", "", f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
-             f"written by `make bench` ({time.strftime('%Y-%m-%d %H:%M:%S')}).", ""]
+             f"written by `make bench` ({now}). Sections come from different runs when a run measured only some "
+             "(`--only`): each says when it was measured (`measured_at`); compare figures within a section.", ""]
     for key, section in merged.items():
         if key == "machine":
             continue

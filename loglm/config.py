@@ -344,11 +344,19 @@ class StrategyConfig:
     allgather_bucket_size: int = 200_000_000
     reduce_bucket_size: int = 200_000_000
 
+    def __post_init__(self):
+        _check(self.name in ("single", "ddp", "deepspeed"),
+               f"strategy.name must be single, ddp or deepspeed, got {self.name!r}")
+        _check(self.zero_stage in (1, 2, 3), f"strategy.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+
 
 @dataclass
 class LauncherConfig:
     # "local": this process (and trainer.devices processes); "ray": Ray Train workers
     name: str = "local"
+
+    def __post_init__(self):
+        _check(self.name in ("local", "ray"), f"launcher.name must be local or ray, got {self.name!r}")
 
 
 @dataclass
@@ -425,6 +433,13 @@ class RootConfig:
     # start pretraining from a trained model's weights (a new run; same vocabulary): tuning
     init_from: str | None = None
     tune: TuneConfig = field(default_factory=lambda: TuneConfig())
+
+    def __post_init__(self):  # pairs of settings that only fail together, refused before any work
+        _check(not (self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3 and self.launcher.name == "local"),
+               "strategy=deepspeed_stage3 (ZeRO-3) runs under launcher=ray (its sharded checkpoints are gathered "
+               "there); with launcher=local use strategy=deepspeed_stage2, ddp or single")
+        _check(not (self.resume_from and self.init_from),
+               "resume_from continues a run, init_from starts a new one from a model's weights: give one")
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

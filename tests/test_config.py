@@ -15,8 +15,31 @@ GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in (ROOT / "con
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes_typed(group, option):
-    cfg = compose("pretrain", [f"{group}={option}"])
+    extra = ["launcher=ray"] if (group, option) == ("strategy", "deepspeed_stage3") else []  # ZeRO-3 needs Ray
+    cfg = compose("pretrain", [f"{group}={option}", *extra])
     assert isinstance(cfg, RootConfig)
+
+
+@pytest.mark.parametrize("launcher", GROUPS["launcher"])
+@pytest.mark.parametrize("strategy", GROUPS["strategy"])
+def test_every_launcher_strategy_pair_builds_its_strategy_or_is_refused_up_front(launcher, strategy):
+    """Each advertised pair gives a Lightning strategy object (what Trainer gets); the one pair that cannot run
+    (ZeRO-3 without Ray) is refused when the config is composed, not after training."""
+    from loglm.training.strategies import lightning_strategy
+
+    overrides = [f"launcher={launcher}", f"strategy={strategy}"]
+    if (launcher, strategy) == ("local", "deepspeed_stage3"):
+        with pytest.raises(ValueError, match="ZeRO-3.*launcher=ray"):
+            compose("pretrain", overrides)
+        return
+    cfg = compose("pretrain", overrides)
+    built = lightning_strategy(cfg.strategy, cfg.trainer, on_ray=launcher == "ray")
+    if launcher == "ray":
+        assert type(built).__module__.startswith("ray.") or "Ray" in type(built).__name__
+    elif strategy.startswith("deepspeed"):
+        assert built.config["zero_optimization"]["stage"] == int(strategy[-1])
+    else:
+        assert built == {"single": "auto", "ddp": "ddp"}[strategy]
 
 
 @pytest.mark.parametrize("name", ["prepare", "pretrain", "detect", "evaluate", "demo"])

@@ -186,8 +186,9 @@ def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rt
         assert ("MultiHeadAttention" in ops) == fused
         got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(output_names(enc), feed)
         for r, g in zip(ref, got):
+            per_position = r.shape[:2] == pad.shape  # window_vector is one row per window
             if r.dtype.kind == "f":
-                np.testing.assert_allclose(g[pad], r[pad], atol=1e-4)
+                np.testing.assert_allclose(g[pad] if per_position else g, r[pad] if per_position else r, atol=1e-4)
             else:
                 assert (g[pad] == r[pad]).mean() > 0.99  # top-k indices (ties may order differently)
 

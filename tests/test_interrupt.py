@@ -65,10 +65,14 @@ def test_interrupted_run_is_killed_and_resumes_from_its_checkpoint(prepared, sig
     stopped_step = state["global_step"]
     assert stopped_step > 0
 
-    resumed = subprocess.run([sys.executable, "-m", "pipelines.pretrain", *overrides, f"resume_from={run_id}",
+    # SIGTERM's case resubmits the same command with resume_from=auto: it finds this run by its config
+    target = "auto" if sig == signal.SIGTERM else run_id
+    resumed = subprocess.run([sys.executable, "-m", "pipelines.pretrain", *overrides, f"resume_from={target}",
                               f"trainer.max_epochs={stopped_epoch + 3}"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if target == "auto":
+        assert f"resume_from=auto: continuing run {run_id}" in resumed.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     final = torch.load(ckpt, weights_only=True, map_location="cpu")

@@ -47,8 +47,50 @@ def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int) -> dict:
             "d_ff": m.d_ff, "dropout": m.dropout, "max_len": m.max_len, "gap_buckets": gap_buckets}
 
 
+def config_sha256(cfg) -> str:
+    """What makes two pretraining commands the same job: the resolved config without ``resume_from``, the
+    epoch budget, and the settings that only change how it is shown (progress bar, stop grace)."""
+    import hashlib
+
+    from loglm.config import to_plain
+
+    plain = to_plain(cfg)
+    plain.pop("resume_from", None)
+    for key in ("progress_bar", "stop_grace_s", "max_epochs"):  # a resumed job may be given more epochs
+        plain.get("trainer", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def latest_unfinished(cfg) -> str | None:
+    """``resume_from=auto``: the newest run of this experiment with the same config (tag ``config_sha256``)
+    that did not finish (KILLED, FAILED, or RUNNING from a dead process) and left a checkpoint."""
+    import mlflow
+
+    from loglm import tracking
+
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.logger.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.config_sha256 = '{config_sha256(cfg)}'",
+                              order_by=["attributes.start_time DESC"], max_results=20)
+    root = Path(cfg.paths.root).resolve()
+    for run in runs:
+        if run.info.status != "FINISHED" and (root / "checkpoints" / run.info.run_id / "last.ckpt").is_file():
+            return run.info.run_id
+    return None
+
+
 def resume_target(cfg) -> tuple[str | None, Path | None]:
-    """(MLflow run id, Lightning checkpoint) to continue, from ``resume_from`` = run id or checkpoint path."""
+    """(MLflow run id, Lightning checkpoint) to continue, from ``resume_from`` = run id or checkpoint path,
+    or ``auto``: the latest unfinished run of the same config, else a new run."""
+    if cfg.resume_from == "auto":
+        found = latest_unfinished(cfg)
+        print(f"loglm: resume_from=auto: {'continuing run ' + found if found else 'no unfinished run of this config; a new run'}",
+              flush=True)
+        if found is None:
+            return None, None
+        cfg = dataclasses.replace(cfg, resume_from=found)
     if not cfg.resume_from:
         return None, None
     p = Path(cfg.resume_from).expanduser()
@@ -110,7 +152,8 @@ def start_run(cfg) -> RunContext:
     world = cfg.ray.num_workers if cfg.launcher.name == "ray" else cfg.trainer.devices
     logger = _logger(cfg, resume_run, tracking.run_tags(cfg, {
         "data_sha256": summary["data_sha256"], "stage": "pretrain", "model_size": cfg.model.name,
-        "world_size": world, "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
+        "world_size": world, "config_sha256": config_sha256(cfg),
+        "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
         else f"deepspeed_stage{cfg.strategy.zero_stage}", "launcher": cfg.launcher.name}))
     run_id = tracking.start_logger_run(logger)
     if small_validation:
@@ -201,8 +244,6 @@ def _fit_local(cfg, ctx: RunContext) -> dict:
     dm = SessionDataModule(ctx.data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
     trainer, best = build_trainer(cfg, ctx, on_ray=False)
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_ckpt, weights_only=True)
-    if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
-        raise ValueError("ZeRO-3 runs under launcher=ray (its checkpoints are gathered there)")
     return {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "best_val_loss": best.best,
             "best_epoch": best.best_epoch, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
 
