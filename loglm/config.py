@@ -323,7 +323,9 @@ class SuiteConfig:
     enabled: bool = False
     protocol: str | None = None
     baselines: list[str] = field(default_factory=lambda: ["deeplog", "pca", "iforest"])
-    baseline_epochs: int = 10
+    # trained baselines: null = DeepLog gets LogLM's trainer.max_epochs and early-stops on validation normal
+    # sessions with trainer.patience, as LogLM does; KitNET its own best measured (10 epochs)
+    baseline_epochs: int | None = None
     # where eval_<protocol>.md/.json go (default: reports/ next to paths.root)
     reports_dir: str | None = None
 

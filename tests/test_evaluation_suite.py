@@ -24,6 +24,17 @@ def test_deeplog_learns_an_order_and_flags_a_swap():
     assert scores[1] > scores[0] + 1 and scores[2] == 20.0  # swapped order; an [UNK] event
 
 
+def test_deeplog_stops_early_on_validation_loss_and_keeps_its_best_epoch():
+    """The suite gives DeepLog LogLM's budget and rule: up to max_epochs, stopping when the validation normal
+    loss has not improved for `patience` epochs, with the best epoch's weights."""
+    rng = np.random.default_rng(0)  # random events: nothing to learn past their frequencies, so it plateaus
+    seqs = [list(rng.integers(5, 12, 12)) for _ in range(80)]
+    model = DeepLog(12, window=3, hidden=16, layers=1, epochs=100, seed=0).fit(seqs[:60], seqs[60:], patience=2)
+    assert model.epochs_run < 100 and model.best_val_loss < np.log(7) + 0.3
+    again = DeepLog(12, window=3, hidden=16, layers=1, epochs=3, seed=0).fit(seqs)  # no validation: all epochs
+    assert again.epochs_run == 3
+
+
 def test_count_baselines_flag_an_unusual_mix_of_events():
     rng = np.random.default_rng(0)
     train = [[5] * rng.integers(1, 4) + [6] * rng.integers(1, 4) + [7, 8] for _ in range(300)]

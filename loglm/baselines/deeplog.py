@@ -49,15 +49,25 @@ class DeepLog:
     def sequences(tokens: list, closed: list[bool]) -> list[list[int]]:
         return [list(map(int, t)) + ([END] if c else []) for t, c in zip(tokens, closed)]
 
-    def fit(self, seqs: list[list[int]]) -> DeepLog:
+    def fit(self, seqs: list[list[int]], val_seqs: list[list[int]] | None = None, patience: int | None = None
+            ) -> DeepLog:
+        """Up to ``epochs`` passes; with ``val_seqs``, early stopping on their next-event loss (``patience``
+        epochs without improvement) and the best epoch's weights kept: the budget and rule LogLM trains under."""
+        import copy
+
         import torch
 
         x, y, _ = _contexts(seqs, self.window)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        if val_seqs:
+            vx, vy, _ = _contexts(val_seqs, self.window)
+            vxt, vyt = torch.from_numpy(vx), torch.from_numpy(vy)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
-        self.net.train()
+        best, best_state, waited = float("inf"), None, 0
+        self.epochs_run = 0
         for _ in range(self.epochs):
+            self.net.train()
             order = torch.randperm(len(xt), generator=gen)
             for b in range(0, len(order), self.batch_size):
                 idx = order[b:b + self.batch_size]
@@ -65,6 +75,23 @@ class DeepLog:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            self.epochs_run += 1
+            if not val_seqs:
+                continue
+            self.net.eval()
+            with torch.no_grad():
+                v = sum(float(torch.nn.functional.cross_entropy(self.net(vxt[b:b + 8192]), vyt[b:b + 8192],
+                                                               reduction="sum")) for b in range(0, len(vxt), 8192))
+            v /= max(1, len(vxt))
+            if v < best - 1e-4:
+                best, best_state, waited = v, copy.deepcopy(self.net.state_dict()), 0
+            else:
+                waited += 1
+                if patience is not None and waited > patience:
+                    break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.best_val_loss = best
         return self
 
     def score(self, seqs: list[list[int]], unk_surprisal: float = 20.0) -> np.ndarray:
