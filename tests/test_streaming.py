@@ -11,6 +11,7 @@ import sys
 import time
 import tracemalloc
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose
@@ -101,6 +102,15 @@ def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
     assert summary["sessions_scored"] >= 40
     alerts = [json.loads(x) for x in out.read_text().splitlines()]
     assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])
+    # the files batch detection writes: every scored session's score, the HTML report, rejections, findings
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(summary["scores_path"]).to_pylist()
+    assert len(scores) == summary["sessions_scored"]
+    assert sum(r["score"] > summary["threshold"] for r in scores) == len(alerts) == summary["alerts"]
+    report = Path(summary["report_path"]).read_text()
+    assert "LogLM detection" in report and "streamed" in report and alerts[0]["alert_id"] in report
+    assert Path(summary["rejected_path"]).is_file() and Path(summary["findings_path"]).is_file()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from loglm.config import DetectConfig
 from loglm.detect.scores import calibrated_config
 
@@ -77,11 +79,9 @@ def score_input(cfg, loaded):
     return table, events_from_table(read_events(data_dir)), None, []
 
 
-def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
-    """One row per scored session (max over its chunks), alerting or not."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def session_score_rows(table, ws, pseudo=None) -> list[dict]:
+    """One row per scored session of ``table`` (the max over its chunks): ids, entity, time span, label, score,
+    events.  Batch detection writes all of them; streaming appends them as sessions close."""
     rows: dict[str, dict] = {}
     cols = {c: table.column(c).to_pylist() for c in ("session_id", "entity_type", "entity", "start_ts", "end_ts", "label")}
     for r, sid in enumerate(cols["session_id"]):
@@ -98,11 +98,56 @@ def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
         for row in rows.values():
             if row["entity_type"] in pseudo.kinds:
                 row["entity"] = row["session_id"] = pseudo.token(row["entity_type"], row["entity"])
-    out = pa.Table.from_pylist(list(rows.values()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(out, tmp)
-    tmp.replace(path)
+    return list(rows.values())
+
+
+
+def score_schema():
+    import pyarrow as pa
+
+    return pa.schema([("session_id", pa.string()), ("entity_type", pa.string()), ("entity", pa.string()),
+                      ("start_ts", pa.float64()), ("end_ts", pa.float64()), ("label", pa.int64()),
+                      ("score", pa.float64()), ("n_events", pa.int64())])
+
+
+class ScoreWriter:
+    """``<alerts>.scores.parquet``: every scored session, alerting or not, appended in row groups (bounded
+    memory on an endless stream); written beside and renamed into place on ``close``."""
+
+    def __init__(self, path: Path, flush_rows: int = 8192):
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, score_schema())
+        self.rows: list[dict] = []
+        self.flush_rows = flush_rows
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=score_schema()))
+            self.rows = []
+
+    def close(self) -> Path:
+        self._flush()
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+
+def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
+    """One row per scored session (max over its chunks), alerting or not."""
+    w = ScoreWriter(path)
+    w.add(session_score_rows(table, ws, pseudo))
+    w.close()
 
 
 def run(cfg) -> dict:
@@ -183,6 +228,38 @@ def write_detection_report(alerts_path: Path, table, ws, alerts: list[dict], thr
                  f"model {model.meta.get('run_id')} ({model.folder}); threshold from validation normal data at "
                  f"target FPR {model.calibration.get('target_fpr')}", scores, starts, threshold, alerts,
                  labels=labels if (labels >= 0).any() else None)
+    return path
+
+
+def report_from_files(alerts_path: Path, scores_path: Path, threshold: float, where: str, model,
+                      top_alerts: int = 20) -> Path:
+    """The HTML report of a stream, from what it wrote: the scores Parquet (every session) and the alerts file
+    (only its ``top_alerts`` highest are held), so an endless stream's report needs no corpus in memory."""
+    import heapq
+
+    import pyarrow.parquet as pq
+
+    from loglm.report import write_report
+
+    t = pq.read_table(scores_path, columns=["score", "start_ts", "label"])
+    scores = t.column("score").to_numpy()
+    starts = t.column("start_ts").to_numpy()
+    labels = np.array([-1 if v is None else v for v in t.column("label").to_pylist()])
+    top: list = []
+    with open(alerts_path) as fh:
+        for n, line in enumerate(fh):
+            a = json.loads(line)
+            item = (a["score"], -n, a)
+            if len(top) < top_alerts:
+                heapq.heappush(top, item)
+            elif item[:2] > top[0][:2]:
+                heapq.heapreplace(top, item)
+    alerts = [a for _, _, a in sorted(top, key=lambda x: x[:2], reverse=True)]
+    path = alerts_path.with_suffix(".html")
+    write_report(path, f"LogLM detection: {where}",
+                 f"model {model.meta.get('run_id')} ({model.folder}); threshold from validation normal data at "
+                 f"target FPR {model.calibration.get('target_fpr')}; streamed", scores, starts, threshold, alerts,
+                 labels=labels if (labels >= 0).any() else None, top_alerts=top_alerts)
     return path
 
 

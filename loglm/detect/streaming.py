@@ -16,7 +16,13 @@ from pathlib import Path
 
 from loglm.analyst.enrich import enrich_alerts
 from loglm.detect.alerts import build_alerts, events_from_parsed
-from loglm.detect.detector import check_not_all_rejected, detect_config_of
+from loglm.detect.detector import (
+    ScoreWriter,
+    check_not_all_rejected,
+    detect_config_of,
+    report_from_files,
+    session_score_rows,
+)
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import (
     LineAccount,
@@ -34,8 +40,9 @@ from loglm.windows import windows_of
 
 
 class StreamingDetector:
-    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None):
+    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None, scores_out=None):
         self.cfg = cfg
+        self.scores_out = scores_out  # a detector.ScoreWriter: every scored session, as batch writes them
         self.model = model
         self.scorer = scorer
         self.dcfg = detect_config_of(model, cfg.detect)
@@ -148,6 +155,8 @@ class StreamingDetector:
         alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
                               self.dcfg.evidence_events, info, self.model.calibration)
         alerts = enrich_alerts(alerts, table, self.model, self.dcfg)
+        if self.scores_out is not None:
+            self.scores_out.add(session_score_rows(table, ws, self.pseudo))
         for a in alerts:
             a = self.pseudo.alert(a) if self.pseudo else a
             self.alerts_out.write(json.dumps(a) + "\n")
@@ -232,7 +241,8 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
     t0 = time.perf_counter()
     with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh, \
             open(out.with_suffix(".ocsf.jsonl"), "w") as findings_fh:
-        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh)
+        scores = ScoreWriter(out.with_suffix(".scores.parquet"))
+        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores)
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
@@ -249,6 +259,11 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
             summary["stopped_by"] = stop.name
+    summary["scores_path"] = str(scores.close())
     check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
-    summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")), "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
+    if cfg.detect.report:  # the same files as batch detection: alerts, findings, scores, rejections, report
+        summary["report_path"] = str(report_from_files(out, Path(summary["scores_path"]), det.threshold, source, model))
+    summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")),
+                    "rejected_path": str(out.with_suffix(".rejected.jsonl")),
+                    "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
     return summary
