@@ -201,11 +201,17 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    # "mlflow" (every run tracked) or "none" (logger=none: no MLflow at all; run ids are random, models and
+    # reports are still written under paths.root, bundles are not registered)
+    name: str = "mlflow"
     # None -> sqlite store at <paths.root>/mlflow.db with artifacts under <paths.root>/mlartifacts
     tracking_uri: str | None = None
     experiment: str = "loglm-pretrain"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.name in ("mlflow", "none"), f"logger.name must be mlflow or none, got {self.name!r}")
 
 
 @dataclass

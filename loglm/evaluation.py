@@ -222,7 +222,6 @@ def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, resul
 
 
 def run(cfg, parent_run_id: str | None = None) -> dict:
-    import mlflow
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
@@ -266,7 +265,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     text = print_table(result, f"LogLM on {cfg.data.name}/{cfg.split}{where}, per {cfg.data.eval_unit} (threshold "
                                f"{threshold:.4f} from validation normal, target FPR {loaded.calibration['target_fpr']})")
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     extra = {"pretrain_run_id": pretrain_run, "split": cfg.split, "model_dir": str(model_dir), "model": "loglm",
              "transfer": str(transfer), "model_dataset": trained_on}
     if parent_run_id:  # one child run per model under the evaluation suite's parent run

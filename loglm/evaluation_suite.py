@@ -194,7 +194,6 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr:
 
 
 def run(cfg) -> dict:
-    import mlflow
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json, verify_manifest
@@ -215,7 +214,7 @@ def run(cfg) -> dict:
 
     ckpt = str(resolve_model_dir(cfg.ckpt, cfg.paths.root)) if cfg.ckpt else pretrain(cfg)["model_dir"]
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     parent = client.create_run(exp, run_name=f"suite-{protocol}", tags=tracking.run_tags(cfg, {
         "protocol": protocol, "data_sha256": summary["data_sha256"], "split": cfg.split,
         "baselines": ",".join(cfg.suite.baselines)})).info.run_id

@@ -24,6 +24,48 @@ def tracking_uri(cfg) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def enabled(cfg) -> bool:
+    """False with ``logger=none``: nothing is sent to MLflow."""
+    return cfg.logger.name != "none"
+
+
+class _Stub:
+    """Answers any attribute with itself and any call with itself (``client.get_run(r).info.status`` ...)."""
+
+    def __init__(self, **known):
+        self.__dict__.update(known)
+
+    def __getattr__(self, name):
+        return _Stub()
+
+    def __call__(self, *args, **kwargs):
+        return _Stub()
+
+
+class NullClient:
+    """What a job talks to with ``logger=none``: MlflowClient's calls, all no-ops; a new run gets a random id."""
+
+    def create_run(self, *args, **kwargs):
+        import uuid
+
+        return _Stub(info=_Stub(run_id=uuid.uuid4().hex, status="RUNNING"))
+
+    def get_run(self, run_id):
+        return _Stub(info=_Stub(run_id=run_id, status="FINISHED", artifact_uri=""), data=_Stub(metrics={}, params={}, tags={}))
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def client(cfg):
+    """The tracking client of this job's config: MLflow's, or a no-op one with ``logger=none``."""
+    if not enabled(cfg):
+        return NullClient()
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri(cfg))
+
+
 def ensure_experiment(cfg, name: str) -> str:
     """Experiment id; a new experiment stores artifacts under <paths.root>/mlartifacts (not the cwd).
 
@@ -32,6 +74,8 @@ def ensure_experiment(cfg, name: str) -> str:
     """
     import mlflow
 
+    if not enabled(cfg):
+        return "none"
     uri = tracking_uri(cfg)
     with store_init_lock(uri):
         client = mlflow.MlflowClient(uri)
@@ -135,6 +179,31 @@ def run_tags(cfg, extra: dict | None = None) -> dict[str, str]:
     return tags
 
 
+class NullJobLogger:
+    """The job's logger with ``logger=none``: a run id (the one given, or a random one) and nothing else."""
+
+    def __init__(self, run_id: str | None = None):
+        import uuid
+
+        self.run_id = run_id or uuid.uuid4().hex
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+
+def job_logger(cfg, experiment: str, run_name: str, run_id: str | None = None, tags: dict | None = None):
+    """A job's Lightning MLFlowLogger, or a NullJobLogger with ``logger=none``."""
+    if not enabled(cfg):
+        return NullJobLogger(run_id)
+    return mlflow_logger(experiment_name=experiment, tracking_uri=tracking_uri(cfg), run_name=run_name,
+                         run_id=run_id, tags=tags)
+
+
+def lightning_logger(cfg, run_id: str):
+    """What ``Trainer(logger=...)`` gets in a training process: the run's MLFlowLogger, or False."""
+    return job_logger(cfg, cfg.logger.experiment, default_run_name(cfg, "pretrain"), run_id) if enabled(cfg) else False
+
+
 def mlflow_logger(**kwargs):
     """Lightning's MLFlowLogger whose writes are never cut by Ctrl-C / SIGTERM: a stop that lands inside one
     waits until it is done (a cut SQLAlchemy transaction left the sqlite store locked, so the run could
@@ -164,6 +233,8 @@ def log_dataset_input(client, run_id: str, data_dir: str | Path, summary: dict, 
     name, the digest of every token shard plus the vocabulary, where it lies, and its counts per split."""
     import json
 
+    if isinstance(client, NullClient):
+        return
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     profile = {k: summary[k] for k in ("events", "sessions", "sessions_by_split", "vocab_size") if k in summary}
@@ -178,6 +249,8 @@ def log_model_folder(client, run_id: str, model_dir: str | Path, name: str, para
     """Register ``model_dir`` (safetensors weights, vocabulary, calibration, config) as an MLflow logged model
     produced by ``run_id`` (the run page's "Logged models"; the experiment's Models tab); returns its id.
     Plain files, nothing pickled: load it with ``loglm.model.store.load_model`` on the downloaded folder."""
+    if isinstance(client, NullClient):
+        return ""
     from mlflow.entities import LoggedModelOutput
 
     exp_id = client.get_run(run_id).info.experiment_id

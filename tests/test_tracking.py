@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -51,3 +53,43 @@ def test_dataset_input_and_logged_model(client, tmp_path):
     model = client.get_logged_model(mid)
     assert model.status == "READY" and model.params == {"threshold": "2.0"} and model.source_run_id == rid
     assert [a.path for a in client.list_logged_model_artifacts(mid)] == ["model.safetensors"]
+
+
+@pytest.mark.slow
+def test_logger_none_runs_the_whole_job_without_mlflow(tmp_path):
+    """logger=none: prepare, pretrain, evaluate, export and detect run; nothing is written to an MLflow store."""
+    import json
+    from dataclasses import replace
+
+    from conftest import compose
+    from synthetic import make_log, synthetic_run_overrides
+
+    from loglm.detect.detector import run as detect
+    from loglm.evaluation import run as evaluate
+    from loglm.export.bundle import run as export
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    lines, kinds = make_log(160, seed=6, anomalies={i: "unseen" for i in range(100, 160, 7)})
+    (tmp_path / "labelled.log").write_text("\n".join(lines) + "\n")
+    ids = tmp_path / "anomalous.txt"
+    ids.write_text("\n".join(kinds) + "\n")
+    cfg = compose("export", synthetic_run_overrides(tmp_path, 0, seed=6) + [
+        f"data.inputs=[{tmp_path / 'labelled.log'}]", f"data.anomalous_ids={ids}", "data.split.method=chronological",
+        "logger=none", "trainer.max_epochs=2", "export.quantize=false", "data.split.train_frac=0.5",
+        "data.split.val_frac=0.2"])
+    assert cfg.logger.name == "none"
+    prepare(cfg)
+    model = pretrain(cfg)
+    assert len(model["run_id"]) == 32 and (tmp_path / "models" / model["run_id"] / "model.safetensors").is_file()
+    ev = evaluate(replace(cfg, ckpt=model["model_dir"]))
+    assert (tmp_path / "eval" / ev["run_id"] / "metrics.json").is_file()
+    bundle = export(replace(cfg, ckpt=model["model_dir"]))
+    assert bundle["registry"] is None and (Path(bundle["bundle"]) / "bundle.json").is_file()
+    lines, _ = make_log(20, seed=7, anomalies={3: "unseen"})
+    log = tmp_path / "new.log"
+    log.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "alerts.jsonl"
+    detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(out)))
+    assert any(json.loads(x)["entity"]["value"] for x in out.read_text().splitlines())
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()

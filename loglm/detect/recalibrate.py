@@ -31,7 +31,6 @@ def model_data_config(model_dir: Path, fallback):
 
 
 def run(cfg) -> dict:
-    import mlflow
 
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of
@@ -89,7 +88,7 @@ def run(cfg) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     exp = tracking.ensure_experiment(cfg, "loglm-calibrate")
     rid = client.create_run(exp, run_name=f"recalibrate-{model_dir.name[:8]}", tags=tracking.run_tags(cfg, {
         "parent_run_id": loaded.meta.get("run_id"), "model_dir": str(out), "recalibrated_from": str(model_dir)})

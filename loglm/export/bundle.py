@@ -165,7 +165,9 @@ def run(cfg) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    registry = register(cfg, out, info)
+    from loglm import tracking
+
+    registry = register(cfg, out, info) if tracking.enabled(cfg) else None  # logger=none: no registry
     return {"bundle": str(out), "preferred_variant": info["preferred_variant"], "parity": parity,
             "registry": registry}
 
@@ -229,6 +231,8 @@ def _run_metrics(cfg, run_id: str) -> dict:
 
     from loglm import tracking
 
+    if not tracking.enabled(cfg):
+        return {}
     try:
         run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(run_id)
     except Exception:  # the model may come from another tracking store

@@ -164,7 +164,6 @@ def teacher_data_config(teacher_dir: Path, fallback):
 
 
 def run(cfg) -> dict:
-    import mlflow
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes
@@ -198,13 +197,12 @@ def run(cfg) -> dict:
     tracking.ensure_experiment(cfg, d.experiment)
     tags = tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run, "parent_run_id": teacher_run,
                                    "dataset": dataset, "data_sha256": teacher.meta.get("data_sha256")})
-    logger = tracking.mlflow_logger(experiment_name=d.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                                    run_name=f"distill-{dataset}", tags=tags)
+    logger = tracking.job_logger(cfg, d.experiment, f"distill-{dataset}", tags=tags)
     run_id = tracking.start_logger_run(logger)
     logger.log_hyperparams(tracking.loggable_params(cfg))
     from loglm.artifacts import verify_manifest
 
-    tracking.log_dataset_input(mlflow.MlflowClient(tracking.tracking_uri(cfg)), run_id, data_dir,
+    tracking.log_dataset_input(tracking.client(cfg), run_id, data_dir,
                                verify_manifest(data_dir)["summary"], "training")
     model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +212,7 @@ def run(cfg) -> dict:
                                    "distill": dataclasses.asdict(d)},
                        encoder_attr="student")
     trainer = pl.Trainer(max_epochs=d.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                         logger=logger, callbacks=[best], enable_checkpointing=False, use_distributed_sampler=False,
+                         logger=logger if tracking.enabled(cfg) else False, callbacks=[best], enable_checkpointing=False, use_distributed_sampler=False,
                          enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
                          num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps)
     t0 = time.perf_counter()
@@ -236,7 +234,7 @@ def run(cfg) -> dict:
                 raise
             raise stopped(cfg, run_id, phase, e, what="distill") from None
     finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     for k, v in {"calib/threshold": cal["threshold"], "perf/train_seconds": seconds, "best/val_loss": best.best,
                  "model/parameters": student.encoder.num_parameters(),
                  "model/teacher_parameters": teacher.encoder.num_parameters(),

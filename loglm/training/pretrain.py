@@ -16,12 +16,11 @@ from loglm.signals import stop_on_signals
 def stopped(cfg, run_id: str, phase: str, exc: BaseException, what: str = "pretraining") -> SystemExit:
     """A stop signal ended the job: the run is marked KILLED (not RUNNING forever, not FINISHED), the resume
     command printed; the last epoch's checkpoint stays usable.  Returns the SystemExit to raise (exit 130)."""
-    import mlflow
 
     from loglm import tracking
 
     try:
-        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client = tracking.client(cfg)
         client.set_tag(run_id, "interrupted", f"{type(exc).__name__} during {phase}: {exc}")
         client.set_terminated(run_id, "KILLED")
     except Exception as e:  # the store may be what hangs or fails: still exit
@@ -64,11 +63,10 @@ def config_sha256(cfg) -> str:
 def latest_unfinished(cfg) -> str | None:
     """``resume_from=auto``: the newest run of this experiment with the same config (tag ``config_sha256``)
     that did not finish (KILLED, FAILED, or RUNNING from a dead process) and left a checkpoint."""
-    import mlflow
 
     from loglm import tracking
 
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     exp = client.get_experiment_by_name(cfg.logger.experiment)
     if exp is None:
         return None
@@ -118,13 +116,11 @@ class RunContext:
 def _logger(cfg, run_id: str | None, tags: dict | None = None):
     from loglm import tracking
 
-    return tracking.mlflow_logger(experiment_name=cfg.logger.experiment, tracking_uri=tracking.tracking_uri(cfg),
-                                 run_name=tracking.default_run_name(cfg, "pretrain"), run_id=run_id, tags=tags)
+    return tracking.job_logger(cfg, cfg.logger.experiment, tracking.default_run_name(cfg, "pretrain"), run_id, tags)
 
 
 def start_run(cfg) -> RunContext:
     """Driver side: check the data, create (or reopen) the MLflow run, lay out the model folder."""
-    import mlflow
 
     from loglm import tracking
     from loglm.artifacts import verify_manifest
@@ -158,13 +154,13 @@ def start_run(cfg) -> RunContext:
     run_id = tracking.start_logger_run(logger)
     if small_validation:
         print(f"loglm: WARNING: {small_validation}", flush=True)
-        mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "calibration_warning", small_validation)
+        tracking.client(cfg).set_tag(run_id, "calibration_warning", small_validation)
     if resume_run is None:
         logger.log_hyperparams(tracking.loggable_params(cfg))
-        tracking.log_dataset_input(mlflow.MlflowClient(tracking.tracking_uri(cfg)), run_id, data_dir, summary,
+        tracking.log_dataset_input(tracking.client(cfg), run_id, data_dir, summary,
                                    "training")
     else:
-        mlflow.MlflowClient(tracking.tracking_uri(cfg)).set_tag(run_id, "resumed_from", str(resume_ckpt))
+        tracking.client(cfg).set_tag(run_id, "resumed_from", str(resume_ckpt))
     root = Path(cfg.paths.root).resolve()
     model_dir = root / "models" / run_id
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +194,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from loglm import tracking
     from loglm.training.callbacks import BestWeights
     from loglm.training.checkpoint_io import VerifiedCheckpointIO
     from loglm.training.strategies import lightning_strategy
@@ -226,7 +223,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     trainer = pl.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=accelerator, devices=devices,
         strategy=lightning_strategy(cfg.strategy, tcfg, on_ray), precision=cfg.trainer.precision,
-        logger=_logger(cfg, ctx.run_id), log_every_n_steps=cfg.trainer.log_every_n_steps,
+        logger=tracking.lightning_logger(cfg, ctx.run_id), log_every_n_steps=cfg.trainer.log_every_n_steps,
         callbacks=callbacks, plugins=plugins, use_distributed_sampler=False, deterministic=False,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=cfg.trainer.progress_bar,
         limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0,
@@ -284,12 +281,11 @@ def run(cfg) -> dict:
 
 def mark_failed(cfg, run_id: str, phase: str, exc: BaseException) -> None:
     """An error ended the job: its run is FAILED with the reason, never left RUNNING or shown FINISHED."""
-    import mlflow
 
     from loglm import tracking
 
     try:
-        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client = tracking.client(cfg)
         client.set_tag(run_id, "error", f"{type(exc).__name__} during {phase}: {exc}"[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception as e:  # report the original error, not the bookkeeping one
@@ -297,7 +293,6 @@ def mark_failed(cfg, run_id: str, phase: str, exc: BaseException) -> None:
 
 
 def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
-    import mlflow
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_bytes, atomic_write_json
@@ -322,7 +317,7 @@ def _train_and_calibrate(cfg, ctx: RunContext, progress: dict) -> dict:
     cal = calibrate(loaded.encoder, data_dir, cfg.detect, model_dir, cfg.data)
     finalize(model_dir, data_dir / "vocab.json", {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256})
 
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    client = tracking.client(cfg)
     for k, v in {"calib/threshold": cal["threshold"], "calib/val_fpr": cal["val_fpr_at_threshold"],
                  "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
                  "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1],

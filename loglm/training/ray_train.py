@@ -82,7 +82,6 @@ def latest_ray_checkpoint(storage: Path, run_id: str) -> Path | None:
 
 
 def fit_on_ray(cfg, ctx) -> dict:
-    import mlflow
     from omegaconf import OmegaConf
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -100,7 +99,7 @@ def fit_on_ray(cfg, ctx) -> dict:
     plain = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # workers get plain data
     resources = dict(cfg.ray.resources_per_worker) or None
     with ray_session(cfg.ray) as ray:
-        client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+        client = tracking.client(cfg)
         client.set_tag(ctx.run_id, "ray_job_id", ray.get_runtime_context().get_job_id())
         client.set_tag(ctx.run_id, "ray_storage", str(storage / ctx.run_id))
         dashboard = os.environ.get("RAY_DASHBOARD_URL") or (ray.get_runtime_context().gcs_address if cfg.ray.address else "")
