@@ -178,6 +178,11 @@ class TrainerConfig:
     precision: str = "32-true"
     num_workers: int = 0
     seed: int = 42
+    # the batch of one optimizer step across all training processes: when set, each process takes
+    # global_batch_size / world size (world = ray.num_workers on Ray, trainer.devices locally), so the number of
+    # steps per epoch and the learning-rate schedule do not change with the number of workers; null: every
+    # process takes batch_size (the global batch grows with the world)
+    global_batch_size: int | None = None
     log_every_n_steps: int = 10
     patience: int = 5
     progress_bar: bool = True
@@ -448,6 +453,19 @@ class RootConfig:
                "there); with launcher=local use strategy=deepspeed_stage2, ddp or single")
         _check(not (self.resume_from and self.init_from),
                "resume_from continues a run, init_from starts a new one from a model's weights: give one")
+        g, world = self.trainer.global_batch_size, self.world_size()
+        _check(g is None or (g >= world and g % world == 0),
+               f"trainer.global_batch_size={g} must be a multiple of the world size {world} "
+               f"({'ray.num_workers' if self.launcher.name == 'ray' else 'trainer.devices'})")
+
+    def world_size(self) -> int:
+        """Training processes: Ray Train workers, or Lightning devices on this machine."""
+        return self.ray.num_workers if self.launcher.name == "ray" else self.trainer.devices
+
+    def per_process_batch(self) -> int:
+        """Sessions per step in one training process (trainer.global_batch_size split over the world)."""
+        g = self.trainer.global_batch_size
+        return self.trainer.batch_size if g is None else g // self.world_size()
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -111,3 +111,16 @@ def test_value_ranges_are_refused_when_the_config_is_composed(override, message)
     with the run left RUNNING, max_epochs=0 with a FINISHED run and no model)."""
     with pytest.raises(ValueError, match=message):
         compose("pretrain", [override])
+
+
+def test_global_batch_size_is_split_over_the_world_so_the_schedule_does_not_change():
+    """trainer.global_batch_size is declared once; each process takes its share (Ray workers or devices)."""
+    ray2 = compose("pretrain", ["launcher=ray", "ray.num_workers=2", "trainer.global_batch_size=64"])
+    assert ray2.world_size() == 2 and ray2.per_process_batch() == 32
+    ray4 = compose("pretrain", ["launcher=ray", "ray.num_workers=4", "trainer.global_batch_size=64"])
+    assert ray4.per_process_batch() == 16  # 4 x 16 = 2 x 32: the same sessions per optimizer step
+    local = compose("pretrain", ["trainer.global_batch_size=64"])
+    assert local.world_size() == 1 and local.per_process_batch() == 64
+    assert compose("pretrain", ["trainer.batch_size=48"]).per_process_batch() == 48  # unset: per process
+    with pytest.raises(ValueError, match="multiple of the world size 4"):
+        compose("pretrain", ["launcher=ray", "ray.num_workers=4", "trainer.global_batch_size=66"])

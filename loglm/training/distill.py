@@ -219,7 +219,7 @@ def run(cfg) -> dict:
     phase = "training"
     with stop_on_signals(cfg.trainer.stop_grace_s):  # Ctrl-C / SIGTERM: KILLED run, bounded exit
         try:
-            trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.trainer.batch_size, 0, cfg.trainer.seed))
+            trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.per_process_batch(), 0, cfg.trainer.seed))
             seconds = time.perf_counter() - t0
             phase = "calibration"
             atomic_write_bytes(model_dir / "config.yaml", tracking.config_yaml(cfg))  # secrets as ***

@@ -145,10 +145,10 @@ def start_run(cfg) -> RunContext:
     resume_run, resume_ckpt = resume_target(cfg)
     if resume_ckpt is not None and cfg.strategy.name != "deepspeed" and resume_ckpt.is_file():
         verify_checkpoint(resume_ckpt)  # before any run is touched
-    world = cfg.ray.num_workers if cfg.launcher.name == "ray" else cfg.trainer.devices
+    world = cfg.world_size()
     logger = _logger(cfg, resume_run, tracking.run_tags(cfg, {
         "data_sha256": summary["data_sha256"], "stage": "pretrain", "model_size": cfg.model.name,
-        "world_size": world, "config_sha256": config_sha256(cfg),
+        "world_size": world, "batch_per_process": cfg.per_process_batch(), "config_sha256": config_sha256(cfg),
         "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
         else f"deepspeed_stage{cfg.strategy.zero_stage}", "launcher": cfg.launcher.name}))
     run_id = tracking.start_logger_run(logger)
@@ -219,7 +219,8 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
     if cfg.strategy.name != "deepspeed":
         plugins.append(VerifiedCheckpointIO())  # DeepSpeed writes its own sharded checkpoints
-    tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator)
+    # DeepSpeed's micro batch is what one process takes per step
+    tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator, batch_size=cfg.per_process_batch())
     trainer = pl.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=accelerator, devices=devices,
         strategy=lightning_strategy(cfg.strategy, tcfg, on_ray), precision=cfg.trainer.precision,
@@ -238,7 +239,7 @@ def _fit_local(cfg, ctx: RunContext) -> dict:
 
     pl.seed_everything(cfg.trainer.seed, workers=True)
     module = build_module(cfg, ctx)
-    dm = SessionDataModule(ctx.data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
+    dm = SessionDataModule(ctx.data_dir, cfg.per_process_batch(), cfg.trainer.num_workers, cfg.trainer.seed)
     trainer, best = build_trainer(cfg, ctx, on_ray=False)
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_ckpt, weights_only=True)
     return {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "best_val_loss": best.best,

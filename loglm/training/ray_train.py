@@ -58,7 +58,7 @@ def _worker_loop(config: dict) -> None:
     ctx = RunContext(**config["ctx"])
     pl.seed_everything(cfg.trainer.seed, workers=True)
     module = build_module(cfg, ctx)
-    dm = SessionDataModule(ctx.data_dir, cfg.trainer.batch_size, cfg.trainer.num_workers, cfg.trainer.seed)
+    dm = SessionDataModule(ctx.data_dir, cfg.per_process_batch(), cfg.trainer.num_workers, cfg.trainer.seed)
     ckpt_path, resumed = None, None
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the group after a failure
     if checkpoint is not None:
