@@ -103,24 +103,13 @@ def embedding_table(table, window_vectors: np.ndarray, scores: np.ndarray | None
     and ``embedding`` (fixed-size list of float32)."""
     import pyarrow as pa
 
+    from loglm.detect.detector import session_score_rows
+
     sids = table.column("session_id").to_pylist()
     ids, vecs = session_vectors(sids, window_vectors)
-    cols = {c: table.column(c).to_pylist() for c in ("entity_type", "entity", "start_ts", "end_ts", "label")}
-    n_events = [len(t) for t in table.column("tokens").to_pylist()]
-    row_of: dict[str, dict] = {}
-    for r, sid in enumerate(sids):
-        cur = row_of.get(sid)
-        if cur is None:
-            row_of[sid] = {"session_id": sid, "entity_type": cols["entity_type"][r], "entity": cols["entity"][r],
-                           "start_ts": cols["start_ts"][r], "end_ts": cols["end_ts"][r], "n_events": n_events[r],
-                           "label": cols["label"][r], "score": None if scores is None else float(scores[r])}
-        else:
-            cur["start_ts"] = min(cur["start_ts"], cols["start_ts"][r])
-            cur["end_ts"] = max(cur["end_ts"], cols["end_ts"][r])
-            cur["n_events"] += n_events[r]
-            if scores is not None:
-                cur["score"] = max(cur["score"], float(scores[r]))
-    rows = [row_of[s] for s in ids]
+    folded = session_score_rows(table, np.zeros(len(sids)) if scores is None else scores)
+    row_of = {r["session_id"]: r for r in folded}
+    rows = [{**row_of[s], "score": None if scores is None else row_of[s]["score"]} for s in ids]
     d = vecs.shape[1]
     out = pa.table({
         "session_id": [r["session_id"] for r in rows], "entity_type": [r["entity_type"] for r in rows],

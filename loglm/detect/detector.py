@@ -79,19 +79,21 @@ def score_input(cfg, loaded):
     return table, events_from_table(read_events(data_dir)), None, []
 
 
-def session_score_rows(table, ws, pseudo=None) -> list[dict]:
-    """One row per scored session of ``table`` (the max over its chunks): ids, entity, time span, label, score,
-    events.  Batch detection writes all of them; streaming appends them as sessions close."""
+def session_score_rows(table, scores, pseudo=None) -> list[dict]:
+    """One row per session of ``table`` (the one place chunk rows are folded into sessions): ids, entity,
+    time span, label, its highest chunk score and its events.  Batch detection writes all of them, streaming
+    appends them as sessions close, reports and embeddings read them."""
     rows: dict[str, dict] = {}
     cols = {c: table.column(c).to_pylist() for c in ("session_id", "entity_type", "entity", "start_ts", "end_ts", "label")}
+    counts = [len(t) for t in table.column("tokens").to_pylist()]  # events ([END] is not one)
     for r, sid in enumerate(cols["session_id"]):
-        score = float(ws.score[r])
+        score = float(scores[r])
         cur = rows.get(sid)
         if cur is None:
-            rows[sid] = {**{c: cols[c][r] for c in cols}, "score": score, "n_events": int(ws.n_events[r])}
+            rows[sid] = {**{c: cols[c][r] for c in cols}, "score": score, "n_events": int(counts[r])}
         else:
             cur["score"] = max(cur["score"], score)
-            cur["n_events"] += int(ws.n_events[r])
+            cur["n_events"] += int(counts[r])
             cur["start_ts"] = min(cur["start_ts"], cols["start_ts"][r])
             cur["end_ts"] = max(cur["end_ts"], cols["end_ts"][r])
     if pseudo is not None:
@@ -99,7 +101,6 @@ def session_score_rows(table, ws, pseudo=None) -> list[dict]:
             if row["entity_type"] in pseudo.kinds:
                 row["entity"] = row["session_id"] = pseudo.token(row["entity_type"], row["entity"])
     return list(rows.values())
-
 
 
 def score_schema():
@@ -146,7 +147,7 @@ class ScoreWriter:
 def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
     """One row per scored session (max over its chunks), alerting or not."""
     w = ScoreWriter(path)
-    w.add(session_score_rows(table, ws, pseudo))
+    w.add(session_score_rows(table, ws.score, pseudo=pseudo))
     w.close()
 
 
@@ -202,19 +203,9 @@ def follow(cfg, model, scorer) -> dict:
 
 def session_view(table, scores):
     """Per session (max over chunks): ids, scores, start times, labels (-1 unknown)."""
-    import numpy as np
-
-    best: dict[str, list] = {}
-    for sid, score, start, label in zip(table.column("session_id").to_pylist(), scores,
-                                        table.column("start_ts").to_pylist(), table.column("label").to_pylist()):
-        cur = best.get(sid)
-        if cur is None:
-            best[sid] = [float(score), start, label]
-        else:
-            cur[0], cur[1] = max(cur[0], float(score)), min(cur[1], start)
-    ids = list(best)
-    return (ids, np.array([best[i][0] for i in ids]), np.array([best[i][1] for i in ids]),
-            np.array([best[i][2] if best[i][2] is not None else -1 for i in ids]))
+    rows = session_score_rows(table, scores)
+    return ([r["session_id"] for r in rows], np.array([r["score"] for r in rows]),
+            np.array([r["start_ts"] for r in rows]), np.array([-1 if r["label"] is None else r["label"] for r in rows]))
 
 
 def write_detection_report(alerts_path: Path, table, ws, alerts: list[dict], threshold: float, cfg, model) -> Path:

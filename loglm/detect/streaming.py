@@ -156,7 +156,7 @@ class StreamingDetector:
                               self.dcfg.evidence_events, info, self.model.calibration)
         alerts = enrich_alerts(alerts, table, self.model, self.dcfg)
         if self.scores_out is not None:
-            self.scores_out.add(session_score_rows(table, ws, self.pseudo))
+            self.scores_out.add(session_score_rows(table, ws.score, pseudo=self.pseudo))
         for a in alerts:
             a = self.pseudo.alert(a) if self.pseudo else a
             self.alerts_out.write(json.dumps(a) + "\n")
