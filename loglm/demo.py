@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 
 def _stage(cfg, title: str) -> dict:
@@ -60,7 +61,18 @@ def _deploy(cfg, pre: dict) -> dict:
     det = engine_detect(exp["bundle"], list(cfg.data.inputs))
     console.print(f"`loglm detect --bundle {exp['bundle']} {' '.join(cfg.data.inputs)}`: {det['lines']['read']} lines, "
                   f"{det['sessions_scored']} sessions, {det['alerts']} alerts -> {det['alerts_path']}")
-    return {"distill_run_id": dist["run_id"], "bundle": exp["bundle"], "engine": det}
+    from loglm.analyst.embed import run as embed
+    from loglm.engine.bundle import Bundle
+    from loglm.engine.detect import bundle_config
+
+    bundle = Bundle(Path(exp["bundle"]))
+    ecfg = bundle_config(bundle, list(cfg.data.inputs), str(Path(exp["bundle"]) / "embeddings" / "inputs.parquet"))
+    ecfg.data = replace(ecfg.data, anomalous_ids=cfg.data.anomalous_ids)  # the demo's labels, to show beside neighbours
+    emb = embed(ecfg, bundle, bundle.embed, bundle.workers)
+    console.print(f"`loglm embed --bundle ...`: {emb['sessions']} session vectors (d = {emb['dim']}) -> "
+                  f"{emb['embeddings_path']}")
+    return {"distill_run_id": dist["run_id"], "bundle": exp["bundle"], "engine": det,
+            "embeddings": emb["embeddings_path"]}
 
 
 def show_alert(path: str) -> None:
@@ -81,6 +93,33 @@ def show_alert(path: str) -> None:
         rank = "unseen" if e["rank"] is None else f"{e['rank']:>3}"  # an event type training never saw
         console.print(f"  #{e['position']:>3} surprisal {e['surprisal']:6.2f} rank {rank}  "
                       f"{e['template']}\n        line {e['line']}: {e['raw']}\n        expected: {exp}")
+
+
+def show_context(alerts_path: str, embeddings: str) -> None:
+    """The top alert's most similar sessions (with their labels) and its ATT&CK context; how to triage."""
+    from rich.console import Console
+
+    from loglm.analyst.embed import read_embeddings
+    from loglm.analyst.search import similar_sessions
+
+    console = Console()
+    with open(alerts_path) as fh:
+        first = fh.readline()
+    if not first:
+        return
+    a = json.loads(first)
+    meta, vecs = read_embeddings(embeddings)
+    try:
+        near = similar_sessions(meta, vecs, a["session_id"], 5)
+    except ValueError:
+        near = []
+    label = {1: "anomalous", 0: "normal", -1: "unlabelled", None: "unlabelled"}
+    console.print("  most similar sessions: " + "; ".join(
+        f"{n['session_id']} ({n['similarity']:.3f}, {label.get(n['label'], n['label'])})" for n in near))
+    attacks = a.get("attacks") or []
+    console.print("  ATT&CK context: " + ("; ".join(f"{t['id']} {t['name']} ({t['source']})" for t in attacks)
+                                         or "none (no kind given and no technique close to its evidence)"))
+    console.print(f"  triage: loglm triage --alerts {alerts_path} --embeddings {embeddings}")
 
 
 def run(cfg) -> dict:
@@ -113,6 +152,7 @@ def run(cfg) -> dict:
     console.print(f"[bold]bundle[/bold]: {b['bundle']}  (student run {b['distill_run_id']}; engine alerts "
                   f"{b['engine']['alerts_path']})")
     show_alert(results["raw"]["detect"]["alerts_path"])
+    show_context(results["raw"]["detect"]["alerts_path"], b["embeddings"])
     return {name: {"pretrain_run_id": r["pretrain"]["run_id"], "eval_run_id": r["evaluate"]["run_id"],
                    "alerts_path": r["detect"]["alerts_path"], "metrics": r["evaluate"]["metrics"]}
             for name, r in results.items()}
