@@ -22,11 +22,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Headless Chromium for the browser tests of the triage page (apt; sudo when not root). Skipped when present.
-browser:
+# Falls back to Playwright's own Chromium download when apt cannot be used.
+browser: setup
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  echo "LogLM setup: installing Chromium (apt) for the triage page's browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; } \
+	  || { echo "LogLM setup: apt failed; trying Playwright's Chromium"; $(BIN)/python -m playwright install chromium; }; }
 
 demo: setup
 	$(BIN)/python -m pipelines.demo $(ARGS)

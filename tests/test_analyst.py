@@ -166,15 +166,15 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
     assert [v["version"] for v in history] == [bundle["registry"]["version"]]
 
 
-def chromium() -> str:
-    """The system Chromium (make setup installs it: `make browser`)."""
+def chromium() -> str | None:
+    """The system Chromium (`make browser` installs it with apt), or None: Playwright's own Chromium
+    (`make browser` falls back to `playwright install chromium` where apt cannot be used)."""
     import shutil
 
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        subprocess.run(["make", "-s", "browser"], cwd=ROOT, check=True, timeout=600)
+        subprocess.run(["make", "-s", "browser"], cwd=ROOT, timeout=900)
         path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "no Chromium: run `make browser` (apt-get install chromium)"
     return path
 
 
