@@ -48,17 +48,20 @@ def torch_event_embed_fn(encoder) -> EmbedFn:
     return embed
 
 
-def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
-                 batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> list[np.ndarray]:
-    """Per window, a (events, d) float32 array: each event's unit vector in its window's context."""
-    out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(tokens)
-
+def _padded_batches(fn: EmbedFn, tokens, gaps, closed, batch_size: int, max_batch_tokens: int, workers: int):
+    """(window rows, fn's output) per length-bucketed padded batch, in order (the batching scoring uses)."""
     def batch(rows: list[int]):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
         return rows, fn(tok, gap, pad)
 
-    for rows, vec in ordered_map(batch, length_batches([len(t) for t in tokens], batch_size, max_batch_tokens),
-                                 workers):
+    return ordered_map(batch, length_batches([len(t) for t in tokens], batch_size, max_batch_tokens), workers)
+
+
+def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
+                 batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> list[np.ndarray]:
+    """Per window, a (events, d) float32 array: each event's unit vector in its window's context."""
+    out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(tokens)
+    for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
         for j, i in enumerate(rows):
             out[i] = np.ascontiguousarray(vec[j, 1:1 + len(tokens[i])], np.float32)
     return out
@@ -69,15 +72,9 @@ def embed_windows(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray],
     """(windows, d) float32 unit vectors, in window order; batched by length like scoring (bounded memory)."""
     if not tokens:
         return np.zeros((0, 0), np.float32)
-
-    def batch(rows: list[int]):
-        tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
-        return rows, fn(tok, gap, pad)
-
     out: np.ndarray | None = None
     progress = Progress("embedding", "windows")
-    for rows, vec in ordered_map(batch, length_batches([len(t) for t in tokens], batch_size, max_batch_tokens),
-                                 workers):
+    for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
         if out is None:
             out = np.zeros((len(tokens), vec.shape[1]), np.float32)
         out[rows] = vec

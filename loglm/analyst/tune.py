@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 
 def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
     """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary."""
-    from loglm.artifacts import swap_in
-    from loglm.ingest.prepare import ingest_fingerprint, parse_inputs, prepared_dir, write_prepared
+    from loglm.ingest.prepare import ingest_fingerprint, parse_inputs, prepared_dir, write_prepared_in_place
     from loglm.ingest.sessions import assign_splits
 
     data = cfg.data
@@ -42,17 +39,9 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
         elif s.session_id in benign:
             s.split = "train"
     out = prepared_dir(cfg.paths.root, data.name)
-    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        summary = write_prepared(tmp, parsed, loaded.vocab, data, {"fingerprint": ingest_fingerprint(cfg),
-                                                                   "tuned_from": str(loaded.folder),
-                                                                   "feedback_benign": len(benign),
-                                                                   "feedback_malicious_sessions_kept_out": kept_out})
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    summary = write_prepared_in_place(out, parsed, loaded.vocab, data, {
+        "fingerprint": ingest_fingerprint(cfg), "tuned_from": str(loaded.folder), "feedback_benign": len(benign),
+        "feedback_malicious_sessions_kept_out": kept_out})
     return out, summary
 
 

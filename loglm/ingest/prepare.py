@@ -171,6 +171,20 @@ def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, t
     return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec)
 
 
+def write_prepared_in_place(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
+    """write_prepared beside ``out`` and swapped in when complete: a failure while writing keeps the previous
+    good dataset (prepare, and tuning's dataset in a model's vocabulary)."""
+    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary = write_prepared(tmp, parsed, vocab, data, extra)
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
 def session_pauses(parsed: Parsed) -> dict:
     """The longest pause (seconds between consecutive events) inside each normal training session, as
     quantiles: streaming detection closes a session after a pause longer than nearly every training session
@@ -345,19 +359,8 @@ def run(cfg) -> dict:
         mine_training_first(parsed, miner)
     vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
     elapsed = time.perf_counter() - t0
-    # written beside and swapped in when complete: a failure while writing keeps the previous good dataset
-    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        summary = write_prepared(tmp, parsed, vocab, data, {
+    summary = write_prepared_in_place(out, parsed, vocab, data, {
         "seconds": round(elapsed, 3), "backend": cfg.backend, "train_events_skipped_unlabelled": skipped_unlabelled,
-        "fingerprint": fingerprint,
-            "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
-            "path": str(out),
-        })
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        "fingerprint": fingerprint, "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
+        "path": str(out)})
     return summary
