@@ -104,6 +104,9 @@ class DataConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     shard_rows: int = 50_000
+    # prepare writes events to this many hash partitions by session key and builds sessions one partition at a
+    # time: its memory is about 1/spill_partitions of the corpus's events (raise it for bigger corpora)
+    spill_partitions: int = 16
     max_line_bytes: int = 65_536
     # train only on sessions not labelled anomalous (labels come from anomalous_ids, when given); sessions
     # holding events with an unknown label (e.g. Zeek "Background") are held out of training too
@@ -349,6 +352,24 @@ class DemoConfig:
 
 
 @dataclass
+class SynthConfig:
+    # python -m pipelines.synth: a generated raw HDFS corpus from the shipped block lifecycles (loglm.synth)
+    lines: int = 1_000_000
+    anomaly_rate: float = 0.03
+    blocks_per_s: float = 10.0
+    seed: int = 0
+    batch_blocks: int = 2000
+    # null: the shipped data/hdfs_loglead sample and its anomalous block ids
+    source: str | None = None
+    source_anomalous_ids: str | None = None
+
+    def __post_init__(self):
+        _check(self.lines >= 1, f"synth.lines must be >= 1, got {self.lines}")
+        _check(0 <= self.anomaly_rate <= 1, f"synth.anomaly_rate must lie in [0, 1], got {self.anomaly_rate}")
+        _check(self.blocks_per_s > 0, f"synth.blocks_per_s must be > 0, got {self.blocks_per_s}")
+
+
+@dataclass
 class StrategyConfig:
     # "single", "ddp" or "deepspeed" (conf/strategy: single, ddp, deepspeed_stage2, deepspeed_stage3)
     name: str = "single"
@@ -378,7 +399,7 @@ class RayConfig:
     address: str | None = None
     # CPUs of the private local instance (null = all)
     num_cpus: int | None = None
-    # prepare backend=ray: input lines per parse task
+    # prepare: input lines per read task (backend=ray, and backend=local with several workers)
     lines_per_task: int = 100_000
     # pretraining launcher=ray: workers, GPUs, resources per worker, where checkpoints go
     num_workers: int = 2
@@ -411,6 +432,9 @@ class RootConfig:
     stage: str = "pretrain"
     # prepare: "local" (this process) or "ray" (Ray Data parses and masks the input in parallel tasks)
     backend: str = "local"
+    # prepare backend=local: processes reading and building sessions (null = one per core; inputs under 32 MiB
+    # are read in this process)
+    workers: int | None = None
     ray: RayConfig = field(default_factory=RayConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
@@ -446,6 +470,7 @@ class RootConfig:
     # start pretraining from a trained model's weights (a new run; same vocabulary): tuning
     init_from: str | None = None
     tune: TuneConfig = field(default_factory=lambda: TuneConfig())
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):  # pairs of settings that only fail together, refused before any work
         _check(not (self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3 and self.launcher.name == "local"),

@@ -134,7 +134,7 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
     manifest = json.loads((data_dir / "MANIFEST.json").read_text())
     manifest["summary"]["fingerprint"]["config"]["layout"] = 1
     (data_dir / "MANIFEST.json").write_text(json.dumps(manifest))
-    assert "layout 1, now 2" in stale_reason(data_dir, cfg)
+    assert "layout 1, now 3" in stale_reason(data_dir, cfg)
 
 
 def test_templates_come_from_training_lines_only(tmp_path):
@@ -181,8 +181,8 @@ def test_a_failed_re_prepare_keeps_the_previous_dataset(tmp_path, monkeypatch):
     from conftest import compose
     from synthetic import synthetic_run_overrides
 
-    from loglm import shards
     from loglm.artifacts import verify_manifest
+    from loglm.ingest import partitioned
     from loglm.ingest.prepare import prepared_dir
     from loglm.ingest.prepare import run as prepare
 
@@ -194,7 +194,7 @@ def test_a_failed_re_prepare_keeps_the_previous_dataset(tmp_path, monkeypatch):
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shards, "write_session_shards", disk_full)
+    monkeypatch.setattr(partitioned, "write_events", disk_full)
     with pytest.raises(OSError, match="No space left"):
         prepare(cfg)
     assert verify_manifest(data_dir) == before  # the good dataset is untouched

@@ -37,7 +37,8 @@ def test_prepare_reports_its_phases(tmp_path, capsys, monkeypatch):
     prepare(cfg)
     err = capsys.readouterr().err
     assert "loglm: reading: 1 lines (" in err and "file 1/1 train.log" in err
-    assert f"loglm: read {40 * 13} lines from 1 file: {40 * 13} events in 40 sessions, 0 lines rejected" in err
+    assert f"loglm: read {40 * 13} lines in 1 task: {40 * 13} events, 0 lines rejected" in err
+    assert "loglm: 40 sessions in 16 partitions" in err
     assert "5 templates mined from" in err and "training lines" in err
 
 

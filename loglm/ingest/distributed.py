@@ -1,34 +1,20 @@
-"""Ingest on Ray Data: the per-line work (decode, header parse, masking, entity extraction) runs as
-parallel tasks over byte ranges of the inputs; template mining, sessions and shards stay in order on the
-driver, so ``backend=ray`` produces exactly the token ids and sessions of ``backend=local``.
-
-Why this split: reading and masking are stateless and take most of the time (regular expressions); a
-template's id depends on the order in which messages are first seen, so mining must see the lines in input
-order, and it is cheap (an exact-text cache answers almost every line).  Ray Data keeps the task outputs
-in input order (``preserve_order``), streams them back, and spreads the tasks over every node of the cluster.
+"""Read tasks for ``backend=ray``: the inputs cut into byte ranges of ``ray.lines_per_task`` lines (a
+compressed, Parquet or CR-terminated file is one task), each read on its own by
+:func:`loglm.ingest.partitioned.read_task` on any node; a range that starts inside a structured file first
+reads the file's header lines (Zeek ``#fields``, a CSV header) so it is parsed as the top of the file is.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 
 from loglm.ingest.readers import (
-    FLOW_FORMATS,
     UNREADABLE,
-    LineAccount,
-    Rejection,
     bounded_lines,
     cr_terminated,
-    expand_inputs,
-    make_reader,
     open_binary,
-    parse_line_safely,
-    unreadable,
 )
-from loglm.ingest.sessions import Events, sessionize
 
 META, RECORD, REJECT = 0, 1, 2
 
@@ -103,86 +89,3 @@ def _lines(task: dict, max_line_bytes: int):
             n += 1
             if fh.tell() >= task["end"]:  # ranges end at a line end
                 return
-
-
-def parse_tasks(batch: dict, data: dict, mask: bool) -> dict:
-    """A Ray Data map_batches function: every input line of the batch's tasks as one output row."""
-    from loglm.config import data_config_from_dict
-    from loglm.ingest.prepare import event_parts
-
-    cfg = data_config_from_dict(data)
-    out: dict[str, list] = {k: [] for k in ("kind", "source", "line_no", "ts", "masked", "raw", "entities",
-                                            "label", "fields", "reason")}
-
-    def emit(kind, source, line_no, ts=0.0, masked="", raw="", ents="", label=None, fields=None, reason=""):
-        for k, v in zip(out, (kind, source, line_no, ts, masked, raw, ents, label, fields, reason)):
-            out[k].append(v)
-
-    for i in range(len(batch["path"])):
-        task = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-        reader = make_reader(cfg)
-        source = task["path"]
-        if task["kind"] == "parquet":
-            acct = LineAccount()
-            items = ((it.line_no, it) for it in reader.read(Path(source), acct))
-        else:
-            if task["prime"]:  # headers from the top of the file set how this range is read
-                with open(source, "rb") as fh:
-                    for n in range(1, task["prime"] + 1):
-                        parse_line_safely(reader.parse_line, fh.readline(), source, n)
-            items = ((n, unreadable(source, n - 1, raw) if isinstance(raw, BaseException)
-                      else parse_line_safely(reader.parse_line, raw, source, n)) for n, raw in _lines(task, cfg.max_line_bytes))
-        for line_no, item in items:
-            if item is None:
-                emit(META, source, line_no)
-            elif isinstance(item, Rejection):
-                emit(REJECT, source, line_no, reason=item.reason)
-            else:
-                masked, ents = event_parts(item, mask)
-                emit(RECORD, source, line_no, item.ts, masked if masked is not None else "", item.raw,
-                     json.dumps(ents), item.label, None if item.fields is None else json.dumps(item.fields),
-                     "" if masked is not None else "flow")
-    return out
-
-
-def parse_inputs_ray(inputs: list[str], data, miner, mask: bool, ray_cfg):
-    """The Ray Data twin of :func:`loglm.ingest.prepare.parse_inputs` (training side: the miner learns)."""
-    from loglm.ingest.prepare import Parsed
-    from loglm.ray_cluster import ray_session
-
-    tasks = plan_tasks(expand_inputs(inputs), data.format, ray_cfg.lines_per_task)
-    flows = data.format in FLOW_FORMATS
-    account = LineAccount()
-    rejections: list[tuple[str, int, str]] = []
-    ev = Events()
-    with ray_session(ray_cfg) as ray:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # template ids depend on input order
-        ds = ray.data.from_items(tasks).map_batches(
-            parse_tasks, batch_size=1, fn_kwargs={"data": dataclasses.asdict(data), "mask": mask})
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            cols = {name: batch.column(name).to_pylist() for name in batch.column_names}
-            for r in range(batch.num_rows):
-                account.read += 1
-                kind = cols["kind"][r]
-                if kind == META:
-                    account.metadata += 1
-                    continue
-                source, line_no = cols["source"][r], cols["line_no"][r]
-                if kind == REJECT:
-                    account.reject(cols["reason"][r])
-                    rejections.append((source, line_no, cols["reason"][r]))
-                    continue
-                account.accepted += 1
-                masked = cols["masked"][r]
-                ev.source.append(source)
-                ev.line_no.append(line_no)
-                ev.ts.append(cols["ts"][r])
-                ev.template.append(-1 if flows else miner.add(masked))
-                ev.masked.append(masked)
-                ev.raw.append(cols["raw"][r])
-                ev.entities.append(json.loads(cols["entities"][r]))
-                ev.label.append(cols["label"][r])
-                ev.fields.append(None if cols["fields"][r] is None else json.loads(cols["fields"][r]))
-    sessions = sessionize(ev, data.session, account, rejections)
-    return Parsed(ev, account, rejections, sessions)

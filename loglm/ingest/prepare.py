@@ -15,14 +15,11 @@ from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, write_mani
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
-from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Record, Rejection, expand_inputs, make_reader
+from loglm.ingest.readers import LineAccount, Record, Rejection, expand_inputs, make_reader
 from loglm.ingest.sessions import (
     Events,
     Session,
-    assign_splits,
-    label_sessions,
     sessionize,
-    skip_unlabelled_events,
 )
 from loglm.ingest.templates import TemplateMiner
 from loglm.vocab import Vocabulary
@@ -248,12 +245,13 @@ def prepared_dir(root: str | Path, name: str) -> Path:
 
 
 # DataConfig keys that do not change what prepare writes (how results are reported)
-NOT_INGEST_KEYS = ("eval_unit", "eval_pair_window_s")
+NOT_INGEST_KEYS = ("eval_unit", "eval_pair_window_s", "spill_partitions")
 
 
-# bumped whenever what a prepared folder holds changes (2: events.parquet gains the flows' `fields`), so a
+# bumped whenever what a prepared folder holds changes (2: events.parquet gains the flows' `fields`; 3:
+# prepared out of core, templates mined in a canonical order), so a
 # folder written by an older LogLM is prepared again instead of read as if it were current
-PREPARED_LAYOUT = 2
+PREPARED_LAYOUT = 3
 
 
 def ingest_fingerprint(cfg) -> dict:
@@ -316,34 +314,9 @@ def run(cfg) -> dict:
     out = prepared_dir(cfg.paths.root, data.name)
     t0 = time.perf_counter()
     fingerprint = ingest_fingerprint(cfg)  # before reading: a file that changes while it is read looks stale
-    codec = None
-    skipped_unlabelled = 0
-    if data.format in builders.BUILDERS:
-        parsed, miner = builders.BUILDERS[data.format](data)
-    else:
-        if not data.inputs:
-            raise ValueError("data.inputs is empty: give raw log files or directories")
-        flows = data.format in FLOW_FORMATS
-        # flow sentences are exact templates: no Drain-style merging of different field values
-        miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
-        # templates are mined from training lines only, once the split is known (mine_training_first)
-        deferred = DeferredMiner()
-        if cfg.backend == "ray":
-            from loglm.ingest.distributed import parse_inputs_ray
-
-            parsed = parse_inputs_ray(list(data.inputs), data, deferred, cfg.tokenizer.mask_params, cfg.ray)
-        elif cfg.backend == "local":
-            parsed = parse_inputs(list(data.inputs), data, deferred, frozen=False, mask=cfg.tokenizer.mask_params)
-        else:
-            raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
-        anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
-        partly_unknown = label_sessions(parsed.sessions, parsed.events, anomalous, data.normal_labels,
-                                        data.unknown_labels)
-        assign_splits(parsed.sessions, parsed.events, data.split)
-        if data.train_normal_only:  # unlabelled events of otherwise normal training sessions are skipped
-            mixed = {s.session_id for s in parsed.sessions
-                     if s.split == "train" and s.session_id in partly_unknown and s.label != 1}
-            skipped_unlabelled = skip_unlabelled_events(parsed.sessions, parsed.events, mixed, data.unknown_labels)
+    if data.format not in builders.BUILDERS:
+        return run_partitioned(cfg, out, fingerprint, t0)
+    parsed, miner = builders.BUILDERS[data.format](data)
     if parsed.account.accepted == 0:
         f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
         raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
@@ -353,14 +326,51 @@ def run(cfg) -> dict:
         for s in parsed.sessions:
             if s.split == "train" and s.label == 1:
                 s.split = "train_heldout_anomalous"
-    if data.format in FLOW_FORMATS:
-        codec = mine_flows(parsed, data, miner)
-    elif data.format not in builders.BUILDERS:
-        mine_training_first(parsed, miner)
-    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer, codec)
+    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer)
     elapsed = time.perf_counter() - t0
     summary = write_prepared_in_place(out, parsed, vocab, data, {
-        "seconds": round(elapsed, 3), "backend": cfg.backend, "train_events_skipped_unlabelled": skipped_unlabelled,
+        "seconds": round(elapsed, 3), "backend": "local", "train_events_skipped_unlabelled": 0,
         "fingerprint": fingerprint, "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
         "path": str(out)})
+    return summary
+
+
+def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
+    """Raw logs and flows, out of core (:mod:`loglm.ingest.partitioned`), written beside ``out`` and swapped
+    in when complete."""
+    from loglm.ingest import partitioned
+
+    data: DataConfig = cfg.data
+    if not data.inputs:
+        raise ValueError("data.inputs is empty: give raw log files or directories")
+    if data.spill_partitions < 1:
+        raise ValueError(f"data.spill_partitions must be >= 1, got {data.spill_partitions}")
+    if cfg.backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
+    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if cfg.backend == "ray":
+            from loglm.ray_cluster import ray_session
+
+            with ray_session(cfg.ray) as ray:
+                summary, made = partitioned.prepare(cfg, tmp, ray)
+        else:
+            summary, made = partitioned.prepare(cfg, tmp)
+        vocab = made["vocab"]
+        vocab_sha = vocab.save(tmp / "vocab.json")
+        shard_hashes = "".join(sha256_file(p) for p in sorted(made["shards"], key=lambda p: p.name))
+        elapsed = time.perf_counter() - t0
+        summary = {
+            "dataset": data.name, "format": data.format, "inputs": list(data.inputs), **summary,
+            "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
+            # identifies the model-visible data: every token shard plus the vocabulary
+            "data_sha256": hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest(),
+            "seconds": round(elapsed, 3), "backend": cfg.backend, "fingerprint": fingerprint,
+            "lines_per_s": round(summary["lines"]["read"] / max(elapsed, 1e-9), 1), "path": str(out)}
+        write_manifest(tmp, {"summary": summary})
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary

@@ -1,0 +1,759 @@
+"""Prepare out of core: raw lines -> events -> sessions -> shards, in bounded memory and in parallel.
+
+Stages, each a function of its own inputs so the local backend runs them in a loop and ``backend=ray`` runs
+the same functions as Ray tasks (any node, any number of workers; the outputs do not depend on either):
+
+1. **read** (one task per input file, or per byte range of ``ray.lines_per_task`` lines on Ray): every line
+   read, masked and given its session keys, written as it is read: the events, in input order, to
+   ``events/t<task>.parquet`` in bounded row groups, and one row per (event, session key) to hash partition
+   ``spill/p<p>/t<task>.parquet`` (``data.spill_partitions`` partitions, by a stable hash of the key).
+   Rejected lines go to ``rejected/t<task>.jsonl``.  What stays in memory is a per-session summary (first
+   and last time, event and label counts), the small table splits are decided from.
+2. **split** (driver): labels and train/val/test from the per-session table alone.
+3. **count** (one task per partition): the partition's sessions, cut into chunks as detection cuts them;
+   returns the distinct training messages with their counts (and the training flows, for the flow codec).
+4. **mine** (driver): templates from the distinct training messages in a canonical order (most frequent
+   first, then by text), so template ids do not depend on how the input was divided among tasks.
+5. **write** (one task per partition): token shards ``sessions/shard-<p>-<k>.parquet``; then the driver
+   writes ``events.parquet`` from the event files in input order, with each event's template.
+
+Memory is a task's buffers, one partition's events (about 1/``spill_partitions`` of the corpus: raise it for
+bigger corpora) and the per-session table; never the corpus.  On a multi-node cluster the prepared folder
+(``paths.root``) must be on storage every node mounts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection
+from loglm.ingest.sessions import event_label, session_keys
+
+ROW_GROUP = 32_768  # rows buffered before a write
+TASK_BITS = 40  # an event's position while tasks run: task << TASK_BITS | index in task (input order)
+
+EVENT_SCHEMA = pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts", pa.float64()),
+                          ("masked", pa.string()), ("raw", pa.string()), ("entities", pa.string()),
+                          ("label", pa.string()), ("fields", pa.string()), ("keys", pa.list_(pa.string()))])
+SPILL_SCHEMA = pa.schema([("key", pa.string()), ("pos", pa.int64()), ("ts", pa.float64()),
+                          ("masked", pa.string()), ("label", pa.string()), ("fields", pa.string())])
+# json.dumps(x, sort_keys=True) builds an encoder per call; one reused encoder writes the same text faster
+_JSON = json.JSONEncoder(sort_keys=True).encode
+STATS_NAMES = ("first_ts", "first_pos", "last_ts", "n", "n_anom", "n_unk", "n_none")
+
+
+def partition_of(key: str, n: int) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
+
+
+class _Buffered:
+    """A Parquet file written in row groups of ROW_GROUP rows as rows arrive."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.buf: list[tuple] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def add(self, row: tuple) -> None:
+        self.buf.append(row)
+        if len(self.buf) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        cols = [pa.array(list(c), type=f.type) for c, f in zip(zip(*self.buf), self.schema)]
+        self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        self.rows += len(self.buf)
+        self.buf = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Spill:
+    """Rows per (event, session key) into the hash partitions, and the per-session summary."""
+
+    def __init__(self, work: Path, task: int, n_parts: int, data):
+        self.work, self.task, self.n_parts = work, task, n_parts
+        self.parts: dict[int, _Buffered] = {}
+        self.stats: dict[str, list] = {}
+        self.buffered = 0
+        self.normal, self.unknown = set(data.normal_labels), set(data.unknown_labels)
+
+    def add(self, key: str, pos: int, ts: float, masked: str, label: str | None, fields: str | None) -> None:
+        p = partition_of(key, self.n_parts)
+        part = self.parts.get(p)
+        if part is None:
+            part = self.parts[p] = _Buffered(self.work / "spill" / f"p{p:04d}" / f"t{self.task:06d}.parquet",
+                                            SPILL_SCHEMA)
+        part.buf.append((key, pos, ts, masked, label, fields))
+        self.buffered += 1
+        if self.buffered >= ROW_GROUP:  # all partitions together hold at most one row group of rows
+            for part in self.parts.values():
+                part.flush()
+            self.buffered = 0
+        lab = event_label(label, self.normal, self.unknown)
+        st = self.stats.get(key)
+        if st is None:
+            self.stats[key] = [ts, pos, ts, 1, int(lab == 1), int(lab == -1), int(label is None)]
+            return
+        if ts < st[0] or (ts == st[0] and pos < st[1]):
+            st[0], st[1] = ts, pos
+        if ts > st[2]:
+            st[2] = ts
+        st[3] += 1
+        st[4] += lab == 1
+        st[5] += lab == -1
+        st[6] += label is None
+
+    def close(self) -> pa.Table:
+        for part in self.parts.values():
+            part.close()
+        keys = list(self.stats)
+        cols = list(zip(*self.stats.values())) if keys else [[] for _ in STATS_NAMES]
+        return pa.table({"key": pa.array(keys, pa.string()),
+                         **{n: pa.array(c, pa.float64() if n.endswith("_ts") else pa.int64())
+                            for n, c in zip(STATS_NAMES, cols)}})
+
+
+def _items(task: dict, data, account: LineAccount):
+    """Records and rejections of one read task, accounted (the local reader, or a byte range of a file)."""
+    from loglm.ingest.distributed import _lines
+    from loglm.ingest.readers import make_reader, parse_line_safely, tally, unreadable
+
+    reader = make_reader(data)
+    source = task["path"]
+    if task["end"] < 0 or task["kind"] == "parquet":
+        yield from reader.read(Path(source), account)
+        return
+    if task["prime"]:  # headers from the top of the file set how this range is read
+        with open(source, "rb") as fh:
+            for n in range(1, task["prime"] + 1):
+                parse_line_safely(reader.parse_line, fh.readline(), source, n)
+
+    def lines():
+        for n, raw in _lines(task, data.max_line_bytes):
+            account.read += 1
+            item = unreadable(source, n - 1, raw) if isinstance(raw, BaseException) else \
+                parse_line_safely(reader.parse_line, raw, source, n)
+            if item is None:
+                account.metadata += 1
+            else:
+                yield item
+
+    yield from tally(lines(), account)
+
+
+def read_task(task: dict, data_dict: dict, mask: bool, work: str, n_parts: int) -> dict:
+    """Stage 1 for one task: events and spill rows written as lines are read; returns the accounting and
+    the per-session summary."""
+    from loglm.config import data_config_from_dict
+    from loglm.ingest.prepare import event_parts
+
+    data = data_config_from_dict(data_dict)
+    work_dir, no = Path(work), task["no"]
+    account = LineAccount()
+    events = _Buffered(work_dir / "events" / f"t{no:06d}.parquet", EVENT_SCHEMA)
+    spill = _Spill(work_dir, no, n_parts, data)
+    by = data.session.by
+    no_key = f"no {data.session.entity_type} in line: cannot assign a session"
+    rej_path = work_dir / "rejected" / f"t{no:06d}.jsonl"
+    rej_path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    from loglm.progress import Progress
+
+    progress = Progress("reading", every_s=None)
+    progress.detail = f"file {task['file_no']}/{task['files']} {Path(task['path']).name}"
+    with open(rej_path, "w") as rej:
+        for item in _items(task, data, account):
+            progress.tick()
+            if isinstance(item, Rejection):
+                rej.write(json.dumps({"file": item.source, "line": item.line_no, "reason": item.reason}) + "\n")
+                continue
+            masked, ents = event_parts(item, mask)
+            if by == "event":
+                keys = [f"{item.source}:{item.line_no}"]
+            elif by == "count":
+                keys = []  # numbered once every task's event count is known (spill_counted)
+            else:
+                keys = session_keys(ents, item.ts, data.session)
+                if not keys:  # a line without a session key is rejected, never silently dropped
+                    account.accepted -= 1
+                    account.reject(no_key)
+                    rej.write(json.dumps({"file": item.source, "line": item.line_no, "reason": no_key}) + "\n")
+                    continue
+            fields = None if item.fields is None else _JSON(item.fields)
+            masked = masked or ""
+            events.add((item.source, item.line_no, item.ts, masked, item.raw, _JSON(ents),
+                        item.label, fields, keys))
+            pos = (no << TASK_BITS) | n
+            for key in dict.fromkeys(keys):
+                spill.add(key, pos, item.ts, masked, item.label, fields)
+            n += 1
+    events.close()
+    stats = spill.close()
+    return {"task": no, "events": n, "account": account.as_dict(), "stats": stats, "node": _node()}
+
+
+def spill_counted(task_no: int, offset: int, data_dict: dict, work: str, n_parts: int) -> dict:
+    """``session.by=count``: windows of ``window_events`` consecutive events in input order, numbered by
+    each event's global position (known once every task has been read)."""
+    from loglm.config import data_config_from_dict
+
+    data = data_config_from_dict(data_dict)
+    spill = _Spill(Path(work), task_no, n_parts, data)
+    path = Path(work) / "events" / f"t{task_no:06d}.parquet"
+    i = 0
+    if path.exists():
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["ts", "masked", "label", "fields"]).to_pydict()
+            for ts, masked, label, fields in zip(t["ts"], t["masked"], t["label"], t["fields"]):
+                spill.add(f"w{(offset + i) // data.session.window_events:08d}", (task_no << TASK_BITS) | i,
+                          ts, masked, label, fields)
+                i += 1
+    return {"task": task_no, "stats": spill.close(), "node": _node()}
+
+
+def _node() -> str:
+    import sys
+
+    ray = sys.modules.get("ray")  # imported only where Ray runs the task
+    try:
+        if ray is not None and ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - a node name is informative only
+        pass
+    return "local"
+
+
+# -------------------------------------------------------------------------------------------- stage 2: split
+
+def merge_stats(tables: list[pa.Table]) -> pa.Table:
+    """One row per session key from the tasks' summaries (a session may span tasks)."""
+    t = pa.concat_tables(tables)
+    g = t.group_by("key").aggregate([("first_ts", "min"), ("last_ts", "max"), ("n", "sum"), ("n_anom", "sum"),
+                                     ("n_unk", "sum"), ("n_none", "sum")])
+    agg = pa.table({"key": g["key"], "first_ts": g["first_ts_min"], "last_ts": g["last_ts_max"], "n": g["n_sum"],
+                    "n_anom": g["n_anom_sum"], "n_unk": g["n_unk_sum"], "n_none": g["n_none_sum"]})
+    # the first event's position: the smallest among the rows holding the session's first time
+    first = dict(zip(agg.column("key").to_pylist(), agg.column("first_ts").to_pylist()))
+    best: dict[str, int] = {}
+    for k, ts, pos in zip(t.column("key").to_pylist(), t.column("first_ts").to_pylist(), t.column("first_pos").to_pylist()):
+        if ts == first[k] and pos < best.get(k, 1 << 62):
+            best[k] = pos
+    keys = agg.column("key").to_pylist()
+    agg = agg.append_column("first_pos", pa.array([best[k] for k in keys], pa.int64()))
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # a canonical order, whatever the tasks were
+    return agg.take(pa.array(order, pa.int64()))
+
+
+def to_global(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Task-local positions -> event ids (row numbers of events.parquet)."""
+    pos = np.asarray(pos, np.int64)
+    return offsets[pos >> TASK_BITS] + (pos & ((1 << TASK_BITS) - 1))
+
+
+def session_labels(stats: pa.Table, data, anomalous: set[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(label per session: 1, 0, -1 unknown; partly-unknown flag) with the rules of
+    :func:`loglm.ingest.sessions.label_sessions`."""
+    n, anom = stats.column("n").to_numpy(), stats.column("n_anom").to_numpy()
+    unk, none = stats.column("n_unk").to_numpy(), stats.column("n_none").to_numpy()
+    if anomalous is not None:
+        entity = [k.split("@", 1)[0] if data.session.by == "entity_window" else k for k in stats.column("key").to_pylist()]
+        return np.array([int(e in anomalous) for e in entity], np.int8), np.zeros(len(entity), bool)
+    label = np.where(none == n, -1, np.where(anom > 0, 1, np.where(unk > 0, -1, 0))).astype(np.int8)
+    return label, (unk > 0) & (none < n)
+
+
+def event_ranks(first_ts: np.ndarray, first_id: np.ndarray, work: Path, tasks: list[int], offsets: np.ndarray,
+                before: float | None) -> tuple[np.ndarray, int]:
+    """Each session's first event's position among all events in time order (ties by event id), and the
+    number of events ranked; with ``before`` only events earlier than it count.  One pass over the events'
+    times, a task at a time."""
+    rank = np.zeros(len(first_ts), np.int64)
+    total = 0
+    for no in tasks:
+        path = work / "events" / f"t{no:06d}.parquet"
+        if not path.exists():
+            continue
+        ts = pq.read_table(path, columns=["ts"]).column("ts").to_numpy()
+        ids = offsets[no] + np.arange(len(ts), dtype=np.int64)
+        if before is not None:
+            keep = ts < before
+            ts, ids = ts[keep], ids[keep]
+        order = np.lexsort((ids, ts))
+        ts_s, id_s = ts[order], ids[order]
+        lo = np.searchsorted(ts_s, first_ts, "left")
+        hi = np.searchsorted(ts_s, first_ts, "right")
+        # among events of the same time, those with a smaller id come first
+        tie = np.zeros(len(first_ts), np.int64)
+        for j in np.nonzero(hi > lo)[0]:
+            tie[j] = np.searchsorted(id_s[lo[j]:hi[j]], first_id[j], "left")
+        rank += lo + tie
+        total += len(ts)
+    return rank, total
+
+
+def assign_splits(stats: pa.Table, data, rank_events) -> np.ndarray:
+    """The split of every session from its summary alone (the rules of
+    :func:`loglm.ingest.sessions.assign_splits`; ``chronological_events`` with ``test_from`` ranks the
+    events before the cut)."""
+    import hashlib
+
+    from loglm.ingest.sessions import test_cut
+
+    cfg = data.split
+    keys = stats.column("key").to_pylist()
+    first = stats.column("first_ts").to_numpy()
+    last = stats.column("last_ts").to_numpy()
+    split = np.full(len(keys), "", object)
+    cut = test_cut(cfg)
+    within = np.ones(len(keys), bool) if cut is None else first < cut
+    split[~within] = "test"
+    idx = np.nonzero(within)[0]
+    if cfg.method == "chronological":
+        order = sorted(idx, key=lambda i: (first[i], keys[i]))
+        rank = np.empty(len(keys))
+        rank[order] = np.arange(len(order)) / max(1, len(order))
+    elif cfg.method == "chronological_events":
+        r, total = rank_events(cut)
+        rank = r / max(1, total)
+    elif cfg.method == "chronological_time":
+        t0 = first[idx].min() if len(idx) else 0.0
+        t1 = last[idx].max() if len(idx) else t0
+        rank = (first - t0) / max(t1 - t0, 1e-9)
+    elif cfg.method == "seeded":
+        rank = np.array([int(hashlib.sha256(f"{cfg.seed}:{k}".encode()).hexdigest()[:12], 16) / 16**12 for k in keys])
+    else:
+        raise ValueError("data.split.method must be 'chronological', 'chronological_events', "
+                         f"'chronological_time' or 'seeded', got {cfg.method!r}")
+    r = rank[idx]
+    split[idx] = np.where(r < cfg.train_frac, "train", np.where(r < cfg.train_frac + cfg.val_frac, "val", "test"))
+    return split
+
+
+# --------------------------------------------------------------------------------- stages 3 and 5: partitions
+
+def _partition(work: Path, p: int, offsets: np.ndarray, keys: list[str] | None = None) -> pa.Table | None:
+    """The spilled rows of partition ``p`` (only those of ``keys`` when given: a part of a big partition),
+    sorted by session key, time and event id."""
+    import pyarrow.compute as pc
+
+    files = sorted((work / "spill" / f"p{p:04d}").glob("t*.parquet"))
+    wanted = None if keys is None else pa.array(keys, pa.string())
+    parts = []
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            rg = pf.read_row_group(g)
+            parts.append(rg if wanted is None else rg.filter(pc.is_in(rg.column("key"), value_set=wanted)))
+    if not parts:
+        return None
+    t = pa.concat_tables(parts)
+    if not t.num_rows:
+        return None
+    t = t.set_column(t.schema.get_field_index("pos"), "pos", pa.array(to_global(t.column("pos").to_numpy(), offsets)))
+    return t.sort_by([("key", "ascending"), ("ts", "ascending"), ("pos", "ascending")])
+
+
+def _sessions(t: pa.Table, info: dict, data, input_end: float):
+    """(key, chunk, closed, split, label, rows) of a sorted partition, cut as sessionize cuts; unlabelled
+    events of mixed training sessions skipped (the Background rule).  Yields ("skipped", n) last."""
+    cfg = data.session
+    keys = t.column("key").to_pylist()
+    ts = t.column("ts").to_numpy()
+    labels = t.column("label").to_pylist()
+    unknown = set(data.unknown_labels)
+    skipped = 0
+    start = 0
+    n = len(keys)
+    while start < n:
+        end = start + 1
+        while end < n and keys[end] == keys[start]:
+            end += 1
+        key = keys[start]
+        split, label, mixed = info[key]
+        rows = np.arange(start, end)
+        if split == "train" and mixed and label != 1:
+            keep = np.array([labels[i] is not None and labels[i] not in unknown for i in rows], bool)
+            skipped += int((~keep).sum())
+            rows = rows[keep]
+            if len(rows):
+                label = 0
+            else:
+                split, rows = "train_heldout_unlabelled", np.arange(start, end)
+        if cfg.by in ("event", "count"):
+            closed = True
+        elif cfg.by in ("window", "entity_window"):
+            closed = int(ts[start] // cfg.window_s) * cfg.window_s + cfg.window_s <= input_end
+        else:
+            closed = cfg.idle_close_s <= 0 or ts[end - 1] <= input_end - cfg.idle_close_s
+        for c in range(0, len(rows), cfg.max_events):
+            yield key, c // cfg.max_events, closed and c + cfg.max_events >= len(rows), split, label, rows[c:c + cfg.max_events]
+        start = end
+    yield "skipped", skipped
+
+
+def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, info: dict, data_dict: dict,
+                    input_end: float) -> dict:
+    """Stage 3: the distinct training messages (and flows) with counts, session counts and pauses of one
+    work unit (a partition, or a part of a big one: ``unit`` = (partition, part, parts))."""
+    from loglm.config import data_config_from_dict
+
+    data = data_config_from_dict(data_dict)
+    p = unit[0]
+    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else list(info))
+    out = {"p": p, "texts": Counter(), "flows": [], "pauses": [], "skipped": 0, "by_split": Counter(),
+           "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node()}
+    if t is None:
+        return out
+    masked, ts = t.column("masked").to_pylist(), t.column("ts").to_numpy()
+    flows = data.format in FLOW_FORMATS
+    fields = t.column("fields").to_pylist() if flows else None
+    longest: dict[str, float] = {}
+    for item in _sessions(t, info, data, input_end):
+        if item[0] == "skipped" and len(item) == 2:
+            out["skipped"] = item[1]
+            break
+        key, chunk, _, split, label, rows = item
+        out["session_rows"] += 1
+        out["sessions_split"] += chunk == 1
+        if chunk == 0:
+            out["by_split"][split] += 1
+            out["labels"][f"{split}/{label}"] += 1
+        if split != "train":
+            continue
+        if flows:
+            out["flows"].extend(json.loads(fields[i]) for i in rows)
+        else:
+            out["texts"].update(masked[i] for i in rows)
+        if len(rows) > 1:
+            longest[key] = max(longest.get(key, 0.0), float(np.diff(ts[rows]).max()))
+    out["pauses"] = list(longest.values())
+    return out
+
+
+class _Templates:
+    """masked message -> template id: a training message's id from mining, any other matched (-1: none)."""
+
+    def __init__(self, vocab, train_ids: dict[str, int]):
+        self.vocab, self.ids = vocab, dict(train_ids)
+
+    def __call__(self, masked: str) -> int:
+        tid = self.ids.get(masked)
+        if tid is None:
+            found = self.vocab.miner.match(masked)
+            tid = self.ids[masked] = -1 if found is None else found
+        return tid
+
+    def text(self, masked: str, fields: str | None) -> str:
+        if self.vocab.flow_codec is not None and fields is not None:
+            return self.vocab.flow_codec.sentence(json.loads(fields))
+        return masked
+
+
+def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np.ndarray, info: dict,
+                    data_dict: dict, input_end: float, vocab_dict: dict, train_ids: dict[str, int]) -> dict:
+    """Stage 5: one work unit's sessions as token shards (rows of loglm.shards.SESSION_SCHEMA)."""
+    from loglm.config import data_config_from_dict
+    from loglm.shards import SESSION_SCHEMA
+    from loglm.vocab import Vocabulary, gap_bucket
+
+    data = data_config_from_dict(data_dict)
+    vocab = Vocabulary.from_dict(vocab_dict)
+    templates = _Templates(vocab, train_ids)
+    p, part = unit[0], unit[1]
+    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else list(info))
+    paths: list[str] = []
+    if t is None:
+        return {"p": p, "shards": paths, "node": _node()}
+    masked, ts, pos = t.column("masked").to_pylist(), t.column("ts").to_numpy(), t.column("pos").to_numpy()
+    fields = t.column("fields").to_pylist()
+    entity_type = {"entity": data.session.entity_type, "entity_window": data.session.entity_type,
+                   "event": "event", "count": "window"}.get(data.session.by, "window")
+    cols: dict[str, list] = {name: [] for name in SESSION_SCHEMA.names}
+
+    def flush():
+        if cols["session_id"]:
+            path = Path(out) / "sessions" / f"shard-{p:05d}-{part:03d}-{len(paths):04d}.parquet"
+            pq.write_table(pa.Table.from_pydict(cols, schema=SESSION_SCHEMA), path, compression="zstd")
+            paths.append(str(path))
+            for c in cols.values():
+                c.clear()
+
+    for item in _sessions(t, info, data, input_end):
+        if item[0] == "skipped" and len(item) == 2:
+            break
+        key, chunk, closed, split, label, rows = item
+        tss = ts[rows]
+        cols["session_id"].append(key)
+        cols["chunk"].append(chunk)
+        cols["entity_type"].append(entity_type)
+        cols["entity"].append(key.split("@", 1)[0] if data.session.by == "entity_window" else key)
+        cols["start_ts"].append(float(tss[0]))
+        cols["end_ts"].append(float(tss[-1]))
+        cols["split"].append(split)
+        cols["label"].append(int(label))
+        cols["closed"].append(bool(closed))
+        cols["tokens"].append([vocab.token(tid if tid >= 0 else None)
+                               for tid in (templates(templates.text(masked[i], fields[i])) for i in rows)])
+        cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(tss, tss[1:])])
+        cols["event_idx"].append(pos[rows].tolist())
+        if len(cols["session_id"]) >= data.shard_rows:
+            flush()
+    flush()
+    return {"p": p, "shards": paths, "node": _node()}
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+MAX_UNIT_ROWS = 400_000
+# backend=local: inputs smaller than this are read in one process (starting workers would cost more)
+LOCAL_SPLIT_BYTES = 32 << 20  # spilled rows one task holds at a time: a bigger partition is read in parts
+
+
+def work_units(infos: list[dict], rows: np.ndarray) -> list[tuple[tuple[int, int, int], dict]]:
+    """((partition, part, parts), its sessions) for stages 3 and 5: a partition of more than MAX_UNIT_ROWS
+    rows is cut into parts by session key (each part reads the partition's files and keeps its own keys)."""
+    units = []
+    for p, info in enumerate(infos):
+        if not info:
+            continue
+        k = max(1, -(-int(rows[p]) // MAX_UNIT_ROWS))
+        keys = sorted(info)
+        for j in range(k):
+            part = keys[j * len(keys) // k:(j + 1) * len(keys) // k]
+            units.append(((p, j, k), {key: info[key] for key in part}))
+    return units
+
+
+def mine(texts: Counter, miner) -> dict[str, int]:
+    """Templates from distinct training messages, most frequent first then by text: the same ids whatever
+    order the tasks read the lines in.  Returns each message's template id."""
+    ids = {}
+    for text, count in sorted(texts.items(), key=lambda kv: (-kv[1], kv[0])):
+        tid = miner.add(text)
+        miner.templates[tid].count += count - 1
+        ids[text] = tid
+    return ids
+
+
+def write_events(work: Path, tasks: list[int], out: Path, templates: _Templates, flows: bool) -> None:
+    """events.parquet: every event in input order, with its template (the rows event_idx points to)."""
+    schema = pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts", pa.float64()),
+                        ("template", pa.int64()), ("raw", pa.string()), ("entities", pa.string()),
+                        ("label", pa.string())] + ([("fields", pa.string())] if flows else []))
+    tmp = out / ".events.parquet.tmp"
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for no in tasks:
+            path = work / "events" / f"t{no:06d}.parquet"
+            if not path.exists():
+                continue
+            pf = pq.ParquetFile(path)
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g)
+                masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
+                tpl = pa.array([templates(templates.text(m, f)) for m, f in zip(masked, fields)], pa.int64())
+                cols = [t.column("source"), t.column("line_no"), t.column("ts"), tpl, t.column("raw"),
+                        t.column("entities"), t.column("label")] + ([t.column("fields")] if flows else [])
+                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+    tmp.replace(out / "events.parquet")
+
+
+class _Runner:
+    """Runs a stage's calls here, in ``processes`` local processes, or as Ray tasks spread over the cluster."""
+
+    def __init__(self, ray_mod=None, processes: int = 1):
+        self.ray, self.processes = ray_mod, processes
+
+    def map(self, fn, calls: list[tuple]) -> list:
+        if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
+            return [fn(*args) for args in calls]
+        if self.ray is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a forked child would inherit the parent's Arrow and torch threads
+            with ProcessPoolExecutor(min(self.processes, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                return list(pool.map(fn, *zip(*calls)))
+        remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
+        shared = {}
+
+        def put(v):  # large read-only arguments go to the object store once
+            if isinstance(v, (np.ndarray, dict)) and id(v) not in shared:
+                shared[id(v)] = self.ray.put(v)
+            return shared.get(id(v), v)
+
+        return self.ray.get([remote.remote(*[put(a) for a in args]) for args in calls])
+
+
+def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
+    """Write the prepared dataset of ``cfg`` into the (new, empty) folder ``out``; returns (summary, extra)."""
+    from loglm.ingest.distributed import plan_tasks
+    from loglm.ingest.flows import FlowCodec
+    from loglm.ingest.prepare import read_id_list
+    from loglm.ingest.readers import expand_inputs
+    from loglm.ingest.templates import TemplateMiner
+    from loglm.progress import Progress
+    from loglm.vocab import Vocabulary
+
+    data = cfg.data
+    data_dict = dataclasses.asdict(data)
+    n_parts = data.spill_partitions
+    work = out / "_work"
+    work.mkdir(parents=True)
+    paths = expand_inputs(list(data.inputs))
+    processes = cfg.workers or os.cpu_count() or 1
+    size = sum(p.stat().st_size for p in paths if p.is_file())
+    runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
+    if ray_mod is None and runner.processes == 1:
+        tasks = [{"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
+                  "end": -1, "first_line": 1, "prime": 0} for p in paths]
+    else:
+        tasks = plan_tasks(paths, data.format, cfg.ray.lines_per_task)
+    file_no = {os.fspath(p): k for k, p in enumerate(paths, 1)}
+    for no, task in enumerate(tasks):
+        task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
+    t0 = time.perf_counter()
+    progress = Progress("reading")
+    read = runner.map(read_task, [(task, data_dict, cfg.tokenizer.mask_params, str(work), n_parts) for task in tasks])
+    account = LineAccount()
+    for r in read:
+        a = r["account"]
+        account.read += a["read"]
+        account.accepted += a["accepted"]
+        account.rejected += a["rejected"]
+        account.metadata += a["metadata"]
+        account.reasons.update(a["rejected_by_reason"])
+    counts = np.array([r["events"] for r in read], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else np.zeros(0, np.int64)
+    n_events = int(counts.sum())
+    progress.done(f"read {account.read:,} lines in {len(tasks)} task{'s' * (len(tasks) != 1)}: {n_events:,} events, "
+                  f"{account.rejected:,} lines rejected")
+    if n_events == 0:
+        first = next((json.loads(line) for p in sorted((work / "rejected").glob("*.jsonl"))
+                      for line in p.read_text().splitlines()), None)
+        where = f"{first['file']}:{first['line']}: {first['reason']}" if first else "no lines"
+        raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
+                         f"first rejection: {where}")
+    if data.session.by == "count":
+        read = runner.map(spill_counted, [(no, int(offsets[no]), data_dict, str(work), n_parts) for no in range(len(tasks))])
+    stats = merge_stats([r["stats"] for r in read])
+    nodes = {r["node"] for r in read}
+
+    # stage 2: labels and splits from the per-session table
+    anomalous = read_id_list(data.anomalous_ids) if data.anomalous_ids else None
+    label, mixed = session_labels(stats, data, anomalous)
+    first_id = to_global(stats.column("first_pos").to_numpy(), offsets)
+
+    def rank_events(before):
+        return event_ranks(stats.column("first_ts").to_numpy(), first_id, work, list(range(len(tasks))), offsets, before)
+
+    split = assign_splits(stats, data, rank_events)
+    if data.train_normal_only:  # anomalous training sessions are held out of training entirely
+        split[(split == "train") & (label == 1)] = "train_heldout_anomalous"
+    keys = stats.column("key").to_pylist()
+    infos: list[dict] = [{} for _ in range(n_parts)]
+    rows = np.zeros(n_parts, np.int64)
+    for k, s, lab, m, n in zip(keys, split, label.tolist(), mixed.tolist(), stats.column("n").to_pylist()):
+        p = partition_of(k, n_parts)
+        infos[p][k] = (s, lab, bool(m and data.train_normal_only))
+        rows[p] += n
+    input_end = float(stats.column("last_ts").to_numpy().max())
+    units = work_units(infos, rows)
+
+    # stage 3: distinct training messages per partition
+    progress = Progress("sessions", unit="partitions")
+    counted = runner.map(count_partition, [(u, str(work), offsets, info, data_dict, input_end) for u, info in units])
+    texts: Counter = Counter()
+    train_flows: list[dict] = []
+    by_split: Counter = Counter()
+    labels: Counter = Counter()
+    pauses: list[float] = []
+    skipped = session_rows = sessions_split = 0
+    for c in counted:
+        texts.update(c["texts"])
+        train_flows.extend(c["flows"])
+        by_split.update(c["by_split"])
+        labels.update(c["labels"])
+        pauses.extend(c["pauses"])
+        skipped += c["skipped"]
+        session_rows += c["session_rows"]
+        sessions_split += c["sessions_split"]
+        nodes.add(c["node"])
+    progress.done(f"{len(keys):,} sessions in {n_parts} partitions ({len(units)} work units)")
+
+    # stage 4: templates and vocabulary
+    flows = data.format in FLOW_FORMATS
+    codec = None
+    miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+    if flows:
+        if not train_flows:
+            raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
+        codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
+                          local_networks=list(data.local_networks)).fit(train_flows)
+        texts = Counter(codec.sentence(f) for f in train_flows)
+        del train_flows
+    train_ids = mine(texts, miner)
+    tok_counts: Counter = Counter()
+    for text, c in texts.items():
+        tok_counts[train_ids[text]] += c
+    keep = sorted(tid for tid, c in tok_counts.items() if c >= cfg.tokenizer.min_count)
+    vocab = Vocabulary(miner, keep, cfg.tokenizer.gap_buckets, cfg.tokenizer.mask_params, codec)
+    Progress("mining").done(f"{len(miner.templates):,} templates mined from {len(texts):,} distinct messages of "
+                            f"{sum(texts.values()):,} training lines")
+
+    # stage 5: token shards per partition, then the events table in input order
+    (out / "sessions").mkdir(parents=True, exist_ok=True)
+    vocab_dict = vocab.to_dict()
+    written = runner.map(write_partition, [(u, str(work), str(out), offsets, info, data_dict, input_end, vocab_dict,
+                                            train_ids) for u, info in units])
+    shards = [Path(s) for w in written for s in w["shards"]]
+    nodes |= {w["node"] for w in written}
+    write_events(work, list(range(len(tasks))), out, _Templates(vocab, train_ids), flows)
+    with open(out / "rejected.jsonl", "wb") as fh:
+        for no in range(len(tasks)):
+            path = work / "rejected" / f"t{no:06d}.jsonl"
+            if path.exists():
+                with open(path, "rb") as src:
+                    while block := src.read(1 << 20):
+                        fh.write(block)
+    import shutil
+
+    shutil.rmtree(work)
+    if not shards:  # an empty table still carries the schema readers expect
+        from loglm.shards import SESSION_SCHEMA
+
+        pq.write_table(SESSION_SCHEMA.empty_table(), out / "sessions" / "shard-00000-000-0000.parquet")
+        shards = [out / "sessions" / "shard-00000-000-0000.parquet"]
+    if not account.reconciles():  # an invariant: a bug if it ever fires
+        raise RuntimeError(f"line accounting does not reconcile: {account.as_dict()}")
+    v = np.asarray(pauses, np.float64)
+    pause = {"n": 0} if not len(v) else {"n": int(len(v)), "p99": float(np.quantile(v, 0.99)),
+                                         "p999": float(np.quantile(v, 0.999)), "max": float(v.max())}
+    summary = {
+        "lines": account.as_dict(), "events": n_events, "sessions": len(keys), "session_rows": session_rows,
+        "sessions_split": sessions_split, "sessions_by_split": dict(by_split),
+        "labels_by_split": dict(sorted(labels.items())), "session_pause_s": pause,
+        "train_events_skipped_unlabelled": skipped, "seconds_reading": round(time.perf_counter() - t0, 3),
+        "tasks": len(tasks), "spill_partitions": n_parts, "nodes": len(nodes),
+    }
+    return summary, {"vocab": vocab, "shards": shards}

@@ -1,0 +1,119 @@
+"""The out-of-core prepare: the same dataset whatever the division of work, memory that does not follow the
+corpus, and the generated corpus it is measured on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from loglm.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "hdfs.log"
+    generate(out, 30_000, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
+             ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", anomaly_rate=0.05, seed=1)
+    return out
+
+
+def prepared(tmp_path: Path, corpus: Path, *overrides: str) -> dict:
+    from loglm.ingest.prepare import run as prepare
+
+    cfg = compose("prepare", [f"paths.root={tmp_path}", "data=hdfs_loglead", f"data.inputs=[{corpus}]",
+                              f"data.anomalous_ids={corpus}.anomalous_ids.txt", "ray.lines_per_task=4000", *overrides])
+    summary = prepare(cfg)
+    folder = Path(summary["path"])
+    return {"summary": summary,
+            "sessions": pq.read_table(folder / "sessions").sort_by([("session_id", "ascending"), ("chunk", "ascending")]),
+            "events": pq.read_table(folder / "events.parquet"),
+            "vocab": (folder / "vocab.json").read_bytes(),
+            "rejected": (folder / "rejected.jsonl").read_bytes()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["summary"]["lines"] == b["summary"]["lines"]
+    assert a["sessions"].equals(b["sessions"])  # same sessions, chunks, splits, labels, token ids, gaps, event ids
+    assert a["events"].equals(b["events"])
+    assert a["vocab"] == b["vocab"] and a["rejected"] == b["rejected"]
+
+
+def test_synth_writes_labelled_whole_blocks_reproducibly(tmp_path):
+    from loglm.synth import BLOCK, generate
+
+    src = ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz"
+    ids = ROOT / "data/hdfs_loglead/anomalous_block_ids.txt"
+    a = generate(tmp_path / "a.log", 5_000, src, ids, anomaly_rate=0.2, seed=7)
+    generate(tmp_path / "b.log", 5_000, src, ids, anomaly_rate=0.2, seed=7)
+    assert (tmp_path / "a.log").read_bytes() == (tmp_path / "b.log").read_bytes()  # a seed gives one corpus
+    assert a["lines"] >= 5_000 and a["lines"] == len((tmp_path / "a.log").read_text().splitlines())
+    bad = set((tmp_path / "a.log.anomalous_ids.txt").read_text().split())
+    assert len(bad) == a["anomalous_blocks"] and 0.1 < len(bad) / a["blocks"] < 0.3
+    seen = {m for line in (tmp_path / "a.log").read_text().splitlines() for m in BLOCK.findall(line)}
+    assert bad <= seen and len(seen) >= a["blocks"]
+    c = generate(tmp_path / "c.log.gz", 2_000, src, ids, seed=8)
+    assert c["out"].endswith(".gz") and (tmp_path / "c.log.gz").stat().st_size > 0
+
+
+def test_the_dataset_does_not_depend_on_processes_partitions_or_parts(tmp_path, corpus, monkeypatch):
+    from loglm.ingest import partitioned
+
+    one = prepared(tmp_path / "one", corpus, "workers=1")
+    assert one["summary"]["tasks"] == 1 and one["summary"]["lines"]["accepted"] == one["events"].num_rows
+    monkeypatch.setattr(partitioned, "LOCAL_SPLIT_BYTES", 0)  # cut the input into tasks, two processes
+    monkeypatch.setattr(partitioned, "MAX_UNIT_ROWS", 2_000)  # and partitions into parts
+    two = prepared(tmp_path / "two", corpus, "workers=2", "data.spill_partitions=5")
+    assert two["summary"]["tasks"] > 1
+    assert_same(one, two)
+    labels = one["summary"]["labels_by_split"]
+    assert labels.get("test/1", 0) > 0 and labels.get("train/0", 0) > 0 and "train/1" not in labels
+
+
+def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):
+    local = prepared(tmp_path / "local", corpus, "workers=1")
+    for cpus in (1, 4):
+        ray = prepared(tmp_path / f"ray{cpus}", corpus, "backend=ray", f"ray.num_cpus={cpus}")
+        assert ray["summary"]["backend"] == "ray" and ray["summary"]["tasks"] > 1
+        assert_same(local, ray)
+
+
+test_ray_with_one_or_four_cpus_gives_the_local_dataset = pytest.mark.slow(
+    test_ray_with_one_or_four_cpus_gives_the_local_dataset)
+
+PEAK = """
+import json, resource, sys
+from conftest import compose
+from loglm.ingest.prepare import run
+cfg = compose("prepare", sys.argv[1:])
+s = run(cfg)
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "events": s["events"]}))
+"""
+
+
+@pytest.mark.slow
+def test_prepare_memory_does_not_follow_the_corpus(tmp_path):
+    """Four times the lines, nearly the same peak: before, prepare held every event (about 1.4 KB a line)."""
+    from loglm.synth import generate
+
+    peaks = {}
+    for n in (60_000, 240_000):
+        log = tmp_path / f"c{n}.log"
+        generate(log, n, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
+                 ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=2)
+        args = [f"paths.root={tmp_path / str(n)}", "data=hdfs_loglead", f"data.inputs=[{log}]",
+                f"data.anomalous_ids={log}.anomalous_ids.txt", "workers=1"]
+        proc = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True, cwd=ROOT / "tests",
+                              env={"PYTHONPATH": str(ROOT / "tests"), "LOGLM_PROGRESS": "0", "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    growth_kb_per_line = (peaks[240_000]["rss_mb"] - peaks[60_000]["rss_mb"]) * 1024 / 180_000
+    assert peaks[240_000]["events"] >= 240_000
+    assert growth_kb_per_line < 0.35, peaks  # held events would add about 1.4 KB a line
