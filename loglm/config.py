@@ -189,10 +189,16 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     patience: int = 5
     progress_bar: bool = True
+    # a share of each epoch's batches (<= 1.0), or a number of batches (> 1, e.g. 200)
     limit_train_batches: float = 1.0
     # after Ctrl-C / SIGTERM the job marks its run KILLED and exits; if it is still alive this many seconds
     # later (a step or a lock that does not return), it exits at once (a second signal does so immediately)
     stop_grace_s: float = 60.0
+
+    def train_batches(self) -> float | int:
+        """limit_train_batches as Lightning reads it: a float share, or an int number of batches."""
+        v = self.limit_train_batches
+        return int(v) if v > 1 else float(v)
 
     def __post_init__(self):
         _check(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}")
@@ -204,6 +210,8 @@ class TrainerConfig:
                "trainer.warmup_steps, patience and num_workers must be >= 0 and trainer.devices >= 1")
         _check(_finite(self.limit_train_batches) and self.limit_train_batches > 0,
                f"trainer.limit_train_batches must be > 0, got {self.limit_train_batches}")
+        _check(self.limit_train_batches <= 1 or float(self.limit_train_batches).is_integer(),
+               f"trainer.limit_train_batches above 1 counts batches: give a whole number, got {self.limit_train_batches}")
         _check(_finite(self.stop_grace_s) and self.stop_grace_s > 0, f"trainer.stop_grace_s must be > 0, got {self.stop_grace_s}")
 
 
@@ -420,6 +428,11 @@ class TuneConfig:
     # the registered version gets this alias; `loglm model promote` moves "champion" to it
     alias: str = "candidate"
     export: bool = True
+
+    def train_batches(self) -> float | int:
+        """limit_train_batches as Lightning reads it: a float share, or an int number of batches."""
+        v = self.limit_train_batches
+        return int(v) if v > 1 else float(v)
 
     def __post_init__(self):
         _check(self.max_epochs >= 1 and 0 < self.val_frac < 1 and 0 < self.lr <= 10,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -72,16 +71,23 @@ def write_session_shards(table: pa.Table, folder: Path, shard_rows: int) -> list
     return paths
 
 
-def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
+def session_files(data_dir: str | Path) -> list[Path]:
     folder = Path(data_dir) / "sessions"
     files = sorted(folder.glob("shard-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no session shards in {folder}; run `python -m pipelines.prepare` first")
-    table = pa.concat_tables(pq.read_table(f) for f in files)
-    if split is not None:
-        mask = np.asarray(table.column("split").to_numpy(zero_copy_only=False) == split)
-        table = table.filter(pa.array(mask))
-    return table
+    return files
+
+
+def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
+    """The session rows (of one split), read a shard at a time so only the split's rows are kept."""
+    import pyarrow.compute as pc
+
+    parts = []
+    for f in session_files(data_dir):
+        t = pq.read_table(f)
+        parts.append(t if split is None else t.filter(pc.equal(t.column("split"), split)))
+    return pa.concat_tables(parts)
 
 
 def read_events(data_dir: str | Path, rows: list[int] | None = None) -> pa.Table:

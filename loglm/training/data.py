@@ -1,4 +1,5 @@
-"""LightningDataModule over the prepared Parquet session shards, with length-bucketed batches."""
+"""LightningDataModule over the prepared Parquet session shards: training streamed (loglm.training.stream),
+validation (normal sessions of the val split) in memory, both in length-bucketed batches."""
 
 from __future__ import annotations
 
@@ -100,21 +101,22 @@ class SessionDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.train_set: SessionDataset | None = None
+        self.train_units: list | None = None  # (shard, row group, training sessions): streamed, never loaded
         self.val_set: SessionDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        from loglm.shards import read_sessions
+        from loglm.shards import read_sessions, session_files
+        from loglm.training.stream import row_groups
 
-        if self.train_set is None:
-            self.train_set = SessionDataset.from_table(read_sessions(self.data_dir, "train"))
+        if self.train_units is None:
+            self.train_units = row_groups(session_files(self.data_dir), "train")
             val = read_sessions(self.data_dir, "val")
             # validation loss is measured on normal (or unlabelled) sessions only
             labels = np.asarray(val.column("label").to_numpy())
             import pyarrow as pa
 
             self.val_set = SessionDataset.from_table(val.filter(pa.array(labels != 1)))
-            if len(self.train_set) == 0:
+            if not self.train_units:
                 raise ValueError(f"{self.data_dir}: no training sessions (check data.split)")
 
     def _loader(self, ds: SessionDataset, shuffle: bool) -> DataLoader:
@@ -123,7 +125,13 @@ class SessionDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        """The training split streamed from the shards (loglm.training.stream), this rank's share."""
+        from loglm.training.stream import ShardStream, StreamLoader
+
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else 0
+        return StreamLoader(ShardStream(self.train_units, "train", self.batch_size, self.seed, epoch, rank, world))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)

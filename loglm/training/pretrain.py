@@ -227,7 +227,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         logger=tracking.lightning_logger(cfg, ctx.run_id), log_every_n_steps=cfg.trainer.log_every_n_steps,
         callbacks=callbacks, plugins=plugins, use_distributed_sampler=False, deterministic=False,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=cfg.trainer.progress_bar,
-        limit_train_batches=cfg.trainer.limit_train_batches, num_sanity_val_steps=0,
+        limit_train_batches=cfg.trainer.train_batches(), num_sanity_val_steps=0,
         enable_checkpointing=not on_ray)  # on Ray, RayTrainReportCallback checkpoints (no second, default writer)
     return trainer, best
 

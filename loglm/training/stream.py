@@ -1,0 +1,130 @@
+"""Training batches streamed from the session shards: no process holds the training split.
+
+The split's shards are read a row group at a time.  Each epoch the row groups are put in an order drawn from
+(seed, epoch) and dealt to the ranks in turn, so ranks read disjoint data; every rank yields the same number
+of batches (what the smallest share fills), so DDP and DeepSpeed steps stay in lock-step.  Inside a rank,
+sessions go through a bounded buffer (``buffer_batches`` batches of sessions): shuffled, sorted by length,
+cut into batches (little padding, as :class:`loglm.training.data.BucketBatchSampler` does for a split held in
+memory) and the batches shuffled.  The stream is a pure function of (seed, epoch, rank, world), so a job
+resumed mid-epoch skips the batches it already trained on (:class:`StreamLoader` is Lightning-stateful).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from torch.utils.data import DataLoader, IterableDataset
+
+from loglm.windows import windows_of
+
+
+def row_groups(files: list[Path], split: str) -> list[tuple[str, int, int]]:
+    """(file, row group, sessions of ``split`` in it) for every row group holding any: one pass over the
+    ``split`` column only."""
+    units = []
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            col = pf.read_row_group(g, columns=["split"]).column("split")
+            n = int(pc.sum(pc.equal(col, split)).as_py() or 0)
+            if n:
+                units.append((str(f), g, n))
+    return units
+
+
+class ShardStream(IterableDataset):
+    """Batches (dicts of padded tensors) of one rank's share of one epoch."""
+
+    def __init__(self, units: list[tuple[str, int, int]], split: str, batch_size: int, seed: int, epoch,
+                 rank: int = 0, world: int = 1, buffer_batches: int = 50, skip: int = 0):
+        """``epoch``: a number, or a function giving the current one (the Trainer's, read as each epoch starts)."""
+        self.units, self.split, self.batch_size = units, split, batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self._epoch = epoch
+        self.buffer = buffer_batches * batch_size
+        self.skip = skip
+        self.yielded = skip  # batches of this epoch handed out so far (counting skipped ones)
+        self._iter_epoch: int | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch() if callable(self._epoch) else self._epoch)
+
+    def _order(self) -> list[tuple[str, int, int]]:
+        order = list(self.units)
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def __len__(self) -> int:
+        """Batches per rank: every rank yields what the smallest share fills, so steps stay in lock-step."""
+        order = self._order()
+        shares = [sum(n for _, _, n in order[r::self.world]) for r in range(self.world)]
+        return math.ceil(min(shares) / self.batch_size) if shares else 0
+
+    def _sessions(self):
+        for path, g, _ in self._order()[self.rank::self.world]:
+            t = pq.ParquetFile(path).read_row_group(g, columns=["tokens", "gaps", "closed", "split"])
+            t = t.filter(pc.equal(t.column("split"), self.split))
+            yield from zip(*windows_of(t))
+
+    def _batches(self):
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank)
+        buf: list = []
+
+        def cut(items):
+            rng.shuffle(items)
+            items.sort(key=lambda s: len(s[0]) + s[2])
+            batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+            rng.shuffle(batches)
+            return batches
+
+        for s in self._sessions():
+            buf.append(s)
+            if len(buf) >= self.buffer:
+                yield from cut(buf)
+                buf = []
+        if buf:
+            yield from cut(buf)
+
+    def __iter__(self):
+        from loglm.training.data import collate
+
+        if self._iter_epoch is not None and self._iter_epoch != self.epoch:  # a new epoch: nothing to skip
+            self.skip = 0
+        self._iter_epoch = self.epoch
+        self.yielded = self.skip
+        total = len(self)
+        for i, batch in enumerate(self._batches()):
+            if i >= total:
+                return
+            if i < self.skip:
+                continue
+            self.yielded = i + 1
+            yield collate(batch)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.yielded, "seed": self.seed, "rank": self.rank, "world": self.world}
+
+
+class StreamLoader(DataLoader):
+    """The DataLoader of a :class:`ShardStream`, stateful for Lightning: its checkpoint records how many
+    batches of the epoch were trained on, and a resumed run skips them."""
+
+    def __init__(self, stream: ShardStream):
+        super().__init__(stream, batch_size=None, num_workers=0)
+        self.stream = stream
+        self.resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        # Lightning asks for a batch when its step starts (the loader has a length: no fetching ahead), so
+        # the batches handed out are the batches trained on (tests/test_stream.py checks it against Lightning)
+        return self.stream.state()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("epoch") == self.stream.epoch and (state.get("world"), state.get("seed")) == \
+                (self.stream.world, self.stream.seed):
+            self.stream.skip = self.stream.yielded = int(state.get("batches", 0))
