@@ -435,6 +435,8 @@ def main() -> None:
                         help="data config of the inference section (its test split is scored)")
     parser.add_argument("--rtd-weight", type=float, default=2.0,
                         help="replaced-event head weight of the student (0 = score with masked views)")
+    parser.add_argument("--scale-sizes", nargs="*", type=int, default=[1_000_000, 4_000_000, 16_000_000],
+                        help="generated corpus sizes (lines) of the scale section")
     parser.add_argument("--analyst-model", help="model directory for the analyst section (default: pretrain one)")
     args = parser.parse_args()
     sections = {"ingest": lambda: bench_ingest(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
@@ -444,6 +446,8 @@ def main() -> None:
                 "scoring_cpu": bench_scoring,
                 "analyst": lambda: __import__("benchmarks.analyst", fromlist=["bench_analyst"]).bench_analyst(
                     Path(tempfile.mkdtemp(prefix="loglm-bench-")), args.analyst_model),
+                "scale": lambda: __import__("benchmarks.scale", fromlist=["bench_scale"]).bench_scale(
+                    Path(tempfile.mkdtemp(prefix="loglm-bench-")), args.scale_sizes),
                 "inference": lambda: bench_inference(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
                                                      args.teacher_epochs, args.student_epochs, args.rtd_weight,
                                                      args.inference_data)}

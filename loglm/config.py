@@ -413,6 +413,8 @@ class RayConfig:
     num_workers: int = 2
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # how Ray Train places the workers: PACK (fewest nodes), SPREAD (one per node where it can), ...
+    placement_strategy: str = "PACK"
     storage_path: str | None = None
     max_failures: int = 2
 

@@ -129,9 +129,10 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     normal, unknown = set(cfg.data.normal_labels), set(cfg.data.unknown_labels)
 
     def events_of(split: str, normal_sessions_only: bool = False) -> list[int]:
+        """Event ids in input order: a model fitted on them does not depend on how sessions lie in shards."""
         t = read_sessions(data_dir, split)
-        return [j for lab, idx in zip(t.column("label").to_pylist(), t.column("event_idx").to_pylist())
-                if not (normal_sessions_only and lab == 1) for j in idx]
+        return sorted(j for lab, idx in zip(t.column("label").to_pylist(), t.column("event_idx").to_pylist())
+                      if not (normal_sessions_only and lab == 1) for j in idx)
 
     feats = FlowFeatures(local_networks=tuple(cfg.data.local_networks))
     model.fit(feats.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True))))

@@ -39,7 +39,8 @@ def free_port() -> int:
 class LocalHead:
     """A private single-node Ray head on 127.0.0.1 (``ray start --head --block``), stopped by its PID."""
 
-    def __init__(self, num_cpus: int | None = None, start_timeout_s: float = 90.0):
+    def __init__(self, num_cpus: int | None = None, start_timeout_s: float = 90.0, multi_node: bool = False):
+        """``multi_node``: other raylets on this machine may join (LocalNode); every process still binds 127.0.0.1."""
         local_ray_env()
         # Ray's socket paths must stay under 107 bytes: a short folder under /tmp
         self.temp_dir = tempfile.mkdtemp(prefix="loglm-ray-", dir="/tmp")
@@ -52,12 +53,18 @@ class LocalHead:
                f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
         if num_cpus:
             cmd.append(f"--num-cpus={num_cpus}")
-        self.log = Path(self.temp_dir) / "head.log"
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # Ray refuses a second node on one machine unless told this is a cluster
+        self._start(cmd, "head.log", start_timeout_s, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"} if multi_node else {})
+
+    def _start(self, cmd: list[str], log_name: str, timeout_s: float, env_extra: dict) -> None:
+        """``ray start ... --block`` in its own process group, logged to ``log_name``, until it is ready."""
+        self.log = Path(self.temp_dir) / log_name
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               **env_extra}
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=open(self.log, "wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            self._wait_ready(start_timeout_s)
+            self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -93,6 +100,34 @@ class LocalHead:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class LocalNode(LocalHead):
+    """A second raylet on this machine joining ``address`` (``ray start --address --block``): with a LocalHead,
+    a two-node Ray cluster on 127.0.0.1 (tasks and Train workers placed on either node); stopped by its PID."""
+
+    def __init__(self, address: str, num_cpus: int | None = None, start_timeout_s: float = 90.0):
+        local_ray_env()
+        self.temp_dir = tempfile.mkdtemp(prefix="loglm-raynode-", dir="/tmp")
+        self.address = address
+        ray_bin = Path(sys.executable).parent / "ray"
+        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", f"--address={address}", "--block",
+               f"--node-ip-address={LOOPBACK}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+               f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
+        if num_cpus:
+            cmd.append(f"--num-cpus={num_cpus}")
+        self._start(cmd, "node.log", start_timeout_s, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"})
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Ray node exited with {self.proc.returncode}:\n{self._log_tail()}")
+            if b"Ray runtime started" in self.log.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"Ray node did not join {self.address} within {timeout_s:.0f} s:\n{self._log_tail()}")
 
 
 @contextmanager

@@ -36,13 +36,16 @@ def test_local_ray_binds_only_loopback_and_is_stopped_after():
     from loglm.ray_cluster import ray_session
 
     me = psutil.Process()
+    # what this process had already started (e.g. multiprocessing's resource tracker, which lives as long as
+    # its parent) is not Ray's to stop
+    before = {p.pid for p in me.children(recursive=True)}
     with ray_session(OmegaConf.create({"address": None, "num_cpus": 2})) as ray:
         @ray.remote
         def square(x):
             return x * x
 
         assert ray.get([square.remote(i) for i in range(8)]) == [i * i for i in range(8)]  # workers are up
-        tree = me.children(recursive=True)
+        tree = [p for p in me.children(recursive=True) if p.pid not in before]
         found = listeners([me, *tree])
         names = {name for _, name, _, _ in found}
         assert "gcs_server" in names and "raylet" in names, found  # the check sees Ray's own listeners

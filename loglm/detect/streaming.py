@@ -170,12 +170,14 @@ class StreamingDetector:
         self.stats["alerts"] += len(alerts)
 
     def finish(self) -> dict:
-        """The input ended: sessions still open are scored as batch detection would score them: closed
-        ([END]) when quiet for ``data.session.idle_close_s`` before the input's last event, else as they are."""
-        quiet = self.session_cfg.idle_close_s
+        """The input ended: sessions still open are scored as batch detection would score them (closed, with
+        [END], by :func:`loglm.ingest.sessions.is_closed`: an entity with ``data.session.idle_close_s=0`` is)."""
+        from loglm.ingest.sessions import is_closed
+
         while self.open:
             key, events = self.open.popitem(last=False)
-            self.pending.append((key, events, quiet > 0 and events[-1]["ts"] <= self.watermark - quiet))
+            self.pending.append((key, events, is_closed(self.session_cfg, events[0]["ts"], events[-1]["ts"],
+                                                        self.watermark)))
             if len(self.pending) >= self.dcfg.batch_size:
                 self._score_pending()
         self._score_pending()

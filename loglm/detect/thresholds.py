@@ -39,7 +39,14 @@ def threshold_for_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
     if not 0 < target_fpr < 1:
         raise ValueError(f"detect.target_fpr must be in (0, 1), got {target_fpr}")
     s = np.sort(np.asarray(normal_scores, dtype=np.float64))
-    return float(s[len(s) - 1 - allowed_above(len(s), target_fpr)])
+    t = float(s[len(s) - 1 - allowed_above(len(s), target_fpr)])
+    # identical sessions score identically only up to float noise (batch and streaming pad them in different
+    # batches: ~1e-12 here); the threshold sits just above that noise, so a session equal to the threshold
+    # item does not alert in one path and not the other.  Real score differences are far larger (>= 1e-9).
+    return t + TIE_NOISE * max(1.0, abs(t))
+
+
+TIE_NOISE = 1e-10
 
 
 def fpr_promise(n: int, target_fpr: float) -> dict:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection
-from loglm.ingest.sessions import event_label, session_keys
+from loglm.ingest.sessions import event_label, is_closed, session_keys
 
 ROW_GROUP = 32_768  # rows buffered before a write
 TASK_BITS = 40  # an event's position while tasks run: task << TASK_BITS | index in task (input order)
@@ -400,12 +400,7 @@ def _sessions(t: pa.Table, info: dict, data, input_end: float):
                 label = 0
             else:
                 split, rows = "train_heldout_unlabelled", np.arange(start, end)
-        if cfg.by in ("event", "count"):
-            closed = True
-        elif cfg.by in ("window", "entity_window"):
-            closed = int(ts[start] // cfg.window_s) * cfg.window_s + cfg.window_s <= input_end
-        else:
-            closed = cfg.idle_close_s <= 0 or ts[end - 1] <= input_end - cfg.idle_close_s
+        closed = is_closed(cfg, ts[start], ts[end - 1], input_end)
         for c in range(0, len(rows), cfg.max_events):
             yield key, c // cfg.max_events, closed and c + cfg.max_events >= len(rows), split, label, rows[c:c + cfg.max_events]
         start = end

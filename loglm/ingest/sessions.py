@@ -82,6 +82,17 @@ def _window(ts: float, window_s: float) -> str:
         return f"t{start:.0f}"
 
 
+def is_closed(cfg: SessionConfig, first_ts: float, last_ts: float, input_end: float) -> bool:
+    """Whether a session ended inside the input (it gets [END]): events and counted windows always; a time
+    window once its span has elapsed before the input's last event; an entity once it has been quiet for
+    ``idle_close_s`` before that (0: always).  Batch, out-of-core prepare and the end of a stream share it."""
+    if cfg.by in ("event", "count"):
+        return True
+    if cfg.by in ("window", "entity_window"):
+        return int(first_ts // cfg.window_s) * cfg.window_s + cfg.window_s <= input_end
+    return cfg.idle_close_s <= 0 or last_ts <= input_end - cfg.idle_close_s
+
+
 def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
                rejections: list[tuple[str, int, str]]) -> list[Session]:
     """Group events; a line without a session key is counted as rejected (never silently dropped)."""
@@ -115,12 +126,7 @@ def sessionize(events: Events, cfg: SessionConfig, account: LineAccount,
     sessions = []
     for key, idx in groups.items():
         idx.sort(key=lambda j: (events.ts[j], j))
-        if cfg.by in ("event", "count"):
-            closed = True
-        elif cfg.by in ("window", "entity_window"):
-            closed = int(events.ts[idx[0]] // cfg.window_s) * cfg.window_s + cfg.window_s <= input_end
-        else:
-            closed = cfg.idle_close_s <= 0 or events.ts[idx[-1]] <= input_end - cfg.idle_close_s
+        closed = is_closed(cfg, events.ts[idx[0]], events.ts[idx[-1]], input_end)
         for c in range(0, len(idx), cfg.max_events):
             last = c + cfg.max_events >= len(idx)
             entity = key.split("@", 1)[0] if cfg.by == "entity_window" else key

@@ -3,10 +3,11 @@
 ``ray.storage_path``, and restarts the worker group from the latest checkpoint when a worker dies
 (``ray.max_failures``).
 
-Data: every worker opens the prepared Parquet shards (token ids only, a few bytes per event) and takes its
-rank's share of the length-bucketed batches (``BucketBatchSampler`` is rank-aware).  We chose this over
-Ray Data's streaming split: sequences must be bucketed by length across the whole dataset to avoid padding
-waste, the split must be identical after a restart, and the token shards are small next to the model.
+Data: every worker streams its rank's share of the prepared Parquet shards' row groups
+(:mod:`loglm.training.stream`: disjoint per rank, an order drawn from seed and epoch, length-bucketed in a
+bounded buffer, equal step counts).  We chose this over Ray Data's streaming split: the split must be
+identical after a restart (the stream is a function of seed, epoch, rank and world, and a checkpoint records
+how far into the epoch it was), and no dataset service has to run beside the workers.
 Rank 0 alone logs to the MLflow run the driver created (one run per job); on a multi-node cluster
 ``paths.root`` and ``ray.storage_path`` must be shared storage and ``logger.tracking_uri`` an MLflow server.
 """
@@ -28,9 +29,14 @@ def _attempt_logger(path: Path, resumed: str | None):
         resumed at (restored from the checkpoint before on_train_start): the driver and tests read it."""
 
         def on_train_start(self, trainer, module) -> None:
+            import ray
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_name("workers.jsonl"), "a") as fh:  # where each rank runs (every rank)
+                fh.write(json.dumps({"time": time.time(), "rank": trainer.global_rank, "pid": os.getpid(),
+                                     "node": ray.get_runtime_context().get_node_id()}) + "\n")
             if not trainer.is_global_zero:
                 return
-            path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as fh:
                 fh.write(json.dumps({"time": time.time(), "resumed": resumed, "pid": os.getpid(),
                                      "world_size": trainer.world_size, "start_epoch": trainer.current_epoch,
@@ -109,7 +115,8 @@ def fit_on_ray(cfg, ctx) -> dict:
             _worker_loop,
             train_loop_config={"cfg": plain, "ctx": dataclasses.asdict(ctx)},
             scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                         resources_per_worker=resources),
+                                         resources_per_worker=resources,
+                                         placement_strategy=cfg.ray.placement_strategy),
             run_config=RunConfig(name=ctx.run_id, storage_path=str(storage),
                                  failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -120,6 +127,9 @@ def fit_on_ray(cfg, ctx) -> dict:
     attempts_path = Path(ctx.ckpt_dir) / "attempts.jsonl"
     attempts = [json.loads(x) for x in attempts_path.read_text().splitlines()] if attempts_path.is_file() else []
     client.set_tag(ctx.run_id, "worker_group_starts", str(len(attempts)))
+    workers_path = attempts_path.with_name("workers.jsonl")
+    placed = [json.loads(x) for x in workers_path.read_text().splitlines()] if workers_path.is_file() else []
+    last = {w["rank"]: w["node"] for w in placed}  # the last group's placement
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
         from loglm.training.zero import zero_checkpoint_to_model
@@ -130,5 +140,5 @@ def fit_on_ray(cfg, ctx) -> dict:
     return {"metrics": metrics, "best_val_loss": float(arch.get("val_loss", metrics.get("val/loss", float("nan")))),
             "best_epoch": int(arch.get("epoch", -1)), "epochs": int(metrics.get("epoch", -1)) + 1,
             "global_step": int(metrics.get("step", -1)), "worker_group_starts": len(attempts),
-            "attempts": attempts, "ray_storage": str(storage / ctx.run_id),
+            "attempts": attempts, "worker_nodes": sorted(set(last.values())), "ray_storage": str(storage / ctx.run_id),
             "checkpoint": result.checkpoint.path if result.checkpoint else None}

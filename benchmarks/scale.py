@@ -1,0 +1,75 @@
+"""Bench section ``scale``: prepare and 200 pretraining steps on generated HDFS corpora of growing size.
+
+Each stage runs as its own process (as a user runs it); its peak RSS is the largest resident set of that
+process and of every process it started (``wait4``: the driver or one of its read/session workers; they
+run side by side, so the machine holds about their sum).  The largest corpus is prepared once more under an
+address-space cap (``prlimit --as``) to show it completes in bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _peak(args: list[str], **kw) -> dict:
+    """One stage in a fresh interpreter that reports its own process tree's peak (RUSAGE_CHILDREN of this
+    process only ever grows, so each measurement gets its own measuring parent)."""
+    code = ("import json, resource, subprocess, sys, time; t=time.perf_counter(); "
+            "p=subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(json.dumps({'rc': p.returncode, 'seconds': time.perf_counter()-t, "
+            "'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024, 'err': p.stderr[-1500:]}))")
+    cmd = [sys.executable, "-m", *args]
+    if kw.get("cap_bytes"):
+        cmd = ["prlimit", f"--as={kw['cap_bytes']}", *cmd]
+    proc = subprocess.run([sys.executable, "-c", code, *cmd], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "LOGLM_PROGRESS": "0"})
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    if r["rc"]:
+        raise RuntimeError(f"{args[0]} failed ({r['rc']}): {r['err']}")
+    return {"seconds": round(r["seconds"], 2), "peak_rss_mb": round(r["peak_rss_mb"], 1)}
+
+
+def bench_scale(tmp: Path, sizes: list[int], steps: int = 200, cap_gb: float = 2.0) -> dict:
+    from loglm.synth import generate
+
+    rows = []
+    for n in sizes:
+        corpus = tmp / f"hdfs_{n}.log"
+        gen = generate(corpus, n, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
+                       ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=0)
+        data = ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
+                f"data.name=scale_{n}", f"paths.root={tmp / 'runs'}", "logger=none"]
+        prep = _peak(["pipelines.prepare", *data])
+        manifest = json.loads((tmp / "runs" / "data" / f"scale_{n}" / "MANIFEST.json").read_text())["summary"]
+        train = _peak(["pipelines.pretrain", *data, "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
+                       "trainer.progress_bar=false", f"paths.root={tmp / 'runs'}"])
+        rows.append({"lines": gen["lines"], "sessions": manifest["sessions"], "prepare_s": prep["seconds"],
+                     "prepare_inner_s": manifest["seconds"], "peak_rss_mb_prepare": prep["peak_rss_mb"],
+                     "lines_per_s": round(gen["lines"] / manifest["seconds"]), "pretrain_s": train["seconds"],
+                     "peak_rss_mb_train": train["peak_rss_mb"], "input_mb": round(corpus.stat().st_size / 2**20, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        if n != max(sizes):
+            corpus.unlink()
+    big = max(sizes)
+    corpus = tmp / f"hdfs_{big}.log"
+    capped = _peak(["pipelines.prepare", "data=hdfs_loglead", f"data.inputs=[{corpus}]",
+                    f"data.anomalous_ids={corpus}.anomalous_ids.txt", "data.name=scale_capped",
+                    f"paths.root={tmp / 'runs'}", "logger=none"], cap_bytes=int(cap_gb * 2**30))
+    shutil.rmtree(tmp, ignore_errors=True)
+    first, last = rows[0], rows[-1]
+    return {
+        "peak_rss_mb_prepare_max": max(r["peak_rss_mb_prepare"] for r in rows),
+        "peak_rss_mb_train_max": max(r["peak_rss_mb_train"] for r in rows),
+        "lines_per_s_largest_over_smallest": round(last["lines_per_s"] / first["lines_per_s"], 3),
+        "prepare_end_to_end_lines_per_s": last["lines_per_s"],
+        "capped_prepare": {"lines": last["lines"], "cap_gb_address_space": cap_gb, "completed": True,
+                           "seconds": capped["seconds"], "peak_rss_mb": capped["peak_rss_mb"]},
+        "pretrain_steps": steps, "workers": os.cpu_count(), "sizes": {f"{r['lines']:,} lines": r for r in rows},
+    }
