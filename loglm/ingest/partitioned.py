@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection
@@ -49,7 +50,7 @@ SPILL_SCHEMA = pa.schema([("key", pa.string()), ("pos", pa.int64()), ("ts", pa.f
                           ("masked", pa.string()), ("label", pa.string()), ("fields", pa.string())])
 # json.dumps(x, sort_keys=True) builds an encoder per call; one reused encoder writes the same text faster
 _JSON = json.JSONEncoder(sort_keys=True).encode
-STATS_NAMES = ("first_ts", "first_pos", "last_ts", "n", "n_anom", "n_unk", "n_none")
+STATS_NAMES = ("first_ts", "first_pos", "last_ts", "n", "n_anom", "n_unk", "n_none", "part")
 
 
 def partition_of(key: str, n: int) -> int:
@@ -112,7 +113,7 @@ class _Spill:
         lab = event_label(label, self.normal, self.unknown)
         st = self.stats.get(key)
         if st is None:
-            self.stats[key] = [ts, pos, ts, 1, int(lab == 1), int(lab == -1), int(label is None)]
+            self.stats[key] = [ts, pos, ts, 1, int(lab == 1), int(lab == -1), int(label is None), p]
             return
         if ts < st[0] or (ts == st[0] and pos < st[1]):
             st[0], st[1] = ts, pos
@@ -209,7 +210,8 @@ def read_task(task: dict, data_dict: dict, mask: bool, work: str, n_parts: int) 
             n += 1
     events.close()
     stats = spill.close()
-    return {"task": no, "events": n, "account": account.as_dict(), "stats": stats, "node": _node()}
+    return {"task": no, "events": n, "account": account.as_dict(), "stats": stats, "node": _node(),
+            "peak_rss_mb": _peak_mb()}
 
 
 def spill_counted(task_no: int, offset: int, data_dict: dict, work: str, n_parts: int) -> dict:
@@ -247,22 +249,20 @@ def _node() -> str:
 # -------------------------------------------------------------------------------------------- stage 2: split
 
 def merge_stats(tables: list[pa.Table]) -> pa.Table:
-    """One row per session key from the tasks' summaries (a session may span tasks)."""
-    t = pa.concat_tables(tables)
-    g = t.group_by("key").aggregate([("first_ts", "min"), ("last_ts", "max"), ("n", "sum"), ("n_anom", "sum"),
-                                     ("n_unk", "sum"), ("n_none", "sum")])
-    agg = pa.table({"key": g["key"], "first_ts": g["first_ts_min"], "last_ts": g["last_ts_max"], "n": g["n_sum"],
-                    "n_anom": g["n_anom_sum"], "n_unk": g["n_unk_sum"], "n_none": g["n_none_sum"]})
-    # the first event's position: the smallest among the rows holding the session's first time
-    first = dict(zip(agg.column("key").to_pylist(), agg.column("first_ts").to_pylist()))
-    best: dict[str, int] = {}
-    for k, ts, pos in zip(t.column("key").to_pylist(), t.column("first_ts").to_pylist(), t.column("first_pos").to_pylist()):
-        if ts == first[k] and pos < best.get(k, 1 << 62):
-            best[k] = pos
-    keys = agg.column("key").to_pylist()
-    agg = agg.append_column("first_pos", pa.array([best[k] for k in keys], pa.int64()))
-    order = sorted(range(len(keys)), key=keys.__getitem__)  # a canonical order, whatever the tasks were
-    return agg.take(pa.array(order, pa.int64()))
+    """One row per session key from the tasks' summaries (a session may span tasks), sorted by key (a
+    canonical order, whatever the tasks were).  Arrow throughout: about 60 bytes a session."""
+    t = pa.concat_tables(tables).sort_by([("key", "ascending"), ("first_ts", "ascending"), ("first_pos", "ascending")])
+    g = t.group_by("key", use_threads=False).aggregate([("last_ts", "max"), ("n", "sum"), ("n_anom", "sum"),
+                                                        ("n_unk", "sum"), ("n_none", "sum"), ("part", "min")]).sort_by("key")
+    keys = t.column("key").combine_chunks()
+    # the first row of each key (sorted by first time, then position) holds the session's first event
+    starts = np.flatnonzero(np.r_[True, pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)]) \
+        if len(keys) else np.zeros(0, np.int64)
+    firsts = t.take(pa.array(starts, pa.int64()))
+    assert firsts.column("key").equals(g.column("key")), "both are sorted by key"
+    return pa.table({"key": g["key"], "first_ts": firsts["first_ts"], "first_pos": firsts["first_pos"],
+                     "last_ts": g["last_ts_max"], "n": g["n_sum"], "n_anom": g["n_anom_sum"], "n_unk": g["n_unk_sum"],
+                     "n_none": g["n_none_sum"], "part": g["part_min"]})
 
 
 def to_global(pos: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -277,8 +277,11 @@ def session_labels(stats: pa.Table, data, anomalous: set[str] | None) -> tuple[n
     n, anom = stats.column("n").to_numpy(), stats.column("n_anom").to_numpy()
     unk, none = stats.column("n_unk").to_numpy(), stats.column("n_none").to_numpy()
     if anomalous is not None:
-        entity = [k.split("@", 1)[0] if data.session.by == "entity_window" else k for k in stats.column("key").to_pylist()]
-        return np.array([int(e in anomalous) for e in entity], np.int8), np.zeros(len(entity), bool)
+        entity = stats.column("key")
+        if data.session.by == "entity_window":
+            entity = pc.list_element(pc.split_pattern(entity, "@", max_splits=1), 0)
+        bad = pc.is_in(entity, value_set=pa.array(sorted(anomalous), pa.string())).to_numpy(zero_copy_only=False)
+        return bad.astype(np.int8), np.zeros(len(bad), bool)
     label = np.where(none == n, -1, np.where(anom > 0, 1, np.where(unk > 0, -1, 0))).astype(np.int8)
     return label, (unk > 0) & (none < n)
 
@@ -321,17 +324,17 @@ def assign_splits(stats: pa.Table, data, rank_events) -> np.ndarray:
     from loglm.ingest.sessions import test_cut
 
     cfg = data.split
-    keys = stats.column("key").to_pylist()
+    n = stats.num_rows
     first = stats.column("first_ts").to_numpy()
     last = stats.column("last_ts").to_numpy()
-    split = np.full(len(keys), "", object)
+    split = np.full(n, "", object)
     cut = test_cut(cfg)
-    within = np.ones(len(keys), bool) if cut is None else first < cut
+    within = np.ones(n, bool) if cut is None else first < cut
     split[~within] = "test"
     idx = np.nonzero(within)[0]
-    if cfg.method == "chronological":
-        order = sorted(idx, key=lambda i: (first[i], keys[i]))
-        rank = np.empty(len(keys))
+    if cfg.method == "chronological":  # by first time, ties by key (the table is sorted by key)
+        order = idx[np.argsort(first[idx], kind="stable")]
+        rank = np.empty(n)
         rank[order] = np.arange(len(order)) / max(1, len(order))
     elif cfg.method == "chronological_events":
         r, total = rank_events(cut)
@@ -341,7 +344,8 @@ def assign_splits(stats: pa.Table, data, rank_events) -> np.ndarray:
         t1 = last[idx].max() if len(idx) else t0
         rank = (first - t0) / max(t1 - t0, 1e-9)
     elif cfg.method == "seeded":
-        rank = np.array([int(hashlib.sha256(f"{cfg.seed}:{k}".encode()).hexdigest()[:12], 16) / 16**12 for k in keys])
+        rank = np.array([int(hashlib.sha256(f"{cfg.seed}:{k}".encode()).hexdigest()[:12], 16) / 16**12
+                         for k in stats.column("key").to_pylist()])
     else:
         raise ValueError("data.split.method must be 'chronological', 'chronological_events', "
                          f"'chronological_time' or 'seeded', got {cfg.method!r}")
@@ -352,13 +356,11 @@ def assign_splits(stats: pa.Table, data, rank_events) -> np.ndarray:
 
 # --------------------------------------------------------------------------------- stages 3 and 5: partitions
 
-def _partition(work: Path, p: int, offsets: np.ndarray, keys: list[str] | None = None) -> pa.Table | None:
+def _partition(work: Path, p: int, offsets: np.ndarray, keys=None) -> pa.Table | None:
     """The spilled rows of partition ``p`` (only those of ``keys`` when given: a part of a big partition),
     sorted by session key, time and event id."""
-    import pyarrow.compute as pc
-
     files = sorted((work / "spill" / f"p{p:04d}").glob("t*.parquet"))
-    wanted = None if keys is None else pa.array(keys, pa.string())
+    wanted = keys
     parts = []
     for f in files:
         pf = pq.ParquetFile(f)
@@ -407,7 +409,7 @@ def _sessions(t: pa.Table, info: dict, data, input_end: float):
     yield "skipped", skipped
 
 
-def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, info: dict, data_dict: dict,
+def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, info: pa.Table, data_dict: dict,
                     input_end: float) -> dict:
     """Stage 3: the distinct training messages (and flows) with counts, session counts and pauses of one
     work unit (a partition, or a part of a big one: ``unit`` = (partition, part, parts))."""
@@ -415,9 +417,10 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
 
     data = data_config_from_dict(data_dict)
     p = unit[0]
-    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else list(info))
+    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else info.column("key"))
+    info = _info(info)
     out = {"p": p, "texts": Counter(), "flows": [], "pauses": [], "skipped": 0, "by_split": Counter(),
-           "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node()}
+           "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node(), "peak_rss_mb": 0.0}
     if t is None:
         return out
     masked, ts = t.column("masked").to_pylist(), t.column("ts").to_numpy()
@@ -443,6 +446,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
         if len(rows) > 1:
             longest[key] = max(longest.get(key, 0.0), float(np.diff(ts[rows]).max()))
     out["pauses"] = list(longest.values())
+    out["peak_rss_mb"] = _peak_mb()
     return out
 
 
@@ -465,7 +469,7 @@ class _Templates:
         return masked
 
 
-def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np.ndarray, info: dict,
+def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np.ndarray, info: pa.Table,
                     data_dict: dict, input_end: float, vocab_dict: dict, train_ids: dict[str, int]) -> dict:
     """Stage 5: one work unit's sessions as token shards (rows of loglm.shards.SESSION_SCHEMA)."""
     from loglm.config import data_config_from_dict
@@ -476,7 +480,8 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
     vocab = Vocabulary.from_dict(vocab_dict)
     templates = _Templates(vocab, train_ids)
     p, part = unit[0], unit[1]
-    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else list(info))
+    t = _partition(Path(work), p, offsets, None if unit[2] == 1 else info.column("key"))
+    info = _info(info)
     paths: list[str] = []
     if t is None:
         return {"p": p, "shards": paths, "node": _node()}
@@ -515,7 +520,7 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
         if len(cols["session_id"]) >= data.shard_rows:
             flush()
     flush()
-    return {"p": p, "shards": paths, "node": _node()}
+    return {"p": p, "shards": paths, "node": _node(), "peak_rss_mb": _peak_mb()}
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -525,19 +530,27 @@ MAX_UNIT_ROWS = 400_000
 LOCAL_SPLIT_BYTES = 32 << 20  # spilled rows one task holds at a time: a bigger partition is read in parts
 
 
-def work_units(infos: list[dict], rows: np.ndarray) -> list[tuple[tuple[int, int, int], dict]]:
-    """((partition, part, parts), its sessions) for stages 3 and 5: a partition of more than MAX_UNIT_ROWS
-    rows is cut into parts by session key (each part reads the partition's files and keeps its own keys)."""
+def work_units(info: pa.Table, n_parts: int) -> list[tuple[tuple[int, int, int], pa.Table]]:
+    """((partition, part, parts), its sessions' split/label/mixed rows) for stages 3 and 5: a partition of
+    more than MAX_UNIT_ROWS spilled rows is cut into parts by session key (each part reads the partition's
+    files and keeps its own keys)."""
     units = []
-    for p, info in enumerate(infos):
-        if not info:
+    part = info.column("part").to_numpy()
+    for p in range(n_parts):
+        rows = info.filter(pa.array(part == p))  # sorted by key, as the whole table
+        if not rows.num_rows:
             continue
-        k = max(1, -(-int(rows[p]) // MAX_UNIT_ROWS))
-        keys = sorted(info)
+        k = max(1, -(-int(pc.sum(rows.column("n")).as_py()) // MAX_UNIT_ROWS))
         for j in range(k):
-            part = keys[j * len(keys) // k:(j + 1) * len(keys) // k]
-            units.append(((p, j, k), {key: info[key] for key in part}))
+            lo, hi = j * rows.num_rows // k, (j + 1) * rows.num_rows // k
+            units.append(((p, j, k), rows.slice(lo, hi - lo).select(["key", "split", "label", "mixed"])))
     return units
+
+
+def _info(rows: pa.Table) -> dict[str, tuple[str, int, bool]]:
+    """A work unit's sessions as key -> (split, label, mixed): only this unit's, in the task that runs it."""
+    return dict(zip(rows.column("key").to_pylist(), zip(rows.column("split").to_pylist(),
+                                                         rows.column("label").to_pylist(), rows.column("mixed").to_pylist())))
 
 
 def mine(texts: Counter, miner) -> dict[str, int]:
@@ -551,18 +564,23 @@ def mine(texts: Counter, miner) -> dict[str, int]:
     return ids
 
 
-def write_events(work: Path, tasks: list[int], out: Path, templates: _Templates, flows: bool) -> None:
-    """events.parquet: every event in input order, with its template (the rows event_idx points to)."""
-    schema = pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts", pa.float64()),
-                        ("template", pa.int64()), ("raw", pa.string()), ("entities", pa.string()),
-                        ("label", pa.string())] + ([("fields", pa.string())] if flows else []))
-    tmp = out / ".events.parquet.tmp"
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        for no in tasks:
-            path = work / "events" / f"t{no:06d}.parquet"
-            if not path.exists():
-                continue
-            pf = pq.ParquetFile(path)
+def _events_schema(flows: bool) -> pa.Schema:
+    return pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts", pa.float64()),
+                      ("template", pa.int64()), ("raw", pa.string()), ("entities", pa.string()),
+                      ("label", pa.string())] + ([("fields", pa.string())] if flows else []))
+
+
+def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, int], flows: bool) -> dict:
+    """Stage 5 for one read task's events: each event's template, written as ``events/e<task>.parquet``
+    with the columns of events.parquet."""
+    from loglm.vocab import Vocabulary
+
+    templates = _Templates(Vocabulary.from_dict(vocab_dict), train_ids)
+    schema = _events_schema(flows)
+    path = Path(work) / "events" / f"t{no:06d}.parquet"
+    if path.exists():
+        pf = pq.ParquetFile(path)
+        with pq.ParquetWriter(path.with_name(f"e{no:06d}.parquet"), schema, compression="zstd") as writer:
             for g in range(pf.num_row_groups):
                 t = pf.read_row_group(g)
                 masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
@@ -570,7 +588,28 @@ def write_events(work: Path, tasks: list[int], out: Path, templates: _Templates,
                 cols = [t.column("source"), t.column("line_no"), t.column("ts"), tpl, t.column("raw"),
                         t.column("entities"), t.column("label")] + ([t.column("fields")] if flows else [])
                 writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+    return {"task": no, "node": _node(), "peak_rss_mb": _peak_mb()}
+
+
+def write_events(work: Path, tasks: list[int], out: Path, flows: bool) -> None:
+    """events.parquet: every event in input order (the rows event_idx points to), the tasks' templated
+    event files joined a row group at a time."""
+    tmp = out / ".events.parquet.tmp"
+    with pq.ParquetWriter(tmp, _events_schema(flows), compression="zstd") as writer:
+        for no in tasks:
+            path = work / "events" / f"e{no:06d}.parquet"
+            if path.exists():
+                pf = pq.ParquetFile(path)
+                for g in range(pf.num_row_groups):
+                    writer.write_table(pf.read_row_group(g))
     tmp.replace(out / "events.parquet")
+
+
+def _peak_mb() -> float:
+    """This process's peak resident set so far (MB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class _Runner:
@@ -665,15 +704,14 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     split = assign_splits(stats, data, rank_events)
     if data.train_normal_only:  # anomalous training sessions are held out of training entirely
         split[(split == "train") & (label == 1)] = "train_heldout_anomalous"
-    keys = stats.column("key").to_pylist()
-    infos: list[dict] = [{} for _ in range(n_parts)]
-    rows = np.zeros(n_parts, np.int64)
-    for k, s, lab, m, n in zip(keys, split, label.tolist(), mixed.tolist(), stats.column("n").to_pylist()):
-        p = partition_of(k, n_parts)
-        infos[p][k] = (s, lab, bool(m and data.train_normal_only))
-        rows[p] += n
+    n_sessions = stats.num_rows
+    info = pa.table({"key": stats.column("key"), "split": pa.array(split, pa.string()), "label": pa.array(label, pa.int8()),
+                     "mixed": pa.array(mixed & bool(data.train_normal_only)), "n": stats.column("n"),
+                     "part": stats.column("part")})
     input_end = float(stats.column("last_ts").to_numpy().max())
-    units = work_units(infos, rows)
+    del split, label, mixed
+    units = work_units(info, n_parts)
+    del info
 
     # stage 3: distinct training messages per partition
     progress = Progress("sessions", unit="partitions")
@@ -694,7 +732,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
         session_rows += c["session_rows"]
         sessions_split += c["sessions_split"]
         nodes.add(c["node"])
-    progress.done(f"{len(keys):,} sessions in {n_parts} partitions ({len(units)} work units)")
+    progress.done(f"{n_sessions:,} sessions in {n_parts} partitions ({len(units)} work units)")
 
     # stage 4: templates and vocabulary
     flows = data.format in FLOW_FORMATS
@@ -723,7 +761,8 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
                                             train_ids) for u, info in units])
     shards = [Path(s) for w in written for s in w["shards"]]
     nodes |= {w["node"] for w in written}
-    write_events(work, list(range(len(tasks))), out, _Templates(vocab, train_ids), flows)
+    templated = runner.map(template_events, [(no, str(work), vocab_dict, train_ids, flows) for no in range(len(tasks))])
+    write_events(work, list(range(len(tasks))), out, flows)
     with open(out / "rejected.jsonl", "wb") as fh:
         for no in range(len(tasks)):
             path = work / "rejected" / f"t{no:06d}.jsonl"
@@ -745,10 +784,13 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     pause = {"n": 0} if not len(v) else {"n": int(len(v)), "p99": float(np.quantile(v, 0.99)),
                                          "p999": float(np.quantile(v, 0.999)), "max": float(v.max())}
     summary = {
-        "lines": account.as_dict(), "events": n_events, "sessions": len(keys), "session_rows": session_rows,
+        "lines": account.as_dict(), "events": n_events, "sessions": n_sessions, "session_rows": session_rows,
         "sessions_split": sessions_split, "sessions_by_split": dict(by_split),
         "labels_by_split": dict(sorted(labels.items())), "session_pause_s": pause,
         "train_events_skipped_unlabelled": skipped, "seconds_reading": round(time.perf_counter() - t0, 3),
         "tasks": len(tasks), "spill_partitions": n_parts, "nodes": len(nodes),
+        # this process and the largest of the processes that ran stages (the same process when local, 1 worker)
+        "peak_rss_mb": {"driver": _peak_mb(), "workers_max": max(r.get("peak_rss_mb", 0.0) for r in
+                                                                  [*read, *counted, *written, *templated])},
     }
     return summary, {"vocab": vocab, "shards": shards}
