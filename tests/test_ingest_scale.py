@@ -83,6 +83,7 @@ def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):
         ray = prepared(tmp_path / f"ray{cpus}", corpus, "backend=ray", f"ray.num_cpus={cpus}")
         assert ray["summary"]["backend"] == "ray" and ray["summary"]["tasks"] > 1
         assert_same(local, ray)
+        assert ray["summary"]["data_sha256"] == local["summary"]["data_sha256"]  # the same shard files
 
 
 test_ray_with_one_or_four_cpus_gives_the_local_dataset = pytest.mark.slow(

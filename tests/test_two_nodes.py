@@ -40,6 +40,7 @@ def test_prepare_and_pretrain_across_two_nodes(cluster, tmp_path):
     on_ray = prepared(tmp_path / "ray", corpus, "backend=ray", f"ray.address={cluster}", "ray.lines_per_task=1500")
     assert on_ray["summary"]["tasks"] >= 8 and on_ray["summary"]["nodes"] == 2  # tasks ran on both nodes
     assert_same(local, on_ray)
+    assert on_ray["summary"]["data_sha256"] == local["summary"]["data_sha256"]
 
     data = ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
             f"paths.root={tmp_path / 'ray'}", "ray.lines_per_task=1500"]

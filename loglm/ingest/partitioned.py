@@ -613,21 +613,24 @@ def _peak_mb() -> float:
 
 
 class _Runner:
-    """Runs a stage's calls here, in ``processes`` local processes, or as Ray tasks spread over the cluster."""
+    """Runs a stage's calls here, in ``processes`` local processes (one pool for every stage), or as Ray tasks
+    spread over the cluster."""
 
     def __init__(self, ray_mod=None, processes: int = 1):
         self.ray, self.processes = ray_mod, processes
+        self.pool = None
 
     def map(self, fn, calls: list[tuple]) -> list:
         if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
             return [fn(*args) for args in calls]
         if self.ray is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+            if self.pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
 
-            # spawn: a forked child would inherit the parent's Arrow and torch threads
-            with ProcessPoolExecutor(min(self.processes, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                return list(pool.map(fn, *zip(*calls)))
+                # spawn: a forked child would inherit the parent's Arrow and torch threads
+                self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            return list(self.pool.map(fn, *zip(*calls)))
         remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
         shared = {}
 
@@ -638,13 +641,30 @@ class _Runner:
 
         return self.ray.get([remote.remote(*[put(a) for a in args]) for args in calls])
 
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
 
 def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     """Write the prepared dataset of ``cfg`` into the (new, empty) folder ``out``; returns (summary, extra)."""
+    from loglm.ingest.readers import expand_inputs
+
+    paths = expand_inputs(list(cfg.data.inputs))
+    processes = cfg.workers or os.cpu_count() or 1
+    size = sum(p.stat().st_size for p in paths if p.is_file())
+    runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
+    try:
+        return _prepare(cfg, out, ray_mod, runner, paths)
+    finally:
+        runner.close()
+
+
+def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tuple[dict, dict]:
     from loglm.ingest.distributed import plan_tasks
     from loglm.ingest.flows import FlowCodec
     from loglm.ingest.prepare import read_id_list
-    from loglm.ingest.readers import expand_inputs
     from loglm.ingest.templates import TemplateMiner
     from loglm.progress import Progress
     from loglm.vocab import Vocabulary
@@ -654,10 +674,6 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     n_parts = data.spill_partitions
     work = out / "_work"
     work.mkdir(parents=True)
-    paths = expand_inputs(list(data.inputs))
-    processes = cfg.workers or os.cpu_count() or 1
-    size = sum(p.stat().st_size for p in paths if p.is_file())
-    runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
     if ray_mod is None and runner.processes == 1:
         tasks = [{"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
                   "end": -1, "first_line": 1, "prime": 0} for p in paths]
@@ -667,6 +683,15 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     for no, task in enumerate(tasks):
         task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
     t0 = time.perf_counter()
+    stage_s: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:  # seconds per stage, in the manifest
+        nonlocal clock
+        now = time.perf_counter()
+        stage_s[name] = round(now - clock, 3)
+        clock = now
+
     progress = Progress("reading")
     read = runner.map(read_task, [(task, data_dict, cfg.tokenizer.mask_params, str(work), n_parts) for task in tasks])
     account = LineAccount()
@@ -690,7 +715,8 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
                          f"first rejection: {where}")
     if data.session.by == "count":
         read = runner.map(spill_counted, [(no, int(offsets[no]), data_dict, str(work), n_parts) for no in range(len(tasks))])
-    stats = merge_stats([r["stats"] for r in read])
+    lap("read")
+    stats = merge_stats([r.pop("stats") for r in read])  # the tasks' summaries are not kept past the merge
     nodes = {r["node"] for r in read}
 
     # stage 2: labels and splits from the per-session table
@@ -712,6 +738,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     del split, label, mixed
     units = work_units(info, n_parts)
     del info
+    lap("split")
 
     # stage 3: distinct training messages per partition
     progress = Progress("sessions", unit="partitions")
@@ -733,6 +760,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
         sessions_split += c["sessions_split"]
         nodes.add(c["node"])
     progress.done(f"{n_sessions:,} sessions in {n_parts} partitions ({len(units)} work units)")
+    lap("count")
 
     # stage 4: templates and vocabulary
     flows = data.format in FLOW_FORMATS
@@ -761,8 +789,11 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
                                             train_ids) for u, info in units])
     shards = [Path(s) for w in written for s in w["shards"]]
     nodes |= {w["node"] for w in written}
+    lap("mine_and_shards")
     templated = runner.map(template_events, [(no, str(work), vocab_dict, train_ids, flows) for no in range(len(tasks))])
+    lap("templates")
     write_events(work, list(range(len(tasks))), out, flows)
+    lap("events_table")
     with open(out / "rejected.jsonl", "wb") as fh:
         for no in range(len(tasks)):
             path = work / "rejected" / f"t{no:06d}.jsonl"
@@ -788,7 +819,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
         "sessions_split": sessions_split, "sessions_by_split": dict(by_split),
         "labels_by_split": dict(sorted(labels.items())), "session_pause_s": pause,
         "train_events_skipped_unlabelled": skipped, "seconds_reading": round(time.perf_counter() - t0, 3),
-        "tasks": len(tasks), "spill_partitions": n_parts, "nodes": len(nodes),
+        "tasks": len(tasks), "spill_partitions": n_parts, "nodes": len(nodes), "stage_s": stage_s,
         # this process and the largest of the processes that ran stages (the same process when local, 1 worker)
         "peak_rss_mb": {"driver": _peak_mb(), "workers_max": max(r.get("peak_rss_mb", 0.0) for r in
                                                                   [*read, *counted, *written, *templated])},
