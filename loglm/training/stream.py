@@ -5,7 +5,8 @@ The split's shards are read a row group at a time.  Each epoch the row groups ar
 of batches (what the smallest share fills), so DDP and DeepSpeed steps stay in lock-step.  Inside a rank,
 sessions go through a bounded buffer (``buffer_batches`` batches of sessions): shuffled, sorted by length,
 cut into batches (little padding, as :class:`loglm.training.data.BucketBatchSampler` does for a split held in
-memory) and the batches shuffled.  The stream is a pure function of (seed, epoch, rank, world), so a job
+memory: the same rule, applied per buffer) and the batches shuffled.  The default buffer (1,024 batches,
+about 65k sessions of tens of events: tens of MB) holds a small split whole, so it trains as before.  The stream is a pure function of (seed, epoch, rank, world), so a job
 resumed mid-epoch skips the batches it already trained on (:class:`StreamLoader` is Lightning-stateful).
 """
 
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, IterableDataset
 
 from loglm.windows import windows_of
+
+POOL = 50  # batches sorted by length together (as loglm.training.data.BucketBatchSampler)
 
 
 def row_groups(files: list[Path], split: str) -> list[tuple[str, int, int]]:
@@ -40,7 +43,7 @@ class ShardStream(IterableDataset):
     """Batches (dicts of padded tensors) of one rank's share of one epoch."""
 
     def __init__(self, units: list[tuple[str, int, int]], split: str, batch_size: int, seed: int, epoch,
-                 rank: int = 0, world: int = 1, buffer_batches: int = 50, skip: int = 0):
+                 rank: int = 0, world: int = 1, buffer_batches: int = 1024, skip: int = 0):
         """``epoch``: a number, or a function giving the current one (the Trainer's, read as each epoch starts)."""
         self.units, self.split, self.batch_size = units, split, batch_size
         self.seed, self.rank, self.world = seed, rank, world
@@ -76,9 +79,14 @@ class ShardStream(IterableDataset):
         buf: list = []
 
         def cut(items):
+            """BucketBatchSampler's rule inside the buffer: shuffle, sort pools of POOL batches by length,
+            batch, shuffle the batches (a buffer holding the whole split is that sampler exactly)."""
             rng.shuffle(items)
-            items.sort(key=lambda s: len(s[0]) + s[2])
-            batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+            pool = POOL * self.batch_size
+            batches = []
+            for c in range(0, len(items), pool):
+                part = sorted(items[c:c + pool], key=lambda s: len(s[0]) + s[2])
+                batches.extend(part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size))
             rng.shuffle(batches)
             return batches
 
