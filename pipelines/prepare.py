@@ -1,6 +1,11 @@
 """python -m pipelines.prepare data=hdfs_sample  — raw logs -> Parquet token shards + vocabulary."""
 
-from pipelines._main import entry
+import os
+
+# before pyarrow loads: Arrow buffers from the system allocator (loglm.ingest.partitioned._system_allocator)
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+from pipelines._main import entry  # noqa: E402
 
 
 def _run(cfg):
