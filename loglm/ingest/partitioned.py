@@ -391,15 +391,15 @@ def _partition(work: Path, p: int, offsets: np.ndarray, keys=None) -> pa.Table |
     return t.sort_by([("key", "ascending"), ("ts", "ascending"), ("pos", "ascending")])
 
 
-def _sessions(t: pa.Table, info: dict, data, input_end: float):
+def _sessions(t: pa.Table, info: dict, data, input_end: float, tally: dict | None = None):
     """(key, chunk, closed, split, label, rows) of a sorted partition, cut as sessionize cuts; unlabelled
-    events of mixed training sessions skipped (the Background rule).  Yields ("skipped", n) last."""
+    events of mixed training sessions skipped (the Background rule), counted in ``tally["skipped"]``."""
     cfg = data.session
     keys = t.column("key").to_pylist()
     ts = t.column("ts").to_numpy()
     labels = t.column("label").to_pylist()
     unknown = set(data.unknown_labels)
-    skipped = 0
+    tally = {} if tally is None else tally
     start = 0
     n = len(keys)
     while start < n:
@@ -411,7 +411,7 @@ def _sessions(t: pa.Table, info: dict, data, input_end: float):
         rows = np.arange(start, end)
         if split == "train" and mixed and label != 1:
             keep = np.array([labels[i] is not None and labels[i] not in unknown for i in rows], bool)
-            skipped += int((~keep).sum())
+            tally["skipped"] = tally.get("skipped", 0) + int((~keep).sum())
             rows = rows[keep]
             if len(rows):
                 label = 0
@@ -421,7 +421,6 @@ def _sessions(t: pa.Table, info: dict, data, input_end: float):
         for c in range(0, len(rows), cfg.max_events):
             yield key, c // cfg.max_events, closed and c + cfg.max_events >= len(rows), split, label, rows[c:c + cfg.max_events]
         start = end
-    yield "skipped", skipped
 
 
 def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, info: pa.Table, data_dict: dict,
@@ -442,10 +441,8 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     flows = data.format in FLOW_FORMATS
     fields = t.column("fields").to_pylist() if flows else None
     longest: dict[str, float] = {}
-    for item in _sessions(t, info, data, input_end):
-        if item[0] == "skipped" and len(item) == 2:
-            out["skipped"] = item[1]
-            break
+    tally: dict = {}
+    for item in _sessions(t, info, data, input_end, tally):
         key, chunk, _, split, label, rows = item
         out["session_rows"] += 1
         out["sessions_split"] += chunk == 1
@@ -460,6 +457,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
             out["texts"].update(masked[i] for i in rows)
         if len(rows) > 1:
             longest[key] = max(longest.get(key, 0.0), float(np.diff(ts[rows]).max()))
+    out["skipped"] = tally.get("skipped", 0)
     out["pauses"] = list(longest.values())
     out["peak_rss_mb"] = _peak_mb()
     return out
@@ -515,8 +513,6 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
                 c.clear()
 
     for item in _sessions(t, info, data, input_end):
-        if item[0] == "skipped" and len(item) == 2:
-            break
         key, chunk, closed, split, label, rows = item
         tss = ts[rows]
         cols["session_id"].append(key)

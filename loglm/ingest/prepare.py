@@ -50,8 +50,7 @@ def to_event(item: Record, miner: TemplateMiner, frozen: bool, mask: bool = True
              ) -> tuple[int, str, dict[str, list[str]]]:
     """(template id, -1 if unseen by a frozen miner; masked text; entities) of one accepted record.
 
-    A flow's template is its flow sentence; before the codec is fitted (training) it is -1 and filled
-    by :func:`mine_flows`.
+    A flow's template is its flow sentence; without a fitted codec it is -1.
     """
     masked, ents = event_parts(item, mask)
     if masked is None:
@@ -94,62 +93,6 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
     progress.done(f"read {account.read:,} lines from {len(paths)} file{'s' * (len(paths) != 1)}: "
                   f"{account.accepted:,} events in {len(sessions):,} sessions, {account.rejected:,} lines rejected")
     return Parsed(ev, account, rejections, sessions)
-
-
-class DeferredMiner:
-    """Stands in for the miner while lines are read at prepare time: templates are mined only after the split
-    is known, from training lines (:func:`mine_training_first`)."""
-
-    def add(self, masked: str) -> int:
-        return -1
-
-    def match(self, masked: str) -> None:
-        return None
-
-
-def training_events(parsed: Parsed) -> list[int]:
-    """Event ids of the training split (after unlabelled events were skipped), in input order."""
-    return sorted({j for s in parsed.sessions if s.split == "train" for j in s.event_idx})
-
-
-def mine_training_first(parsed: Parsed, miner: TemplateMiner) -> None:
-    """Templates from training lines only, in input order; every other line is matched against them (a
-    frozen miner, as detection does) and is -1 ([UNK]) when none fits.  So templates first seen in
-    validation or test neither enter the vocabulary artifact (a leak from test into the model) nor change
-    how a training line is read: a training line maps to the same template at prepare and at detection."""
-    from loglm.progress import Progress
-
-    ev = parsed.events
-    train = training_events(parsed)
-    progress = Progress("mining templates from training lines")
-    for j in train:
-        ev.template[j] = miner.add(ev.masked[j])
-        progress.tick()
-    in_train = set(train)
-    unseen = 0
-    for j in range(len(ev)):
-        if j not in in_train:
-            tid = miner.match(ev.masked[j])
-            ev.template[j] = -1 if tid is None else tid
-            unseen += tid is None
-            progress.tick()
-    progress.done(f"{len(miner.templates):,} templates mined from {len(train):,} training lines; "
-                  f"{len(ev) - len(train):,} other lines matched to them ({unseen:,} fit none: [UNK])")
-
-
-def mine_flows(parsed: Parsed, data: DataConfig, miner: TemplateMiner) -> FlowCodec:
-    """Fit the flow codec on training flows (normal sessions of the train split), then give every flow
-    its sentence and template, in input order."""
-    train = [parsed.events.fields[j] for s in parsed.sessions if s.split == "train" for j in s.event_idx]
-    if not train:
-        raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
-    codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
-                      local_networks=list(data.local_networks)).fit(train)
-    ev = parsed.events
-    for i, flow in enumerate(ev.fields):
-        ev.masked[i] = codec.sentence(flow)
-    mine_training_first(parsed, miner)  # sentences of validation/test flows only are [UNK], not templates
-    return codec
 
 
 def read_id_list(path: str) -> set[str]:
