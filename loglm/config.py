@@ -430,11 +430,10 @@ class TuneConfig:
     # the registered version gets this alias; `loglm model promote` moves "champion" to it
     alias: str = "candidate"
     export: bool = True
-
-    def train_batches(self) -> float | int:
-        """limit_train_batches as Lightning reads it: a float share, or an int number of batches."""
-        v = self.limit_train_batches
-        return int(v) if v > 1 else float(v)
+    # templates (log) or flow sentences the model never saw, found in the new traffic's training sessions at
+    # least tokenizer.min_count times, become new tokens (their embeddings start from the known ones' mean):
+    # without it they stay [UNK] and the tuned model cannot learn them
+    grow_vocab: bool = True
 
     def __post_init__(self):
         _check(self.max_epochs >= 1 and 0 < self.val_frac < 1 and 0 < self.lr <= 10,

@@ -39,7 +39,7 @@ def render(events: list[tuple[datetime, str]]) -> list[str]:
 
 def make_log(n_blocks: int, seed: int, start: datetime = T0, anomalies: dict[int, str] | None = None
              ) -> tuple[list[str], dict[str, str]]:
-    """Lines of n_blocks interleaved sessions; anomalies maps block index -> 'swap' | 'unseen' | 'cut'."""
+    """Lines of n_blocks interleaved sessions; anomalies maps block index -> 'swap' | 'unseen' | 'cut' | 'replicate' (a benign new operation)."""
     rng = random.Random(seed)
     events: list[tuple[datetime, str]] = []
     kinds: dict[str, str] = {}
@@ -52,6 +52,12 @@ def make_log(n_blocks: int, seed: int, start: datetime = T0, anomalies: dict[int
             ev.insert(1, ev.pop(5))
         elif kind == "unseen":
             ev.insert(6, (ev[5][0], f"writeBlock {blk} received exception java.io.IOException: Connection reset by peer"))
+        elif kind == "replicate":  # a normal operation training never showed: the block is copied elsewhere
+            t3 = ev[-1][0] + timedelta(seconds=1)
+            ev += [(t3, f"BLOCK* ask 10.250.1.{rng.randint(1, 250)}:50010 to replicate {blk} to datanode(s) "
+                        f"10.250.2.{rng.randint(1, 250)}:50010"),
+                   (t3, f"10.250.1.{rng.randint(1, 250)}:50010 Starting thread to transfer block {blk} to "
+                        f"10.250.2.{rng.randint(1, 250)}:50010")]
         elif kind == "cut":
             ev = ev[:4]
         if kind:

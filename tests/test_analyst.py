@@ -36,6 +36,18 @@ def deployed(tmp_path_factory):
     return cfg, model, bundle
 
 
+def alerts_of(cfg, log: Path, folder: Path):
+    """A function: model -> the session ids it alerts on in ``log`` (each call its own alerts file)."""
+    from loglm.detect.detector import run as detect
+
+    def alerted(ckpt: str) -> set[str]:
+        out = folder / f"alerts-{len(list(folder.glob('alerts-*')))}.jsonl"
+        detect(replace(cfg, ckpt=ckpt, inputs=[str(log)], out=str(out)))
+        return {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
+
+    return alerted
+
+
 def write_log(path: Path, n: int, seed: int, anomalies: dict) -> dict:
     lines, kinds = make_log(n, seed=seed, anomalies=anomalies)
     path.write_text("\n".join(lines) + "\n")
@@ -121,11 +133,7 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
     swapped = {s for s, k in kinds.items() if k == "swap"}
     crashed = {s for s, k in kinds.items() if k == "unseen"}
 
-    def alerted(ckpt: str) -> set[str]:
-        out = tmp_path / f"alerts-{len(list(tmp_path.glob('alerts-*')))}.jsonl"
-        detect(replace(cfg, ckpt=ckpt, inputs=[str(fresh)], out=str(out)))
-        return {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
-
+    alerted = alerts_of(cfg, fresh, tmp_path)
     before = alerted("models:/loglm-detector@champion")
     assert len(before & swapped) > 0.5 * len(swapped) and crashed <= before
     # an analyst marks 10 swap alerts of the drift traffic benign (through the CLI)
@@ -164,6 +172,82 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
     assert champion_run() == model["run_id"]
     history = [v for v in registry.versions(name, cfg.paths.root) if "champion" in v["aliases"]]
     assert [v["version"] for v in history] == [bundle["registry"]["version"]]
+
+
+def test_tune_grows_the_vocabulary_with_a_new_normal_operation(deployed, tmp_path):
+    """Benign drift with a new event type: blocks are now re-replicated, two templates training never saw.
+    Without growth they stay [UNK] and tuning cannot help; with tune.grow_vocab the new templates become
+    tokens after the old ones (old ids unchanged), the tuned model stops alerting on replicated blocks and
+    still catches the exception blocks, whose template the tuning traffic never held."""
+    from loglm.analyst.tune import run as tune
+    from loglm.model.store import load_model
+
+    cfg, model, bundle = deployed
+    drift = tmp_path / "drift.log"
+    write_log(drift, 200, 51, {i: "replicate" for i in range(0, 200, 2)})
+    fresh = tmp_path / "fresh.log"
+    kinds = write_log(fresh, 120, 52, {**{i: "replicate" for i in range(0, 120, 2)},
+                                       **{i: "unseen" for i in range(1, 120, 10)},
+                                       **{i: "cut" for i in range(5, 120, 10)}})
+    replicated = {s for s, k in kinds.items() if k == "replicate"}
+    crashed = {s for s, k in kinds.items() if k == "unseen"}
+    cut = {s for s, k in kinds.items() if k == "cut"}
+
+    alerted = alerts_of(cfg, fresh, tmp_path)
+    assert replicated <= alerted(model["model_dir"])  # [UNK] to the source model
+    runs = {}
+    for grow in (False, True):
+        runs[grow] = tune(replace(cfg, ckpt=model["model_dir"], inputs=[str(drift)],
+                                  tune=replace(cfg.tune, grow_vocab=grow, max_epochs=6, lr=0.002, export=False)))
+    source = load_model(model["model_dir"])
+    fixed, grown = load_model(runs[False]["model_dir"]), load_model(runs[True]["model_dir"])
+    assert fixed.vocab.size == source.vocab.size and runs[False]["vocab_growth"] is None
+    growth = runs[True]["vocab_growth"]
+    assert growth["new_tokens"] == 2 and grown.vocab.size == source.vocab.size + 2, growth
+    assert any("to replicate" in x for x in growth["examples"]) and not any("exception" in x for x in growth["examples"])
+    n = len(source.vocab.template_ids)
+    assert grown.vocab.template_ids[:n] == source.vocab.template_ids
+    assert all(grown.vocab.token_text(t) == source.vocab.token_text(t) for t in range(source.vocab.size))
+    assert grown.encoder.cfg.vocab_size == grown.vocab.size
+    fixed_alerts, grown_alerts = alerted(runs[False]["model_dir"]), alerted(runs[True]["model_dir"])
+    print(f"replicated blocks alerted: fixed vocabulary {len(fixed_alerts & replicated)}, grown "
+          f"{len(grown_alerts & replicated)} of {len(replicated)}; exception blocks caught: fixed "
+          f"{len(fixed_alerts & crashed)}, grown {len(grown_alerts & crashed)} of {len(crashed)}; cut blocks: "
+          f"fixed {len(fixed_alerts & cut)}, grown {len(grown_alerts & cut)} of {len(cut)}; thresholds "
+          f"{runs[False]['threshold']['after']:.3f}, {runs[True]['threshold']['after']:.3f}")
+    # without growth half the new validation windows hold [UNK]: the threshold climbs into the unseen-event
+    # alarm band (above 1), where only [UNK] windows can alert, and blocks cut short are missed
+    assert runs[False]["threshold"]["after"] > 1 > runs[True]["threshold"]["after"]
+    # ~60 validation blocks cannot calibrate a 1% target: the result says so
+    assert "cannot calibrate" in runs[True]["calibration_warning"] and runs[True]["validation_items"] < 99
+    assert len(fixed_alerts & cut) < len(grown_alerts & cut) and len(grown_alerts & cut) >= 0.8 * len(cut)
+    assert len(grown_alerts & replicated) < 0.2 * len(replicated)
+    assert crashed <= grown_alerts
+
+
+def test_vocabulary_growth_ignores_validation_and_malicious_sessions(deployed, tmp_path):
+    """Only the new traffic's training sessions grow the vocabulary: a template seen only in sessions
+    analysts marked malicious (or only in validation) stays [UNK]."""
+    from loglm.analyst.tune import _parse, grown_vocabulary
+    from loglm.detect.detector import with_model_data
+    from loglm.model.store import load_model
+
+    cfg, model, _ = deployed
+    log = tmp_path / "mixed.log"
+    kinds = write_log(log, 60, 53, {**{i: "replicate" for i in range(0, 60, 3)}, **{i: "unseen" for i in range(1, 60, 6)}})
+    loaded = load_model(model["model_dir"])
+    tcfg = with_model_data(replace(cfg, inputs=[str(log)]), Path(model["model_dir"]))
+    tcfg = replace(tcfg, data=replace(tcfg.data, inputs=[str(log)], anomalous_ids=None))
+    malicious = {s for s, k in kinds.items() if k == "unseen"}
+    parsed, kept_out = _parse(tcfg, loaded.vocab, set(), malicious)
+    assert kept_out == len(malicious)
+    vocab, growth = grown_vocabulary(parsed, loaded.vocab, 1)
+    assert growth["new_tokens"] == 2 and not any("exception" in x for x in growth["examples"]), growth
+    # every session in validation: nothing grows
+    for s in parsed.sessions:
+        s.split = "val" if s.split == "train" else s.split
+    assert grown_vocabulary(parsed, loaded.vocab, 1)[1]["new_tokens"] == 0
+    assert loaded.vocab.size == load_model(model["model_dir"]).vocab.size  # the model's own vocabulary untouched
 
 
 def chromium() -> str | None:

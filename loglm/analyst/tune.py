@@ -2,7 +2,10 @@
 analysts marked benign, recalibrate, export, and register the result as a new version (``candidate``).
 
 1. The new traffic (``inputs=[...]``) is read the way the model's data was, with the model's **own**
-   vocabulary (templates it never saw stay ``[UNK]``: the vocabulary, and so the token ids, do not change).
+   vocabulary.  With ``tune.grow_vocab`` (the default) templates or flow sentences the model never saw, found
+   in the new traffic's training sessions, become new tokens after the old ones (old ids and meanings stay;
+   the new embedding rows start from the mean of the known ones); everything else it never saw stays
+   ``[UNK]``.  Without it the vocabulary does not change and the new kinds stay ``[UNK]``.
 2. Sessions are split by a seeded hash: ``tune.val_frac`` of them calibrate the new threshold, the rest train.
    Sessions with a ``benign`` verdict (``tune.feedback``) train whatever the hash says; sessions with a
    ``malicious`` verdict are kept out of both.
@@ -19,14 +22,14 @@ import hashlib
 from pathlib import Path
 
 
-def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
-    """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary."""
-    from loglm.ingest.prepare import ingest_fingerprint, parse_inputs, prepared_dir, write_prepared_in_place
+def _parse(cfg, vocab, benign: set[str], malicious: set[str]):
+    """The new traffic read with ``vocab``, taken as normal, split by the seeded hash; verdicts applied."""
+    from loglm.ingest.prepare import parse_inputs
     from loglm.ingest.sessions import assign_splits
 
     data = cfg.data
-    parsed = parse_inputs(list(data.inputs), data, loaded.vocab.miner, frozen=True, mask=loaded.vocab.mask_params,
-                          codec=loaded.vocab.flow_codec)
+    parsed = parse_inputs(list(data.inputs), data, vocab.miner, frozen=True, mask=vocab.mask_params,
+                          codec=vocab.flow_codec)
     if parsed.account.accepted == 0:
         raise ValueError(f"tune: no line of {list(data.inputs)} was accepted with data.format={data.format!r}")
     for s in parsed.sessions:
@@ -38,10 +41,65 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
             s.split, kept_out = "excluded_malicious", kept_out + 1
         elif s.session_id in benign:
             s.split = "train"
-    out = prepared_dir(cfg.paths.root, data.name)
-    summary = write_prepared_in_place(out, parsed, loaded.vocab, data, {
+    return parsed, kept_out
+
+
+def grown_vocabulary(parsed, vocab, min_count: int):
+    """``vocab`` plus a token for each template (or flow sentence) that the training sessions of the new
+    traffic hold at least ``min_count`` times and ``vocab`` reads as ``[UNK]``.  Old tokens keep their ids and
+    meaning (new templates are mined apart from the old ones and appended); validation sessions and sessions
+    analysts marked malicious add nothing.  Returns (vocabulary, what was added)."""
+    import copy
+    from collections import Counter
+
+    from loglm.ingest.templates import TemplateMiner
+    from loglm.vocab import UNK, Vocabulary
+
+    ev = parsed.events
+    unseen = [j for s in parsed.sessions if s.split == "train" for j in s.event_idx
+              if vocab.token(ev.template[j] if ev.template[j] >= 0 else None) == UNK]
+    codec = copy.deepcopy(vocab.flow_codec)
+    sentences = codec.grow([ev.fields[j] for j in unseen]) if codec is not None else set()
+    texts = [codec.sentence(ev.fields[j]) if codec is not None else ev.masked[j] for j in unseen]
+    miner = TemplateMiner.from_state(vocab.miner.state())
+    counts: Counter = Counter()
+    fresh = TemplateMiner(miner.sim_threshold, miner.max_templates)
+    for text in texts:
+        if not text:
+            continue
+        tid = miner.match(text)
+        if tid is not None:  # a template the miner has but the vocabulary dropped (rare in training)
+            counts[tid] += 1
+        else:
+            counts[("new", fresh.add(text))] += 1
+    appended = miner.append(fresh)
+    keep: list[int] = []
+    for key, c in counts.items():
+        tid = appended[key[1]] if isinstance(key, tuple) else key
+        if c >= min_count and tid not in vocab.token_of and tid not in keep:
+            keep.append(tid)
+    keep.sort()
+    grown = Vocabulary(miner, vocab.template_ids + keep, vocab.gap_buckets, vocab.mask_params, codec)
+    return grown, {"from_size": vocab.size, "size": grown.size, "new_tokens": len(keep),
+                   "new_flow_sentences": len(sentences), "unseen_train_events": len(unseen),
+                   "examples": [miner.templates[t].text[:160] for t in keep[:20]]}
+
+
+def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
+    """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary, grown by what
+    its training sessions hold and the model never saw when ``tune.grow_vocab``."""
+    from loglm.ingest.prepare import ingest_fingerprint, prepared_dir, write_prepared_in_place
+
+    vocab, growth = loaded.vocab, None
+    parsed, kept_out = _parse(cfg, vocab, benign, malicious)
+    if cfg.tune.grow_vocab:
+        vocab, growth = grown_vocabulary(parsed, vocab, cfg.tokenizer.min_count)
+        if growth["new_tokens"]:  # read again: the new tokens replace [UNK] in every split
+            parsed, kept_out = _parse(cfg, vocab, benign, malicious)
+    out = prepared_dir(cfg.paths.root, cfg.data.name)
+    summary = write_prepared_in_place(out, parsed, vocab, cfg.data, {
         "fingerprint": ingest_fingerprint(cfg), "tuned_from": str(loaded.folder), "feedback_benign": len(benign),
-        "feedback_malicious_sessions_kept_out": kept_out})
+        "feedback_malicious_sessions_kept_out": kept_out, "vocab_growth": growth})
     return out, summary
 
 
@@ -82,7 +140,15 @@ def run(cfg) -> dict:
     out = {"model_dir": trained["model_dir"], "run_id": trained["run_id"], "tuned_from": str(model_dir),
            "data_dir": str(data_dir), "sessions_by_split": summary["sessions_by_split"],
            "feedback": {"benign": len(benign), "malicious": len(malicious)},
-           "threshold": {"before": loaded.calibration["threshold"], "after": trained["calibration"]["threshold"]}}
+           "vocab_growth": summary.get("vocab_growth"),
+           "threshold": {"before": loaded.calibration["threshold"], "after": trained["calibration"]["threshold"]},
+           "validation_items": trained["calibration"].get("n_val_sessions"),
+           # too little new traffic validates the new threshold: say so where the result is read
+           "calibration_warning": trained["calibration"].get("warning")}
+    if out["calibration_warning"]:
+        import sys
+
+        print(f"loglm tune: the candidate's threshold is not trustworthy: {out['calibration_warning']}", file=sys.stderr)
     if cfg.tune.export:
         ecfg = dataclasses.replace(tcfg, ckpt=trained["model_dir"],
                                    export=dataclasses.replace(tcfg.export, alias=cfg.tune.alias, out=None))

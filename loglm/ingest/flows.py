@@ -100,6 +100,21 @@ class FlowCodec:
             self.known.add(f if full[f] >= self.min_count else c if cat[c] >= self.min_count else base)
         return self
 
+    def grow(self, flows: list[dict]) -> set[str]:
+        """Make the flows written as none of the known forms known, by ``fit``'s rule (the most specific form
+        occurring ``min_count`` times among them); bucket edges, ports and known forms stay.  Returns the
+        sentences added (tuning on a new environment's normal traffic)."""
+        parts = [self._parts(f) for f in flows if self.sentence(f) not in self.known]
+        cat = Counter(p[1] for p in parts)
+        full = Counter(p[1] + " | " + p[2] for p in parts)
+        added = set()
+        for base, c, num in parts:
+            f = c + " | " + num
+            added.add(f if full[f] >= self.min_count else c if cat[c] >= self.min_count else base)
+        added -= self.known
+        self.known |= added
+        return added
+
     def bucket(self, name: str, value: float | None) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "na"

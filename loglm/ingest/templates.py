@@ -110,6 +110,24 @@ class TemplateMiner:
         self._match_cache.put(masked, found)
         return found
 
+    def append(self, other: TemplateMiner) -> dict[int, int]:
+        """Add ``other``'s templates after this miner's own, as new ids (``other`` id -> new id).
+
+        Existing templates are left exactly as they are (never generalised by the new messages), so a
+        model's tokens keep their meaning when a vocabulary grows (tuning on a new environment's traffic).
+        """
+        if len(self.templates) + len(other.templates) > self.max_templates:
+            raise OverflowError(f"template limit reached ({self.max_templates}) while adding "
+                                f"{len(other.templates)} templates; raise tokenizer.max_templates")
+        ids: dict[int, int] = {}
+        for tpl in other.templates:
+            tid = len(self.templates)
+            self.templates.append(Template(tid, list(tpl.tokens), tpl.count))
+            self._groups.setdefault(self._group_key(tpl.tokens), []).append(tid)
+            ids[tpl.id] = tid
+        self._match_cache.clear()
+        return ids
+
     def state(self) -> dict:
         return {"sim_threshold": self.sim_threshold, "max_templates": self.max_templates,
                 "templates": [{"id": t.id, "tokens": t.tokens, "count": t.count} for t in self.templates]}

@@ -175,17 +175,44 @@ def build_module(cfg, ctx: RunContext):
     module = LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
                          cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
                          cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
-    if cfg.init_from:  # tuning: a trained model's weights (same vocabulary) are the starting point
+    if cfg.init_from:  # tuning: a trained model's weights are the starting point
         from loglm.model.store import load_model
 
         start = load_model(cfg.init_from)
-        if start.encoder.cfg.to_dict() != {**start.encoder.cfg.to_dict(), **ctx.encoder}:
-            raise ValueError(f"init_from={cfg.init_from}: its encoder {start.encoder.cfg.to_dict()} does not match "
-                             f"this run's {ctx.encoder} (same vocabulary and model size needed)")
-        module.encoder.load_state_dict(start.encoder.state_dict())
+        module.encoder.load_state_dict(grown_state(start, ctx, cfg.init_from))
         module.center.copy_(start.center)
         module.center_ready.fill_(True)
     return module
+
+
+def grown_state(start, ctx: RunContext, where: str) -> dict:
+    """``start``'s encoder weights for this run's encoder: the same, or, where this run's vocabulary extends
+    the model's (tuning with ``tune.grow_vocab``), with a row per new token in the tied embedding and the
+    output bias, started from the mean of the model's template rows (a token the model has never seen is
+    predicted like an average one until training moves it)."""
+    import torch
+
+    from loglm.vocab import SPECIALS, Vocabulary
+
+    old, new = start.encoder.cfg.to_dict(), {**start.encoder.cfg.to_dict(), **ctx.encoder}
+    state = start.encoder.state_dict()
+    if old == new:
+        return state
+    if {k: v for k, v in old.items() if k != "vocab_size"} != {k: v for k, v in new.items() if k != "vocab_size"} \
+            or new["vocab_size"] < old["vocab_size"]:
+        raise ValueError(f"init_from={where}: its encoder {old} does not match this run's {ctx.encoder} "
+                         "(same model size, and the same or a grown vocabulary, needed)")
+    ours = Vocabulary.load(Path(ctx.data_dir) / "vocab.json")
+    if ours.template_ids[:len(start.vocab.template_ids)] != start.vocab.template_ids:
+        raise ValueError(f"init_from={where}: this run's vocabulary does not extend the model's (its first "
+                         f"{len(start.vocab.template_ids)} templates differ): prepare the data with the model's "
+                         "vocabulary (pipelines.tune does)")
+    extra = new["vocab_size"] - old["vocab_size"]
+    for key in ("tok.weight", "head_bias"):
+        rows = state[key]
+        known = rows[len(SPECIALS):] if len(rows) > len(SPECIALS) else rows
+        state[key] = torch.cat([rows, known.mean(0, keepdim=True).expand(extra, *rows.shape[1:])])
+    return state
 
 
 def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | None = None):
