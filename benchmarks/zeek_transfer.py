@@ -42,6 +42,21 @@ def early_part(capture: Path, out: Path, share: float = 0.7) -> dict:
     return labels
 
 
+def print_rows(title: str, rows: dict, extra: dict[str, dict] | None = None) -> dict:
+    """The evaluations as a markdown table (per flow); ``extra``: row name -> {column: value}."""
+    cols = sorted({c for v in (extra or {}).values() for c in v})
+    print(f"\n| {title} | F1 | precision | recall | test FPR (target 0.01) | AUROC | flows |"
+          + "".join(f" {c} |" for c in cols))
+    print("|---" * (7 + len(cols)) + "|")
+    results = {}
+    for name, ev in rows.items():
+        m = ev["metrics"]["all"]
+        results[name] = {k: m[k] for k in ("f1", "precision", "recall", "fpr", "auroc", "n", "threshold")}
+        print(f"| {name} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['fpr']:.4f} | "
+              f"{m['auroc']:.4f} | {m['n']} |" + "".join(f" {(extra or {}).get(name, {}).get(c, '—')} |" for c in cols))
+    return results
+
+
 def normal_windows(capture: Path, out: Path, k: int, share: float = 0.7, window_s: float = 300.0) -> dict:
     """A few labelled normal samples of the destination: its first ``k`` windows (source host, 5 minutes, as
     the sessions are cut) before its test split that hold Benign flows and no Malicious one, written with
@@ -127,13 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
            "recalibration_traffic_labels": labels, "recalibrated_threshold": rec and rec["threshold"],
            "adapted": adapted,
            "source_threshold": model["calibration"]["threshold"], "results": {}}
-    print(f"\n| {a.source} -> {a.destination} | F1 | precision | recall | test FPR (target 0.01) | AUROC | flows |")
-    print("|---|---|---|---|---|---|---|")
-    for name, ev in rows.items():
-        m = ev["metrics"]["all"]
-        out["results"][name] = {k: m[k] for k in ("f1", "precision", "recall", "fpr", "auroc", "n", "threshold")}
-        print(f"| {name} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['fpr']:.4f} | "
-              f"{m['auroc']:.4f} | {m['n']} |")
+    out["results"] = print_rows(f"{a.source} -> {a.destination}", rows)
     for name, info in adapted.items():
         growth = info["vocab_growth"] or {}
         print(f"{name}: {info['validation_items']} validation flows"

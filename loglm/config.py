@@ -127,6 +127,25 @@ class DataConfig:
     # CIDRs of the monitored network: flow direction (in/out/int/ext) from addresses; empty = the sensor's
     # own local_orig/local_resp flags
     local_networks: list[str] = field(default_factory=list)
+    # inputs read with other reader settings than the ones above, so one corpus can mix formats (Zeek conn
+    # logs beside NetFlow Parquet, syslog beside JSON lines): each item has ``match``, a glob on an input
+    # file's path or name, and the reader settings that differ (READER_FIELDS: format, fields, header,
+    # time_fields, time_format, label_field, entity_fields, max_line_bytes).  The first match wins; other
+    # inputs are read with the settings above.  Sessions, splits and the vocabulary are shared.
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self):  # checked when the config is composed, before any work
+        for i, src in enumerate(self.sources):
+            _check(isinstance(src.get("match"), str) and src["match"] != "",
+                   f"data.sources[{i}] needs match: a glob on the input path or name, e.g. '*.parquet'")
+            extra = sorted(set(src) - {"match", *READER_FIELDS})
+            _check(not extra, f"data.sources[{i}] ({src['match']!r}) sets {extra}: only reader settings "
+                              f"{list(READER_FIELDS)} can differ per source (sessions, splits and labels are shared)")
+
+
+# the DataConfig fields that say how a file is read (data.sources may set them per input)
+READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
+                 "max_line_bytes")
 
 
 @dataclass

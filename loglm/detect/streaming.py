@@ -68,10 +68,20 @@ class StreamingDetector:
                       "events_counted": 0}
         self._since_sweep = 0
 
+    def _reader(self, source: str):
+        """The reader of ``source``: the data's own, or its ``data.sources`` item's (one per source, kept:
+        a structured reader carries the header it has read)."""
+        if not self.cfg.data.sources:
+            return self.reader
+        readers = self.__dict__.setdefault("_readers", {})
+        if source not in readers:
+            readers[source] = make_reader(self.cfg.data, source)
+        return readers[source]
+
     # -- input ---------------------------------------------------------------------------------
     def feed(self, raw: bytes, source: str, line_no: int) -> None:
         self.account.read += 1
-        item = parse_line_safely(self.reader.parse_line, raw, source, line_no)
+        item = parse_line_safely(self._reader(source).parse_line, raw, source, line_no)
         if item is None:  # a metadata line of a structured format (Zeek #fields, CSV header)
             self.account.metadata += 1
             return

@@ -19,10 +19,13 @@ from loglm.ingest.readers import (
 META, RECORD, REJECT = 0, 1, 2
 
 
-def plan_tasks(paths: list[Path], fmt: str, lines_per_task: int) -> list[dict]:
+def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
     """Byte ranges of ``lines_per_task`` lines per plain file; a compressed or Parquet file is one task."""
+    from loglm.ingest.readers import source_config
+
     tasks = []
     for path in paths:
+        fmt = source_config(data, path).format
         kind = "parquet" if path.suffix == ".parquet" else "lines"
         if kind == "parquet" or path.suffix == ".gz" or cr_terminated(path):  # CR-terminated: one task
             tasks.append({"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0})

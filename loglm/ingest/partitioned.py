@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection
+from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection, formats_of, reads_flows
 from loglm.ingest.sessions import event_label, is_closed, session_keys
 
 ROW_GROUP = 32_768  # rows buffered before a write
@@ -147,8 +147,8 @@ def _items(task: dict, data, account: LineAccount):
     from loglm.ingest.distributed import _lines
     from loglm.ingest.readers import make_reader, parse_line_safely, tally, unreadable
 
-    reader = make_reader(data)
     source = task["path"]
+    reader = make_reader(data, source)
     if task["end"] < 0 or task["kind"] == "parquet":
         yield from reader.read(Path(source), account)
         return
@@ -438,8 +438,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     if t is None:
         return out
     masked, ts = t.column("masked").to_pylist(), t.column("ts").to_numpy()
-    flows = data.format in FLOW_FORMATS
-    fields = t.column("fields").to_pylist() if flows else None
+    fields = t.column("fields").to_pylist() if reads_flows(data) else None
     longest: dict[str, float] = {}
     tally: dict = {}
     for item in _sessions(t, info, data, input_end, tally):
@@ -451,10 +450,11 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
             out["labels"][f"{split}/{label}"] += 1
         if split != "train":
             continue
-        if flows:
-            out["flows"].extend(json.loads(fields[i]) for i in rows)
-        else:
-            out["texts"].update(masked[i] for i in rows)
+        for i in rows:  # flows (fields) go to the flow codec, log lines (masked text) to the miner
+            if fields is not None and fields[i] is not None:
+                out["flows"].append(json.loads(fields[i]))
+            else:
+                out["texts"][masked[i]] += 1
         if len(rows) > 1:
             longest[key] = max(longest.get(key, 0.0), float(np.diff(ts[rows]).max()))
     out["skipped"] = tally.get("skipped", 0)
@@ -690,7 +690,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         tasks = [{"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
                   "end": -1, "first_line": 1, "prime": 0} for p in paths]
     else:
-        tasks = plan_tasks(paths, data.format, cfg.ray.lines_per_task)
+        tasks = plan_tasks(paths, data, cfg.ray.lines_per_task)
     file_no = {os.fspath(p): k for k, p in enumerate(paths, 1)}
     for no, task in enumerate(tasks):
         task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
@@ -777,15 +777,16 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     lap("count")
 
     # stage 4: templates and vocabulary
-    flows = data.format in FLOW_FORMATS
+    flows = reads_flows(data)
     codec = None
-    miner = TemplateMiner(1.0 if flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+    only_flows = formats_of(data) <= set(FLOW_FORMATS)
+    miner = TemplateMiner(1.0 if only_flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
     if flows:
         if not train_flows:
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
         codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
                           local_networks=list(data.local_networks)).fit(train_flows)
-        texts = Counter(codec.sentence(f) for f in train_flows)
+        texts.update(codec.sentence(f) for f in train_flows)
         del train_flows
     train_ids = mine(texts, miner)
     tok_counts: Counter = Counter()

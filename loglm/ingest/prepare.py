@@ -66,7 +66,6 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
     """Read, mine (or, frozen, only match) templates and sessionize; every line accepted or rejected."""
     from loglm.progress import Progress
 
-    reader = make_reader(data)
     account = LineAccount()
     rejections: list[tuple[str, int, str]] = []
     ev = Events()
@@ -74,7 +73,7 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
     progress = Progress("reading")
     for k, path in enumerate(paths, 1):
         progress.detail = f"file {k}/{len(paths)} {path.name}"
-        for item in reader.read(path, account):
+        for item in make_reader(data, path).read(path, account):
             progress.tick()
             if isinstance(item, Rejection):
                 rejections.append((item.source, item.line_no, item.reason))

@@ -221,8 +221,32 @@ def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int
 FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow")
 
 
-def make_reader(data):
-    """The reader a data config names (``data.format``)."""
+def formats_of(data) -> set[str]:
+    """Every format a data config reads: its own and its ``data.sources`` items'."""
+    return {data.format, *(src.get("format", data.format) for src in data.sources)}
+
+
+def reads_flows(data) -> bool:
+    return bool(formats_of(data) & set(FLOW_FORMATS))
+
+
+def source_config(data, path: str | Path):
+    """The data settings ``path`` is read with: those of the first ``data.sources`` item whose ``match``
+    globs its path or name, else ``data``'s own."""
+    import dataclasses
+    from fnmatch import fnmatch
+
+    for src in data.sources:
+        if fnmatch(str(path), src["match"]) or fnmatch(Path(path).name, src["match"]):
+            return dataclasses.replace(data, sources=[], **{k: v for k, v in src.items() if k != "match"})
+    return data
+
+
+def make_reader(data, path: str | Path | None = None):
+    """The reader a data config names (``data.format``); for one input ``path``, the reader its
+    ``data.sources`` item names."""
+    if path is not None and data.sources:
+        data = source_config(data, path)
     fmt = data.format
     if fmt == "jsonl":
         from loglm.ingest.json_lines import JsonLinesReader

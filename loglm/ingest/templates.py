@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from loglm.ingest.cache import BoundedCache
 
 WILDCARD = "<*>"
+FLOW_SENTENCE_START = "proto="  # loglm.ingest.flows writes every flow sentence starting so
 
 
 @dataclass
@@ -78,7 +79,9 @@ class TemplateMiner:
             return tid
         tokens = masked.split()
         best, sim = self._best(tokens)
-        if best is not None and sim >= self.sim_threshold:
+        # a flow sentence is its own template, never generalised (corpora that mix log lines and flows)
+        need = 1.0 if tokens and tokens[0].startswith(FLOW_SENTENCE_START) else self.sim_threshold
+        if best is not None and sim >= need:
             tpl = self.templates[best]
             tpl.tokens = [t if t == s else WILDCARD for t, s in zip(tpl.tokens, tokens)]
             tid = best
