@@ -92,7 +92,7 @@ def test_unk_events_get_maximal_surprisal_and_miss():
     assert ws.n_miss[0] >= 1 and ws.n_events[0] == 3
 
 
-@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "max_surprisal"])
+@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])
 def test_one_unknown_event_outscores_any_window_of_known_events(score):
     # a long session with one template training never saw must not be averaged below the threshold
     enc = tiny()
@@ -109,6 +109,21 @@ def test_one_unknown_event_outscores_any_window_of_known_events(score):
     cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
     assert calibrated_config(DetectConfig(), cal).unknown_alarm is False
     assert calibrated_config(DetectConfig(), {**cal, "unknown_alarm": True}).unknown_alarm is True
+
+
+def test_median_surprisal_is_the_median_of_each_windows_positions():
+    enc = tiny()
+    rng = np.random.default_rng(2)
+    toks = [rng.integers(5, 20, size=int(n)) for n in (1, 2, 7, 30)]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    closed = [True, False, True, False]
+    small = DetectConfig(n_views=3, score="median_surprisal", batch_size=2)
+    ws = score_windows(enc, toks, gaps, closed, small)
+    for i in range(len(toks)):  # positions: the events, and [END] for a closed window
+        assert len(ws.surprisal[i]) == len(toks[i]) + closed[i]
+        assert ws.score[i] == pytest.approx(float(np.median(ws.surprisal[i])), rel=1e-5)
+    whole = score_windows(enc, toks, gaps, closed, DetectConfig(n_views=3, score="median_surprisal"))
+    np.testing.assert_allclose(ws.score, whole.score, rtol=1e-4, atol=1e-6)
 
 
 def test_length_batches_bound_windows_and_padded_positions():

@@ -23,7 +23,7 @@ from loglm.progress import Progress
 from loglm.vocab import END, MASK, UNK
 from loglm.windows import length_batches, pad_windows
 
-SCORES = ("miss_ratio", "mean_surprisal", "max_surprisal")
+SCORES = ("miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal")
 # (masked tokens, gaps, pad_mask, target_mask) -> log-probabilities (n_targets, vocab) at target positions
 LogProbFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -42,6 +42,7 @@ class WindowScores:
     # the window is closed and the model did not expect it to end there (its [END] position is a miss; it
     # counts in n_miss, which scores positions, but it is not an event)
     end_miss: np.ndarray | None = None
+    median_surprisal: np.ndarray | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -62,13 +63,17 @@ def quiet_band_top(cfg: DetectConfig) -> float | None:
     return TIE_CAP / cfg.tie_scale if cfg.score == "miss_ratio" else None
 
 
-def window_score(cfg: DetectConfig, miss_ratio, mean_s, max_s, n_unknown) -> np.ndarray:
+def window_score(cfg: DetectConfig, miss_ratio, mean_s, max_s, n_unknown, median_s=None) -> np.ndarray:
     kind = cfg.score
     if kind == "miss_ratio":
         # share of events outside the top-k; mean surprisal, scaled below the smallest miss ratio, breaks ties
         base, alarm = miss_ratio + np.minimum(mean_s, TIE_CAP) / cfg.tie_scale, 1.0
     elif kind == "mean_surprisal":
         base, alarm = mean_s, cfg.unk_surprisal
+    elif kind == "median_surprisal":
+        # the typical event of the window: a few odd events (a host's one rare flow) do not lift it, a window
+        # most of whose events are surprising does
+        base, alarm = median_s, cfg.unk_surprisal
     elif kind == "max_surprisal":
         base, alarm = max_s, cfg.unk_surprisal
     else:
@@ -110,6 +115,7 @@ class _Windows:
         self.end_miss = np.zeros(n, bool)
         self.mean_s = np.zeros(n, np.float64)
         self.max_s = np.zeros(n, np.float64)
+        self.median_s = np.zeros(n, np.float64)
 
     def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss) -> None:
         """Batch results, position 0 being [SUM]; window j covers positions 1 .. m[j] (events, [END])."""
@@ -124,6 +130,10 @@ class _Windows:
         s64 = s_out.astype(np.float64)
         self.mean_s[idx] = np.where(valid, s64, 0.0).sum(1) / np.maximum(m, 1)
         self.max_s[idx] = np.where(m > 0, np.where(valid, s64, -np.inf).max(1), 0.0)
+        if self.cfg.score == "median_surprisal":
+            with np.errstate(all="ignore"):
+                med = np.nanmedian(np.where(valid, s64, np.nan), axis=1) if valid.any() else np.zeros(len(rows))
+            self.median_s[idx] = np.where(m > 0, np.nan_to_num(med), 0.0)
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
@@ -133,9 +143,9 @@ class _Windows:
 
     def result(self) -> WindowScores:
         score = window_score(self.cfg, self.n_miss / np.maximum(self.n_events, 1), self.mean_s, self.max_s,
-                             self.n_unknown)
+                             self.n_unknown, self.median_s)
         return WindowScores(score, self.n_events, self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank,
-                            self.expected, self.expected_p, self.end_miss)
+                            self.expected, self.expected_p, self.end_miss, self.median_s)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
