@@ -248,3 +248,32 @@ def loaded_scorer(loaded):
     from loglm.detect.scoring import score_windows
 
     return lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d)
+
+
+def test_stream_reads_each_source_with_its_own_reader(model):
+    """data.sources in streaming: lines from a ``*.jsonl`` source are parsed as JSON lines, the others as raw
+    HDFS lines, and the same messages get the same templates either way."""
+    from dataclasses import replace
+
+    from loglm.detect.scoring import score_windows
+    from loglm.detect.streaming import StreamingDetector
+    from loglm.model.store import load_model
+
+    cfg, result = model
+    src = {"match": "*.jsonl", "format": "jsonl", "fields": {"message": "msg", "time": "t"}, "time_format": "epoch"}
+    cfg = replace(cfg, data=replace(cfg.data, sources=[src]))
+    loaded = load_model(result["model_dir"])
+    det = StreamingDetector(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d), io.StringIO())
+    rng = random.Random(5)
+    raw = render(normal_block("blk_111", rng, T0))
+    as_json = [json.dumps({"t": 1_226_260_800 + k, "msg": line.split(": ", 1)[1].replace("blk_111", "blk_222")})
+               for k, line in enumerate(render(normal_block("blk_222", random.Random(5), T0)))]
+    for n, line in enumerate(raw, 1):
+        det.feed(line.encode(), "node1/hdfs.log", n)
+    for n, line in enumerate(as_json, 1):
+        det.feed(line.encode(), "node2/hdfs.jsonl", n)
+    assert det.account.accepted == len(raw) + len(as_json) and det.account.rejected == 0
+    by_block = {k: [e["template"] for e in v] for k, v in det.open.items()}
+    assert len(by_block) == 2 and by_block["blk_111"] == by_block["blk_222"], by_block
+    assert all(t >= 0 for t in by_block["blk_111"])
+    det.finish()
