@@ -168,6 +168,28 @@ def test_flow_codec_buckets_backoff_and_no_addresses_in_vocabulary(tmp_path):
     assert "dir=out" in by_net.sentence(flipped)
 
 
+def test_flow_codec_grows_only_for_flows_it_cannot_write(tmp_path):
+    """Tuning on a new environment: flows written as none of the known forms get forms by fit's rule; known
+    forms, edges and ports stay, so every flow read before is read the same way after."""
+    from loglm.ingest.flows import FlowCodec
+
+    path = tmp_path / "conn.log"
+    write_zeek(path, 200, 30)
+    records, _, _ = read_all(DataConfig(format="zeek"), path)
+    train = [r.fields for r in records if r.label == "Benign"]
+    attacks = [r.fields for r in records if r.label == "Malicious"]
+    codec = FlowCodec(n_buckets=6, min_count=3).fit(train)
+    before = {json.dumps(f, sort_keys=True): codec.sentence(f) for f in train}
+    known, edges = set(codec.known), json.dumps(codec.edges)
+    assert not any(codec.sentence(f) in codec.known for f in attacks)
+    added = codec.grow(attacks + train)
+    assert added and codec.known == known | added and json.dumps(codec.edges) == edges
+    assert all("dir=in" in x for x in added)  # only the inbound flows training never saw
+    assert all(codec.sentence(f) in codec.known for f in attacks)
+    assert {json.dumps(f, sort_keys=True): codec.sentence(f) for f in train} == before
+    assert codec.grow(attacks) == set()  # nothing left to add
+
+
 def test_prepare_flows_reject_manifest_and_reconciled_totals(tmp_path):
     from loglm.ingest.prepare import run as prepare
     from loglm.vocab import UNK, Vocabulary
