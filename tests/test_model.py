@@ -289,3 +289,36 @@ def test_threshold_never_splits_the_windows_without_a_miss():
     busy = window_score(cfg, rng.uniform(0, 0.3, n), rng.uniform(0.1, 0.5, n), None, np.zeros(n))
     assert threshold_of(busy, cfg)[1] == "conformal quantile"
     assert calibrated_config(cfg, {"score": "miss_ratio", "top_k": 5, "n_views": 5, "unk_surprisal": 20.0}).tie_scale == 1e4
+
+
+def test_grown_state_extends_rows_and_refuses_a_vocabulary_that_is_not_an_extension(tmp_path):
+    """Tuning with a grown vocabulary: the model's weights are kept, one row per new token is added (the
+    mean of the known template rows); a run whose vocabulary does not start with the model's is refused."""
+    from types import SimpleNamespace
+
+    from loglm.ingest.templates import TemplateMiner
+    from loglm.training.pretrain import RunContext, grown_state
+    from loglm.vocab import SPECIALS, Vocabulary
+
+    miner = TemplateMiner()
+    for text in ("a b c", "d e f g", "h i", "j k l m n", "o", "p q r"):
+        miner.add(text)
+    old_vocab = Vocabulary(miner, [0, 1, 2, 3], 16, True)
+    enc = LogEncoder(EncoderConfig(vocab_size=old_vocab.size, d_model=32, n_layers=1, n_heads=2, d_ff=64))
+    start = SimpleNamespace(encoder=enc, vocab=old_vocab)
+
+    def ctx_for(ids: list[int]) -> RunContext:
+        folder = tmp_path / "-".join(map(str, ids))
+        folder.mkdir()
+        Vocabulary(miner, ids, 16, True).save(folder / "vocab.json")
+        return RunContext("r", str(folder), "", "", "", {**enc.cfg.to_dict(), "vocab_size": len(SPECIALS) + len(ids)})
+
+    state = grown_state(start, ctx_for([0, 1, 2, 3, 4, 5]), "m")
+    old = enc.state_dict()
+    assert state["tok.weight"].shape[0] == old_vocab.size + 2 and state["head_bias"].shape[0] == old_vocab.size + 2
+    assert torch.equal(state["tok.weight"][:old_vocab.size], old["tok.weight"])
+    mean = old["tok.weight"][len(SPECIALS):].mean(0)
+    assert torch.allclose(state["tok.weight"][-1], mean) and torch.allclose(state["tok.weight"][-2], mean)
+    assert grown_state(start, ctx_for([0, 1, 2, 3]), "m") is not None  # the same vocabulary: as is
+    with pytest.raises(ValueError, match="does not extend the model's"):
+        grown_state(start, ctx_for([1, 0, 2, 3, 4]), "m")
