@@ -85,6 +85,17 @@ def grown_vocabulary(parsed, vocab, min_count: int):
                    "examples": [miner.templates[t].text[:160] for t in keep[:20]]}
 
 
+def retemplate(parsed, vocab) -> None:
+    """Every event matched again against ``vocab``'s grown miner and flow codec, in place, as reading the
+    inputs with it would (a flow may now be written in a newly known form); sessions and splits do not
+    depend on templates, so nothing is read again."""
+    ev, codec = parsed.events, vocab.flow_codec
+    for j in range(len(ev.template)):
+        text = codec.sentence(ev.fields[j]) if codec is not None and ev.fields[j] is not None else ev.masked[j]
+        found = vocab.miner.match(text) if text else None
+        ev.template[j], ev.masked[j] = (-1 if found is None else found), text
+
+
 def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
     """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary, grown by what
     its training sessions hold and the model never saw when ``tune.grow_vocab``."""
@@ -94,8 +105,8 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
     parsed, kept_out = _parse(cfg, vocab, benign, malicious)
     if cfg.tune.grow_vocab:
         vocab, growth = grown_vocabulary(parsed, vocab, cfg.tokenizer.min_count)
-        if growth["new_tokens"]:  # read again: the new tokens replace [UNK] in every split
-            parsed, kept_out = _parse(cfg, vocab, benign, malicious)
+        if growth["new_tokens"]:  # the new tokens replace [UNK] in every split
+            retemplate(parsed, vocab)
     out = prepared_dir(cfg.paths.root, cfg.data.name)
     summary = write_prepared_in_place(out, parsed, vocab, cfg.data, {
         "fingerprint": ingest_fingerprint(cfg), "tuned_from": str(loaded.folder), "feedback_benign": len(benign),

@@ -49,6 +49,7 @@ class StreamingDetector:
         self.threshold = float(model.calibration["threshold"])
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
         self.reader = make_reader(cfg.data)
+        self._readers: dict = {}  # source -> its data.sources reader
         self.session_cfg = cfg.data.session
         self.idle_s, self.idle_from = stream_idle_close(cfg, model.calibration)
         self.max_open = cfg.detect.max_open_sessions
@@ -73,10 +74,9 @@ class StreamingDetector:
         a structured reader carries the header it has read)."""
         if not self.cfg.data.sources:
             return self.reader
-        readers = self.__dict__.setdefault("_readers", {})
-        if source not in readers:
-            readers[source] = make_reader(self.cfg.data, source)
-        return readers[source]
+        if source not in self._readers:
+            self._readers[source] = make_reader(self.cfg.data, source)
+        return self._readers[source]
 
     # -- input ---------------------------------------------------------------------------------
     def feed(self, raw: bytes, source: str, line_no: int) -> None:

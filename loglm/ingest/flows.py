@@ -91,27 +91,22 @@ class FlowCodec:
             self.edges[name] = sorted(set(edges))
         ports = Counter(f.get("dst_port") for f in flows if f.get("dst_port") is not None and f["dst_port"] < 1024)
         self.ports = sorted(p for p, _ in ports.most_common(self.port_budget))
+        self.known = self._forms(flows)
+        return self
+
+    def _forms(self, flows: list[dict]) -> set[str]:
+        """Each flow's most specific form occurring ``min_count`` times among ``flows``: the full sentence,
+        else its categorical part, else ``proto=.. dir=..``."""
         parts = [self._parts(f) for f in flows]
         cat = Counter(p[1] for p in parts)
         full = Counter(p[1] + " | " + p[2] for p in parts)
-        self.known = set()
-        for base, c, num in parts:
-            f = c + " | " + num
-            self.known.add(f if full[f] >= self.min_count else c if cat[c] >= self.min_count else base)
-        return self
+        return {c + " | " + num if full[c + " | " + num] >= self.min_count else c if cat[c] >= self.min_count
+                else base for base, c, num in parts}
 
     def grow(self, flows: list[dict]) -> set[str]:
-        """Make the flows written as none of the known forms known, by ``fit``'s rule (the most specific form
-        occurring ``min_count`` times among them); bucket edges, ports and known forms stay.  Returns the
-        sentences added (tuning on a new environment's normal traffic)."""
-        parts = [self._parts(f) for f in flows if self.sentence(f) not in self.known]
-        cat = Counter(p[1] for p in parts)
-        full = Counter(p[1] + " | " + p[2] for p in parts)
-        added = set()
-        for base, c, num in parts:
-            f = c + " | " + num
-            added.add(f if full[f] >= self.min_count else c if cat[c] >= self.min_count else base)
-        added -= self.known
+        """Make the flows written as none of the known forms known, by ``fit``'s rule; bucket edges, ports and
+        known forms stay.  Returns the sentences added (tuning on a new environment's normal traffic)."""
+        added = self._forms([f for f in flows if self.sentence(f) not in self.known]) - self.known
         self.known |= added
         return added
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loglm.ingest.readers import FLOW_FORMATS, LineAccount, Rejection, formats_of, reads_flows
+from loglm.ingest.readers import LineAccount, Rejection, reads_flows
 from loglm.ingest.sessions import event_label, is_closed, session_keys
 
 ROW_GROUP = 32_768  # rows buffered before a write
@@ -779,8 +779,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     # stage 4: templates and vocabulary
     flows = reads_flows(data)
     codec = None
-    only_flows = formats_of(data) <= set(FLOW_FORMATS)
-    miner = TemplateMiner(1.0 if only_flows else cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)
+    miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)  # flow sentences: exact
     if flows:
         if not train_flows:
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
