@@ -73,6 +73,10 @@ class SplitConfig:
     # whatever the fractions; the fractions then divide the data before it ("train on Monday, test on the
     # rest of the week": test_from=2017-07-04, train_frac=0.8, val_frac=0.2)
     test_from: str | None = None
+    # the fractions divide each input file on its own (several captures or days, each split in time order:
+    # every one trains on its early part, validates and tests on its later ones); a session belongs to the
+    # input of its first event.  False: the inputs are one stream.
+    per_input: bool = False
 
     def __post_init__(self):
         _check(0 <= self.train_frac <= 1 and 0 <= self.val_frac <= 1 and self.train_frac + self.val_frac <= 1 + 1e-9,

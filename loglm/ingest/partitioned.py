@@ -330,10 +330,23 @@ def event_ranks(first_ts: np.ndarray, first_id: np.ndarray, work: Path, tasks: l
     return rank, total
 
 
-def assign_splits(stats: pa.Table, data, rank_events) -> np.ndarray:
+def assign_splits(stats: pa.Table, data, rank_events, inputs: np.ndarray | None = None) -> np.ndarray:
     """The split of every session from its summary alone (the rules of
     :func:`loglm.ingest.sessions.assign_splits`; ``chronological_events`` with ``test_from`` ranks the
-    events before the cut)."""
+    events before the cut).  ``rank_events(before, mask, input)`` ranks the first events of the sessions
+    ``mask`` selects among the events of ``input`` (all inputs: None); ``inputs``: each session's input
+    number, needed by ``data.split.per_input``."""
+    if data.split.per_input:
+        split = np.full(stats.num_rows, "", object)
+        for g in np.unique(inputs):
+            mask = inputs == g
+            split[mask] = _splits(stats.filter(pa.array(mask)), data,
+                                  lambda before, mask=mask, g=g: rank_events(before, mask, int(g)))
+        return split
+    return _splits(stats, data, lambda before: rank_events(before, None, None))
+
+
+def _splits(stats: pa.Table, data, rank_events) -> np.ndarray:
     import hashlib
 
     from loglm.ingest.sessions import test_cut
@@ -738,10 +751,17 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     label, mixed = session_labels(stats, data, anomalous)
     first_id = to_global(stats.column("first_pos").to_numpy(), offsets)
 
-    def rank_events(before):
-        return event_ranks(stats.column("first_ts").to_numpy(), first_id, work, list(range(len(tasks))), offsets, before)
+    task_of = stats.column("first_pos").to_numpy() >> TASK_BITS
+    input_of = np.array([t["file_no"] for t in tasks], np.int64)[task_of] if len(tasks) else np.zeros(0, np.int64)
 
-    split = assign_splits(stats, data, rank_events)
+    def rank_events(before, mask, input_no):
+        first_ts = stats.column("first_ts").to_numpy()
+        if mask is None:
+            return event_ranks(first_ts, first_id, work, list(range(len(tasks))), offsets, before)
+        return event_ranks(first_ts[mask], first_id[mask], work,
+                           [no for no, t in enumerate(tasks) if t["file_no"] == input_no], offsets, before)
+
+    split = assign_splits(stats, data, rank_events, input_of)
     if data.train_normal_only:  # anomalous training sessions are held out of training entirely
         split[(split == "train") & (label == 1)] = "train_heldout_anomalous"
     n_sessions = stats.num_rows

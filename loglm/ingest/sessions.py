@@ -207,7 +207,23 @@ def assign_splits(sessions: list[Session], events: Events, cfg: SplitConfig, _wi
 
     chronological: sessions ordered by first timestamp, earliest train_frac train, next val_frac val, rest test.
     seeded: a stable hash of (seed, session id) decides, independent of input order.
+    per_input: each input's sessions (by the input of a session's first event) are split on their own.
     """
+    if cfg.per_input:
+        source_of = {}
+        for s in sessions:  # a session's input: that of its earliest event, the same for all its chunks
+            j = s.event_idx[0]
+            if s.session_id not in source_of or (events.ts[j], j) < source_of[s.session_id][0]:
+                source_of[s.session_id] = ((events.ts[j], j), events.source[j])
+        groups: dict[str, list[Session]] = {}
+        for s in sessions:
+            groups.setdefault(source_of[s.session_id][1], []).append(s)
+        for source, group in groups.items():
+            within = None if _within is None else [j for j in _within if events.source[j] == source]
+            if within is None and cfg.method == "chronological_events":
+                within = [j for j in range(len(events)) if events.source[j] == source]
+            assign_splits(group, events, replace(cfg, per_input=False), _within=within)
+        return
     cut = test_cut(cfg)
     firsts: dict[str, tuple[float, str]] = {}
     for s in sessions:
