@@ -236,7 +236,8 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
         for m, r in result["models"].items():
             row = {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys}, "target_fpr": result["target_fpr"],
                    "fpr_within_2x_target": bool(r["metrics"]["all"]["fpr"] <= 2 * result["target_fpr"]),
-                   "unique_f1": round(float(r["metrics"]["unique"]["f1"]), 4)}
+                   "unique_f1": round(float(r["metrics"]["unique"]["f1"]), 4),
+                   "validation_too_small": bool(result["models"]["LogLM"].get("calibration_warning"))}
             if "pair_window" in r["metrics"]:  # flows: per source-destination pair and window too
                 row.update({f"pair_window_{k}": round(float(r["metrics"]["pair_window"][k]), 4) for k in keys})
             classes = {c: v for c, v in r.get("recall_by_class", {}).items() if v["n"] >= 100}

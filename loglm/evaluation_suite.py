@@ -214,6 +214,13 @@ def run(cfg) -> dict:
     from loglm.model.store import load_model, resolve_model_dir
 
     ckpt = str(resolve_model_dir(cfg.ckpt, cfg.paths.root)) if cfg.ckpt else pretrain(cfg)["model_dir"]
+    calibrated_for = load_model(ckpt, verify=False).calibration.get("target_fpr")
+    if calibrated_for is not None and abs(float(calibrated_for) - cfg.detect.target_fpr) > 1e-12:
+        # LogLM keeps its model's threshold: the baselines would be thresholded for another FPR
+        raise ValueError(f"ckpt={cfg.ckpt}: the model is calibrated for target FPR {calibrated_for}, the suite asks "
+                         f"detect.target_fpr={cfg.detect.target_fpr}; every model must be thresholded for the same "
+                         f"target: pass detect.target_fpr={calibrated_for}, or recalibrate the model for the new target "
+                         "(python -m pipelines.calibrate ckpt=... detect.target_fpr=...)")
     exp = tracking.ensure_experiment(cfg, "loglm-eval")
     client = tracking.client(cfg)
     parent = client.create_run(exp, run_name=f"suite-{protocol}", tags=tracking.run_tags(cfg, {
@@ -228,6 +235,7 @@ def run(cfg) -> dict:
         ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
 
         rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
+                         "calibration_warning": load_model(ckpt, verify=False).calibration.get("warning"),
                          "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
         for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
@@ -265,6 +273,15 @@ def run(cfg) -> dict:
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
                          "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
+        calibration = load_model(ckpt, verify=False).calibration
+        promise = calibration.get("promise") or {}
+        if calibration.get("warning"):  # the threshold's own caveat, where every reader of the table sees it
+            notes.append(f"**Calibration warning** (every model's threshold comes from this validation set): "
+                         f"{calibration['warning']}.")
+        if promise:
+            lo, hi = promise["fpr_interval_90"]
+            notes.append(f"LogLM's threshold promises an expected test FPR of {promise['expected_fpr']:.4f} (90% "
+                         f"interval {lo:.4f}-{hi:.4f}) from {promise['n_normal']} independent validation items.")
         if cfg.data.label_field or "label" in cfg.data.fields:
             notes.append("Attack classes come from the data's label column"
                          + (f" `{cfg.data.fields['label']}`" if "label" in cfg.data.fields else "") + ".")
@@ -274,8 +291,9 @@ def run(cfg) -> dict:
         stem = report_stem(protocol, cfg.data.name, summary["data_sha256"])
         (reports / f"{stem}.md").write_text(text)
         atomic_write_json(reports / f"{stem}.json", {"protocol": protocol, "parent_run_id": parent,
-                                                               "models": rows})
+                                                     "target_fpr": cfg.detect.target_fpr, "model_dir": ckpt,
+                                                     "models": rows})
         client.log_text(parent, text, f"{stem}.md")
     print(text)
     return {"parent_run_id": parent, "protocol": protocol, "models": rows, "markdown": str(reports / f"{stem}.md"),
-            "target_fpr": cfg.detect.target_fpr}
+            "target_fpr": cfg.detect.target_fpr, "model_dir": ckpt}

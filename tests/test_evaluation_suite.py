@@ -56,11 +56,11 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     log.write_text("\n".join(lines) + "\n")
     ids = tmp_path / "anomalous.txt"
     ids.write_text("\n".join(kinds) + "\n")
-    cfg = compose("evaluate", [f"paths.root={tmp_path}/runs", "model=tiny", "data.name=suite_synth", f"data.inputs=[{log}]",
-                               f"data.anomalous_ids={ids}", "data.split.method=chronological", "trainer.max_epochs=3",
-                               "trainer.progress_bar=false", "suite.enabled=true", "suite.protocol=synthetic",
-                               "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports",
-                               "detect.small_validation=warn"])
+    cfg_overrides = [f"paths.root={tmp_path}/runs", "model=tiny", "data.name=suite_synth", f"data.inputs=[{log}]",
+                     f"data.anomalous_ids={ids}", "data.split.method=chronological", "trainer.max_epochs=3",
+                     "trainer.progress_bar=false", "suite.enabled=true", "suite.protocol=synthetic",
+                     "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports", "detect.small_validation=warn"]
+    cfg = compose("evaluate", cfg_overrides)
     result = suite(cfg)
     assert set(result["models"]) == {"LogLM", "deeplog", "pca", "iforest"}
     for r in result["models"].values():
@@ -87,6 +87,10 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     fpr = result["models"]["LogLM"]["metrics"]["all"]["fpr"]
     assert f"| {fpr:.4f} | {fpr / 0.01:.2f}" in table  # the test FPR beside its ratio to the target
     assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
+    # a trained model keeps its threshold: asking the suite for another target would threshold the baselines
+    # for one FPR and LogLM for another, so it is refused before any run starts
+    with pytest.raises(ValueError, match="calibrated for target FPR 0.01.*detect.target_fpr=0.005"):
+        suite(compose("evaluate", [*cfg_overrides, f"ckpt={result['model_dir']}", "detect.target_fpr=0.005"]))
 
 
 def test_recall_per_attack_class(tmp_path):

@@ -40,6 +40,9 @@ def test_zeek_flows_end_to_end(tmp_path):
     cal = result["calibration"]
     assert cal["val_population"].startswith("labelled-normal events") and cal["n_val_sessions"] == benign
     assert benign > len(set(val.column("session_id").to_pylist()))
+    # the FPR promise counts windows' worth of independent items, not flows: a window's flows share a score
+    assert 0 < cal["n_val_effective"] <= len(set(val.column("session_id").to_pylist())) < benign
+    assert cal["promise"]["n_normal"] == cal["n_val_effective"]
     run_cfg = replace(cfg, ckpt=result["run_id"])
     from loglm.detect.recalibrate import run as recalibrate
 

@@ -195,6 +195,39 @@ def test_small_validation_is_refused_or_warned_and_only_normal_items_calibrate()
     assert keep.all() and population.startswith("unlabelled")
 
 
+def test_events_sharing_a_window_score_count_as_fewer_independent_items():
+    """Per-flow calibration: a window's flows share its score, so 600 flows in 60 windows are not 600 draws.
+    The promise computed from the effective count covers the realised per-flow FPR about as often as it says;
+    counting every flow as independent promises an interval far too narrow."""
+    from loglm.detect.thresholds import (
+        check_validation_size,
+        effective_items,
+        fpr_promise,
+        shared_score_items,
+    )
+
+    assert effective_items([1] * 50) == 50 and effective_items([10] * 50) == 50
+    assert effective_items([1] * 9 + [91]) == 1  # one big window decides nearly everything
+    what = shared_score_items(63, 621, 31)
+    with pytest.raises(ValueError, match="621 normal validation events in 63 sessions, worth 31 independent"):
+        check_validation_size(31, 0.01, "refuse", what)
+    rng = np.random.default_rng(3)
+    target, n_windows = 0.05, 300
+    hits = {"effective": 0, "every item": 0}
+    trials = 300
+    for _ in range(trials):
+        sizes = rng.geometric(0.08, n_windows)  # skewed window sizes, as per-host windows are
+        scores = rng.standard_t(3, n_windows)
+        t = threshold_for_fpr(np.repeat(scores, sizes), target)
+        new_sizes, new_scores = rng.geometric(0.08, 3000), rng.standard_t(3, 3000)
+        realised = new_sizes[new_scores > t].sum() / new_sizes.sum()
+        for name, n in (("effective", effective_items(sizes)), ("every item", int(sizes.sum()))):
+            lo, hi = fpr_promise(n, target)["fpr_interval_90"]
+            hits[name] += lo <= realised <= hi
+    assert hits["effective"] / trials >= 0.8, hits
+    assert hits["every item"] / trials < 0.6, hits
+
+
 def test_metrics_counts_and_prevalence():
     y = np.array([0, 0, 0, 1, 1])
     s = np.array([0.1, 0.2, 0.9, 0.8, 0.3])

@@ -14,8 +14,10 @@ from loglm.detect.scores import quiet_band_top
 from loglm.detect.scoring import score_windows, session_max
 from loglm.detect.thresholds import (
     check_validation_size,
+    effective_items,
     fpr_promise,
     normal_validation_mask,
+    shared_score_items,
     threshold_for_fpr,
 )
 from loglm.model.store import CALIBRATION
@@ -61,24 +63,36 @@ def validation_items(data_dir: str | Path, data) -> tuple[pa.Table, str, dict[st
     return val, population, None, n
 
 
+def validation_size(weights: dict[str, int] | None, n: int) -> tuple[int, str | None]:
+    """(independent items the size check and the FPR promise count, how size messages describe them).
+    Per-event items share their session's score: a window of 50 normal flows is one draw, not 50."""
+    if weights is None:
+        return n, None
+    effective = effective_items(list(weights.values()))
+    return effective, shared_score_items(len(weights), n, effective)
+
+
 def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str | None:
     """Before any training: refuse a validation split too small for ``cfg.target_fpr`` (or return the warning)."""
-    _, _, _, n = validation_items(data_dir, data)
-    return check_validation_size(n, cfg.target_fpr, cfg.small_validation)
+    _, _, weights, n = validation_items(data_dir, data)
+    effective, what = validation_size(weights, n)
+    return check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
 
 
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None, data=None) -> dict:
     """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
     the calibration for ``cfg.target_fpr``."""
     val, population, weights, n = validation_items(data_dir, data)
-    warning = check_validation_size(n, cfg.target_fpr, cfg.small_validation)
+    effective, what = validation_size(weights, n)
+    warning = check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
     ws = score_windows(encoder, *windows_of(val), cfg)
     per_session = session_max(val.column("session_id").to_pylist(), ws.score)
     if weights is None:
         items = np.array(list(per_session.values()))
     else:  # one item per normal event, carrying its session's score
         items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
-    return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)})
+    return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
+                          n_effective=effective)
 
 
 def prepared_pauses(data_dir: str | Path) -> dict | None:
@@ -108,8 +122,10 @@ def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str
 
 
 def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, warning: str | None,
-                   out_dir: Path | None = None, extra: dict | None = None) -> dict:
-    """calibration.json: the threshold, the scoring settings it holds for, and what it promises on new data."""
+                   out_dir: Path | None = None, extra: dict | None = None, n_effective: int | None = None) -> dict:
+    """calibration.json: the threshold, the scoring settings it holds for, and what it promises on new data.
+    ``n_effective``: how many independent items ``per_session`` is worth (events sharing a session's score),
+    which the promise counts; all of them by default."""
     thr, rule = threshold_of(per_session, cfg)
     if not np.isfinite(thr):
         raise ValueError(f"calibration gave a non-finite threshold ({thr}): the model's scores are not finite")
@@ -120,8 +136,9 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
         "tie_scale": cfg.tie_scale, "threshold_rule": rule,
         "n_val_sessions": int(len(per_session)), "val_population": population,
+        "n_val_effective": int(len(per_session) if n_effective is None else n_effective),
         "val_fpr_at_threshold": float((per_session > thr).mean()),
-        "promise": fpr_promise(len(per_session), cfg.target_fpr),
+        "promise": fpr_promise(int(len(per_session) if n_effective is None else n_effective), cfg.target_fpr),
         "warning": warning,
         "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},
         # the highest normal validation scores: alert severities say how rare a score is among them

@@ -33,7 +33,7 @@ def model_data_config(model_dir: Path, fallback):
 def run(cfg) -> dict:
 
     from loglm import tracking
-    from loglm.detect.calibrate import calibration_of
+    from loglm.detect.calibrate import calibration_of, validation_size
     from loglm.detect.detector import detect_config_of, model_dir_for, score_input
     from loglm.detect.scoring import score_windows, session_max
     from loglm.detect.thresholds import check_validation_size
@@ -62,10 +62,12 @@ def run(cfg) -> dict:
             events[sid] = events.get(sid, 0) + len(idx)
         items = np.repeat(np.array([per_session[s] for s in events]), np.array(list(events.values())))
         population = POPULATION.replace("traffic", "traffic, per event")
+        effective, what = validation_size(events, len(items))
     else:
         items, population = np.array(list(per_session.values())), POPULATION
-    warning = check_validation_size(len(items), dcfg.target_fpr, dcfg.small_validation)
-    cal = calibration_of(items, dcfg, population, warning,
+        effective, what = len(items), None
+    warning = check_validation_size(effective, dcfg.target_fpr, dcfg.small_validation, what)
+    cal = calibration_of(items, dcfg, population, warning, n_effective=effective,
                          extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
     cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
                               "sessions": len(per_session), "items": int(len(items)),

@@ -64,34 +64,52 @@ def min_validation_normal(target_fpr: float) -> int:
     return int(np.ceil(1.0 / target_fpr - 1 - 1e-9))
 
 
-def validation_size_problem(n: int, target_fpr: float) -> tuple[str, str] | None:
+def effective_items(weights) -> int:
+    """How many independent items ``weights`` are worth when each weight is a number of items sharing one
+    score (the normal flows of one window): Kish's effective sample size (sum w)^2 / sum w^2, rounded down.
+    Equal to the item count when every weight is 1, to the number of windows when they are all equal."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w[w > 0]
+    return int(np.floor(w.sum() ** 2 / (w ** 2).sum() + 1e-9)) if len(w) else 0
+
+
+def validation_size_problem(n: int, target_fpr: float, what: str | None = None) -> tuple[str, str] | None:
     """(severity, message) when ``n`` normal validation items cannot support ``target_fpr``; None when fine.
+    ``what`` describes the items when they are not plain independent ones (say, flows sharing their window's
+    score); ``n`` is then their effective number (:func:`effective_items`).
 
     "error": the target is out of reach (expected FPR > target);
     "warning": reachable, but the 95 % bound of the realised FPR is above twice the target."""
+    what = what or f"{n} normal validation items"
     if n < min_validation_normal(target_fpr):
-        return "error", (f"{n} normal validation items cannot calibrate detect.target_fpr={target_fpr}: "
+        return "error", (f"{what} cannot calibrate detect.target_fpr={target_fpr}: "
                          f"even the highest score leaves an expected FPR of 1/{n + 1} = {1 / (n + 1):.3g}; "
                          f"it needs at least {min_validation_normal(target_fpr)} (raise data.split.val_frac, add "
                          f"normal data, or raise detect.target_fpr; detect.small_validation=warn proceeds anyway)")
     promise = fpr_promise(n, target_fpr)
     if promise["fpr_interval_90"][1] > 2 * target_fpr:
-        return "warning", (f"{n} normal validation items give detect.target_fpr={target_fpr} a wide promise: the test "
+        return "warning", (f"{what} give detect.target_fpr={target_fpr} a wide promise: the test "
                            f"FPR is expected at {promise['expected_fpr']:.3g} but lies up to "
                            f"{promise['fpr_interval_90'][1]:.3g} (95 %) on new data; more validation data narrows it")
     return None
 
 
-def check_validation_size(n: int, target_fpr: float, policy: str) -> str | None:
+def check_validation_size(n: int, target_fpr: float, policy: str, what: str | None = None) -> str | None:
     """Refuse (policy "refuse") or return a loud warning for a validation set too small for the target."""
     if policy not in SMALL_VALIDATION_POLICIES:
         raise ValueError(f"detect.small_validation must be one of {SMALL_VALIDATION_POLICIES}, got {policy!r}")
     if n == 0:
         raise ValueError("no normal validation items to calibrate on: check data.split.val_frac and the labels")
-    problem = validation_size_problem(n, target_fpr)
+    problem = validation_size_problem(n, target_fpr, what)
     if problem is None:
         return None
     severity, message = problem
     if severity == "error" and policy == "refuse":
         raise ValueError(message)
     return message
+
+
+def shared_score_items(sessions: int, items: int, effective: int) -> str:
+    """How a per-event validation set is described in size messages: its items share their session's score."""
+    return (f"{items} normal validation events in {sessions} sessions, worth {effective} independent items (a "
+            "session's events share its score)")
