@@ -135,7 +135,9 @@ def _corpus(path, n_lines: int, seed: int) -> int:
 
 
 @pytest.mark.slow
-def test_million_line_corpus_ingest_and_detect_reconcile(tmp_path):
+def test_large_hostile_corpus_ingest_and_detect_reconcile(tmp_path):
+    """Detection over a corpus far bigger than training's, with damaged lines throughout: every line is read,
+    then scored or counted as rejected.  (Throughput and memory at 1M-16M lines: `make bench`, key scale.)"""
     from loglm.detect.detector import run as detect
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
@@ -148,15 +150,15 @@ def test_million_line_corpus_ingest_and_detect_reconcile(tmp_path):
     prepare(cfg)
     model = pretrain(cfg)
     big = tmp_path / "big.log"
-    n = _corpus(big, 1_000_000, seed=2)
+    n = _corpus(big, 250_000, seed=2)
     t0 = time.perf_counter()
     summary = detect(replace(cfg, ckpt=model["run_id"], inputs=[str(big)], out=str(tmp_path / "a.jsonl")))
     seconds = time.perf_counter() - t0
     lines = summary["lines"]
-    assert lines["read"] == n >= 1_000_000
+    assert lines["read"] == n >= 250_000
     assert lines["read"] == lines["accepted"] + lines["rejected"]
-    assert lines["rejected"] > 10_000 and summary["events_scored"] >= lines["accepted"]
-    print(f"\n1M-line corpus: {n} lines, {lines['rejected']} rejected, {summary['sessions_scored']} sessions, "
+    assert lines["rejected"] > 2_500 and summary["events_scored"] >= lines["accepted"]
+    print(f"\nlarge corpus: {n} lines, {lines['rejected']} rejected, {summary['sessions_scored']} sessions, "
           f"{summary['alerts']} alerts, {seconds:.1f} s")
 
 

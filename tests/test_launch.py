@@ -46,7 +46,7 @@ def ray_head(tmp_path):
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster processes on SIGTERM
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=10)  # usually 3 s; after a job it can hang for minutes, so the group is killed
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
