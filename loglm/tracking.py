@@ -10,7 +10,8 @@ from pathlib import Path
 
 from loglm.config import flatten, to_plain
 
-SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential|private[_-]?key)", re.I)
+# "token" as a credential (hf_token, auth_token), not a count of tokens (detect.max_batch_tokens)
+SECRET_KEY = re.compile(r"(pass(word)?|secret|token(?!s)|api[_-]?key|credential|private[_-]?key)", re.I)
 
 
 def tracking_uri(cfg) -> str:

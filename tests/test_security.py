@@ -30,6 +30,9 @@ def test_secrets_stay_out_of_tags_and_config_files():
     written = config_yaml(cfg).decode()
     assert "abc123" not in written and OmegaConf.create(written).logger.tags.api_key == "***"
     assert OmegaConf.create(written).data.fields == {"token": "tok", "ts": "time"}  # a column map is no secret
+    # a count of tokens is a setting, not a credential: config.yaml next to a model must load back as written
+    assert OmegaConf.create(written).detect.max_batch_tokens == cfg.detect.max_batch_tokens
+    assert run_tags(compose("pretrain", ["+logger.tags.hf_token=xyz"]))["hf_token"] == "***"
 
 
 def test_pseudonymisation_covers_templates_ipv6_users_and_rejection_reasons():
