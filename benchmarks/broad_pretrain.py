@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     broad = replace(broad, data=replace(broad.data, sources=[CIC_SOURCE]))
     dst = compose("evaluate", ["dataset=zeek_ctu", f"paths.root={root}", "trainer.progress_bar=false",
                                "suite.enabled=false", f"trainer.seed={a.seed}", f"data.name=zeek_{a.destination}",
+                               "data.split.method=chronological_events",  # the split zeek_transfer uses
                                f"data.inputs=[{zeek / CAPTURES[a.destination]}]"])
     prepare(dst)
     rows: dict[str, dict] = {}

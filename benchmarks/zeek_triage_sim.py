@@ -19,7 +19,8 @@ from loglm.model.store import load_model
 root = Path(sys.argv[1])
 data = PROJECT_ROOT.parent / "shared" / "data" / "zeek_ctu_conn"
 src_model = next(p for p in (root / "models").iterdir() if p.is_dir() and load_model(p).meta.get("dataset") == "zeek_008" and "recal" not in p.name)
-base = ["dataset=zeek_ctu", f"paths.root={root}", "trainer.progress_bar=false", "suite.enabled=false"]
+base = ["dataset=zeek_ctu", f"paths.root={root}", "trainer.progress_bar=false", "suite.enabled=false",
+        "data.split.method=chronological_events"]  # as benchmarks.zeek_transfer prepared the root
 dst = compose("evaluate", base + ["data.name=zeek_010", f"data.inputs=[{data / '010_ctu-normal-42_day2_conn.log.labeled'}]"])
 early = root / "010_early.log"
 out = root / "early_alerts.jsonl"
