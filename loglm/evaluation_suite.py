@@ -214,7 +214,8 @@ def run(cfg) -> dict:
     from loglm.model.store import load_model, resolve_model_dir
 
     ckpt = str(resolve_model_dir(cfg.ckpt, cfg.paths.root)) if cfg.ckpt else pretrain(cfg)["model_dir"]
-    calibrated_for = load_model(ckpt, verify=False).calibration.get("target_fpr")
+    calibration = load_model(ckpt, verify=False).calibration  # read once: the threshold, its target, its caveat
+    calibrated_for = calibration.get("target_fpr")
     if calibrated_for is not None and abs(float(calibrated_for) - cfg.detect.target_fpr) > 1e-12:
         # LogLM keeps its model's threshold: the baselines would be thresholded for another FPR
         raise ValueError(f"ckpt={cfg.ckpt}: the model is calibrated for target FPR {calibrated_for}, the suite asks "
@@ -234,8 +235,8 @@ def run(cfg) -> dict:
         rows: dict[str, dict] = {}
         ours = evaluate(replace(cfg, ckpt=ckpt), parent_run_id=parent)
 
-        rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(load_model(ckpt, verify=False).calibration["threshold"]),
-                         "calibration_warning": load_model(ckpt, verify=False).calibration.get("warning"),
+        rows["LogLM"] = {"metrics": ours["metrics"], "threshold": float(calibration["threshold"]),
+                         "calibration_warning": calibration.get("warning"),
                          "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
         for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
@@ -273,7 +274,6 @@ def run(cfg) -> dict:
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
                          "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
-        calibration = load_model(ckpt, verify=False).calibration
         promise = calibration.get("promise") or {}
         if calibration.get("warning"):  # the threshold's own caveat, where every reader of the table sees it
             notes.append(f"**Calibration warning** (every model's threshold comes from this validation set): "

@@ -127,6 +127,7 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
     ``n_effective``: how many independent items ``per_session`` is worth (events sharing a session's score),
     which the promise counts; all of them by default."""
     thr, rule = threshold_of(per_session, cfg)
+    n_effective = int(len(per_session) if n_effective is None else n_effective)
     if not np.isfinite(thr):
         raise ValueError(f"calibration gave a non-finite threshold ({thr}): the model's scores are not finite")
     if warning:
@@ -136,9 +137,9 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
         "tie_scale": cfg.tie_scale, "threshold_rule": rule,
         "n_val_sessions": int(len(per_session)), "val_population": population,
-        "n_val_effective": int(len(per_session) if n_effective is None else n_effective),
+        "n_val_effective": n_effective,
         "val_fpr_at_threshold": float((per_session > thr).mean()),
-        "promise": fpr_promise(int(len(per_session) if n_effective is None else n_effective), cfg.target_fpr),
+        "promise": fpr_promise(n_effective, cfg.target_fpr),
         "warning": warning,
         "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},
         # the highest normal validation scores: alert severities say how rare a score is among them
