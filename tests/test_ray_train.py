@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def test_ray_ddp_pretraining_on_two_workers(prepared):
     from loglm.training.pretrain import run as pretrain
 
     root, overrides = prepared
+    staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
     result = pretrain(compose("pretrain", overrides + RAY + ["strategy=ddp", "trainer.max_epochs=2"]))
     assert result["worker_group_starts"] == 1 and result["epochs"] == 2
+    # Ray's report callback stages each epoch's checkpoint in the temp dir; its folders do not outlive the run
+    assert set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*")) <= staged
     run = run_info(root, result["run_id"])
     assert run.info.status == "FINISHED"
     tags = run.data.tags

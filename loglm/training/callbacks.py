@@ -34,3 +34,18 @@ class BestWeights(pl.Callback):
         self.best, self.best_epoch = float(loss), trainer.current_epoch
         save_weights(self.folder, getattr(module, self.encoder_attr), module.center,
                      {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": self.best})
+
+
+def ray_report_callback() -> pl.Callback:
+    """Ray Train's RayTrainReportCallback (each epoch's checkpoint reported to Ray), which also removes the
+    folder it stages those checkpoints in.  Ray's own leaves an empty ``lightning_checkpoints-job_id=...``
+    folder per worker in the system temp dir after every run; a cluster that trains daily piles them up."""
+    import shutil
+
+    from ray.train.lightning import RayTrainReportCallback
+
+    class ReportAndCleanUp(RayTrainReportCallback):
+        def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
+
+    return ReportAndCleanUp()

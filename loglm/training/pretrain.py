@@ -234,9 +234,11 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     callbacks = [best, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"), *(extra_callbacks or [])]
     plugins = []
     if on_ray:
-        from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback
+        from ray.train.lightning import RayLightningEnvironment
 
-        callbacks.append(RayTrainReportCallback())
+        from loglm.training.callbacks import ray_report_callback
+
+        callbacks.append(ray_report_callback())
         plugins.append(RayLightningEnvironment())
         accelerator = "gpu" if cfg.ray.use_gpu else "cpu"
         devices = "auto"
