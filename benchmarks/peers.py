@@ -15,8 +15,9 @@ DRAIN3_EXAMPLE_MASKING = [
 ]
 
 
-def drain3_miner(masking: bool = True):
-    """A Drain3 TemplateMiner with the example configuration; ``masking=False`` drops the masking rules."""
+def drain3_miner(masking: bool = True, max_clusters: int | None = 1024):
+    """A Drain3 TemplateMiner with the example configuration; ``masking=False`` drops the masking rules,
+    ``max_clusters=None`` lifts the cap on templates (Drain3 evicts the least recently used beyond it)."""
     import logging
 
     from drain3 import TemplateMiner
@@ -29,7 +30,7 @@ def drain3_miner(masking: bool = True):
     cfg.drain_sim_th = 0.4
     cfg.drain_depth = 4
     cfg.drain_max_children = 100
-    cfg.drain_max_clusters = 1024
+    cfg.drain_max_clusters = max_clusters
     cfg.drain_extra_delimiters = ["_"]
     cfg.mask_prefix, cfg.mask_suffix = "<:", ":>"
     cfg.masking_instructions = [MaskingInstruction(p, m) for p, m in DRAIN3_EXAMPLE_MASKING] if masking else []
