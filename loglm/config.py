@@ -277,6 +277,11 @@ class DetectConfig:
     # an event type training never saw ([UNK]) is an alarm by itself: it lifts its window's score above every
     # window without one (+1 on miss_ratio, +unk_surprisal on the surprisal scores)
     unknown_alarm: bool = True
+    # recalibration on a new environment's unlabelled traffic (pipelines.calibrate), with unknown_alarm:
+    # "alert": the threshold is the quantile of the windows without an unseen event, and windows holding one
+    # alert whatever it is (unlabelled traffic cannot tell a new normal service from an attack; where scans are
+    # frequent, ranking them all pushed the threshold above the attacks); "rank": the quantile of all windows
+    recalibration_unseen: str = "alert"
     # windows per scoring batch, and at most this many padded positions per batch (bounded memory on long
     # windows); small batches keep a small encoder in cache (measured best on 2 cores, `make bench`)
     batch_size: int = 64
@@ -311,6 +316,8 @@ class DetectConfig:
             raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.small_validation not in ("refuse", "warn"):
             raise ValueError(f"detect.small_validation must be 'refuse' or 'warn', got {self.small_validation!r}")
+        if self.recalibration_unseen not in ("alert", "rank"):
+            raise ValueError(f"detect.recalibration_unseen must be 'alert' or 'rank', got {self.recalibration_unseen!r}")
         if self.stream_idle_close_s is not None and not self.stream_idle_close_s > 0:
             raise ValueError(f"detect.stream_idle_close_s must be > 0 (or null: from the training data), "
                              f"got {self.stream_idle_close_s}")

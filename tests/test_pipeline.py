@@ -238,6 +238,38 @@ def test_recalibrate_on_a_new_environments_unlabelled_traffic(trained, tmp_path)
     assert run.data.tags["parent_run_id"] == result["run_id"] and run.data.metrics["calib/threshold"] == cal["threshold"]
 
 
+def test_recalibration_on_traffic_full_of_unseen_events_keeps_them_alerting(trained, tmp_path):
+    """New traffic where 40 % of the sessions hold an event type the model never saw (an attack campaign in
+    the unlabelled traffic): with recalibration_unseen=alert the quantile comes from the other sessions and
+    every unseen-event session alerts, with their share recorded and warned about; ranking all of them
+    ("rank") lifts the threshold among the unseen-event sessions and misses most of them."""
+    from loglm.detect.detector import run as detect
+    from loglm.detect.recalibrate import run as recalibrate
+
+    cfg, _, result = trained
+    lines, kinds = make_log(300, seed=11, anomalies={i: "unseen" for i in range(0, 300, 5) for i in (i, i + 1)})
+    log = tmp_path / "site_c.log"
+    log.write_text("\n".join(lines) + "\n")
+    unseen = {b for b, k in kinds.items() if k == "unseen"}
+    assert len(unseen) == 120
+    alerted = {}
+    for mode in ("alert", "rank"):
+        det = replace(cfg.detect, target_fpr=0.05, recalibration_unseen=mode)
+        r = recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / mode), detect=det))
+        cal = json.loads((Path(r["model_dir"]) / "calibration.json").read_text())
+        assert cal["recalibration_unseen"] == mode and abs(cal["unseen_share"] - 0.4) < 1e-9
+        out = tmp_path / f"{mode}.jsonl"
+        detect(replace(cfg, ckpt=r["model_dir"], inputs=[str(log)], out=str(out), detect=replace(det, report=False)))
+        alerted[mode] = {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
+        if mode == "alert":
+            assert cal["n_val_sessions"] == 180 and "40.0% of the recent traffic" in cal["warning"]
+            assert "without an unseen event" in cal["threshold_rule"]
+            assert unseen <= alerted["alert"] and len(alerted["alert"] - unseen) <= 0.05 * 181 + 1
+        else:
+            assert cal["n_val_sessions"] == 300 and not cal["warning"]
+    assert len(unseen & alerted["rank"]) < 30  # the old rule: the threshold among the unseen-event sessions
+
+
 def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(trained, tmp_path):
     """pipelines.evaluate ckpt=<model> data=<other prepared data>: not refused for its other vocabulary; the
     other data's test sessions are read again with the model's templates, and an unseen event still alarms."""

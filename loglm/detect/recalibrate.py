@@ -1,6 +1,12 @@
 """Recalibration in a new environment: a trained model's threshold set again from the new place's own recent
 traffic, without labels (assumed mostly normal), for ``detect.target_fpr``.
 
+With ``detect.unknown_alarm`` (the default) and ``detect.recalibration_unseen=alert``, the quantile is taken over
+the windows without an event type the model never saw: those with one alert whatever the threshold, and
+unlabelled traffic cannot tell a new normal service from an attack.  Ranking them with the rest lets frequent
+scans (58 % of a Zeek capture's early flows) lift the threshold above the attacks.  ``calibration.json`` records
+their share (``unseen_share``) and warns when it exceeds the target: the FPR promise covers the other windows.
+
 Weights and vocabulary are unchanged; the result is a **new** model folder (``<model>-recal-<time>`` beside
 the model, or ``out=``) holding a copy of them, the new ``calibration.json`` (what it was recalibrated on, the
 previous threshold) and its own manifest.  The original folder is never touched, so rolling back is using
@@ -30,6 +36,13 @@ def model_data_config(model_dir: Path, fallback):
     return dataclasses.replace(teacher_data_config(model_dir, fallback), anomalous_ids=None)
 
 
+def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str]:
+    """Sessions with at least one window holding an event type the model never saw ([UNK])."""
+    from loglm.vocab import UNK
+
+    return {sid for sid, t in zip(session_ids, tokens) if (np.asarray(t) == UNK).any()}
+
+
 def run(cfg) -> dict:
 
     from loglm import tracking
@@ -53,24 +66,46 @@ def run(cfg) -> dict:
     table, _, account, _ = score_input(run_cfg, loaded)
     if table.num_rows == 0:
         raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
-    ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
+    windows = windows_of(table)
+    ws = score_windows(loaded.encoder, *windows, dcfg)
     sids = table.column("session_id").to_pylist()
     per_session = session_max(sids, ws.score)
-    if run_cfg.data.eval_unit == "event":  # the unit that is reported: one item per event (flow), as calibrate does
-        events: dict[str, int] = {}
-        for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
-            events[sid] = events.get(sid, 0) + len(idx)
-        items = np.repeat(np.array([per_session[s] for s in events]), np.array(list(events.values())))
-        population = POPULATION.replace("traffic", "traffic, per event")
-        effective, what = validation_size(events, len(items))
+    unseen = unseen_sessions(sids, windows[0])
+    weights: dict[str, int] = {}  # items per session: its events (per-event unit) or 1
+    for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
+        weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
+    n_items = sum(weights.values())
+    unseen_items = sum(w for s, w in weights.items() if s in unseen)
+    population = POPULATION.replace("traffic", "traffic, per event") if run_cfg.data.eval_unit == "event" else POPULATION
+    alert_unseen = dcfg.unknown_alarm and dcfg.recalibration_unseen == "alert" and 0 < unseen_items < n_items
+    if alert_unseen:  # the threshold governs the windows without an unseen event; those with one alert anyway
+        weights = {s: w for s, w in weights.items() if s not in unseen}
+        population += "; windows without an event type the model never saw (those alert whatever the threshold)"
+    items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
+    if run_cfg.data.eval_unit == "event":
+        effective, what = validation_size(weights, len(items))
     else:
-        items, population = np.array(list(per_session.values())), POPULATION
         effective, what = len(items), None
     warning = check_validation_size(effective, dcfg.target_fpr, dcfg.small_validation, what)
+    unseen_share = unseen_items / max(1, n_items)
+    if alert_unseen and unseen_share > dcfg.target_fpr:
+        note = (f"{unseen_share:.1%} of the recent traffic ({unseen_items} of {n_items} items) is in windows holding "
+                "an event type the model never saw; they alert whatever the threshold, so the FPR promise covers "
+                "the other windows only. If they are this environment's normal traffic, tune the model on it "
+                "(pipelines.tune) instead")
+        warning = f"{warning}; {note}" if warning else note
+    elif dcfg.unknown_alarm and unseen_items == n_items:
+        note = ("every window of the recent traffic holds an event type the model never saw: the threshold ranks "
+                "them among themselves; the model does not know this environment, tune it (pipelines.tune)")
+        warning = f"{warning}; {note}" if warning else note
     cal = calibration_of(items, dcfg, population, warning, n_effective=effective,
                          extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
+    cal["recalibration_unseen"] = dcfg.recalibration_unseen if dcfg.unknown_alarm else "rank"
+    cal["unseen_share"] = unseen_share
+    if alert_unseen:
+        cal["threshold_rule"] += " of windows without an unseen event (windows with one always alert)"
     cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
-                              "sessions": len(per_session), "items": int(len(items)),
+                              "sessions": len(per_session), "items": int(n_items), "calibration_items": int(len(items)),
                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     cal["previous"] = {"model_dir": str(model_dir), "threshold": loaded.calibration["threshold"],
                        "target_fpr": loaded.calibration["target_fpr"],
@@ -104,5 +139,5 @@ def run(cfg) -> dict:
     client.set_terminated(rid)
     return {"model_dir": str(out), "run_id": rid, "threshold": cal["threshold"],
             "previous_threshold": cal["previous"]["threshold"], "sessions": len(per_session),
-            "items": int(len(items)),
+            "items": int(n_items), "calibration_items": int(len(items)), "unseen_share": unseen_share,
             "promise": cal["promise"], "threshold_rule": cal["threshold_rule"], "warning": warning, "lines": account}
