@@ -75,7 +75,6 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     """(metrics, threshold, seconds, recall by class) of one baseline on the prepared split."""
     from loglm.baselines.deeplog import DeepLog
     from loglm.baselines.event_counts import count_matrix
-    from loglm.detect.scores import session_max
     from loglm.detect.thresholds import normal_validation_mask, threshold_for_fpr
 
     if kind == "flow":
@@ -99,9 +98,7 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
                   patience=cfg.trainer.patience)
     else:
         model.fit(count_matrix(tr_toks, tr_closed, vocab_size))
-    v_scores = scores_of([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k])
-    v_sids = [s for s, k in zip(val.column("session_id").to_pylist(), keep) if k]
-    threshold = threshold_for_fpr(np.array(list(session_max(v_sids, v_scores).values())), cfg.detect.target_fpr)
+    threshold = threshold_for_fpr(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr)
     test, t_toks, t_closed = _split(data_dir, cfg.split)
     ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
     if cfg.data.eval_unit == "event":
@@ -110,6 +107,23 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     return metrics, threshold, time.perf_counter() - t0, by_class
+
+
+def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
+    """A window model's calibration items, chosen as LogLM's calibration chooses them
+    (``loglm.detect.calibrate.validation_items``): its validation-normal sessions, or with
+    ``data.eval_unit=event`` one item per labelled-normal event carrying its session's highest window score.
+    One rule for every model: before, the baselines took one item per session while LogLM took one per flow."""
+    from loglm.detect.calibrate import validation_items
+    from loglm.detect.scores import session_max
+    from loglm.windows import windows_of
+
+    val, _, weights, _ = validation_items(data_dir, data)
+    toks, _, closed = windows_of(val)
+    per_session = session_max(val.column("session_id").to_pylist(), scores_of(toks, closed))
+    if weights is None:
+        return np.array(list(per_session.values()))
+    return np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
 
 
 def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
@@ -262,7 +276,8 @@ def run(cfg) -> dict:
                 client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))
         notes = [f"Protocol `{protocol}` (EVAL_PROTOCOLS.md), data `{cfg.data.name}` (sha256 {summary['data_sha256'][:16]}), "
                  f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
-                 f"sessions only, threshold from validation normal sessions at target FPR {cfg.detect.target_fpr}.",
+                 f"sessions only, threshold from the validation split's normal {'events (flows), each carrying its window score' if cfg.data.eval_unit == 'event' else 'sessions'} "
+                 f"at target FPR {cfg.detect.target_fpr}, one rule for every model.",
                  f"LogLM model `{ckpt}`; DeepLog LSTM (window 10, 2x64) with LogLM's budget: up to {baseline_epochs(cfg)} "
                  f"epochs, early stopping on validation normal sessions (patience {cfg.trainer.patience}); PCA at 95% "
                  "variance and IsolationForest (200 trees) on TF-IDF event counts.",
@@ -270,7 +285,7 @@ def run(cfg) -> dict:
         if any(b in ("flow_iforest", "flow_pca", "kitnet") for b in cfg.suite.baselines):
             notes.append("Flow-feature baselines score each flow on its own fields (log-scaled bytes, packets, duration, "
                          "bytes per packet, destination port, direction): IsolationForest (200 trees), PCA (95% variance), "
-                         f"KitNET-style autoencoder ensemble ({baseline_epochs(cfg)} epochs).")
+                         f"KitNET-style autoencoder ensemble ({cfg.suite.baseline_epochs or KITNET_EPOCHS} epochs).")
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
                          "(the window's highest flow score, anomalous if any flow is), at the same threshold.")

@@ -105,6 +105,7 @@ def test_a_users_mistake_prints_the_reason_not_a_traceback(tmp_path):
     ("trainer.batch_size=0", "trainer.batch_size must be >= 1"), ("data.session.window_s=0", "window_s must be > 0"),
     ("data.session.by=hour", "data.session.by must be"), ("data.split.train_frac=0.95", "add up to at most 1"),
     ("detect.target_fpr=2", "detect.target_fpr must be in"),
+    ("detect.recalibration_unseen=drop", "detect.recalibration_unseen must be"),
 ])
 def test_value_ranges_are_refused_when_the_config_is_composed(override, message):
     """Before any work (these used to fail after minutes of training, or not at all: d_model=-1 after 91 s
@@ -124,3 +125,4 @@ def test_global_batch_size_is_split_over_the_world_so_the_schedule_does_not_chan
     assert compose("pretrain", ["trainer.batch_size=48"]).per_process_batch() == 48  # unset: per process
     with pytest.raises(ValueError, match="multiple of the world size 4"):
         compose("pretrain", ["launcher=ray", "ray.num_workers=4", "trainer.global_batch_size=66"])
+

@@ -43,6 +43,15 @@ def test_zeek_flows_end_to_end(tmp_path):
     # the FPR promise counts windows' worth of independent items, not flows: a window's flows share a score
     assert 0 < cal["n_val_effective"] <= len(set(val.column("session_id").to_pylist())) < benign
     assert cal["promise"]["n_normal"] == cal["n_val_effective"]
+    # the baselines of the suite calibrate on the same items: one per Benign validation flow, carrying the
+    # highest score of its session's windows (a scorer that numbers the windows shows which window each took)
+    import numpy as np
+
+    from loglm.evaluation_suite import validation_scores
+
+    items = validation_scores(lambda toks, closed: np.arange(len(toks), dtype=float), data_dir, cfg.data)
+    assert len(items) == benign == cal["n_val_sessions"]
+    assert len(set(items.tolist())) <= len(set(val.column("session_id").to_pylist()))
     run_cfg = replace(cfg, ckpt=result["run_id"])
     from loglm.detect.recalibrate import run as recalibrate
 
