@@ -98,7 +98,7 @@ def bench_search(sizes=(100_000, 1_000_000), d: int = 128, queries: int = 200, s
 
 
 
-def bench_attack(model_dir: Path, data_dir: Path) -> dict:
+def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> dict:
     """ATT&CK from evidence alone, on the test alerts of a labelled flow dataset: for each alert whose attack
     class has a known technique (KIND_TECHNIQUES), is that technique (or its parent) among the top 3?"""
     import dataclasses
@@ -116,7 +116,7 @@ def bench_attack(model_dir: Path, data_dir: Path) -> dict:
 
     loaded = load_model(model_dir)
     cfg = compose("detect", [f"dataset={data_dir.name}", f"paths.root={data_dir.parent.parent}", "split=test"])
-    out = Path(tempfile.mkdtemp(prefix="loglm-attack-")) / "alerts.jsonl"
+    out = Path(tempfile.mkdtemp(prefix="loglm-attack-", dir=work)) / "alerts.jsonl"
     cfg = dataclasses.replace(cfg, out=str(out), detect=dataclasses.replace(cfg.detect, report=False,
                                                                             attack_context=False))
     detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
@@ -161,6 +161,6 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
     data_dir = prepared_dir(cfg.paths.root, dataset)
     out = {"dataset": dataset, "model_dir": str(model_dir)}
     out.update(bench_fewshot(Path(model_dir), data_dir))
-    out["attack_from_evidence"] = bench_attack(Path(model_dir), data_dir)
+    out["attack_from_evidence"] = bench_attack(Path(model_dir), data_dir, tmp)
     out["search"] = bench_search()
     return out

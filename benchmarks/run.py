@@ -486,28 +486,42 @@ def main() -> None:
     parser.add_argument("--scale-sizes", nargs="*", type=int, default=[1_000_000, 4_000_000, 16_000_000],
                         help="generated corpus sizes (lines) of the scale section")
     parser.add_argument("--analyst-model", help="model directory for the analyst section (default: pretrain one)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the sections' working folders (prepared data, models, generated corpora) instead "
+                             "of removing them at the end; their paths are printed")
     args = parser.parse_args()
-    sections = {"ingest": lambda: bench_ingest(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
-                "pretrain_cpu": lambda: bench_pretrain_cpu(Path(tempfile.mkdtemp(prefix="loglm-bench-"))),
-                "accuracy": lambda: bench_accuracy(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
-                                                   args.accuracy_datasets, args.accuracy_epochs),
+    import shutil
+
+    work = Path(tempfile.mkdtemp(prefix="loglm-bench-"))  # one folder for every section: removed at the end
+
+    def folder(name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+
+    sections = {"ingest": lambda: bench_ingest(folder("ingest")),
+                "pretrain_cpu": lambda: bench_pretrain_cpu(folder("pretrain_cpu")),
+                "accuracy": lambda: bench_accuracy(folder("accuracy"), args.accuracy_datasets, args.accuracy_epochs),
                 "scoring_cpu": bench_scoring,
                 "analyst": lambda: __import__("benchmarks.analyst", fromlist=["bench_analyst"]).bench_analyst(
-                    Path(tempfile.mkdtemp(prefix="loglm-bench-")), args.analyst_model),
+                    folder("analyst"), args.analyst_model),
                 "scale": lambda: __import__("benchmarks.scale", fromlist=["bench_scale"]).bench_scale(
-                    Path(tempfile.mkdtemp(prefix="loglm-bench-")), args.scale_sizes),
-                "inference": lambda: bench_inference(Path(tempfile.mkdtemp(prefix="loglm-bench-")),
-                                                     args.teacher_epochs, args.student_epochs, args.rtd_weight,
-                                                     args.inference_data)}
+                    folder("scale"), args.scale_sizes),
+                "inference": lambda: bench_inference(folder("inference"), args.teacher_epochs, args.student_epochs,
+                                                     args.rtd_weight, args.inference_data)}
     results = {}
-    for name, fn in sections.items():
-        if args.only and name not in args.only:
-            continue
-        print(f"bench {name} ...", flush=True)
-        results[name] = fn()
-        if name == "accuracy":  # (metrics per dataset and model, how each suite ran)
-            results["accuracy"], results["accuracy_runs"] = results["accuracy"]
-        print(json.dumps(results[name], indent=2), flush=True)
+    try:
+        for name, fn in sections.items():
+            if args.only and name not in args.only:
+                continue
+            print(f"bench {name} ...", flush=True)
+            results[name] = fn()
+            if name == "accuracy":  # (metrics per dataset and model, how each suite ran)
+                results["accuracy"], results["accuracy_runs"] = results["accuracy"]
+            print(json.dumps(results[name], indent=2), flush=True)
+    finally:
+        if args.keep:
+            print(f"bench: working folders kept in {work}", flush=True)
+        else:  # models, prepared data and GB-sized generated corpora do not outlive the run
+            shutil.rmtree(work, ignore_errors=True)
     results["machine"] = {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}
     write_reports(results)
     print(f"wrote {REPORTS / 'bench.json'} and {REPORTS / 'bench.md'}")
