@@ -190,6 +190,33 @@ def test_flow_codec_grows_only_for_flows_it_cannot_write(tmp_path):
     assert codec.grow(attacks) == set()  # nothing left to add
 
 
+def test_training_flows_table_fits_the_codec_like_the_flows_themselves(tmp_path):
+    """Prepare collects training flows compactly (TrainingFlows: categorical parts once, numeric fields as
+    float64); the codec fitted on it, merged from parts in order, equals the codec fitted on the dicts, and
+    its sentence counts equal writing every flow."""
+    from collections import Counter
+
+    from loglm.ingest.flows import FlowCodec, TrainingFlows
+
+    path = tmp_path / "conn.log"
+    write_zeek(path, 400, 60)
+    records, _, _ = read_all(DataConfig(format="zeek"), path)
+    flows = [r.fields for r in records]
+    for kw in ({"n_buckets": 6, "min_count": 3}, {"n_buckets": 8, "min_count": 1, "port_budget": 2},
+               {"local_networks": ["10.0.0.0/8"]}):
+        plain = FlowCodec(**kw).fit(flows)
+        nets = kw.get("local_networks", [])
+        parts = [TrainingFlows.of(flows[i:i + 97], nets) for i in range(0, len(flows), 97)]
+        table = TrainingFlows(nets)
+        for part in parts:
+            table.extend(part)
+        assert len(table) == len(flows)
+        compact = FlowCodec(**kw).fit(table)
+        assert compact.state() == plain.state()
+        assert compact.sentences(table) == Counter(plain.sentence(f) for f in flows)
+    assert len(table.cats) < len(flows) / 4  # each distinct categorical part once
+
+
 def test_prepare_flows_reject_manifest_and_reconciled_totals(tmp_path):
     from loglm.ingest.prepare import run as prepare
     from loglm.vocab import UNK, Vocabulary

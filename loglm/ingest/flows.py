@@ -25,6 +25,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # canonical flow fields; readers fill what their format has (missing = None)
 CANONICAL = ("ts", "duration", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "service", "state",
              "fwd_bytes", "bwd_bytes", "fwd_pkts", "bwd_pkts", "local_orig", "local_resp", "label")
@@ -63,6 +65,60 @@ def direction(flow: dict, networks: tuple = ()) -> str:
         (bool(lo), bool(lr)), "na")
 
 
+def networks_of(local_networks) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
+    except ValueError as e:
+        raise ValueError(f"data.local_networks: {e}") from None
+
+
+class TrainingFlows:
+    """Training flows as the codec fits on them, compactly: each distinct categorical part (proto, direction,
+    service, state, destination port) once, and per flow its index and numeric fields (float64, NaN when
+    missing): about 48 bytes a flow instead of a dict of about 1 KB, so prepare's driver and the processes
+    that count training flows hold flows, not their JSON.  Flow order is kept (the codec's port ranking
+    breaks ties by first occurrence)."""
+
+    def __init__(self, local_networks=()):
+        from array import array
+
+        self.local_networks = list(local_networks)
+        self._networks = networks_of(self.local_networks)
+        self.cats: dict[tuple, int] = {}
+        self.idx = array("i")
+        self.nums = array("d")
+
+    def add(self, flow: dict) -> None:
+        cat = (flow.get("proto") or "na", direction(flow, self._networks), flow.get("service") or "-",
+               flow.get("state") or "-", flow.get("dst_port"))
+        self.idx.append(self.cats.setdefault(cat, len(self.cats)))
+        for name in NUMERIC:
+            v = flow.get(name)
+            self.nums.append(math.nan if v is None else float(v))
+
+    @classmethod
+    def of(cls, flows: list[dict], local_networks=()) -> TrainingFlows:
+        out = cls(local_networks)
+        for f in flows:
+            out.add(f)
+        return out
+
+    def extend(self, other: TrainingFlows) -> None:
+        """Append ``other``'s flows after these (partitions merged in their order)."""
+        remap = [self.cats.setdefault(cat, len(self.cats)) for cat in other.cats]
+        self.idx.extend(remap[i] for i in other.idx)
+        self.nums.extend(other.nums)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def arrays(self) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+        """(distinct categorical parts, per-flow index into them, (flows, 5) numeric values)."""
+        return (list(self.cats), np.frombuffer(self.idx, np.int32) if len(self.idx) else np.zeros(0, np.int32),
+                np.frombuffer(self.nums, np.float64).reshape(-1, len(NUMERIC)) if len(self.nums)
+                else np.zeros((0, len(NUMERIC))))
+
+
 @dataclass
 class FlowCodec:
     n_buckets: int = 8
@@ -74,34 +130,76 @@ class FlowCodec:
     local_networks: list[str] = field(default_factory=list)  # CIDRs of the monitored network
 
     def __post_init__(self):
-        try:
-            self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.local_networks)
-        except ValueError as e:
-            raise ValueError(f"data.local_networks: {e}") from None
+        self._networks = networks_of(self.local_networks)
 
-    def fit(self, flows: list[dict]) -> FlowCodec:
-        """Quantile edges, kept ports and frequent sentences, from training flows only."""
+    def fit(self, flows: list[dict] | TrainingFlows) -> FlowCodec:
+        """Quantile edges, kept ports and frequent sentences, from training flows only (dicts, or the compact
+        ``TrainingFlows`` prepare collects)."""
+        table = flows if isinstance(flows, TrainingFlows) else TrainingFlows.of(flows, self.local_networks)
+        cats, idx, nums = table.arrays()
         self.edges = {}
-        for name in NUMERIC:
-            values = sorted(v for v in (f.get(name) for f in flows) if v is not None and v > 0)
+        for j, name in enumerate(NUMERIC):
+            col = nums[:, j]
+            values = np.sort(col[~np.isnan(col) & (col > 0)])
             edges: list[float] = []
-            if values:
+            if len(values):
                 for q in range(1, self.n_buckets - 1):  # bucket 0 is "zero", the rest split positive values
-                    edges.append(values[min(len(values) - 1, int(q * len(values) / (self.n_buckets - 1)))])
+                    edges.append(float(values[min(len(values) - 1, int(q * len(values) / (self.n_buckets - 1)))]))
             self.edges[name] = sorted(set(edges))
-        ports = Counter(f.get("dst_port") for f in flows if f.get("dst_port") is not None and f["dst_port"] < 1024)
-        self.ports = sorted(p for p, _ in ports.most_common(self.port_budget))
-        self.known = self._forms(flows)
+        # destination ports below 1024 by count, ties by first occurrence among the flows
+        first = {}
+        counts: Counter = Counter()
+        if len(idx):
+            seen, first_at, n = np.unique(idx, return_index=True, return_counts=True)
+            for c, at, k in zip(seen.tolist(), first_at.tolist(), n.tolist()):
+                port = cats[c][4]
+                if port is not None and port < 1024:
+                    counts[port] += k
+                    first[port] = min(first.get(port, at), at)
+        top = sorted(counts, key=lambda p: (-counts[p], first[p]))[: self.port_budget]
+        self.ports = sorted(top)
+        self.known = self._forms(table)
         return self
 
-    def _forms(self, flows: list[dict]) -> set[str]:
+    def _form_counts(self, table: TrainingFlows) -> list[tuple[str, str, str, int]]:
+        """(base, categorical part, numeric part, flows) for each distinct form among ``table``'s flows."""
+        cats, idx, nums = table.arrays()
+        if not len(idx):
+            return []
+        codes = np.empty((len(idx), 1 + len(NUMERIC)), np.int64)
+        codes[:, 0] = idx
+        for j, name in enumerate(NUMERIC):  # -1: missing, 0: zero or less, k: bucket k (bisect_right + 1)
+            col = nums[:, j]
+            b = 1 + np.searchsorted(np.asarray(self.edges.get(name, []), np.float64), col, side="right")
+            codes[:, 1 + j] = np.where(np.isnan(col), -1, np.where(col <= 0, 0, b))
+        rows, n = np.unique(codes, axis=0, return_counts=True)
+        out = []
+        for row, k in zip(rows.tolist(), n.tolist()):
+            base, cat = self._categorical(cats[row[0]])
+            num = " ".join(f"{SHORT[name]}={'na' if b < 0 else b}" for name, b in zip(NUMERIC, row[1:]))
+            out.append((base, cat, num, k))
+        return out
+
+    def _forms(self, flows: list[dict] | TrainingFlows) -> set[str]:
         """Each flow's most specific form occurring ``min_count`` times among ``flows``: the full sentence,
         else its categorical part, else ``proto=.. dir=..``."""
-        parts = [self._parts(f) for f in flows]
-        cat = Counter(p[1] for p in parts)
-        full = Counter(p[1] + " | " + p[2] for p in parts)
+        table = flows if isinstance(flows, TrainingFlows) else TrainingFlows.of(flows, self.local_networks)
+        rows = self._form_counts(table)
+        cat: Counter = Counter()
+        full: Counter = Counter()
+        for _, c, num, k in rows:
+            cat[c] += k
+            full[c + " | " + num] += k
         return {c + " | " + num if full[c + " | " + num] >= self.min_count else c if cat[c] >= self.min_count
-                else base for base, c, num in parts}
+                else base for base, c, num, _ in rows}
+
+    def sentences(self, flows: TrainingFlows) -> Counter:
+        """How many of ``flows`` each sentence writes (what ``sentence`` gives flow by flow)."""
+        out: Counter = Counter()
+        for base, cat, num, k in self._form_counts(flows):
+            full = cat + " | " + num
+            out[full if full in self.known else cat if cat in self.known else base] += k
+        return out
 
     def grow(self, flows: list[dict]) -> set[str]:
         """Make the flows written as none of the known forms known, by ``fit``'s rule; bucket edges, ports and
@@ -117,11 +215,16 @@ class FlowCodec:
             return "0"
         return str(1 + bisect.bisect_right(self.edges.get(name, []), value))
 
-    def _parts(self, flow: dict) -> tuple[str, str, str]:
-        port = flow.get("dst_port")
+    def _categorical(self, cat: tuple) -> tuple[str, str]:
+        """(``proto=.. dir=..``, the categorical part) of (proto, direction, service, state, port)."""
+        proto, dir_, service, state, port = cat
         port_tok = str(port) if port is not None and port in self._port_set else port_class(port)
-        base = f"proto={flow.get('proto') or 'na'} dir={direction(flow, self._networks)}"
-        cat = f"{base} svc={flow.get('service') or '-'} port={port_tok} state={flow.get('state') or '-'}"
+        base = f"proto={proto} dir={dir_}"
+        return base, f"{base} svc={service} port={port_tok} state={state}"
+
+    def _parts(self, flow: dict) -> tuple[str, str, str]:
+        base, cat = self._categorical((flow.get("proto") or "na", direction(flow, self._networks),
+                                       flow.get("service") or "-", flow.get("state") or "-", flow.get("dst_port")))
         num = " ".join(f"{SHORT[n]}={self.bucket(n, flow.get(n))}" for n in NUMERIC)
         return base, cat, num
 

@@ -441,12 +441,14 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     """Stage 3: the distinct training messages (and flows) with counts, session counts and pauses of one
     work unit (a partition, or a part of a big one: ``unit`` = (partition, part, parts))."""
     from loglm.config import data_config_from_dict
+    from loglm.ingest.flows import TrainingFlows
 
     data = data_config_from_dict(data_dict)
     p = unit[0]
     t = _partition(Path(work), p, offsets, None if unit[2] == 1 else info.column("key"))
     info = _info(info)
-    out = {"p": p, "texts": Counter(), "flows": [], "pauses": [], "skipped": 0, "by_split": Counter(),
+    out = {"p": p, "texts": Counter(), "flows": TrainingFlows(data.local_networks), "pauses": [], "skipped": 0,
+           "by_split": Counter(),
            "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node(), "peak_rss_mb": 0.0}
     if t is None:
         return out
@@ -465,7 +467,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
             continue
         for i in rows:  # flows (fields) go to the flow codec, log lines (masked text) to the miner
             if fields is not None and fields[i] is not None:
-                out["flows"].append(json.loads(fields[i]))
+                out["flows"].add(json.loads(fields[i]))
             else:
                 out["texts"][masked[i]] += 1
         if len(rows) > 1:
@@ -688,7 +690,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
 
 def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tuple[dict, dict]:
     from loglm.ingest.distributed import plan_tasks
-    from loglm.ingest.flows import FlowCodec
+    from loglm.ingest.flows import FlowCodec, TrainingFlows
     from loglm.ingest.prepare import read_id_list
     from loglm.ingest.templates import TemplateMiner
     from loglm.progress import Progress
@@ -778,14 +780,14 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     progress = Progress("sessions", unit="partitions")
     counted = runner.map(count_partition, [(u, str(work), offsets, info, data_dict, input_end) for u, info in units])
     texts: Counter = Counter()
-    train_flows: list[dict] = []
+    train_flows = TrainingFlows(data.local_networks)  # compact: ~48 bytes a training flow
     by_split: Counter = Counter()
     labels: Counter = Counter()
     pauses: list[float] = []
     skipped = session_rows = sessions_split = 0
     for c in counted:
         texts.update(c["texts"])
-        train_flows.extend(c["flows"])
+        train_flows.extend(c["flows"])  # partitions in order: the codec breaks port ties by first occurrence
         by_split.update(c["by_split"])
         labels.update(c["labels"])
         pauses.extend(c["pauses"])
@@ -801,11 +803,11 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     codec = None
     miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)  # flow sentences: exact
     if flows:
-        if not train_flows:
+        if not len(train_flows):
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
         codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
                           local_networks=list(data.local_networks)).fit(train_flows)
-        texts.update(codec.sentence(f) for f in train_flows)
+        texts.update(codec.sentences(train_flows))
         del train_flows
     train_ids = mine(texts, miner)
     tok_counts: Counter = Counter()
