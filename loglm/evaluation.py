@@ -126,6 +126,43 @@ def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_d
     return result
 
 
+def item_times(ids: list, table, data_dir, unit: str) -> np.ndarray:
+    """Each evaluated item's time: a session's first event (session unit), an event's own (event unit)."""
+    if unit == "event":
+        import pyarrow.parquet as pq
+
+        ts = pq.read_table(Path(data_dir) / "events.parquet", columns=["ts"]).column("ts").to_numpy()
+        return ts[np.asarray(ids, dtype=np.int64)] if len(ids) else np.zeros(0)
+    start: dict[str, float] = {}
+    for sid, t in zip(table.column("session_id").to_pylist(), table.column("start_ts").to_pylist()):
+        start[sid] = min(start.get(sid, t), t)
+    return np.array([start[i] for i in ids], dtype=np.float64)
+
+
+def fpr_by_period(times: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict]:
+    """Whether the threshold holds over the test period: normal items, false positives and FPR per calendar day
+    (UTC) when the test spans a day or more, else per quarter of the test items in time order.  A threshold
+    that holds shows a flat FPR; one whose normal traffic drifts away from validation shows it rising."""
+    import time as _time
+
+    normal = labels == 0
+    if not normal.any():
+        return {}
+    t = times[normal]
+    fp = scores[normal] > threshold
+    if t.max() - t.min() >= 86400:
+        period = np.array([_time.strftime("%Y-%m-%d", _time.gmtime(x)) for x in t])
+    else:
+        edges = np.quantile(t, [0.25, 0.5, 0.75])
+        q = np.searchsorted(edges, t, side="right")
+        period = np.array([f"Q{k + 1}" for k in q])
+    out = {}
+    for p in sorted(set(period.tolist())):
+        m = period == p
+        out[p] = {"normal": int(m.sum()), "fp": int(fp[m].sum()), "fpr": float(fp[m].mean())}
+    return out
+
+
 def transfer_sessions(cfg, loaded, data_dir: Path):
     """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
     again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
@@ -182,6 +219,8 @@ def print_table(result: dict, title: str) -> str:
     for c in cols:
         table.add_column(c, justify="right")
     for part, m in result.items():
+        if "n" not in m:  # not a metrics row (fpr_by_period)
+            continue
         row = [part, str(m["n"]), str(m["tp"]), str(m["fp"]), str(m["tn"]), str(m["fn"])]
         row += [f"{m[k]:.4f}" for k in METRIC_KEYS]
         if "f1_reweighted" in m:
@@ -256,6 +295,8 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     threshold = float(loaded.calibration["threshold"])
     result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
     add_pair_windows(result, ids, labels, scores, threshold, data_dir, cfg.data)
+    result["fpr_by_period"] = fpr_by_period(item_times(ids, table, data_dir, cfg.data.eval_unit), labels, scores,
+                                            threshold)
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     elapsed = time.perf_counter() - t0
 
@@ -285,6 +326,8 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
             for k, v in m.items():
                 if isinstance(v, float) and np.isfinite(v) or isinstance(v, int):
                     client.log_metric(rid, f"eval/{k}" if part == "all" else f"eval_{part}/{k}", float(v))
+        for period, m in result.get("fpr_by_period", {}).items():  # the threshold over time, in the compare view
+            client.log_metric(rid, f"eval_fpr_by_period/{period}", m["fpr"])
         out_dir = Path(cfg.paths.root).resolve() / "eval" / rid
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "metrics.json", {**result, "recall_by_class": by_class})

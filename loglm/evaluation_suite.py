@@ -21,6 +21,8 @@ from loglm.evaluation import (
     add_pair_windows,
     evaluate_scores,
     event_scores,
+    fpr_by_period,
+    item_times,
     recall_by_class,
     session_scores,
 )
@@ -105,6 +107,8 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
         ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
     metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
     add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
+    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, test, data_dir, cfg.data.eval_unit), labels, scores,
+                                             threshold)
     by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
     return metrics, threshold, time.perf_counter() - t0, by_class
 
@@ -159,6 +163,7 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     keys = [tuple(np.round(row, 3)) for row in x]  # unique items: identical feature vectors
     metrics = evaluate_scores(ids, labels, scores, keys, threshold, False)
     add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
+    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, None, data_dir, "event"), labels, scores, threshold)
     return metrics, threshold, time.perf_counter() - t0, recall_by_class(ids, scores, threshold, data_dir, cfg.data)
 
 
@@ -197,6 +202,15 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr:
             m = rows[model]["metrics"]["all"]
             fp, tn = m["fp"] - n, m["tn"]
             lines.append(f"| {model} | {m['fp']} | {n} | {fp / max(1, fp + tn):.4f} |")
+    periods = sorted({p for r in rows.values() for p in r["metrics"].get("fpr_by_period", {})})
+    if len(periods) > 1:
+        lines += ["", f"Test FPR by period (does the threshold, set for {target_fpr} on validation, hold over the test "
+                  "period? per UTC day, or per quarter of the test items in time order; false positives / normal items):",
+                  "", "| model | " + " | ".join(periods) + " |", "|---" * (len(periods) + 1) + "|"]
+        for model, r in rows.items():
+            by = r["metrics"].get("fpr_by_period", {})
+            lines.append(f"| {model} | " + " | ".join(
+                f"{by[p]['fpr']:.4f} ({by[p]['fp']}/{by[p]['normal']})" if p in by else "" for p in periods) + " |")
     classes = sorted({c for r in rows.values() for c in r.get("recall_by_class", {})})
     if classes:
         lines += ["", "Recall per anomalous class (items in the test split):", "",

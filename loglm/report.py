@@ -172,6 +172,8 @@ def write_report(path: Path, title: str, subtitle: str, scores: np.ndarray, time
         parts.append("<h2>Metrics (threshold from validation normal data)</h2><table><tr><th>items</th>"
                      + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for part, m in metrics.items():
+            if "n" not in m:  # not a metrics row (fpr_by_period)
+                continue
             cells = "".join(f"<td class=num>{m[c]:.4f}</td>" if isinstance(m.get(c), float) else f"<td class=num>{_esc(m.get(c))}</td>"
                             for c in cols)
             parts.append(f"<tr><td>{_esc(part)}</td>{cells}</tr>")

@@ -84,6 +84,11 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     assert len(reports) == 1 and reports[0].name == Path(result["markdown"]).name  # named by protocol and dataset
     table = reports[0].read_text()
     assert "| LogLM | all |" in table and "| deeplog | unique |" in table
+    # whether each threshold holds over the test period: per quarter of the test items (the log spans minutes)
+    assert "Test FPR by period" in table and "| model | Q1 | Q2 | Q3 | Q4 |" in table
+    by = result["models"]["LogLM"]["metrics"]["fpr_by_period"]
+    m = result["models"]["LogLM"]["metrics"]["all"]
+    assert sum(p["normal"] for p in by.values()) == m["tn"] + m["fp"] and sum(p["fp"] for p in by.values()) == m["fp"]
     fpr = result["models"]["LogLM"]["metrics"]["all"]["fpr"]
     assert f"| {fpr:.4f} | {fpr / 0.01:.2f}" in table  # the test FPR beside its ratio to the target
     assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
@@ -104,3 +109,20 @@ def test_recall_per_attack_class(tmp_path):
     pq.write_table(pa.table({"label": labels}), tmp_path / "events.parquet")
     out = recall_by_class(list(range(7)), np.array([0.1, 0.9, 0.2, 0.95, 0.99, 0.99, 0.7]), 0.5, tmp_path, DataConfig())
     assert out == {"DoS": {"n": 3, "detected": 2, "recall": 2 / 3}, "PortScan": {"n": 1, "detected": 1, "recall": 1.0}}
+
+
+def test_fpr_by_period_splits_days_or_quarters():
+    from loglm.evaluation import fpr_by_period
+
+    day = 86400.0
+    t0 = 1_499_040_000.0  # 2017-07-03 00:00 UTC
+    times = np.array([t0 + 10, t0 + 20, t0 + day + 5, t0 + day + 6, t0 + 2 * day + 1, t0 + 2 * day + 2, t0 + 30])
+    labels = np.array([0, 0, 0, 0, 0, 1, -1])
+    scores = np.array([0.1, 0.9, 0.9, 0.8, 0.1, 0.9, 0.9])
+    by = fpr_by_period(times, labels, scores, 0.5)
+    assert by == {"2017-07-03": {"normal": 2, "fp": 1, "fpr": 0.5}, "2017-07-04": {"normal": 2, "fp": 2, "fpr": 1.0},
+                  "2017-07-05": {"normal": 1, "fp": 0, "fpr": 0.0}}  # anomalous and unlabelled items left out
+    short = fpr_by_period(np.arange(8, dtype=float), np.zeros(8, int), np.array([0, 0, 0, 0, 0, 0, 1, 1.0]), 0.5)
+    assert list(short) == ["Q1", "Q2", "Q3", "Q4"] and short["Q4"] == {"normal": 2, "fp": 2, "fpr": 1.0}
+    assert fpr_by_period(times, np.ones(7, int), scores, 0.5) == {}
+
