@@ -293,6 +293,9 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
                    "validation_too_small": bool(result["models"]["LogLM"].get("calibration_warning"))}
             if "pair_window" in r["metrics"]:  # flows: per source-destination pair and window too
                 row.update({f"pair_window_{k}": round(float(r["metrics"]["pair_window"][k]), 4) for k in keys})
+            periods = r["metrics"].get("fpr_by_period", {})
+            if len(periods) > 1:  # does the threshold hold over the test period: its worst day or quarter
+                row["fpr_worst_period"] = round(max(p["fpr"] for p in periods.values()), 4)
             classes = {c: v for c, v in r.get("recall_by_class", {}).items() if v["n"] >= 100}
             if classes:  # the weakest attack class with at least 100 test items
                 row["min_class_recall_100"] = round(min(v["recall"] for v in classes.values()), 4)
