@@ -268,6 +268,14 @@ def test_recalibration_on_traffic_full_of_unseen_events_keeps_them_alerting(trai
         else:
             assert cal["n_val_sessions"] == 300 and not cal["warning"]
     assert len(unseen & alerted["rank"]) < 30  # the old rule: the threshold among the unseen-event sessions
+    # traffic where every session holds one: nothing to set the threshold on but them, said loudly
+    lines, _ = make_log(120, seed=12, anomalies={i: "unseen" for i in range(120)})
+    everything = tmp_path / "site_d.log"
+    everything.write_text("\n".join(lines) + "\n")
+    r = recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(everything)], out=str(tmp_path / "all_unseen"),
+                            detect=replace(cfg.detect, target_fpr=0.05)))
+    cal = json.loads((Path(r["model_dir"]) / "calibration.json").read_text())
+    assert cal["unseen_share"] == 1.0 and cal["n_val_sessions"] == 120 and "every window" in cal["warning"]
 
 
 def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(trained, tmp_path):
