@@ -285,6 +285,11 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
             runs[dataset] = {"error": True, "seconds": round(time.perf_counter() - t0, 1)}
             continue
         key = result["protocol"]
+        import shutil
+
+        kept = REPORTS / "accuracy" / Path(result["markdown"]).name  # the run's per-model tables outlive its folder
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result["markdown"], kept)
         out[key] = {}
         for m, r in result["models"].items():
             row = {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys}, "target_fpr": result["target_fpr"],
@@ -301,6 +306,7 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
                 row["min_class_recall_100"] = round(min(v["recall"] for v in classes.values()), 4)
             out[key]["loglm" if m == "LogLM" else m] = row
         runs[key] = {"protocol": result["protocol"], "parent_run_id": result["parent_run_id"],
+                     "report": str(kept.relative_to(ROOT)),
                      "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1)}
     return out, runs
 
