@@ -163,6 +163,18 @@ def fpr_by_period(times: np.ndarray, labels: np.ndarray, scores: np.ndarray, thr
     return out
 
 
+def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg, table=None) -> tuple[dict, dict]:
+    """What every model of a suite is reported with, computed in one place: all and unique items (F1 at HDFS's
+    prevalence on HDFS data), pair-windows (flows), test FPR by period, and recall per attack class (events).
+    ``table``: the test sessions (session unit: their start times)."""
+    metrics = evaluate_scores(ids, labels, scores, keys, threshold, data_cfg.name.startswith("hdfs"))
+    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, data_cfg)
+    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, table, data_dir, data_cfg.eval_unit), labels, scores,
+                                             threshold)
+    by_class = recall_by_class(ids, scores, threshold, data_dir, data_cfg) if data_cfg.eval_unit == "event" else {}
+    return metrics, by_class
+
+
 def transfer_sessions(cfg, loaded, data_dir: Path):
     """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
     again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
@@ -293,11 +305,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     elif cfg.data.eval_unit != "session":
         raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
     threshold = float(loaded.calibration["threshold"])
-    result = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
-    add_pair_windows(result, ids, labels, scores, threshold, data_dir, cfg.data)
-    result["fpr_by_period"] = fpr_by_period(item_times(ids, table, data_dir, cfg.data.eval_unit), labels, scores,
-                                            threshold)
-    by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
+    result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, table)
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")

@@ -16,16 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loglm.evaluation import (
-    METRIC_KEYS,
-    add_pair_windows,
-    evaluate_scores,
-    event_scores,
-    fpr_by_period,
-    item_times,
-    recall_by_class,
-    session_scores,
-)
+from loglm.evaluation import METRIC_KEYS, event_scores, item_metrics, session_scores
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
 REFERENCES = {
@@ -105,11 +96,7 @@ def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tupl
     ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
     if cfg.data.eval_unit == "event":
         ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
-    metrics = evaluate_scores(ids, labels, scores, seqs, threshold, cfg.data.name.startswith("hdfs"))
-    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
-    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, test, data_dir, cfg.data.eval_unit), labels, scores,
-                                             threshold)
-    by_class = recall_by_class(ids, scores, threshold, data_dir, cfg.data) if cfg.data.eval_unit == "event" else {}
+    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, test)
     return metrics, threshold, time.perf_counter() - t0, by_class
 
 
@@ -161,10 +148,8 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     scores = model.score(x)
     labels = np.array([event_label(raw[j], normal, unknown) for j in ids])
     keys = [tuple(np.round(row, 3)) for row in x]  # unique items: identical feature vectors
-    metrics = evaluate_scores(ids, labels, scores, keys, threshold, False)
-    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, cfg.data)
-    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, None, data_dir, "event"), labels, scores, threshold)
-    return metrics, threshold, time.perf_counter() - t0, recall_by_class(ids, scores, threshold, data_dir, cfg.data)
+    metrics, by_class = item_metrics(ids, labels, scores, keys, threshold, data_dir, cfg.data)
+    return metrics, threshold, time.perf_counter() - t0, by_class
 
 
 def report_stem(protocol: str, dataset: str, data_sha256: str) -> str:
