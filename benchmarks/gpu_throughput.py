@@ -41,11 +41,9 @@ def main() -> None:
     device = torch.device(args.device)
     module = LogLMModule(enc, hypersphere_weight=0.1).to(device).train()
     params = sum(p.numel() for p in module.parameters())
-    # embedding lookups cost no matmul FLOPs: every nn.Embedding (tok, pos, gap) is left out of 6N; the token
-    # matrix is used again as the tied output head, but only at the masked positions (mask ratio 0.15)
-    embed = sum(p.numel() for mod in module.modules() if isinstance(mod, torch.nn.Embedding) for p in mod.parameters())
-    head = 0.15 * args.vocab * m.d_model
-    flops_per_token = 6 * (params - embed + head) + 12 * m.n_layers * m.d_model * (args.seq + 2)
+    # FLOPs as the training job logs them (LogEncoder.train_flops: embeddings left out, the tied head at the
+    # masked positions, attention included)
+    flops_per_token = module.encoder.train_flops(1, args.seq + 2, 0.15) / (args.seq + 2)
 
     engine = None
     if args.zero:

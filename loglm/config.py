@@ -509,7 +509,8 @@ class RootConfig:
     teacher: str | None = None
     # an exported bundle directory (torch-free detection)
     bundle: str | None = None
-    # continue a stopped pretraining run: its MLflow run id or a Lightning checkpoint path
+    # continue a stopped pretraining or distillation run: its MLflow run id, a Lightning checkpoint path, or
+    # auto (the newest unfinished run of the same config)
     resume_from: str | None = None
     # start pretraining from a trained model's weights (a new run; same vocabulary): tuning
     init_from: str | None = None
@@ -520,6 +521,9 @@ class RootConfig:
         _check(not (self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3 and self.launcher.name == "local"),
                "strategy=deepspeed_stage3 (ZeRO-3) runs under launcher=ray (its sharded checkpoints are gathered "
                "there); with launcher=local use strategy=deepspeed_stage2, ddp or single")
+        _check(not (self.stage == "distill" and self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3),
+               "distillation trains a small student beside a frozen teacher: use strategy=single, ddp or "
+               "deepspeed_stage2 (ZeRO-3 gathers only a pretrained encoder)")
         _check(not (self.resume_from and self.init_from),
                "resume_from continues a run, init_from starts a new one from a model's weights: give one")
         g, world = self.trainer.global_batch_size, self.world_size()

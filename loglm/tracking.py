@@ -200,9 +200,9 @@ def job_logger(cfg, experiment: str, run_name: str, run_id: str | None = None, t
                          run_id=run_id, tags=tags)
 
 
-def lightning_logger(cfg, run_id: str):
+def lightning_logger(cfg, run_id: str, experiment: str, stage: str):
     """What ``Trainer(logger=...)`` gets in a training process: the run's MLFlowLogger, or False."""
-    return job_logger(cfg, cfg.logger.experiment, default_run_name(cfg, "pretrain"), run_id) if enabled(cfg) else False
+    return job_logger(cfg, experiment, default_run_name(cfg, stage), run_id) if enabled(cfg) else False
 
 
 def mlflow_logger(**kwargs):

@@ -62,7 +62,7 @@ elif phase == "calibration":
 
     cal.calibrate = calibrate
 elif phase == "hang":
-    import loglm.training.pretrain as pre
+    import loglm.training.job as job
     from loglm.training.module import LogLMModule
 
     original_step = LogLMModule.training_step
@@ -76,7 +76,7 @@ elif phase == "hang":
         time.sleep(600)  # e.g. a tracking store that never answers
 
     LogLMModule.training_step = step
-    pre.stopped = stopped_forever
+    job.stopped = stopped_forever
 else:
     raise SystemExit(f"unknown phase {phase}")
 

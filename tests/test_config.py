@@ -20,19 +20,25 @@ def test_every_group_option_composes_typed(group, option):
     assert isinstance(cfg, RootConfig)
 
 
+@pytest.mark.parametrize("job", ["pretrain", "distill"])
 @pytest.mark.parametrize("launcher", GROUPS["launcher"])
 @pytest.mark.parametrize("strategy", GROUPS["strategy"])
-def test_every_launcher_strategy_pair_builds_its_strategy_or_is_refused_up_front(launcher, strategy):
-    """Each advertised pair gives a Lightning strategy object (what Trainer gets); the one pair that cannot run
-    (ZeRO-3 without Ray) is refused when the config is composed, not after training."""
+def test_every_launcher_strategy_pair_builds_its_strategy_or_is_refused_up_front(job, launcher, strategy):
+    """Each advertised pair gives a Lightning strategy object (what Trainer gets) for both training jobs; the
+    pairs that cannot run (ZeRO-3 without Ray; ZeRO-3 for a student) are refused when the config is composed,
+    not after training."""
     from loglm.training.strategies import lightning_strategy
 
     overrides = [f"launcher={launcher}", f"strategy={strategy}"]
     if (launcher, strategy) == ("local", "deepspeed_stage3"):
         with pytest.raises(ValueError, match="ZeRO-3.*launcher=ray"):
-            compose("pretrain", overrides)
+            compose(job, overrides)
         return
-    cfg = compose("pretrain", overrides)
+    if (job, strategy) == ("distill", "deepspeed_stage3"):
+        with pytest.raises(ValueError, match="distillation.*deepspeed_stage2"):
+            compose(job, overrides)
+        return
+    cfg = compose(job, overrides)
     built = lightning_strategy(cfg.strategy, cfg.trainer, on_ray=launcher == "ray")
     if launcher == "ray":
         assert type(built).__module__.startswith("ray.") or "Ray" in type(built).__name__

@@ -109,7 +109,8 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
 
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.ingest.prepare import run as prepare
-    from loglm.training.pretrain import start_run
+    from loglm.training.job import start_run
+    from loglm.training.pretrain import STAGE
 
     overrides = synthetic_run_overrides(tmp_path, 60, seed=2)
     cfg = compose("pretrain", overrides)
@@ -125,7 +126,7 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
     os.utime(log, ns=(log.stat().st_atime_ns, log.stat().st_mtime_ns + 10**9))
     assert "inputs changed" in stale_reason(data_dir, cfg) and str(log.resolve()) in stale_reason(data_dir, cfg)
     with pytest.raises(ValueError, match="inputs changed.*prepare it again"):
-        start_run(cfg)
+        start_run(cfg, STAGE)
     prepare(cfg)
     assert stale_reason(data_dir, cfg) is None
     # a folder written by a LogLM whose prepared layout differs (older events.parquet) is stale too

@@ -179,8 +179,17 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
     assert out["metrics"]["val/teacher_agreement"] > 0.5
     assert student.encoder.rtd is not None and student.calibration["scorer"] == "rtd"
     assert out["metrics"]["val/rtd_acc"] > 0.5
-    run = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_run(out["run_id"])
+    client = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    run = client.get_run(out["run_id"])
     assert run.data.tags["teacher_run_id"] == result["run_id"] and "distill/kl" in run.data.metrics
+    assert run.data.tags["stage"] == "distill" and run.data.tags["strategy"] == "single"
+    assert run.data.metrics["train/device/samples_per_sec"] > 0 and run.data.metrics["train/device/flops_per_sec"] > 0
+    # the same job as pretraining: given more epochs, the finished run continues from its checkpoint
+    steps = out["global_step"]
+    more = distill(replace(cfg, teacher=result["run_id"], distill=replace(d, max_epochs=4), resume_from=out["run_id"]))
+    assert more["run_id"] == out["run_id"] and more["global_step"] == steps * 4 // 3
+    assert client.get_run(out["run_id"]).info.status == "FINISHED"
+    assert load_model(more["model_dir"]).meta["teacher_run_id"] == result["run_id"]
 
 
 def test_student_inherits_the_teachers_ingest_settings(trained, tmp_path):

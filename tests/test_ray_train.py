@@ -37,8 +37,9 @@ def run_info(root: Path, run_id: str):
     return mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id)
 
 
-def test_ray_ddp_pretraining_on_two_workers(prepared):
+def test_ray_ddp_pretraining_on_two_workers_then_distillation(prepared):
     from loglm.model.store import load_model
+    from loglm.training.distill import run as distill
     from loglm.training.pretrain import run as pretrain
 
     root, overrides = prepared
@@ -54,6 +55,16 @@ def test_ray_ddp_pretraining_on_two_workers(prepared):
     assert tags["ray_job_id"] and tags["ray_storage"].endswith(result["run_id"])
     assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
     assert load_model(result["model_dir"]).calibration["threshold"] > 0
+    # distillation is the same job: the student trains on the two workers under DeepSpeed ZeRO-2
+    student = distill(compose("distill", overrides + RAY + [
+        "strategy=deepspeed_stage2", f"teacher={result['run_id']}", "distill.max_epochs=2", "distill.d_model=16",
+        "distill.n_layers=1", "distill.d_ff=32"]))
+    srun = run_info(root, student["run_id"])
+    assert srun.info.status == "FINISHED" and student["worker_group_starts"] == 1 and student["epochs"] == 2
+    assert srun.data.tags["world_size"] == "2" and srun.data.tags["strategy"] == "deepspeed_stage2"
+    assert srun.data.tags["teacher_run_id"] == result["run_id"] and "val/teacher_agreement" in srun.data.metrics
+    model = load_model(student["model_dir"])
+    assert model.encoder.cfg.d_model == 16 and model.calibration["scorer"] == "rtd"
 
 
 def train_workers_of(root_pid: int) -> list[int]:

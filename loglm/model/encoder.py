@@ -122,3 +122,13 @@ class LogEncoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def train_flops(self, batch: int, length: int, masked_share: float) -> float:
+        """Matmul FLOPs of one training step (forward + backward) on ``batch`` windows of ``length`` positions
+        (padding included: it is computed): 6 x the non-embedding parameters per position, embeddings left out
+        (a lookup costs no matmul), the tied output head counted at the masked positions only, plus attention's
+        scores and weighted sum (12 x layers x d_model x length per position)."""
+        embed = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+        head = masked_share * self.cfg.vocab_size * self.cfg.d_model
+        per_position = 6 * (self.num_parameters() - embed + head) + 12 * self.cfg.n_layers * self.cfg.d_model * length
+        return float(batch * length * per_position)

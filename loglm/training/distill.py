@@ -9,8 +9,6 @@ Loss = kl_weight * KL(teacher || student) on temperature-softened distributions 
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,6 +17,8 @@ import torch.nn.functional as F
 
 from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import IGNORE, mask_events
+from loglm.training.job import Setup, Stage
+from loglm.training.job import run as run_job
 from loglm.vocab import END
 
 
@@ -56,6 +56,16 @@ def propose_replacements(t_logits: torch.Tensor, gold: torch.Tensor, temperature
     probs[torch.arange(len(gold)), gold] = 0.0
     probs[probs.sum(-1) == 0, END] = 1.0  # nothing else possible: propose ending here
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class ResumableOneCycle(torch.optim.lr_scheduler.OneCycleLR):
+    """OneCycle whose length is this run's: a run resumed with more epochs keeps its step count and learning
+    rate state but follows the longer schedule from there (OneCycle refuses to step past its saved length)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        total, phases = self.total_steps, self._schedule_phases
+        super().load_state_dict(state_dict)
+        self.total_steps, self._schedule_phases = total, phases
 
 
 class DistillModule(pl.LightningModule):
@@ -120,6 +130,9 @@ class DistillModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self._losses(batch)
+        b, length = batch["tokens"].shape  # the teacher's forward is a third of its training step
+        self.flops_per_batch = (self.student.train_flops(b, length, self.hparams.mask_ratio)
+                                + self.teacher.train_flops(b, length, self.hparams.mask_ratio) / 3)
         bs = batch["tokens"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("distill/kl", out["kl"], batch_size=bs)
@@ -146,7 +159,7 @@ class DistillModule(pl.LightningModule):
         params = list(self.student.parameters()) + list(self.project.parameters())
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.01)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
+        sched = ResumableOneCycle(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -163,88 +176,89 @@ def teacher_data_config(teacher_dir: Path, fallback):
     return OmegaConf.to_object(merged)
 
 
+class Distill(Stage):
+    """The student trains through the same job as pretraining (strategies, Ray, checkpoints, resume, stops);
+    it reads its teacher's prepared data with the teacher's ingest settings, and calibrates like the teacher
+    did (one-pass replaced-event scoring when it has that head)."""
+
+    name = "distill"
+    encoder_attr = "student"
+    early_stopping = False  # the student follows a fixed schedule (OneCycle over distill.max_epochs)
+    model_name = "loglm-student"
+
+    def experiment(self, cfg) -> str:
+        return cfg.distill.experiment
+
+    def max_epochs(self, cfg) -> int:
+        return cfg.distill.max_epochs
+
+    def job_config(self, cfg):
+        from loglm.model.store import resolve_model_dir
+
+        if not cfg.teacher:
+            raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
+        teacher_dir = resolve_model_dir(cfg.teacher, cfg.paths.root)
+        return dataclasses.replace(cfg, teacher=str(teacher_dir), data=teacher_data_config(teacher_dir, cfg.data))
+
+    def setup(self, cfg) -> Setup:
+        from loglm.artifacts import verify_manifest
+        from loglm.detect.calibrate import check_validation
+        from loglm.ingest.prepare import prepared_dir
+        from loglm.model.store import load_model
+
+        teacher = load_model(cfg.teacher)  # verified against its manifest
+        data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+        summary = verify_manifest(data_dir)["summary"]
+        if teacher.meta.get("data_sha256") and summary["data_sha256"] != teacher.meta["data_sha256"]:
+            raise ValueError(f"{data_dir} is not the data teacher {cfg.teacher} was trained on (data_sha256 "
+                             f"{summary['data_sha256'][:12]} vs {teacher.meta['data_sha256'][:12]}): prepare it again")
+        check_validation(data_dir, cfg.detect, cfg.data)  # the student calibrates on the same split
+        d = cfg.distill
+        student = {**teacher.encoder.cfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers,
+                   "n_heads": d.n_heads, "d_ff": d.d_ff, "dropout": d.dropout, "rtd_head": d.rtd_weight > 0}
+        run_id = teacher.meta.get("run_id")
+        return Setup(data_dir, Path(cfg.teacher) / "vocab.json", student,
+                     {"teacher_run_id": run_id, "parent_run_id": run_id, "dataset": cfg.data.name,
+                      "data_sha256": summary["data_sha256"]},
+                     {"teacher_dir": cfg.teacher, "teacher_run_id": run_id,
+                      "objective": teacher.meta.get("objective", {})})
+
+    def lineage(self, ctx) -> dict:
+        return {"teacher_run_id": ctx.spec.get("teacher_run_id")}
+
+    def build_module(self, cfg, ctx):
+        from loglm.model.store import load_model
+
+        d = cfg.distill
+        teacher = load_model(ctx.spec["teacher_dir"], verify=False)  # verified by the driver
+        return DistillModule(teacher.encoder, ctx.encoder, ctx.spec["objective"].get("mask_ratio", cfg.objective.mask_ratio),
+                             d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
+                             d.proposal_temperature, d.proposal_uniform)
+
+    def weights_meta(self, cfg, ctx) -> dict:
+        return {"objective": ctx.spec["objective"], "distill": dataclasses.asdict(cfg.distill)}
+
+    def finish(self, cfg, ctx, model) -> tuple[dict, dict, dict]:
+        from loglm.detect.calibrate import calibrate
+        from loglm.detect.scores import calibrated_config
+        from loglm.model.store import load_model
+
+        teacher = load_model(ctx.spec["teacher_dir"], verify=False)
+        detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
+        if cfg.distill.rtd_weight > 0:
+            detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
+        cal = calibrate(model.encoder, Path(ctx.data_dir), detect_cfg, Path(ctx.model_dir), cfg.data)
+        copied = len(init_from_teacher(LogEncoder(EncoderConfig(**ctx.encoder)), teacher.encoder)) \
+            if cfg.distill.init == "layers" else 0
+        sizes = {"student_parameters": model.encoder.num_parameters(),
+                 "teacher_parameters": teacher.encoder.num_parameters(), "tensors_from_teacher": copied}
+        return cal, {"model/teacher_parameters": sizes["teacher_parameters"],
+                     "distill/tensors_from_teacher": copied}, {"teacher_run_id": ctx.spec["teacher_run_id"], **sizes}
+
+
+STAGE = Distill()
+
+
 def run(cfg) -> dict:
-
-    from loglm import tracking
-    from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.calibrate import calibrate, check_validation
-    from loglm.detect.scores import calibrated_config
-    from loglm.ingest.prepare import prepared_dir
-    from loglm.model.store import finalize, load_model, resolve_model_dir
-    from loglm.signals import stop_on_signals
-    from loglm.training.callbacks import BestWeights
-    from loglm.training.data import SessionDataModule
-    from loglm.training.pretrain import interrupted, mark_failed, stopped
-
-    if not cfg.teacher:
-        raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
-    teacher_dir = resolve_model_dir(cfg.teacher, cfg.paths.root)
-    teacher = load_model(teacher_dir)
-    cfg = dataclasses.replace(cfg, data=teacher_data_config(teacher_dir, cfg.data))
-    dataset = cfg.data.name
-    data_dir = prepared_dir(cfg.paths.root, dataset)
-    check_validation(data_dir, cfg.detect, cfg.data)  # a student calibrates on the same split: refused before training
-    d = cfg.distill
-    pl.seed_everything(cfg.trainer.seed, workers=True)
-    tcfg = teacher.encoder.cfg
-    student_cfg = {**tcfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers, "n_heads": d.n_heads,
-                   "d_ff": d.d_ff, "dropout": d.dropout, "rtd_head": d.rtd_weight > 0}
-    objective = teacher.meta.get("objective", {})
-    module = DistillModule(teacher.encoder, student_cfg, objective.get("mask_ratio", cfg.objective.mask_ratio),
-                           d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
-                           d.proposal_temperature, d.proposal_uniform)
-    teacher_run = teacher.meta.get("run_id")
-    tracking.ensure_experiment(cfg, d.experiment)
-    tags = tracking.run_tags(cfg, {"stage": "distill", "teacher_run_id": teacher_run, "parent_run_id": teacher_run,
-                                   "dataset": dataset, "data_sha256": teacher.meta.get("data_sha256")})
-    logger = tracking.job_logger(cfg, d.experiment, f"distill-{dataset}", tags=tags)
-    run_id = tracking.start_logger_run(logger)
-    logger.log_hyperparams(tracking.loggable_params(cfg))
-    from loglm.artifacts import verify_manifest
-
-    tracking.log_dataset_input(tracking.client(cfg), run_id, data_dir,
-                               verify_manifest(data_dir)["summary"], "training")
-    model_dir = Path(cfg.paths.root).resolve() / "models" / run_id
-    model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(teacher_dir / "vocab.json", model_dir / "vocab.json")
-    best = BestWeights(model_dir, {"run_id": run_id, "teacher_run_id": teacher_run, "dataset": dataset,
-                                   "data_sha256": teacher.meta.get("data_sha256"), "objective": objective,
-                                   "distill": dataclasses.asdict(d)},
-                       encoder_attr="student")
-    trainer = pl.Trainer(max_epochs=d.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                         logger=logger if tracking.enabled(cfg) else False, callbacks=[best], enable_checkpointing=False, use_distributed_sampler=False,
-                         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
-                         num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps)
-    t0 = time.perf_counter()
-    phase = "training"
-    with stop_on_signals(cfg.trainer.stop_grace_s):  # Ctrl-C / SIGTERM: KILLED run, bounded exit
-        try:
-            trainer.fit(module, datamodule=SessionDataModule(data_dir, cfg.per_process_batch(), 0, cfg.trainer.seed))
-            seconds = time.perf_counter() - t0
-            phase = "calibration"
-            atomic_write_bytes(model_dir / "config.yaml", tracking.config_yaml(cfg))  # secrets as ***
-            student = load_model(model_dir, verify=False)
-            detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
-            if d.rtd_weight > 0:
-                detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
-            cal = calibrate(student.encoder, data_dir, detect_cfg, model_dir, cfg.data)
-        except BaseException as e:
-            if not interrupted(e):
-                mark_failed(cfg, run_id, phase, e)
-                raise
-            raise stopped(cfg, run_id, phase, e, what="distill") from None
-    finalize(model_dir, model_dir / "vocab.json", {"run_id": run_id, "teacher_run_id": teacher_run})
-    client = tracking.client(cfg)
-    for k, v in {"calib/threshold": cal["threshold"], "perf/train_seconds": seconds, "best/val_loss": best.best,
-                 "model/parameters": student.encoder.num_parameters(),
-                 "model/teacher_parameters": teacher.encoder.num_parameters(),
-                 "distill/tensors_from_teacher": len(module.copied)}.items():
-        client.log_metric(run_id, k, float(v))
-    client.set_tag(run_id, "model_dir", str(model_dir))
-    tracking.log_model_folder(client, run_id, model_dir, f"loglm-student-{dataset}", {
-        "dataset": dataset, "teacher_run_id": teacher_run, "threshold": cal["threshold"],
-        "scorer": cal.get("scorer", detect_cfg.scorer), **{f"encoder.{k}": v for k, v in student_cfg.items()}})
-    return {"run_id": run_id, "model_dir": str(model_dir), "teacher_run_id": teacher_run, "calibration": cal,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": seconds,
-            "student_parameters": student.encoder.num_parameters(),
-            "teacher_parameters": teacher.encoder.num_parameters(), "tensors_from_teacher": len(module.copied)}
+    """Distil ``cfg.teacher`` into a student with ``cfg.launcher`` and ``cfg.strategy``; returns the run's summary."""
+    return run_job(cfg, STAGE)

@@ -54,6 +54,8 @@ class LogLMModule(pl.LightningModule):
         out = self._step(batch)
         n_events = int(batch["pad_mask"].sum()) - batch["tokens"].shape[0]
         self._events += n_events
+        # read by Lightning's ThroughputMonitor (train|device|flops_per_sec and, on a known GPU, mfu)
+        self.flops_per_batch = self.encoder.train_flops(*batch["tokens"].shape, self.hparams.mask_ratio)
         bs = batch["tokens"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/mlm_loss", out["mlm"], batch_size=bs)

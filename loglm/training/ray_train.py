@@ -56,15 +56,14 @@ def _worker_loop(config: dict) -> None:
     from ray.train.lightning import RayTrainReportCallback, prepare_trainer
 
     from loglm.config import RootConfig, register_schema
-    from loglm.training.data import SessionDataModule
-    from loglm.training.pretrain import RunContext, build_module, build_trainer
+    from loglm.training.job import RunContext, build_trainer, datamodule, get_stage
 
     register_schema()
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RootConfig), config["cfg"]))
     ctx = RunContext(**config["ctx"])
     pl.seed_everything(cfg.trainer.seed, workers=True)
-    module = build_module(cfg, ctx)
-    dm = SessionDataModule(ctx.data_dir, cfg.per_process_batch(), cfg.trainer.num_workers, cfg.trainer.seed)
+    module = get_stage(ctx.stage).build_module(cfg, ctx)
+    dm = datamodule(cfg, ctx)
     ckpt_path, resumed = None, None
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the group after a failure
     if checkpoint is not None:
@@ -81,6 +80,11 @@ def _worker_loop(config: dict) -> None:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
 
+def ray_storage(cfg) -> Path:
+    """Where Ray Train keeps each run's reported checkpoints (``ray.storage_path``, default runs/ray_results)."""
+    return Path(cfg.ray.storage_path or Path(cfg.paths.root) / "ray_results").expanduser().resolve()
+
+
 def latest_ray_checkpoint(storage: Path, run_id: str) -> Path | None:
     """The newest reported checkpoint of a Ray run (for ``resume_from=<run id>``)."""
     found = sorted((storage / run_id).glob("checkpoint_*/checkpoint.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -95,13 +99,7 @@ def fit_on_ray(cfg, ctx) -> dict:
     from loglm import tracking
     from loglm.ray_cluster import ray_session
 
-    storage = Path(cfg.ray.storage_path or Path(cfg.paths.root) / "ray_results").expanduser().resolve()
-    if cfg.resume_from and not Path(cfg.resume_from).exists():
-        ckpt = latest_ray_checkpoint(storage, cfg.resume_from)
-        if ckpt is None and not ctx.resume_ckpt:
-            raise FileNotFoundError(f"resume_from={cfg.resume_from!r}: no Ray checkpoint under {storage / cfg.resume_from}")
-        if ckpt is not None:
-            ctx = dataclasses.replace(ctx, resume_ckpt=str(ckpt))
+    storage = ray_storage(cfg)
     plain = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # workers get plain data
     resources = dict(cfg.ray.resources_per_worker) or None
     with ray_session(cfg.ray) as ray:
@@ -135,7 +133,7 @@ def fit_on_ray(cfg, ctx) -> dict:
         from loglm.training.zero import zero_checkpoint_to_model
 
         with result.checkpoint.as_directory() as d:
-            zero_checkpoint_to_model(Path(d) / "checkpoint.ckpt", Path(ctx.model_dir), ctx)
+            zero_checkpoint_to_model(Path(d) / "checkpoint.ckpt", Path(ctx.model_dir), ctx)  # pretraining only
     arch = json.loads((Path(ctx.model_dir) / "model.json").read_text()) if (Path(ctx.model_dir) / "model.json").is_file() else {}
     return {"metrics": metrics, "best_val_loss": float(arch.get("val_loss", metrics.get("val/loss", float("nan")))),
             "best_epoch": int(arch.get("epoch", -1)), "epochs": int(metrics.get("epoch", -1)) + 1,
