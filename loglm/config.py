@@ -217,6 +217,9 @@ class TrainerConfig:
     # after Ctrl-C / SIGTERM the job marks its run KILLED and exits; if it is still alive this many seconds
     # later (a step or a lock that does not return), it exits at once (a second signal does so immediately)
     stop_grace_s: float = 60.0
+    # extra Lightning callbacks, each {_target_: <class>, <its arguments>}, instantiated in every training
+    # process beside LogLM's own, e.g. '+trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitor}]'
+    callbacks: list[Any] = field(default_factory=list)
 
     def train_batches(self) -> float | int:
         """limit_train_batches as Lightning reads it: a float share, or an int number of batches."""
@@ -236,6 +239,15 @@ class TrainerConfig:
         _check(self.limit_train_batches <= 1 or float(self.limit_train_batches).is_integer(),
                f"trainer.limit_train_batches above 1 counts batches: give a whole number, got {self.limit_train_batches}")
         _check(_finite(self.stop_grace_s) and self.stop_grace_s > 0, f"trainer.stop_grace_s must be > 0, got {self.stop_grace_s}")
+        for i, spec in enumerate(self.callbacks):
+            _check(isinstance(spec, dict) and isinstance(spec.get("_target_"), str),
+                   f"trainer.callbacks[{i}] must be a mapping with a _target_ class, got {spec!r}")
+            try:  # a misspelled class is refused before any work
+                from hydra.utils import get_class
+
+                get_class(spec["_target_"])
+            except Exception as e:
+                raise ValueError(f"trainer.callbacks[{i}]._target_={spec['_target_']!r} is not an importable class: {e}") from None
 
 
 @dataclass
@@ -409,17 +421,37 @@ class SynthConfig:
 
 @dataclass
 class StrategyConfig:
-    # "single", "ddp" or "deepspeed" (conf/strategy: single, ddp, deepspeed_stage2, deepspeed_stage3)
+    # the factory of the Lightning strategy: a function (strategy config, trainer config, on_ray) -> a
+    # Strategy or Lightning's name for one (loglm.training.strategies: single, ddp, deepspeed); a strategy of
+    # your own is a YAML file in conf/strategy/ naming your function
+    _target_: str = "loglm.training.strategies.single"
+    # the label runs are tagged with (conf/strategy: single, ddp, deepspeed_stage2, deepspeed_stage3)
     name: str = "single"
-    zero_stage: int = 2
+    # DeepSpeed ZeRO stage (0: not DeepSpeed); ZeRO writes its own sharded checkpoints, and ZeRO-3 shards the
+    # weights (gathered to one fp32 file at the end)
+    zero_stage: int = 0
     offload_optimizer: bool = False
     allgather_bucket_size: int = 200_000_000
     reduce_bucket_size: int = 200_000_000
 
     def __post_init__(self):
-        _check(self.name in ("single", "ddp", "deepspeed"),
-               f"strategy.name must be single, ddp or deepspeed, got {self.name!r}")
-        _check(self.zero_stage in (1, 2, 3), f"strategy.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        _check(self.zero_stage in (0, 1, 2, 3), f"strategy.zero_stage must be 0 (no ZeRO), 1, 2 or 3, got {self.zero_stage}")
+        try:  # a misspelled factory is refused when the config is composed, not when training starts
+            from hydra.utils import get_method
+
+            get_method(self._target_)
+        except Exception as e:
+            raise ValueError(f"strategy._target_={self._target_!r} is not an importable function: {e}") from None
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """DeepSpeed writes its own (sharded) checkpoints: LogLM's verified single-file checkpoint I/O is not used."""
+        return self.zero_stage > 0
+
+    @property
+    def shards_weights(self) -> bool:
+        """ZeRO-3: no process holds the whole model; weights come from the final checkpoint, gathered."""
+        return self.zero_stage == 3
 
 
 @dataclass
@@ -518,10 +550,10 @@ class RootConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):  # pairs of settings that only fail together, refused before any work
-        _check(not (self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3 and self.launcher.name == "local"),
+        _check(not (self.strategy.shards_weights and self.launcher.name == "local"),
                "strategy=deepspeed_stage3 (ZeRO-3) runs under launcher=ray (its sharded checkpoints are gathered "
                "there); with launcher=local use strategy=deepspeed_stage2, ddp or single")
-        _check(not (self.stage == "distill" and self.strategy.name == "deepspeed" and self.strategy.zero_stage == 3),
+        _check(not (self.stage == "distill" and self.strategy.shards_weights),
                "distillation trains a small student beside a frozen teacher: use strategy=single, ddp or "
                "deepspeed_stage2 (ZeRO-3 gathers only a pretrained encoder)")
         _check(not (self.resume_from and self.init_from),

@@ -132,3 +132,21 @@ def test_global_batch_size_is_split_over_the_world_so_the_schedule_does_not_chan
     with pytest.raises(ValueError, match="multiple of the world size 4"):
         compose("pretrain", ["launcher=ray", "ray.num_workers=4", "trainer.global_batch_size=66"])
 
+
+
+def own_strategy(strategy, trainer, on_ray):
+    """A strategy factory of a user's own (what ``conf/strategy/<name>.yaml`` would name)."""
+    return {"mine": strategy.name, "on_ray": on_ray}
+
+
+def test_a_strategy_or_callback_of_ones_own_comes_from_its_target_and_a_wrong_one_is_refused_up_front():
+    from loglm.training.strategies import lightning_strategy
+
+    cfg = compose("pretrain", ["strategy._target_=test_config.own_strategy", "strategy.name=mine"])
+    assert lightning_strategy(cfg.strategy, cfg.trainer, on_ray=False) == {"mine": "mine", "on_ray": False}
+    with pytest.raises(ValueError, match="strategy._target_='loglm.training.strategies.nope' is not an importable"):
+        compose("pretrain", ["strategy._target_=loglm.training.strategies.nope"])
+    with pytest.raises(ValueError, match=r"trainer.callbacks\[0\]._target_=.*LearningRateMonitr.*not an importable class"):
+        compose("pretrain", ["trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitr}]"])
+    with pytest.raises(ValueError, match=r"trainer.callbacks\[0\] must be a mapping with a _target_"):
+        compose("pretrain", ["trainer.callbacks=[LearningRateMonitor]"])

@@ -172,7 +172,8 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
 
     cfg, _, result = trained
     d = replace(cfg.distill, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_epochs=3)
-    out = distill(replace(cfg, teacher=result["run_id"], distill=d))
+    lr_monitor = [{"_target_": "lightning.pytorch.callbacks.LearningRateMonitor", "logging_interval": "step"}]
+    out = distill(replace(cfg, teacher=result["run_id"], distill=d, trainer=replace(cfg.trainer, callbacks=lr_monitor)))
     student = load_model(out["model_dir"])
     assert student.encoder.cfg.d_model == 16 and student.calibration["threshold"] >= 0
     assert out["student_parameters"] < out["teacher_parameters"]
@@ -183,6 +184,7 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
     run = client.get_run(out["run_id"])
     assert run.data.tags["teacher_run_id"] == result["run_id"] and "distill/kl" in run.data.metrics
     assert run.data.tags["stage"] == "distill" and run.data.tags["strategy"] == "single"
+    assert "lr-AdamW" in run.data.metrics  # trainer.callbacks: a user's callback from its _target_
     assert run.data.metrics["train/device/samples_per_sec"] > 0 and run.data.metrics["train/device/flops_per_sec"] > 0
     # the same job as pretraining: given more epochs, the finished run continues from its checkpoint
     steps = out["global_step"]

@@ -218,14 +218,13 @@ def start_run(cfg, stage: Stage) -> RunContext:
     experiment = stage.experiment(cfg)
     tracking.ensure_experiment(cfg, experiment)
     resume_run, resume_ckpt = resume_target(cfg, experiment)
-    if resume_ckpt is not None and cfg.strategy.name != "deepspeed" and resume_ckpt.is_file():
+    if resume_ckpt is not None and not cfg.strategy.sharded_checkpoints and resume_ckpt.is_file():
         verify_checkpoint(resume_ckpt)  # before any run is touched
     logger = tracking.job_logger(cfg, experiment, tracking.default_run_name(cfg, stage.name), resume_run,
                                  tracking.run_tags(cfg, {
         **s.tags, "stage": stage.name, "world_size": cfg.world_size(), "batch_per_process": cfg.per_process_batch(),
         "config_sha256": config_sha256(cfg), "launcher": cfg.launcher.name,
-        "strategy": cfg.strategy.name if cfg.strategy.name != "deepspeed"
-        else f"deepspeed_stage{cfg.strategy.zero_stage}"}))
+        "strategy": cfg.strategy.name}))
     run_id = tracking.start_logger_run(logger)
     summary = json.loads((s.data_dir / "MANIFEST.json").read_text())["summary"]
     if resume_run is None:
@@ -265,13 +264,15 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     from loglm.training.strategies import lightning_strategy
 
     stage = get_stage(ctx.stage)
-    zero3 = cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3
     best = BestWeights(Path(ctx.model_dir), {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
                                              "dataset": cfg.data.name, **stage.lineage(ctx),
                                              **stage.weights_meta(cfg, ctx)},
                        encoder_attr=stage.encoder_attr,
-                       enabled=not zero3)  # ZeRO-3 shards parameters: weights come from the final checkpoint
-    callbacks = [best, throughput_monitor(cfg.trainer.log_every_n_steps), *(extra_callbacks or [])]
+                       enabled=not cfg.strategy.shards_weights)  # ZeRO-3: weights come from the final checkpoint
+    from hydra.utils import instantiate
+
+    callbacks = [best, throughput_monitor(cfg.trainer.log_every_n_steps), *(extra_callbacks or []),
+                 *(instantiate(spec) for spec in cfg.trainer.callbacks)]  # the user's, from _target_
     if stage.early_stopping:
         callbacks.insert(1, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"))
     plugins = []
@@ -288,7 +289,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         callbacks.append(ModelCheckpoint(dirpath=ctx.ckpt_dir, filename="last", save_top_k=1, monitor=None,
                                          every_n_epochs=1, enable_version_counter=False))
         accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
-    if cfg.strategy.name != "deepspeed":
+    if not cfg.strategy.sharded_checkpoints:
         plugins.append(VerifiedCheckpointIO())  # DeepSpeed writes its own sharded checkpoints
     # DeepSpeed's micro batch is what one process takes per step
     tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator, batch_size=cfg.per_process_batch())

@@ -129,7 +129,7 @@ def fit_on_ray(cfg, ctx) -> dict:
     placed = [json.loads(x) for x in workers_path.read_text().splitlines()] if workers_path.is_file() else []
     last = {w["rank"]: w["node"] for w in placed}  # the last group's placement
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
+    if cfg.strategy.shards_weights:
         from loglm.training.zero import zero_checkpoint_to_model
 
         with result.checkpoint.as_directory() as d:

@@ -1,5 +1,7 @@
 """Lightning strategies from config: the same LightningModule on one CPU, DDP, or DeepSpeed ZeRO-2/3,
-in this process tree or inside Ray Train workers.
+in this process tree or inside Ray Train workers.  ``conf/strategy/<name>.yaml`` names its factory with
+``_target_`` (one of the functions below, or a function of your own with the same signature): adding a
+strategy is that YAML file and, if Lightning lacks it, that one function.
 
 DeepSpeed on CPU: Lightning's (and Ray's) DeepSpeed strategy refuse to run without CUDA. The
 ``*CPU`` subclasses below lift only that check (gloo backend, CPU device) so that CI can run a real
@@ -58,22 +60,37 @@ def _cpu_deepspeed(base):
     return CPU
 
 
-def lightning_strategy(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
-    """A Strategy instance (or Lightning's name for it) for ``Trainer(strategy=...)``."""
-    name = strategy.name
-    if name not in ("single", "ddp", "deepspeed"):
-        raise ValueError(f"strategy.name must be single, ddp or deepspeed, got {name!r}")
-    if name == "deepspeed":
-        if on_ray:
-            from ray.train.lightning import RayDeepSpeedStrategy as base
-        else:
-            from lightning.pytorch.strategies import DeepSpeedStrategy as base
-        cls = _cpu_deepspeed(base) if trainer.accelerator == "cpu" else base
-        return cls(config=deepspeed_config(strategy, trainer))
+def single(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
+    """One process (one CPU or GPU); under Ray, each worker is one such process in Ray's DDP group."""
     if on_ray:
         from ray.train.lightning import RayDDPStrategy
 
         return RayDDPStrategy()
-    if name == "ddp":
-        return "ddp"
     return "auto"
+
+
+def ddp(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
+    """Data parallel: one replica per process (gloo on CPU, NCCL on GPU)."""
+    if on_ray:
+        from ray.train.lightning import RayDDPStrategy
+
+        return RayDDPStrategy()
+    return "ddp"
+
+
+def deepspeed(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
+    """DeepSpeed ZeRO (``strategy.zero_stage``); on CPU processes the gloo variant below (CI smoke runs)."""
+    if on_ray:
+        from ray.train.lightning import RayDeepSpeedStrategy as base
+    else:
+        from lightning.pytorch.strategies import DeepSpeedStrategy as base
+    cls = _cpu_deepspeed(base) if trainer.accelerator == "cpu" else base
+    return cls(config=deepspeed_config(strategy, trainer))
+
+
+def lightning_strategy(strategy: StrategyConfig, trainer: TrainerConfig, on_ray: bool):
+    """A Strategy instance (or Lightning's name for it) for ``Trainer(strategy=...)``, from the config's
+    ``_target_`` factory (validated when the config was composed)."""
+    from hydra.utils import get_method
+
+    return get_method(strategy._target_)(strategy, trainer, on_ray)
