@@ -386,12 +386,19 @@ class SuiteConfig:
     # python -m pipelines.evaluate dataset=<protocol>: LogLM and baselines on one split (conf/dataset)
     enabled: bool = False
     protocol: str | None = None
+    # conf/baseline/<name>.yaml each (a factory from _target_ and its settings; loglm/baselines/detectors.py)
     baselines: list[str] = field(default_factory=lambda: ["deeplog", "pca", "iforest"])
     # trained baselines: null = DeepLog gets LogLM's trainer.max_epochs and early-stops on validation normal
     # sessions with trainer.patience, as LogLM does; KitNET its own best measured (10 epochs)
     baseline_epochs: int | None = None
     # where eval_<protocol>.md/.json go (default: reports/ next to paths.root)
     reports_dir: str | None = None
+
+    def __post_init__(self):  # each baseline is conf/baseline/<name>.yaml: a missing one is refused up front
+        from loglm.baselines.detectors import baseline_spec
+
+        for name in self.baselines:
+            baseline_spec(name)
 
 
 @dataclass

@@ -34,63 +34,38 @@ def _split(data_dir: Path, name: str):
     return table, toks, closed
 
 
-def _baselines(names: list[str], vocab_size: int, cfg):
-    from loglm.baselines import flow_features
-    from loglm.baselines.deeplog import DeepLog
-    from loglm.baselines.event_counts import IsolationForestBaseline, PCABaseline
+def baselines(names: list[str], vocab_size: int, cfg) -> dict:
+    """Every baseline of ``suite.baselines``, built from ``conf/baseline/<name>.yaml``
+    (:mod:`loglm.baselines.detectors`) with this run's facts: LogLM's epoch budget and patience, seed,
+    vocabulary, unseen-event surprisal and local networks."""
+    from loglm.baselines.detectors import build
 
-    made = {}
-    for name in names:
-        if name in flow_features.FLOW_BASELINES:
-            # KitNET at its own best: more passes made it worse on cic_flowprep (10 epochs F1 0.706, 40 epochs 0.059)
-            made[name] = ("flow", flow_features.make(name, cfg.trainer.seed, cfg.suite.baseline_epochs or KITNET_EPOCHS))
-        elif name == "deeplog":
-            made[name] = ("sequence", DeepLog(vocab_size, epochs=baseline_epochs(cfg), seed=cfg.trainer.seed))
-        elif name == "pca":
-            made[name] = ("counts", PCABaseline())
-        elif name == "iforest":
-            made[name] = ("counts", IsolationForestBaseline(cfg.trainer.seed))
-        else:
-            raise ValueError(f"unknown baseline {name!r}; known: deeplog, pca, iforest, "
-                             f"{', '.join(flow_features.FLOW_BASELINES)}")
-    return made
+    runtime = {"vocab_size": vocab_size, "seed": cfg.trainer.seed, "epochs": cfg.trainer.max_epochs,
+               "patience": cfg.trainer.patience, "unk_surprisal": cfg.detect.unk_surprisal,
+               "local_networks": tuple(cfg.data.local_networks)}
+    return {name: build(name, runtime, cfg.suite.baseline_epochs) for name in names}
 
 
-KITNET_EPOCHS = 10
-
-
-def baseline_epochs(cfg) -> int:
-    """The trained baselines' epoch budget: ``suite.baseline_epochs`` if set, else LogLM's (``trainer.max_epochs``)."""
-    return cfg.suite.baseline_epochs or cfg.trainer.max_epochs
-
-
-def run_baseline(kind: str, model, cfg, data_dir: Path, vocab_size: int) -> tuple[dict, float, float, dict]:
-    """(metrics, threshold, seconds, recall by class) of one baseline on the prepared split."""
-    from loglm.baselines.deeplog import DeepLog
-    from loglm.baselines.event_counts import count_matrix
+def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
+    """(metrics, threshold, seconds, recall by class) of one baseline (a ``Detector``) on the prepared split:
+    fitted on the training split's normal windows (validation normal windows for early stopping), thresholded
+    on LogLM's validation items, scored on the test items LogLM scores."""
+    from loglm.baselines.detectors import Windows
     from loglm.detect.thresholds import normal_validation_mask, threshold_for_fpr
 
-    if kind == "flow":
+    if model.unit == "flow":
         return run_flow_baseline(model, cfg, data_dir)
     t0 = time.perf_counter()
     train, tr_toks, tr_closed = _split(data_dir, "train")
     train_normal = np.asarray(train.column("label").to_numpy()) != 1
-    tr_toks = [t for t, k in zip(tr_toks, train_normal) if k]
-    tr_closed = [c for c, k in zip(tr_closed, train_normal) if k]
-
-    def scores_of(toks, closed):
-        if kind == "sequence":
-            return model.score(DeepLog.sequences(toks, closed), cfg.detect.unk_surprisal)
-        return model.score(count_matrix(toks, closed, vocab_size))
-
     val, v_toks, v_closed = _split(data_dir, "val")
     keep, _ = normal_validation_mask(val.column("label").to_numpy())  # the rule LogLM's calibration uses
-    if kind == "sequence":  # LogLM's budget and rule: early stopping on validation normal sessions
-        model.fit(DeepLog.sequences(tr_toks, tr_closed),
-                  DeepLog.sequences([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k]),
-                  patience=cfg.trainer.patience)
-    else:
-        model.fit(count_matrix(tr_toks, tr_closed, vocab_size))
+    model.fit(Windows([t for t, k in zip(tr_toks, train_normal) if k], [c for c, k in zip(tr_closed, train_normal) if k]),
+              Windows([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k]))
+
+    def scores_of(toks, closed):
+        return model.score(Windows(toks, closed))
+
     threshold = threshold_for_fpr(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr)
     test, t_toks, t_closed = _split(data_dir, cfg.split)
     ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
@@ -122,7 +97,7 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     on the training sessions' flows, thresholded on the validation split's normal flows, per flow on test."""
     import pyarrow.parquet as pq
 
-    from loglm.baselines.flow_features import FlowFeatures, read_flows
+    from loglm.baselines.flow_features import read_flows
     from loglm.detect.thresholds import threshold_for_fpr
     from loglm.ingest.sessions import event_label
     from loglm.shards import read_sessions
@@ -139,16 +114,14 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
         return sorted(j for lab, idx in zip(t.column("label").to_pylist(), t.column("event_idx").to_pylist())
                       if not (normal_sessions_only and lab == 1) for j in idx)
 
-    feats = FlowFeatures(local_networks=tuple(cfg.data.local_networks))
-    model.fit(feats.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True))))
+    model.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True)))
     val = [j for j in events_of("val") if event_label(raw[j], normal, unknown) == 0]
-    threshold = threshold_for_fpr(model.score(feats.transform(read_flows(data_dir, val))), cfg.detect.target_fpr)
+    threshold = threshold_for_fpr(model.score(read_flows(data_dir, val)), cfg.detect.target_fpr)
     ids = events_of(cfg.split)
-    x = feats.transform(read_flows(data_dir, ids))
-    scores = model.score(x)
+    flows = read_flows(data_dir, ids)
+    scores = model.score(flows)
     labels = np.array([event_label(raw[j], normal, unknown) for j in ids])
-    keys = [tuple(np.round(row, 3)) for row in x]  # unique items: identical feature vectors
-    metrics, by_class = item_metrics(ids, labels, scores, keys, threshold, data_dir, cfg.data)
+    metrics, by_class = item_metrics(ids, labels, scores, model.keys(flows), threshold, data_dir, cfg.data)
     return metrics, threshold, time.perf_counter() - t0, by_class
 
 
@@ -252,14 +225,15 @@ def run(cfg) -> dict:
                          "calibration_warning": calibration.get("warning"),
                          "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
-        for name, (kind, model) in _baselines(list(cfg.suite.baselines), vocab_size, cfg).items():
-            metrics, threshold, seconds, by_class = run_baseline(kind, model, cfg, data_dir, vocab_size)
+        built = baselines(list(cfg.suite.baselines), vocab_size, cfg)
+        for name, model in built.items():
+            metrics, threshold, seconds, by_class = run_baseline(model, cfg, data_dir)
             child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
                 "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
             cid = child.info.run_id
             for k, v in {"threshold": threshold, "target_fpr": cfg.detect.target_fpr, "model": name, "split": cfg.split,
                          "eval_unit": cfg.data.eval_unit, "dataset": cfg.data.name,
-                         "epochs": getattr(model, "epochs_run", baseline_epochs(cfg))}.items():
+                         "epochs": getattr(model, "epochs_run", None) or "-"}.items():
                 client.log_param(cid, k, str(v))
             tracking.log_dataset_input(client, cid, data_dir, summary, "evaluation")
             for part, m in metrics.items():
@@ -277,14 +251,14 @@ def run(cfg) -> dict:
                  f"test split `{cfg.split}`, metrics per {cfg.data.eval_unit}; every model trained on normal training "
                  f"sessions only, threshold from the validation split's normal {'events (flows), each carrying its window score' if cfg.data.eval_unit == 'event' else 'sessions'} "
                  f"at target FPR {cfg.detect.target_fpr}, one rule for every model.",
-                 f"LogLM model `{ckpt}`; DeepLog LSTM (window 10, 2x64) with LogLM's budget: up to {baseline_epochs(cfg)} "
-                 f"epochs, early stopping on validation normal sessions (patience {cfg.trainer.patience}); PCA at 95% "
-                 "variance and IsolationForest (200 trees) on TF-IDF event counts.",
+                 f"LogLM model `{ckpt}`" + ("." if cfg.ckpt else f", trained up to {cfg.trainer.max_epochs} epochs "
+                                            f"with early stopping (patience {cfg.trainer.patience})."),
                  f"MLflow parent run `{parent}` (experiment loglm-eval), one child run per model."]
-        if any(b in ("flow_iforest", "flow_pca", "kitnet") for b in cfg.suite.baselines):
-            notes.append("Flow-feature baselines score each flow on its own fields (log-scaled bytes, packets, duration, "
-                         "bytes per packet, destination port, direction): IsolationForest (200 trees), PCA (95% variance), "
-                         f"KitNET-style autoencoder ensemble ({cfg.suite.baseline_epochs or KITNET_EPOCHS} epochs).")
+        from loglm.baselines.detectors import describe
+
+        for name, model in built.items():  # each baseline as its conf/baseline file describes it
+            ran = getattr(model, "epochs_run", None)
+            notes.append(f"`{name}` ({model.unit}s): {describe(name)}" + (f" Epochs run: {ran}." if ran else ""))
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
                          "(the window's highest flow score, anomalous if any flow is), at the same threshold.")

@@ -15,6 +15,14 @@ GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in (ROOT / "con
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes_typed(group, option):
+    if group == "baseline":  # not composed into the root: suite.baselines names them; each builds a Detector
+        from loglm.baselines.detectors import build
+
+        model = build(option, {"vocab_size": 12, "seed": 0, "epochs": 1, "patience": 1, "unk_surprisal": 20.0,
+                               "local_networks": ()})
+        assert model.unit in ("window", "flow") and callable(model.fit) and callable(model.score)
+        compose("evaluate", [f"suite.baselines=[{option}]"])
+        return
     extra = ["launcher=ray"] if (group, option) == ("strategy", "deepspeed_stage3") else []  # ZeRO-3 needs Ray
     cfg = compose("pretrain", [f"{group}={option}", *extra])
     assert isinstance(cfg, RootConfig)
@@ -150,3 +158,5 @@ def test_a_strategy_or_callback_of_ones_own_comes_from_its_target_and_a_wrong_on
         compose("pretrain", ["trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitr}]"])
     with pytest.raises(ValueError, match=r"trainer.callbacks\[0\] must be a mapping with a _target_"):
         compose("pretrain", ["trainer.callbacks=[LearningRateMonitor]"])
+    with pytest.raises(ValueError, match="unknown baseline 'deeplogg'.*known: deeplog, flow_iforest"):
+        compose("evaluate", ["suite.baselines=[deeplogg]"])
