@@ -160,3 +160,29 @@ def test_a_strategy_or_callback_of_ones_own_comes_from_its_target_and_a_wrong_on
         compose("pretrain", ["trainer.callbacks=[LearningRateMonitor]"])
     with pytest.raises(ValueError, match="unknown baseline 'deeplogg'.*known: deeplog, flow_iforest"):
         compose("evaluate", ["suite.baselines=[deeplogg]"])
+
+
+@pytest.mark.parametrize("name", GROUPS["dataset"])
+def test_a_dataset_is_its_experiments_preset(name):
+    """dataset=X names a protocol's preset; the preset itself lives once, in conf/experiment."""
+    from loglm.config import to_plain
+
+    alias = (ROOT / "conf" / "dataset" / f"{name}.yaml").read_text()
+    experiment = alias.rsplit("/experiment@_global_:", 1)[1].split()[0]
+    assert (ROOT / "conf" / "experiment" / f"{experiment}.yaml").is_file()
+    assert to_plain(compose("evaluate", [f"dataset={name}"])) == to_plain(compose("evaluate", [f"experiment={experiment}"]))
+    assert compose("evaluate", [f"dataset={name}"]).suite.enabled
+
+
+def test_debug_fast_runs_the_whole_training_job_in_seconds(tmp_path):
+    from synthetic import synthetic_run_overrides
+
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    overrides = [o for o in synthetic_run_overrides(tmp_path, 120, seed=3) if o != "debug=tests"] + ["debug=fast"]
+    cfg = compose("pretrain", overrides)
+    assert (cfg.model.name, cfg.trainer.max_epochs, cfg.logger.name) == ("tiny", 1, "none")
+    prepare(cfg)
+    out = pretrain(cfg)
+    assert out["global_step"] <= 5 and not (tmp_path / "mlflow.db").exists()
