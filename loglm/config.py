@@ -217,6 +217,10 @@ class TrainerConfig:
     # after Ctrl-C / SIGTERM the job marks its run KILLED and exits; if it is still alive this many seconds
     # later (a step or a lock that does not return), it exits at once (a second signal does so immediately)
     stop_grace_s: float = 60.0
+    # a training batch with at least this share of padding skips it in every layer but attention's score step
+    # (null: never). It pays from about 10% padding (1.25x at 39%: batches drawn at random, without length
+    # bucketing); length-bucketed batches (about 2% padding, the default) are faster padded
+    unpad_share: float | None = None
     # extra Lightning callbacks, each {_target_: <class>, <its arguments>}, instantiated in every training
     # process beside LogLM's own, e.g. '+trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitor}]'
     callbacks: list[Any] = field(default_factory=list)
@@ -239,6 +243,8 @@ class TrainerConfig:
         _check(self.limit_train_batches <= 1 or float(self.limit_train_batches).is_integer(),
                f"trainer.limit_train_batches above 1 counts batches: give a whole number, got {self.limit_train_batches}")
         _check(_finite(self.stop_grace_s) and self.stop_grace_s > 0, f"trainer.stop_grace_s must be > 0, got {self.stop_grace_s}")
+        _check(self.unpad_share is None or 0 <= self.unpad_share < 1,
+               f"trainer.unpad_share must be in [0, 1) or null, got {self.unpad_share}")
         for i, spec in enumerate(self.callbacks):
             _check(isinstance(spec, dict) and isinstance(spec.get("_target_"), str),
                    f"trainer.callbacks[{i}] must be a mapping with a _target_ class, got {spec!r}")

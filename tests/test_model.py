@@ -355,3 +355,35 @@ def test_grown_state_extends_rows_and_refuses_a_vocabulary_that_is_not_an_extens
     assert grown_state(start, ctx_for([0, 1, 2, 3]), "m") is not None  # the same vocabulary: as is
     with pytest.raises(ValueError, match="does not extend the model's"):
         grown_state(start, ctx_for([1, 0, 2, 3, 4]), "m")
+
+
+def test_unpadded_training_path_matches_the_padded_one_on_real_positions():
+    """With trainer.unpad_share, a padded training batch skips padding in every layer but attention's score
+    step: same hidden states on the real positions, same gradients."""
+    import torch
+
+    from loglm.model.encoder import EncoderConfig, LogEncoder
+
+    torch.manual_seed(0)
+    model = LogEncoder(EncoderConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
+                                     max_len=40, gap_buckets=4)).train()
+    lengths = torch.tensor([40, 7, 19, 3, 33, 12])
+    pad = torch.arange(40)[None, :] < lengths[:, None]
+    tokens = torch.where(pad, torch.randint(5, 30, (6, 40)), 0)
+    gaps = torch.where(pad, torch.randint(0, 4, (6, 40)), 0)
+
+    def run(share):
+        model.unpad_share = share
+        model.zero_grad()
+        hidden = model(tokens, gaps, pad)
+        (hidden[pad] ** 2).sum().backward()
+        return hidden[pad].detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    padded, g_padded = run(None)
+    unpadded, g_unpadded = run(0.1)  # this batch is 46% padding
+    assert torch.allclose(padded, unpadded, atol=1e-5)
+    assert g_padded.keys() == g_unpadded.keys()
+    assert all(torch.allclose(g_padded[k], g_unpadded[k], atol=1e-4, rtol=1e-4) for k in g_padded)
+    model.eval()  # inference (and ONNX export) keep the padded path
+    model.unpad_share = 0.0
+    assert torch.allclose(model(tokens, gaps, pad)[pad], padded, atol=1e-5)

@@ -47,6 +47,18 @@ class SelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
+    def forward_unpadded(self, h: torch.Tensor, real: torch.Tensor, b: int, n: int, attn_mask: torch.Tensor
+                         ) -> torch.Tensor:
+        """The same attention for the real positions only: ``h`` (N real, d), ``real`` their flat indices in the
+        (b, n) layout.  Projections run on the real rows; only the score/weighted-sum step sees the padded
+        layout.  (Splitting that step into groups of similar length measured slower: 13.4k vs 14.0k tokens/s.)"""
+        d = h.shape[-1]
+        qkv = h.new_zeros(b * n, 3 * d).index_copy(0, real, self.qkv(h))
+        q, k, v = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b * n, d).index_select(0, real))
+
 
 class Block(nn.Module):
     def __init__(self, cfg: EncoderConfig):
@@ -59,6 +71,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+    def forward_unpadded(self, x: torch.Tensor, real: torch.Tensor, b: int, n: int, attn_mask: torch.Tensor
+                         ) -> torch.Tensor:
+        x = x + self.drop(self.attn.forward_unpadded(self.ln1(x), real, b, n, attn_mask))
         return x + self.drop(self.ff(self.ln2(x)))
 
 
@@ -76,6 +93,10 @@ class LogEncoder(nn.Module):
         self.head_transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model))
         self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.rtd = nn.Linear(cfg.d_model, 1) if cfg.rtd_head else None
+        # training batches with at least this share of padding skip it in every layer but attention's score
+        # step (trainer.unpad_share; None: never).  It pays from about 10% padding (1.25x at 39%, random
+        # batches); length-bucketed batches (about 2%) are faster padded.  Not part of the saved model.
+        self.unpad_share: float | None = None
         self.apply(self._init)
 
     @staticmethod
@@ -95,6 +116,16 @@ class LogEncoder(nn.Module):
         pos = torch.arange(n, device=tokens.device)
         x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self.gap(gaps))
         attn_mask = pad_mask[:, None, None, :]
+        b = tokens.shape[0]
+        share = self.unpad_share
+        if self.training and share is not None and 1 - float(pad_mask.float().mean()) >= share:
+            # a padded training batch: every layer but attention's score step runs on the real positions only
+            # (padded positions come out as zeros; nothing reads them)
+            real = pad_mask.reshape(-1).nonzero().squeeze(1)
+            xr = x.reshape(b * n, -1).index_select(0, real)
+            for block in self.blocks:
+                xr = block.forward_unpadded(xr, real, b, n, attn_mask)
+            return x.new_zeros(b * n, x.shape[-1]).index_copy(0, real, self.ln_f(xr)).view(b, n, -1)
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.ln_f(x)

@@ -231,9 +231,12 @@ class Distill(Stage):
 
         d = cfg.distill
         teacher = load_model(ctx.spec["teacher_dir"], verify=False)  # verified by the driver
-        return DistillModule(teacher.encoder, ctx.encoder, ctx.spec["objective"].get("mask_ratio", cfg.objective.mask_ratio),
-                             d.temperature, d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
-                             d.proposal_temperature, d.proposal_uniform)
+        module = DistillModule(teacher.encoder, ctx.encoder,
+                               ctx.spec["objective"].get("mask_ratio", cfg.objective.mask_ratio), d.temperature,
+                               d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
+                               d.proposal_temperature, d.proposal_uniform)
+        module.student.unpad_share = cfg.trainer.unpad_share  # the teacher only infers: padded path
+        return module
 
     def weights_meta(self, cfg, ctx) -> dict:
         return {"objective": ctx.spec["objective"], "distill": dataclasses.asdict(cfg.distill)}
