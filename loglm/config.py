@@ -192,6 +192,17 @@ class ObjectiveConfig:
     top_k: int = 5
 
 
+def _importable(path: str) -> Any:
+    """The object a ``_target_`` names (``package.module.name``), imported; without Hydra, so that the
+    torch-free engine can build configs."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError("give module.name")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass
 class TrainerConfig:
     max_epochs: int = 20
@@ -249,9 +260,7 @@ class TrainerConfig:
             _check(isinstance(spec, dict) and isinstance(spec.get("_target_"), str),
                    f"trainer.callbacks[{i}] must be a mapping with a _target_ class, got {spec!r}")
             try:  # a misspelled class is refused before any work
-                from hydra.utils import get_class
-
-                get_class(spec["_target_"])
+                _importable(spec["_target_"])
             except Exception as e:
                 raise ValueError(f"trainer.callbacks[{i}]._target_={spec['_target_']!r} is not an importable class: {e}") from None
 
@@ -330,6 +339,9 @@ class DetectConfig:
     max_open_sessions: int = 100_000
 
     def __post_init__(self):  # checked when the config is composed, before any work
+        from loglm.detect.scores import SCORE_RULES
+
+        _check(self.score in SCORE_RULES, f"detect.score must be one of {tuple(SCORE_RULES)}, got {self.score!r}")
         if not 0 < self.target_fpr < 1:
             raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.small_validation not in ("refuse", "warn"):
@@ -401,10 +413,10 @@ class SuiteConfig:
     reports_dir: str | None = None
 
     def __post_init__(self):  # each baseline is conf/baseline/<name>.yaml: a missing one is refused up front
-        from loglm.baselines.detectors import baseline_spec
+        from loglm.baselines.detectors import baseline_path
 
         for name in self.baselines:
-            baseline_spec(name)
+            baseline_path(name)
 
 
 @dataclass
@@ -450,9 +462,7 @@ class StrategyConfig:
     def __post_init__(self):
         _check(self.zero_stage in (0, 1, 2, 3), f"strategy.zero_stage must be 0 (no ZeRO), 1, 2 or 3, got {self.zero_stage}")
         try:  # a misspelled factory is refused when the config is composed, not when training starts
-            from hydra.utils import get_method
-
-            get_method(self._target_)
+            _importable(self._target_)
         except Exception as e:
             raise ValueError(f"strategy._target_={self._target_!r} is not an importable function: {e}") from None
 

@@ -308,18 +308,26 @@ def test_threshold_never_splits_the_windows_without_a_miss():
     drifting mean surprisal), the threshold becomes "any miss": a quiet window never alerts, one miss does."""
     from loglm.config import DetectConfig
     from loglm.detect.calibrate import threshold_of
-    from loglm.detect.scores import calibrated_config, quiet_band_top, window_score
+    from loglm.detect.scores import SCORE_RULES, calibrated_config, quiet_band_top, window_score
 
     cfg = DetectConfig()
+
+    def scored(n_miss, n_events, mean, n_unknown):
+        """Windows of n_events positions, n_miss of them outside the top-k, every surprisal = mean."""
+        s = np.full((len(n_events), max(n_events)), np.nan)
+        miss = np.zeros(s.shape, bool)
+        for i, (k, e, m) in enumerate(zip(n_miss, n_events, mean)):
+            s[i, :e], miss[i, :k] = m, True
+        return window_score(cfg, SCORE_RULES[cfg.score].window(s, miss, cfg), np.asarray(n_unknown))
+
     rng = np.random.default_rng(0)
     n = 1000
-    miss = np.where(np.arange(n) < 3, 1 / 20, 0.0)  # 0.3 % of validation windows hold a miss
-    val = window_score(cfg, miss, rng.uniform(0.1, 0.5, n), None, np.zeros(n))
+    val = scored(np.where(np.arange(n) < 3, 1, 0), [20] * n, rng.uniform(0.1, 0.5, n), np.zeros(n))  # 0.3 % miss
     thr, rule = threshold_of(val, cfg)
     assert thr == quiet_band_top(cfg) and rule.startswith("any miss")
-    later = window_score(cfg, np.array([0.0, 1 / 256, 0.0]), np.array([5.0, 0.1, 99.0]), None, np.array([0, 0, 1]))
+    later = scored([0, 1, 0], [20, 256, 20], [5.0, 0.1, 99.0], [0, 0, 1])
     assert (later > thr).tolist() == [False, True, True]  # drifted surprisal: quiet; one miss; an unseen event
-    busy = window_score(cfg, rng.uniform(0, 0.3, n), rng.uniform(0.1, 0.5, n), None, np.zeros(n))
+    busy = scored(np.round(rng.uniform(0, 0.3, n) * 20).astype(int), [20] * n, rng.uniform(0.1, 0.5, n), np.zeros(n))
     assert threshold_of(busy, cfg)[1] == "conformal quantile"
     assert calibrated_config(cfg, {"score": "miss_ratio", "top_k": 5, "n_views": 5, "unk_surprisal": 20.0}).tie_scale == 1e4
 

@@ -177,10 +177,8 @@ def build(name: str, runtime: dict, epochs_override: int | None = None) -> Detec
     return factory(**args)
 
 
-def baseline_spec(name: str) -> dict:
-    """``conf/baseline/<name>.yaml`` as a plain dict (refused, naming the known ones, when there is none)."""
-    from omegaconf import OmegaConf
-
+def baseline_path(name: str):
+    """``conf/baseline/<name>.yaml`` (refused, naming the known ones, when there is none)."""
     from loglm.config import PROJECT_ROOT
 
     folder = PROJECT_ROOT / "conf" / "baseline"
@@ -188,6 +186,14 @@ def baseline_spec(name: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise ValueError(f"unknown baseline {name!r} (no {path}); known: {known}")
+    return path
+
+
+def baseline_spec(name: str) -> dict:
+    """``conf/baseline/<name>.yaml`` as a plain dict."""
+    from omegaconf import OmegaConf
+
+    path = baseline_path(name)
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
         raise ValueError(f"{path} must name its factory with _target_")

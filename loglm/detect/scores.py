@@ -23,7 +23,6 @@ from loglm.progress import Progress
 from loglm.vocab import END, MASK, UNK
 from loglm.windows import length_batches, pad_windows
 
-SCORES = ("miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal")
 # (masked tokens, gaps, pad_mask, target_mask) -> log-probabilities (n_targets, vocab) at target positions
 LogProbFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -42,7 +41,6 @@ class WindowScores:
     # the window is closed and the model did not expect it to end there (its [END] position is a miss; it
     # counts in n_miss, which scores positions, but it is not an event)
     end_miss: np.ndarray | None = None
-    median_surprisal: np.ndarray | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -57,31 +55,69 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
 TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
 
 
+def _mean(s: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(s), 0.0, s).sum(1) / np.maximum((~np.isnan(s)).sum(1), 1)
+
+
+def _max(s: np.ndarray) -> np.ndarray:
+    real = ~np.isnan(s)
+    return np.where(real.any(1), np.where(real, s, -np.inf).max(1), 0.0)
+
+
+def _median(s: np.ndarray) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():  # a window without events: its median is 0, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(s, axis=1) if (~np.isnan(s)).any() else np.zeros(len(s))
+    return np.where((~np.isnan(s)).any(1), np.nan_to_num(med), 0.0)
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """A window score (``detect.score``): ``window(surprisal, miss, cfg)`` gets a batch's per-position
+    surprisals (float64, NaN outside each window's events) and whether each position fell outside the top-k,
+    and returns one score per window; ``alarm(cfg)`` is how far an unseen event type ([UNK]) lifts a window
+    (above every window without one); ``quiet_top(cfg)`` the highest score a window without any miss or
+    unseen event can have, where the rule has such a band.  A new rule is one entry in :data:`SCORE_RULES`."""
+
+    window: Callable[[np.ndarray, np.ndarray, DetectConfig], np.ndarray]
+    alarm: Callable[[DetectConfig], float]
+    quiet_top: Callable[[DetectConfig], float | None] = lambda cfg: None
+
+
+SCORE_RULES: dict[str, ScoreRule] = {
+    # share of events outside the top-k; mean surprisal, scaled below the smallest miss ratio, breaks ties
+    "miss_ratio": ScoreRule(
+        lambda s, miss, cfg: (miss & ~np.isnan(s)).sum(1) / np.maximum((~np.isnan(s)).sum(1), 1)
+        + np.minimum(_mean(s), TIE_CAP) / cfg.tie_scale,
+        lambda cfg: 1.0, lambda cfg: TIE_CAP / cfg.tie_scale),
+    "mean_surprisal": ScoreRule(lambda s, miss, cfg: _mean(s), lambda cfg: cfg.unk_surprisal),
+    # the typical event of the window: a few odd events (a host's one rare flow) do not lift it, a window most
+    # of whose events are surprising does
+    "median_surprisal": ScoreRule(lambda s, miss, cfg: _median(s), lambda cfg: cfg.unk_surprisal),
+    "max_surprisal": ScoreRule(lambda s, miss, cfg: _max(s), lambda cfg: cfg.unk_surprisal),
+}
+SCORES = tuple(SCORE_RULES)
+
+
+def score_rule(cfg: DetectConfig) -> ScoreRule:
+    if cfg.score not in SCORE_RULES:
+        raise ValueError(f"detect.score must be one of {SCORES}, got {cfg.score!r}")
+    return SCORE_RULES[cfg.score]
+
+
 def quiet_band_top(cfg: DetectConfig) -> float | None:
-    """The highest miss-ratio score a window without any miss or unseen event can have (None for scores
-    without such a band): everything above it holds at least one event outside the model's top-k."""
-    return TIE_CAP / cfg.tie_scale if cfg.score == "miss_ratio" else None
+    """The highest score a window without any miss or unseen event can have (None for scores without such a
+    band): everything above it holds at least one event outside the model's top-k."""
+    return score_rule(cfg).quiet_top(cfg)
 
 
-def window_score(cfg: DetectConfig, miss_ratio, mean_s, max_s, n_unknown, median_s=None) -> np.ndarray:
-    kind = cfg.score
-    if kind == "miss_ratio":
-        # share of events outside the top-k; mean surprisal, scaled below the smallest miss ratio, breaks ties
-        base, alarm = miss_ratio + np.minimum(mean_s, TIE_CAP) / cfg.tie_scale, 1.0
-    elif kind == "mean_surprisal":
-        base, alarm = mean_s, cfg.unk_surprisal
-    elif kind == "median_surprisal":
-        # the typical event of the window: a few odd events (a host's one rare flow) do not lift it, a window
-        # most of whose events are surprising does
-        base, alarm = median_s, cfg.unk_surprisal
-    elif kind == "max_surprisal":
-        base, alarm = max_s, cfg.unk_surprisal
-    else:
-        raise ValueError(f"detect.score must be one of {SCORES}, got {kind!r}")
-    # a window holding an event type training never saw scores above every window without one (a miss ratio
-    # is at most 1 plus the tie-break): one unseen template in a long session is not averaged away.  A flag,
-    # not a count: windows that all hold unseen events still rank by their score, not by their length.
-    return base + (n_unknown > 0) * alarm if cfg.unknown_alarm else base
+def window_score(cfg: DetectConfig, base: np.ndarray, n_unknown: np.ndarray) -> np.ndarray:
+    """A window holding an event type training never saw scores above every window without one (a miss ratio
+    is at most 1 plus the tie-break): one unseen template in a long session is not averaged away.  A flag, not
+    a count: windows that all hold unseen events still rank by their score, not by their length."""
+    return base + (n_unknown > 0) * score_rule(cfg).alarm(cfg) if cfg.unknown_alarm else base
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -115,7 +151,8 @@ class _Windows:
         self.end_miss = np.zeros(n, bool)
         self.mean_s = np.zeros(n, np.float64)
         self.max_s = np.zeros(n, np.float64)
-        self.median_s = np.zeros(n, np.float64)
+        self.base = np.zeros(n, np.float64)  # the score rule's value, before the unseen-event alarm
+        self.rule = score_rule(cfg)
 
     def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss) -> None:
         """Batch results, position 0 being [SUM]; window j covers positions 1 .. m[j] (events, [END])."""
@@ -127,13 +164,10 @@ class _Windows:
         self.n_unknown[idx] = (tok == UNK).sum(1)
         last = np.arange(len(rows)), np.minimum(m, tok.shape[1] - 1)
         self.end_miss[idx] = (tok[last] == END) & miss[last] & (m > 0)
-        s64 = s_out.astype(np.float64)
-        self.mean_s[idx] = np.where(valid, s64, 0.0).sum(1) / np.maximum(m, 1)
-        self.max_s[idx] = np.where(m > 0, np.where(valid, s64, -np.inf).max(1), 0.0)
-        if self.cfg.score == "median_surprisal":
-            with np.errstate(all="ignore"):
-                med = np.nanmedian(np.where(valid, s64, np.nan), axis=1) if valid.any() else np.zeros(len(rows))
-            self.median_s[idx] = np.where(m > 0, np.nan_to_num(med), 0.0)
+        s64 = np.where(valid, s_out.astype(np.float64), np.nan)
+        self.mean_s[idx] = _mean(s64)
+        self.max_s[idx] = _max(s64)
+        self.base[idx] = self.rule.window(s64, miss, self.cfg)
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
@@ -142,10 +176,9 @@ class _Windows:
             self.expected_p[i] = p_out[j, 1:end]
 
     def result(self) -> WindowScores:
-        score = window_score(self.cfg, self.n_miss / np.maximum(self.n_events, 1), self.mean_s, self.max_s,
-                             self.n_unknown, self.median_s)
-        return WindowScores(score, self.n_events, self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank,
-                            self.expected, self.expected_p, self.end_miss, self.median_s)
+        return WindowScores(window_score(self.cfg, self.base, self.n_unknown), self.n_events, self.n_miss,
+                            self.mean_s, self.max_s, self.surprisal, self.rank, self.expected, self.expected_p,
+                            self.end_miss)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
