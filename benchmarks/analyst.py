@@ -110,7 +110,7 @@ def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> d
     from loglm.analyst.attack import KIND_TECHNIQUES, by_evidence
     from loglm.config import compose
     from loglm.detect.detector import detect_with
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
     from loglm.shards import read_sessions
 

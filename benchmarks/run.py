@@ -332,7 +332,7 @@ def bench_scoring() -> dict:
     import torch
 
     from loglm.config import DetectConfig
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.encoder import EncoderConfig, LogEncoder
 
     torch.manual_seed(0)
@@ -359,7 +359,7 @@ ONNX_PROCESS = """
 import json, sys, time
 import pyarrow.parquet as pq
 from loglm.config import DetectConfig
-from loglm.engine.bundle import Bundle
+from loglm.engine.runtime import Bundle
 from loglm.windows import windows_of
 bundle = Bundle(sys.argv[1], variant=sys.argv[2])
 toks, gaps, closed = windows_of(pq.read_table(sys.argv[3]))
@@ -387,11 +387,11 @@ def bench_inference(tmp: Path, teacher_epochs: int, student_epochs: int, rtd_wei
     import pyarrow.parquet as pq
 
     from loglm.config import compose  # the same composition a user's command line gets
-    from loglm.detect.scores import calibrated_config
-    from loglm.detect.scoring import score_windows
-    from loglm.engine.bundle import Bundle
+    from loglm.detect.score_core import calibrated_config
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.engine.runtime import Bundle
     from loglm.evaluation import evaluate_scores, session_scores
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.ingest.prepare import prepared_dir
     from loglm.ingest.prepare import run as prepare
     from loglm.model.store import load_model

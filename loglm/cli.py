@@ -55,8 +55,8 @@ def embed_main(argv: list[str]) -> int:
     from pathlib import Path
 
     from loglm.analyst.embed import run
-    from loglm.engine.bundle import Bundle
     from loglm.engine.detect import bundle_config
+    from loglm.engine.runtime import Bundle
 
     try:
         bundle = Bundle(Path(a.bundle), threads=a.threads, verify_key=a.verify_key)

@@ -339,7 +339,7 @@ class DetectConfig:
     max_open_sessions: int = 100_000
 
     def __post_init__(self):  # checked when the config is composed, before any work
-        from loglm.detect.scores import SCORE_RULES
+        from loglm.detect.score_core import SCORE_RULES
 
         _check(self.score in SCORE_RULES, f"detect.score must be one of {tuple(SCORE_RULES)}, got {self.score!r}")
         if not 0 < self.target_fpr < 1:

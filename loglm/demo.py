@@ -45,7 +45,7 @@ def _deploy(cfg, pre: dict) -> dict:
     from rich.console import Console
 
     from loglm.engine.detect import run as engine_detect
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.training.distill import run as distill
 
     console = Console()
@@ -62,8 +62,8 @@ def _deploy(cfg, pre: dict) -> dict:
     console.print(f"`loglm detect --bundle {exp['bundle']} {' '.join(cfg.data.inputs)}`: {det['lines']['read']} lines, "
                   f"{det['sessions_scored']} sessions, {det['alerts']} alerts -> {det['alerts_path']}")
     from loglm.analyst.embed import run as embed
-    from loglm.engine.bundle import Bundle
     from loglm.engine.detect import bundle_config
+    from loglm.engine.runtime import Bundle
 
     bundle = Bundle(Path(exp["bundle"]))
     ecfg = bundle_config(bundle, list(cfg.data.inputs), str(Path(exp["bundle"]) / "embeddings" / "inputs.parquet"))

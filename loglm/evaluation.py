@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.detect.metrics import HDFS_ANOMALOUS, HDFS_NORMAL, detection_metrics, reweighted_f1, unique_items
-from loglm.detect.scores import session_max
+from loglm.detect.score_core import session_max
 
 METRIC_KEYS = ("precision", "recall", "f1", "fpr", "auroc", "pr_auc")
 
@@ -276,7 +276,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     from loglm.artifacts import atomic_write_json
     from loglm.detect.alerts import events_from_table
     from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
     from loglm.shards import read_events, read_sessions

@@ -81,7 +81,7 @@ def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
     ``data.eval_unit=event`` one item per labelled-normal event carrying its session's highest window score.
     One rule for every model: before, the baselines took one item per session while LogLM took one per flow."""
     from loglm.detect.calibrate import validation_items
-    from loglm.detect.scores import session_max
+    from loglm.detect.score_core import session_max
     from loglm.windows import windows_of
 
     val, _, weights, _ = validation_items(data_dir, data)

@@ -4,7 +4,7 @@ from pipelines._main import entry
 
 
 def _run(cfg):
-    from loglm.export.bundle import run
+    from loglm.export.writer import run
 
     return run(cfg)
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def deployed(tmp_path_factory):
     """A tiny model trained on normal blocks, exported and promoted to champion."""
     from loglm.analyst import registry
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 
@@ -114,7 +114,7 @@ def test_damaged_bundle_is_refused_naming_the_file(exported, tmp_path, damage):
         target.write_bytes(target.read_bytes()[:100])
     else:
         target.unlink()
-    from loglm.engine.bundle import Bundle
+    from loglm.engine.runtime import Bundle
 
     with pytest.raises(ValueError, match="model.onnx"):
         Bundle(copy)
@@ -122,7 +122,7 @@ def test_damaged_bundle_is_refused_naming_the_file(exported, tmp_path, damage):
 
 
 def test_failed_parity_writes_no_bundle(exported, tmp_path, monkeypatch):
-    import loglm.export.bundle as eb
+    import loglm.export.writer as eb
 
     cfg, model, _ = exported
     out = tmp_path / "refused"
@@ -137,7 +137,7 @@ def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
     """A distilled student with a replaced-event head exports both outputs; engine and torch agree."""
     from loglm.detect.detector import run as torch_detect
     from loglm.engine.detect import run as onnx_detect
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.training.distill import run as distill
 
     cfg, model, _ = exported
@@ -197,7 +197,7 @@ def test_rtd_outputs_from_full_logits_match_the_graph_top_k():
     import numpy as np
     import torch
 
-    from loglm.detect.scores import rtd_outputs_from_logits
+    from loglm.detect.score_core import rtd_outputs_from_logits
 
     logits = np.random.default_rng(1).normal(size=(3, 5, 100)).astype(np.float32)
     _, top, top_logp = rtd_outputs_from_logits(logits, np.zeros((3, 5), np.float32), 4)
@@ -207,7 +207,7 @@ def test_rtd_outputs_from_full_logits_match_the_graph_top_k():
 
 
 def test_export_into_a_users_folder_is_refused_and_the_folder_kept(exported, tmp_path):
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
 
     cfg, model, _ = exported
     v = tmp_path / "v"
@@ -231,7 +231,7 @@ def test_detection_where_every_line_is_rejected_fails_with_the_reasons(exported,
 
 
 def test_int8_is_preferred_only_when_its_own_parity_check_passes():
-    from loglm.export.bundle import preferred_variant
+    from loglm.export.writer import preferred_variant
 
     fp32 = {"ok": True, "decision_agreement": 1.0}
     assert preferred_variant({"fp32": fp32}) == "fp32"
@@ -247,7 +247,7 @@ def test_a_bundle_whose_manifest_was_rewritten_is_refused(exported, tmp_path, re
     contents are checked too: a finite threshold, a model file inside the bundle, a vocabulary of the
     model's size, manifest entries inside the folder."""
     from loglm.artifacts import write_manifest
-    from loglm.engine.bundle import Bundle
+    from loglm.engine.runtime import Bundle
 
     _, _, result = exported
     copy = tmp_path / "bundle"
@@ -285,8 +285,8 @@ def test_signed_bundle_is_verified_and_an_altered_or_unsigned_one_refused(export
     files and manifest were rewritten together (which the manifest alone cannot catch)."""
     from loglm.artifacts import write_manifest
     from loglm.cli import main
-    from loglm.engine.bundle import Bundle
-    from loglm.export.bundle import run as export
+    from loglm.engine.runtime import Bundle
+    from loglm.export.writer import run as export
     from loglm.signing import generate_keypair
 
     cfg, model, result = exported

@@ -97,7 +97,7 @@ def test_line_accounting_reconciles_for_any_file(tmp_path, lines):
 def test_scoring_any_token_windows_is_finite(windows, n_views):
     import torch
 
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.encoder import EncoderConfig, LogEncoder
 
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import torch
 
 from loglm.config import DetectConfig
 from loglm.detect.metrics import detection_metrics, reweighted_f1, unique_items
-from loglm.detect.scores import calibrated_config
-from loglm.detect.scoring import score_windows, threshold_for_fpr
+from loglm.detect.score_core import calibrated_config
+from loglm.detect.torch_scoring import score_windows, threshold_for_fpr
 from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import IGNORE, mask_events
 from loglm.training.data import BucketBatchSampler, collate
@@ -281,7 +281,7 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     import threading
     import time
 
-    from loglm.detect.scores import ordered_map
+    from loglm.detect.score_core import ordered_map
 
     running, peak, lock = [0], [0], threading.Lock()
 
@@ -308,7 +308,7 @@ def test_threshold_never_splits_the_windows_without_a_miss():
     drifting mean surprisal), the threshold becomes "any miss": a quiet window never alerts, one miss does."""
     from loglm.config import DetectConfig
     from loglm.detect.calibrate import threshold_of
-    from loglm.detect.scores import SCORE_RULES, calibrated_config, quiet_band_top, window_score
+    from loglm.detect.score_core import SCORE_RULES, calibrated_config, quiet_band_top, window_score
 
     cfg = DetectConfig()
 

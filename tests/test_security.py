@@ -99,7 +99,7 @@ def test_pseudonymised_alerts_hide_entities_but_stay_correlatable(tmp_path, monk
 
 def fake_bundle(folder):
     from loglm.artifacts import atomic_write_json, write_manifest
-    from loglm.engine.bundle import BUNDLE_FORMAT
+    from loglm.engine.runtime import BUNDLE_FORMAT
 
     folder.mkdir()
     atomic_write_json(folder / "bundle.json", {"format": BUNDLE_FORMAT})
@@ -109,7 +109,7 @@ def fake_bundle(folder):
 
 
 def test_export_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
-    from loglm.export.bundle import check_replaceable, replace_folder
+    from loglm.export.writer import check_replaceable, replace_folder
 
     user = tmp_path / "v"
     user.mkdir()
@@ -129,7 +129,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
 
 
 def test_export_replaces_its_own_bundle_but_not_files_added_to_it(tmp_path):
-    from loglm.export.bundle import check_replaceable, replace_folder
+    from loglm.export.writer import check_replaceable, replace_folder
 
     out = fake_bundle(tmp_path / "b")
     replace_folder(fake_bundle(tmp_path / "b2"), out)  # a bundle LogLM wrote: replaced

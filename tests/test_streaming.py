@@ -45,8 +45,8 @@ def endless(seed: int, blocks: int):
 
 
 def test_endless_input_keeps_memory_bounded_and_accounts_every_line(model):
-    from loglm.detect.scoring import score_windows
     from loglm.detect.streaming import StreamingDetector
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
 
     cfg, result = model
@@ -184,8 +184,8 @@ def test_count_windows_stream_like_the_batch_path(model):
     ``window_events`` events in arrival order, each scored as it fills, the last one at the end."""
     from dataclasses import replace
 
-    from loglm.detect.scoring import score_windows
     from loglm.detect.streaming import StreamingDetector
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
 
     cfg, result = model
@@ -245,7 +245,7 @@ def test_stream_cuts_sessions_where_training_did_and_alerts_like_batch(model, tm
 
 
 def loaded_scorer(loaded):
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
 
     return lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d)
 
@@ -255,8 +255,8 @@ def test_stream_reads_each_source_with_its_own_reader(model):
     HDFS lines, and the same messages get the same templates either way."""
     from dataclasses import replace
 
-    from loglm.detect.scoring import score_windows
     from loglm.detect.streaming import StreamingDetector
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
 
     cfg, result = model

@@ -66,7 +66,7 @@ def test_logger_none_runs_the_whole_job_without_mlflow(tmp_path):
 
     from loglm.detect.detector import run as detect
     from loglm.evaluation import run as evaluate
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 

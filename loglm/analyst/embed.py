@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loglm.detect.scores import ordered_map
+from loglm.detect.score_core import ordered_map
 from loglm.progress import Progress
 from loglm.windows import length_batches, pad_windows
 

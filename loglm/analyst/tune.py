@@ -117,7 +117,7 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
 def run(cfg) -> dict:
     from loglm.analyst import feedback as fb
     from loglm.detect.detector import with_model_data
-    from loglm.export.bundle import run as export
+    from loglm.export.writer import run as export
     from loglm.model.store import load_model, resolve_model_dir
     from loglm.training.pretrain import run as pretrain
 

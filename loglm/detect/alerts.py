@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loglm.detect.scores import WindowScores
+from loglm.detect.score_core import WindowScores
 from loglm.vocab import UNK, Vocabulary
 
 

@@ -10,8 +10,7 @@ import pyarrow as pa
 
 from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
-from loglm.detect.scores import quiet_band_top
-from loglm.detect.scoring import score_windows, session_max
+from loglm.detect.score_core import quiet_band_top
 from loglm.detect.thresholds import (
     check_validation_size,
     effective_items,
@@ -20,6 +19,7 @@ from loglm.detect.thresholds import (
     shared_score_items,
     threshold_for_fpr,
 )
+from loglm.detect.torch_scoring import score_windows, session_max
 from loglm.model.store import CALIBRATION
 from loglm.shards import read_sessions
 from loglm.windows import windows_of

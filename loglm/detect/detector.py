@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.config import DetectConfig
-from loglm.detect.scores import calibrated_config
+from loglm.detect.score_core import calibrated_config
 
 
 def model_dir_for(cfg) -> Path:
@@ -153,7 +153,7 @@ def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
 
 def run(cfg) -> dict:
     """Detection with a trained torch model (model directory or run id)."""
-    from loglm.detect.scoring import score_windows
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
 
     loaded = load_model(model_dir_for(cfg))

@@ -48,8 +48,8 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of, validation_size
     from loglm.detect.detector import detect_config_of, model_dir_for, score_input
-    from loglm.detect.scoring import score_windows, session_max
     from loglm.detect.thresholds import check_validation_size
+    from loglm.detect.torch_scoring import score_windows, session_max
     from loglm.model.store import CALIBRATION, finalize, load_model
     from loglm.windows import windows_of
 

@@ -27,7 +27,7 @@ def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int
     """``report=False``: no HTML report, and so no matplotlib import (onnxruntime, numpy and pyarrow only)."""
     from loglm.detect.detector import detect_with
     from loglm.detect.detector import follow as follow_stream
-    from loglm.engine.bundle import Bundle
+    from loglm.engine.runtime import Bundle
 
     if str(bundle_dir).startswith("models:/"):  # a registered version: mlflow is imported for this lookup only
         from loglm.analyst.registry import resolve

@@ -243,7 +243,7 @@ class Distill(Stage):
 
     def finish(self, cfg, ctx, model) -> tuple[dict, dict, dict]:
         from loglm.detect.calibrate import calibrate
-        from loglm.detect.scores import calibrated_config
+        from loglm.detect.score_core import calibrated_config
         from loglm.model.store import load_model
 
         teacher = load_model(ctx.spec["teacher_dir"], verify=False)

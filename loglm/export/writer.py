@@ -1,4 +1,4 @@
-"""Export job: model directory -> self-contained, parity-checked, registered detection bundle.
+"""The bundle writer (export job): model directory -> self-contained, parity-checked, registered detection bundle.
 
 The bundle holds model.onnx (+ model.int8.onnx), model.safetensors, vocab.json, calibration.json,
 bundle.json (ingest and scoring settings), config.yaml, model_card.md and MANIFEST.json (sha256 of every
@@ -88,8 +88,8 @@ Run it: `loglm detect --bundle <this folder> /path/to/logs` (needs only onnxrunt
 def run(cfg) -> dict:
 
     from loglm.detect.detector import detect_config_of, model_dir_for
-    from loglm.detect.scoring import score_windows
-    from loglm.engine.bundle import BUNDLE_FORMAT, Bundle
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.engine.runtime import BUNDLE_FORMAT, Bundle
     from loglm.export.onnx import export_onnx, quantize_int8
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import load_model
@@ -177,7 +177,7 @@ def foreign_files(folder: Path) -> list[str]:
     import json
 
     from loglm.artifacts import MANIFEST
-    from loglm.engine.bundle import BUNDLE_FORMAT
+    from loglm.engine.runtime import BUNDLE_FORMAT
 
     present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
     try:

@@ -1,4 +1,4 @@
-"""Window scoring with a torch encoder (the training-side backend of loglm.detect.scores)."""
+"""The torch backend of the numpy scoring core (loglm.detect.score_core): window scoring with a torch encoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from loglm.config import DetectConfig
-from loglm.detect.scores import (  # noqa: F401  (re-exported for callers of the torch path)
+from loglm.detect.score_core import (  # noqa: F401  (re-exported for callers of the torch path)
     SCORES,
     WindowScores,
     score_windows_rtd_with,

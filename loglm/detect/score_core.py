@@ -1,4 +1,4 @@
-"""Per-event surprisal and per-window scores at a constant number of forward passes per window.
+"""The numpy scoring core: per-event surprisal and per-window scores at a constant number of forward passes per window.
 
 Backend-free (numpy): the model is reached through a function returning log-probabilities at the masked
 positions, so the torch path and the torch-free ONNX engine score identically.

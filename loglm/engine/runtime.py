@@ -1,4 +1,4 @@
-"""An exported bundle: ONNX model, vocabulary, calibration and ingest settings, checked against its manifest."""
+"""The torch-free bundle runtime: an exported bundle (ONNX model, vocabulary, calibration, ingest settings), checked against its manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.artifacts import check_calibration, check_vocab_size, inside, verify_manifest
-from loglm.detect.scores import log_softmax, rtd_outputs_from_logits
+from loglm.detect.score_core import log_softmax, rtd_outputs_from_logits
 from loglm.vocab import Vocabulary
 
 BUNDLE_FORMAT = "loglm-bundle/1"
@@ -85,7 +85,7 @@ class Bundle:
         return rtd_outputs_from_logits(logits, replaced, self.info["detect"]["expected_per_event"])
 
     def scorer(self):
-        from loglm.detect.scores import score_windows_rtd_with, score_windows_with
+        from loglm.detect.score_core import score_windows_rtd_with, score_windows_with
 
         def score(toks, gaps, closed, dcfg):
             if dcfg.scorer == "rtd":
