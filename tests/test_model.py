@@ -395,3 +395,16 @@ def test_unpadded_training_path_matches_the_padded_one_on_real_positions():
     model.eval()  # inference (and ONNX export) keep the padded path
     model.unpad_share = 0.0
     assert torch.allclose(model(tokens, gaps, pad)[pad], padded, atol=1e-5)
+
+
+def test_fast_dropout_has_dropouts_distribution():
+    import torch
+
+    from loglm.model.encoder import fast_dropout
+
+    drop = torch.nn.Dropout(0.1).train()
+    x = torch.ones(200_000)
+    y = fast_dropout(x, drop)
+    assert abs(float((y == 0).float().mean()) - 0.1) < 0.005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    assert fast_dropout(x, drop.eval()) is x
