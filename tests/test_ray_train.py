@@ -55,6 +55,11 @@ def test_ray_ddp_pretraining_on_two_workers_then_distillation(prepared):
     assert tags["ray_job_id"] and tags["ray_storage"].endswith(result["run_id"])
     assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
     assert load_model(result["model_dir"]).calibration["threshold"] > 0
+    # resume_from=<Ray run id>: the same run continues from the checkpoint its workers reported to Ray
+    more = pretrain(compose("pretrain", overrides + RAY + ["strategy=ddp", "trainer.max_epochs=3",
+                                                          f"resume_from={result['run_id']}"]))
+    assert more["run_id"] == result["run_id"] and more["epochs"] == 3 and more["global_step"] > result["global_step"]
+    assert run_info(root, result["run_id"]).data.tags["resumed_from"].endswith("checkpoint.ckpt")
     # distillation is the same job: the student trains on the two workers under DeepSpeed ZeRO-2
     student = distill(compose("distill", overrides + RAY + [
         "strategy=deepspeed_stage2", f"teacher={result['run_id']}", "distill.max_epochs=2", "distill.d_model=16",
