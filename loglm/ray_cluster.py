@@ -90,12 +90,13 @@ class LocalHead:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """SIGTERM to `ray start --block` stops the processes of its cluster; SIGKILL the group if it hangs."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM to `ray start --block` stops the processes of its cluster; SIGKILL the group if it hangs
+        (after ``timeout_s``)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)  # measured 3 s when idle; a head still draining Ray Data took 30
+                self.proc.wait(timeout=timeout_s)  # measured 3 s when idle; a head still draining Ray Data took 30
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
