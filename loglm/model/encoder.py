@@ -169,7 +169,9 @@ class LogEncoder(nn.Module):
         (padding included: it is computed): 6 x the non-embedding parameters per position, embeddings left out
         (a lookup costs no matmul), the tied output head counted at the masked positions only, plus attention's
         scores and weighted sum (12 x layers x d_model x length per position)."""
-        embed = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+        if getattr(self, "_matmul_params", None) is None:  # counted once: training calls this every step
+            embed = sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+            self._matmul_params = self.num_parameters() - embed
         head = masked_share * self.cfg.vocab_size * self.cfg.d_model
-        per_position = 6 * (self.num_parameters() - embed + head) + 12 * self.cfg.n_layers * self.cfg.d_model * length
+        per_position = 6 * (self._matmul_params + head) + 12 * self.cfg.n_layers * self.cfg.d_model * length
         return float(batch * length * per_position)

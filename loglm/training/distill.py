@@ -217,11 +217,14 @@ class Distill(Stage):
         student = {**teacher.encoder.cfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers,
                    "n_heads": d.n_heads, "d_ff": d.d_ff, "dropout": d.dropout, "rtd_head": d.rtd_weight > 0}
         run_id = teacher.meta.get("run_id")
+        # what the driver's finish-up needs of the teacher, read here once (plain data: it travels to the ranks)
+        copied = len(init_from_teacher(LogEncoder(EncoderConfig(**student)), teacher.encoder)) if d.init == "layers" else 0
         return Setup(data_dir, Path(cfg.teacher) / "vocab.json", student,
                      {"teacher_run_id": run_id, "parent_run_id": run_id, "dataset": cfg.data.name,
                       "data_sha256": summary["data_sha256"]},
                      {"teacher_dir": cfg.teacher, "teacher_run_id": run_id,
-                      "objective": teacher.meta.get("objective", {})})
+                      "objective": teacher.meta.get("objective", {}), "teacher_calibration": teacher.calibration,
+                      "teacher_parameters": teacher.encoder.num_parameters(), "tensors_from_teacher": copied})
 
     def lineage(self, ctx) -> dict:
         return {"teacher_run_id": ctx.spec.get("teacher_run_id")}
@@ -244,19 +247,18 @@ class Distill(Stage):
     def finish(self, cfg, ctx, model) -> tuple[dict, dict, dict]:
         from loglm.detect.calibrate import calibrate
         from loglm.detect.score_core import calibrated_config
-        from loglm.model.store import load_model
 
-        teacher = load_model(ctx.spec["teacher_dir"], verify=False)
-        detect_cfg = calibrated_config(cfg.detect, teacher.calibration) if teacher.calibration else cfg.detect
+        spec = ctx.spec
+        teacher_cal = spec["teacher_calibration"]
+        detect_cfg = calibrated_config(cfg.detect, teacher_cal) if teacher_cal else cfg.detect
         if cfg.distill.rtd_weight > 0:
             detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
         cal = calibrate(model.encoder, Path(ctx.data_dir), detect_cfg, Path(ctx.model_dir), cfg.data)
-        copied = len(init_from_teacher(LogEncoder(EncoderConfig(**ctx.encoder)), teacher.encoder)) \
-            if cfg.distill.init == "layers" else 0
         sizes = {"student_parameters": model.encoder.num_parameters(),
-                 "teacher_parameters": teacher.encoder.num_parameters(), "tensors_from_teacher": copied}
+                 "teacher_parameters": spec["teacher_parameters"], "tensors_from_teacher": spec["tensors_from_teacher"]}
         return cal, {"model/teacher_parameters": sizes["teacher_parameters"],
-                     "distill/tensors_from_teacher": copied}, {"teacher_run_id": ctx.spec["teacher_run_id"], **sizes}
+                     "distill/tensors_from_teacher": sizes["tensors_from_teacher"]}, \
+            {"teacher_run_id": spec["teacher_run_id"], **sizes}
 
 
 STAGE = Distill()
