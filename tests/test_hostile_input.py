@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import compose
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loglm.config import DataConfig, DetectConfig, SessionConfig
@@ -166,6 +166,7 @@ def test_large_hostile_corpus_ingest_and_detect_reconcile(tmp_path):
 @given(st.lists(st.one_of(st.binary(max_size=80), st.builds(
     lambda blk, keys: f"blk_{blk},{' '.join(map(str, keys))}".encode(),
     st.integers(-10**6, 10**6), st.lists(st.integers(-3, 40), max_size=12))), max_size=40))
+@example(lines=[b"\r\x00"])  # a lone carriage return made the LogRobust CSV reader raise instead of reject
 def test_sequence_builders_account_for_any_bytes(tmp_path, lines):
     """The pre-sequenced readers (hdfs_blocks, hdfs_keys CSVs): garbage, wrong column counts, bad keys."""
     from conftest import ROOT

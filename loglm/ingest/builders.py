@@ -100,10 +100,13 @@ def build_hdfs_keys(data: DataConfig):
                 account.reject("header row")
                 rejections.append((src, n, "header row"))
                 continue
-            row = next(csv.reader([line]), [])
-            if len(row) != 2 or row[1].strip() not in ("0", "1"):
+            try:
+                row, bad = next(csv.reader([line]), []), ""
+            except csv.Error as e:  # e.g. a lone carriage return inside the line
+                row, bad = [], f"malformed CSV: {e}"
+            if bad or len(row) != 2 or row[1].strip() not in ("0", "1"):
                 account.read += 1
-                reason = f"wrong column count or label: {len(row)} columns"
+                reason = bad or f"wrong column count or label: {len(row)} columns"
                 account.reject(reason)
                 rejections.append((src, n, reason))
             elif row[1].strip() != "0":
