@@ -103,8 +103,9 @@ class LogEncoder(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.rtd = nn.Linear(cfg.d_model, 1) if cfg.rtd_head else None
         # training batches with at least this share of padding skip it in every layer but attention's score
-        # step (trainer.unpad_share; None: never).  It pays from about 10% padding (1.37x HF BERT at 39%, random
-        # batches); length-bucketed batches (about 2%) are faster padded.  Not part of the saved model.
+        # step (trainer.unpad_share, 0.1 by default; None: never).  It pays from about 10% padding (1.37x HF BERT
+        # at 39%, random batches); length-bucketed batches (about 2%) are faster padded.  Not part of the saved
+        # model; a bare encoder (inference, export, tests) keeps None.
         self.unpad_share: float | None = None
         self.apply(self._init)
 
