@@ -26,6 +26,7 @@ MASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 PARAM_PATTERNS = ENTITY_PATTERNS + MASK_PATTERNS
 ENTITY_KINDS = {kind for kind, _ in ENTITY_PATTERNS}
+_ENTITY_OR_USER = frozenset(ENTITY_KINDS | {"user"})
 _USER = re.compile(r"\b(?:user|uid|for user|by user)[=: ]\s*([A-Za-z_][\w.\-]{0,31})", re.IGNORECASE)
 # one pass, first matching kind wins at each position (the order above)
 _PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARAM_PATTERNS))
@@ -35,8 +36,9 @@ _PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARA
 # regular expressions run once per shape; the masked text is then cut from the message itself.
 _ZERO = str.maketrans("123456789", "000000000")
 _ZERO_BYTES = bytes.maketrans(b"123456789", b"000000000")  # the same on ASCII text, 15x faster
-# shape -> (segments (start, end, placeholder or None for the message's own text), entity spans)
-Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...]]
+# shape -> (segments (start, end, placeholder or None for the message's own text), entity spans, whether
+# the message mentions a user or uid)
+Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...], bool]
 # bounded by key bytes: shapes of ordinary lines repeat, a flood of unique long lines does not
 _layouts: BoundedCache = BoundedCache(32 << 20, 1024)
 
@@ -72,7 +74,8 @@ def _layout(shape: str) -> Layout:
         pos = b
     if pos < len(shape):
         segments.append((pos, len(shape), None))
-    return tuple(segments), tuple(entities)
+    lowered = shape.lower()  # digits aside, the shape is the message: the same words
+    return tuple(segments), tuple(entities), "user" in lowered or "uid" in lowered
 
 
 def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
@@ -90,7 +93,7 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     if layout is None:
         layout = _layout(key.decode("ascii") if isinstance(key, bytes) else key)
         _layouts.put(key, layout)
-    segments, spans = layout
+    segments, spans, has_user = layout
     if len(segments) == 1 and segments[0][2] is None:
         masked = content
     else:
@@ -98,11 +101,14 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     found: dict[str, list[str]] = {}
     for kind, a, b in spans:
         value = content[a:b]
-        if kind in ("ip", "hostname"):
+        if kind != "block_id":  # ip, hostname: without a leading slash or a port
             value = value.lstrip("/").split(":")[0]
-        found.setdefault(kind, []).append(value)
-    lowered = content.lower()
-    if "user" in lowered or "uid" in lowered:
+        values = found.get(kind)
+        if values is None:
+            found[kind] = [value]
+        else:
+            values.append(value)
+    if has_user:
         user = _USER.search(content)
         if user:
             found.setdefault("user", []).append(user.group(1))
@@ -113,6 +119,6 @@ def entities_of(params: dict[str, list[str]]) -> dict[str, list[str]]:
     """Distinct entity values per kind, in order of appearance."""
     out: dict[str, list[str]] = {}
     for kind, values in params.items():
-        if kind in ENTITY_KINDS or kind == "user":
-            out[kind] = list(dict.fromkeys(values))
+        if kind in _ENTITY_OR_USER:
+            out[kind] = values if len(values) == 1 else list(dict.fromkeys(values))
     return out
