@@ -512,7 +512,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
-    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--teacher-epochs", type=int, default=20,
+                        help="the teacher's budget (20: protocol hdfs_keys's, conf/experiment/hdfs_keys.yaml)")
     parser.add_argument("--accuracy-datasets", nargs="*",
                         default=["cic_flowprep", "hdfs_loglead", "zeek_ctu", "openstack_kalaki", "hdfs", "bgl"])
     parser.add_argument("--accuracy-epochs", type=int, default=0,
