@@ -27,37 +27,32 @@ def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np
 
 def event_scores(table, ids, scores, data_dir, data_cfg) -> tuple[list, np.ndarray, np.ndarray, list]:
     """Per event (e.g. per flow): each event takes its session's score and keeps its own label."""
-    import pyarrow.parquet as pq
-
     from loglm.ingest.sessions import event_label
+    from loglm.shards import event_columns
 
-    ev = pq.read_table(Path(data_dir) / "events.parquet", columns=["label", "template"])
-    raw_labels = ev.column("label").to_pylist()
-    templates = ev.column("template").to_pylist()
     normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
     best = dict(zip(ids, scores))
     seqs: dict[str, list] = {}
     for sid, t in zip(table.column("session_id").to_pylist(), table.column("tokens").to_pylist()):
         seqs.setdefault(sid, []).extend(t)
-    out_ids, out_y, out_s, out_keys = [], [], [], []
+    out_ids, out_s, sess = [], [], []
     for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
-        for j in idx:
-            out_ids.append(j)
-            out_y.append(event_label(raw_labels[j], normal, unknown))
-            out_s.append(best[sid])
-            out_keys.append((templates[j], tuple(seqs[sid])))
+        out_ids.extend(idx)
+        out_s.extend([best[sid]] * len(idx))
+        sess.extend([sid] * len(idx))
+    ev = event_columns(data_dir, out_ids, ["label", "template"])
+    out_y = [event_label(lab, normal, unknown) for lab in ev["label"]]
+    out_keys = [(tpl, tuple(seqs[sid])) for tpl, sid in zip(ev["template"], sess)]
     return out_ids, np.array(out_y), np.array(out_s, dtype=np.float64), out_keys
 
 
 def recall_by_class(event_ids: list, scores: np.ndarray, threshold: float, data_dir, data_cfg) -> dict:
     """Per anomalous label value (attack class): items, detected, recall at the threshold (event unit)."""
-    import pyarrow.parquet as pq
+    from loglm.shards import event_columns
 
-    raw = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
     normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
     out: dict[str, dict] = {}
-    for j, s in zip(event_ids, scores):
-        label = raw[j]
+    for label, s in zip(event_columns(data_dir, event_ids, ["label"])["label"], scores):
         if label is None or label in normal or label in unknown:
             continue
         c = out.setdefault(str(label), {"n": 0, "detected": 0})
@@ -90,14 +85,13 @@ def _pair_keys(event_ids: list, data_dir, window_s: float) -> list[tuple]:
     """(source address, destination address, window number) of each event."""
     import json
 
-    import pyarrow.parquet as pq
+    from loglm.shards import event_columns
 
-    ev = pq.read_table(Path(data_dir) / "events.parquet", columns=["ts", "entities"])
-    ts, ents = ev.column("ts").to_pylist(), ev.column("entities").to_pylist()
+    ev = event_columns(data_dir, event_ids, ["ts", "entities"])
     keys = []
-    for j in event_ids:
-        e = json.loads(ents[j])
-        keys.append((_first(e.get("src_ip")), _first(e.get("dst_ip")), int(ts[j] // window_s)))
+    for t, ents in zip(ev["ts"], ev["entities"]):
+        e = json.loads(ents)
+        keys.append((_first(e.get("src_ip")), _first(e.get("dst_ip")), int(t // window_s)))
     return keys
 
 
@@ -129,10 +123,9 @@ def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_d
 def item_times(ids: list, table, data_dir, unit: str) -> np.ndarray:
     """Each evaluated item's time: a session's first event (session unit), an event's own (event unit)."""
     if unit == "event":
-        import pyarrow.parquet as pq
+        from loglm.shards import event_columns
 
-        ts = pq.read_table(Path(data_dir) / "events.parquet", columns=["ts"]).column("ts").to_numpy()
-        return ts[np.asarray(ids, dtype=np.int64)] if len(ids) else np.zeros(0)
+        return np.array(event_columns(data_dir, ids, ["ts"])["ts"], dtype=np.float64)
     start: dict[str, float] = {}
     for sid, t in zip(table.column("session_id").to_pylist(), table.column("start_ts").to_pylist()):
         start[sid] = min(start.get(sid, t), t)
@@ -274,12 +267,12 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
 
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
-    from loglm.detect.alerts import events_from_table
+    from loglm.detect.alerts import PreparedEvents
     from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
     from loglm.detect.torch_scoring import score_windows
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
-    from loglm.shards import read_events, read_sessions
+    from loglm.shards import read_sessions
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
@@ -294,7 +287,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     if transfer:
         table, event = transfer_sessions(cfg, loaded, data_dir)
     else:
-        table, event = read_sessions(data_dir, cfg.split), events_from_table(read_events(data_dir))
+        table, event = read_sessions(data_dir, cfg.split), PreparedEvents(data_dir)
     toks, gaps, closed = windows_of(table)
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
     ids, labels, scores, seqs = session_scores(table, ws.score)

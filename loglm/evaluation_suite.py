@@ -95,18 +95,19 @@ def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
 def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     """A flow-feature baseline (loglm.baselines.flow_features): every flow scored on its own fields; trained
     on the training sessions' flows, thresholded on the validation split's normal flows, per flow on test."""
-    import pyarrow.parquet as pq
 
     from loglm.baselines.flow_features import read_flows
     from loglm.detect.thresholds import threshold_for_fpr
     from loglm.ingest.sessions import event_label
-    from loglm.shards import read_sessions
+    from loglm.shards import event_columns, read_sessions
 
     if cfg.data.eval_unit != "event":
         raise ValueError("flow-feature baselines score flows: they need data.eval_unit=event on flow data")
     t0 = time.perf_counter()
-    raw = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
     normal, unknown = set(cfg.data.normal_labels), set(cfg.data.unknown_labels)
+
+    def labels_of(ids: list[int]) -> list[int]:
+        return [event_label(lab, normal, unknown) for lab in event_columns(data_dir, ids, ["label"])["label"]]
 
     def events_of(split: str, normal_sessions_only: bool = False) -> list[int]:
         """Event ids in input order: a model fitted on them does not depend on how sessions lie in shards."""
@@ -115,12 +116,13 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
                       if not (normal_sessions_only and lab == 1) for j in idx)
 
     model.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True)))
-    val = [j for j in events_of("val") if event_label(raw[j], normal, unknown) == 0]
+    val_ids = events_of("val")
+    val = [j for j, y in zip(val_ids, labels_of(val_ids)) if y == 0]
     threshold = threshold_for_fpr(model.score(read_flows(data_dir, val)), cfg.detect.target_fpr)
     ids = events_of(cfg.split)
     flows = read_flows(data_dir, ids)
     scores = model.score(flows)
-    labels = np.array([event_label(raw[j], normal, unknown) for j in ids])
+    labels = np.array(labels_of(ids))
     metrics, by_class = item_metrics(ids, labels, scores, model.keys(flows), threshold, data_dir, cfg.data)
     return metrics, threshold, time.perf_counter() - t0, by_class
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -90,6 +91,84 @@ def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def read_events(data_dir: str | Path, rows: list[int] | None = None) -> pa.Table:
-    table = pq.read_table(Path(data_dir) / "events.parquet")
-    return table if rows is None else table.take(pa.array(rows, type=pa.int64()))
+EVENTS_ROW_GROUP = 32_768  # rows per row group of events.parquet: what a lookup reads at a time
+
+
+class EventRows:
+    """Rows of a prepared dataset's ``events.parquet`` by event id (its row number), read one row group at a
+    time: only the row groups of the rows asked for are decoded, and at most ``cached_groups`` are kept, so
+    a lookup holds a few row groups, never the corpus.  :meth:`prefetch` reads a set of ids in one ordered
+    pass and keeps just those rows (what alerting over many sessions asks for)."""
+
+    def __init__(self, data_dir: str | Path, columns: list[str] | None = None, cached_groups: int = 2):
+        self.path = Path(data_dir) / "events.parquet"
+        self.file = pq.ParquetFile(self.path)
+        names = self.file.schema_arrow.names
+        self.columns = [c for c in (columns or names) if c in names]
+        meta = self.file.metadata
+        self.starts = np.concatenate([[0], np.cumsum([meta.row_group(g).num_rows
+                                                      for g in range(meta.num_row_groups)])]).astype(np.int64)
+        self.n = int(self.starts[-1])
+        self.cached_groups = cached_groups
+        self._groups: dict[int, dict[str, list]] = {}  # insertion order = least recently read first
+        self._rows: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _group_of(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(f"event id {i} outside {self.path} ({self.n} events)")
+        return int(np.searchsorted(self.starts, i, side="right")) - 1
+
+    def _group(self, g: int) -> dict[str, list]:
+        cols = self._groups.pop(g, None)
+        if cols is None:
+            t = self.file.read_row_group(g, columns=self.columns)
+            cols = {c: t.column(c).to_pylist() for c in self.columns}
+            while len(self._groups) >= self.cached_groups:
+                self._groups.pop(next(iter(self._groups)))
+        self._groups[g] = cols
+        return cols
+
+    def row(self, i: int) -> dict:
+        i = int(i)
+        if i in self._rows:
+            return self._rows[i]
+        g = self._group_of(i)
+        cols, off = self._group(g), i - int(self.starts[g])
+        return {c: cols[c][off] for c in self.columns}
+
+    def prefetch(self, ids) -> None:
+        """Keep the rows of ``ids`` (read a row group at a time, in order), replacing what was prefetched."""
+        ids = sorted({int(i) for i in ids})
+        values = event_columns(self, ids, self.columns)
+        self._rows = {i: {c: values[c][k] for c in self.columns} for k, i in enumerate(ids)}
+
+
+def event_columns(source: str | Path | EventRows, ids, columns: list[str]) -> dict[str, list]:
+    """``columns`` of the events ``ids`` (any order, repeats allowed) of a prepared folder (or an open
+    :class:`EventRows`), as lists in the order of ``ids``: one pass over the row groups that hold them, each
+    decoded once and only its asked rows kept."""
+    rows = source if isinstance(source, EventRows) else EventRows(source, columns)
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{rows.path} has no column {missing[0]!r}")
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    out = {c: [None] * len(ids) for c in columns}
+    if not len(ids):
+        return out
+    if ids.min() < 0 or ids.max() >= rows.n:
+        bad = int(ids[(ids < 0) | (ids >= rows.n)][0])
+        raise IndexError(f"event id {bad} outside {rows.path} ({rows.n} events)")
+    order = np.argsort(ids, kind="stable")
+    groups = np.searchsorted(rows.starts, ids[order], side="right") - 1
+    bounds = np.flatnonzero(np.diff(groups)) + 1
+    for part in np.split(np.arange(len(order)), bounds):
+        g = int(groups[part[0]])
+        t = rows.file.read_row_group(g, columns=columns)
+        picked = t.take(pa.array(ids[order[part]] - rows.starts[g]))
+        for c in columns:
+            for pos, v in zip(order[part], picked.column(c).to_pylist()):
+                out[c][pos] = v
+    return out

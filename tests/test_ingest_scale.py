@@ -118,3 +118,43 @@ def test_prepare_memory_does_not_follow_the_corpus(tmp_path):
     growth_kb_per_line = (peaks[240_000]["rss_mb"] - peaks[60_000]["rss_mb"]) * 1024 / 180_000
     assert peaks[240_000]["events"] >= 240_000
     assert growth_kb_per_line < 0.35, peaks  # held events would add about 1.4 KB a line
+
+
+def _events_file(folder: Path, n: int, row_group: int) -> None:
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"ts": [float(i) for i in range(n)], "label": [None if i % 3 else f"l{i}" for i in range(n)],
+                             "raw": [f"line {i}" for i in range(n)]}), folder / "events.parquet",
+                   row_group_size=row_group)
+
+
+def test_event_lookups_read_only_the_row_groups_they_need(tmp_path):
+    """Evaluation and detection read event columns by id a row group at a time (never the whole events
+    table): values come back in the order asked, repeats included, equal to the table's own rows."""
+    import numpy as np
+
+    from loglm.shards import EventRows, event_columns
+
+    _events_file(tmp_path, 1000, 64)
+    whole = pq.read_table(tmp_path / "events.parquet").to_pydict()
+    ids = [999, 0, 64, 63, 500, 0, 128, 999]
+    got = event_columns(tmp_path, ids, ["raw", "label"])
+    assert got["raw"] == [whole["raw"][i] for i in ids] and got["label"] == [whole["label"][i] for i in ids]
+    assert event_columns(tmp_path, [], ["ts"]) == {"ts": []}
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 1000, 3000).tolist()
+    assert event_columns(tmp_path, many, ["ts"])["ts"] == [float(i) for i in many]
+
+    rows = EventRows(tmp_path, ["raw", "ts"], cached_groups=2)
+    for i in (5, 70, 700, 71, 6, 999):
+        assert rows.row(i) == {"raw": f"line {i}", "ts": float(i)}
+        assert len(rows._groups) <= 2  # at most two row groups of 64 rows decoded at any time
+    rows.prefetch([3, 900, 3])
+    assert set(rows._rows) == {3, 900} and rows.row(900)["raw"] == "line 900"
+    with pytest.raises(IndexError, match="event id 1000 outside"):
+        rows.row(1000)
+    with pytest.raises(IndexError, match="event id -1 outside"):
+        event_columns(tmp_path, [3, -1], ["ts"])
+    with pytest.raises(ValueError, match="no column 'fields'"):
+        event_columns(tmp_path, [3], ["fields"])

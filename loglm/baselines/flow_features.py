@@ -197,5 +197,6 @@ def read_flows(data_dir, event_ids: list[int]) -> list[dict]:
     if "fields" not in pq.read_schema(path).names:
         raise ValueError(f"{path} holds no flow fields: flow-feature baselines need flow data prepared by this "
                          "version (prepare it again)")
-    col = pq.read_table(path, columns=["fields"]).column("fields").to_pylist()
-    return [json.loads(col[j] or "{}") for j in event_ids]
+    from loglm.shards import event_columns
+
+    return [json.loads(f or "{}") for f in event_columns(data_dir, event_ids, ["fields"])["fields"]]

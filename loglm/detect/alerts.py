@@ -75,11 +75,12 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
     labels = table.column("label").to_pylist()
     etype = table.column("entity_type").to_pylist()
     entity = table.column("entity").to_pylist()
+    alerting = {sid: rows for sid, rows in rows_of.items() if max(float(ws.score[r]) for r in rows) > threshold}
+    if hasattr(event, "prefetch"):  # a lookup on disk: the alerting sessions' events in one ordered pass
+        event.prefetch(j for rows in alerting.values() for r in rows for j in event_idx[r])
     alerts = []
-    for sid, rows in rows_of.items():
+    for sid, rows in alerting.items():
         score = max(float(ws.score[r]) for r in rows)
-        if not score > threshold:
-            continue
         cands = []  # (surprisal, row, position)
         for r in rows:
             for p, s in enumerate(ws.surprisal[r]):
@@ -152,22 +153,26 @@ def write_alerts(path: Path, alerts: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts).encode())
 
 
-def events_from_table(events_tbl) -> Callable[[int], dict]:
-    """Event lookup over a prepared dataset's events.parquet."""
-    names = ("source", "line_no", "ts", "template", "raw", "entities") + (
-        ("fields",) if "fields" in events_tbl.column_names else ())
-    cols = {name: events_tbl.column(name).to_pylist() for name in names}
-    cache: dict[int, dict] = {}
+class PreparedEvents:
+    """Event lookup over a prepared dataset's events.parquet, a row group at a time (:class:`EventRows`):
+    detection and evaluation hold the rows of the sessions that alert, never the corpus."""
 
-    def get(i: int) -> dict:
-        if i not in cache:
-            cache[i] = {k: cols[k][i] for k in cols}
-            cache[i]["entities"] = json.loads(cache[i]["entities"])
-            if cache[i].get("fields"):
-                cache[i]["fields"] = json.loads(cache[i]["fields"])
-        return cache[i]
+    NAMES = ("source", "line_no", "ts", "template", "raw", "entities", "fields")
 
-    return get
+    def __init__(self, data_dir):
+        from loglm.shards import EventRows
+
+        self.rows = EventRows(data_dir, list(self.NAMES))
+
+    def prefetch(self, ids) -> None:
+        self.rows.prefetch(ids)
+
+    def __call__(self, i: int) -> dict:
+        e = dict(self.rows.row(i))
+        e["entities"] = json.loads(e["entities"])
+        if e.get("fields"):
+            e["fields"] = json.loads(e["fields"])
+        return e
 
 
 def events_from_parsed(ev) -> Callable[[int], dict]:

@@ -38,15 +38,15 @@ def normal_validation_events(val: pa.Table, data_dir: str | Path, data) -> dict[
     threshold is set at the unit that is reported; unlabelled (Background) and anomalous events never count.
     Every session of the split is considered, whatever its own label (a window with one Malicious flow still
     holds normal flows, which a per-flow FPR counts)."""
-    import pyarrow.parquet as pq
-
     from loglm.ingest.sessions import event_label
+    from loglm.shards import event_columns
 
-    labels = pq.read_table(Path(data_dir) / "events.parquet", columns=["label"]).column("label").to_pylist()
+    sids, idxs = val.column("session_id").to_pylist(), val.column("event_idx").to_pylist()
+    labels = iter(event_columns(data_dir, [j for idx in idxs for j in idx], ["label"])["label"])
     normal, unknown = set(data.normal_labels), set(data.unknown_labels)
     counts: dict[str, int] = {}
-    for sid, idx in zip(val.column("session_id").to_pylist(), val.column("event_idx").to_pylist()):
-        n = sum(1 for j in idx if event_label(labels[j], normal, unknown) == 0)
+    for sid, idx in zip(sids, idxs):
+        n = sum(1 for _ in idx if event_label(next(labels), normal, unknown) == 0)
         counts[sid] = counts.get(sid, 0) + n
     return {sid: n for sid, n in counts.items() if n}
 

@@ -57,10 +57,10 @@ def check_not_all_rejected(lines: dict, rejections: list, data) -> None:
 
 def score_input(cfg, loaded):
     """Sessions to score (a pyarrow table), an event lookup, and the line accounting."""
-    from loglm.detect.alerts import events_from_parsed, events_from_table
+    from loglm.detect.alerts import PreparedEvents, events_from_parsed
     from loglm.ingest.prepare import parse_inputs, prepared_dir, read_id_list
     from loglm.ingest.sessions import label_sessions
-    from loglm.shards import read_events, read_sessions, session_table
+    from loglm.shards import read_sessions, session_table
 
     if cfg.inputs:
         parsed = parse_inputs(list(cfg.inputs), cfg.data, loaded.vocab.miner, frozen=True,
@@ -76,7 +76,7 @@ def score_input(cfg, loaded):
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
     check_same_vocabulary(Path(loaded.folder), data_dir)
     table = read_sessions(data_dir, cfg.split)
-    return table, events_from_table(read_events(data_dir)), None, []
+    return table, PreparedEvents(data_dir), None, []
 
 
 def session_score_rows(table, scores, pseudo=None) -> list[dict]:

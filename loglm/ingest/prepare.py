@@ -147,7 +147,7 @@ def session_pauses(parsed: Parsed) -> dict:
 def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
     import pyarrow.parquet as pq
 
-    from loglm.shards import events_table, session_table, write_session_shards
+    from loglm.shards import EVENTS_ROW_GROUP, events_table, session_table, write_session_shards
 
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "sessions").glob("shard-*.parquet"):
@@ -155,7 +155,7 @@ def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfi
     table = session_table(parsed.sessions, parsed.events, vocab)
     shards = write_session_shards(table, out / "sessions", data.shard_rows)
     tmp = out / ".events.parquet.tmp"
-    pq.write_table(events_table(parsed.events), tmp, compression="zstd")
+    pq.write_table(events_table(parsed.events), tmp, compression="zstd", row_group_size=EVENTS_ROW_GROUP)
     tmp.replace(out / "events.parquet")
     vocab_sha = vocab.save(out / "vocab.json")
     lines = [json.dumps({"file": f, "line": n, "reason": r}) for f, n, r in parsed.rejections]
