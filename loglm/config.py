@@ -268,9 +268,10 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    # "mlflow" (every run tracked) or "none" (logger=none: no MLflow at all; run ids are random, models and
-    # reports are still written under paths.root, bundles are not registered)
-    name: str = "mlflow"
+    # the tracking backend, a class from _target_: loglm.tracking.MLflowTracking (every run tracked) or
+    # loglm.tracking.NoTracking (logger=none: no MLflow at all; run ids are random, models and reports are
+    # still written under paths.root, bundles are not registered); a class of your own with their methods
+    _target_: str = "loglm.tracking.MLflowTracking"
     # None -> sqlite store at <paths.root>/mlflow.db with artifacts under <paths.root>/mlartifacts
     tracking_uri: str | None = None
     experiment: str = "loglm-pretrain"
@@ -278,7 +279,10 @@ class LoggerConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check(self.name in ("mlflow", "none"), f"logger.name must be mlflow or none, got {self.name!r}")
+        try:
+            _importable(self._target_)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"logger._target_={self._target_!r} is not an importable class: {e}") from None
 
 
 @dataclass

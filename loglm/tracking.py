@@ -25,9 +25,43 @@ def tracking_uri(cfg) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+class MLflowTracking:
+    """``logger=mlflow`` (the default): every job is an MLflow run in the store of :func:`tracking_uri`."""
+
+    enabled = True
+
+    def client(self, cfg):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri(cfg))
+
+    def job_logger(self, cfg, experiment: str, run_name: str, run_id: str | None = None, tags: dict | None = None):
+        return mlflow_logger(experiment_name=experiment, tracking_uri=tracking_uri(cfg), run_name=run_name,
+                             run_id=run_id, tags=tags)
+
+
+class NoTracking:
+    """``logger=none``: nothing is sent anywhere; a job still gets a (random) run id."""
+
+    enabled = False
+
+    def client(self, cfg):
+        return NullClient()
+
+    def job_logger(self, cfg, experiment: str, run_name: str, run_id: str | None = None, tags: dict | None = None):
+        return NullJobLogger(run_id)
+
+
+def backend(cfg):
+    """The tracking backend ``logger._target_`` names (checked when the config is composed)."""
+    from loglm.config import _importable
+
+    return _importable(cfg.logger._target_)()
+
+
 def enabled(cfg) -> bool:
     """False with ``logger=none``: nothing is sent to MLflow."""
-    return cfg.logger.name != "none"
+    return bool(backend(cfg).enabled)
 
 
 class _Stub:
@@ -60,11 +94,7 @@ class NullClient:
 
 def client(cfg):
     """The tracking client of this job's config: MLflow's, or a no-op one with ``logger=none``."""
-    if not enabled(cfg):
-        return NullClient()
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri(cfg))
+    return backend(cfg).client(cfg)
 
 
 def ensure_experiment(cfg, name: str) -> str:
@@ -194,15 +224,13 @@ class NullJobLogger:
 
 def job_logger(cfg, experiment: str, run_name: str, run_id: str | None = None, tags: dict | None = None):
     """A job's Lightning MLFlowLogger, or a NullJobLogger with ``logger=none``."""
-    if not enabled(cfg):
-        return NullJobLogger(run_id)
-    return mlflow_logger(experiment_name=experiment, tracking_uri=tracking_uri(cfg), run_name=run_name,
-                         run_id=run_id, tags=tags)
+    return backend(cfg).job_logger(cfg, experiment, run_name, run_id, tags)
 
 
 def lightning_logger(cfg, run_id: str, experiment: str, stage: str):
     """What ``Trainer(logger=...)`` gets in a training process: the run's MLFlowLogger, or False."""
-    return job_logger(cfg, experiment, default_run_name(cfg, stage), run_id) if enabled(cfg) else False
+    b = backend(cfg)
+    return b.job_logger(cfg, experiment, default_run_name(cfg, stage), run_id) if b.enabled else False
 
 
 def mlflow_logger(**kwargs):

@@ -182,7 +182,7 @@ def test_debug_fast_runs_the_whole_training_job_in_seconds(tmp_path):
 
     overrides = [o for o in synthetic_run_overrides(tmp_path, 120, seed=3) if o != "debug=tests"] + ["debug=fast"]
     cfg = compose("pretrain", overrides)
-    assert (cfg.model.name, cfg.trainer.max_epochs, cfg.logger.name) == ("tiny", 1, "none")
+    assert (cfg.model.name, cfg.trainer.max_epochs, cfg.logger._target_) == ("tiny", 1, "loglm.tracking.NoTracking")
     prepare(cfg)
     out = pretrain(cfg)
     assert out["global_step"] <= 5 and not (tmp_path / "mlflow.db").exists()

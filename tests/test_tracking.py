@@ -78,7 +78,7 @@ def test_logger_none_runs_the_whole_job_without_mlflow(tmp_path):
         f"data.inputs=[{tmp_path / 'labelled.log'}]", f"data.anomalous_ids={ids}", "data.split.method=chronological",
         "logger=none", "trainer.max_epochs=2", "export.quantize=false", "data.split.train_frac=0.5",
         "data.split.val_frac=0.2"])
-    assert cfg.logger.name == "none"
+    assert cfg.logger._target_ == "loglm.tracking.NoTracking"
     prepare(cfg)
     model = pretrain(cfg)
     assert len(model["run_id"]) == 32 and (tmp_path / "models" / model["run_id"] / "model.safetensors").is_file()
@@ -93,3 +93,42 @@ def test_logger_none_runs_the_whole_job_without_mlflow(tmp_path):
     detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(out)))
     assert any(json.loads(x)["entity"]["value"] for x in out.read_text().splitlines())
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+class RecordingTracking(tracking.NoTracking):
+    """A tracking backend of a user's own (logger._target_): records what the job asks of it."""
+
+    calls: list[str] = []
+
+    def client(self, cfg):
+        RecordingTracking.calls.append("client")
+        return super().client(cfg)
+
+    def job_logger(self, cfg, experiment, run_name, run_id=None, tags=None):
+        RecordingTracking.calls.append(f"job_logger:{experiment}")
+        return super().job_logger(cfg, experiment, run_name, run_id, tags)
+
+
+def test_the_tracking_backend_comes_from_logger_target(tmp_path):
+    """logger._target_ names the backend class: a training job talks to the one named (here a recording
+    one of the test's own), and a class that cannot be imported is refused when the config is composed."""
+    from conftest import compose
+    from synthetic import make_log, synthetic_run_overrides
+
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    lines, _ = make_log(120, seed=3)
+    (tmp_path / "a.log").write_text("\n".join(lines) + "\n")
+    cfg = compose("pretrain", synthetic_run_overrides(tmp_path, 0, seed=3) + [
+        f"data.inputs=[{tmp_path / 'a.log'}]", "trainer.max_epochs=1", "detect.small_validation=warn",
+        "logger._target_=test_tracking.RecordingTracking"])
+    assert isinstance(tracking.backend(cfg), RecordingTracking) and not tracking.enabled(cfg)
+    RecordingTracking.calls.clear()
+    prepare(cfg)
+    model = pretrain(cfg)
+    assert "client" in RecordingTracking.calls and "job_logger:loglm-pretrain" in RecordingTracking.calls
+    assert (Path(model["model_dir"]) / "model.safetensors").is_file() and not (tmp_path / "mlflow.db").exists()
+    assert tracking.enabled(compose("pretrain", [f"paths.root={tmp_path}"]))  # the default: MLflow
+    with pytest.raises(Exception, match=r"logger._target_='loglm.tracking.Nope' is not an importable class"):
+        compose("pretrain", [f"paths.root={tmp_path}", "logger._target_=loglm.tracking.Nope"])
