@@ -518,7 +518,8 @@ def main() -> None:
                         default=["cic_flowprep", "hdfs_loglead", "zeek_ctu", "openstack_kalaki", "hdfs", "bgl"])
     parser.add_argument("--accuracy-epochs", type=int, default=0,
                         help="training budget of the accuracy section (0 = each protocol's own)")
-    parser.add_argument("--student-epochs", type=int, default=10)
+    parser.add_argument("--student-epochs", type=int, default=20,
+                        help="the student's budget (20: its teacher's, so the two are compared on equal training)")
     parser.add_argument("--inference-data", default="hdfs_keys",
                         help="data config of the inference section (its test split is scored)")
     parser.add_argument("--rtd-weight", type=float, default=2.0,
