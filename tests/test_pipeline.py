@@ -365,3 +365,32 @@ def test_detection_reads_inputs_the_way_the_model_was_trained(trained, tmp_path)
         detect(replace(plain, detect=replace(plain.detect, data_from="command")))
     with pytest.raises(ValueError, match="data_from must be"):
         detect(replace(plain, detect=replace(plain.detect, data_from="nope")))
+
+
+def test_detection_on_a_prepared_split_looks_events_up_by_id(trained, tmp_path):
+    """pipelines.detect without inputs scores a prepared split; alerts take their raw lines and entities from
+    events.parquet by event id (PreparedEvents, prefetched in one pass), the same rows the table holds."""
+    from loglm.detect.alerts import PreparedEvents, build_alerts
+    from loglm.detect.detector import run as detect
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions
+    from loglm.windows import windows_of
+
+    cfg, prep, result = trained
+    summary = detect(replace(cfg, ckpt=result["run_id"], inputs=[], split="val", out=str(tmp_path / "v.jsonl")))
+    val = read_sessions(prep["path"], "val")
+    assert summary["sessions_scored"] == len(set(val.column("session_id").to_pylist())) > 0
+    # every session alerting (threshold below every score): each one's evidence is looked up
+    loaded = load_model(result["model_dir"])
+    ws = score_windows(loaded.encoder, *windows_of(val), cfg.detect)
+    lookup = PreparedEvents(prep["path"])
+    alerts = build_alerts(val, ws, lookup, loaded.vocab, float("-inf"), 3, {"run_id": "t"})
+    assert len(alerts) == summary["sessions_scored"] and len(lookup.rows._rows) == sum(map(len, val.column("event_idx").to_pylist()))
+    events = pq.read_table(Path(prep["path"]) / "events.parquet").to_pydict()
+    raw_at = {(s, n): r for s, n, r in zip(events["source"], events["line_no"], events["raw"])}
+    for a in alerts:
+        assert a["entities"]["block_id"] == [a["entity"]["value"]]
+        for ev in a["surprising_events"]:
+            if ev["raw"] is not None:
+                assert raw_at[(ev["file"], ev["line"])] == ev["raw"]
