@@ -203,6 +203,14 @@ def _importable(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _check_target(path: str, where: str, what: str = "class") -> None:
+    """A misspelled ``_target_`` is refused when the config is composed, not when the work starts."""
+    try:
+        _importable(path)
+    except Exception as e:
+        raise ValueError(f"{where}={path!r} is not an importable {what}: {e}") from None
+
+
 @dataclass
 class TrainerConfig:
     max_epochs: int = 20
@@ -260,10 +268,7 @@ class TrainerConfig:
         for i, spec in enumerate(self.callbacks):
             _check(isinstance(spec, dict) and isinstance(spec.get("_target_"), str),
                    f"trainer.callbacks[{i}] must be a mapping with a _target_ class, got {spec!r}")
-            try:  # a misspelled class is refused before any work
-                _importable(spec["_target_"])
-            except Exception as e:
-                raise ValueError(f"trainer.callbacks[{i}]._target_={spec['_target_']!r} is not an importable class: {e}") from None
+            _check_target(spec["_target_"], f"trainer.callbacks[{i}]._target_")
 
 
 @dataclass
@@ -279,10 +284,7 @@ class LoggerConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        try:
-            _importable(self._target_)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ValueError(f"logger._target_={self._target_!r} is not an importable class: {e}") from None
+        _check_target(self._target_, "logger._target_")
 
 
 @dataclass
@@ -466,10 +468,7 @@ class StrategyConfig:
 
     def __post_init__(self):
         _check(self.zero_stage in (0, 1, 2, 3), f"strategy.zero_stage must be 0 (no ZeRO), 1, 2 or 3, got {self.zero_stage}")
-        try:  # a misspelled factory is refused when the config is composed, not when training starts
-            _importable(self._target_)
-        except Exception as e:
-            raise ValueError(f"strategy._target_={self._target_!r} is not an importable function: {e}") from None
+        _check_target(self._target_, "strategy._target_", "function")
 
     @property
     def sharded_checkpoints(self) -> bool:

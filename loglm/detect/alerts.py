@@ -75,12 +75,13 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
     labels = table.column("label").to_pylist()
     etype = table.column("entity_type").to_pylist()
     entity = table.column("entity").to_pylist()
-    alerting = {sid: rows for sid, rows in rows_of.items() if max(float(ws.score[r]) for r in rows) > threshold}
+    session_score = {sid: max(float(ws.score[r]) for r in rows) for sid, rows in rows_of.items()}
+    alerting = {sid: rows for sid, rows in rows_of.items() if session_score[sid] > threshold}
     if hasattr(event, "prefetch"):  # a lookup on disk: the alerting sessions' events in one ordered pass
         event.prefetch(j for rows in alerting.values() for r in rows for j in event_idx[r])
     alerts = []
     for sid, rows in alerting.items():
-        score = max(float(ws.score[r]) for r in rows)
+        score = session_score[sid]
         cands = []  # (surprisal, row, position)
         for r in rows:
             for p, s in enumerate(ws.surprisal[r]):

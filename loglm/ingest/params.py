@@ -101,7 +101,7 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     found: dict[str, list[str]] = {}
     for kind, a, b in spans:
         value = content[a:b]
-        if kind != "block_id":  # ip, hostname: without a leading slash or a port
+        if kind in ("ip", "hostname"):  # without a leading slash or a port
             value = value.lstrip("/").split(":")[0]
         values = found.get(kind)
         if values is None:
