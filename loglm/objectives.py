@@ -39,6 +39,30 @@ def mask_events(tokens: torch.Tensor, pad_mask: torch.Tensor, ratio: float, voca
     return inputs, labels
 
 
+def hide_facets(gaps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``gaps`` with the flow facets of ``positions`` ((B, L) bool) set to none: a prediction target shows no
+    facets, whether ``mask_events`` made its token [MASK], a random event or left it (the encoder hides the
+    facets of [MASK] positions itself, which covers scoring).  Gaps without facets come back as they are."""
+    if gaps.dim() == positions.dim():
+        return gaps
+    out = gaps.clone()
+    out[..., 1:].masked_fill_(positions.unsqueeze(-1), 0)
+    return out
+
+
+def drop_facets(gaps: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training: each facet of a flow (not padding) becomes UNSEEN_FACET with chance ``p``."""
+    if p <= 0 or gaps.dim() == 2:
+        return gaps
+    from loglm.ingest.flows import UNSEEN_FACET
+
+    facets = gaps[..., 1:]
+    drop = (torch.rand(facets.shape, generator=generator, device=gaps.device) < p) & (facets > 0)
+    out = gaps.clone()
+    out[..., 1:] = torch.where(drop, torch.full_like(facets, UNSEEN_FACET), facets)
+    return out
+
+
 def masked_event_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the target positions only (logits already gathered at them)."""
     return F.cross_entropy(logits, labels)

@@ -25,6 +25,8 @@ SESSION_SCHEMA = pa.schema([
     ("tokens", pa.list_(pa.int32())),
     ("gaps", pa.list_(pa.int8())),
     ("event_idx", pa.list_(pa.int64())),
+    # flows' facet ids, FACET_FIELDS per event, flattened (loglm.ingest.flows); empty without facets
+    ("facets", pa.list_(pa.int32())),
 ])
 
 
@@ -45,6 +47,7 @@ def session_table(sessions: list[Session], events: Events, vocab: Vocabulary) ->
         cols["tokens"].append([vocab.token(t if t >= 0 else None) for t in (events.template[j] for j in idx)])
         cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(ts, ts[1:])])
         cols["event_idx"].append(idx)
+        cols["facets"].append(vocab.facets([events.fields[j] if j < len(events.fields) else None for j in idx]) if vocab.n_facets else [])
     return pa.Table.from_pydict(cols, schema=SESSION_SCHEMA)
 
 

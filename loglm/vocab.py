@@ -40,6 +40,17 @@ class Vocabulary:
     def size(self) -> int:
         return len(SPECIALS) + len(self.template_ids)
 
+    @property
+    def n_facets(self) -> int:
+        """Facet vocabulary size of a flow vocabulary with facets (loglm.ingest.flows), else 0."""
+        return self.flow_codec.n_facets if self.flow_codec is not None else 0
+
+    def facets(self, fields: list[dict | None]) -> list[int]:
+        """The events' facet ids, flattened (FACET_FIELDS per event); [] when this vocabulary has none."""
+        if not self.n_facets:
+            return []
+        return [f for flow in fields for f in self.flow_codec.facet_ids(flow)]
+
     def token(self, template_id: int | None) -> int:
         if template_id is None:
             return UNK

@@ -156,10 +156,10 @@ def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
     assert ta == tb
 
 
-@pytest.mark.parametrize("rtd_head", [False, True])
-def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rtd_head):
+@pytest.mark.parametrize("rtd_head,facets", [(False, 0), (True, 0), (False, 7)])
+def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rtd_head, facets):
     """Attention exports as one com.microsoft.MultiHeadAttention op per layer; the graph computes the same
-    outputs as torch and as the standard-ops export (padding included)."""
+    outputs as torch and as the standard-ops export (padding included), flow facets too."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -170,18 +170,22 @@ def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rt
 
     torch.manual_seed(0)
     enc = LogEncoder(EncoderConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
-                                   max_len=64, rtd_head=rtd_head)).eval()
+                                   max_len=64, rtd_head=rtd_head, n_facets=facets)).eval()
     rng = np.random.default_rng(0)
     tok = rng.integers(5, 30, size=(7, 19))
     pad = np.arange(19)[None] < rng.integers(3, 20, size=7)[:, None]
     tok[~pad] = 0
-    feed = {"tokens": tok, "gaps": rng.integers(0, 8, size=tok.shape), "pad_mask": pad}
+    tok[0, 1] = 1  # a [MASK] position: its facets are hidden in the graph as in torch
+    gaps = rng.integers(0, 8, size=tok.shape)
+    if facets:
+        gaps = np.concatenate([gaps[..., None], rng.integers(0, facets, size=(*tok.shape, 10))], -1)
+    feed = {"tokens": tok, "gaps": gaps, "pad_mask": pad}
     with torch.inference_mode():
         ref = ScoringGraph(enc, 3)(*(torch.from_numpy(v) for v in feed.values()))
     ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
     for fused in (True, False):
         path = tmp_path / f"m{fused}.onnx"
-        export_onnx(enc, path, expected=3, fused_attention=fused)
+        export_onnx(enc, path, expected=3, fused_attention=fused, facet_slots=10 if facets else 0)
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}
         assert ("MultiHeadAttention" in ops) == fused
         got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(output_names(enc), feed)

@@ -24,7 +24,7 @@ def test_zeek_flows_end_to_end(tmp_path):
     cfg = compose("pretrain", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{capture}]",
                                "data.local_networks=[10.0.0.0/8]", "data.session.window_s=300", "model=tiny",
                                "trainer.max_epochs=8", "trainer.batch_size=16", "trainer.progress_bar=false",
-                               "detect.score=mean_surprisal", "detect.small_validation=warn"])
+                               "detect.score=mean_surprisal", "detect.small_validation=warn", "data.flow_facets=true"])
     prep = prepare(cfg)
     assert prep["lines"]["metadata"] == 9 and prep["lines"]["rejected"] == 0
     result = pretrain(cfg)
@@ -39,6 +39,15 @@ def test_zeek_flows_end_to_end(tmp_path):
     benign = sum(1 for idx in val.column("event_idx").to_pylist() for j in idx if labels[j] == "Benign")
     cal = result["calibration"]
     assert cal["val_population"].startswith("labelled-normal events") and cal["n_val_sessions"] == benign
+    # the model reads each flow's facets beside its sentence token (data.flow_facets)
+    from loglm.ingest.flows import FACET_FIELDS
+    from loglm.model.store import load_model
+    from loglm.windows import windows_of
+
+    toks, gaps, _ = windows_of(val)
+    assert all(g.shape == (len(t), 1 + len(FACET_FIELDS)) and (g[:, 1:] >= 1).all() for t, g in zip(toks, gaps))
+    loaded = load_model(result["model_dir"])
+    assert loaded.encoder.cfg.n_facets == loaded.vocab.n_facets > len(FACET_FIELDS)
     assert benign > len(set(val.column("session_id").to_pylist()))
     # the FPR promise counts windows' worth of independent items, not flows: a window's flows share a score
     assert 0 < cal["n_val_effective"] <= len(set(val.column("session_id").to_pylist())) < benign
@@ -80,6 +89,15 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert len(scanner) == 1 and scanner[0]["class_uid"] == 2004
     assert scanner[0]["finding_info"]["related_events_count"] == sum(a["entity"]["value"] == "198.51.100.7" for a in alerts)
     assert {"name": "unmapped.loglm.entities.dst_ip", "type_id": 2, "type": "IP Address", "value": HOST} in scanner[0]["observables"]
+    # the torch-free engine reads the facets from its bundle's vocabulary: the same alerts as torch
+    from loglm.engine.detect import run as onnx_detect
+    from loglm.export.writer import run as export
+
+    bundle = export(replace(run_cfg, export=replace(run_cfg.export, quantize=False)))
+    assert bundle["parity"]["fp32"]["min_embedding_cosine"] > 0.999
+    got = onnx_detect(bundle["bundle"], [str(capture)], str(tmp_path / "onnx.jsonl"), variant="fp32")
+    assert got["events_scored"] == summary["events_scored"]
+    assert {json.loads(x)["session_id"] for x in open(got["alerts_path"])} == {a["session_id"] for a in alerts}
 
 
 def test_background_flows_are_skipped_in_training_windows_not_the_windows(tmp_path):

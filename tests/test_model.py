@@ -365,20 +365,23 @@ def test_grown_state_extends_rows_and_refuses_a_vocabulary_that_is_not_an_extens
         grown_state(start, ctx_for([1, 0, 2, 3, 4]), "m")
 
 
-def test_unpadded_training_path_matches_the_padded_one_on_real_positions():
+@pytest.mark.parametrize("facets", [0, 12])
+def test_unpadded_training_path_matches_the_padded_one_on_real_positions(facets):
     """With trainer.unpad_share, a padded training batch skips padding in every layer but attention's score
-    step: same hidden states on the real positions, same gradients."""
+    step: same hidden states on the real positions, same gradients (flow facets too)."""
     import torch
 
     from loglm.model.encoder import EncoderConfig, LogEncoder
 
     torch.manual_seed(0)
     model = LogEncoder(EncoderConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
-                                     max_len=40, gap_buckets=4)).train()
+                                     max_len=40, gap_buckets=4, n_facets=facets)).train()
     lengths = torch.tensor([40, 7, 19, 3, 33, 12])
     pad = torch.arange(40)[None, :] < lengths[:, None]
     tokens = torch.where(pad, torch.randint(5, 30, (6, 40)), 0)
     gaps = torch.where(pad, torch.randint(0, 4, (6, 40)), 0)
+    if facets:
+        gaps = torch.cat([gaps[..., None], torch.where(pad[..., None], torch.randint(0, facets, (6, 40, 10)), 0)], -1)
 
     def run(share):
         model.unpad_share = share
@@ -408,3 +411,39 @@ def test_fast_dropout_has_dropouts_distribution():
     assert abs(float((y == 0).float().mean()) - 0.1) < 0.005
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
     assert fast_dropout(x, drop.eval()) is x
+
+
+def test_flow_facets_reach_a_position_only_while_its_token_is_shown():
+    """A facet model reads each event's facets beside its token; a [MASK] position (scoring) and every
+    training target (hide_facets, whatever mask_events made of its token) shows none, so a masked flow is
+    predicted from its context only.  Padding (facet 0) and the windows' numpy layout carry through."""
+    from loglm.objectives import hide_facets
+    from loglm.windows import pad_windows
+
+    torch.manual_seed(0)
+    enc = LogEncoder(EncoderConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
+                                   max_len=64, n_facets=9)).eval()
+    rng = np.random.default_rng(0)
+    items = [(rng.integers(5, 20, n), np.column_stack([rng.integers(0, 4, n), rng.integers(2, 9, (n, 10))]), True)
+             for n in (6, 3)]
+    tok, gap, pad = pad_windows(items)
+    assert gap.shape == (2, 8, 11) and (gap[~pad] == 0).all() and (gap[:, 0] == 0).all()
+    tok, gap, pad = (torch.from_numpy(a) for a in (tok, gap, pad))
+    other = gap.clone()
+    other[0, 2, 1:] = torch.tensor([2, 3, 4, 5, 6, 7, 8, 2, 3, 4])  # other facets for event 2 of window 0
+    with torch.no_grad():
+        shown = enc(tok, gap, pad)
+        assert not torch.allclose(shown[0, 2], enc(tok, other, pad)[0, 2])  # read while the token is shown
+        masked = tok.clone()
+        masked[0, 2] = MASK
+        assert torch.allclose(enc(masked, gap, pad), enc(masked, other, pad), atol=1e-6)  # hidden once masked
+        # a training target keeps its token (mask_events' 10% "left as is") yet shows no facets
+        target = torch.zeros_like(pad)
+        target[0, 2] = True
+        assert torch.allclose(enc(tok, hide_facets(gap, target), pad), enc(tok, hide_facets(other, target), pad),
+                              atol=1e-6)
+    assert hide_facets(gap[..., 0], target) is not None and (hide_facets(gap, target)[0, 2, 0] == gap[0, 2, 0])
+    # a model without facets reads the gap bucket alone
+    plain = tiny()
+    with torch.no_grad():
+        assert torch.allclose(plain(tok, gap, pad), plain(tok, gap[..., 0], pad))

@@ -168,6 +168,37 @@ def test_flow_codec_buckets_backoff_and_no_addresses_in_vocabulary(tmp_path):
     assert "dir=out" in by_net.sentence(flipped)
 
 
+def test_flow_facets_name_every_field_of_a_flow_that_backs_off(tmp_path):
+    """Facets: a flow's ten field tokens as ids fitted on training flows (1: a value training never saw, 0: not a
+    flow).  An inbound attack flow backs off to a sentence training never wrote, yet its facets still name the
+    port, service and sizes it shares with training; the ids survive the vocabulary's round trip."""
+    from loglm.ingest.flows import FACET_FIELDS, NO_FACET, UNSEEN_FACET, FlowCodec
+
+    path = tmp_path / "conn.log"
+    write_zeek(path, 200, 20)
+    records, _, _ = read_all(DataConfig(format="zeek"), path)
+    train = [r.fields for r in records if r.label == "Benign"]
+    assert FlowCodec(n_buckets=6, min_count=3).fit(train).n_facets == 0  # facets are asked for
+    codec = FlowCodec(n_buckets=6, min_count=3).fit(train, facets=True)
+    assert codec.n_facets == 2 + len(codec.facets) and all(f.split("=")[0] in FACET_FIELDS for f in codec.facets)
+    for f in train[:50]:  # a training flow: every field known, and its facets spell out its full sentence
+        ids = codec.facet_ids(f)
+        assert len(ids) == len(FACET_FIELDS) and min(ids) >= 2
+        words = [codec.facets[i - 2] for i in ids]
+        assert " ".join(words[:5]) + " | " + " ".join(words[5:]) == codec._parts(f)[1] + " | " + codec._parts(f)[2]
+    attack = next(r.fields for r in records if r.label == "Malicious")
+    ids = dict(zip(FACET_FIELDS, codec.facet_ids(attack)))
+    assert ids["dir"] == UNSEEN_FACET  # training saw outbound flows only
+    assert all(ids[f] >= 2 for f in ("proto", "svc", "dur", "op"))  # yet its other fields are ones training saw
+    assert codec.facet_ids({**attack, "proto": "sctp"})[0] == UNSEEN_FACET
+    assert codec.facet_ids(None) == [NO_FACET] * len(FACET_FIELDS)
+    again = FlowCodec.from_state(json.loads(json.dumps(codec.state())))
+    assert [again.facet_ids(f) for f in train[:50]] == [codec.facet_ids(f) for f in train[:50]]
+    from loglm.ingest.flows import TrainingFlows
+
+    assert FlowCodec(n_buckets=6, min_count=3).fit(TrainingFlows.of(train), facets=True).facets == codec.facets
+
+
 def test_flow_codec_grows_only_for_flows_it_cannot_write(tmp_path):
     """Tuning on a new environment: flows written as none of the known forms get forms by fit's rule; known
     forms, edges and ports stay, so every flow read before is read the same way after."""

@@ -70,7 +70,7 @@ class FusedSelfAttention(nn.Module):
 
 
 class ScoringGraph(nn.Module):
-    """tokens, gaps (int64), pad_mask (bool), all (B, L)  ->
+    """tokens, gaps (int64), pad_mask (bool), all (B, L) (gaps (B, L, 1 + facets) with flow facets)  ->
     with a replaced-event head: replaced (B, L), top_tokens (B, L, k), top_logp (B, L, k);
     without: logits (B, L, V) (masked views are scored in numpy); then window_vector (B, d) and
     event_vectors (B, L, d) either way."""
@@ -97,7 +97,10 @@ def output_names(encoder) -> list[str]:
         "window_vector", "event_vectors"]
 
 
-def export_onnx(encoder, path: Path, expected: int = 3, fused_attention: bool = True) -> None:
+def export_onnx(encoder, path: Path, expected: int = 3, fused_attention: bool = True, facet_slots: int = 0) -> None:
+    """``facet_slots``: facet ids per event in the model's input (the vocabulary's, loglm.ingest.flows); the
+    graph's ``gaps`` is then (B, L, 1 + facet_slots), else (B, L).  A student that reads no facets still takes
+    them when its vocabulary has them, so the engine feeds every model of a vocabulary the same way."""
     import warnings
 
     encoder = copy.deepcopy(encoder).eval()
@@ -108,7 +111,8 @@ def export_onnx(encoder, path: Path, expected: int = 3, fused_attention: bool = 
         table = {torch.ops.loglm.attention.default: _attention_to_onnx()}
     graph = ScoringGraph(encoder, expected)
     b, n = 4, 12
-    example = (torch.full((b, n), 5, dtype=torch.long), torch.zeros((b, n), dtype=torch.long),
+    example = (torch.full((b, n), 5, dtype=torch.long), torch.zeros((b, n, 1 + facet_slots) if facet_slots else (b, n),
+                                                                     dtype=torch.long),
                torch.ones((b, n), dtype=torch.bool))
     batch, seq = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("seq", min=2, max=encoder.cfg.max_len)
     shapes = {"tokens": {0: batch, 1: seq}, "gaps": {0: batch, 1: seq}, "pad_mask": {0: batch, 1: seq}}

@@ -91,6 +91,7 @@ def run(cfg) -> dict:
     from loglm.detect.torch_scoring import score_windows
     from loglm.engine.runtime import BUNDLE_FORMAT, Bundle
     from loglm.export.onnx import export_onnx, quantize_int8
+    from loglm.ingest.flows import FACET_FIELDS
     from loglm.ingest.prepare import prepared_dir
     from loglm.model.store import load_model
 
@@ -109,7 +110,8 @@ def run(cfg) -> dict:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
         export_onnx(loaded.encoder, tmp / "model.onnx", expected=dcfg.expected_per_event,
-                    fused_attention=cfg.export.fused_attention)
+                    fused_attention=cfg.export.fused_attention,
+                    facet_slots=len(FACET_FIELDS) if loaded.vocab.n_facets else 0)
         variants = {"fp32": {"file": "model.onnx"}}
         if cfg.export.quantize:
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")

@@ -14,6 +14,12 @@ training flow whose full sentence occurs fewer than ``min_count`` times is writt
 written as the most specific of its three forms that training wrote (``known``); a flow with none of them
 known (say, inbound, when training saw only outbound traffic) is [UNK] to the model.  IP addresses and host names are entities (they key sessions and
 appear in alerts), never vocabulary: a model that memorises addresses learns shortcuts.
+
+A flow's token is its most specific known form, so flows that back off share one token whatever their port
+or size.  Beside it the model reads the flow's **facets**: each of its ten field tokens (``port=80``,
+``dir=in``, ``ob=5``, ...) as its own id (:data:`FACET_FIELDS`, ids fitted on the training flows, 1 = a value
+training never saw, 0 = none), embedded and added to the event's vector.  So an inbound flow to port 80 that
+training never saw as a whole still tells the model its port, direction and sizes.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ CANONICAL = ("ts", "duration", "src_ip", "src_port", "dst_ip", "dst_port", "prot
              "fwd_bytes", "bwd_bytes", "fwd_pkts", "bwd_pkts", "local_orig", "local_resp", "label")
 NUMERIC = ("duration", "fwd_bytes", "bwd_bytes", "fwd_pkts", "bwd_pkts")
 SHORT = {"duration": "dur", "fwd_bytes": "ob", "bwd_bytes": "ib", "fwd_pkts": "op", "bwd_pkts": "ip"}
+# the field tokens of a flow sentence, in sentence order: one facet id each
+FACET_FIELDS = ("proto", "dir", "svc", "port", "state", *(SHORT[n] for n in NUMERIC))
+NO_FACET, UNSEEN_FACET = 0, 1  # facet ids 0 (not a flow, padding, a hidden position) and 1 (a value training never saw)
 
 
 def port_class(port: int | None) -> str:
@@ -128,13 +137,21 @@ class FlowCodec:
     ports: list[int] = field(default_factory=list)
     known: set[str] = field(default_factory=set)  # sentences the training flows were written as
     local_networks: list[str] = field(default_factory=list)  # CIDRs of the monitored network
+    # field tokens of the training flows (``port=80``), facet id = 2 + index; empty: the model reads no facets
+    facets: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self._networks = networks_of(self.local_networks)
+        self._facet_id = {f: 2 + i for i, f in enumerate(self.facets)}
 
-    def fit(self, flows: list[dict] | TrainingFlows) -> FlowCodec:
-        """Quantile edges, kept ports and frequent sentences, from training flows only (dicts, or the compact
-        ``TrainingFlows`` prepare collects)."""
+    @property
+    def n_facets(self) -> int:
+        """Size of the facet vocabulary (ids 0 and 1 included); 0 when the codec has no facets."""
+        return 2 + len(self.facets) if self.facets else 0
+
+    def fit(self, flows: list[dict] | TrainingFlows, facets: bool = False) -> FlowCodec:
+        """Quantile edges, kept ports and frequent sentences (and with ``facets``, every field token), from
+        training flows only (dicts, or the compact ``TrainingFlows`` prepare collects)."""
         table = flows if isinstance(flows, TrainingFlows) else TrainingFlows.of(flows, self.local_networks)
         cats, idx, nums = table.arrays()
         self.edges = {}
@@ -159,7 +176,20 @@ class FlowCodec:
         top = sorted(counts, key=lambda p: (-counts[p], first[p]))[: self.port_budget]
         self.ports = sorted(top)
         self.known = self._forms(table)
+        self.facets = sorted(self._facets_of(table)) if facets else []
+        self._facet_id = {f: 2 + i for i, f in enumerate(self.facets)}
         return self
+
+    def _facets_of(self, table: TrainingFlows) -> set[str]:
+        """Every field token among ``table``'s flows."""
+        cats, idx, nums = table.arrays()
+        out = {tok for c in np.unique(idx).tolist() for tok in self._cat_tokens(cats[c])} if len(idx) else set()
+        for j, name in enumerate(NUMERIC):
+            col = nums[:, j]
+            out |= {f"{SHORT[name]}={self.bucket(name, v)}" for v in np.unique(col[~np.isnan(col)]).tolist()}
+            if np.isnan(col).any():
+                out.add(f"{SHORT[name]}=na")
+        return out
 
     def _form_counts(self, table: TrainingFlows) -> list[tuple[str, str, str, int]]:
         """(base, categorical part, numeric part, flows) for each distinct form among ``table``'s flows."""
@@ -215,18 +245,26 @@ class FlowCodec:
             return "0"
         return str(1 + bisect.bisect_right(self.edges.get(name, []), value))
 
-    def _categorical(self, cat: tuple) -> tuple[str, str]:
-        """(``proto=.. dir=..``, the categorical part) of (proto, direction, service, state, port)."""
+    def _cat_tokens(self, cat: tuple) -> list[str]:
+        """The five categorical field tokens (FACET_FIELDS order) of (proto, direction, service, state, port)."""
         proto, dir_, service, state, port = cat
         port_tok = str(port) if port is not None and port in self._port_set else port_class(port)
-        base = f"proto={proto} dir={dir_}"
-        return base, f"{base} svc={service} port={port_tok} state={state}"
+        return [f"proto={proto}", f"dir={dir_}", f"svc={service}", f"port={port_tok}", f"state={state}"]
+
+    def _categorical(self, cat: tuple) -> tuple[str, str]:
+        """(``proto=.. dir=..``, the categorical part) of (proto, direction, service, state, port)."""
+        tokens = self._cat_tokens(cat)
+        return " ".join(tokens[:2]), " ".join(tokens)
+
+    def _tokens(self, flow: dict) -> list[str]:
+        """The flow's ten field tokens, FACET_FIELDS order: its sentence is their join (with `` | `` after five)."""
+        return self._cat_tokens((flow.get("proto") or "na", direction(flow, self._networks),
+                                 flow.get("service") or "-", flow.get("state") or "-", flow.get("dst_port"))
+                                ) + [f"{SHORT[n]}={self.bucket(n, flow.get(n))}" for n in NUMERIC]
 
     def _parts(self, flow: dict) -> tuple[str, str, str]:
-        base, cat = self._categorical((flow.get("proto") or "na", direction(flow, self._networks),
-                                       flow.get("service") or "-", flow.get("state") or "-", flow.get("dst_port")))
-        num = " ".join(f"{SHORT[n]}={self.bucket(n, flow.get(n))}" for n in NUMERIC)
-        return base, cat, num
+        tokens = self._tokens(flow)
+        return " ".join(tokens[:2]), " ".join(tokens[:5]), " ".join(tokens[5:])
 
     def sentence(self, flow: dict) -> str:
         base, cat, num = self._parts(flow)
@@ -234,6 +272,12 @@ class FlowCodec:
         if full in self.known:
             return full
         return cat if cat in self.known else base
+
+    def facet_ids(self, flow: dict | None) -> list[int]:
+        """The flow's facet ids in :data:`FACET_FIELDS` order (all ``NO_FACET`` for a non-flow event)."""
+        if flow is None or not self.facets:
+            return [NO_FACET] * len(FACET_FIELDS)
+        return [self._facet_id.get(tok, UNSEEN_FACET) for tok in self._tokens(flow)]
 
     @property
     def _port_set(self) -> set[int]:
@@ -246,12 +290,12 @@ class FlowCodec:
     def state(self) -> dict:
         return {"n_buckets": self.n_buckets, "port_budget": self.port_budget, "min_count": self.min_count,
                 "edges": self.edges, "ports": self.ports, "known": sorted(self.known),
-                "local_networks": self.local_networks}
+                "local_networks": self.local_networks, "facets": self.facets}
 
     @classmethod
     def from_state(cls, d: dict) -> FlowCodec:
         return cls(d["n_buckets"], d["port_budget"], d["min_count"], {k: list(v) for k, v in d["edges"].items()},
-                   list(d["ports"]), set(d["known"]), list(d.get("local_networks", [])))
+                   list(d["ports"]), set(d["known"]), list(d.get("local_networks", [])), list(d.get("facets", [])))
 
 
 def to_int(value) -> int | None:

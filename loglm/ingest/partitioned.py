@@ -543,6 +543,8 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
                                for tid in (templates(templates.text(masked[i], fields[i])) for i in rows)])
         cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(tss, tss[1:])])
         cols["event_idx"].append(pos[rows].tolist())
+        cols["facets"].append(vocab.facets([None if fields[i] is None else json.loads(fields[i]) for i in rows])
+                              if vocab.n_facets else [])
         if len(cols["session_id"]) >= data.shard_rows:
             flush()
     flush()
@@ -806,7 +808,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         if not len(train_flows):
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
         codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
-                          local_networks=list(data.local_networks)).fit(train_flows)
+                          local_networks=list(data.local_networks)).fit(train_flows, facets=data.flow_facets)
         texts.update(codec.sentences(train_flows))
         del train_flows
     train_ids = mine(texts, miner)

@@ -1,7 +1,8 @@
 """The LogLM encoder: a compact pre-LN transformer over event tokens, on fused SDPA attention.
 
 Input position 0 is the ``[SUM]`` summary token; every other position is one event, embedded as
-event token + position + time-gap bucket.  No framework code here: a plain ``nn.Module`` with a config
+event token + position + time-gap bucket (+ the sum of its facet embeddings, for flows: loglm.ingest.flows).
+A position whose token is ``[MASK]`` shows no facets, so a masked flow is predicted from its context only.  No framework code here: a plain ``nn.Module`` with a config
 dataclass, so the same file serves training, distillation and ONNX export.
 """
 
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from loglm.vocab import MASK
 
 
 @dataclass
@@ -25,6 +28,7 @@ class EncoderConfig:
     max_len: int = 257
     gap_buckets: int = 16
     rtd_head: bool = False  # per-position "was this event replaced?" logit (one-pass scoring)
+    n_facets: int = 0  # flow facet vocabulary (0: none; then gaps is (B, L), else (B, L, 1 + facets per event))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +99,7 @@ class LogEncoder(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.gap = nn.Embedding(cfg.gap_buckets, cfg.d_model)
+        self.facet = nn.Embedding(cfg.n_facets, cfg.d_model, padding_idx=0) if cfg.n_facets else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -117,9 +122,22 @@ class LogEncoder(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def _side(self, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Gap-bucket embedding, plus the facets' (hidden where the token is [MASK]) for a facet model."""
+        if gaps.dim() == tokens.dim():
+            return self.gap(gaps)
+        side = self.gap(gaps[..., 0])
+        if self.facet is not None:
+            side = side + self.facet(gaps[..., 1:] * (tokens != MASK).unsqueeze(-1).to(gaps.dtype)).sum(-2)
+        return side
 
     def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        """tokens, gaps: (B, L) int; pad_mask: (B, L) bool, True on real positions. Returns (B, L, d)."""
+        """tokens: (B, L) int; gaps: (B, L) gap buckets, or (B, L, 1 + F) gap bucket then facet ids (loglm.windows);
+        pad_mask: (B, L) bool, True on real positions. Returns (B, L, d)."""
         n = tokens.shape[1]
         if n > self.cfg.max_len:
             raise ValueError(f"sequence length {n} exceeds model.max_len={self.cfg.max_len}")
@@ -130,13 +148,14 @@ class LogEncoder(nn.Module):
             # a padded training batch: embeddings and every layer but attention's score step run on the real
             # positions only (padded positions come out as zeros; nothing reads them)
             real = pad_mask.reshape(-1).nonzero().squeeze(1)
-            xr = self.tok(tokens.reshape(-1)[real]) + self.pos(real % n) + self.gap(gaps.reshape(-1)[real])
+            flat = tokens.reshape(-1)[real]
+            xr = self.tok(flat) + self.pos(real % n) + self._side(flat, gaps.reshape(b * n, *gaps.shape[2:])[real])
             xr = fast_dropout(xr, self.drop)
             for block in self.blocks:
                 xr = block.forward_unpadded(xr, real, b, n, attn_mask)
             return xr.new_zeros(b * n, xr.shape[-1]).index_copy(0, real, self.ln_f(xr)).view(b, n, -1)
         pos = torch.arange(n, device=tokens.device)
-        x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self.gap(gaps))
+        x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self._side(tokens, gaps))
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.ln_f(x)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from loglm.model.encoder import EncoderConfig, LogEncoder
-from loglm.objectives import IGNORE, mask_events
+from loglm.objectives import IGNORE, hide_facets, mask_events
 from loglm.training.job import Setup, Stage
 from loglm.training.job import run as run_job
 from loglm.vocab import END
@@ -91,10 +91,11 @@ class DistillModule(pl.LightningModule):
         inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
                                      self.student.cfg.vocab_size, generator)
         target = labels != IGNORE
+        gaps = hide_facets(batch["gaps"], target)
         with torch.no_grad():
-            t_hidden = self.teacher(inputs, batch["gaps"], batch["pad_mask"])
+            t_hidden = self.teacher(inputs, gaps, batch["pad_mask"])
             t_logits = self.teacher.logits(t_hidden[target])
-        s_hidden = self.student(inputs, batch["gaps"], batch["pad_mask"])
+        s_hidden = self.student(inputs, gaps, batch["pad_mask"])
         s_logits = self.student.logits(s_hidden[target])
         t = hp.temperature
         kl = F.kl_div(F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1), log_target=True,
@@ -216,6 +217,11 @@ class Distill(Stage):
         d = cfg.distill
         student = {**teacher.encoder.cfg.to_dict(), "d_model": d.d_model, "n_layers": d.n_layers,
                    "n_heads": d.n_heads, "d_ff": d.d_ff, "dropout": d.dropout, "rtd_head": d.rtd_weight > 0}
+        if d.rtd_weight > 0:
+            # a replaced-event student reads no flow facets: a replacement shown with the original's facets is
+            # given away by them, and one shown without would teach "hidden facets = replaced", which never
+            # occurs when it scores.  Its input stays the teacher's (the facets are ignored).
+            student["n_facets"] = 0
         run_id = teacher.meta.get("run_id")
         # what the driver's finish-up needs of the teacher, read here once (plain data: it travels to the ranks)
         copied = len(init_from_teacher(LogEncoder(EncoderConfig(**student)), teacher.encoder)) if d.init == "layers" else 0

@@ -9,13 +9,20 @@ import lightning.pytorch as pl
 import torch
 
 from loglm.model.encoder import EncoderConfig, LogEncoder
-from loglm.objectives import IGNORE, hypersphere_loss, mask_events, masked_event_loss
+from loglm.objectives import (
+    IGNORE,
+    drop_facets,
+    hide_facets,
+    hypersphere_loss,
+    mask_events,
+    masked_event_loss,
+)
 
 
 class LogLMModule(pl.LightningModule):
     def __init__(self, encoder: dict, mask_ratio: float = 0.15, hypersphere_weight: float = 0.0,
                  center_momentum: float = 0.99, top_k: int = 5, lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 50):
+                 warmup_steps: int = 50, facet_dropout: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = LogEncoder(EncoderConfig(**encoder))
@@ -29,8 +36,9 @@ class LogLMModule(pl.LightningModule):
         hp = self.hparams
         inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
                                      self.encoder.cfg.vocab_size, generator)
-        hidden = self.encoder(inputs, batch["gaps"], batch["pad_mask"])
         target = labels != IGNORE
+        gaps = drop_facets(batch["gaps"], hp.facet_dropout, generator) if self.training else batch["gaps"]
+        hidden = self.encoder(inputs, hide_facets(gaps, target), batch["pad_mask"])
         logits = self.encoder.logits(hidden[target])  # only the masked positions reach the vocab head
         gold = labels[target]
         out = {"mlm": masked_event_loss(logits, gold), "logits": logits, "gold": gold}

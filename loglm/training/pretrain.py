@@ -15,13 +15,14 @@ from loglm.training.job import RunContext, Setup, Stage
 from loglm.training.job import run as run_job
 
 
-def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int) -> dict:
+def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int, n_facets: int = 0) -> dict:
     m = cfg.model
     if cfg.data.session.max_events + 2 > m.max_len:  # + [SUM] and [END]
         raise ValueError(f"data.session.max_events={cfg.data.session.max_events} needs model.max_len >= "
                          f"{cfg.data.session.max_events + 2} (got {m.max_len})")
     return {"vocab_size": vocab_size, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
-            "d_ff": m.d_ff, "dropout": m.dropout, "max_len": m.max_len, "gap_buckets": gap_buckets}
+            "d_ff": m.d_ff, "dropout": m.dropout, "max_len": m.max_len, "gap_buckets": gap_buckets,
+            "n_facets": n_facets}
 
 
 def build_module(cfg, ctx: RunContext):
@@ -29,7 +30,7 @@ def build_module(cfg, ctx: RunContext):
 
     module = LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
                          cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
-                         cfg.trainer.weight_decay, cfg.trainer.warmup_steps)
+                         cfg.trainer.weight_decay, cfg.trainer.warmup_steps, cfg.objective.facet_dropout)
     module.encoder.unpad_share = cfg.trainer.unpad_share
     if cfg.init_from:  # tuning: a trained model's weights are the starting point
         from loglm.model.store import load_model
@@ -99,7 +100,8 @@ class Pretrain(Stage):
         tags = {"data_sha256": summary["data_sha256"], "model_size": cfg.model.name}
         if small_validation:
             tags["calibration_warning"] = small_validation
-        return Setup(data_dir, data_dir / "vocab.json", encoder_config(cfg, vocab.size, vocab.gap_buckets), tags)
+        return Setup(data_dir, data_dir / "vocab.json", encoder_config(cfg, vocab.size, vocab.gap_buckets, vocab.n_facets),
+                     tags)
 
     def build_module(self, cfg, ctx: RunContext):
         return build_module(cfg, ctx)

@@ -70,7 +70,9 @@ class ShardStream(IterableDataset):
 
     def _sessions(self):
         for path, g, _ in self._order()[self.rank::self.world]:
-            t = pq.ParquetFile(path).read_row_group(g, columns=["tokens", "gaps", "closed", "split"])
+            f = pq.ParquetFile(path)
+            extra = ["facets"] if "facets" in f.schema_arrow.names else []
+            t = f.read_row_group(g, columns=["tokens", "gaps", "closed", "split", *extra])
             t = t.filter(pc.equal(t.column("split"), self.split))
             yield from zip(*windows_of(t))
 
