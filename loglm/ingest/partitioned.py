@@ -491,10 +491,12 @@ class _Templates:
             tid = self.ids[masked] = -1 if found is None else found
         return tid
 
-    def text(self, masked: str, fields: str | None) -> str:
-        if self.vocab.flow_codec is not None and fields is not None:
-            return self.vocab.flow_codec.sentence(json.loads(fields))
-        return masked
+    def flow(self, fields: str | None) -> dict | None:
+        """An event's canonical flow fields (its ``fields`` JSON), parsed only where the vocabulary reads flows."""
+        return json.loads(fields) if fields is not None and self.vocab.flow_codec is not None else None
+
+    def text(self, masked: str, flow: dict | None) -> str:
+        return self.vocab.flow_codec.sentence(flow) if flow is not None else masked
 
 
 def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np.ndarray, info: pa.Table,
@@ -539,12 +541,12 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
         cols["split"].append(split)
         cols["label"].append(int(label))
         cols["closed"].append(bool(closed))
+        flows = [templates.flow(fields[i]) for i in rows]  # parsed once for the tokens and the facets
         cols["tokens"].append([vocab.token(tid if tid >= 0 else None)
-                               for tid in (templates(templates.text(masked[i], fields[i])) for i in rows)])
+                               for tid in (templates(templates.text(masked[i], f)) for i, f in zip(rows, flows))])
         cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(tss, tss[1:])])
         cols["event_idx"].append(pos[rows].tolist())
-        cols["facets"].append(vocab.facets([None if fields[i] is None else json.loads(fields[i]) for i in rows])
-                              if vocab.n_facets else [])
+        cols["facets"].append(vocab.facets(flows) if vocab.n_facets else [])
         if len(cols["session_id"]) >= data.shard_rows:
             flush()
     flush()
@@ -612,7 +614,7 @@ def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, i
             for g in range(pf.num_row_groups):
                 t = pf.read_row_group(g)
                 masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
-                tpl = pa.array([templates(templates.text(m, f)) for m, f in zip(masked, fields)], pa.int64())
+                tpl = pa.array([templates(templates.text(m, templates.flow(f))) for m, f in zip(masked, fields)], pa.int64())
                 cols = [t.column("source"), t.column("line_no"), t.column("ts"), tpl, t.column("raw"),
                         t.column("entities"), t.column("label")] + ([t.column("fields")] if flows else [])
                 writer.write_table(pa.Table.from_arrays(cols, schema=schema))
