@@ -675,6 +675,17 @@ def data_config_from_dict(d: dict) -> DataConfig:
     return DataConfig(**d)
 
 
+def trained_data_config(model_dir: Path, fallback: DataConfig) -> DataConfig:
+    """The data settings a model was trained with (its ``config.yaml``), so a student, a detector or a
+    recalibration ingests logs the same way; ``fallback`` when the model folder records none."""
+    from omegaconf import OmegaConf
+
+    path = Path(model_dir) / "config.yaml"
+    if not path.is_file():
+        return fallback
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data))
+
+
 def load_group(group: str, name: str) -> Any:
     """One option of a config group (e.g. data/hdfs_blocks_sample) as its typed dataclass."""
     from omegaconf import OmegaConf

@@ -1,5 +1,5 @@
-"""Ray Train on a real local Ray (2 CPU workers): DDP pretraining, a killed worker resuming from its last
-checkpoint, and a real 2-process DeepSpeed ZeRO-2 run on CPU with its checkpoint gathered to fp32."""
+"""Ray Train on a real local Ray (2 CPU workers): DeepSpeed ZeRO-2 pretraining gathered to fp32
+then DDP distillation, and a DDP worker killed mid-run resuming from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def head():
-    """One Ray head on 127.0.0.1 for the jobs of this module that do not need their own (the killed-worker test
-    finds its workers under its own private instance)."""
+    """One Ray head on 127.0.0.1 for every job of this module (the killed-worker test finds its workers by the
+    PIDs they recorded, not under its own process tree)."""
     from loglm.ray_cluster import LocalHead
 
     h = LocalHead(num_cpus=2)
@@ -48,68 +48,76 @@ def run_info(root: Path, run_id: str):
     return mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id)
 
 
-def test_ray_ddp_pretraining_on_two_workers_then_distillation(prepared, head):
+def test_ray_deepspeed_pretraining_on_two_workers_then_ddp_distillation(prepared, head):
+    """One job, two strategies: pretraining under DeepSpeed ZeRO-2 on two CPU processes (its sharded checkpoint
+    gathered to fp32 for the model folder), then the student under DDP on the same workers. DDP pretraining is
+    the killed-worker test's (and tests/test_two_nodes.py's)."""
+    import torch
+
     from loglm.model.store import load_model
     from loglm.training.distill import run as distill
     from loglm.training.pretrain import run as pretrain
+    from loglm.training.zero import zero_state_dict
 
     root, overrides = prepared
     staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
-    result = pretrain(compose("pretrain", overrides + RAY + head + ["strategy=ddp", "trainer.max_epochs=2"]))
+    result = pretrain(compose("pretrain", overrides + RAY + head + ["strategy=deepspeed_stage2", "trainer.max_epochs=2"]))
     assert result["worker_group_starts"] == 1 and result["epochs"] == 2
     # Ray's report callback stages each epoch's checkpoint in the temp dir; its folders do not outlive the run
     assert set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*")) <= staged
     run = run_info(root, result["run_id"])
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "ddp"
+    assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "deepspeed_stage2"
     assert tags["ray_job_id"] and tags["ray_storage"].endswith(result["run_id"])
     assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
-    assert load_model(result["model_dir"]).calibration["threshold"] > 0
+    model = load_model(result["model_dir"])
+    assert model.calibration["threshold"] > 0
+    # the ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's
+    ckpt = Path(result["checkpoint"]) / "checkpoint.ckpt"
+    assert (ckpt / "latest").is_file()
+    state = zero_state_dict(ckpt)
+    enc = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    assert set(enc) <= set(state)
+    assert all(state[k].dtype == torch.float32 and torch.isfinite(state[k]).all() for k in enc)
+    assert all(torch.equal(state[k], v) for k, v in enc.items())
     # resume_from=<Ray run id> finds the checkpoint its workers reported to Ray
     from loglm.training.job import resume_target
 
-    run_id, ckpt = resume_target(compose("pretrain", overrides + RAY + [f"resume_from={result['run_id']}"]),
-                                 "loglm-pretrain")
-    assert run_id == result["run_id"] and ckpt.name == "checkpoint.ckpt" and ckpt.parent.parent.name == run_id
-    # distillation is the same job: the student trains on the two workers under DeepSpeed ZeRO-2
+    run_id, found = resume_target(compose("pretrain", overrides + RAY + [f"resume_from={result['run_id']}"]),
+                                  "loglm-pretrain")
+    assert run_id == result["run_id"] and found.name == "checkpoint.ckpt" and found.parent.parent.name == run_id
+    # distillation is the same job: the student trains on the two workers under DDP
     student = distill(compose("distill", overrides + RAY + head + [
-        "strategy=deepspeed_stage2", f"teacher={result['run_id']}", "distill.max_epochs=1", "distill.d_model=16",
+        "strategy=ddp", f"teacher={result['run_id']}", "distill.max_epochs=1", "distill.d_model=16",
         "distill.n_layers=1", "distill.d_ff=32"]))
     srun = run_info(root, student["run_id"])
     assert srun.info.status == "FINISHED" and student["worker_group_starts"] == 1 and student["epochs"] == 1
-    assert srun.data.tags["world_size"] == "2" and srun.data.tags["strategy"] == "deepspeed_stage2"
+    assert srun.data.tags["world_size"] == "2" and srun.data.tags["strategy"] == "ddp"
     assert srun.data.tags["teacher_run_id"] == result["run_id"] and "val/teacher_agreement" in srun.data.metrics
-    model = load_model(student["model_dir"])
-    assert model.encoder.cfg.d_model == 16 and model.calibration["scorer"] == "rtd"
+    student_model = load_model(student["model_dir"])
+    assert student_model.encoder.cfg.d_model == 16 and student_model.calibration["scorer"] == "rtd"
 
 
-def train_workers_of(root_pid: int) -> list[int]:
-    """PIDs of Ray Train workers started under ``root_pid`` (its private Ray instance), not anyone else's."""
-    rows = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()
-    parent, args = {}, {}
-    for row in rows:
-        pid, ppid, *cmd = row.split(None, 2)
-        parent[int(pid)], args[int(pid)] = int(ppid), " ".join(cmd)
-
-    def under(pid: int) -> bool:
-        while pid > 1:
-            if pid == root_pid:
-                return True
-            pid = parent.get(pid, 0)
-        return False
-
-    return sorted(p for p, a in args.items() if a.startswith("ray::RayTrainWorker") and under(p))
+def train_workers_of(root: Path, storage: Path) -> list[int]:
+    """PIDs of this run's Ray Train workers, as each rank recorded itself when training started
+    (``<paths.root>/checkpoints/<run id>/workers.jsonl``); the run id is its Ray storage folder's name."""
+    runs = [p.name for p in storage.iterdir() if p.is_dir()]
+    if len(runs) != 1:
+        return []
+    path = root / "checkpoints" / runs[0] / "workers.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return sorted(r["pid"] for r in rows)
 
 
-def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
+def test_killed_worker_resumes_from_its_last_checkpoint(prepared, head, tmp_path):
     """kill -9 one Ray Train worker after its first checkpoint: Ray restarts the group, which continues
     from that checkpoint (not from step 0) and finishes the same MLflow run."""
     root, overrides = prepared
     epochs = 8
     storage = tmp_path / "ray_results"  # this run's own: earlier tests' checkpoints must not trigger the kill
-    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, "strategy=ddp", f"trainer.max_epochs={epochs}",
-           "ray.max_failures=2", f"ray.storage_path={storage}"]
+    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, *head, "strategy=ddp",
+           f"trainer.max_epochs={epochs}", "ray.max_failures=2", f"ray.storage_path={storage}"]
     log = open(tmp_path / "pretrain.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
@@ -118,7 +126,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if list(storage.glob("*/checkpoint_*/checkpoint.ckpt")):
                 time.sleep(2.0)  # a checkpoint counts once the controller has registered it
-                pids = train_workers_of(proc.pid)
+                pids = train_workers_of(root, storage)
                 if pids:
                     killed = pids[0]
                     os.kill(killed, signal.SIGKILL)
@@ -144,25 +152,6 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["worker_group_starts"] == "2"
     steps = run.data.metrics  # the last epoch's checkpoint metrics reach the run
     assert "calib/threshold" in steps
-
-
-def test_deepspeed_zero2_on_two_cpu_processes_and_fp32_gathering(prepared, head):
-    import torch
-
-    from loglm.model.store import load_model
-    from loglm.training.pretrain import run as pretrain
-    from loglm.training.zero import zero_state_dict
-
-    root, overrides = prepared
-    result = pretrain(compose("pretrain", overrides + RAY + head + ["strategy=deepspeed_stage2", "trainer.max_epochs=2"]))
-    assert run_info(root, result["run_id"]).data.tags["strategy"] == "deepspeed_stage2"
-    ckpt = Path(result["checkpoint"]) / "checkpoint.ckpt"
-    assert (ckpt / "latest").is_file()
-    state = zero_state_dict(ckpt)
-    model = load_model(result["model_dir"])
-    enc = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    assert set(enc) <= set(state)
-    assert all(state[k].dtype == torch.float32 and torch.isfinite(state[k]).all() for k in enc)
 
 
 def test_deepspeed_configs_are_valid_for_deepspeed():

@@ -56,16 +56,16 @@ def test_endless_input_keeps_memory_bounded_and_accounts_every_line(model):
     tracemalloc.start()
     n = 0
     peaks = []
-    for n, raw in enumerate(endless(1, 6000), 1):
+    for n, raw in enumerate(endless(1, 3000), 1):
         det.feed(raw, "gen", n)
-        if n % 20000 == 0:
+        if n % 10000 == 0:
             peaks.append(tracemalloc.get_traced_memory()[0])
             assert len(det.open) <= cfg.detect.max_open_sessions
     tracemalloc.stop()
-    assert det.stats["sessions_scored"] > 5000  # sessions were closed and scored while the input ran
+    assert det.stats["sessions_scored"] > 2500 and len(peaks) >= 3  # sessions were closed and scored while the input ran
     summary = det.finish()
     assert summary["lines"]["read"] == n == summary["lines"]["accepted"] + summary["lines"]["rejected"]
-    assert summary["lines"]["rejected"] == len(range(0, 6000, 97))
+    assert summary["lines"]["rejected"] == len(range(0, 3000, 97))
     assert summary["events_scored"] == summary["lines"]["accepted"]
     assert summary["max_open_seen"] <= cfg.detect.max_open_sessions
     # memory does not grow with the input: the last sample is close to the first

@@ -179,9 +179,9 @@ def with_model_data(cfg, model_dir: Path):
     if not (model_dir / "config.yaml").is_file():
         print(f"loglm: {model_dir} records no data settings: reading inputs with this command's data.*", file=sys.stderr)
         return cfg
-    from loglm.training.distill import teacher_data_config
+    from loglm.config import trained_data_config
 
-    data = dataclasses.replace(teacher_data_config(model_dir, cfg.data), anomalous_ids=None)
+    data = dataclasses.replace(trained_data_config(model_dir, cfg.data), anomalous_ids=None)
     if data != cfg.data:
         print(f"loglm: reading inputs as the model's training data was read (data {data.name!r}, format "
               f"{data.format!r}, sessions by {data.session.by}); detect.data_from=command uses this command's data.*",

@@ -31,9 +31,9 @@ COPIED = ("model.safetensors", "model.json", "vocab.json", "config.yaml")
 
 def model_data_config(model_dir: Path, fallback):
     """The ingest settings the model was trained with (its config.yaml), without the training set's labels."""
-    from loglm.training.distill import teacher_data_config
+    from loglm.config import trained_data_config
 
-    return dataclasses.replace(teacher_data_config(model_dir, fallback), anomalous_ids=None)
+    return dataclasses.replace(trained_data_config(model_dir, fallback), anomalous_ids=None)
 
 
 def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str]:

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from loglm.config import trained_data_config
 from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import IGNORE, hide_facets, mask_events
 from loglm.training.job import Setup, Stage
@@ -164,19 +165,6 @@ class DistillModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def teacher_data_config(teacher_dir: Path, fallback):
-    """The student reads the teacher's prepared data, and its bundle must ingest logs the same way."""
-    from omegaconf import OmegaConf
-
-    from loglm.config import DataConfig
-
-    path = teacher_dir / "config.yaml"
-    if not path.is_file():
-        return fallback
-    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data)
-    return OmegaConf.to_object(merged)
-
-
 class Distill(Stage):
     """The student trains through the same job as pretraining (strategies, Ray, checkpoints, resume, stops);
     it reads its teacher's prepared data with the teacher's ingest settings, and calibrates like the teacher
@@ -199,7 +187,7 @@ class Distill(Stage):
         if not cfg.teacher:
             raise ValueError("give the teacher: teacher=<model directory or MLflow run id>")
         teacher_dir = resolve_model_dir(cfg.teacher, cfg.paths.root)
-        return dataclasses.replace(cfg, teacher=str(teacher_dir), data=teacher_data_config(teacher_dir, cfg.data))
+        return dataclasses.replace(cfg, teacher=str(teacher_dir), data=trained_data_config(teacher_dir, cfg.data))
 
     def setup(self, cfg) -> Setup:
         from loglm.artifacts import verify_manifest
