@@ -11,8 +11,9 @@ import numpy as np
 
 
 def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows: int = 100):
-    """Attack flows of ``split`` with their class: (LogLM vector of each flow in its window's context, raw
-    flow features fitted on training flows, kinds). Classes with fewer than ``min_flows`` flows are left out."""
+    """Attack flows of ``split`` with their class: (LogLM vector of each flow: its context half and its own
+    half, raw flow features fitted on training flows, kinds, the window each flow is in). Classes with fewer
+    than ``min_flows`` flows are left out."""
     import pyarrow.parquet as pq
 
     from loglm.analyst.embed import embed_events, torch_event_embed_fn
@@ -29,42 +30,52 @@ def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows
     per_window = embed_events(torch_event_embed_fn(loaded.encoder), toks, gaps, closed)
     counts = Counter(labels[i] for idx in table.column("event_idx").to_pylist() for i in idx)
     keep = {c for c, n in counts.items() if c not in (None, "BENIGN") and n >= min_flows}
-    ids, vecs, kinds = [], [], []
-    for idx, v in zip(table.column("event_idx").to_pylist(), per_window):
+    ids, vecs, kinds, windows = [], [], [], []
+    for w, (idx, v) in enumerate(zip(table.column("event_idx").to_pylist(), per_window)):
         for j, i in enumerate(idx):
             if labels[i] in keep:
                 ids.append(i)
                 vecs.append(v[j])
                 kinds.append(labels[i])
+                windows.append(w)
     train = read_sessions(data_dir, "train")
     train_ids = [i for idx in train.column("event_idx").to_pylist() for i in idx]
     data_cfg = compose("evaluate", [f"dataset={data_dir.name}"]).data if (Path(__file__).parents[1] / "conf" / "dataset" / f"{data_dir.name}.yaml").is_file() else None
     ff = FlowFeatures(local_networks=tuple(data_cfg.local_networks) if data_cfg else ())
     ff.fit(read_flows(data_dir, train_ids))
     raw = ff.transform(read_flows(data_dir, ids))
-    return np.stack(vecs), raw, kinds
+    return np.stack(vecs), raw, kinds, np.asarray(windows)
 
 
 def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 20) -> dict:
+    """Few-shot kinds on the frozen LogLM flow vectors, on raw flow features, and on both side by side; each
+    with both classifiers, with and without standardising (every representation at its best setting). Two
+    draws: examples and classified flows at random (``*_k{k}``), and window-disjoint (``*_k{k}_by_window``:
+    flows of the examples' windows are not classified, so a flow is not told by its own window's neighbours)."""
     from loglm.analyst.fewshot import fewshot_accuracy
 
-    emb, raw, kinds = flow_vectors(model_dir, data_dir)
-    out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": "flow (attack classes with >= 100 test flows)"}
+    emb, raw, kinds, windows = flow_vectors(model_dir, data_dir)
+    out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": "flow (attack classes with >= 100 test flows)",
+                 "windows_per_kind": {c: int(len(set(windows[np.asarray(kinds) == c]))) for c in sorted(set(kinds))},
+                 "loglm_vector": f"{emb.shape[1]} dims: context half and own half (LogEncoder.event_embedding)"}
     table = {}
-    both = np.concatenate([raw, emb], 1)  # raw features beside the flow's LogLM vector (its window context)
-    for name, x, std in (("loglm", emb, False), ("raw_features", raw, True), ("raw_plus_loglm", both, True)):
+    both = np.concatenate([raw, emb], 1)
+    for name, x in (("loglm", emb), ("raw_features", raw), ("raw_plus_loglm", both)):
         for method in ("prototype", "logreg"):
-            row = {}
-            for k in ks:
-                r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std)
-                row[f"k{k}_balanced"] = round(r["balanced_accuracy"], 4)
-                row[f"k{k}_accuracy"] = round(r["accuracy"], 4)
-            table[f"{name}_{method}"] = row
+            for std in (False, True):
+                row = {}
+                for k in ks:
+                    for split, groups in (("", None), ("_by_window", windows)):
+                        r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std, groups=groups)
+                        row[f"k{k}{split}_balanced"] = round(r["balanced_accuracy"], 4)
+                        row[f"k{k}{split}_accuracy"] = round(r["accuracy"], 4)
+                table[f"{name}_{method}{'_standardized' if std else ''}"] = row
     out["fewshot"] = table
-    for k in ks:  # the headline keys: each representation at its better classifier, balanced accuracy
-        out[f"fewshot_accuracy_k{k}"] = max(table[f"loglm_{m}"][f"k{k}_balanced"] for m in ("prototype", "logreg"))
-        out[f"raw_fewshot_accuracy_k{k}"] = max(table[f"raw_features_{m}"][f"k{k}_balanced"]
-                                                for m in ("prototype", "logreg"))
+    for k in ks:  # headline keys: each representation at its best classifier setting, balanced accuracy
+        for split in ("", "_by_window"):
+            for key, name in (("fewshot_accuracy", "loglm"), ("raw_fewshot_accuracy", "raw_features")):
+                out[f"{key}_k{k}{split}"] = max(v[f"k{k}{split}_balanced"] for t, v in table.items()
+                                                if t.startswith(name + "_"))
     return out
 
 

@@ -447,3 +447,25 @@ def test_flow_facets_reach_a_position_only_while_its_token_is_shown():
     plain = tiny()
     with torch.no_grad():
         assert torch.allclose(plain(tok, gap, pad), plain(tok, gap[..., 0], pad))
+
+
+def test_an_event_vector_holds_its_context_and_the_event_itself():
+    """Per-event vectors (loglm.analyst.embed, the ONNX ``event_vectors``): a unit vector of two halves, the
+    contextual hidden state and the event's own input (token, gap, facets; no position). Two flows of one
+    window with other facets differ in their own half although attention gives them much the same context;
+    the same flow in another window and place keeps its own half."""
+    torch.manual_seed(0)
+    enc = LogEncoder(EncoderConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
+                                   max_len=64, n_facets=9)).eval()
+    tok = torch.tensor([[7, 7, 8, 9], [9, 8, 7, 7]])
+    gap = torch.zeros(2, 4, 11, dtype=torch.long)
+    gap[0, 0, 1:], gap[0, 1, 1:] = 2, 5  # window 0: two flows of one token, other facets
+    gap[1, 3, 1:] = 2  # window 1, last place: the first flow of window 0 again
+    pad = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        v = enc.event_embedding(enc(tok, gap, pad), tok, gap)
+    d = enc.cfg.d_model
+    assert v.shape == (2, 4, 2 * d) and torch.allclose(v.norm(dim=-1), torch.ones(2, 4), atol=1e-5)
+    own = v[..., d:]
+    assert torch.allclose(own[0, 0], own[1, 3], atol=1e-6) and not torch.allclose(v[0, 0], v[1, 3], atol=1e-3)
+    assert (own[0, 0] - own[0, 1]).norm() > 0.1

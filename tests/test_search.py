@@ -47,6 +47,28 @@ def test_fewshot_prototypes_and_unknown():
         fewshot_accuracy(x, y, 40)
 
 
+def test_window_disjoint_fewshot_does_not_let_a_window_tell_its_own_items():
+    """Items of one window share a marker that says nothing of their kind elsewhere: drawn at random, a
+    classifier reads the kind off the marker (the neighbours of its examples); window-disjoint, it cannot."""
+    rng = np.random.default_rng(2)
+    kinds = ["ssh", "dos", "scan"]
+    x, y, groups = [], [], []
+    for w in range(12):  # 4 windows per kind, 30 items each; only the window marker differs
+        marker = np.zeros(12)
+        marker[w] = 3.0
+        for _ in range(30):
+            x.append(np.concatenate([marker, 0.3 * rng.normal(size=4)]))
+            y.append(kinds[w % 3])
+            groups.append(w)
+    x = np.stack(x)
+    shared = fewshot_accuracy(x, y, 20, "logreg", trials=5)["balanced_accuracy"]
+    disjoint = fewshot_accuracy(x, y, 20, "logreg", trials=5, groups=groups)
+    assert shared > 0.9 and disjoint["balanced_accuracy"] < 0.6 and disjoint["group_disjoint"], (shared, disjoint)
+    # examples come from whole windows; a kind in one window only cannot be measured this way
+    with pytest.raises(ValueError, match="at least two groups"):
+        fewshot_accuracy(x, y, 5, groups=[w % 3 for w in groups])
+
+
 def test_fewshot_file_roundtrip(tmp_path):
     x = np.eye(4)[[0, 0, 1, 1]] + 0.01
     clf = FewShot("prototype", 0.3).fit(x, ["a", "a", "b", "b"])

@@ -42,8 +42,8 @@ def torch_event_embed_fn(encoder) -> EmbedFn:
 
     @torch.inference_mode()
     def embed(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
-        return encoder.event_embedding(hidden.float()).numpy()
+        t, g = torch.from_numpy(tok), torch.from_numpy(gap)
+        return encoder.event_embedding(encoder(t, g, torch.from_numpy(pad)).float(), t, g).numpy()
 
     return embed
 
@@ -59,7 +59,8 @@ def _padded_batches(fn: EmbedFn, tokens, gaps, closed, batch_size: int, max_batc
 
 def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                  batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> list[np.ndarray]:
-    """Per window, a (events, d) float32 array: each event's unit vector in its window's context."""
+    """Per window, an (events, 2d) float32 array: each event's unit vector, its context half and its own half
+    (``LogEncoder.event_embedding``)."""
     out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(tokens)
     for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
         for j, i in enumerate(rows):

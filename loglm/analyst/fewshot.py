@@ -87,21 +87,47 @@ class FewShot:
         return f
 
 
+def _draw(rng, items: np.ndarray, k: int, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(support, held-out) items of one kind: k at random; with ``groups``, the support comes from whole groups
+    drawn at random until they hold k items, and only the kind's other groups are held out (a kind needs two)."""
+    if groups is None:
+        support = rng.choice(items, k, replace=False)
+        return support, np.setdiff1d(items, support)
+    mine = groups[items]
+    order = rng.permutation(np.unique(mine))
+    used = 1
+    while used < len(order) - 1 and np.isin(mine, order[:used]).sum() < k:
+        used += 1
+    inside = np.isin(mine, order[:used])
+    pool = items[inside]
+    return rng.choice(pool, min(k, len(pool)), replace=False), items[~inside]
+
+
 def fewshot_accuracy(x: np.ndarray, kinds: list[str], k: int, method: str = "prototype", trials: int = 20,
-                     seed: int = 0, standardize: bool = False) -> dict:
+                     seed: int = 0, standardize: bool = False, groups=None) -> dict:
     """k examples per kind drawn at random, every other item classified; over ``trials`` draws: the mean
-    accuracy and the mean balanced accuracy (mean per-kind recall: a large kind does not hide a small one)."""
+    accuracy and the mean balanced accuracy (mean per-kind recall: a large kind does not hide a small one).
+
+    ``groups`` (one id per item, e.g. its window): examples and classified items never share a group, so an
+    item is not told by a neighbour of its own window (flows of one window share their context, and one
+    attack's flows look alike).  Each kind needs items in two groups; its examples are then at most what the
+    groups drawn for them hold."""
     rng = np.random.default_rng(seed)
     kinds_arr = np.asarray(kinds)
+    groups = None if groups is None else np.asarray(groups)
     classes = sorted(set(kinds))
     by_class = {c: np.flatnonzero(kinds_arr == c) for c in classes}
     if min(len(v) for v in by_class.values()) <= k:
         raise ValueError(f"k={k} needs more than {k} items of every kind: "
                          + ", ".join(f"{c} {len(v)}" for c, v in by_class.items()))
+    if groups is not None and min(len(np.unique(groups[v])) for v in by_class.values()) < 2:
+        raise ValueError("group-disjoint few-shot needs every kind in at least two groups: "
+                         + ", ".join(f"{c} {len(np.unique(groups[v]))}" for c, v in by_class.items()))
     acc, bal = [], []
     for _ in range(trials):
-        support = np.concatenate([rng.choice(v, k, replace=False) for v in by_class.values()])
-        query = np.setdiff1d(np.arange(len(kinds)), support)
+        drawn = [_draw(rng, v, k, groups) for v in by_class.values()]
+        support = np.concatenate([d[0] for d in drawn])
+        query = np.concatenate([d[1] for d in drawn])
         clf = FewShot(method, standardize=standardize).fit(x[support], list(kinds_arr[support]))
         pred = np.asarray(clf.predict(x[query])[0])
         truth = kinds_arr[query]
@@ -109,4 +135,4 @@ def fewshot_accuracy(x: np.ndarray, kinds: list[str], k: int, method: str = "pro
         bal.append(float(np.mean([(pred[truth == c] == c).mean() for c in classes])))
     return {"k": k, "method": method, "trials": trials, "accuracy": float(np.mean(acc)),
             "balanced_accuracy": float(np.mean(bal)), "balanced_accuracy_std": float(np.std(bal)),
-            "kinds": {c: int(len(v)) for c, v in by_class.items()}}
+            "kinds": {c: int(len(v)) for c, v in by_class.items()}, "group_disjoint": groups is not None}

@@ -176,10 +176,17 @@ class LogEncoder(nn.Module):
         mean = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    @staticmethod
-    def event_embedding(hidden: torch.Tensor) -> torch.Tensor:
-        """Each position's final hidden state as a unit vector (an event in its context): (B, L, d)."""
-        return hidden / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    def event_embedding(self, hidden: torch.Tensor, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Each position as a unit vector of two halves, (B, L, 2d): its final hidden state (the event in its
+        context) and its own input embedding (what the event is: token, time gap and, for flows, facets; no
+        position), each normalised and scaled by 1/sqrt(2).  The context half alone lets events of one window
+        look alike whatever they are; the own half keeps them apart (few-shot kinds on window-disjoint flows,
+        README "Few-shot kinds")."""
+        def unit(x: torch.Tensor) -> torch.Tensor:
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * 0.7071067811865476
+
+        own = self.tok(tokens) + self._side(tokens, gaps)
+        return torch.cat([unit(hidden), unit(own.to(hidden.dtype))], -1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
