@@ -154,9 +154,11 @@ def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> d
         "overall": round(sum(sum(v) for v in per_class.values()) / max(1, sum(len(v) for v in per_class.values())), 3)}
 
 
-def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_flowprep") -> dict:
-    """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget (or take ``model_dir``),
-    then few-shot kinds, ATT&CK from evidence, and search speed."""
+def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_flowprep",
+                  overrides: tuple[str, ...] = ("data.flow_facets=true",)) -> dict:
+    """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget and ``overrides`` (flow
+    facets: what a flow's own half of its vector is made of; off by default for detection, README "Flow
+    facets"), or take ``model_dir``; then few-shot kinds, ATT&CK from evidence, and search speed."""
     import dataclasses
 
     from loglm.config import compose
@@ -164,13 +166,14 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
     from loglm.ingest.prepare import run as prepare
     from loglm.training.pretrain import run as pretrain
 
-    cfg = compose("evaluate", [f"dataset={dataset}", f"paths.root={tmp}"])
+    cfg = compose("evaluate", [f"dataset={dataset}", f"paths.root={tmp}", *overrides])
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=False))
     prepare(cfg)
-    if model_dir is None:
+    trained_here = model_dir is None
+    if trained_here:
         model_dir = pretrain(cfg)["model_dir"]
     data_dir = prepared_dir(cfg.paths.root, dataset)
-    out = {"dataset": dataset, "model_dir": str(model_dir)}
+    out = {"dataset": dataset, "model_dir": str(model_dir), "overrides": " ".join(overrides) if trained_here else ""}
     out.update(bench_fewshot(Path(model_dir), data_dir))
     out["attack_from_evidence"] = bench_attack(Path(model_dir), data_dir, tmp)
     out["search"] = bench_search()

@@ -484,9 +484,11 @@ SECTION_NOTES = {
                 "the README gives seeds 42/1/2 where they spread), GPU training. Score rules chosen after looking "
                 "at a test split say so in README and conf/experiment/*.yaml.",
     "accuracy_runs": "Each protocol's MLflow parent run, report file and wall time of the accuracy section.",
-    "analyst": "Compares: few-shot kind labelling on frozen LogLM flow vectors against the same classifiers on raw "
-               "flow features (balanced accuracy, cic_flowprep attack classes with >= 100 test flows, 20 draws "
-               "per k); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
+    "analyst": "Compares: few-shot kind labelling on frozen LogLM flow vectors (a model pretrained with "
+               "data.flow_facets=true; each flow's vector is its context half and its own half) against the same "
+               "classifiers on raw flow features, each at its best classifier setting (balanced accuracy, "
+               "cic_flowprep attack classes with >= 100 test flows, 20 draws per k; *_by_window: examples and "
+               "classified flows never share a window); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
                "(queries/s, HNSW recall@10 against exact). Leaves out: classes under 100 flows, fine-tuned "
                "embeddings, search on real (not random) vectors at 10^6.",
     "ingest": "Compares: template mining, ours vs Drain3 0.9.1 on the same header-parsed messages (uncapped and "
@@ -508,10 +510,46 @@ SECTION_NOTES = {
 }
 
 
+def _cell(text: str):
+    """A bench.md table cell back to its JSON value (numbers, booleans, None), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def sections_from_markdown(text: str) -> dict:
+    """The sections of a bench.md (what write_reports renders: a metric/value table per section, then one table
+    per sub-dict) as bench.json would hold them."""
+    out: dict = {}
+    key = sub = None
+    cols: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            key, sub = line[3:].strip(), None
+            out[key] = {}
+        elif line.startswith("### ") and key:
+            sub = line.split(": ", 1)[1].strip()
+            out[key][sub], cols = {}, []
+        elif key and line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if sub is None:
+                if cells != ["metric", "value"] and len(cells) == 2:
+                    out[key][cells[0]] = _cell(cells[1])
+            elif not cols:
+                cols = cells[1:]
+            else:
+                out[key][sub][cells[0]] = dict(zip(cols, map(_cell, cells[1:])))
+    return out
+
+
 def write_reports(results: dict) -> None:
     REPORTS.mkdir(exist_ok=True)
     path = REPORTS / "bench.json"
-    merged = json.loads(path.read_text()) if path.is_file() else {}
+    if path.is_file():
+        merged = json.loads(path.read_text())
+    else:  # a checkout without bench.json: the sections bench.md holds are kept, not dropped
+        merged = sections_from_markdown((REPORTS / "bench.md").read_text()) if (REPORTS / "bench.md").is_file() else {}
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     for key, section in results.items():  # a partial run (--only, fewer datasets) keeps the other entries
         if isinstance(section, dict) and key != "machine":

@@ -54,3 +54,22 @@ def test_curves_are_scikit_learns_points():
         want_f, want_t, _ = roc_curve(y, s, drop_intermediate=False)
         assert np.allclose(np.r_[p[:-1][::-1], 1], want_p) and np.allclose(np.r_[r[:-1][::-1], 0], want_r)
         assert np.allclose(f, want_f) and np.allclose(t, want_t)
+
+
+def test_a_partial_bench_run_keeps_the_sections_bench_md_holds(tmp_path, monkeypatch):
+    """`make bench ARGS="--only X"` in a checkout without reports/bench.json (it is written, not shipped
+    before): the other sections come back from bench.md, values typed, instead of being dropped."""
+    import benchmarks.run as bench
+
+    monkeypatch.setattr(bench, "REPORTS", tmp_path)
+    bench.write_reports({"scale": {"lines_per_s": 66402, "ok": True, "sizes": {"1M": {"lines": 1000005, "s": 14.4}}},
+                         "accuracy": {"hdfs": {"loglm": {"f1": 0.99, "fpr": 0.004}}}})
+    before = (tmp_path / "bench.md").read_text()
+    (tmp_path / "bench.json").unlink()
+    bench.write_reports({"analyst": {"fewshot_accuracy_k5": 0.85}})
+    after = (tmp_path / "bench.md").read_text()
+    assert "## analyst" in after and before.split("## scale", 1)[1] in after  # earlier sections as they were
+    kept = __import__("json").loads((tmp_path / "bench.json").read_text())
+    assert kept["scale"]["lines_per_s"] == 66402 and kept["scale"]["ok"] is True
+    assert kept["scale"]["sizes"]["1M"] == {"lines": 1000005, "s": 14.4}
+    assert kept["accuracy"]["hdfs"]["loglm"]["f1"] == 0.99 and kept["analyst"]["fewshot_accuracy_k5"] == 0.85
