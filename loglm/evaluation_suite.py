@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loglm.config import TrainerConfig
 from loglm.evaluation import METRIC_KEYS, event_scores, item_metrics, session_scores
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
@@ -127,10 +128,14 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     return metrics, threshold, time.perf_counter() - t0, by_class
 
 
-def report_stem(protocol: str, dataset: str, data_sha256: str) -> str:
+DEFAULT_SEED = TrainerConfig.seed  # its reports keep the plain name
+
+
+def report_stem(protocol: str, dataset: str, data_sha256: str, seed: int = DEFAULT_SEED) -> str:
     """Reports are named by protocol, dataset and the prepared data's hash: the same protocol run on other
-    inputs (another capture, another day) never overwrites this one's report."""
-    return f"eval_{protocol}__{dataset}-{data_sha256[:8]}"
+    inputs (another capture, another day) never overwrites this one's report; a run with another
+    ``trainer.seed`` (seeds 42 / 1 / 2 of one protocol) gets ``-seed<S>`` and does not overwrite it either."""
+    return f"eval_{protocol}__{dataset}-{data_sha256[:8]}" + ("" if seed == DEFAULT_SEED else f"-seed{seed}")
 
 
 def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr: float) -> str:
@@ -278,7 +283,7 @@ def run(cfg) -> dict:
         text = markdown(protocol, rows, notes, cfg.detect.target_fpr)
         reports = Path(cfg.suite.reports_dir or Path(cfg.paths.root).resolve().parent / "reports")
         reports.mkdir(parents=True, exist_ok=True)
-        stem = report_stem(protocol, cfg.data.name, summary["data_sha256"])
+        stem = report_stem(protocol, cfg.data.name, summary["data_sha256"], cfg.trainer.seed)
         (reports / f"{stem}.md").write_text(text)
         atomic_write_json(reports / f"{stem}.json", {"protocol": protocol, "parent_run_id": parent,
                                                      "target_fpr": cfg.detect.target_fpr, "model_dir": ckpt,

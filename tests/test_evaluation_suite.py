@@ -126,3 +126,14 @@ def test_fpr_by_period_splits_days_or_quarters():
     assert list(short) == ["Q1", "Q2", "Q3", "Q4"] and short["Q4"] == {"normal": 2, "fp": 2, "fpr": 1.0}
     assert fpr_by_period(times, np.ones(7, int), scores, 0.5) == {}
 
+
+
+def test_report_names_keep_datasets_and_seeds_apart():
+    from loglm.evaluation_suite import report_stem
+
+    base = report_stem("cic_flowprep", "cic_flowprep", "4de74b88aa")
+    assert base == "eval_cic_flowprep__cic_flowprep-4de74b88"  # the default seed keeps the name it always had
+    names = {base, report_stem("cic_flowprep", "cic_flowprep", "4de74b88aa", seed=1),
+             report_stem("cic_flowprep", "cic_flowprep", "4de74b88aa", seed=2),
+             report_stem("cic_flowprep", "cic_other_day", "4de74b88aa"), report_stem("cic_flowprep", "cic_flowprep", "0badc0de")}
+    assert len(names) == 5 and report_stem("p", "d", "ab", seed=1).endswith("-seed1")
