@@ -112,6 +112,20 @@ def test_embeddings_torch_and_onnx_agree_and_search_finds_the_same_kind(deployed
     findings = [json.loads(x) for x in out.with_suffix(".ocsf.jsonl").read_text().splitlines()]
     assert any(a.get("sub_technique", {}).get("uid") == "T1110.001" for f in findings
                for a in f["finding_info"].get("attacks", []))
+    # the same examples through logistic regression (--method logreg): a numpy-only kinds file
+    from loglm.analyst.fewshot import FewShot
+
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "kinds", "fit", "--embeddings", str(torch_out),
+                           "--examples", str(examples), "--min-confidence", "0.0", "--method", "logreg",
+                           "--out", str(tmp_path / "kinds_lr.json")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lr = FewShot.load(tmp_path / "kinds_lr.json")
+    meta, vecs = read_embeddings(torch_out)
+    row = {s: i for i, s in enumerate(meta.column("session_id").to_pylist())}
+    got = lr.predict(vecs[[row[s] for s in kinds]])[0]
+    assert lr.method == "logreg" and np.mean([g == ("SSH-Patator" if k == "swap" else "crash")
+                                              for g, k in zip(got, kinds.values())]) > 0.8
 
 
 def test_feedback_tune_promote_rollback(deployed, tmp_path):

@@ -77,6 +77,27 @@ def test_fewshot_file_roundtrip(tmp_path):
     assert again.predict(x)[0] == clf.predict(x)[0] == ["a", "a", "b", "b"]
 
 
+@pytest.mark.parametrize("n_kinds", [2, 3])
+def test_a_saved_logistic_regression_gives_scikit_learns_probabilities_in_numpy(tmp_path, n_kinds):
+    """`loglm kinds fit --method logreg`: weights and standardisation saved as JSON; the loaded classifier
+    (numpy, no scikit-learn at detection) gives scikit-learn's own probabilities, two kinds (one row of
+    weights) and more."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(loc=3 * i, size=(6, 5)) * (1 + i) for i in range(n_kinds)])
+    y = [f"k{i}" for i in range(n_kinds) for _ in range(6)]
+    clf = FewShot("logreg", 0.4, standardize=True).fit(x, y)
+    clf.save(tmp_path / "k.json")
+    again = FewShot.load(tmp_path / "k.json")
+    z = (x - x.mean(0)) / x.std(0)
+    ref = LogisticRegression(C=10.0, max_iter=2000).fit(z, [int(k[1]) for k in y]).predict_proba(z)
+    q = rng.normal(size=(4, 5)) * 4
+    np.testing.assert_allclose(again.proba(x), ref, atol=1e-6)
+    np.testing.assert_allclose(again.proba(q), clf.proba(q), atol=1e-12)
+    assert again.predict(x)[0] == y and again.dims == 5 and again.method == "logreg"
+
+
 def test_attack_context_from_kind_and_from_evidence():
     assert len(techniques()) > 600 and "T1110.001" in techniques()
     (t,) = for_kind("SSH-Patator")

@@ -25,12 +25,16 @@ def similar_main(argv: list[str]) -> int:
 
 def kinds_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loglm kinds fit",
-                                description="Fit a few-shot kinds file from labelled sessions (prototypes on their vectors).")
+                                description="Fit a few-shot kinds file from labelled sessions (a classifier on their vectors).")
     p.add_argument("action", choices=["fit"])
     p.add_argument("--embeddings", required=True, help="Parquet of session vectors holding the examples")
     p.add_argument("--examples", help="CSV with columns session_id,kind")
     p.add_argument("--feedback", help="feedback table: malicious verdicts that name a kind are examples")
     p.add_argument("--min-confidence", type=float, default=0.5, help="below it an alert's kind is 'unknown'")
+    p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
+                   help="prototype: the nearest kind's mean vector (cosine); logreg: logistic regression on "
+                        "standardised vectors (better from 5 examples per kind on cic_flowprep flows, README "
+                        "\"The analyst's loop\"; needs two kinds)")
     p.add_argument("--out", required=True, help="kinds file (JSON) for detect.kinds=")
     a = p.parse_args(argv)
     import csv
@@ -58,7 +62,11 @@ def kinds_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     ids = list(examples)
-    clf = FewShot("prototype", a.min_confidence).fit(vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
+    if a.method == "logreg" and len(set(examples.values())) < 2:
+        print("loglm kinds: error: --method logreg needs examples of two kinds or more", file=sys.stderr)
+        return 2
+    clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg").fit(
+        vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
     clf.save(a.out)
     print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))
     return 0

@@ -30,8 +30,8 @@ def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
 
         vec = embed_windows(embed_fn_of(model), *windows_of(sub), dcfg.batch_size, dcfg.max_batch_tokens)
         ids, sv = session_vectors([sids[r] for r in rows], vec)
-        if sv.shape[1] != clf.prototypes.shape[1]:
-            raise ValueError(f"detect.kinds={dcfg.kinds}: its prototypes have {clf.prototypes.shape[1]} dimensions, "
+        if sv.shape[1] != clf.dims:
+            raise ValueError(f"detect.kinds={dcfg.kinds}: its classifier reads {clf.dims} dimensions, "
                              f"this model's vectors {sv.shape[1]}: fit the kinds with this model's embeddings")
         names, conf = clf.predict(sv)
         kind = {sid: {"name": n, "confidence": round(float(c), 4)} for sid, n, c in zip(ids, names, conf)}

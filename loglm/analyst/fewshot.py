@@ -53,7 +53,8 @@ class FewShot:
         else:
             from sklearn.linear_model import LogisticRegression
 
-            self.model = LogisticRegression(C=10.0, max_iter=2000).fit(z, y)
+            m = LogisticRegression(C=10.0, max_iter=2000).fit(z, y)
+            self.model = _Softmax(m.coef_, m.intercept_)  # its predict_proba, in numpy (saved and loaded as is)
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -72,19 +73,50 @@ class FewShot:
         return [self.kinds[b] if c >= self.min_confidence else UNKNOWN for b, c in zip(best, conf)], conf
 
     def save(self, path: Path) -> None:
-        """A prototype classifier as JSON (kinds, prototypes, settings): what detection loads to label alerts."""
-        if self.model is not None:
-            raise ValueError("only the prototype classifier is saved (its file is plain JSON)")
-        out = {"method": "prototype", "kinds": self.kinds, "min_confidence": self.min_confidence,
-               "prototypes": self.prototypes.round(6).tolist()}
+        """The classifier as plain JSON (kinds, settings, and the prototypes or the logistic regression's
+        weights, with the standardisation): what detection loads to label alerts, numpy only."""
+        out = {"method": self.method, "kinds": self.kinds, "min_confidence": self.min_confidence,
+               "standardize": self.standardize}
+        if self.standardize:
+            out["mean"], out["std"] = self.mean.tolist(), self.std.tolist()
+        if self.model is None:
+            out["method"], out["prototypes"] = "prototype", self.prototypes.round(6).tolist()
+        else:
+            out["coef"], out["intercept"] = self.model.coef.tolist(), self.model.intercept.tolist()
         Path(path).write_text(json.dumps(out))
+
+    @property
+    def dims(self) -> int:
+        return int(self.prototypes.shape[1] if self.model is None else self.model.coef.shape[1])
 
     @classmethod
     def load(cls, path: Path) -> FewShot:
         d = json.loads(Path(path).read_text())
-        f = cls("prototype", float(d["min_confidence"]))
-        f.kinds, f.prototypes, f.model = list(d["kinds"]), np.asarray(d["prototypes"], np.float64), None
+        f = cls(d.get("method", "prototype"), float(d["min_confidence"]), bool(d.get("standardize", False)))
+        f.kinds, f.model = list(d["kinds"]), None
+        if f.standardize:
+            f.mean, f.std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
+        if "coef" in d:
+            f.model = _Softmax(np.asarray(d["coef"], np.float64), np.asarray(d["intercept"], np.float64))
+        else:
+            f.prototypes = np.asarray(d["prototypes"], np.float64)
         return f
+
+
+class _Softmax:
+    """A saved logistic regression's predict_proba in numpy (no scikit-learn at detection time). Two kinds:
+    scikit-learn keeps one row of weights (the second kind's logit), softmax over (0, logit) is its sigmoid."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray):
+        self.coef, self.intercept = coef, intercept
+
+    def predict_proba(self, z: np.ndarray) -> np.ndarray:
+        logits = z @ self.coef.T + self.intercept
+        if logits.shape[1] == 1:
+            logits = np.concatenate([np.zeros_like(logits), logits], 1)
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
 
 
 def _draw(rng, items: np.ndarray, k: int, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
