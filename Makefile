@@ -33,11 +33,15 @@ browser: setup
 demo: setup
 	$(BIN)/python -m pipelines.demo $(ARGS)
 
+# Two pytest workers (TEST_JOBS=0 runs in one process); a module's tests, and all Ray tests, share a worker.
+TEST_JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder --durations=15
+
 test: setup browser
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(ARGS)
+	$(PYTEST) -m "not slow and not gpu" $(ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)

@@ -9,7 +9,7 @@ import pytest
 from conftest import compose
 from flow_fixtures import write_zeek
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (conftest)
 
 
 @pytest.fixture(scope="module")

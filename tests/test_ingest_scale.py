@@ -86,8 +86,8 @@ def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):
         assert ray["summary"]["data_sha256"] == local["summary"]["data_sha256"]  # the same shard files
 
 
-test_ray_with_one_or_four_cpus_gives_the_local_dataset = pytest.mark.slow(
-    test_ray_with_one_or_four_cpus_gives_the_local_dataset)
+test_ray_with_one_or_four_cpus_gives_the_local_dataset = pytest.mark.slow(pytest.mark.xdist_group("ray")(
+    test_ray_with_one_or_four_cpus_gives_the_local_dataset))
 
 PEAK = """
 import json, resource, sys

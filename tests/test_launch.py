@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (conftest)
 DASHBOARD = 8276
 
 

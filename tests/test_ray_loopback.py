@@ -8,7 +8,7 @@ import ipaddress
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (conftest)
 
 
 def listeners(procs) -> list[tuple[int, str, str, int]]:

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, compose
 from synthetic import synthetic_run_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (conftest)
 
 RAY = ["launcher=ray", "ray.num_workers=2", "ray.num_cpus=2", "trainer.batch_size=32", "trainer.patience=50"]
 

@@ -157,6 +157,7 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
     cfg, result = model
     lines = b"".join(line.encode() + b"\n" for b in range(10)
                      for line in render(normal_block(f"blk_{b}", random.Random(b), T0 + timedelta(seconds=b))))
+    read = []
     for delay in (0.0, 0.05, 0.2):
         out = tmp_path / f"alerts-{delay}.jsonl"
         proc = subprocess.Popen(
@@ -174,9 +175,12 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, (delay, stdout[-300:], stderr[-2000:])
         summary = json.loads(stdout)
-        # what was read before the stop is scored and accounted; lines still in the pipe were never read
-        assert 0 < summary["lines"]["read"] == summary["events_scored"] <= lines.count(b"\n")
+        # what was read before the stop is scored and accounted; lines still in the pipe were never read (on a
+        # busy machine the stop can come before the first line is read: nothing read, nothing lost)
+        assert summary["lines"]["read"] == summary["events_scored"] <= lines.count(b"\n")
         assert summary["lines"]["accepted"] == summary["lines"]["read"]
+        read.append(summary["lines"]["read"])
+    assert max(read) > 0, read  # at least one stop came after lines were read and scored
 
 
 def test_count_windows_stream_like_the_batch_path(model):
