@@ -543,6 +543,20 @@ def sections_from_markdown(text: str) -> dict:
     return out
 
 
+def cpu_reference_s(n: int = 10_000_000, repeats: int = 3) -> float:
+    """Seconds one core takes for a fixed pure-Python loop (best of ``repeats``): this machine's speed when a
+    section was measured.  The same code's prepare ran at 69k lines/s one day and 27k another on this 2-core
+    machine; a section's figures compare across runs only beside this."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - t)
+    return round(best, 3)
+
+
 def write_reports(results: dict) -> None:
     REPORTS.mkdir(exist_ok=True)
     path = REPORTS / "bench.json"
@@ -551,9 +565,11 @@ def write_reports(results: dict) -> None:
     else:  # a checkout without bench.json: the sections bench.md holds are kept, not dropped
         merged = sections_from_markdown((REPORTS / "bench.md").read_text()) if (REPORTS / "bench.md").is_file() else {}
     now = time.strftime("%Y-%m-%d %H:%M:%S")
+    ref = cpu_reference_s()
     for key, section in results.items():  # a partial run (--only, fewer datasets) keeps the other entries
         if isinstance(section, dict) and key != "machine":
             section.setdefault("measured_at", now)  # each section keeps the time it was measured
+            section.setdefault("cpu_reference_s", ref)  # and how fast the machine was then
         if key in ("accuracy", "accuracy_runs"):
             merged[key] = {**merged.get(key, {}), **section}
         else:
@@ -561,7 +577,9 @@ def write_reports(results: dict) -> None:
     path.write_text(json.dumps(merged, indent=2) + "\n")
     lines = ["# LogLM benchmarks", "", f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
              f"written by `make bench` ({now}). Sections come from different runs when a run measured only some "
-             "(`--only`): each says when it was measured (`measured_at`); compare figures within a section.", ""]
+             "(`--only`): each says when it was measured (`measured_at`) and how fast one core was then "
+             "(`cpu_reference_s`: seconds for a fixed 10^7-step Python loop, 0.78 on 2026-12-01; it has varied "
+             "about 2x between days); compare figures within a section.", ""]
     for key, section in merged.items():
         if key == "machine":
             continue

@@ -675,15 +675,16 @@ def data_config_from_dict(d: dict) -> DataConfig:
     return DataConfig(**d)
 
 
-def trained_data_config(model_dir: Path, fallback: DataConfig) -> DataConfig:
+def trained_data_config(model_dir: Path, fallback: DataConfig, labels: bool = True) -> DataConfig:
     """The data settings a model was trained with (its ``config.yaml``), so a student, a detector or a
-    recalibration ingests logs the same way; ``fallback`` when the model folder records none."""
+    recalibration ingests logs the same way; ``fallback`` when the model folder records none.  ``labels=False``
+    (detection, recalibration): without the training set's label list (``anomalous_ids``)."""
     from omegaconf import OmegaConf
 
     path = Path(model_dir) / "config.yaml"
-    if not path.is_file():
-        return fallback
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data))
+    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data)) \
+        if path.is_file() else fallback
+    return data if labels else dataclasses.replace(data, anomalous_ids=None)
 
 
 def load_group(group: str, name: str) -> Any:

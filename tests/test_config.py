@@ -186,3 +186,24 @@ def test_debug_fast_runs_the_whole_training_job_in_seconds(tmp_path):
     prepare(cfg)
     out = pretrain(cfg)
     assert out["global_step"] <= 5 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_models_data_settings_come_back_with_or_without_its_label_list(tmp_path):
+    """Student, detector and recalibration read logs as the model's training data was read; detection and
+    recalibration drop the training set's label list (``labels=False``), also when the folder records none."""
+    import yaml
+
+    from loglm.config import trained_data_config
+
+    trained = compose("prepare", ["data=hdfs_loglead", "data.anomalous_ids=/elsewhere/ids.txt"]).data
+    here = compose("detect", ["data=hdfs_sample", "data.anomalous_ids=/here/ids.txt"]).data
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.yaml").write_text(yaml.safe_dump({"data": {"name": trained.name, "format": trained.format,
+                                                                "anomalous_ids": trained.anomalous_ids}}))
+    kept = trained_data_config(model, here)
+    assert kept.name == trained.name and kept.anomalous_ids == "/elsewhere/ids.txt"
+    assert trained_data_config(model, here, labels=False).anomalous_ids is None
+    assert trained_data_config(tmp_path / "none", here) is here
+    bare = trained_data_config(tmp_path / "none", here, labels=False)
+    assert bare.anomalous_ids is None and bare.name == here.name

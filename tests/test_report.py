@@ -62,6 +62,8 @@ def test_a_partial_bench_run_keeps_the_sections_bench_md_holds(tmp_path, monkeyp
     import benchmarks.run as bench
 
     monkeypatch.setattr(bench, "REPORTS", tmp_path)
+    speeds = iter([0.78, 1.7])  # the machine's speed at each run (cpu_reference_s, below)
+    monkeypatch.setattr(bench, "cpu_reference_s", lambda: next(speeds))
     bench.write_reports({"scale": {"lines_per_s": 66402, "ok": True, "sizes": {"1M": {"lines": 1000005, "s": 14.4}}},
                          "accuracy": {"hdfs": {"loglm": {"f1": 0.99, "fpr": 0.004}}}})
     before = (tmp_path / "bench.md").read_text()
@@ -73,3 +75,8 @@ def test_a_partial_bench_run_keeps_the_sections_bench_md_holds(tmp_path, monkeyp
     assert kept["scale"]["lines_per_s"] == 66402 and kept["scale"]["ok"] is True
     assert kept["scale"]["sizes"]["1M"] == {"lines": 1000005, "s": 14.4}
     assert kept["accuracy"]["hdfs"]["loglm"]["f1"] == 0.99 and kept["analyst"]["fewshot_accuracy_k5"] == 0.85
+    # each section keeps how fast the machine was when it was measured
+    assert kept["scale"]["cpu_reference_s"] == 0.78 and kept["analyst"]["cpu_reference_s"] == 1.7
+    assert "| cpu_reference_s | 1.7 |" in after
+    monkeypatch.undo()
+    assert 0 < bench.cpu_reference_s(n=100_000, repeats=2) < 10

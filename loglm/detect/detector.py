@@ -181,7 +181,7 @@ def with_model_data(cfg, model_dir: Path):
         return cfg
     from loglm.config import trained_data_config
 
-    data = dataclasses.replace(trained_data_config(model_dir, cfg.data), anomalous_ids=None)
+    data = trained_data_config(model_dir, cfg.data, labels=False)
     if data != cfg.data:
         print(f"loglm: reading inputs as the model's training data was read (data {data.name!r}, format "
               f"{data.format!r}, sessions by {data.session.by}); detect.data_from=command uses this command's data.*",

@@ -24,16 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from loglm.artifacts import atomic_write_json
+from loglm.config import trained_data_config
 
 POPULATION = "unlabelled recent traffic of the new environment (assumed normal; input labels not used)"
 COPIED = ("model.safetensors", "model.json", "vocab.json", "config.yaml")
-
-
-def model_data_config(model_dir: Path, fallback):
-    """The ingest settings the model was trained with (its config.yaml), without the training set's labels."""
-    from loglm.config import trained_data_config
-
-    return dataclasses.replace(trained_data_config(model_dir, fallback), anomalous_ids=None)
 
 
 def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str]:
@@ -62,7 +56,7 @@ def run(cfg) -> dict:
         raise ValueError(f"out={out} exists: recalibration writes a new model folder and never replaces one")
     loaded = load_model(model_dir)
     dcfg = detect_config_of(loaded, cfg.detect)  # the model's scoring settings, this run's target FPR
-    run_cfg = dataclasses.replace(cfg, data=model_data_config(model_dir, cfg.data))
+    run_cfg = dataclasses.replace(cfg, data=trained_data_config(model_dir, cfg.data, labels=False))
     table, _, account, _ = score_input(run_cfg, loaded)
     if table.num_rows == 0:
         raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
