@@ -371,3 +371,58 @@ def test_unreadable_csv_header_rejects_its_rows_with_the_reason(tmp_path, header
     assert not records and acct.read == len(rejected) + acct.metadata == 3
     assert all(r.line_no in (1, 2, 3) for r in rejected)
     assert any("header" in r.reason for r in rejected)
+
+
+TIME_FORMATS = ["%y%m%d %H%M%S", "%Y-%m-%d %H:%M:%S", "%y/%m/%d %H:%M:%S", "%a %b %d %H:%M:%S %Y", "%b %d %H:%M:%S",
+                "%Y.%m.%d %H:%M:%S", "%d/%b/%Y:%H:%M:%S", "%H%M%S"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(TIME_FORMATS), st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2099, 12, 31)),
+       st.sampled_from(["as written", "seconds unpadded", "seconds 60", "seconds 99", "minute unpadded", "garbage"]),
+       st.text(alphabet="0123456789: -/abc", max_size=4))
+def test_timestamps_parse_by_minute_exactly_as_strptime_parses_them(fmt, when, variant, junk):
+    """The minute cache (one strptime per minute) gives what strptime gives, on stamps as the format writes
+    them and on every other spelling (unpadded fields, leap or bad seconds, junk): the same time or the
+    same refusal."""
+    from loglm.ingest.formats import time_parser
+
+    text = when.strftime(fmt)
+    if variant == "seconds unpadded" and text[-2] == "0":
+        text = text[:-2] + text[-1]
+    elif variant in ("seconds 60", "seconds 99"):
+        text = text[:-2] + variant[-2:]
+    elif variant == "minute unpadded" and text[-5:-3].isdigit() and text[-5] == "0":
+        text = text[:-5] + text[-4:]
+    elif variant == "garbage":
+        text = text[:-2] + junk
+
+    def strptime(value):
+        return datetime.strptime(value, fmt).replace(tzinfo=UTC).timestamp()
+
+    parse = time_parser(fmt)
+    for _ in range(2):  # the minute cold, then cached
+        try:
+            want = strptime(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                parse(text)
+        else:
+            assert parse(text) == want, (fmt, text)
+
+
+def test_a_raw_line_keeps_its_header_fields_label_and_entities(tmp_path):
+    """The fields a raw-text line needs come out of its header match: content, timestamp, a label field
+    and header entities (BGL: label '-' = normal, node -> hostname)."""
+    path = tmp_path / "bgl.log"
+    path.write_text("- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 "
+                    "R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected\n"
+                    "APPREAD 1117869872 2005.06.04 R04-M1-N1-I:J18-U11 2005-06-04-00.24.32.432192 "
+                    "R04-M1-N1-I:J18-U11 RAS APP FATAL ciod: failed to read message prefix\n")
+    data = DataConfig(format="bgl", inputs=[str(path)])
+    items = list(make_reader(data, path).read(path, LineAccount()))
+    assert [type(i) for i in items] == [Record, Record]
+    first, second = items
+    assert first.content == "instruction cache parity error corrected" and first.label == "-"
+    assert second.label == "APPREAD" and second.header_entities == {"hostname": "R04-M1-N1-I:J18-U11"}
+    assert first.ts == datetime(2005, 6, 3, 15, 42, 50, 675872, tzinfo=UTC).timestamp()

@@ -48,8 +48,26 @@ EVENT_SCHEMA = pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts
                           ("label", pa.string()), ("fields", pa.string()), ("keys", pa.list_(pa.string()))])
 SPILL_SCHEMA = pa.schema([("key", pa.string()), ("pos", pa.int64()), ("ts", pa.float64()),
                           ("masked", pa.string()), ("label", pa.string()), ("fields", pa.string())])
-# json.dumps(x, sort_keys=True) builds an encoder per call; one reused encoder writes the same text faster
-_JSON = json.JSONEncoder(sort_keys=True).encode
+
+
+def _json_encoder():
+    """``json.dumps(x, sort_keys=True)`` of plain data (no cycles): JSONEncoder.encode builds its C encoder on
+    every call (2.5 µs of a line's 46); this one is built once."""
+    from json.encoder import c_make_encoder, encode_basestring_ascii
+
+    base = json.JSONEncoder(sort_keys=True)
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return base.encode
+    enc = c_make_encoder(None, base.default, encode_basestring_ascii, None, base.key_separator,
+                         base.item_separator, True, False, True)
+
+    def encode(obj) -> str:
+        return "".join(enc(obj, 0)) if isinstance(obj, (dict, list, tuple)) else base.encode(obj)
+
+    return encode
+
+
+_JSON = _json_encoder()
 STATS_NAMES = ("first_ts", "first_pos", "last_ts", "n", "n_anom", "n_unk", "n_none", "part")
 
 
