@@ -22,7 +22,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from loglm.config import compose  # noqa: E402,F401  (tests import it from here)
 
-LONGEST_FIRST = ("ray", "test_e2e", "test_interrupt", "test_ingest_scale", "test_streaming", "test_export",
+LONGEST_FIRST = ("ray", "test_e2e", "test_interrupt", "test_ingest_scale", "test_streaming", "test_launch", "test_export",
                  "test_analyst", "test_hostile_input", "test_pipeline", "test_security", "test_own_logs")
 
 

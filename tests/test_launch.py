@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (conftest)
+pytestmark = pytest.mark.slow
 DASHBOARD = 8276
 
 
@@ -52,6 +52,7 @@ def ray_head(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("ray")  # one Ray cluster at a time (conftest); the local DDP test runs beside them
 def test_launch_submits_prepare_and_pretrain_and_reports_the_run(ray_head, tmp_path):
     import mlflow
 
