@@ -91,6 +91,11 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     assert sum(p["normal"] for p in by.values()) == m["tn"] + m["fp"] and sum(p["fp"] for p in by.values()) == m["fp"]
     fpr = result["models"]["LogLM"]["metrics"]["all"]["fpr"]
     assert f"| {fpr:.4f} | {fpr / 0.01:.2f}" in table  # the test FPR beside its ratio to the target
+    # what the target allows on this split: the F1 of catching every anomaly at a test FPR equal to the target
+    n_anom, n_normal = m["tp"] + m["fn"], m["fp"] + m["tn"]
+    top = 2 * n_anom / (2 * n_anom + 0.01 * n_normal)
+    assert f"with {n_anom:,} anomalous and {n_normal:,} normal test sessions" in table
+    assert f"reaches at most F1 {top:.3f}" in table
     assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
     # a trained model keeps its threshold: asking the suite for another target would threshold the baselines
     # for one FPR and LogLM for another, so it is refused before any run starts

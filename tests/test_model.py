@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from loglm.config import DetectConfig
-from loglm.detect.metrics import detection_metrics, reweighted_f1, unique_items
+from loglm.detect.metrics import detection_metrics, f1_ceiling, reweighted_f1, unique_items
 from loglm.detect.score_core import calibrated_config
 from loglm.detect.torch_scoring import score_windows, threshold_for_fpr
 from loglm.model.encoder import EncoderConfig, LogEncoder
@@ -240,6 +240,20 @@ def test_metrics_counts_and_prevalence():
     assert reweighted_f1(0.9, 0.01) == pytest.approx(2 * p * 0.9 / (p + 0.9))
     uy, us = unique_items([(1, 2), (1, 2), (3,)], np.array([0, 0, 1]), np.array([0.1, 0.3, 0.9]))
     assert sorted(zip(uy.tolist(), us.tolist())) == [(0, 0.3), (1, 0.9)]
+
+
+def test_f1_ceiling_is_the_f1_of_a_detector_catching_everything_at_that_fpr():
+    # hdfs_loglead's test split: 66 anomalous, 2,349 normal blocks; a 1% target allows ~23 false positives
+    assert f1_ceiling(66, 2349, 0.01) == pytest.approx(0.849, abs=1e-3)
+    # a detector that catches all 40 anomalies and 10 of 1,000 normals (FPR 0.01) reaches exactly the ceiling,
+    # and one that misses anything or makes more false positives stays below it
+    y = np.r_[np.ones(40), np.zeros(1000)]
+    s = np.r_[np.full(40, 2.0), np.full(10, 1.5), np.zeros(990)]
+    m = detection_metrics(y, s, 1.0)
+    assert m["fpr"] == pytest.approx(0.01) and m["f1"] == pytest.approx(f1_ceiling(40, 1000, 0.01))
+    s[0] = 0.5
+    assert detection_metrics(y, s, 1.0)["f1"] < f1_ceiling(40, 1000, 0.01)
+    assert f1_ceiling(40, 1000, 0.0) == 1.0 and f1_ceiling(0, 1000, 0.01) == 0.0
 
 
 def test_gap_buckets():
