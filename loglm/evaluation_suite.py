@@ -138,7 +138,7 @@ def report_stem(protocol: str, dataset: str, data_sha256: str, seed: int = DEFAU
     return f"eval_{protocol}__{dataset}-{data_sha256[:8]}" + ("" if seed == DEFAULT_SEED else f"-seed{seed}")
 
 
-def f1_ceiling_note(m: dict, target_fpr: float, unit: str) -> str | None:
+def f1_ceiling_note(m: dict, target_fpr: float, unit: str) -> tuple[str, float] | None:
     """What the target FPR allows on this test split: the best F1 of a detector that catches every anomaly
     and whose test FPR equals the target (an F1 goal above it asks for a lower target, not a better model)."""
     from loglm.detect.metrics import f1_ceiling
@@ -149,7 +149,7 @@ def f1_ceiling_note(m: dict, target_fpr: float, unit: str) -> str | None:
     top = f1_ceiling(n_anom, n_normal, target_fpr)
     return (f"F1 ceiling at the target: with {n_anom:,} anomalous and {n_normal:,} normal test {unit}s, a detector "
             f"whose test FPR equals the target {target_fpr} makes about {target_fpr * n_normal:,.0f} false positives "
-            f"and reaches at most F1 {top:.3f}, even catching every anomaly.")
+            f"and reaches at most F1 {top:.3f}, even catching every anomaly.", top)
 
 
 def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr: float) -> str:
@@ -293,7 +293,8 @@ def run(cfg) -> dict:
                          f"interval {lo:.4f}-{hi:.4f}) from {promise['n_normal']} independent validation items.")
         ceiling = f1_ceiling_note(rows["LogLM"]["metrics"]["all"], cfg.detect.target_fpr, cfg.data.eval_unit)
         if ceiling:
-            notes.append(ceiling)
+            notes.append(ceiling[0])
+            client.log_metric(parent, "f1_ceiling_at_target", ceiling[1])
         if cfg.data.label_field or "label" in cfg.data.fields:
             notes.append("Attack classes come from the data's label column"
                          + (f" `{cfg.data.fields['label']}`" if "label" in cfg.data.fields else "") + ".")

@@ -34,6 +34,7 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
     assert "LogLM on hdfs_loglead/test" in out
     assert "AUROC" in out and "MLflow runs: pretrain" in out
     assert "test FPR" in out and "for a target of 0.01" in out  # the figure a newcomer reads first
+    assert "at that FPR no detector exceeds F1" in out  # and what that target allows on this split
     cal = json.loads(next((root / "models").glob("*/calibration.json")).read_text())
     assert cal["n_val_sessions"] >= 99 and cal["val_population"] == "labelled normal" and not cal["warning"]
     alerts = [p for p in (root / "models").glob("*/alerts/*.jsonl") if p.name.count(".") == 1]  # not .ocsf/.rejected

@@ -96,6 +96,7 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     top = 2 * n_anom / (2 * n_anom + 0.01 * n_normal)
     assert f"with {n_anom:,} anomalous and {n_normal:,} normal test sessions" in table
     assert f"reaches at most F1 {top:.3f}" in table
+    assert client.get_run(result["parent_run_id"]).data.metrics["f1_ceiling_at_target"] == pytest.approx(top)
     assert json.loads(reports[0].with_suffix(".json").read_text())["parent_run_id"] == result["parent_run_id"]
     # a trained model keeps its threshold: asking the suite for another target would threshold the baselines
     # for one FPR and LogLM for another, so it is refused before any run starts
