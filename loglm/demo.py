@@ -126,7 +126,7 @@ def run(cfg) -> dict:
     from rich.console import Console
 
     from loglm.config import load_group
-    from loglm.detect.metrics import f1_ceiling
+    from loglm.detect.metrics import f1_ceiling_of
 
     results = {"raw": _stage(cfg, f"{cfg.data.name} ({cfg.data.format} records)")}
     results["raw"]["bundle"] = _deploy(cfg, results["raw"]["pretrain"])
@@ -147,7 +147,7 @@ def run(cfg) -> dict:
                       f"  test FPR {m['fpr']:.4f} for a target of {cal['target_fpr']} (threshold from "
                       f"{cal['n_val_sessions']} validation normal sessions; promised at most {hi:.4f} at 95 %)\n"
                       f"  at that FPR no detector exceeds F1 "
-                      f"{f1_ceiling(m['tp'] + m['fn'], m['fp'] + m['tn'], cal['target_fpr']):.3f} on this split "
+                      f"{f1_ceiling_of(m, cal['target_fpr']):.3f} on this split "
                       f"({m['tp'] + m['fn']} anomalous, {m['fp'] + m['tn']} normal sessions: the F1 ceiling)\n"
                       f"  alerts: {r['detect']['alerts_path']} ({r['detect']['alerts']} alerts)\n"
                       f"  MLflow runs: pretrain {r['pretrain']['run_id']}, evaluation {r['evaluate']['run_id']} "

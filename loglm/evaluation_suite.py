@@ -141,12 +141,12 @@ def report_stem(protocol: str, dataset: str, data_sha256: str, seed: int = DEFAU
 def f1_ceiling_note(m: dict, target_fpr: float, unit: str) -> tuple[str, float] | None:
     """What the target FPR allows on this test split: the best F1 of a detector that catches every anomaly
     and whose test FPR equals the target (an F1 goal above it asks for a lower target, not a better model)."""
-    from loglm.detect.metrics import f1_ceiling
+    from loglm.detect.metrics import f1_ceiling_of
 
     n_anom, n_normal = m["tp"] + m["fn"], m["fp"] + m["tn"]
     if not n_anom or not n_normal:
         return None
-    top = f1_ceiling(n_anom, n_normal, target_fpr)
+    top = f1_ceiling_of(m, target_fpr)
     return (f"F1 ceiling at the target: with {n_anom:,} anomalous and {n_normal:,} normal test {unit}s, a detector "
             f"whose test FPR equals the target {target_fpr} makes about {target_fpr * n_normal:,.0f} false positives "
             f"and reaches at most F1 {top:.3f}, even catching every anomaly.", top)

@@ -246,7 +246,7 @@ def test_f1_ceiling_is_the_f1_of_a_detector_catching_everything_at_that_fpr():
     # hdfs_loglead's test split: 66 anomalous, 2,349 normal blocks; a 1% target allows ~23 false positives
     assert f1_ceiling(66, 2349, 0.01) == pytest.approx(0.849, abs=1e-3)
     # a detector that catches all 40 anomalies and 10 of 1,000 normals (FPR 0.01) reaches exactly the ceiling,
-    # and one that misses anything or makes more false positives stays below it
+    # and one that misses an anomaly stays below it
     y = np.r_[np.ones(40), np.zeros(1000)]
     s = np.r_[np.full(40, 2.0), np.full(10, 1.5), np.zeros(990)]
     m = detection_metrics(y, s, 1.0)

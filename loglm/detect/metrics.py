@@ -49,6 +49,11 @@ def f1_ceiling(n_anomalous: int, n_normal: int, fpr: float) -> float:
     return 2 * n_anomalous / (2 * n_anomalous + fpr * n_normal)
 
 
+def f1_ceiling_of(m: dict, fpr: float) -> float:
+    """``f1_ceiling`` of the split that ``detection_metrics`` counted in ``m``."""
+    return f1_ceiling(m["tp"] + m["fn"], m["fp"] + m["tn"], fpr)
+
+
 def unique_items(keys: list, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each distinct (event sequence, label) once; its score is the max over its copies."""
     best: dict = {}
