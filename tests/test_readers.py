@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import compose
 from flow_fixtures import HOST, NETFLOW_FIELDS, netflow_rows, write_cicflowmeter, write_zeek
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from loglm.config import DataConfig
@@ -426,3 +426,69 @@ def test_a_raw_line_keeps_its_header_fields_label_and_entities(tmp_path):
     assert first.content == "instruction cache parity error corrected" and first.label == "-"
     assert second.label == "APPREAD" and second.header_entities == {"hostname": "R04-M1-N1-I:J18-U11"}
     assert first.ts == datetime(2005, 6, 3, 15, 42, 50, 675872, tzinfo=UTC).timestamp()
+
+
+def _general_event(reader, raw: bytes, mask: bool):
+    """What the fast path must equal: parse_line, then prepare's event_parts."""
+    from loglm.ingest.prepare import event_parts
+
+    item = reader.parse_line(raw, "f.log", 7)
+    if isinstance(item, Rejection):
+        return item
+    masked, ents = event_parts(item, mask)
+    return item.source, item.line_no, item.ts, item.raw, item.label, masked, ents
+
+
+def _fast_or_general(reader, raw: bytes, mask: bool):
+    fast = reader.event_of(raw, "f.log", 7, mask)
+    return fast if fast is not None else _general_event(reader, raw, mask)
+
+
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("system", sorted(p.name.split("_")[0] for p in (FIXTURES / "loghub").glob("*_40.log")))
+def test_the_shape_planned_fast_path_reads_every_preset_as_the_general_path(system, mask):
+    """``RawTextReader.event_of`` (one header match and parameter layout per line shape) gives exactly what
+    ``parse_line`` + ``event_parts`` give, line by line, on every loghub system (twice: cold and cached);
+    on the digit-free presets it takes the lines itself."""
+    reader = make_reader(DataConfig(format=system.lower()))
+    lines = (FIXTURES / "loghub" / f"{system}_40.log").read_bytes().splitlines(keepends=True)
+    taken = 0
+    for _ in range(2):
+        for raw in lines:
+            fast = reader.event_of(raw, "f.log", 7, mask)
+            taken += fast is not None
+            assert (fast if fast is not None else _general_event(reader, raw, mask)) == \
+                _general_event(reader, raw, mask), raw
+    if reader._plans is not None:
+        assert taken >= len(lines), system  # the fixture's lines are ASCII: the fast path took them
+
+
+_HOSTILE = ["blk_-1608999687919862906", "blk_38865", "/10.250.19.102:54106", "10.251.71.16", "user=bob", "uid=0",
+            "R02-M1-N0-C:J12-U11", "2005-06-03-15.42.50.675872", "-", "[req-38101a0b-2096-447d-96ea-a692162415ae",
+            "\"quoted\"", "back\\slash", "\t", "\x00", "\x7f", "\u00e9", "\u0663", "0x1F", "3.14", "   ", "", ":",
+            "99999999999999999999", "9999-99-99", "081399", "256199", "[", "]", "|", "a" * 70]
+_SYSTEMS = ["HDFS", "BGL", "OpenStack", "HPC", "Zookeeper", "Spark", "Android", "HealthApp", "Proxifier"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(system=st.sampled_from(_SYSTEMS), line=st.integers(0, 39),
+       edits=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(_HOSTILE), st.booleans()), max_size=4),
+       ending=st.sampled_from([b"\n", b"\r\n", b"", b"\r"]))
+@example(system="HPC", line=0, edits=[(4, "99999999999999999999", True)], ending=b"\n")  # a time past year 9999
+@example(system="HDFS", line=0, edits=[(0, "081399", True)], ending=b"\n")  # month 13
+def test_the_fast_path_equals_the_general_path_on_hostile_lines(system, line, edits, ending):
+    """Real lines of nine systems with pieces inserted or swapped in anywhere, header included (control
+    characters, quotes, non-ASCII digits, impossible dates, empty fields, a missing separator): accepted or
+    rejected alike, with the same fields."""
+    reader = make_reader(DataConfig(format=system.lower()))
+    words = (FIXTURES / "loghub" / f"{system}_40.log").read_text().splitlines()[line].split(" ")
+    for at, piece, swap in edits:
+        at = min(at, len(words))
+        if swap and at < len(words):
+            words[at] = piece
+        else:
+            words.insert(at, piece)
+    raw = " ".join(words).encode("utf-8") + ending
+    for mask in (True, False):
+        for _ in range(2):
+            assert _fast_or_general(reader, raw, mask) == _general_event(reader, raw, mask), raw

@@ -37,8 +37,8 @@ _PARAMS = re.compile("|".join(f"(?P<{name}>{pat.pattern})" for name, pat in PARA
 _ZERO = str.maketrans("123456789", "000000000")
 _ZERO_BYTES = bytes.maketrans(b"123456789", b"000000000")  # the same on ASCII text, 15x faster
 # shape -> (segments (start, end, placeholder or None for the message's own text), entity spans, whether
-# the message mentions a user or uid)
-Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...], bool]
+# the message mentions a user or uid, the masked text when no digit lies outside the parameters, else None)
+Layout = tuple[tuple[tuple[int, int, str | None], ...], tuple[tuple[str, int, int], ...], bool, str | None]
 # bounded by key bytes: shapes of ordinary lines repeat, a flood of unique long lines does not
 _layouts: BoundedCache = BoundedCache(32 << 20, 1024)
 
@@ -75,7 +75,27 @@ def _layout(shape: str) -> Layout:
     if pos < len(shape):
         segments.append((pos, len(shape), None))
     lowered = shape.lower()  # digits aside, the shape is the message: the same words
-    return tuple(segments), tuple(entities), "user" in lowered or "uid" in lowered
+    # a message whose text between parameters holds no digit is masked the same way whatever its parameters:
+    # its masked text is the shape's, computed here once (most lines: HDFS, flows' log companions)
+    if all(ph is not None or "0" not in shape[a:b] for a, b, ph in segments):
+        const: str | None = "".join([shape[a:b] if ph is None else ph for a, b, ph in segments])
+    else:
+        const = None
+    return tuple(segments), tuple(entities), "user" in lowered or "uid" in lowered, const
+
+
+def layout_of(content: str) -> Layout:
+    """The cached layout of ``content``'s shape: where its parameters are, which are entities, whether it
+    may name a user, and its masked text when that does not depend on the digits (see ``_ZERO``)."""
+    if content.isascii():  # offsets in bytes are offsets in characters
+        key: str | bytes = content.encode("ascii").translate(_ZERO_BYTES)
+    else:
+        key = content.translate(_ZERO)
+    layout = _layouts.get(key)
+    if layout is None:
+        layout = _layout(key.decode("ascii") if isinstance(key, bytes) else key)
+        _layouts.put(key, layout)
+    return layout
 
 
 def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
@@ -85,16 +105,15 @@ def mask_params(content: str) -> tuple[str, dict[str, list[str]]]:
     parameters (uuids, paths, hex, numbers) are only masked.  This is the hot path of ingest: the
     regular expressions run once per distinct message shape (see ``_ZERO``).
     """
-    if content.isascii():  # offsets in bytes are offsets in characters
-        key: str | bytes = content.encode("ascii").translate(_ZERO_BYTES)
-    else:
-        key = content.translate(_ZERO)
-    layout = _layouts.get(key)
-    if layout is None:
-        layout = _layout(key.decode("ascii") if isinstance(key, bytes) else key)
-        _layouts.put(key, layout)
-    segments, spans, has_user = layout
-    if len(segments) == 1 and segments[0][2] is None:
+    return apply_layout(content, layout_of(content))
+
+
+def apply_layout(content: str, layout: Layout) -> tuple[str, dict[str, list[str]]]:
+    """:func:`mask_params` of ``content`` given its shape's layout (a caller that already knows the shape)."""
+    segments, spans, has_user, const = layout
+    if const is not None:
+        masked = const
+    elif len(segments) == 1 and segments[0][2] is None:
         masked = content
     else:
         masked = "".join([content[a:b] if ph is None else ph for a, b, ph in segments])

@@ -103,7 +103,7 @@ class _Buffered:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
-        cols = [pa.array(list(c), type=f.type) for c, f in zip(zip(*self.buf), self.schema)]
+        cols = [pa.array(c, type=f.type) for c, f in zip(zip(*self.buf), self.schema)]
         self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
         self.rows += len(self.buf)
         self.buf = []
@@ -125,7 +125,8 @@ class _Spill:
         self.normal, self.unknown = set(data.normal_labels), set(data.unknown_labels)
 
     def add(self, key: str, pos: int, ts: float, masked: str, label: str | None, fields: str | None) -> None:
-        p = partition_of(key, self.n_parts)
+        st = self.stats.get(key)
+        p = partition_of(key, self.n_parts) if st is None else st[7]
         part = self.parts.get(p)
         if part is None:
             part = self.parts[p] = _Buffered(self.work / "spill" / f"p{p:04d}" / f"t{self.task:06d}.parquet",
@@ -136,8 +137,7 @@ class _Spill:
             for part in self.parts.values():
                 part.flush()
             self.buffered = 0
-        lab = event_label(label, self.normal, self.unknown)
-        st = self.stats.get(key)
+        lab = -1 if label is None else event_label(label, self.normal, self.unknown)
         if st is None:
             self.stats[key] = [ts, pos, ts, 1, int(lab == 1), int(lab == -1), int(label is None), p]
             return
@@ -146,9 +146,10 @@ class _Spill:
         if ts > st[2]:
             st[2] = ts
         st[3] += 1
-        st[4] += lab == 1
-        st[5] += lab == -1
-        st[6] += label is None
+        if lab:
+            st[4] += lab == 1
+            st[5] += lab == -1
+            st[6] += label is None
 
     def close(self) -> pa.Table:
         for part in self.parts.values():
@@ -160,15 +161,31 @@ class _Spill:
                             for n, c in zip(STATS_NAMES, cols)}})
 
 
-def _items(task: dict, data, account: LineAccount):
-    """Records and rejections of one read task, accounted (the local reader, or a byte range of a file)."""
+def _items(task: dict, data, account: LineAccount, mask: bool | None = None):
+    """Records and rejections of one read task, accounted (the local reader, or a byte range of a file).
+
+    ``mask`` given: a reader with a fast path (``event_of``: raw text lines) yields an accepted line as the
+    tuple ``(source, line_no, ts, raw, label, masked, entities)`` where it can, a Record where it cannot."""
     from loglm.ingest.distributed import _lines
-    from loglm.ingest.readers import make_reader, parse_line_safely, tally, unreadable
+    from loglm.ingest.readers import (
+        event_parser,
+        make_reader,
+        parse_line_safely,
+        read_lines,
+        tally,
+        unreadable,
+    )
 
     source = task["path"]
     reader = make_reader(data, source)
+    fast = event_parser(reader, mask) if mask is not None and task["kind"] == "lines" else None
+    parse = fast or reader.parse_line
+
     if task["end"] < 0 or task["kind"] == "parquet":
-        yield from reader.read(Path(source), account)
+        if fast is not None:
+            yield from read_lines(parse, Path(source), account, reader.max_line_bytes)
+        else:
+            yield from reader.read(Path(source), account)
         return
     if task["prime"]:  # headers from the top of the file set how this range is read
         with open(source, "rb") as fh:
@@ -179,7 +196,7 @@ def _items(task: dict, data, account: LineAccount):
         for n, raw in _lines(task, data.max_line_bytes):
             account.read += 1
             item = unreadable(source, n - 1, raw) if isinstance(raw, BaseException) else \
-                parse_line_safely(reader.parse_line, raw, source, n)
+                parse_line_safely(parse, raw, source, n)
             if item is None:
                 account.metadata += 1
             else:
@@ -209,30 +226,34 @@ def read_task(task: dict, data_dict: dict, mask: bool, work: str, n_parts: int) 
     progress = Progress("reading", every_s=None)
     progress.detail = f"file {task['file_no']}/{task['files']} {Path(task['path']).name}"
     with open(rej_path, "w") as rej:
-        for item in _items(task, data, account):
+        for item in _items(task, data, account, mask):
             progress.tick()
-            if isinstance(item, Rejection):
+            if type(item) is tuple:  # a raw text line through its reader's fast path
+                source, line_no, ts, raw, label, masked, ents = item
+                fields = None
+            elif isinstance(item, Rejection):
                 rej.write(json.dumps({"file": item.source, "line": item.line_no, "reason": item.reason}) + "\n")
                 continue
-            masked, ents = event_parts(item, mask)
+            else:
+                source, line_no, ts, raw, label = item.source, item.line_no, item.ts, item.raw, item.label
+                masked, ents = event_parts(item, mask)
+                fields = None if item.fields is None else _JSON(item.fields)
             if by == "event":
-                keys = [f"{item.source}:{item.line_no}"]
+                keys = [f"{source}:{line_no}"]
             elif by == "count":
                 keys = []  # numbered once every task's event count is known (spill_counted)
             else:
-                keys = session_keys(ents, item.ts, data.session)
+                keys = session_keys(ents, ts, data.session)
                 if not keys:  # a line without a session key is rejected, never silently dropped
                     account.accepted -= 1
                     account.reject(no_key)
-                    rej.write(json.dumps({"file": item.source, "line": item.line_no, "reason": no_key}) + "\n")
+                    rej.write(json.dumps({"file": source, "line": line_no, "reason": no_key}) + "\n")
                     continue
-            fields = None if item.fields is None else _JSON(item.fields)
             masked = masked or ""
-            events.add((item.source, item.line_no, item.ts, masked, item.raw, _JSON(ents),
-                        item.label, fields, keys))
+            events.add((source, line_no, ts, masked, raw, _JSON(ents), label, fields, keys))
             pos = (no << TASK_BITS) | n
             for key in dict.fromkeys(keys):
-                spill.add(key, pos, item.ts, masked, item.label, fields)
+                spill.add(key, pos, ts, masked, label, fields)
             n += 1
     events.close()
     stats = spill.close()

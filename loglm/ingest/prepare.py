@@ -15,7 +15,15 @@ from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, write_mani
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
-from loglm.ingest.readers import LineAccount, Record, Rejection, expand_inputs, make_reader
+from loglm.ingest.readers import (
+    LineAccount,
+    Record,
+    Rejection,
+    event_parser,
+    expand_inputs,
+    make_reader,
+    read_lines,
+)
 from loglm.ingest.sessions import (
     Events,
     Session,
@@ -73,21 +81,31 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
     progress = Progress("reading")
     for k, path in enumerate(paths, 1):
         progress.detail = f"file {k}/{len(paths)} {path.name}"
-        for item in make_reader(data, path).read(path, account):
+        reader = make_reader(data, path)
+        fast = event_parser(reader, mask)
+        items = read_lines(fast, path, account, reader.max_line_bytes) if fast else reader.read(path, account)
+        for item in items:
             progress.tick()
-            if isinstance(item, Rejection):
+            if type(item) is tuple:  # a raw text line through its reader's fast path
+                source, line_no, ts, raw, label, masked, ents = item
+                tid = miner.match(masked) if frozen else miner.add(masked)
+                tid, fields = -1 if tid is None else tid, None
+            elif isinstance(item, Rejection):
                 rejections.append((item.source, item.line_no, item.reason))
                 continue
-            tid, masked, ents = to_event(item, miner, frozen, mask, codec)
-            ev.source.append(item.source)
-            ev.line_no.append(item.line_no)
-            ev.ts.append(item.ts)
+            else:
+                source, line_no, ts, raw, label, fields = item.source, item.line_no, item.ts, item.raw, item.label, \
+                    item.fields
+                tid, masked, ents = to_event(item, miner, frozen, mask, codec)
+            ev.source.append(source)
+            ev.line_no.append(line_no)
+            ev.ts.append(ts)
             ev.template.append(tid)
             ev.masked.append(masked)
-            ev.raw.append(item.raw)
+            ev.raw.append(raw)
             ev.entities.append(ents)
-            ev.label.append(item.label)
-            ev.fields.append(item.fields)
+            ev.label.append(label)
+            ev.fields.append(fields)
     sessions = sessionize(ev, data.session, account, rejections)
     progress.done(f"read {account.read:,} lines from {len(paths)} file{'s' * (len(paths) != 1)}: "
                   f"{account.accepted:,} events in {len(sessions):,} sessions, {account.rejected:,} lines rejected")

@@ -218,6 +218,26 @@ def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int
     return tally(items(), account)
 
 
+def event_parser(reader, mask: bool):
+    """A line parser for :func:`read_lines` that yields an accepted line as the tuple ``(source, line_no, ts,
+    raw, label, masked, entities)`` through the reader's fast path (``event_of``: raw text lines) where it
+    can, and the reader's Record or Rejection where it cannot; None for a reader without a fast path.
+    Prepare's read tasks and batch detection's reading share it."""
+    fast = getattr(reader, "event_of", None)
+    if fast is None:
+        return None
+    general = reader.parse_line
+
+    def parse(raw: bytes, source: str, line_no: int):
+        try:
+            event = fast(raw, source, line_no, mask)
+        except Exception:  # noqa: BLE001 - whatever the fast path trips on, the general path decides
+            event = None
+        return general(raw, source, line_no) if event is None else event
+
+    return parse
+
+
 FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow")
 
 
