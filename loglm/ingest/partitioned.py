@@ -491,8 +491,10 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
            "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node(), "peak_rss_mb": 0.0}
     if t is None:
         return out
-    masked, ts = t.column("masked").to_pylist(), t.column("ts").to_numpy()
+    ts = t.column("ts").to_numpy()
     fields = t.column("fields").to_pylist() if reads_flows(data) else None
+    masked = t.column("masked").to_pylist() if fields is not None else None
+    text_rows: list[np.ndarray] = []  # without flows: the training rows, their texts counted in one pass
     longest: dict[str, float] = {}
     tally: dict = {}
     for item in _sessions(t, info, data, input_end, tally):
@@ -504,13 +506,19 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
             out["labels"][f"{split}/{label}"] += 1
         if split != "train":
             continue
-        for i in rows:  # flows (fields) go to the flow codec, log lines (masked text) to the miner
-            if fields is not None and fields[i] is not None:
-                out["flows"].add(json.loads(fields[i]))
-            else:
-                out["texts"][masked[i]] += 1
+        if fields is None:
+            text_rows.append(rows)
+        else:
+            for i in rows:  # flows (fields) go to the flow codec, log lines (masked text) to the miner
+                if fields[i] is not None:
+                    out["flows"].add(json.loads(fields[i]))
+                else:
+                    out["texts"][masked[i]] += 1
         if len(rows) > 1:
             longest[key] = max(longest.get(key, 0.0), float(np.diff(ts[rows]).max()))
+    if text_rows:
+        counts = pc.value_counts(t.column("masked").take(pa.array(np.concatenate(text_rows))))
+        out["texts"].update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
     out["skipped"] = tally.get("skipped", 0)
     out["pauses"] = list(longest.values())
     out["peak_rss_mb"] = _peak_mb()
@@ -554,8 +562,16 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
     paths: list[str] = []
     if t is None:
         return {"p": p, "shards": paths, "node": _node()}
-    masked, ts, pos = t.column("masked").to_pylist(), t.column("ts").to_numpy(), t.column("pos").to_numpy()
+    ts, pos = t.column("ts").to_numpy(), t.column("pos").to_numpy()
     fields = t.column("fields").to_pylist()
+    if vocab.flow_codec is None:  # a log line's token follows from its masked text: once per distinct text
+        coded = pc.dictionary_encode(t.column("masked")).combine_chunks()
+        by_text = np.array([vocab.token(tid if tid >= 0 else None)
+                            for tid in map(templates, coded.dictionary.to_pylist())], np.int64)
+        token_of_row = by_text[coded.indices.to_numpy(zero_copy_only=False)] if len(by_text) else np.zeros(0, np.int64)
+        masked = None
+    else:
+        masked = t.column("masked").to_pylist()
     entity_type = {"entity": data.session.entity_type, "entity_window": data.session.entity_type,
                    "event": "event", "count": "window"}.get(data.session.by, "window")
     cols: dict[str, list] = {name: [] for name in SESSION_SCHEMA.names}
@@ -580,9 +596,13 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
         cols["split"].append(split)
         cols["label"].append(int(label))
         cols["closed"].append(bool(closed))
-        flows = [templates.flow(fields[i]) for i in rows]  # parsed once for the tokens and the facets
-        cols["tokens"].append([vocab.token(tid if tid >= 0 else None)
-                               for tid in (templates(templates.text(masked[i], f)) for i, f in zip(rows, flows))])
+        if masked is None:
+            flows = []
+            cols["tokens"].append(token_of_row[rows].tolist())
+        else:
+            flows = [templates.flow(fields[i]) for i in rows]  # parsed once for the tokens and the facets
+            cols["tokens"].append([vocab.token(tid if tid >= 0 else None)
+                                   for tid in (templates(templates.text(masked[i], f)) for i, f in zip(rows, flows))])
         cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(tss, tss[1:])])
         cols["event_idx"].append(pos[rows].tolist())
         cols["facets"].append(vocab.facets(flows) if vocab.n_facets else [])
@@ -639,38 +659,50 @@ def _events_schema(flows: bool) -> pa.Schema:
                       ("label", pa.string())] + ([("fields", pa.string())] if flows else []))
 
 
+TEMPLATE_SCHEMA = pa.schema([("template", pa.int64())])
+
+
 def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, int], flows: bool) -> dict:
-    """Stage 5 for one read task's events: each event's template, written as ``events/e<task>.parquet``
-    with the columns of events.parquet."""
+    """Stage 5 for one read task's events: each event's template id, written as ``events/e<task>.parquet``
+    (one column, row group for row group with the task's event file; :func:`write_events` joins them).
+
+    A log line's template depends on its masked text alone, and masked texts repeat: each distinct one is
+    looked up once per row group.  A flow's comes from its fields, one at a time."""
     from loglm.vocab import Vocabulary
 
     templates = _Templates(Vocabulary.from_dict(vocab_dict), train_ids)
-    schema = _events_schema(flows)
     path = Path(work) / "events" / f"t{no:06d}.parquet"
     if path.exists():
         pf = pq.ParquetFile(path)
-        with pq.ParquetWriter(path.with_name(f"e{no:06d}.parquet"), schema, compression="zstd") as writer:
+        with pq.ParquetWriter(path.with_name(f"e{no:06d}.parquet"), TEMPLATE_SCHEMA, compression="zstd") as writer:
             for g in range(pf.num_row_groups):
-                t = pf.read_row_group(g)
-                masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
-                tpl = pa.array([templates(templates.text(m, templates.flow(f))) for m, f in zip(masked, fields)], pa.int64())
-                cols = [t.column("source"), t.column("line_no"), t.column("ts"), tpl, t.column("raw"),
-                        t.column("entities"), t.column("label")] + ([t.column("fields")] if flows else [])
-                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+                if flows:
+                    t = pf.read_row_group(g, columns=["masked", "fields"])
+                    masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
+                    tpl = pa.array([templates(templates.text(m, templates.flow(f))) for m, f in zip(masked, fields)],
+                                   pa.int64())
+                else:
+                    coded = pc.dictionary_encode(pf.read_row_group(g, columns=["masked"]).column(0)).combine_chunks()
+                    ids = pa.array([templates(m) for m in coded.dictionary.to_pylist()], pa.int64())
+                    tpl = pc.take(ids, coded.indices)
+                writer.write_table(pa.Table.from_arrays([tpl], schema=TEMPLATE_SCHEMA))
     return {"task": no, "node": _node(), "peak_rss_mb": _peak_mb()}
 
 
 def write_events(work: Path, tasks: list[int], out: Path, flows: bool) -> None:
-    """events.parquet: every event in input order (the rows event_idx points to), the tasks' templated
-    event files joined a row group at a time."""
+    """events.parquet: every event in input order (the rows event_idx points to), each task's event file
+    joined with its template ids a row group at a time."""
+    schema = _events_schema(flows)
     tmp = out / ".events.parquet.tmp"
-    with pq.ParquetWriter(tmp, _events_schema(flows), compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for no in tasks:
-            path = work / "events" / f"e{no:06d}.parquet"
+            path = work / "events" / f"t{no:06d}.parquet"
             if path.exists():
-                pf = pq.ParquetFile(path)
+                pf, tpl = pq.ParquetFile(path), pq.ParquetFile(path.with_name(f"e{no:06d}.parquet"))
                 for g in range(pf.num_row_groups):
-                    writer.write_table(pf.read_row_group(g))
+                    t = pf.read_row_group(g, columns=[n for n in schema.names if n != "template"])
+                    cols = [tpl.read_row_group(g).column(0) if n == "template" else t.column(n) for n in schema.names]
+                    writer.write_table(pa.Table.from_arrays(cols, schema=schema))
     tmp.replace(out / "events.parquet")
 
 
