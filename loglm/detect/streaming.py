@@ -28,6 +28,7 @@ from loglm.ingest.readers import (
     LineAccount,
     Rejection,
     bounded_lines,
+    event_parser,
     line_of,
     make_reader,
     parse_line_safely,
@@ -68,6 +69,7 @@ class StreamingDetector:
         self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0,
                       "events_counted": 0}
         self._since_sweep = 0
+        self._parsers: dict[int, object] = {}  # id(reader) -> its line parser
 
     def _reader(self, source: str):
         """The reader of ``source``: the data's own, or its ``data.sources`` item's (one per source, kept:
@@ -81,15 +83,26 @@ class StreamingDetector:
     # -- input ---------------------------------------------------------------------------------
     def feed(self, raw: bytes, source: str, line_no: int) -> None:
         self.account.read += 1
-        item = parse_line_safely(self._reader(source).parse_line, raw, source, line_no)
+        vocab = self.model.vocab
+        reader = self._reader(source)
+        parse = self._parsers.get(id(reader))
+        if parse is None:  # raw text lines through their reader's line plans, as batch detection reads them
+            parse = self._parsers[id(reader)] = event_parser(reader, vocab.mask_params) or reader.parse_line
+        item = parse_line_safely(parse, raw, source, line_no)
         if item is None:  # a metadata line of a structured format (Zeek #fields, CSV header)
             self.account.metadata += 1
             return
-        if isinstance(item, Rejection):
+        if type(item) is tuple:
+            _, _, ts, raw_text, _, masked, ents = item
+            tid = vocab.miner.match(masked)
+            tid = -1 if tid is None else tid
+        elif isinstance(item, Rejection):
             self._reject(source, line_no, item.reason)
             return
-        vocab = self.model.vocab
-        tid, masked, ents = to_event(item, vocab.miner, frozen=True, mask=vocab.mask_params, codec=vocab.flow_codec)
+        else:
+            tid, masked, ents = to_event(item, vocab.miner, frozen=True, mask=vocab.mask_params,
+                                         codec=vocab.flow_codec)
+            ts, raw_text = item.ts, item.raw
         by = self.session_cfg.by
         if by == "event":
             keys = [f"{source}:{line_no}"]
@@ -97,14 +110,14 @@ class StreamingDetector:
             keys = [f"w{self.stats['events_counted'] // self.session_cfg.window_events:08d}"]
             self.stats["events_counted"] += 1
         else:
-            keys = session_keys(ents, item.ts, self.session_cfg)
+            keys = session_keys(ents, ts, self.session_cfg)
         if not keys:
             self._reject(source, line_no, f"no {self.session_cfg.entity_type} in line: cannot assign a session")
             return
         self.account.accepted += 1
-        event = {"source": source, "line_no": line_no, "ts": item.ts, "template": tid, "raw": item.raw,
+        event = {"source": source, "line_no": line_no, "ts": ts, "template": tid, "raw": raw_text,
                  "entities": ents, "masked": masked}
-        self.watermark = max(self.watermark, item.ts)
+        self.watermark = max(self.watermark, ts)
         for key in keys:
             events = self.open.pop(key, None) or []
             events.append(event)
