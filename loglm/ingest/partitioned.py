@@ -161,11 +161,11 @@ class _Spill:
                             for n, c in zip(STATS_NAMES, cols)}})
 
 
-def _items(task: dict, data, account: LineAccount, mask: bool | None = None):
+def _items(task: dict, data, account: LineAccount, mask: bool):
     """Records and rejections of one read task, accounted (the local reader, or a byte range of a file).
 
-    ``mask`` given: a reader with a fast path (``event_of``: raw text lines) yields an accepted line as the
-    tuple ``(source, line_no, ts, raw, label, masked, entities)`` where it can, a Record where it cannot."""
+    A reader with line plans (``event_of``: raw text lines) yields an accepted line as the tuple
+    ``(source, line_no, ts, raw, label, masked, entities)`` where it can, a Record where it cannot."""
     from loglm.ingest.distributed import _lines
     from loglm.ingest.readers import (
         event_parser,
@@ -178,7 +178,7 @@ def _items(task: dict, data, account: LineAccount, mask: bool | None = None):
 
     source = task["path"]
     reader = make_reader(data, source)
-    fast = event_parser(reader, mask) if mask is not None and task["kind"] == "lines" else None
+    fast = event_parser(reader, mask) if task["kind"] == "lines" else None
     parse = fast or reader.parse_line
 
     if task["end"] < 0 or task["kind"] == "parquet":
@@ -565,10 +565,11 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
     ts, pos = t.column("ts").to_numpy(), t.column("pos").to_numpy()
     fields = t.column("fields").to_pylist()
     if vocab.flow_codec is None:  # a log line's token follows from its masked text: once per distinct text
-        coded = pc.dictionary_encode(t.column("masked")).combine_chunks()
-        by_text = np.array([vocab.token(tid if tid >= 0 else None)
-                            for tid in map(templates, coded.dictionary.to_pylist())], np.int64)
-        token_of_row = by_text[coded.indices.to_numpy(zero_copy_only=False)] if len(by_text) else np.zeros(0, np.int64)
+        def token(masked_text: str) -> int:
+            tid = templates(masked_text)
+            return vocab.token(tid if tid >= 0 else None)
+
+        token_of_row = _per_text(t.column("masked"), token)
         masked = None
     else:
         masked = t.column("masked").to_pylist()
@@ -662,6 +663,13 @@ def _events_schema(flows: bool) -> pa.Schema:
 TEMPLATE_SCHEMA = pa.schema([("template", pa.int64())])
 
 
+def _per_text(texts, fn) -> np.ndarray:
+    """``fn(text)`` (an int) for every row of a string column, called once per distinct text."""
+    coded = pc.dictionary_encode(texts).combine_chunks()
+    by_text = np.array([fn(m) for m in coded.dictionary.to_pylist()], np.int64)
+    return by_text[coded.indices.to_numpy(zero_copy_only=False)] if len(by_text) else np.zeros(0, np.int64)
+
+
 def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, int], flows: bool) -> dict:
     """Stage 5 for one read task's events: each event's template id, written as ``events/e<task>.parquet``
     (one column, row group for row group with the task's event file; :func:`write_events` joins them).
@@ -682,9 +690,7 @@ def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, i
                     tpl = pa.array([templates(templates.text(m, templates.flow(f))) for m, f in zip(masked, fields)],
                                    pa.int64())
                 else:
-                    coded = pc.dictionary_encode(pf.read_row_group(g, columns=["masked"]).column(0)).combine_chunks()
-                    ids = pa.array([templates(m) for m in coded.dictionary.to_pylist()], pa.int64())
-                    tpl = pc.take(ids, coded.indices)
+                    tpl = pa.array(_per_text(pf.read_row_group(g, columns=["masked"]).column(0), templates))
                 writer.write_table(pa.Table.from_arrays([tpl], schema=TEMPLATE_SCHEMA))
     return {"task": no, "node": _node(), "peak_rss_mb": _peak_mb()}
 
