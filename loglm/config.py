@@ -320,6 +320,11 @@ class DetectConfig:
     # an event type training never saw ([UNK]) is an alarm by itself: it lifts its window's score above every
     # window without one (+1 on miss_ratio, +unk_surprisal on the surprisal scores)
     unknown_alarm: bool = True
+    # whether the window's [END] position (the model's surprise that a closed window ends there) counts in the
+    # window score. null: decided at calibration from the sessions -- not for time windows (data.session.by
+    # window / entity_window: the clock ends them, not their events), yes otherwise (a block or a connection
+    # that stops early is an anomaly); recorded in calibration.json, which detection follows
+    end_in_score: bool | None = None
     # recalibration on a new environment's unlabelled traffic (pipelines.calibrate), with unknown_alarm:
     # "alert": the threshold is the quantile of the windows without an unseen event, and windows holding one
     # alert whatever it is (unlabelled traffic cannot tell a new normal service from an attack; where scans are

@@ -126,6 +126,53 @@ def test_median_surprisal_is_the_median_of_each_windows_positions():
     np.testing.assert_allclose(ws.score, whole.score, rtol=1e-4, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])
+def test_end_left_out_of_the_score_reads_the_windows_events_only(score):
+    """``detect.end_in_score=false`` (time windows): a closed window scores as its events alone, the same as
+    the open window of those events; [END] stays a scored position (evidence, ``end_miss``)."""
+    enc = tiny()
+    rng = np.random.default_rng(3)
+    toks = [rng.integers(5, 20, size=int(n)) for n in (1, 2, 3, 9)]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    off = DetectConfig(n_views=3, score=score, end_in_score=False)
+    closed = score_windows(enc, toks, gaps, [True] * 4, off)
+    rules = {"mean_surprisal": np.mean, "median_surprisal": np.median, "max_surprisal": np.max}
+    for i, t in enumerate(toks):
+        assert len(closed.surprisal[i]) == len(t) + 1  # [END] still scored and reported
+        events = closed.surprisal[i][:-1].astype(np.float64)
+        if score in rules:
+            assert closed.score[i] == pytest.approx(float(rules[score](events)), rel=1e-5)
+        else:
+            misses = (closed.rank[i][:-1] >= off.top_k).mean()
+            assert misses <= closed.score[i] < misses + 1e-3
+    on = score_windows(enc, toks, gaps, [True] * 4, DetectConfig(n_views=3, score=score))
+    if score in rules:  # by default [END] is one of the positions the rule reads
+        for i in range(len(toks)):
+            assert on.score[i] == pytest.approx(float(rules[score](on.surprisal[i].astype(np.float64))), rel=1e-5)
+    if score == "mean_surprisal":
+        assert not np.allclose(on.score, closed.score)
+    # detection follows the calibration; calibrations made before the setting counted [END]
+    cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
+    assert calibrated_config(DetectConfig(), cal).end_in_score is True
+    assert calibrated_config(DetectConfig(), {**cal, "end_in_score": False}).end_in_score is False
+
+
+def test_time_windows_leave_end_out_of_the_score_unless_told():
+    from loglm.config import DataConfig, SessionConfig
+    from loglm.detect.calibrate import with_end_rule
+
+    def data(by):
+        return DataConfig(name="x", format="hdfs", session=SessionConfig(by=by))
+
+    assert with_end_rule(DetectConfig(), data("entity_window")).end_in_score is False
+    assert with_end_rule(DetectConfig(), data("window")).end_in_score is False
+    for by in ("entity", "event", "count"):
+        assert with_end_rule(DetectConfig(), data(by)).end_in_score is True
+    assert with_end_rule(DetectConfig(end_in_score=True), data("window")).end_in_score is True
+    assert with_end_rule(DetectConfig(end_in_score=False), data("entity")).end_in_score is False
+    assert with_end_rule(DetectConfig(), None).end_in_score is True
+
 def test_length_batches_bound_windows_and_padded_positions():
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 300, size=500).tolist() + [5000]

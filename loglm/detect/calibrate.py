@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str 
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None, data=None) -> dict:
     """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
     the calibration for ``cfg.target_fpr``."""
+    cfg = with_end_rule(cfg, data)
     val, population, weights, n = validation_items(data_dir, data)
     effective, what = validation_size(weights, n)
     warning = check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
@@ -93,6 +95,20 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
         items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
     return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
                           n_effective=effective)
+
+
+TIME_WINDOWS = ("window", "entity_window")
+
+
+def with_end_rule(cfg: DetectConfig, data=None) -> DetectConfig:
+    """``cfg`` with ``end_in_score`` decided: as set, else from the sessions (``data.session.by``). A time
+    window ends when the clock says so, and whether a host's last flow of a 5-minute window is its last is
+    noise the score should not read (on cic_flowprep, [END] is a third of a 2-flow window's median); a block,
+    a connection or a count window ends by its own events."""
+    if cfg.end_in_score is not None:
+        return cfg
+    timed = data is not None and data.session.by in TIME_WINDOWS
+    return dataclasses.replace(cfg, end_in_score=not timed)
 
 
 def prepared_pauses(data_dir: str | Path) -> dict | None:
@@ -135,7 +151,7 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
     result = {
         "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
-        "tie_scale": cfg.tie_scale, "threshold_rule": rule,
+        "tie_scale": cfg.tie_scale, "end_in_score": cfg.end_in_score is not False, "threshold_rule": rule,
         "n_val_sessions": int(len(per_session)), "val_population": population,
         "n_val_effective": n_effective,
         "val_fpr_at_threshold": float((per_session > thr).mean()),

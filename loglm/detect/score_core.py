@@ -49,7 +49,7 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
     return replace(cfg, score=calibration["score"], top_k=calibration["top_k"], n_views=calibration["n_views"],
                    unk_surprisal=calibration["unk_surprisal"], scorer=calibration.get("scorer", "views"),
                    unknown_alarm=calibration.get("unknown_alarm", False),
-                   tie_scale=calibration.get("tie_scale", 1e4))
+                   tie_scale=calibration.get("tie_scale", 1e4), end_in_score=calibration.get("end_in_score", True))
 
 
 TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
@@ -167,7 +167,11 @@ class _Windows:
         s64 = np.where(valid, s_out.astype(np.float64), np.nan)
         self.mean_s[idx] = _mean(s64)
         self.max_s[idx] = _max(s64)
-        self.base[idx] = self.rule.window(s64, miss, self.cfg)
+        if self.cfg.end_in_score is False:  # the score reads the window's events only (time windows)
+            events = valid & (tok != END)
+            self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
+        else:
+            self.base[idx] = self.rule.window(s64, miss, self.cfg)
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
