@@ -126,7 +126,6 @@ def test_median_surprisal_is_the_median_of_each_windows_positions():
     np.testing.assert_allclose(ws.score, whole.score, rtol=1e-4, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])
 def test_end_left_out_of_the_score_reads_the_windows_events_only(score):
     """``detect.end_in_score=false`` (time windows): a closed window scores as its events alone, the same as
@@ -172,6 +171,7 @@ def test_time_windows_leave_end_out_of_the_score_unless_told():
     assert with_end_rule(DetectConfig(end_in_score=True), data("window")).end_in_score is True
     assert with_end_rule(DetectConfig(end_in_score=False), data("entity")).end_in_score is False
     assert with_end_rule(DetectConfig(), None).end_in_score is True
+
 
 def test_length_batches_bound_windows_and_padded_positions():
     rng = np.random.default_rng(1)
