@@ -30,10 +30,11 @@ class SourceBlock:
 
 def load_source(path: Path, anomalous_ids: Path) -> tuple[list[SourceBlock], list[SourceBlock]]:
     """(normal, anomalous) blocks of a raw HDFS file, each line kept with the first block id it names."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     bad = {line.strip() for line in anomalous_ids.read_text().splitlines() if line.strip()}
     lines: dict[str, list[tuple[float, str]]] = {}
+    days: dict[str, float] = {}  # a day's midnight (UTC: only the time between a block's lines is kept)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):
@@ -41,10 +42,16 @@ def load_source(path: Path, anomalous_ids: Path) -> tuple[list[SourceBlock], lis
             ids = BLOCK.findall(line)
             if len(parts) < 3 or not ids:
                 continue
+            day, hms = parts[0], parts[1]
             try:
-                ts = datetime.strptime(parts[0] + parts[1], "%y%m%d%H%M%S").timestamp()
+                midnight = days.get(day)
+                if midnight is None:
+                    midnight = days[day] = datetime.strptime(day, "%y%m%d").replace(tzinfo=UTC).timestamp()
+                if len(hms) != 6 or not hms.isdigit() or hms[:2] > "23" or hms[2:4] > "59" or hms[4:] > "59":
+                    raise ValueError(hms)
             except ValueError:
                 raise ValueError(f"{path}:{n}: not an HDFS line (yymmdd HHMMSS ...): {line[:80]!r}") from None
+            ts = midnight + int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:])
             lines.setdefault(ids[0], []).append((ts, parts[2]))
     normal, anomalous = [], []
     for block, items in lines.items():

@@ -1,9 +1,14 @@
-"""prepare backend=ray (Ray Data on a real local 2-CPU Ray instance) gives exactly what backend=local gives."""
+"""prepare backend=ray (Ray Data on a real local 2-CPU Ray instance) gives exactly what backend=local gives;
+that local Ray, which LogLM starts itself (prepare backend=ray, launcher=ray without ray.address), listens on
+loopback only and is stopped after: every listening socket of this process and of every process it started
+is on 127.0.0.1, and none of those processes outlives the session."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import compose
@@ -14,13 +19,59 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray clust
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """The local Ray of this module's tests; at the end, every process Ray started is gone (checked here,
+    after the session closes: a failure shows as this fixture's teardown error)."""
     from omegaconf import OmegaConf
 
     from loglm.ray_cluster import ray_session
 
+    me = psutil.Process()
+    # what this process had already started (e.g. multiprocessing's resource tracker, which lives as long as
+    # its parent) is not Ray's to stop
+    before = {p.pid for p in me.children(recursive=True)}
+    started: list[psutil.Process] = []
     with ray_session(OmegaConf.create({"address": None, "num_cpus": 2})) as ray:
         assert ray.cluster_resources().get("CPU") == 2
-        yield ray
+        yield ray, before, started
+        started += [p for p in me.children(recursive=True) if p.pid not in before]
+    assert started, "no process of Ray's was seen"
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+def listeners(procs) -> list[tuple[int, str, str, int]]:
+    out = []
+    for p in procs:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.append((p.pid, p.name(), c.laddr.ip, c.laddr.port))
+        except psutil.Error:  # a worker that exited meanwhile
+            pass
+    return out
+
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def test_local_ray_binds_only_loopback(ray_local):
+    ray, before, _ = ray_local
+
+    @ray.remote
+    def square(x):
+        return x * x
+
+    assert ray.get([square.remote(i) for i in range(8)]) == [i * i for i in range(8)]  # workers are up
+    me = psutil.Process()
+    found = listeners([me, *[p for p in me.children(recursive=True) if p.pid not in before]])
+    names = {name for _, name, _, _ in found}
+    assert "gcs_server" in names and "raylet" in names, found  # the check sees Ray's own listeners
+    exposed = [x for x in found if not is_loopback(x[2])]
+    assert not exposed, f"Ray listens beyond loopback: {exposed}"
 
 
 def both_backends(tmp_path: Path, overrides: list[str]) -> dict:

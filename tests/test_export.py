@@ -156,7 +156,7 @@ def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
     assert ta == tb
 
 
-@pytest.mark.parametrize("rtd_head,facets", [(False, 0), (True, 0), (False, 7)])
+@pytest.mark.parametrize("rtd_head,facets", [(False, 0), (True, 7)])  # the MLM head plain, the RTD head with flow facets
 def test_fused_attention_graph_matches_torch_and_the_portable_graph(tmp_path, rtd_head, facets):
     """Attention exports as one com.microsoft.MultiHeadAttention op per layer; the graph computes the same
     outputs as torch and as the standard-ops export (padding included), flow facets too."""

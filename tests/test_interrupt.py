@@ -15,19 +15,30 @@ from synthetic import make_log
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def prepared(tmp_path):
+def _prepare(root):
     from loglm.ingest.prepare import run as prepare
 
     lines, _ = make_log(300, seed=3)
-    log = tmp_path / "train.log"
+    log = root / "train.log"
     log.write_text("\n".join(lines) + "\n")
-    overrides = [f"paths.root={tmp_path}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
+    overrides = [f"paths.root={root}", "model=tiny", "data.name=synthetic", f"data.inputs=[{log}]",
                  "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
                  "data.split.val_frac=0.2", "trainer.progress_bar=false", "trainer.patience=1000",
                  "trainer.batch_size=8", "detect.small_validation=warn"]
     prepare(compose("prepare", overrides))
-    return tmp_path, overrides
+    return root, overrides
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    """A root of its own: ``resume_from=auto`` must find this test's run, not another test's."""
+    return _prepare(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One prepared root (and MLflow store) for the stop-signal tests: each finds its run by the id it prints."""
+    return _prepare(tmp_path_factory.mktemp("stops"))
 
 
 def _wait_for_checkpoint(root, proc, timeout=180):
@@ -124,14 +135,14 @@ PHASE_SIGNALS = [("train_step", signal.SIGINT), ("validation", signal.SIGTERM), 
 
 
 @pytest.mark.parametrize(("phase", "sig"), PHASE_SIGNALS, ids=[f"{p}-{int(s)}" for p, s in PHASE_SIGNALS])
-def test_a_stop_signal_ends_pretraining_at_every_phase(prepared, tmp_path, phase, sig):
+def test_a_stop_signal_ends_pretraining_at_every_phase(shared, tmp_path, phase, sig):
     """The signal lands while the job is paused inside the phase (tests/signal_probe.py): the process ends
     within a bound, the run is KILLED naming the phase, and the checkpoint on disk is whole."""
     import mlflow
 
     from loglm.training.checkpoint_io import verify_checkpoint
 
-    root, overrides = prepared
+    root, overrides = shared
     marker = tmp_path / "at-phase"
     epochs = 2 if phase == "calibration" else 500
     proc = probe(phase, marker, overrides + [f"trainer.max_epochs={epochs}", "trainer.stop_grace_s=30"])
@@ -150,8 +161,8 @@ def test_a_stop_signal_ends_pretraining_at_every_phase(prepared, tmp_path, phase
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM])
-def test_a_stop_that_hangs_is_ended_by_the_watchdog(prepared, tmp_path, sig):
-    _, overrides = prepared
+def test_a_stop_that_hangs_is_ended_by_the_watchdog(shared, tmp_path, sig):
+    _, overrides = shared
     marker = tmp_path / "at-phase"
     proc = probe("hang", marker, overrides + ["trainer.max_epochs=500", "trainer.stop_grace_s=3"])
     t0 = time.time()

@@ -1,5 +1,5 @@
-"""Ray Train on a real local Ray (2 CPU workers): DeepSpeed ZeRO-2 pretraining gathered to fp32
-then DDP distillation, and a DDP worker killed mid-run resuming from its last checkpoint."""
+"""Ray Train on a real local Ray (2 CPU workers): DeepSpeed ZeRO-2 pretraining with a worker killed mid-run
+resuming from its sharded checkpoint, gathered to fp32, then DDP distillation in the same job."""
 
 from __future__ import annotations
 
@@ -48,57 +48,6 @@ def run_info(root: Path, run_id: str):
     return mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id)
 
 
-def test_ray_deepspeed_pretraining_on_two_workers_then_ddp_distillation(prepared, head):
-    """One job, two strategies: pretraining under DeepSpeed ZeRO-2 on two CPU processes (its sharded checkpoint
-    gathered to fp32 for the model folder), then the student under DDP on the same workers. DDP pretraining is
-    the killed-worker test's (and tests/test_two_nodes.py's)."""
-    import torch
-
-    from loglm.model.store import load_model
-    from loglm.training.distill import run as distill
-    from loglm.training.pretrain import run as pretrain
-    from loglm.training.zero import zero_state_dict
-
-    root, overrides = prepared
-    staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
-    result = pretrain(compose("pretrain", overrides + RAY + head + ["strategy=deepspeed_stage2", "trainer.max_epochs=2"]))
-    assert result["worker_group_starts"] == 1 and result["epochs"] == 2
-    # Ray's report callback stages each epoch's checkpoint in the temp dir; its folders do not outlive the run
-    assert set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*")) <= staged
-    run = run_info(root, result["run_id"])
-    assert run.info.status == "FINISHED"
-    tags = run.data.tags
-    assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "deepspeed_stage2"
-    assert tags["ray_job_id"] and tags["ray_storage"].endswith(result["run_id"])
-    assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
-    model = load_model(result["model_dir"])
-    assert model.calibration["threshold"] > 0
-    # the ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's
-    ckpt = Path(result["checkpoint"]) / "checkpoint.ckpt"
-    assert (ckpt / "latest").is_file()
-    state = zero_state_dict(ckpt)
-    enc = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    assert set(enc) <= set(state)
-    assert all(state[k].dtype == torch.float32 and torch.isfinite(state[k]).all() for k in enc)
-    assert all(torch.equal(state[k], v) for k, v in enc.items())
-    # resume_from=<Ray run id> finds the checkpoint its workers reported to Ray
-    from loglm.training.job import resume_target
-
-    run_id, found = resume_target(compose("pretrain", overrides + RAY + [f"resume_from={result['run_id']}"]),
-                                  "loglm-pretrain")
-    assert run_id == result["run_id"] and found.name == "checkpoint.ckpt" and found.parent.parent.name == run_id
-    # distillation is the same job: the student trains on the two workers under DDP
-    student = distill(compose("distill", overrides + RAY + head + [
-        "strategy=ddp", f"teacher={result['run_id']}", "distill.max_epochs=1", "distill.d_model=16",
-        "distill.n_layers=1", "distill.d_ff=32"]))
-    srun = run_info(root, student["run_id"])
-    assert srun.info.status == "FINISHED" and student["worker_group_starts"] == 1 and student["epochs"] == 1
-    assert srun.data.tags["world_size"] == "2" and srun.data.tags["strategy"] == "ddp"
-    assert srun.data.tags["teacher_run_id"] == result["run_id"] and "val/teacher_agreement" in srun.data.metrics
-    student_model = load_model(student["model_dir"])
-    assert student_model.encoder.cfg.d_model == 16 and student_model.calibration["scorer"] == "rtd"
-
-
 def train_workers_of(root: Path, storage: Path) -> list[int]:
     """PIDs of this run's Ray Train workers, as each rank recorded itself when training started
     (``<paths.root>/checkpoints/<run id>/workers.jsonl``); the run id is its Ray storage folder's name."""
@@ -110,21 +59,32 @@ def train_workers_of(root: Path, storage: Path) -> list[int]:
     return sorted(r["pid"] for r in rows)
 
 
-def test_killed_worker_resumes_from_its_last_checkpoint(prepared, head, tmp_path):
-    """kill -9 one Ray Train worker after its first checkpoint: Ray restarts the group, which continues
-    from that checkpoint (not from step 0) and finishes the same MLflow run."""
+def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_distillation(prepared, head, tmp_path):
+    """One job, two strategies, one failure. Pretraining under DeepSpeed ZeRO-2 on two CPU processes; ``kill -9``
+    of one Ray Train worker after its first checkpoint: Ray restarts the group, which continues from that sharded
+    checkpoint (not from step 0) and finishes the same MLflow run; the last checkpoint gathers to fp32 for the
+    model folder. Then the student trains on the same workers under DDP. (DDP pretraining on Ray is
+    tests/test_two_nodes.py's and tests/test_launch.py's.)"""
+    import torch
+
+    from loglm.model.store import load_model
+    from loglm.training.distill import run as distill
+    from loglm.training.job import resume_target
+    from loglm.training.ray_train import latest_ray_checkpoint
+    from loglm.training.zero import zero_state_dict
+
     root, overrides = prepared
-    epochs = 8
-    storage = tmp_path / "ray_results"  # this run's own: earlier tests' checkpoints must not trigger the kill
-    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, *head, "strategy=ddp",
-           f"trainer.max_epochs={epochs}", "ray.max_failures=2", f"ray.storage_path={storage}"]
+    storage = tmp_path / "ray_results"  # this run's own: another run's checkpoints must not trigger the kill
+    staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
+    cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, *head, "strategy=deepspeed_stage2",
+           "trainer.max_epochs=8", "ray.max_failures=2", f"ray.storage_path={storage}"]
     log = open(tmp_path / "pretrain.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if list(storage.glob("*/checkpoint_*/checkpoint.ckpt")):
+            if list(storage.glob("*/checkpoint_*/checkpoint.ckpt/latest")):  # a whole ZeRO checkpoint
                 time.sleep(2.0)  # a checkpoint counts once the controller has registered it
                 pids = train_workers_of(root, storage)
                 if pids:
@@ -132,7 +92,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, head, tmp_path
                     os.kill(killed, signal.SIGKILL)
                     break
             time.sleep(0.2)
-        assert killed, "no checkpoint and worker to kill appeared"
+        assert killed, "no checkpoint and worker to kill appeared: " + (tmp_path / "pretrain.log").read_text()[-3000:]
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
@@ -141,17 +101,46 @@ def test_killed_worker_resumes_from_its_last_checkpoint(prepared, head, tmp_path
     out = (tmp_path / "pretrain.log").read_text()
     assert rc == 0, out[-3000:]
     run_id = next(p.name for p in storage.iterdir() if p.is_dir())
-    attempts_file = root / "checkpoints" / run_id / "attempts.jsonl"
-    attempts = [json.loads(x) for x in attempts_file.read_text().splitlines()]
+    attempts = [json.loads(x) for x in (root / "checkpoints" / run_id / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) == 2, attempts
     assert all(a["checkpoint_writers"] == [] for a in attempts), attempts  # only Ray Train checkpoints
     first, second = attempts
     assert first["resumed"] is None and first["start_step"] == 0
     assert second["resumed"] == "ray" and second["start_epoch"] >= 1 and second["start_step"] > 0, attempts  # not 0
+    # Ray's report callback stages each epoch's checkpoint in the temp dir; its folders do not outlive the run
+    assert set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*")) <= staged
     run = run_info(root, run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["worker_group_starts"] == "2"
-    steps = run.data.metrics  # the last epoch's checkpoint metrics reach the run
-    assert "calib/threshold" in steps
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["worker_group_starts"] == "2"
+    assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "deepspeed_stage2"
+    assert tags["ray_job_id"] and tags["ray_storage"].endswith(run_id)
+    assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
+    model = load_model(root / "models" / run_id)
+    assert model.calibration["threshold"] > 0
+    # the last ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's
+    ckpt = latest_ray_checkpoint(storage, run_id)
+    assert (ckpt / "latest").is_file()
+    state = zero_state_dict(ckpt)
+    enc = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    assert set(enc) <= set(state)
+    assert all(state[k].dtype == torch.float32 and torch.isfinite(state[k]).all() for k in enc)
+    assert all(torch.equal(state[k], v) for k, v in enc.items())
+    # resume_from=<Ray run id> finds the checkpoint its workers reported to Ray
+    found_run, found = resume_target(compose("pretrain", overrides + RAY + [f"resume_from={run_id}",
+                                                                            f"ray.storage_path={storage}"]),
+                                     "loglm-pretrain")
+    assert found_run == run_id and found.name == "checkpoint.ckpt" and found.parent.parent.name == run_id
+    # distillation is the same job: the student trains on the two workers under DDP
+    student = distill(compose("distill", overrides + RAY + head + [
+        "strategy=ddp", f"teacher={run_id}", "distill.max_epochs=1", "distill.d_model=16",
+        "distill.n_layers=1", "distill.d_ff=32"]))
+    srun = run_info(root, student["run_id"])
+    assert srun.info.status == "FINISHED" and student["worker_group_starts"] == 1 and student["epochs"] == 1
+    assert srun.data.tags["world_size"] == "2" and srun.data.tags["strategy"] == "ddp"
+    assert srun.data.tags["teacher_run_id"] == run_id and "val/teacher_agreement" in srun.data.metrics
+    student_model = load_model(student["model_dir"])
+    assert student_model.encoder.cfg.d_model == 16 and student_model.calibration["scorer"] == "rtd"
 
 
 def test_deepspeed_configs_are_valid_for_deepspeed():

@@ -132,3 +132,39 @@ def test_the_tracking_backend_comes_from_logger_target(tmp_path):
     assert tracking.enabled(compose("pretrain", [f"paths.root={tmp_path}"]))  # the default: MLflow
     with pytest.raises(Exception, match=r"logger._target_='loglm.tracking.Nope' is not an importable class"):
         compose("pretrain", [f"paths.root={tmp_path}", "logger._target_=loglm.tracking.Nope"])
+
+
+def test_a_new_store_is_a_copy_of_this_mlflow_versions_empty_one(tmp_path, monkeypatch):
+    """A new paths.root's store starts from the empty store built once per machine (MLflow's migrations are not
+    replayed for each root); it is the store MLflow would make: its Default experiment is MLflow's own, LogLM's
+    experiments and runs work. Where the cache cannot be written, MLflow makes the store itself."""
+    from loglm.config import compose
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template = tracking.store_template_path()
+    assert template.parent == tmp_path / "cache" / "loglm" and mlflow.__version__ in template.name
+    ids = {}
+    for name in ("one", "two"):
+        cfg = compose("pretrain", [f"paths.root={tmp_path / name}"])
+        ids[name] = tracking.ensure_experiment(cfg, "loglm-pretrain")
+        if name == "one":
+            built = template.stat().st_mtime_ns
+    assert template.stat().st_mtime_ns == built  # the second root reused it
+    assert not list(template.parent.glob(".*"))  # no half-written copy left behind
+    c = mlflow.MlflowClient(tracking.tracking_uri(cfg))
+    default = c.get_experiment("0")
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    exp = c.get_experiment(ids["two"])
+    assert exp.name == "loglm-pretrain" and exp.artifact_location == (tmp_path / "two" / "mlartifacts" / "loglm-pretrain").as_uri()
+    rid = c.create_run(exp.experiment_id).info.run_id
+    c.log_metric(rid, "val/loss", 1.5)
+    assert c.get_run(rid).data.metrics == {"val/loss": 1.5}
+    assert c.search_experiments() and len(c.search_experiments()) == 2
+    # a cache that cannot be written (a file where its folder should be): MLflow makes the store itself
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "blocked"))
+    (tmp_path / "blocked").write_text("")
+    assert not tracking.seed_sqlite_store(tmp_path / "x.db") and not (tmp_path / "x.db").exists()
+    cfg = compose("pretrain", [f"paths.root={tmp_path / 'three'}"])
+    assert tracking.ensure_experiment(cfg, "loglm-pretrain")
+    assert mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_experiment("0").name == "Default"
