@@ -77,7 +77,7 @@ def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_disti
     storage = tmp_path / "ray_results"  # this run's own: another run's checkpoints must not trigger the kill
     staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
     cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, *head, "strategy=deepspeed_stage2",
-           "trainer.max_epochs=8", "ray.max_failures=2", f"ray.storage_path={storage}"]
+           "trainer.max_epochs=5", "ray.max_failures=2", f"ray.storage_path={storage}"]
     log = open(tmp_path / "pretrain.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
