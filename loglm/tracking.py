@@ -177,7 +177,7 @@ def seed_sqlite_store(db: Path) -> bool:
         tmp.write_bytes(template.read_bytes())
         os.replace(tmp, db)
         return True
-    except (OSError, sqlite3.Error):
+    except Exception:  # any failure falls back to what MLflow does without a copy
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         return False
