@@ -29,11 +29,10 @@ def ray_local():
     # what this process had already started (e.g. multiprocessing's resource tracker, which lives as long as
     # its parent) is not Ray's to stop
     before = {p.pid for p in me.children(recursive=True)}
-    started: list[psutil.Process] = []
     with ray_session(OmegaConf.create({"address": None, "num_cpus": 2})) as ray:
         assert ray.cluster_resources().get("CPU") == 2
-        yield ray, before, started
-        started += [p for p in me.children(recursive=True) if p.pid not in before]
+        yield ray, before
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
     assert started, "no process of Ray's was seen"
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], alive
@@ -59,7 +58,7 @@ def is_loopback(ip: str) -> bool:
 
 
 def test_local_ray_binds_only_loopback(ray_local):
-    ray, before, _ = ray_local
+    ray, before = ray_local
 
     @ray.remote
     def square(x):
