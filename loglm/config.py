@@ -622,7 +622,9 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="schema", node=RootConfig)
+    store = ConfigStore.instance()
+    if "schema.yaml" not in store.repo:  # storing converts the whole dataclass tree: 0.23 s, once a process
+        store.store(name="schema", node=RootConfig)
     if not OmegaConf.has_resolver("loglm_root"):
         OmegaConf.register_new_resolver("loglm_root", lambda: str(PROJECT_ROOT))
 
