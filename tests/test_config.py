@@ -102,15 +102,24 @@ def test_experiment_preset_overrides():
     assert cfg.data.name == "hdfs_sample" and cfg.logger.run_name == "hdfs-demo"
 
 
-def test_a_users_mistake_prints_the_reason_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("pipeline, override, reason", [
+    ("pretrain", "data.name=nothing_here", "has no prepared data"),
+    ("distill", "teacher=/nonexistent", "is neither a model directory nor a run id")])
+def test_a_users_mistake_prints_the_reason_not_a_traceback(tmp_path, pipeline, override, reason):
+    """...and before Lightning is imported (about 10 s of CPU: the job checks its data and its teacher first;
+    ``-X importtime`` lists every module the process imported)."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.pretrain", "data.name=nothing_here",
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"pipelines.{pipeline}", override,
                            f"paths.root={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    said = "\n".join(line for line in lines if not line.startswith("import time:"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("loglm: error:") and "has no prepared data" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert said.strip().startswith("loglm: error:") and reason in said
+    assert "Traceback" not in said
+    assert "torch" in imported and "lightning" not in imported
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,8 +1,8 @@
-"""Lightning checkpoint I/O that is atomic, sha256-verified and never unpickles code."""
+"""Lightning checkpoint I/O that is atomic, sha256-verified and never unpickles code (the files and
+their check: :mod:`loglm.training.checkpoint_files`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from loglm.artifacts import atomic_write_json, sha256_file
 from loglm.signals import deferred_signals
+from loglm.training.checkpoint_files import sidecar, verify_checkpoint
 
 
 class VerifiedCheckpointIO(TorchCheckpointIO):
@@ -39,18 +40,3 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         sidecar(Path(path)).unlink(missing_ok=True)
-
-
-def sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256.json")
-
-
-def verify_checkpoint(path: Path) -> None:
-    meta_path = sidecar(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not meta_path.is_file():
-        raise ValueError(f"checkpoint {path} has no {meta_path.name}: refusing an unverified checkpoint")
-    meta = json.loads(meta_path.read_text())
-    if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
-        raise ValueError(f"checkpoint {path} does not match its sha256 ({meta_path.name}): truncated or tampered")

@@ -212,7 +212,7 @@ def start_run(cfg, stage: Stage) -> RunContext:
     created (or reopened), the model folder laid out."""
 
     from loglm import tracking
-    from loglm.training.checkpoint_io import verify_checkpoint
+    from loglm.training.checkpoint_files import verify_checkpoint
 
     s = stage.setup(cfg)
     experiment = stage.experiment(cfg)
