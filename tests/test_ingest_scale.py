@@ -158,3 +158,38 @@ def test_event_lookups_read_only_the_row_groups_they_need(tmp_path):
         event_columns(tmp_path, [3, -1], ["ts"])
     with pytest.raises(ValueError, match="no column 'fields'"):
         event_columns(tmp_path, [3], ["fields"])
+
+
+def test_a_line_naming_its_session_twice_is_one_event_of_it(tmp_path):
+    """A header entity that the message repeats (a syslog host naming itself) gives a line the same session
+    key twice: the session holds the event once, in every division of the work."""
+    from loglm.ingest import partitioned
+    from loglm.ingest.prepare import run as prepare
+
+    log = tmp_path / "syslog.log"
+    hosts = ["alpha.lan", "beta.lan", "gamma.lan"]
+    lines = []
+    for i in range(900):
+        h = hosts[i % 3]
+        msg = f"connection from {h} port {1000 + i}" if i % 2 else f"session opened for user u{i % 7}"
+        lines.append(f"Jun 14 15:{i // 60:02d}:{i % 60:02d} {h} sshd[{i}]: {msg}")
+    log.write_text("\n".join(lines) + "\n")
+    out = {}
+    for name, overrides in (("one", ["workers=1"]), ("two", ["workers=2"])):
+        if name == "two":
+            partitioned.LOCAL_SPLIT_BYTES, saved = 0, partitioned.LOCAL_SPLIT_BYTES
+        try:
+            cfg = compose("prepare", [f"paths.root={tmp_path / name}", "data=own", "data.format=linux",
+                                      f"data.inputs=[{log}]", "data.session.by=entity", "data.spill_partitions=3",
+                                      "ray.lines_per_task=200",
+                                      *overrides])
+            summary = prepare(cfg)
+        finally:
+            if name == "two":
+                partitioned.LOCAL_SPLIT_BYTES = saved
+        sessions = pq.read_table(Path(summary["path"]) / "sessions")
+        idx = [j for row in sessions.column("event_idx").to_pylist() for j in row]
+        assert sorted(idx) == list(range(900)), "every event in exactly one session, once"
+        assert sorted(set(sessions.column("session_id").to_pylist())) == hosts
+        out[name] = (summary["data_sha256"], summary["tasks"])
+    assert out["two"][1] > 1 and out["one"][0] == out["two"][0]
