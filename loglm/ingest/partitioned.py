@@ -807,6 +807,26 @@ class _Runner:
 
         return self.ray.get([remote.remote(*[put(a) for a in args]) for args in calls])
 
+    def start(self, fn, calls: list[tuple]):
+        """:meth:`map` begun now and collected by the returned function, so the driver works meanwhile (one
+        local process: the calls run when collected)."""
+        if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
+            return lambda: [fn(*args) for args in calls]
+        if self.ray is None:
+            self.map(fn, calls[:0])  # the pool, started
+            futures = [self.pool.submit(fn, *args) for args in calls]
+            return lambda: [f.result() for f in futures]
+        remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
+        shared = {}
+
+        def put(v):
+            if isinstance(v, (np.ndarray, dict)) and id(v) not in shared:
+                shared[id(v)] = self.ray.put(v)
+            return shared.get(id(v), v)
+
+        refs = [remote.remote(*[put(a) for a in args]) for args in calls]
+        return lambda: self.ray.get(refs)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
@@ -961,15 +981,17 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     # stage 5: token shards per partition, then the events table in input order
     (out / "sessions").mkdir(parents=True, exist_ok=True)
     vocab_dict = vocab.to_dict()
-    written = runner.map(write_partition, [(u, str(work), str(out), offsets, info, data_dict, input_end, vocab_dict,
-                                            train_ids) for u, info in units])
-    shards = [Path(s) for w in written for s in w["shards"]]
-    nodes |= {w["node"] for w in written}
-    lap("mine_and_shards")
     templated = runner.map(template_events, [(no, str(work), vocab_dict, train_ids, flows) for no in range(len(tasks))])
-    lap("templates")
+    lap("mine_and_templates")
+    # the shards are written by the workers while the driver joins the events table (one sequential file)
+    shards_written = runner.start(write_partition, [(u, str(work), str(out), offsets, info, data_dict, input_end,
+                                                     vocab_dict, train_ids) for u, info in units])
     write_events(work, list(range(len(tasks))), out, flows)
     lap("events_table")
+    written = shards_written()
+    shards = [Path(s) for w in written for s in w["shards"]]
+    nodes |= {w["node"] for w in written}
+    lap("shards_after_events_table")
     with open(out / "rejected.jsonl", "wb") as fh:
         for no in range(len(tasks)):
             path = work / "rejected" / f"t{no:06d}.jsonl"
