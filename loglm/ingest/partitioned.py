@@ -282,7 +282,7 @@ def read_task(task: dict, data_dict: dict, mask: bool, work: str, n_parts: int) 
             if by == "event":
                 keys = [f"{source}:{line_no}"]
             elif by == "count":
-                keys = []
+                keys = []  # numbered once every task's event count is known (spill_counted)
             else:
                 keys = session_keys(ents, ts, data.session)
                 if not keys:  # a line without a session key is rejected, never silently dropped
@@ -787,8 +787,13 @@ class _Runner:
         self.pool = None
 
     def map(self, fn, calls: list[tuple]) -> list:
+        return self.start(fn, calls)()
+
+    def start(self, fn, calls: list[tuple]):
+        """The calls begun now; the returned function waits for their results, in order, so the driver can
+        work meanwhile (one local process: the calls run when collected)."""
         if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
-            return [fn(*args) for args in calls]
+            return lambda: [fn(*args) for args in calls]
         if self.ray is None:
             if self.pool is None:
                 import multiprocessing
@@ -796,30 +801,12 @@ class _Runner:
 
                 # spawn: a forked child would inherit the parent's Arrow and torch threads
                 self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-            return list(self.pool.map(fn, *zip(*calls)))
-        remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
-        shared = {}
-
-        def put(v):  # large read-only arguments go to the object store once
-            if isinstance(v, (np.ndarray, dict)) and id(v) not in shared:
-                shared[id(v)] = self.ray.put(v)
-            return shared.get(id(v), v)
-
-        return self.ray.get([remote.remote(*[put(a) for a in args]) for args in calls])
-
-    def start(self, fn, calls: list[tuple]):
-        """:meth:`map` begun now and collected by the returned function, so the driver works meanwhile (one
-        local process: the calls run when collected)."""
-        if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
-            return lambda: [fn(*args) for args in calls]
-        if self.ray is None:
-            self.map(fn, calls[:0])  # the pool, started
             futures = [self.pool.submit(fn, *args) for args in calls]
             return lambda: [f.result() for f in futures]
         remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
         shared = {}
 
-        def put(v):
+        def put(v):  # large read-only arguments go to the object store once
             if isinstance(v, (np.ndarray, dict)) and id(v) not in shared:
                 shared[id(v)] = self.ray.put(v)
             return shared.get(id(v), v)
