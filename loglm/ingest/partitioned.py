@@ -9,9 +9,9 @@ the same functions as Ray tasks (any node, any number of workers; the outputs do
    ``spill/p<p>/t<task>.parquet`` (``data.spill_partitions`` partitions, by a stable hash of the key).
    Rejected lines go to ``rejected/t<task>.jsonl``.  Lines are parsed one by one into a batch of columns;
    a batch (``ROW_GROUP`` events) becomes one Arrow table, written as a row group, and its spill rows and
-   session summary are cut from that table by Arrow and numpy, not built row by row in Python (1.65x the
-   read stage's speed).  What stays in memory is that batch and a per-session summary (first and last
-   time, event and label counts), the small table splits are decided from.
+   session summary are cut from that table by Arrow and numpy, not built row by row in Python.  What stays
+   in memory is that batch and a per-session summary (first and last time, event and label counts), the
+   small table splits are decided from.
 2. **split** (driver): labels and train/val/test from the per-session table alone.
 3. **count** (one task per partition): the partition's sessions, cut into chunks as detection cuts them;
    returns the distinct training messages with their counts (and the training flows, for the flow codec).
@@ -93,14 +93,12 @@ class _Writer:
     def __init__(self, path: Path, schema: pa.Schema):
         self.path, self.schema = path, schema
         self.writer: pq.ParquetWriter | None = None
-        self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
         self.writer.write_table(table)
-        self.rows += table.num_rows
 
     def close(self) -> None:
         if self.writer is not None:
@@ -110,7 +108,7 @@ class _Writer:
 class _Spill:
     """Rows per (event, session key) into the hash partitions, and the per-session summary, a batch of events
     at a time: the rows are cut from the batch's Arrow columns (no Python object per row) and the summary of
-    a batch is reduced per key as :func:`merge_stats` reduces the tasks' summaries."""
+    a batch is reduced per key by :func:`merge_stats`, which also merges the tasks' summaries."""
 
     def __init__(self, work: Path, task: int, n_parts: int, data):
         self.work, self.task, self.n_parts = work, task, n_parts
@@ -134,9 +132,8 @@ class _Spill:
                          **{n: events.column(n).take(parent) for n in ("ts", "masked", "label", "fields")}},
                         schema=SPILL_SCHEMA)
         coded = pc.dictionary_encode(flat)
-        distinct = coded.dictionary
         key_no = coded.indices.to_numpy(zero_copy_only=False)
-        part_of = np.array([partition_of(k, self.n_parts) for k in distinct.to_pylist()], np.int64)
+        part_of = np.array([partition_of(k, self.n_parts) for k in coded.dictionary.to_pylist()], np.int64)
         part = part_of[key_no]
         order = np.argsort(part, kind="stable")  # input order inside each partition
         sorted_rows, sorted_part = rows.take(pa.array(order)), part[order]
@@ -148,11 +145,11 @@ class _Spill:
                 writer = self.parts[p] = _Writer(self.work / "spill" / f"p{p:04d}" / f"t{self.task:06d}.parquet",
                                                  SPILL_SCHEMA)
             writer.write(sorted_rows.slice(a, b - a))
-        self._summarise(distinct, key_no, part_of, rows)
+        self._summarise(key_no, part_of, rows)
 
-    def _summarise(self, distinct: pa.Array, key_no: np.ndarray, part_of: np.ndarray, rows: pa.Table) -> None:
-        """The batch's per-session summary, one row per key (reduced on the keys' dictionary numbers, then
-        kept with the task's earlier ones and merged by :func:`merge_stats` once they grow)."""
+    def _summarise(self, key_no: np.ndarray, part_of: np.ndarray, rows: pa.Table) -> None:
+        """The batch's per-session summary, one row per key (:func:`merge_stats` of its rows), kept with the
+        task's earlier ones and merged with them once they grow."""
         label = rows.column("label").combine_chunks()
         none = label.is_null().to_numpy(zero_copy_only=False)
         coded = pc.dictionary_encode(label)
@@ -160,17 +157,10 @@ class _Spill:
                           np.int64)
         lab = np.where(none, -1, lab_of[coded.indices.fill_null(0).to_numpy(zero_copy_only=False)])
         ts, pos = rows.column("ts").to_numpy(), rows.column("pos").to_numpy()
-        order = np.lexsort((pos, ts, key_no))  # by key, then time, then position: a key's first event leads
-        k = key_no[order]
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-
-        def total(flag: np.ndarray) -> np.ndarray:
-            return np.add.reduceat(flag[order].astype(np.int64), starts)
-
-        self.stats.append(pa.table({
-            "key": distinct.take(pa.array(k[starts])), "first_ts": ts[order][starts], "first_pos": pos[order][starts],
-            "last_ts": np.maximum.reduceat(ts[order], starts), "n": np.diff(np.r_[starts, len(k)]).astype(np.int64),
-            "n_anom": total(lab == 1), "n_unk": total(lab == -1), "n_none": total(none), "part": part_of[k[starts]]}))
+        self.stats.append(merge_stats([pa.table({
+            "key": rows.column("key"), "first_ts": ts, "first_pos": pos, "last_ts": ts, "n": np.ones(len(ts), np.int64),
+            "n_anom": (lab == 1).astype(np.int64), "n_unk": (lab == -1).astype(np.int64),
+            "n_none": none.astype(np.int64), "part": part_of[key_no]})]))
         self.stat_rows += self.stats[-1].num_rows
         if self.stat_rows > self.merge_at:  # one row per key after a merge; merged less often as keys grow
             self.stats = [merge_stats(self.stats)]
@@ -249,8 +239,7 @@ def read_task(task: dict, data_dict: dict, mask: bool, work: str, n_parts: int) 
     progress.detail = f"file {task['file_no']}/{task['files']} {Path(task['path']).name}"
     # a batch of events as columns (EVENT_SCHEMA's order), written as one row group with its spill rows
     batch: list[list] = [[] for _ in EVENT_SCHEMA]
-    adds = [c.append for c in batch]
-    add_source, add_line, add_ts, add_masked, add_raw, add_ents, add_label, add_fields, add_keys = adds
+    add_source, add_line, add_ts, add_masked, add_raw, add_ents, add_label, add_fields, add_keys = (c.append for c in batch)
     repeated: dict[int, list[str]] = {}  # events naming one session key twice: spilled once per key
 
     def flush() -> None:
