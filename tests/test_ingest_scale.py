@@ -193,3 +193,23 @@ def test_a_line_naming_its_session_twice_is_one_event_of_it(tmp_path):
         assert sorted(set(sessions.column("session_id").to_pylist())) == hosts
         out[name] = (summary["data_sha256"], summary["tasks"])
     assert out["two"][1] > 1 and out["one"][0] == out["two"][0]
+
+
+def test_read_tasks_cut_a_file_every_n_lines_across_read_blocks(tmp_path, monkeypatch):
+    from loglm.ingest import distributed
+
+    log = tmp_path / "a.log"
+    lines = [f"line {i} " + "x" * (i % 37) for i in range(1_000)]
+    log.write_text("\n".join(lines))  # the last line has no newline
+    data = compose("prepare", ["data=hdfs_loglead"]).data
+    monkeypatch.setattr(distributed, "PLAN_BLOCK_BYTES", 97)  # ranges end inside blocks, blocks hold several ends
+    for per in (1, 3, 64, 999, 1_000, 5_000):
+        tasks = distributed.plan_tasks([log], data, per)
+        assert tasks[0]["start"] == 0 and tasks[-1]["end"] == log.stat().st_size
+        assert all(a["end"] == b["start"] for a, b in zip(tasks, tasks[1:]))
+        raw = log.read_bytes()
+        got = [raw[t["start"]:t["end"]].decode().splitlines() for t in tasks]
+        assert [len(g) for g in got[:-1]] == [per] * (len(got) - 1) and 0 < len(got[-1]) <= per
+        assert [t["first_line"] for t in tasks] == [1 + k * per for k in range(len(tasks))]
+        assert sum(got, []) == lines
+

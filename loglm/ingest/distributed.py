@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from loglm.ingest.readers import (
     UNREADABLE,
     bounded_lines,
@@ -17,6 +19,7 @@ from loglm.ingest.readers import (
 )
 
 META, RECORD, REJECT = 0, 1, 2
+PLAN_BLOCK_BYTES = 1 << 23  # plan_tasks reads a file this many bytes at a time
 
 
 def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
@@ -34,21 +37,20 @@ def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
         start, line_no, count, pos = 0, 1, 0, 0
         with open(path, "rb") as fh:
             while True:
-                block = fh.read(1 << 23)
+                block = fh.read(PLAN_BLOCK_BYTES)
                 if not block:
                     break
-                i = 0
-                while True:
-                    j = block.find(b"\n", i)
-                    if j < 0:
-                        break
-                    count += 1
-                    i = j + 1
-                    if count == lines_per_task:
-                        end = pos + i
+                n = block.count(b"\n")  # lines are counted in C; a block holding a range's end is indexed
+                if count + n >= lines_per_task:
+                    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
+                    for i in ends[lines_per_task - count - 1::lines_per_task]:
+                        end = pos + int(i)
                         tasks.append({"kind": kind, "path": os.fspath(path), "start": start, "end": end,
                                       "first_line": line_no, "prime": prime if start else 0})
-                        start, line_no, count = end, line_no + lines_per_task, 0
+                        start, line_no = end, line_no + lines_per_task
+                    count = (count + n) % lines_per_task
+                else:
+                    count += n
                 pos += len(block)
         if pos > start:
             tasks.append({"kind": kind, "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
