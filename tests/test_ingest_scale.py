@@ -3,6 +3,7 @@ corpus, and the generated corpus it is measured on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -213,3 +214,47 @@ def test_read_tasks_cut_a_file_every_n_lines_across_read_blocks(tmp_path, monkey
         assert [t["first_line"] for t in tasks] == [1 + k * per for k in range(len(tasks))]
         assert sum(got, []) == lines
 
+
+def test_spill_rows_wait_per_partition_in_bounded_buffers(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from loglm.ingest import partitioned
+
+    monkeypatch.setattr(partitioned, "SPILL_GROUP_ROWS", 50)
+    monkeypatch.setattr(partitioned, "SPILL_BUFFER_ROWS", 120)
+    spill = partitioned._Spill(tmp_path, 3, 4, compose("prepare", ["data=hdfs_loglead"]).data)
+    for b in range(10):
+        n = range(b * 40, b * 40 + 40)
+        spill.add(pa.array([f"blk_{i % 13}" for i in n]), b * 40, pa.table({
+            "ts": [float(i) for i in n], "masked": [f"m{i % 5}" for i in n], "label": [None] * 40,
+            "fields": pa.array([None] * 40, pa.string())}))
+        assert spill.buffered <= 120  # what a task holds back, whatever the partitions
+    stats = spill.close()
+    assert stats.num_rows == 13 and sum(stats.column("n").to_pylist()) == 400
+    rows = 0
+    for p in range(4):
+        f = pq.ParquetFile(tmp_path / "spill" / f"p{p:04d}" / "t000003.parquet")
+        t = f.read()
+        assert {partitioned.partition_of(k, 4) for k in t.column("key").to_pylist()} == {p}
+        pos = [x & ((1 << partitioned.TASK_BITS) - 1) for x in t.column("pos").to_pylist()]
+        assert pos == sorted(pos) and t.column("ts").to_pylist() == [float(x) for x in pos]  # input order
+        assert f.num_row_groups < 10  # fewer row groups than batches: rows waited
+        rows += t.num_rows
+    assert rows == 400
+
+
+def test_spill_partitions_follow_the_inputs_size_unless_set(tmp_path):
+    from loglm.ingest import partitioned
+
+    data = compose("prepare", ["data=hdfs_loglead"]).data
+    sizes = {}
+    for name, size in (("small", 1 << 20), ("4m", 530 << 20), ("16m", 2_127 << 20), ("huge", 1 << 40)):
+        with open(tmp_path / f"{name}.log", "wb") as fh:
+            fh.truncate(size)  # sparse: only the size is read
+        sizes[name] = partitioned.spill_partitions(data, [tmp_path / f"{name}.log"])
+    assert sizes == {"small": 16, "4m": 16, "16m": 64, "huge": partitioned.MAX_AUTO_PARTITIONS}
+    with open(tmp_path / "16m.log.gz", "wb") as fh:
+        fh.truncate((2_127 << 20) // 8)  # compressed: about 8x its size in lines
+    assert partitioned.spill_partitions(data, [tmp_path / "16m.log.gz"]) == 64
+    assert partitioned.spill_partitions(dataclasses.replace(data, spill_partitions=5),
+                                        [tmp_path / "huge.log"]) == 5

@@ -303,7 +303,7 @@ def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     data: DataConfig = cfg.data
     if not data.inputs:
         raise ValueError("data.inputs is empty: give raw log files or directories")
-    if data.spill_partitions < 1:
+    if data.spill_partitions is not None and data.spill_partitions < 1:
         raise ValueError(f"data.spill_partitions must be >= 1, got {data.spill_partitions}")
     if cfg.backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
