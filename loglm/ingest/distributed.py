@@ -24,14 +24,19 @@ PLAN_BLOCK_BYTES = 1 << 23  # plan_tasks reads a file this many bytes at a time
 
 def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
     """Byte ranges of ``lines_per_task`` lines per plain file; a compressed or Parquet file is one task."""
+    return list(iter_tasks(paths, data, lines_per_task))
+
+
+def iter_tasks(paths: list[Path], data, lines_per_task: int):
+    """:func:`plan_tasks` a range at a time, each as soon as its end is found: prepare starts reading the
+    first ranges while the rest of the file is still being cut."""
     from loglm.ingest.readers import source_config
 
-    tasks = []
     for path in paths:
         fmt = source_config(data, path).format
         kind = "parquet" if path.suffix == ".parquet" else "lines"
         if kind == "parquet" or path.suffix == ".gz" or cr_terminated(path):  # CR-terminated: one task
-            tasks.append({"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0})
+            yield {"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0}
             continue
         prime = _leading_metadata(path, fmt)
         start, line_no, count, pos = 0, 1, 0, 0
@@ -45,17 +50,16 @@ def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
                     ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
                     for i in ends[lines_per_task - count - 1::lines_per_task]:
                         end = pos + int(i)
-                        tasks.append({"kind": kind, "path": os.fspath(path), "start": start, "end": end,
-                                      "first_line": line_no, "prime": prime if start else 0})
+                        yield {"kind": kind, "path": os.fspath(path), "start": start, "end": end,
+                               "first_line": line_no, "prime": prime if start else 0}
                         start, line_no = end, line_no + lines_per_task
                     count = (count + n) % lines_per_task
                 else:
                     count += n
                 pos += len(block)
         if pos > start:
-            tasks.append({"kind": kind, "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
-                          "prime": prime if start else 0})
-    return tasks
+            yield {"kind": kind, "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
+                   "prime": prime if start else 0}
 
 
 def _leading_metadata(path: Path, fmt: str) -> int:

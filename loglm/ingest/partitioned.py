@@ -823,13 +823,19 @@ class _Runner:
         self.ray, self.processes = ray_mod, processes
         self.pool = None
 
-    def map(self, fn, calls: list[tuple]) -> list:
+    def map(self, fn, calls) -> list:
         return self.start(fn, calls)()
 
-    def start(self, fn, calls: list[tuple]):
+    def start(self, fn, calls):
         """The calls begun now; the returned function waits for their results, in order, so the driver can
-        work meanwhile (one local process: the calls run when collected)."""
-        if self.ray is None and (self.processes <= 1 or len(calls) <= 1):
+        work meanwhile (one local process: the calls run when collected).  ``calls`` may be a generator:
+        each call is begun as it is made."""
+        import itertools
+
+        calls = iter(calls)
+        head = list(itertools.islice(calls, 2))
+        calls = itertools.chain(head, calls)
+        if self.ray is None and (self.processes <= 1 or len(head) <= 1):
             return lambda: [fn(*args) for args in calls]
         if self.ray is None:
             if self.pool is None:
@@ -873,7 +879,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
 
 
 def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tuple[dict, dict]:
-    from loglm.ingest.distributed import plan_tasks
+    from loglm.ingest.distributed import iter_tasks
     from loglm.ingest.flows import FlowCodec, TrainingFlows
     from loglm.ingest.prepare import read_id_list
     from loglm.ingest.templates import TemplateMiner
@@ -885,14 +891,20 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     n_parts = spill_partitions(data, paths)
     work = out / "_work"
     work.mkdir(parents=True)
-    if ray_mod is None and runner.processes == 1:
-        tasks = [{"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
-                  "end": -1, "first_line": 1, "prime": 0} for p in paths]
-    else:
-        tasks = plan_tasks(paths, data, cfg.ray.lines_per_task)
     file_no = {os.fspath(p): k for k, p in enumerate(paths, 1)}
-    for no, task in enumerate(tasks):
-        task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
+    tasks: list[dict] = []
+
+    def read_calls():  # each read task begins as soon as its byte range is cut (the file is cut as it is read)
+        if ray_mod is None and runner.processes == 1:
+            planned = ({"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
+                        "end": -1, "first_line": 1, "prime": 0} for p in paths)
+        else:
+            planned = iter_tasks(paths, data, cfg.ray.lines_per_task)
+        for no, task in enumerate(planned):
+            task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
+            tasks.append(task)
+            yield task, data_dict, cfg.tokenizer.mask_params, str(work), n_parts
+
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
     stage_peak: dict[str, float] = {}
@@ -906,7 +918,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         clock = now
 
     progress = Progress("reading")
-    read = runner.map(read_task, [(task, data_dict, cfg.tokenizer.mask_params, str(work), n_parts) for task in tasks])
+    read = runner.map(read_task, read_calls())
     account = LineAccount()
     for r in read:
         a = r["account"]
