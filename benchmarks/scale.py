@@ -46,19 +46,17 @@ def bench_scale(tmp: Path, sizes: list[int], steps: int = 200, cap_gb: float = 2
         corpus = tmp / f"hdfs_{n}.log"
         gen = generate(corpus, n, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
                        ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=0)
+        data = ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
+                f"paths.root={tmp / 'runs'}", "logger=none"]
         runs = []  # a corpus below the largest is prepared `repeats` times, each into its own folder: a 10 s
         for r in range(repeats if n != max(sizes) else 1):  # prepare swings by a third here; its median counts
-            name = f"scale_{n}_{r}"
-            data = ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
-                    f"data.name={name}", f"paths.root={tmp / 'runs'}", "logger=none"]
-            prep = _peak(["pipelines.prepare", *data])
-            manifest = json.loads((tmp / "runs" / "data" / name / "MANIFEST.json").read_text())["summary"]
-            runs.append((manifest["seconds"], prep, manifest, data, name))
-        for *_, name in runs:
-            if name != runs[-1][-1]:
-                shutil.rmtree(tmp / "runs" / "data" / name, ignore_errors=True)
-        _, prep, manifest, _, _ = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
-        data = runs[-1][3]  # training reads the last one's folder (the same dataset)
+            if runs:
+                shutil.rmtree(tmp / "runs" / "data" / f"scale_{n}_{r - 1}")
+            prep = _peak(["pipelines.prepare", *data, f"data.name=scale_{n}_{r}"])
+            manifest = json.loads((tmp / "runs" / "data" / f"scale_{n}_{r}" / "MANIFEST.json").read_text())["summary"]
+            runs.append((manifest["seconds"], prep, manifest))
+        _, prep, manifest = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
+        data.append(f"data.name=scale_{n}_{len(runs) - 1}")  # training reads the last one's folder (same dataset)
         train = _peak(["pipelines.pretrain", *data, "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
                        "trainer.progress_bar=false", "detect.small_validation=warn"])
         rows.append({"lines": gen["lines"], "sessions": manifest["sessions"], "prepare_s": prep["seconds"],

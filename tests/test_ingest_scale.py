@@ -205,7 +205,7 @@ def test_read_tasks_cut_a_file_every_n_lines_across_read_blocks(tmp_path, monkey
     data = compose("prepare", ["data=hdfs_loglead"]).data
     monkeypatch.setattr(distributed, "PLAN_BLOCK_BYTES", 97)  # ranges end inside blocks, blocks hold several ends
     for per in (1, 3, 64, 999, 1_000, 5_000):
-        tasks = distributed.plan_tasks([log], data, per)
+        tasks = list(distributed.iter_tasks([log], data, per))
         assert tasks[0]["start"] == 0 and tasks[-1]["end"] == log.stat().st_size
         assert all(a["end"] == b["start"] for a, b in zip(tasks, tasks[1:]))
         raw = log.read_bytes()

@@ -19,24 +19,25 @@ from loglm.ingest.readers import (
 )
 
 META, RECORD, REJECT = 0, 1, 2
-PLAN_BLOCK_BYTES = 1 << 23  # plan_tasks reads a file this many bytes at a time
+PLAN_BLOCK_BYTES = 1 << 23  # iter_tasks reads a file this many bytes at a time
 
 
-def plan_tasks(paths: list[Path], data, lines_per_task: int) -> list[dict]:
-    """Byte ranges of ``lines_per_task`` lines per plain file; a compressed or Parquet file is one task."""
-    return list(iter_tasks(paths, data, lines_per_task))
+def whole_file(path: Path) -> dict:
+    """The read task of a whole file."""
+    kind = "parquet" if path.suffix == ".parquet" else "lines"
+    return {"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0}
 
 
 def iter_tasks(paths: list[Path], data, lines_per_task: int):
-    """:func:`plan_tasks` a range at a time, each as soon as its end is found: prepare starts reading the
-    first ranges while the rest of the file is still being cut."""
+    """Byte ranges of ``lines_per_task`` lines per plain file (a compressed or Parquet file is one task), each
+    yielded as soon as its end is found: prepare starts reading the first ranges while the rest of the file
+    is still being cut."""
     from loglm.ingest.readers import source_config
 
     for path in paths:
         fmt = source_config(data, path).format
-        kind = "parquet" if path.suffix == ".parquet" else "lines"
-        if kind == "parquet" or path.suffix == ".gz" or cr_terminated(path):  # CR-terminated: one task
-            yield {"kind": kind, "path": os.fspath(path), "start": 0, "end": -1, "first_line": 1, "prime": 0}
+        if path.suffix in (".parquet", ".gz") or cr_terminated(path):  # CR-terminated: one task
+            yield whole_file(path)
             continue
         prime = _leading_metadata(path, fmt)
         start, line_no, count, pos = 0, 1, 0, 0
@@ -50,7 +51,7 @@ def iter_tasks(paths: list[Path], data, lines_per_task: int):
                     ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
                     for i in ends[lines_per_task - count - 1::lines_per_task]:
                         end = pos + int(i)
-                        yield {"kind": kind, "path": os.fspath(path), "start": start, "end": end,
+                        yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": end,
                                "first_line": line_no, "prime": prime if start else 0}
                         start, line_no = end, line_no + lines_per_task
                     count = (count + n) % lines_per_task
@@ -58,7 +59,7 @@ def iter_tasks(paths: list[Path], data, lines_per_task: int):
                     count += n
                 pos += len(block)
         if pos > start:
-            yield {"kind": kind, "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
+            yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
                    "prime": prime if start else 0}
 
 

@@ -879,7 +879,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
 
 
 def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tuple[dict, dict]:
-    from loglm.ingest.distributed import iter_tasks
+    from loglm.ingest.distributed import iter_tasks, whole_file
     from loglm.ingest.flows import FlowCodec, TrainingFlows
     from loglm.ingest.prepare import read_id_list
     from loglm.ingest.templates import TemplateMiner
@@ -896,8 +896,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
 
     def read_calls():  # each read task begins as soon as its byte range is cut (the file is cut as it is read)
         if ray_mod is None and runner.processes == 1:
-            planned = ({"kind": "parquet" if p.suffix == ".parquet" else "lines", "path": os.fspath(p), "start": 0,
-                        "end": -1, "first_line": 1, "prime": 0} for p in paths)
+            planned = (whole_file(p) for p in paths)
         else:
             planned = iter_tasks(paths, data, cfg.ray.lines_per_task)
         for no, task in enumerate(planned):
