@@ -61,6 +61,7 @@ def test_embeddings_torch_and_onnx_agree_and_search_finds_the_same_kind(deployed
 
     cfg, model, bundle = deployed
     assert bundle["parity"]["fp32"]["min_embedding_cosine"] > 0.999  # export checks the vectors too
+    assert bundle["parity"]["fp32"]["min_event_vector_cosine"] > 0.999
     log = tmp_path / "new.log"
     kinds = write_log(log, 90, 31, {i: ("swap" if i % 2 else "unseen") for i in range(10, 90, 5)})
     torch_out = tmp_path / "torch.parquet"

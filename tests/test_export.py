@@ -133,6 +133,21 @@ def test_failed_parity_writes_no_bundle(exported, tmp_path, monkeypatch):
     assert not out.exists() and not list(tmp_path.glob(".refused*"))
 
 
+
+def test_export_refuses_event_vectors_that_differ_from_torch(exported, tmp_path, monkeypatch):
+    """The ONNX ``event_vectors`` output (per-event vectors, few-shot kinds) is checked against torch's like
+    the session vectors: a graph whose event vectors disagree is not written."""
+    import loglm.analyst.embed as emb
+    import loglm.export.writer as eb
+
+    cfg, model, _ = exported
+    real = emb.torch_event_embed_fn
+    monkeypatch.setattr(emb, "torch_event_embed_fn", lambda enc: (lambda t, g, p: -real(enc)(t, g, p)))
+    out = tmp_path / "refused"
+    with pytest.raises(eb.ParityError, match="event vectors differ from torch's .* bundle not written"):
+        eb.run(replace(cfg, ckpt=model["run_id"], export=replace(cfg.export, out=str(out))))
+    assert not out.exists()
+
 def test_one_pass_student_bundle_matches_torch(exported, tmp_path):
     """A distilled student with a replaced-event head exports both outputs; engine and torch agree."""
     from loglm.detect.detector import run as torch_detect

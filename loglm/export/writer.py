@@ -134,9 +134,10 @@ def run(cfg) -> dict:
         ref = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
         thr = float(loaded.calibration["threshold"])
         parity = {"windows": len(toks)}
-        from loglm.analyst.embed import embed_windows, torch_embed_fn
+        from loglm.analyst.embed import embed_events, embed_windows, torch_embed_fn, torch_event_embed_fn
 
         ref_vec = embed_windows(torch_embed_fn(loaded.encoder), toks, gaps, closed)
+        ref_ev = embed_events(torch_event_embed_fn(loaded.encoder), toks, gaps, closed)
         for variant in variants:
             b = Bundle(tmp, variant=variant, verify=False)
             got = b.scorer()(toks, gaps, closed, dcfg)
@@ -145,10 +146,15 @@ def run(cfg) -> dict:
             parity[variant]["decision_agreement"] = float(((ref.score > thr) == (got.score > thr)).mean())
             # session vectors (loglm embed): cosine of each window's ONNX vector with torch's
             cos = (embed_windows(b.embed, toks, gaps, closed) * ref_vec).sum(1) if len(toks) else np.ones(1)
+            # and each event's vector (ONNX event_vectors: both halves are unit vectors scaled by 1/sqrt(2))
+            ev = embed_events(b.embed_events, toks, gaps, closed)
+            ev_cos = [float((a * r).sum(1).min()) for a, r in zip(ev, ref_ev) if len(r)] or [1.0]
             parity[variant]["min_embedding_cosine"] = float(cos.min())
-        if parity["fp32"]["min_embedding_cosine"] < 0.999:
-            raise ParityError(f"ONNX export of {model_dir}: session vectors differ from torch's (lowest cosine "
-                              f"{parity['fp32']['min_embedding_cosine']:.4f} < 0.999); bundle not written")
+            parity[variant]["min_event_vector_cosine"] = min(ev_cos)
+        for key, what in (("min_embedding_cosine", "session vectors"), ("min_event_vector_cosine", "event vectors")):
+            if parity["fp32"][key] < 0.999:
+                raise ParityError(f"ONNX export of {model_dir}: {what} differ from torch's (lowest cosine "
+                                  f"{parity['fp32'][key]:.4f} < 0.999); bundle not written")
         if not parity["fp32"]["ok"]:
             raise ParityError(f"ONNX export of {model_dir} differs from torch by "
                               f"{parity['fp32']['max_abs_surprisal_diff']:.3g} > export.parity_atol="
