@@ -10,10 +10,37 @@ from pathlib import Path
 import numpy as np
 
 
-def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows: int = 100):
+def zeek_detailed_labels(data_dir: Path) -> list[str | None]:
+    """Each event's ``detailedlabel`` (Stratosphere's labelled Zeek conn.logs: why a flow is Malicious or
+    Benign, e.g. External-Attack-to-Device, Microsoft, ESET), read from its raw row by the column its file's
+    ``#fields`` header names; None where unset (``-``, ``(empty)``) or where a file has no such column."""
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(data_dir / "events.parquet", columns=["source", "raw"])
+    column: dict[str, int | None] = {}
+    for src in set(ev.column("source").to_pylist()):
+        column[src] = None
+        with open(src, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                if line.startswith("#fields"):
+                    names = line.rstrip("\r\n").split("\t")[1:]
+                    column[src] = names.index("detailedlabel") if "detailedlabel" in names else None
+    out = []
+    for src, raw in zip(ev.column("source").to_pylist(), ev.column("raw").to_pylist()):
+        values, i = raw.split("\t"), column[src]
+        v = values[i] if i is not None and i < len(values) else None
+        out.append(None if v in (None, "-", "(empty)", "") else v)
+    return out
+
+
+def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows: int = 100,
+                 kinds_of: list | None = None):
     """Attack flows of ``split`` with their class: (LogLM vector of each flow: its context half and its own
     half, raw flow features fitted on training flows, kinds, the window each flow is in). Classes with fewer
-    than ``min_flows`` flows are left out."""
+    than ``min_flows`` flows are left out. ``kinds_of``: a kind per event instead of its label (e.g.
+    ``zeek_detailed_labels``: benign services as kinds beside the attack)."""
     import pyarrow.parquet as pq
 
     from loglm.analyst.embed import embed_events, torch_event_embed_fn
@@ -24,7 +51,7 @@ def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows
     from loglm.windows import windows_of
 
     loaded = load_model(model_dir)
-    labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
+    labels = kinds_of or pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
     table = read_sessions(data_dir, split)
     toks, gaps, closed = windows_of(table)
     per_window = embed_events(torch_event_embed_fn(loaded.encoder), toks, gaps, closed)
@@ -47,15 +74,17 @@ def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows
     return np.stack(vecs), raw, kinds, np.asarray(windows)
 
 
-def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 20) -> dict:
+def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 20, kinds_of: list | None = None
+                  ) -> dict:
     """Few-shot kinds on the frozen LogLM flow vectors, on raw flow features, and on both side by side; each
     with both classifiers, with and without standardising (every representation at its best setting). Two
     draws: examples and classified flows at random (``*_k{k}``), and window-disjoint (``*_k{k}_by_window``:
     flows of the examples' windows are not classified, so a flow is not told by its own window's neighbours)."""
     from loglm.analyst.fewshot import fewshot_accuracy
 
-    emb, raw, kinds, windows = flow_vectors(model_dir, data_dir)
-    out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": "flow (attack classes with >= 100 test flows)",
+    emb, raw, kinds, windows = flow_vectors(model_dir, data_dir, kinds_of=kinds_of)
+    what = "detailed labels" if kinds_of else "attack classes"
+    out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": f"flow ({what} with >= 100 test flows)",
                  "windows_per_kind": {c: int(len(set(windows[np.asarray(kinds) == c]))) for c in sorted(set(kinds))},
                  "loglm_vector": f"{emb.shape[1]} dims: context half and own half (LogEncoder.event_embedding)"}
     table = {}
@@ -154,11 +183,9 @@ def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> d
         "overall": round(sum(sum(v) for v in per_class.values()) / max(1, sum(len(v) for v in per_class.values())), 3)}
 
 
-def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_flowprep",
-                  overrides: tuple[str, ...] = ("data.flow_facets=true",)) -> dict:
-    """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget and ``overrides`` (flow
-    facets: what a flow's own half of its vector is made of; off by default for detection, README "Flow
-    facets"), or take ``model_dir``; then few-shot kinds, ATT&CK from evidence, and search speed."""
+def _pretrained(tmp: Path, dataset: str, overrides: tuple[str, ...], model_dir: str | None = None):
+    """(model directory, prepared folder): ``dataset`` prepared under ``tmp`` and pretrained with its
+    protocol's budget and ``overrides``, or ``model_dir`` when given."""
     import dataclasses
 
     from loglm.config import compose
@@ -169,12 +196,35 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
     cfg = compose("evaluate", [f"dataset={dataset}", f"paths.root={tmp}", *overrides])
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=False))
     prepare(cfg)
-    trained_here = model_dir is None
-    if trained_here:
+    if model_dir is None:
         model_dir = pretrain(cfg)["model_dir"]
-    data_dir = prepared_dir(cfg.paths.root, dataset)
-    out = {"dataset": dataset, "model_dir": str(model_dir), "overrides": " ".join(overrides) if trained_here else ""}
-    out.update(bench_fewshot(Path(model_dir), data_dir))
-    out["attack_from_evidence"] = bench_attack(Path(model_dir), data_dir, tmp)
+    return Path(model_dir), prepared_dir(cfg.paths.root, dataset)
+
+
+def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_flowprep",
+                  overrides: tuple[str, ...] = ("data.flow_facets=true",), zeek: bool = True) -> dict:
+    """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget and ``overrides`` (flow
+    facets: what a flow's own half of its vector is made of; off by default for detection, README "Flow
+    facets"), or take ``model_dir``; then few-shot kinds, ATT&CK from evidence, and search speed.  With
+    ``zeek`` (and the shared Zeek captures), few-shot kinds on ``zeek_ctu`` too: a model pretrained the same
+    way, its test flows' detailed labels as kinds (the attack and the benign services)."""
+    trained_here = model_dir is None
+    model, data_dir = _pretrained(tmp, dataset, overrides, model_dir)
+    out = {"dataset": dataset, "model_dir": str(model), "overrides": " ".join(overrides) if trained_here else ""}
+    out.update(bench_fewshot(model, data_dir))
+    out["attack_from_evidence"] = bench_attack(model, data_dir, tmp)
     out["search"] = bench_search()
+    if zeek:
+        from loglm.config import compose
+
+        inputs = [Path(p) for p in compose("evaluate", ["dataset=zeek_ctu"]).data.inputs]
+        if all(p.is_file() for p in inputs):
+            zmodel, zdir = _pretrained(tmp, "zeek_ctu", overrides)
+            z = bench_fewshot(zmodel, zdir, kinds_of=zeek_detailed_labels(zdir))
+            out["zeek_ctu"] = {"model_dir": str(zmodel), **z}
+            for k, v in z.items():
+                if k.startswith(("fewshot_accuracy_", "raw_fewshot_accuracy_")):
+                    out[f"zeek_{k}"] = v
+        else:
+            out["zeek_ctu"] = {"skipped": f"the protocol's captures are not here: {[str(p) for p in inputs]}"}
     return out

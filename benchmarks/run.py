@@ -492,7 +492,8 @@ SECTION_NOTES = {
                "data.flow_facets=true; each flow's vector is its context half and its own half) against the same "
                "classifiers on raw flow features, each at its best classifier setting (balanced accuracy, "
                "cic_flowprep attack classes with >= 100 test flows, 20 draws per k; *_by_window: examples and "
-               "classified flows never share a window); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
+               "classified flows never share a window; zeek_*: the same on zeek_ctu test flows, their detailed "
+               "labels as kinds: the attack and two benign services); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
                "(queries/s, HNSW recall@10 against exact). Leaves out: classes under 100 flows, fine-tuned "
                "embeddings, search on real (not random) vectors at 10^6.",
     "ingest": "Compares: template mining, ours vs Drain3 0.9.1 on the same header-parsed messages (uncapped and "

@@ -202,3 +202,41 @@ def test_per_input_split_divides_each_capture_on_its_own(tmp_path, method):
     for split in ("train", "val", "test"):  # per input: both captures in every part
         assert spans[(True, split)] == {str(day1), str(day2)}, split
     assert str(day1) in spans[(False, "train")] and spans[(False, "test")] == {str(day2)}  # one stream
+
+
+def test_zeek_detailed_labels_come_from_each_files_own_header(tmp_path):
+    """Few-shot kinds on zeek_ctu (benchmarks.analyst) are the captures' ``detailedlabel``: read per event from
+    its raw row by the column its file's ``#fields`` header names (two files, columns in another order in the
+    second), None for the unset ``(empty)`` and for a file without that column."""
+    from flow_fixtures import ZEEK_HEADER, zeek_rows
+
+    from benchmarks.analyst import zeek_detailed_labels
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+
+    a, b, c = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "c.log"
+    a.write_text(ZEEK_HEADER + "\n".join(zeek_rows(30, 5, seed=1)) + "\n")
+    head = ZEEK_HEADER.splitlines()
+    names = head[6].split("\t")[1:]
+    order = [names.index("detailedlabel"), *[i for i in range(len(names)) if names[i] != "detailedlabel"]]
+    rows = [r.split("\t") for r in zeek_rows(20, 4, seed=2, t0=1_655_200_000.0)]
+    b.write_text("\n".join(head[:6] + ["\t".join(["#fields", *[names[i] for i in order]])] + head[7:]) + "\n"
+                 + "\n".join("\t".join(r[i] for i in order) for r in rows) + "\n")
+    c.write_text("\n".join(head[:6] + ["\t".join(["#fields", *names[:-1]])] + head[7:]) + "\n"
+                 + "\n".join("\t".join(r[:-1]) for r in rows[:3]) + "\n")
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{a},{b},{c}]",
+                              "data.local_networks=[10.0.0.0/8]"])
+    prepare(cfg)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    got = zeek_detailed_labels(data_dir)
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(data_dir / "events.parquet", columns=["source", "label"])
+    by_source = {}
+    for src, label, kind in zip(ev.column("source").to_pylist(), ev.column("label").to_pylist(), got):
+        by_source.setdefault(src, []).append((label, kind))
+    want = {"Benign": "Browsing", "Malicious": "External-Attack", "Background": None}
+    assert [k for _, k in by_source[str(a)]] == [want[lab] for lab, _ in by_source[str(a)]]
+    assert [k for _, k in by_source[str(b)]] == [want[lab] for lab, _ in by_source[str(b)]]
+    assert len(by_source[str(b)]) == 25 and {k for _, k in by_source[str(c)]} == {None}
+    assert sum(k == "External-Attack" for k in got) == 9
