@@ -49,9 +49,11 @@ def embed_main(argv: list[str]) -> int:
     p.add_argument("--bundle", required=True, help="bundle directory written by `pipelines.export`")
     p.add_argument("--out", help="Parquet file (default <bundle>/embeddings/inputs.parquet)")
     p.add_argument("--threads", type=int, default=0, help="batches embedded in parallel (0 = one per core)")
+    p.add_argument("--events", action="store_true", help="one vector per event too, into <out>.events.parquet")
     p.add_argument("--verify-key", help="PEM Ed25519 public key the bundle must be signed with")
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
     a = p.parse_args(argv)
+    import dataclasses
     from pathlib import Path
 
     from loglm.analyst.embed import run
@@ -60,8 +62,8 @@ def embed_main(argv: list[str]) -> int:
 
     try:
         bundle = Bundle(Path(a.bundle), threads=a.threads, verify_key=a.verify_key)
-        cfg = bundle_config(bundle, a.inputs, a.out)
-        summary = run(cfg, bundle, bundle.embed, bundle.workers)
+        cfg = dataclasses.replace(bundle_config(bundle, a.inputs, a.out), embed_events=a.events)
+        summary = run(cfg, bundle, bundle.embed, bundle.workers, event_fn=bundle.embed_events)
     except (FileNotFoundError, ValueError) as e:
         print(f"loglm embed: error: {e}", file=sys.stderr)
         return 2

@@ -577,6 +577,8 @@ class RootConfig:
     # follow_exit_s ends the run after that long without new lines (null = follow forever)
     follow: bool = False
     follow_exit_s: float | None = None
+    # embed: one vector per event too (context half and own half), into <out>.events.parquet
+    embed_events: bool = False
     demo: DemoConfig = field(default_factory=DemoConfig)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

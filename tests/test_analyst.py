@@ -351,3 +351,68 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_event_vectors_torch_and_engine_agree_and_kinds_fit_on_events_label_alerts(deployed, tmp_path):
+    """``embed_events=true`` (``loglm embed --events``): one vector per event beside the session file, the same
+    from torch and the ONNX engine; a kinds file fitted on event vectors (examples by ``event_idx``) labels
+    each alert by its events' votes."""
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.embed import read_embeddings
+    from loglm.detect.detector import run as detect
+
+    cfg, model, bundle = deployed
+    log = tmp_path / "new.log"
+    kinds = write_log(log, 60, 33, {i: ("swap" if i % 2 else "unseen") for i in range(10, 60, 5)})
+    torch_out, onnx_out = tmp_path / "torch.parquet", tmp_path / "onnx.parquet"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.embed", f"paths.root={cfg.paths.root}",
+                           f"ckpt={model['model_dir']}", f"inputs=[{log}]", f"out={torch_out}", "embed_events=true"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "embed", "--bundle", bundle["bundle"], "--events",
+                           "--out", str(onnx_out), str(log)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["event_embeddings_path"] == str(tmp_path / "onnx.events.parquet")
+    order = [("session_id", "ascending"), ("chunk", "ascending"), ("position", "ascending")]
+    t = pq.read_table(tmp_path / "torch.events.parquet").sort_by(order)
+    o = pq.read_table(tmp_path / "onnx.events.parquet").sort_by(order)
+    sessions, _ = read_embeddings(torch_out)
+    assert t.num_rows == o.num_rows == sum(sessions.column("n_events").to_pylist())
+    assert t.drop(["embedding"]).equals(o.drop(["embedding"]))
+    tv = t.column("embedding").combine_chunks().values.to_numpy().reshape(t.num_rows, -1)
+    ov = o.column("embedding").combine_chunks().values.to_numpy().reshape(o.num_rows, -1)
+    assert tv.shape[1] == 2 * model_dim(model) and float((tv * ov).sum(1).min()) > 0.999
+    # every event of two sessions per kind as examples, by event id; detection labels alerts by their events
+    first = {}
+    for sid, kind in kinds.items():
+        first.setdefault(kind, []).append(sid)
+    name = {"swap": "SSH-Patator", "unseen": "crash"}
+    chosen = {s: name[k] for k, v in first.items() for s in v[:2]}
+    examples = tmp_path / "examples.csv"
+    examples.write_text("event_idx,kind\n" + "".join(
+        f"{e},{chosen[s]}\n" for s, e in zip(t.column("session_id").to_pylist(), t.column("event_idx").to_pylist())
+        if s in chosen))
+    kinds_file = tmp_path / "kinds.json"
+    fit = [sys.executable, "-m", "loglm.cli", "kinds", "fit", "--embeddings", str(tmp_path / "torch.events.parquet"),
+           "--min-confidence", "0.0", "--method", "logreg", "--out", str(kinds_file)]
+    proc = subprocess.run(fit + ["--examples", str(examples)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(kinds_file.read_text())["unit"] == "event"
+    bad = tmp_path / "by_session.csv"
+    bad.write_text("session_id,kind\n" + "".join(f"{s},{k}\n" for s, k in chosen.items()))
+    proc = subprocess.run(fit + ["--examples", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs the columns event_idx,kind" in proc.stderr
+    out = tmp_path / "alerts.jsonl"
+    detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(out),
+                   detect=replace(cfg.detect, kinds=str(kinds_file))))
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    labelled = [(a["kind"], kinds[a["session_id"]]) for a in alerts if a["session_id"] in kinds]
+    assert len(labelled) == len(kinds) and all(k["events"] >= 1 for k, _ in labelled)
+    assert np.mean([k["name"] == name[want] for k, want in labelled]) > 0.8, labelled
+
+
+def model_dim(model) -> int:
+    from loglm.model.store import load_model
+
+    return load_model(model["model_dir"]).encoder.cfg.d_model

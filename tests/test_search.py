@@ -111,3 +111,18 @@ def test_attack_context_from_kind_and_from_evidence():
     ssh = {"n_events": 3, "surprising_events": [{"template": "proto=tcp dir=in svc=- port=22 state=-"}]}
     assert by_evidence(ssh)[0]["id"].startswith("T1021")  # remote services over SSH
     assert by_evidence({"surprising_events": []}) == []
+
+
+def test_an_alert_takes_the_kind_its_sure_events_vote_for():
+    """Event kinds (loglm.analyst.enrich.event_kinds): events below the confidence floor do not vote; the kind
+    with the highest summed confidence wins; an alert with no sure event is unknown."""
+    from loglm.analyst.enrich import event_kinds
+    from loglm.analyst.fewshot import FewShot
+
+    clf = FewShot("prototype", min_confidence=0.9, unit="event").fit(
+        np.array([[1.0, 0.0], [0.0, 1.0]]), ["brute-force", "flood"])
+    a = np.array([[1.0, 0.02], [0.02, 1.0], [1.0, 0.05], [0.7, 0.7]])  # two sure brute-force, one flood, one neither
+    b = np.array([[0.7, 0.71]])
+    got = event_kinds(clf, ["s1", "s1", "s2"], [a[:2], a[2:], b])
+    assert got["s1"]["name"] == "brute-force" and got["s1"]["events"] == 2 and got["s1"]["confidence"] > 0.9
+    assert got["s2"] == {"name": "unknown", "confidence": 0.0, "events": 0}

@@ -27,8 +27,9 @@ def kinds_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loglm kinds fit",
                                 description="Fit a few-shot kinds file from labelled sessions (a classifier on their vectors).")
     p.add_argument("action", choices=["fit"])
-    p.add_argument("--embeddings", required=True, help="Parquet of session vectors holding the examples")
-    p.add_argument("--examples", help="CSV with columns session_id,kind")
+    p.add_argument("--embeddings", required=True, help="Parquet of session vectors holding the examples, or of "
+                   "event vectors (embed_events=true / --events): then alerts take the kind of their events")
+    p.add_argument("--examples", help="CSV with columns session_id,kind (event_idx,kind for event vectors)")
     p.add_argument("--feedback", help="feedback table: malicious verdicts that name a kind are examples")
     p.add_argument("--min-confidence", type=float, default=0.5, help="below it an alert's kind is 'unknown'")
     p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
@@ -43,29 +44,40 @@ def kinds_main(argv: list[str]) -> int:
     from loglm.analyst.embed import read_embeddings
     from loglm.analyst.fewshot import FewShot
 
+    meta, vecs = read_embeddings(a.embeddings)
+    unit = "event" if "event_idx" in meta.column_names else "session"  # an embed_events=true file
+    key = "event_idx" if unit == "event" else "session_id"
     examples: dict[str, str] = {}
     if a.examples:
         with open(a.examples, newline="") as fh:
-            for row in csv.DictReader(fh):
-                examples[row["session_id"]] = row["kind"]
+            reader = csv.DictReader(fh)
+            if key not in (reader.fieldnames or []) or "kind" not in reader.fieldnames:
+                print(f"loglm kinds: error: {a.examples} needs the columns {key},kind ({a.embeddings} holds "
+                      f"{unit} vectors)", file=sys.stderr)
+                return 2
+            for row in reader:
+                examples[row[key]] = row["kind"]
     if a.feedback:
+        if unit == "event":
+            print("loglm kinds: error: feedback verdicts name sessions; fit them on session vectors (an embeddings "
+                  "file without embed_events)", file=sys.stderr)
+            return 2
         examples.update({r["session_id"]: r["kind"] for r in fb.read(a.feedback).values()
                          if r["verdict"] == "malicious" and r.get("kind")})
     if not examples:
         print("loglm kinds: error: no examples (give --examples CSV or --feedback with kinds)", file=sys.stderr)
         return 2
-    meta, vecs = read_embeddings(a.embeddings)
-    row_of = {s: i for i, s in enumerate(meta.column("session_id").to_pylist())}
+    row_of = {str(s): i for i, s in enumerate(meta.column(key).to_pylist())}
     missing = [s for s in examples if s not in row_of]
     if missing:
-        print(f"loglm kinds: error: {len(missing)} example sessions are not in {a.embeddings} (first: {missing[0]})",
+        print(f"loglm kinds: error: {len(missing)} example {unit}s are not in {a.embeddings} (first: {missing[0]})",
               file=sys.stderr)
         return 2
     ids = list(examples)
     if a.method == "logreg" and len(set(examples.values())) < 2:
         print("loglm kinds: error: --method logreg needs examples of two kinds or more", file=sys.stderr)
         return 2
-    clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg").fit(
+    clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg", unit=unit).fit(
         vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
     clf.save(a.out)
     print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))

@@ -68,6 +68,47 @@ def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], 
     return out
 
 
+def write_event_embeddings(path: Path, fn: EmbedFn, table, tokens: list[np.ndarray], gaps: list[np.ndarray],
+                           closed: list[bool], batch_size: int = 64, max_batch_tokens: int = 16384,
+                           workers: int = 1) -> int:
+    """One row per event of every window into ``path``, a batch of windows per row group (memory: one batch):
+    its session id, window (``chunk``), place in the window (``position``), event id (``event_idx``: its row
+    in the prepared events, or in the scored input), entity, and ``embedding``, the event's vector (context
+    half and own half, ``LogEncoder.event_embedding``).  Returns the events written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sids, chunks = table.column("session_id").to_pylist(), table.column("chunk").to_pylist()
+    ents, idx = table.column("entity").to_pylist(), table.column("event_idx").to_pylist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, n = None, 0
+    progress = Progress("embedding events", "windows")
+    try:
+        for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
+            counts = [len(tokens[i]) for i in rows]
+            vecs = np.concatenate([vec[j, 1:1 + k] for j, k in enumerate(counts)]).astype(np.float32, copy=False)
+            batch = pa.table({
+                "session_id": [sids[i] for i, k in zip(rows, counts) for _ in range(k)],
+                "chunk": pa.array([chunks[i] for i, k in zip(rows, counts) for _ in range(k)], pa.int32()),
+                "position": pa.array([j for k in counts for j in range(k)], pa.int32()),
+                "event_idx": pa.array([e for i, k in zip(rows, counts) for e in idx[i][:k]], pa.int64()),
+                "entity": [ents[i] for i, k in zip(rows, counts) for _ in range(k)],
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()),
+                                                               vecs.shape[1]),
+            })
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_table(batch)
+            n += batch.num_rows
+            progress.tick(len(rows), f"of {len(tokens):,}")
+    finally:
+        if writer is not None:
+            writer.close()
+    tmp.replace(path)
+    return n
+
+
 def embed_windows(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                   batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> np.ndarray:
     """(windows, d) float32 unit vectors, in window order; batched by length like scoring (bounded memory)."""
@@ -142,9 +183,13 @@ def read_embeddings(path: str | Path) -> tuple[object, np.ndarray]:
     return t.drop(["embedding"]), vecs
 
 
-def run(cfg, model, embed_fn: EmbedFn, workers: int = 1) -> dict:
+def run(cfg, model, embed_fn: EmbedFn, workers: int = 1, event_fn: EmbedFn | None = None) -> dict:
     """Embed ``cfg.inputs`` (raw lines, read the way the model's data was) or the prepared split ``cfg.split``
-    into ``cfg.out`` (default ``<model>/embeddings/<split or inputs>.parquet``)."""
+    into ``cfg.out`` (default ``<model>/embeddings/<split or inputs>.parquet``); with ``cfg.embed_events``
+    each event's vector too (``event_fn``), into the same name ending ``.events.parquet``."""
+    if cfg.embed_events and event_fn is None:
+        raise ValueError("embed_events=true needs per-event vectors: this model or bundle gives none (export it "
+                         "again with this version)")
     import time
 
     from loglm.detect.detector import detect_config_of, score_input
@@ -160,5 +205,16 @@ def run(cfg, model, embed_fn: EmbedFn, workers: int = 1) -> dict:
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "embeddings" / f"{'inputs' if cfg.inputs else cfg.split}.parquet"
     emb = embedding_table(table, vectors)
     write_embeddings(out, emb)
-    return {"embeddings_path": str(out), "sessions": emb.num_rows, "windows": len(toks), "dim": int(vectors.shape[1]),
-            "lines": account, "seconds": round(time.perf_counter() - t0, 3)}
+    summary = {"embeddings_path": str(out), "sessions": emb.num_rows, "windows": len(toks),
+               "dim": int(vectors.shape[1]), "lines": account}
+    if cfg.embed_events:
+        events_out = events_path(out)
+        summary["event_embeddings_path"] = str(events_out)
+        summary["events"] = write_event_embeddings(events_out, event_fn, table, toks, gaps, closed, dcfg.batch_size,
+                                                   dcfg.max_batch_tokens, workers)
+    return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def events_path(out: Path) -> Path:
+    """Where the per-event vectors of ``out`` go: ``emb.parquet`` -> ``emb.events.parquet``."""
+    return out.with_name(f"{out.name[:-len('.parquet')] if out.name.endswith('.parquet') else out.name}.events.parquet")

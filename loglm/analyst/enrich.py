@@ -13,6 +13,43 @@ def embed_fn_of(model):
     return torch_embed_fn(model.encoder)
 
 
+def event_embed_fn_of(model):
+    """The per-event embedder of a loaded model: a bundle's ONNX ``event_vectors`` or a torch encoder's."""
+    if hasattr(model, "embed_events"):
+        return model.embed_events
+    from loglm.analyst.embed import torch_event_embed_fn
+
+    return torch_event_embed_fn(model.encoder)
+
+
+def event_kinds(clf, sids: list[str], per_window: list) -> dict[str, dict]:
+    """An alert's kind from its events' (an event kinds file): each event is classified, the events sure of
+    a kind (at least ``min_confidence``) vote, and the alert takes the kind with the highest summed
+    confidence, reported as its voters' mean confidence and their count; ``unknown`` when no event is sure.
+    An alert's ordinary events (benign flows beside an attack) fall below the floor or split their votes."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    votes: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for sid, vec in zip(sids, per_window):
+        if not len(vec):
+            continue
+        names, conf = clf.predict(vec)
+        for n, c in zip(names, conf):
+            if n != "unknown":
+                votes[sid][n].append(float(c))
+    out = {}
+    for sid in dict.fromkeys(sids):
+        v = votes.get(sid)
+        if not v:
+            out[sid] = {"name": "unknown", "confidence": 0.0, "events": 0}
+            continue
+        name = max(v, key=lambda k: sum(v[k]))
+        out[sid] = {"name": name, "confidence": round(float(np.mean(v[name])), 4), "events": len(v[name])}
+    return out
+
+
 def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
     """Adds ``kind`` ({name, confidence}) with ``dcfg.kinds`` and ``attacks`` with ``dcfg.attack_context``."""
     if not alerts or not (dcfg.kinds or dcfg.attack_context):
@@ -28,13 +65,24 @@ def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
         sub = table.take(rows)
         from loglm.windows import windows_of
 
-        vec = embed_windows(embed_fn_of(model), *windows_of(sub), dcfg.batch_size, dcfg.max_batch_tokens)
-        ids, sv = session_vectors([sids[r] for r in rows], vec)
-        if sv.shape[1] != clf.dims:
+        if clf.unit == "event":
+            from loglm.analyst.embed import embed_events
+
+            per_window = embed_events(event_embed_fn_of(model), *windows_of(sub), dcfg.batch_size,
+                                      dcfg.max_batch_tokens)
+            dims = next((v.shape[1] for v in per_window if len(v)), clf.dims)
+        else:
+            vec = embed_windows(embed_fn_of(model), *windows_of(sub), dcfg.batch_size, dcfg.max_batch_tokens)
+            ids, sv = session_vectors([sids[r] for r in rows], vec)
+            dims = sv.shape[1]
+        if dims != clf.dims:
             raise ValueError(f"detect.kinds={dcfg.kinds}: its classifier reads {clf.dims} dimensions, "
-                             f"this model's vectors {sv.shape[1]}: fit the kinds with this model's embeddings")
-        names, conf = clf.predict(sv)
-        kind = {sid: {"name": n, "confidence": round(float(c), 4)} for sid, n, c in zip(ids, names, conf)}
+                             f"this model's {clf.unit} vectors {dims}: fit the kinds with this model's embeddings")
+        if clf.unit == "event":
+            kind = event_kinds(clf, [sids[r] for r in rows], per_window)
+        else:
+            names, conf = clf.predict(sv)
+            kind = {sid: {"name": n, "confidence": round(float(c), 4)} for sid, n, c in zip(ids, names, conf)}
         for a in alerts:
             a["kind"] = kind[a["session_id"]]
     if dcfg.attack_context:

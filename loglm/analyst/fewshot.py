@@ -28,10 +28,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 class FewShot:
-    def __init__(self, method: str = "prototype", min_confidence: float = 0.0, standardize: bool = False):
+    def __init__(self, method: str = "prototype", min_confidence: float = 0.0, standardize: bool = False,
+                 unit: str = "session"):
         if method not in ("prototype", "logreg"):
             raise ValueError(f"few-shot method must be prototype or logreg, got {method!r}")
-        self.method, self.min_confidence, self.standardize = method, min_confidence, standardize
+        if unit not in ("session", "event"):
+            raise ValueError(f"few-shot unit must be session or event, got {unit!r}")
+        self.method, self.min_confidence, self.standardize, self.unit = method, min_confidence, standardize, unit
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64)
@@ -76,7 +79,7 @@ class FewShot:
         """The classifier as plain JSON (kinds, settings, and the prototypes or the logistic regression's
         weights, with the standardisation): what detection loads to label alerts, numpy only."""
         out = {"method": self.method, "kinds": self.kinds, "min_confidence": self.min_confidence,
-               "standardize": self.standardize}
+               "standardize": self.standardize, "unit": self.unit}
         if self.standardize:
             out["mean"], out["std"] = self.mean.tolist(), self.std.tolist()
         if self.model is None:
@@ -92,7 +95,8 @@ class FewShot:
     @classmethod
     def load(cls, path: Path) -> FewShot:
         d = json.loads(Path(path).read_text())
-        f = cls(d.get("method", "prototype"), float(d["min_confidence"]), bool(d.get("standardize", False)))
+        f = cls(d.get("method", "prototype"), float(d["min_confidence"]), bool(d.get("standardize", False)),
+                d.get("unit", "session"))
         f.kinds, f.model = list(d["kinds"]), None
         if f.standardize:
             f.mean, f.std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
