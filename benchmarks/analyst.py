@@ -183,6 +183,78 @@ def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> d
         "overall": round(sum(sum(v) for v in per_class.values()) / max(1, sum(len(v) for v in per_class.values())), 3)}
 
 
+def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int = 20, seed: int = 0) -> dict:
+    """Kinds as the analyst sees them, per alert: the test alerts of a labelled flow dataset whose flows hold
+    an attack class (>= 100 test flows), each drawn split putting half the sessions aside; k flows per class
+    from that half are the examples (event vectors, standardised logistic regression, confidence floor 0.5),
+    and the alerts of the other half take the kind their events vote for (``enrich.event_kinds``, what
+    detection does with an event kinds file).  Balanced accuracy over the alerts' majority classes; a draw
+    whose half lacks k flows of a class is skipped (GoldenEye spans two sessions)."""
+    import dataclasses
+    import json
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.embed import embed_events, torch_event_embed_fn
+    from loglm.analyst.enrich import event_kinds
+    from loglm.analyst.fewshot import FewShot
+    from loglm.config import compose
+    from loglm.detect.detector import detect_with
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions
+    from loglm.windows import windows_of
+
+    loaded = load_model(model_dir)
+    cfg = compose("detect", [f"dataset={data_dir.name}", f"paths.root={data_dir.parent.parent}", "split=test"])
+    out = Path(tempfile.mkdtemp(prefix="loglm-kinds-")) / "alerts.jsonl"
+    cfg = dataclasses.replace(cfg, out=str(out), detect=dataclasses.replace(cfg.detect, report=False,
+                                                                            attack_context=False))
+    detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
+    alerted = {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
+    labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
+    table = read_sessions(data_dir, "test")
+    per_window = embed_events(torch_event_embed_fn(loaded.encoder), *windows_of(table))
+    sids, idx = table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()
+    counts = Counter(labels[i] for ev in idx for i in ev)
+    keep = sorted(c for c, n in counts.items() if c not in (None, "BENIGN") and n >= 100)
+    held: dict[str, Counter] = {}
+    for s, ev in zip(sids, idx):
+        held.setdefault(s, Counter()).update(labels[i] for i in ev if labels[i] in keep)
+    truth = {s: held[s].most_common(1)[0][0] for s in alerted if held.get(s)}
+    rng = np.random.default_rng(seed)
+    sessions = sorted(set(sids))
+    out_k = {"alerts": dict(Counter(truth.values())), "unit": "alert (session) with an attack class"}
+    for k in ks:
+        accs = []
+        for _ in range(trials):
+            half = set(rng.permutation(sessions)[: len(sessions) // 2])
+            pool: dict[str, list] = {c: [] for c in keep}
+            for s, ev, v in zip(sids, idx, per_window):
+                if s in half:
+                    for j, i in enumerate(ev):
+                        if labels[i] in pool:
+                            pool[labels[i]].append(v[j])
+            if any(len(p) < k for p in pool.values()):
+                continue
+            x, y = [], []
+            for c, p in pool.items():
+                x += [p[j] for j in rng.choice(len(p), k, replace=False)]
+                y += [c] * k
+            clf = FewShot("logreg", 0.5, standardize=True, unit="event").fit(np.stack(x), y)
+            test = {s for s in truth if s not in half}
+            rows = [r for r, s in enumerate(sids) if s in test]
+            got = event_kinds(clf, [sids[r] for r in rows], [per_window[r] for r in rows])
+            per: dict[str, list] = {}
+            for s in test:
+                per.setdefault(truth[s], []).append(got[s]["name"] == truth[s])
+            accs.append(float(np.mean([np.mean(v) for v in per.values()])))
+        out_k[f"alert_kind_accuracy_k{k}"] = round(float(np.mean(accs)), 4) if accs else None
+        out_k[f"draws_k{k}"] = len(accs)
+    return out_k
+
+
 def _pretrained(tmp: Path, dataset: str, overrides: tuple[str, ...], model_dir: str | None = None):
     """(model directory, prepared folder): ``dataset`` prepared under ``tmp`` and pretrained with its
     protocol's budget and ``overrides``, or ``model_dir`` when given."""
@@ -213,6 +285,7 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
     out = {"dataset": dataset, "model_dir": str(model), "overrides": " ".join(overrides) if trained_here else ""}
     out.update(bench_fewshot(model, data_dir))
     out["attack_from_evidence"] = bench_attack(model, data_dir, tmp)
+    out["alert_kinds"] = bench_alert_kinds(model, data_dir)
     out["search"] = bench_search()
     if zeek:
         from loglm.config import compose

@@ -493,7 +493,8 @@ SECTION_NOTES = {
                "classifiers on raw flow features, each at its best classifier setting (balanced accuracy, "
                "cic_flowprep attack classes with >= 100 test flows, 20 draws per k; *_by_window: examples and "
                "classified flows never share a window; zeek_*: the same on zeek_ctu test flows, their detailed "
-               "labels as kinds: the attack and two benign services); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
+               "labels as kinds: the attack and two benign services; alert_kinds: per alert, its events' votes, examples from "
+               "sessions set aside); ATT&CK techniques from alert evidence (hit@3); exact vs HNSW similar-sequence search "
                "(queries/s, HNSW recall@10 against exact). Leaves out: classes under 100 flows, fine-tuned "
                "embeddings, search on real (not random) vectors at 10^6.",
     "ingest": "Compares: template mining, ours vs Drain3 0.9.1 on the same header-parsed messages (uncapped and "
