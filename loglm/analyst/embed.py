@@ -105,6 +105,8 @@ def write_event_embeddings(path: Path, fn: EmbedFn, table, tokens: list[np.ndarr
     finally:
         if writer is not None:
             writer.close()
+    if writer is None:
+        raise ValueError(f"no window to embed: {path} not written")
     tmp.replace(path)
     return n
 
