@@ -138,40 +138,54 @@ def bench_search(sizes=(100_000, 1_000_000), d: int = 128, queries: int = 200, s
 
 
 
-def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> dict:
-    """ATT&CK from evidence alone, on the test alerts of a labelled flow dataset: for each alert whose attack
-    class has a known technique (KIND_TECHNIQUES), is that technique (or its parent) among the top 3?"""
+def test_alerts(model_dir: Path, data_dir: Path, work: Path | None = None) -> list[dict]:
+    """The alerts of ``model_dir`` on the test split of the prepared ``data_dir`` (no report, no ATT&CK)."""
     import dataclasses
     import json
     import tempfile
 
-    import pyarrow.parquet as pq
-
-    from loglm.analyst.attack import KIND_TECHNIQUES, by_evidence
     from loglm.config import compose
     from loglm.detect.detector import detect_with
     from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
-    from loglm.shards import read_sessions
 
     loaded = load_model(model_dir)
     cfg = compose("detect", [f"dataset={data_dir.name}", f"paths.root={data_dir.parent.parent}", "split=test"])
-    out = Path(tempfile.mkdtemp(prefix="loglm-attack-", dir=work)) / "alerts.jsonl"
+    out = Path(tempfile.mkdtemp(prefix="loglm-alerts-", dir=work)) / "alerts.jsonl"
     cfg = dataclasses.replace(cfg, out=str(out), detect=dataclasses.replace(cfg.detect, report=False,
                                                                             attack_context=False))
     detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def session_classes(labels: list, table, keep=None) -> dict[str, str]:
+    """Each session's most frequent attack class among its events' labels (not None or BENIGN; only those in
+    ``keep`` when given); sessions without one are left out."""
+    held: dict[str, Counter] = {}
+    for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
+        held.setdefault(sid, Counter()).update(
+            labels[i] for i in idx if labels[i] not in (None, "BENIGN") and (keep is None or labels[i] in keep))
+    return {s: c.most_common(1)[0][0] for s, c in held.items() if c}
+
+
+def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None, alerts: list[dict] | None = None
+                 ) -> dict:
+    """ATT&CK from evidence alone, on the test alerts of a labelled flow dataset (``alerts``, or detected
+    here): for each alert whose attack class has a known technique (KIND_TECHNIQUES), is that technique (or
+    its parent) among the top 3?"""
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.attack import KIND_TECHNIQUES, by_evidence
+    from loglm.shards import read_sessions
+
+    alerts = test_alerts(model_dir, data_dir, work) if alerts is None else alerts
     labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
-    t = read_sessions(data_dir, "test")
-    cls: dict[str, Counter] = {}
-    for sid, idx in zip(t.column("session_id").to_pylist(), t.column("event_idx").to_pylist()):
-        cls.setdefault(sid, Counter()).update(labels[i] for i in idx if labels[i] not in (None, "BENIGN"))
+    cls = session_classes(labels, read_sessions(data_dir, "test"))
     per_class: dict[str, list[int]] = {}
-    for line in out.read_text().splitlines():
-        a = json.loads(line)
-        c = cls.get(a["session_id"])
-        if not c:
+    for a in alerts:
+        kind = cls.get(a["session_id"])
+        if not kind:
             continue
-        kind = c.most_common(1)[0][0]
         want = KIND_TECHNIQUES.get(kind.lower().replace("–", "-"))
         if not want:
             continue
@@ -183,46 +197,33 @@ def bench_attack(model_dir: Path, data_dir: Path, work: Path | None = None) -> d
         "overall": round(sum(sum(v) for v in per_class.values()) / max(1, sum(len(v) for v in per_class.values())), 3)}
 
 
-def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int = 20, seed: int = 0) -> dict:
-    """Kinds as the analyst sees them, per alert: the test alerts of a labelled flow dataset whose flows hold
-    an attack class (>= 100 test flows), each drawn split putting half the sessions aside; k flows per class
-    from that half are the examples (event vectors, standardised logistic regression, confidence floor 0.5),
-    and the alerts of the other half take the kind their events vote for (``enrich.event_kinds``, what
-    detection does with an event kinds file).  Balanced accuracy over the alerts' majority classes; a draw
-    whose half lacks k flows of a class is skipped (GoldenEye spans two sessions)."""
-    import dataclasses
-    import json
-    import tempfile
-
+def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int = 20, seed: int = 0,
+                      alerts: list[dict] | None = None) -> dict:
+    """Kinds as the analyst sees them, per alert: the test alerts (``alerts``, or detected here) of a
+    labelled flow dataset whose flows hold an attack class (>= 100 test flows), each drawn split putting half
+    the sessions aside; k flows per class from that half are the examples (event vectors, standardised
+    logistic regression, confidence floor 0.5), and the alerts of the other half take the kind their events
+    vote for (``enrich.event_kinds``, what detection does with an event kinds file).  Balanced accuracy over
+    the alerts' majority classes; a draw whose half lacks k flows of a class is skipped (GoldenEye spans two
+    sessions)."""
     import pyarrow.parquet as pq
 
     from loglm.analyst.embed import embed_events, torch_event_embed_fn
     from loglm.analyst.enrich import event_kinds
     from loglm.analyst.fewshot import FewShot
-    from loglm.config import compose
-    from loglm.detect.detector import detect_with
-    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
     from loglm.shards import read_sessions
     from loglm.windows import windows_of
 
-    loaded = load_model(model_dir)
-    cfg = compose("detect", [f"dataset={data_dir.name}", f"paths.root={data_dir.parent.parent}", "split=test"])
-    out = Path(tempfile.mkdtemp(prefix="loglm-kinds-")) / "alerts.jsonl"
-    cfg = dataclasses.replace(cfg, out=str(out), detect=dataclasses.replace(cfg.detect, report=False,
-                                                                            attack_context=False))
-    detect_with(cfg, loaded, lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d))
-    alerted = {json.loads(x)["session_id"] for x in out.read_text().splitlines()}
+    alerts = test_alerts(model_dir, data_dir) if alerts is None else alerts
     labels = pq.read_table(data_dir / "events.parquet", columns=["label"]).column("label").to_pylist()
     table = read_sessions(data_dir, "test")
-    per_window = embed_events(torch_event_embed_fn(loaded.encoder), *windows_of(table))
+    per_window = embed_events(torch_event_embed_fn(load_model(model_dir).encoder), *windows_of(table))
     sids, idx = table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()
     counts = Counter(labels[i] for ev in idx for i in ev)
     keep = sorted(c for c, n in counts.items() if c not in (None, "BENIGN") and n >= 100)
-    held: dict[str, Counter] = {}
-    for s, ev in zip(sids, idx):
-        held.setdefault(s, Counter()).update(labels[i] for i in ev if labels[i] in keep)
-    truth = {s: held[s].most_common(1)[0][0] for s in alerted if held.get(s)}
+    classes = session_classes(labels, table, set(keep))
+    truth = {a["session_id"]: classes[a["session_id"]] for a in alerts if a["session_id"] in classes}
     rng = np.random.default_rng(seed)
     sessions = sorted(set(sids))
     out_k = {"alerts": dict(Counter(truth.values())), "unit": "alert (session) with an attack class"}
@@ -284,8 +285,9 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
     model, data_dir = _pretrained(tmp, dataset, overrides, model_dir)
     out = {"dataset": dataset, "model_dir": str(model), "overrides": " ".join(overrides) if trained_here else ""}
     out.update(bench_fewshot(model, data_dir))
-    out["attack_from_evidence"] = bench_attack(model, data_dir, tmp)
-    out["alert_kinds"] = bench_alert_kinds(model, data_dir)
+    alerts = test_alerts(model, data_dir, tmp)  # one detection run for both
+    out["attack_from_evidence"] = bench_attack(model, data_dir, alerts=alerts)
+    out["alert_kinds"] = bench_alert_kinds(model, data_dir, alerts=alerts)
     out["search"] = bench_search()
     if zeek:
         from loglm.config import compose

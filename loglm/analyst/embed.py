@@ -62,10 +62,16 @@ def embed_events(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], 
     """Per window, an (events, 2d) float32 array: each event's unit vector, its context half and its own half
     (``LogEncoder.event_embedding``)."""
     out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(tokens)
-    for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
-        for j, i in enumerate(rows):
-            out[i] = np.ascontiguousarray(vec[j, 1:1 + len(tokens[i])], np.float32)
+    for rows, per_window in _event_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
+        for i, v in zip(rows, per_window):
+            out[i] = v
     return out
+
+
+def _event_batches(fn: EmbedFn, tokens, gaps, closed, batch_size: int, max_batch_tokens: int, workers: int):
+    """(window rows, each window's (events, 2d) vectors) per padded batch: position 0 ([SUM]) and padding cut."""
+    for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
+        yield rows, [np.ascontiguousarray(vec[j, 1:1 + len(tokens[i])], np.float32) for j, i in enumerate(rows)]
 
 
 def write_event_embeddings(path: Path, fn: EmbedFn, table, tokens: list[np.ndarray], gaps: list[np.ndarray],
@@ -85,9 +91,9 @@ def write_event_embeddings(path: Path, fn: EmbedFn, table, tokens: list[np.ndarr
     writer, n = None, 0
     progress = Progress("embedding events", "windows")
     try:
-        for rows, vec in _padded_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
-            counts = [len(tokens[i]) for i in rows]
-            vecs = np.concatenate([vec[j, 1:1 + k] for j, k in enumerate(counts)]).astype(np.float32, copy=False)
+        for rows, per_window in _event_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
+            counts = [len(v) for v in per_window]
+            vecs = np.concatenate(per_window)
             batch = pa.table({
                 "session_id": [sids[i] for i, k in zip(rows, counts) for _ in range(k)],
                 "chunk": pa.array([chunks[i] for i, k in zip(rows, counts) for _ in range(k)], pa.int32()),
@@ -219,4 +225,4 @@ def run(cfg, model, embed_fn: EmbedFn, workers: int = 1, event_fn: EmbedFn | Non
 
 def events_path(out: Path) -> Path:
     """Where the per-event vectors of ``out`` go: ``emb.parquet`` -> ``emb.events.parquet``."""
-    return out.with_name(f"{out.name[:-len('.parquet')] if out.name.endswith('.parquet') else out.name}.events.parquet")
+    return out.with_suffix(".events.parquet")
