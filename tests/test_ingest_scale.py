@@ -78,6 +78,25 @@ def test_the_dataset_does_not_depend_on_processes_partitions_or_parts(tmp_path, 
     assert labels.get("test/1", 0) > 0 and labels.get("train/0", 0) > 0 and "train/1" not in labels
 
 
+def pyarrow_converts(_: int) -> tuple[str, bool]:
+    import sys
+
+    import pyarrow as pa
+
+    values = pa.array(["x", None]).to_pylist()  # pyarrow's first conversion in a process looks for pandas
+    return repr(values), "pandas" in sys.modules
+
+
+def test_prepare_workers_convert_with_pyarrow_without_loading_pandas():
+    from loglm.ingest.partitioned import _Runner
+
+    runner = _Runner(None, 2)
+    try:
+        assert runner.map(pyarrow_converts, [(0,), (1,)]) == [("['x', None]", False)] * 2
+    finally:
+        runner.close()
+
+
 def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):
     local = prepared(tmp_path / "local", corpus, "workers=1")
     for cpus in (1, 4):
