@@ -505,8 +505,9 @@ SECTION_NOTES = {
                     "ours with every position computed (unpad_share=null) as its own row. Leaves out: HF's "
                     "Trainer loop, mixed precision, torch.compile, HF's GPU-only unpadding (flash attention).",
     "scale": "Compares: prepare and 200 pretraining steps on generated HDFS corpora of 1M, 4M and 16M lines (peak "
-             "RSS of each stage's process tree, lines/s: the median of 3 prepares below the largest size, one at the "
-             "largest), and the largest under a 2 GB address-space cap. Leaves "
+             "RSS of each stage's process tree, lines/s: the median of 3 prepares of each size, taken in rounds of "
+             "every size in turn so the ratio between sizes sees the same machine), and the largest under a 2 GB "
+             "address-space cap. Leaves "
              "out: multi-node runs (tests/test_two_nodes.py), real (non-generated) corpora of that size.",
     "scoring_cpu": "Measures: detection scoring speed of the small encoder (n_views masked views per window) on random "
                    "windows, torch on 2 threads. Leaves out: accuracy (inference does that), ONNX.",

@@ -3,9 +3,10 @@
 Each stage runs as its own process (as a user runs it); its peak RSS is the largest resident set of that
 process and of every process it started (``wait4``: the driver or one of its read/session workers; they
 run side by side, so the machine holds about their sum).  The largest corpus is prepared once more under an
-address-space cap (``prlimit --as``) to show it completes in bounded memory.  Each corpus below the largest is
-prepared three times and its median counts (a 10 s prepare swings by a third on a shared 2-core machine; the
-ratio of lines/s between sizes is a key); the largest once, and once more under the cap.
+address-space cap (``prlimit --as``) to show it completes in bounded memory.  Every corpus is prepared three
+times and its median counts, in rounds that take each size in turn (a 10 s prepare swings by a third on a
+shared 2-core machine, and the machine's speed drifts within the bench's hour; the ratio of lines/s between
+sizes is a key, so the sizes it compares are measured side by side).
 """
 
 from __future__ import annotations
@@ -41,46 +42,53 @@ def _peak(args: list[str], **kw) -> dict:
 def bench_scale(tmp: Path, sizes: list[int], steps: int = 200, cap_gb: float = 2.0, repeats: int = 3) -> dict:
     from loglm.synth import generate
 
+    def data(n: int) -> list[str]:
+        corpus = tmp / f"hdfs_{n}.log"
+        return ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
+                f"paths.root={tmp / 'runs'}", "logger=none"]
+
+    gens = {n: generate(tmp / f"hdfs_{n}.log", n, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
+                        ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=0) for n in sizes}
+    # rounds of every size in turn: the machine's speed drifts by a quarter within the hour a bench takes, and
+    # the ratio of lines/s between sizes is a key, so each round's sizes share one stretch of that drift
+    runs: dict[int, list] = {n: [] for n in sizes}
+    for r in range(repeats):
+        for n in sizes:
+            if runs[n]:
+                shutil.rmtree(tmp / "runs" / "data" / f"scale_{n}_{r - 1}")
+            prep = _peak(["pipelines.prepare", *data(n), f"data.name=scale_{n}_{r}"])
+            manifest = json.loads((tmp / "runs" / "data" / f"scale_{n}_{r}" / "MANIFEST.json").read_text())["summary"]
+            runs[n].append((manifest["seconds"], prep, manifest))
+            print(json.dumps({"round": r, "lines": gens[n]["lines"], "prepare_inner_s": manifest["seconds"]}), flush=True)
     rows = []
     for n in sizes:
-        corpus = tmp / f"hdfs_{n}.log"
-        gen = generate(corpus, n, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
-                       ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=0)
-        data = ["data=hdfs_loglead", f"data.inputs=[{corpus}]", f"data.anomalous_ids={corpus}.anomalous_ids.txt",
-                f"paths.root={tmp / 'runs'}", "logger=none"]
-        runs = []  # a corpus below the largest is prepared `repeats` times, each into its own folder: a 10 s
-        for r in range(repeats if n != max(sizes) else 1):  # prepare swings by a third here; its median counts
-            if runs:
-                shutil.rmtree(tmp / "runs" / "data" / f"scale_{n}_{r - 1}")
-            prep = _peak(["pipelines.prepare", *data, f"data.name=scale_{n}_{r}"])
-            manifest = json.loads((tmp / "runs" / "data" / f"scale_{n}_{r}" / "MANIFEST.json").read_text())["summary"]
-            runs.append((manifest["seconds"], prep, manifest))
-        _, prep, manifest = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
-        data.append(f"data.name=scale_{n}_{len(runs) - 1}")  # training reads the last one's folder (same dataset)
-        train = _peak(["pipelines.pretrain", *data, "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
-                       "trainer.progress_bar=false", "detect.small_validation=warn"])
-        rows.append({"lines": gen["lines"], "sessions": manifest["sessions"], "prepare_s": prep["seconds"],
+        _, prep, manifest = sorted(runs[n], key=lambda x: x[0])[len(runs[n]) // 2]
+        # training reads the last round's folder (the same dataset each round)
+        train = _peak(["pipelines.pretrain", *data(n), f"data.name=scale_{n}_{repeats - 1}", "trainer.max_epochs=1",
+                       f"trainer.limit_train_batches={steps}", "trainer.progress_bar=false",
+                       "detect.small_validation=warn"])
+        lines = gens[n]["lines"]
+        rows.append({"lines": lines, "sessions": manifest["sessions"], "prepare_s": prep["seconds"],
                      "prepare_inner_s": manifest["seconds"],
-                     "peak_rss_mb_prepare": max(x[1]["peak_rss_mb"] for x in runs),
-                     "lines_per_s": round(gen["lines"] / manifest["seconds"]), "pretrain_s": train["seconds"],
-                     "peak_rss_mb_train": train["peak_rss_mb"], "input_mb": round(corpus.stat().st_size / 2**20, 1),
-                     "prepare_runs_inner_s": [x[0] for x in runs]})
+                     "peak_rss_mb_prepare": max(x[1]["peak_rss_mb"] for x in runs[n]),
+                     "lines_per_s": round(lines / manifest["seconds"]), "pretrain_s": train["seconds"],
+                     "peak_rss_mb_train": train["peak_rss_mb"], "input_mb": round((tmp / f"hdfs_{n}.log").stat().st_size / 2**20, 1),
+                     "prepare_runs_inner_s": [x[0] for x in runs[n]]})
         print(json.dumps(rows[-1]), flush=True)
-        if n != max(sizes):
-            corpus.unlink()
     big = max(sizes)
-    corpus = tmp / f"hdfs_{big}.log"
-    capped = _peak(["pipelines.prepare", "data=hdfs_loglead", f"data.inputs=[{corpus}]",
-                    f"data.anomalous_ids={corpus}.anomalous_ids.txt", "data.name=scale_capped",
-                    f"paths.root={tmp / 'runs'}", "logger=none"], cap_bytes=int(cap_gb * 2**30))
+    capped = _peak(["pipelines.prepare", *data(big), "data.name=scale_capped"], cap_bytes=int(cap_gb * 2**30))
     shutil.rmtree(tmp, ignore_errors=True)
     first, last = rows[0], rows[-1]
+    per_round = [round((last["lines"] / b) / (first["lines"] / a), 3)
+                 for a, b in zip(first["prepare_runs_inner_s"], last["prepare_runs_inner_s"])]
     return {
         "peak_rss_mb_prepare_max": max(r["peak_rss_mb_prepare"] for r in rows),
         "peak_rss_mb_train_max": max(r["peak_rss_mb_train"] for r in rows),
         "lines_per_s_largest_over_smallest": round(last["lines_per_s"] / first["lines_per_s"], 3),
+        "lines_per_s_largest_over_smallest_per_round": per_round,
         "prepare_end_to_end_lines_per_s": last["lines_per_s"],
         "capped_prepare": {"lines": last["lines"], "cap_gb_address_space": cap_gb, "completed": True,
                            "seconds": capped["seconds"], "peak_rss_mb": capped["peak_rss_mb"]},
-        "pretrain_steps": steps, "workers": os.cpu_count(), "sizes": {f"{r['lines']:,} lines": r for r in rows},
+        "pretrain_steps": steps, "repeats": repeats, "workers": os.cpu_count(),
+        "sizes": {f"{r['lines']:,} lines": r for r in rows},
     }
