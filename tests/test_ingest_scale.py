@@ -97,6 +97,53 @@ def test_prepare_workers_convert_with_pyarrow_without_loading_pandas():
         runner.close()
 
 
+STOPPABLE_PREPARE = """
+import runpy, sys
+import loglm.ingest.partitioned as partitioned
+partitioned.LOCAL_SPLIT_BYTES = 0  # a small corpus still goes to the two-process pool
+sys.argv = ["pipelines.prepare", *sys.argv[1:]]
+runpy.run_module("pipelines.prepare", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_prepare_leaves_no_worker_and_no_partial_folder(tmp_path, how):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from loglm.synth import generate
+
+    log = tmp_path / "hdfs.log"
+    generate(log, 200_000, ROOT / "data/hdfs_loglead/HDFS_loglead_early.log.gz",
+             ROOT / "data/hdfs_loglead/anomalous_block_ids.txt", seed=2)
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_PREPARE, "data=hdfs_loglead", f"data.inputs=[{log}]",
+                             f"data.anomalous_ids={log}.anomalous_ids.txt", f"paths.root={root}", "logger=none",
+                             "workers=2", "ray.lines_per_task=10000", "data.name=stopped"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LOGLM_PROGRESS": "0"})
+    try:
+        driver, workers, deadline = psutil.Process(proc.pid), [], time.time() + 120
+        while len(workers) < 2 and proc.poll() is None and time.time() < deadline:  # the pool has started reading
+            workers = [c for c in driver.children() if "spawn_main" in " ".join(c.cmdline())]
+            time.sleep(0.05)
+        assert len(workers) == 2, proc.communicate()[1][-2000:]
+        assert list((root / "data").glob(".stopped.preparing-*")), "the partial folder exists while it runs"
+        proc.send_signal(getattr(signal, how))
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=20)  # a killed driver's workers notice within a second
+    assert not alive, f"workers left running after {how}: {[p.pid for p in alive]}"
+    if how == "SIGTERM":  # stopped, not killed: it cleaned up and said so
+        assert proc.returncode == 130, err[-2000:]
+        assert "prepare stopped by SIGTERM" in err
+        assert not list((root / "data").glob(".stopped.preparing-*")) and not (root / "data" / "stopped").exists()
+
+
 def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):
     local = prepared(tmp_path / "local", corpus, "workers=1")
     for cpus in (1, 4):

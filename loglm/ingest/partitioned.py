@@ -826,15 +826,26 @@ class _NoPandas:
         return None
 
 
-def worker_without_pandas() -> None:
-    """Initializer of prepare's local worker processes (a private pool that runs this module's stages only):
-    pyarrow imports pandas on its first conversion in a process to check for pandas objects (about 0.3-0.5 s
-    per process here, a fixed cost in every prepare), and no stage uses pandas, so the import is refused and
-    pyarrow goes on without it.  Not for Ray's workers, which other libraries share."""
+def worker_init(parent: int) -> None:
+    """Initializer of prepare's local worker processes (a private pool that runs this module's stages only).
+
+    - pandas is refused: pyarrow imports it on a process's first conversion to check for pandas objects
+      (about 0.3-0.5 s a process here, a fixed cost of every prepare), and no stage uses it, so pyarrow goes
+      on without it.  Not for Ray's workers, which other libraries share.
+    - The worker exits when its driver is gone: a driver killed outright (SIGKILL, the OOM killer) cannot
+      stop its pool, and a spawned worker holds both ends of its task queue, so it would wait forever."""
     import sys
+    import threading
 
     if "pandas" not in sys.modules and _NoPandas not in sys.meta_path:
         sys.meta_path.insert(0, _NoPandas)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="loglm-driver-watch", daemon=True).start()
 
 
 class _Runner:
@@ -866,7 +877,7 @@ class _Runner:
 
                 # spawn: a forked child would inherit the parent's Arrow and torch threads
                 self.pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=worker_without_pandas)
+                                                initializer=worker_init, initargs=(os.getpid(),))
             futures = [self.pool.submit(fn, *args) for args in calls]
             return lambda: [f.result() for f in futures]
         remote = self.ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
@@ -880,10 +891,20 @@ class _Runner:
         refs = [remote.remote(*[put(a) for a in args]) for args in calls]
         return lambda: self.ray.get(refs)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the local pool: after its work, or with ``abort`` (a stop signal or an error) at once, its
+        running tasks ended rather than waited for."""
         if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            if not abort:
+                pool.shutdown()
+                return
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.join(10)
 
 
 def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
@@ -897,6 +918,9 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
     try:
         return _prepare(cfg, out, ray_mod, runner, paths)
+    except BaseException:
+        runner.close(abort=True)
+        raise
     finally:
         runner.close()
 

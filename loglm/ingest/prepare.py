@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from loglm.ingest.sessions import (
 )
 from loglm.ingest.templates import TemplateMiner
 from loglm.vocab import Vocabulary
+
+STOP_GRACE_S = 60.0  # a stopped prepare that has not cleaned up by then exits at once (loglm.signals)
 
 
 @dataclass
@@ -298,7 +302,7 @@ def run(cfg) -> dict:
 def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     """Raw logs and flows, out of core (:mod:`loglm.ingest.partitioned`), written beside ``out`` and swapped
     in when complete."""
-    from loglm.ingest import partitioned
+    from loglm.signals import Stopped, stop_on_signals
 
     data: DataConfig = cfg.data
     if not data.inputs:
@@ -309,6 +313,21 @@ def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
         raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
     tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    # Ctrl-C / SIGTERM (a scheduler's time limit): the workers are ended and the partial folder removed
+    # before the exit, instead of orphaned workers and gigabytes of spill left behind
+    with stop_on_signals(STOP_GRACE_S):
+        try:
+            return _run_partitioned(cfg, out, fingerprint, t0, tmp)
+        except Stopped as e:
+            print(f"loglm: prepare stopped by {signal.Signals(e.signum).name}: its workers were ended and its "
+                  f"partial folder {tmp} removed; nothing was written to {out}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+
+
+def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path) -> dict:
+    from loglm.ingest import partitioned
+
+    data: DataConfig = cfg.data
     try:
         if cfg.backend == "ray":
             from loglm.ray_cluster import ray_session
