@@ -166,6 +166,10 @@ class TokenizerConfig:
     # templates seen fewer times than this in training become UNK
     min_count: int = 1
     gap_buckets: int = 16
+    # seconds: timestamps are floored to this clock before time gaps are measured (0: as read).  Set it to the
+    # coarsest resolution your logs carry when sources or days differ (CIC-IDS2017's Monday has seconds, its
+    # Tuesday and Wednesday minutes): otherwise a model trained on the finer clock reads every later gap as new
+    time_resolution_s: float = 0.0
     # mask typed parameters (block ids, IPs, paths, numbers, hex) before mining
     mask_params: bool = True
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loglm.ingest.sessions import Events, Session
-from loglm.vocab import Vocabulary, gap_bucket
+from loglm.vocab import Vocabulary
 
 SESSION_SCHEMA = pa.schema([
     ("session_id", pa.string()),
@@ -45,7 +45,7 @@ def session_table(sessions: list[Session], events: Events, vocab: Vocabulary) ->
         cols["label"].append(s.label)
         cols["closed"].append(s.closed)
         cols["tokens"].append([vocab.token(t if t >= 0 else None) for t in (events.template[j] for j in idx)])
-        cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(ts, ts[1:])])
+        cols["gaps"].append(vocab.gaps(ts))
         cols["event_idx"].append(idx)
         cols["facets"].append(vocab.facets([events.fields[j] if j < len(events.fields) else None for j in idx]) if vocab.n_facets else [])
     return pa.Table.from_pydict(cols, schema=SESSION_SCHEMA)

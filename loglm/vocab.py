@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from loglm.ingest.templates import TemplateMiner
 
 SPECIALS = ["[PAD]", "[MASK]", "[UNK]", "[SUM]", "[END]"]
@@ -28,13 +30,18 @@ def gap_bucket(gap_s: float, n_buckets: int) -> int:
 
 class Vocabulary:
     def __init__(self, miner: TemplateMiner, template_ids: list[int], gap_buckets: int, mask_params: bool,
-                 flow_codec=None):
+                 flow_codec=None, time_resolution_s: float = 0.0):
         self.miner = miner
         self.flow_codec = flow_codec  # loglm.ingest.flows.FlowCodec for flow datasets
         self.template_ids = list(template_ids)  # token SUM+1+i  <->  template_ids[i]
         self.token_of = {tid: len(SPECIALS) + i for i, tid in enumerate(self.template_ids)}
         self.gap_buckets = gap_buckets
         self.mask_params = mask_params
+        # timestamps are floored to this clock before gaps are measured (0: as read), so data logged at a
+        # coarser resolution than training (minutes against seconds) does not read as a new kind of timing
+        self.time_resolution_s = float(time_resolution_s or 0.0)
+        if self.time_resolution_s < 0:
+            raise ValueError(f"tokenizer.time_resolution_s must be >= 0, got {time_resolution_s}")
 
     @property
     def size(self) -> int:
@@ -51,6 +58,18 @@ class Vocabulary:
             return []
         return [f for flow in fields for f in self.flow_codec.facet_ids(flow)]
 
+    def clock(self, ts):
+        """Timestamps (a sequence or an array) on this vocabulary's clock: floored to ``time_resolution_s``."""
+        if not self.time_resolution_s:
+            return ts
+        r = self.time_resolution_s
+        return np.floor(np.asarray(ts, dtype=np.float64) / r) * r
+
+    def gaps(self, ts) -> list[int]:
+        """Gap buckets of one session's event timestamps (0 for the first event), on this vocabulary's clock."""
+        ts = self.clock(ts)
+        return [0] + [gap_bucket(float(b - a), self.gap_buckets) for a, b in zip(ts[:-1], ts[1:])]
+
     def token(self, template_id: int | None) -> int:
         if template_id is None:
             return UNK
@@ -64,7 +83,9 @@ class Vocabulary:
     def to_dict(self) -> dict:
         return {"format": "loglm-vocab/1", "specials": SPECIALS, "template_ids": self.template_ids,
                 "gap_buckets": self.gap_buckets, "mask_params": self.mask_params, "miner": self.miner.state(),
-                "flow_codec": self.flow_codec.state() if self.flow_codec is not None else None}
+                "flow_codec": self.flow_codec.state() if self.flow_codec is not None else None,
+                # written only when set: vocabularies without it stay byte-identical to before
+                **({"time_resolution_s": self.time_resolution_s} if self.time_resolution_s else {})}
 
     def save(self, path: str | Path) -> str:
         from loglm.artifacts import atomic_write_bytes
@@ -91,4 +112,5 @@ class Vocabulary:
             from loglm.ingest.flows import FlowCodec
 
             codec = FlowCodec.from_state(d["flow_codec"])
-        return cls(TemplateMiner.from_state(d["miner"]), d["template_ids"], d["gap_buckets"], d["mask_params"], codec)
+        return cls(TemplateMiner.from_state(d["miner"]), d["template_ids"], d["gap_buckets"], d["mask_params"], codec,
+                   d.get("time_resolution_s", 0.0))

@@ -79,7 +79,8 @@ def grown_vocabulary(parsed, vocab, min_count: int):
         if c >= min_count and tid not in vocab.token_of and tid not in keep:
             keep.append(tid)
     keep.sort()
-    grown = Vocabulary(miner, vocab.template_ids + keep, vocab.gap_buckets, vocab.mask_params, codec)
+    grown = Vocabulary(miner, vocab.template_ids + keep, vocab.gap_buckets, vocab.mask_params, codec,
+                       vocab.time_resolution_s)
     return grown, {"from_size": vocab.size, "size": grown.size, "new_tokens": len(keep),
                    "new_flow_sentences": len(sentences), "unseen_train_events": len(unseen),
                    "examples": [miner.templates[t].text[:160] for t in keep[:20]]}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import zlib
 from collections import Counter
@@ -539,6 +540,37 @@ def _sessions(t: pa.Table, info: dict, data, input_end: float, tally: dict | Non
         start = end
 
 
+CLOCKS = (3600.0, 60.0, 1.0, 0.001)  # seconds: the clocks a split's timestamps are checked against
+
+
+def on_clocks(ts: np.ndarray) -> list[bool]:
+    """For each of :data:`CLOCKS`, whether every timestamp is a whole multiple of it (to a microsecond)."""
+    ts = np.asarray(ts, np.float64)
+    return [bool(np.all(np.abs(ts - np.round(ts / c) * c) <= 1e-6)) for c in CLOCKS]
+
+
+def clock_of(flags: list[bool]) -> float:
+    """The coarsest of :data:`CLOCKS` that every timestamp sits on (0.0: finer than a millisecond)."""
+    return next((c for c, ok in zip(CLOCKS, flags) if ok), 0.0)
+
+
+def clock_warning(clock_by_split: dict[str, float], resolution_s: float) -> str | None:
+    """A warning when some split's timestamps are coarser than training's and the vocabulary's clock
+    (``tokenizer.time_resolution_s``) does not cover it: the model would read that split's time gaps as new."""
+    train = clock_by_split.get("train")
+    if train is None:
+        return None
+    coarse = {s: c for s, c in clock_by_split.items() if s != "train" and c > max(train, resolution_s)}
+    if not coarse:
+        return None
+    worst = max(coarse.values())
+    where = ", ".join(f"{s} on {c:g} s" for s, c in sorted(coarse.items()))
+    fine = f"{train:g} s" if train else "sub-millisecond"
+    return (f"training timestamps sit on a {fine} clock but {where}: time gaps will read differently "
+            f"there (many zero gaps the model rarely trained on); set tokenizer.time_resolution_s={worst:g} "
+            "to measure every gap on the coarser clock")
+
+
 def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, info: pa.Table, data_dict: dict,
                     input_end: float) -> dict:
     """Stage 3: the distinct training messages (and flows) with counts, session counts and pauses of one
@@ -551,7 +583,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     t = _partition(Path(work), p, offsets, None if unit[2] == 1 else info.column("key"))
     info = _info(info)
     out = {"p": p, "texts": Counter(), "flows": TrainingFlows(data.local_networks), "pauses": [], "skipped": 0,
-           "by_split": Counter(),
+           "by_split": Counter(), "clock": {},
            "labels": Counter(), "session_rows": 0, "sessions_split": 0, "node": _node(), "peak_rss_mb": 0.0}
     if t is None:
         return out
@@ -561,8 +593,10 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     text_rows: list[np.ndarray] = []  # without flows: the training rows, their texts counted in one pass
     longest: dict[str, float] = {}
     tally: dict = {}
+    split_rows: dict[str, list[np.ndarray]] = {}
     for item in _sessions(t, info, data, input_end, tally):
         key, chunk, _, split, label, rows = item
+        split_rows.setdefault(split, []).append(rows)
         out["session_rows"] += 1
         out["sessions_split"] += chunk == 1
         if chunk == 0:
@@ -583,6 +617,7 @@ def count_partition(unit: tuple[int, int, int], work: str, offsets: np.ndarray, 
     if text_rows:
         counts = pc.value_counts(t.column("masked").take(pa.array(np.concatenate(text_rows))))
         out["texts"].update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+    out["clock"] = {split: on_clocks(ts[np.concatenate(r)]) for split, r in split_rows.items()}
     out["skipped"] = tally.get("skipped", 0)
     out["pauses"] = list(longest.values())
     out["peak_rss_mb"] = _peak_mb()
@@ -639,7 +674,8 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
         masked = t.column("masked").to_pylist()
     # each row's gap bucket after the row before it in the partition (used where a session's rows follow
     # each other): computed once per distinct gap, as gaps repeat (clock resolution)
-    distinct_gaps, gap_no = np.unique(np.diff(ts, prepend=ts[:1]), return_inverse=True)
+    clock = vocab.clock(ts)
+    distinct_gaps, gap_no = np.unique(np.diff(clock, prepend=clock[:1]), return_inverse=True)
     bucket_of_gap = np.array([gap_bucket(float(g), vocab.gap_buckets) for g in distinct_gaps], np.int64)[gap_no]
     entity_type = {"entity": data.session.entity_type, "entity_window": data.session.entity_type,
                    "event": "event", "count": "window"}.get(data.session.by, "window")
@@ -675,7 +711,7 @@ def write_partition(unit: tuple[int, int, int], work: str, out: str, offsets: np
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # consecutive rows: each after the one before
             cols["gaps"].append([0] + bucket_of_gap[rows[1:]].tolist())
         else:  # events skipped between them (the Background rule)
-            cols["gaps"].append([0] + [gap_bucket(b - a, vocab.gap_buckets) for a, b in zip(tss, tss[1:])])
+            cols["gaps"].append(vocab.gaps(tss))
         cols["event_idx"].append(pos[rows].tolist())
         cols["facets"].append(vocab.facets(flows) if vocab.n_facets else [])
         if len(cols["session_id"]) >= data.shard_rows:
@@ -1026,8 +1062,11 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     by_split: Counter = Counter()
     labels: Counter = Counter()
     pauses: list[float] = []
+    clocks: dict[str, list[bool]] = {}
     skipped = session_rows = sessions_split = 0
     for c in counted:
+        for split, flags in c["clock"].items():
+            clocks[split] = [a and b for a, b in zip(clocks.get(split, [True] * len(CLOCKS)), flags)]
         texts.update(c["texts"])
         train_flows.extend(c["flows"])  # partitions in order: the codec breaks port ties by first occurrence
         by_split.update(c["by_split"])
@@ -1038,6 +1077,10 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         sessions_split += c["sessions_split"]
         nodes.add(c["node"])
     progress.done(f"{n_sessions:,} sessions in {n_parts} partitions ({len(units)} work units)")
+    clock_by_split = {split: clock_of(flags) for split, flags in sorted(clocks.items())}
+    clock_warn = clock_warning(clock_by_split, cfg.tokenizer.time_resolution_s)
+    if clock_warn:
+        print(f"loglm: warning: {clock_warn}", file=sys.stderr, flush=True)
     lap("count")
 
     # stage 4: templates and vocabulary
@@ -1056,7 +1099,8 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     for text, c in texts.items():
         tok_counts[train_ids[text]] += c
     keep = sorted(tid for tid, c in tok_counts.items() if c >= cfg.tokenizer.min_count)
-    vocab = Vocabulary(miner, keep, cfg.tokenizer.gap_buckets, cfg.tokenizer.mask_params, codec)
+    vocab = Vocabulary(miner, keep, cfg.tokenizer.gap_buckets, cfg.tokenizer.mask_params, codec,
+                       cfg.tokenizer.time_resolution_s)
     Progress("mining").done(f"{len(miner.templates):,} templates mined from {len(texts):,} distinct messages of "
                             f"{sum(texts.values()):,} training lines")
 
@@ -1098,6 +1142,9 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         "lines": account.as_dict(), "events": n_events, "sessions": n_sessions, "session_rows": session_rows,
         "sessions_split": sessions_split, "sessions_by_split": dict(by_split),
         "labels_by_split": dict(sorted(labels.items())), "session_pause_s": pause,
+        # the coarsest clock (s) every timestamp of each split sits on; a warning when one is coarser than
+        # training's and tokenizer.time_resolution_s does not cover it
+        "clock_by_split_s": clock_by_split, "clock_warning": clock_warn,
         "train_events_skipped_unlabelled": skipped, "seconds_reading": round(time.perf_counter() - t0, 3),
         "tasks": len(tasks), "spill_partitions": n_parts, "nodes": len(nodes), "stage_s": stage_s, "driver_peak_mb_after": stage_peak,
         # this process and the largest of the processes that ran stages (the same process when local, 1 worker)

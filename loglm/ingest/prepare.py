@@ -129,7 +129,7 @@ def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, t
         if s.split == "train":
             counts.update(events.template[j] for j in s.event_idx)
     keep = sorted(tid for tid, c in counts.items() if c >= tok.min_count and tid >= 0)
-    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec)
+    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec, tok.time_resolution_s)
 
 
 def write_prepared_in_place(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
@@ -225,7 +225,10 @@ def ingest_fingerprint(cfg) -> dict:
 
 
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_INGEST_KEYS}
-    config = {"data": data, "tokenizer": dataclasses.asdict(cfg.tokenizer), "layout": PREPARED_LAYOUT}
+    tokenizer = dataclasses.asdict(cfg.tokenizer)
+    if not tokenizer.get("time_resolution_s"):  # unset: folders prepared before the setting existed stay fresh
+        tokenizer.pop("time_resolution_s", None)
+    config = {"data": data, "tokenizer": tokenizer, "layout": PREPARED_LAYOUT}
     files = {}
     paths = list(cfg.data.inputs) + ([cfg.data.anomalous_ids] if cfg.data.anomalous_ids else [])
     for p in paths:
