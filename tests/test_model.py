@@ -92,7 +92,8 @@ def test_unk_events_get_maximal_surprisal_and_miss():
     assert ws.n_miss[0] >= 1 and ws.n_events[0] == 3
 
 
-@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])
+@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal",
+                                   "mean_excess_surprisal"])
 def test_one_unknown_event_outscores_any_window_of_known_events(score):
     # a long session with one template training never saw must not be averaged below the threshold
     enc = tiny()
@@ -124,6 +125,41 @@ def test_median_surprisal_is_the_median_of_each_windows_positions():
         assert ws.score[i] == pytest.approx(float(np.median(ws.surprisal[i])), rel=1e-5)
     whole = score_windows(enc, toks, gaps, closed, DetectConfig(n_views=3, score="median_surprisal"))
     np.testing.assert_allclose(ws.score, whole.score, rtol=1e-4, atol=1e-6)
+
+
+def test_mean_excess_surprisal_is_each_events_surprisal_beyond_the_predictions_entropy():
+    """One masked event per view (n_views above every length), computed here with the encoder directly:
+    the window's score is the mean over its events of -log p(event) minus the entropy of that prediction;
+    [UNK] counts unk_surprisal in full; the reported per-event surprisal is unchanged."""
+    enc = tiny().eval()
+    rng = np.random.default_rng(4)
+    toks = [rng.integers(5, 20, size=int(n)) for n in (1, 4, 11)] + [np.array([5, UNK, 6, 7])]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    cfg = DetectConfig(n_views=64, score="mean_excess_surprisal", end_in_score=False, unknown_alarm=False,
+                       unk_surprisal=20.0)
+    ws = score_windows(enc, toks, gaps, [True] * len(toks), cfg)
+    plain = score_windows(enc, toks, gaps, [True] * len(toks),
+                          DetectConfig(n_views=64, end_in_score=False, score="mean_surprisal", unknown_alarm=False))
+    for i, t in enumerate(toks):
+        seq = np.concatenate([[SUM], t, [END]])
+        excess = []
+        for p in range(1, len(t) + 1):
+            if seq[p] == UNK:
+                excess.append(20.0)
+                continue
+            masked = seq.copy()
+            masked[p] = MASK
+            with torch.inference_mode():
+                h = enc(torch.tensor(masked)[None], torch.zeros(1, len(seq), dtype=torch.long),
+                        torch.ones(1, len(seq), dtype=torch.bool))
+                logp = torch.log_softmax(enc.logits(h[0, p]).float(), -1)
+            excess.append(float(-logp[seq[p]] + (logp.exp() * logp).sum()))
+        assert ws.score[i] == pytest.approx(float(np.mean(excess)), rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(ws.surprisal[i], plain.surprisal[i], rtol=1e-6)
+    # every known event costs its surprisal less the entropy; the rule needs the full prediction
+    assert (np.asarray(ws.score) < np.asarray(plain.score)).all()
+    with pytest.raises(ValueError, match="scorer=views"):
+        score_windows(enc, toks, gaps, [True] * len(toks), DetectConfig(scorer="rtd", score="mean_excess_surprisal"))
 
 
 @pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])

@@ -84,6 +84,9 @@ class ScoreRule:
     window: Callable[[np.ndarray, np.ndarray, DetectConfig], np.ndarray]
     alarm: Callable[[DetectConfig], float]
     quiet_top: Callable[[DetectConfig], float | None] = lambda cfg: None
+    # the rule reads each position's surprisal in excess of the model's own uncertainty there (surprisal
+    # minus the entropy of its prediction) instead of the surprisal: the views scorer only
+    excess: bool = False
 
 
 SCORE_RULES: dict[str, ScoreRule] = {
@@ -97,6 +100,10 @@ SCORE_RULES: dict[str, ScoreRule] = {
     # of whose events are surprising does
     "median_surprisal": ScoreRule(lambda s, miss, cfg: _median(s), lambda cfg: cfg.unk_surprisal),
     "max_surprisal": ScoreRule(lambda s, miss, cfg: _max(s), lambda cfg: cfg.unk_surprisal),
+    # the mean of each event's surprisal minus the entropy of the model's prediction at it: an event the model
+    # could not have been sure of (a host's varied ordinary traffic) counts for what surprised it beyond that
+    # uncertainty, an event it was sure of and got wrong counts in full ([UNK]: unk_surprisal)
+    "mean_excess_surprisal": ScoreRule(lambda s, miss, cfg: _mean(s), lambda cfg: cfg.unk_surprisal, excess=True),
 }
 SCORES = tuple(SCORE_RULES)
 
@@ -154,8 +161,10 @@ class _Windows:
         self.base = np.zeros(n, np.float64)  # the score rule's value, before the unseen-event alarm
         self.rule = score_rule(cfg)
 
-    def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss) -> None:
-        """Batch results, position 0 being [SUM]; window j covers positions 1 .. m[j] (events, [END])."""
+    def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss,
+            h_out=None) -> None:
+        """Batch results, position 0 being [SUM]; window j covers positions 1 .. m[j] (events, [END]);
+        ``h_out``: the entropy of the model's prediction at each position (rules that read the excess)."""
         pos = np.arange(tok.shape[1])[None]
         valid = (pos >= 1) & (pos <= m[:, None])
         idx = np.asarray(rows)
@@ -167,6 +176,11 @@ class _Windows:
         s64 = np.where(valid, s_out.astype(np.float64), np.nan)
         self.mean_s[idx] = _mean(s64)
         self.max_s[idx] = _max(s64)
+        if self.rule.excess:
+            if h_out is None:
+                raise ValueError(f"detect.score={self.cfg.score} needs the entropy of each prediction: "
+                                 "detect.scorer=views")
+            s64 = s64 - np.where(valid, h_out.astype(np.float64), 0.0)
         if self.cfg.end_in_score is False:  # the score reads the window's events only (time windows)
             events = valid & (tok != END)
             self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
@@ -211,6 +225,7 @@ def ordered_map(fn: Callable, items: list, workers: int) -> Iterator:
 def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                        cfg: DetectConfig, workers: int = 1) -> WindowScores:
     e = cfg.expected_per_event
+    excess = score_rule(cfg).excess
 
     def batch(rows: list[int]):
         tok, gap, pad = pad_windows([(tokens[i], gaps[i], closed[i]) for i in rows])
@@ -219,6 +234,7 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
         r_out = np.zeros((bsz, length), np.int64)
         x_out = np.zeros((bsz, length, e), np.int64)
         p_out = np.zeros((bsz, length, e), np.float32)
+        h_out = np.zeros((bsz, length), np.float32)  # entropy of the prediction (0 at [UNK]: its excess is in full)
         pos = np.arange(length)
         for view in range(min(cfg.n_views, length - 1)):
             target = pad & (pos > 0) & ((pos - 1) % cfg.n_views == view)[None]
@@ -232,10 +248,13 @@ def score_windows_with(logp_fn: LogProbFn, tokens: list[np.ndarray], gaps: list[
             top = top_k(logp, e)
             x_out[target, :top.shape[1]] = top
             p_out[target, :top.shape[1]] = np.exp(np.take_along_axis(logp, top, 1))
+            if excess:
+                h_out[target] = -(np.exp(logp) * logp).sum(1)
         unk = tok == UNK
         s_out[unk] = cfg.unk_surprisal
         r_out[unk] = 1 << 30
-        return rows, tok, s_out, r_out, x_out, p_out, r_out >= cfg.top_k
+        h_out[unk] = 0.0
+        return rows, tok, s_out, r_out, x_out, p_out, r_out >= cfg.top_k, h_out
 
     out = _Windows(len(tokens), cfg)
     batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
@@ -269,6 +288,9 @@ def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[n
     out = _Windows(len(tokens), cfg)
     batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
     progress = Progress("scoring", "windows")
+    if score_rule(cfg).excess:
+        raise ValueError(f"detect.score={cfg.score} reads the entropy of each masked prediction, which "
+                         "detect.scorer=rtd does not make: use detect.scorer=views")
     for rows, tok, rtd, top, top_logp in ordered_map(batch, batches, workers):
         progress.tick(len(rows), f"of {len(tokens):,}")
         rtd = rtd.astype(np.float32, copy=False)
