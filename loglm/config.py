@@ -311,7 +311,8 @@ class DetectConfig:
     # training ("refuse"), or calibrated on anyway with a recorded warning ("warn"); loglm/detect/thresholds.py
     small_validation: str = "refuse"
     # session score: "miss_ratio" (share of events outside the model's top-k, tie-broken by mean
-    # surprisal), "mean_surprisal", "median_surprisal" (the window's typical event), "max_surprisal"
+    # surprisal), "mean_surprisal", "median_surprisal" (the window's typical event), "max_surprisal",
+    # "mean_excess_surprisal" (each event's surprisal minus its prediction's entropy; scorer "views" only)
     score: str = "miss_ratio"
     top_k: int = 5
     # "views": n_views masked views per window (every event masked once; cost constant per window);
