@@ -194,6 +194,32 @@ def test_distill_a_tiny_teacher_into_a_linked_student(trained):
     assert load_model(more["model_dir"]).meta["teacher_run_id"] == result["run_id"]
 
 
+def test_a_teacher_scored_by_the_excess_keeps_its_student_on_the_views_scorer(trained, capsys):
+    """detect.score=mean_excess_surprisal reads each masked prediction's entropy, which the one-pass rtd scorer
+    does not make: the student still learns its replaced-event head but calibrates and detects with views."""
+    from loglm.detect.score_core import score_rule
+    from loglm.model.store import load_model
+    from loglm.training.distill import run as distill
+    from loglm.training.distill import student_detect_config
+    from loglm.training.pretrain import run as pretrain
+
+    base, _, _ = trained
+    cfg = replace(base, detect=replace(base.detect, score="mean_excess_surprisal"),
+                  trainer=replace(base.trainer, max_epochs=2))
+    teacher = pretrain(cfg)
+    assert load_model(teacher["model_dir"]).calibration["score"] == "mean_excess_surprisal"
+    d = replace(cfg.distill, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_epochs=1)
+    out = distill(replace(cfg, teacher=teacher["run_id"], distill=d))
+    student = load_model(out["model_dir"])
+    assert student.encoder.rtd is not None  # the head is trained all the same
+    assert student.calibration["scorer"] == "views" and student.calibration["score"] == "mean_excess_surprisal"
+    assert "the student scores with detect.scorer=views, not rtd" in capsys.readouterr().err
+    # every other rule keeps the one-pass scorer
+    plain = replace(cfg.detect, score="median_surprisal")
+    assert student_detect_config(plain, 1.0).scorer == "rtd" and not score_rule(plain).excess
+    assert student_detect_config(plain, 0.0).scorer == plain.scorer
+
+
 def test_student_inherits_the_teachers_ingest_settings(trained, tmp_path):
     """A student distilled under another default data config still records the teacher's data."""
     from omegaconf import OmegaConf

@@ -135,15 +135,32 @@ class Distill(Stage):
 
         spec = ctx.spec
         teacher_cal = spec["teacher_calibration"]
-        detect_cfg = calibrated_config(cfg.detect, teacher_cal) if teacher_cal else cfg.detect
-        if cfg.distill.rtd_weight > 0:
-            detect_cfg = dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
+        detect_cfg = student_detect_config(calibrated_config(cfg.detect, teacher_cal) if teacher_cal else cfg.detect,
+                                           cfg.distill.rtd_weight)
         cal = calibrate(model.encoder, Path(ctx.data_dir), detect_cfg, Path(ctx.model_dir), cfg.data)
         sizes = {"student_parameters": model.encoder.num_parameters(),
                  "teacher_parameters": spec["teacher_parameters"], "tensors_from_teacher": spec["tensors_from_teacher"]}
         return cal, {"model/teacher_parameters": sizes["teacher_parameters"],
                      "distill/tensors_from_teacher": sizes["tensors_from_teacher"]}, \
             {"teacher_run_id": spec["teacher_run_id"], **sizes}
+
+
+def student_detect_config(detect_cfg, rtd_weight: float):
+    """How the student scores: in one pass with its replaced-event head (``rtd``) when it has one, unless the
+    score rule reads each masked prediction's entropy (``mean_excess_surprisal``), which only the ``views``
+    scorer makes: then the student keeps the teacher's scorer, and says so."""
+    import sys
+
+    from loglm.detect.score_core import score_rule
+
+    if rtd_weight <= 0:
+        return detect_cfg
+    if score_rule(detect_cfg).excess:
+        print(f"loglm: the student scores with detect.scorer=views, not rtd: detect.score={detect_cfg.score} "
+              "reads each masked prediction's entropy, which the one-pass replaced-event scorer does not make",
+              file=sys.stderr, flush=True)
+        return dataclasses.replace(detect_cfg, scorer="views")
+    return dataclasses.replace(detect_cfg, scorer="rtd")  # the student scores in one pass
 
 
 STAGE = Distill()
