@@ -369,6 +369,9 @@ class DetectConfig:
         from loglm.detect.score_core import SCORE_RULES
 
         _check(self.score in SCORE_RULES, f"detect.score must be one of {tuple(SCORE_RULES)}, got {self.score!r}")
+        _check(not (SCORE_RULES[self.score].excess and self.scorer == "rtd"),
+               f"detect.score={self.score} reads each masked prediction's entropy, which detect.scorer=rtd does "
+               "not make: use detect.scorer=views")
         if not 0 < self.target_fpr < 1:
             raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.small_validation not in ("refuse", "warn"):

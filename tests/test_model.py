@@ -158,8 +158,12 @@ def test_mean_excess_surprisal_is_each_events_surprisal_beyond_the_predictions_e
         np.testing.assert_allclose(ws.surprisal[i], plain.surprisal[i], rtol=1e-6)
     # every known event costs its surprisal less the entropy; the rule needs the full prediction
     assert (np.asarray(ws.score) < np.asarray(plain.score)).all()
+    with pytest.raises(ValueError, match="scorer=views"):  # refused when the config is built, before any work
+        DetectConfig(scorer="rtd", score="mean_excess_surprisal")
+    from loglm.config import compose
+
     with pytest.raises(ValueError, match="scorer=views"):
-        score_windows(enc, toks, gaps, [True] * len(toks), DetectConfig(scorer="rtd", score="mean_excess_surprisal"))
+        compose("detect", ["detect.score=mean_excess_surprisal", "detect.scorer=rtd"])
 
 
 @pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "median_surprisal", "max_surprisal"])
