@@ -176,10 +176,7 @@ class _Windows:
         s64 = np.where(valid, s_out.astype(np.float64), np.nan)
         self.mean_s[idx] = _mean(s64)
         self.max_s[idx] = _max(s64)
-        if self.rule.excess:
-            if h_out is None:
-                raise ValueError(f"detect.score={self.cfg.score} needs the entropy of each prediction: "
-                                 "detect.scorer=views")
+        if self.rule.excess:  # DetectConfig refuses such a rule with the rtd scorer, which makes no h_out
             s64 = s64 - np.where(valid, h_out.astype(np.float64), 0.0)
         if self.cfg.end_in_score is False:  # the score reads the window's events only (time windows)
             events = valid & (tok != END)
@@ -288,9 +285,6 @@ def score_windows_rtd_with(rtd_fn: RtdFn, tokens: list[np.ndarray], gaps: list[n
     out = _Windows(len(tokens), cfg)
     batches = length_batches([len(t) for t in tokens], cfg.batch_size, cfg.max_batch_tokens)
     progress = Progress("scoring", "windows")
-    if score_rule(cfg).excess:
-        raise ValueError(f"detect.score={cfg.score} reads the entropy of each masked prediction, which "
-                         "detect.scorer=rtd does not make: use detect.scorer=views")
     for rows, tok, rtd, top, top_logp in ordered_map(batch, batches, workers):
         progress.tick(len(rows), f"of {len(tokens):,}")
         rtd = rtd.astype(np.float32, copy=False)
