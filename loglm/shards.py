@@ -94,6 +94,23 @@ def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
     return pa.concat_tables(parts)
 
 
+def shortest_closed(data_dir: str | Path, split: str = "train") -> int:
+    """The fewest events of a closed, not anomalous window of ``split`` (0 when there is none), read a shard at
+    a time and only the columns it needs: what ``detect.short_alarm`` compares new windows with."""
+    import pyarrow.compute as pc
+
+    shortest = 0
+    for f in session_files(data_dir):
+        t = pq.read_table(f, columns=["split", "label", "closed", "tokens"])
+        keep = pc.and_(pc.and_(pc.equal(t.column("split"), split), t.column("closed")),
+                       pc.not_equal(t.column("label"), 1))
+        lengths = pc.list_value_length(t.column("tokens").filter(keep))
+        if len(lengths):
+            low = int(pc.min(lengths).as_py())
+            shortest = low if shortest == 0 else min(shortest, low)
+    return shortest
+
+
 EVENTS_ROW_GROUP = 32_768  # rows per row group of events.parquet: what a lookup reads at a time
 
 

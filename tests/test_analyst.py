@@ -231,11 +231,14 @@ def test_tune_grows_the_vocabulary_with_a_new_normal_operation(deployed, tmp_pat
           f"fixed {len(fixed_alerts & cut)}, grown {len(grown_alerts & cut)} of {len(cut)}; thresholds "
           f"{runs[False]['threshold']['after']:.3f}, {runs[True]['threshold']['after']:.3f}")
     # without growth half the new validation windows hold [UNK]: the threshold climbs into the unseen-event
-    # alarm band (above 1), where only [UNK] windows can alert, and blocks cut short are missed
+    # alarm band (above 1), where only [UNK] windows can alert
     assert runs[False]["threshold"]["after"] > 1 > runs[True]["threshold"]["after"]
     # ~60 validation blocks cannot calibrate a 1% target: the result says so
     assert "cannot calibrate" in runs[True]["calibration_warning"] and runs[True]["validation_items"] < 99
-    assert len(fixed_alerts & cut) < len(grown_alerts & cut) and len(grown_alerts & cut) >= 0.8 * len(cut)
+    # blocks cut short (4 events, every training block has 13) alarm either way (detect.short_alarm); before
+    # that rule the fixed vocabulary's threshold in the alarm band missed them (the 2 not caught, blocks 105 and 115, end
+    # within idle_close_s of the input's end: not closed, so not known to be short)
+    assert len(fixed_alerts & cut) >= 0.8 * len(cut) and len(grown_alerts & cut) >= 0.8 * len(cut)
     assert len(grown_alerts & replicated) < 0.2 * len(replicated)
     assert crashed <= grown_alerts
 

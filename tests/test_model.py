@@ -213,6 +213,54 @@ def test_time_windows_leave_end_out_of_the_score_unless_told():
     assert with_end_rule(DetectConfig(), None).end_in_score is True
 
 
+@pytest.mark.parametrize("score", ["miss_ratio", "mean_surprisal", "mean_excess_surprisal"])
+def test_a_closed_window_shorter_than_every_training_window_alarms_like_an_unseen_event(score):
+    """``detect.short_alarm``: a closed window with fewer events than ``min_closed_events`` (the shortest closed
+    normal training window, set at calibration) is lifted by the unseen-event alarm; an open window of the same
+    events, a window as long as that, time windows (``end_in_score`` false) and older calibrations are not."""
+    enc = tiny()
+    rng = np.random.default_rng(5)
+    toks = [rng.integers(5, 20, size=n) for n in (2, 4, 5, 9, 2)]
+    gaps = [np.zeros(len(t), int) for t in toks]
+    closed = [True, True, True, True, False]
+    off = score_windows(enc, toks, gaps, closed, DetectConfig(n_views=3, score=score, short_alarm=False,
+                                                              min_closed_events=5))
+    on = score_windows(enc, toks, gaps, closed, DetectConfig(n_views=3, score=score, min_closed_events=5))
+    assert on.shorter.tolist() == [True, True, False, False, False]
+    alarm = 1.0 if score == "miss_ratio" else 20.0
+    np.testing.assert_allclose(np.asarray(on.score) - np.asarray(off.score), [alarm, alarm, 0, 0, 0], atol=1e-6)
+    assert (np.asarray(on.score)[:2] > np.asarray(on.score)[2:].max()).all()  # above every window without it
+    timed = score_windows(enc, toks, gaps, closed, DetectConfig(n_views=3, score=score, min_closed_events=5,
+                                                                end_in_score=False))
+    assert not timed.shorter.any()
+    # detection follows the calibration; calibrations written before the rule had none
+    cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
+    assert calibrated_config(DetectConfig(), cal).min_closed_events == 0
+    assert not calibrated_config(DetectConfig(), cal).short_alarm
+    got = calibrated_config(DetectConfig(min_closed_events=99), {**cal, "short_alarm": True, "min_closed_events": 13})
+    assert got.short_alarm and got.min_closed_events == 13
+
+
+def test_the_short_window_rule_takes_the_shortest_closed_normal_training_window(tmp_path):
+    """What calibration records: open windows, anomalous ones and other splits do not set the length."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.detect.calibrate import with_short_rule
+
+    (tmp_path / "sessions").mkdir()
+    rows = [("train", 0, True, 7), ("train", 0, True, 12), ("train", 0, False, 3), ("train", 1, True, 2),
+            ("val", 0, True, 4), ("test", 0, True, 1)]
+    for i, part in enumerate((rows[:3], rows[3:])):
+        pq.write_table(pa.table({"split": [r[0] for r in part], "label": pa.array([r[1] for r in part], pa.int8()),
+                                 "closed": [r[2] for r in part],
+                                 "tokens": pa.array([[5] * r[3] for r in part], pa.list_(pa.int32()))}),
+                       tmp_path / "sessions" / f"shard-{i:05d}.parquet")
+    assert with_short_rule(DetectConfig(end_in_score=True), tmp_path).min_closed_events == 7
+    assert with_short_rule(DetectConfig(end_in_score=False), tmp_path).min_closed_events == 0
+    assert with_short_rule(DetectConfig(end_in_score=True, short_alarm=False), tmp_path).min_closed_events == 0
+
+
 def test_length_batches_bound_windows_and_padded_positions():
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 300, size=500).tolist() + [5000]

@@ -52,7 +52,7 @@ def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
     from loglm.model.store import load_model
 
     cfg, _, result = trained
-    lines, kinds = make_log(60, seed=99, anomalies={10: "swap", 20: "unseen", 30: "swap", 40: "unseen"})
+    lines, kinds = make_log(60, seed=99, anomalies={10: "swap", 20: "unseen", 30: "swap", 40: "unseen", 15: "cut"})
     lines.insert(5, "this line has no header")
     lines.insert(9, "081109 203518 143 INFO dfs.DataNode: no block mentioned here")
     log = tmp_path / "new.log"
@@ -82,6 +82,11 @@ def test_injected_anomalies_outrank_every_normal_session(trained, tmp_path):
     # a closed session's [END] is scored but is not an event: it never makes the count exceed the events
     assert all(0 <= a["n_unexpected_events"] <= a["n_events"] for a in alerts)
     assert all(isinstance(a["unexpected_end"], bool) for a in alerts)
+    # every training block has 13 events: a closed block of 4 is shorter than any, whatever the model thinks
+    assert load_model(result["model_dir"]).calibration["min_closed_events"] == 13
+    cut = next(a for a in alerts if kinds.get(a["entity"]["value"]) == "cut")
+    assert cut["shorter_than_training"] and cut["unexpected_end"] and cut["n_events"] == 4
+    assert not any(a["shorter_than_training"] for a in alerts if kinds.get(a["entity"]["value"]) != "cut")
     # severity by rarity among the normal validation sessions the threshold came from
     tail = max(load_model(result["model_dir"]).calibration["val_top_scores"])
     for a in alerts:

@@ -128,15 +128,18 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
         n_events = int(sum(len(tokens[r]) for r in rows))
         # n_miss counts scored positions, the closing [END] among them: an early or late end is reported apart
         ends_early = ws.end_miss is not None and bool(any(ws.end_miss[r] for r in rows))
+        # closed with fewer events than every closed normal training window (detect.short_alarm)
+        shorter = ws.shorter is not None and bool(any(ws.shorter[r] for r in rows))
         n_miss = int(sum(int(ws.n_miss[r]) - int(ws.end_miss is not None and ws.end_miss[r]) for r in rows))
         alert = {
             "alert_id": hashlib.sha256(f"{model_info.get('run_id')}|{sid}".encode()).hexdigest()[:16],
-            "time": iso(max(ends)), "severity": rate(score, n_miss + ends_early),
+            "time": iso(max(ends)), "severity": rate(score, n_miss + (ends_early or shorter)),
             "title": f"Unusual event sequence for {etype[rows[0]]} {entity[rows[0]]}",
             "session_id": sid, "entity": {"type": etype[rows[0]], "value": entity[rows[0]]},
             "score": round(score, 6), "threshold": round(threshold, 6),
             "start_time": iso(min(starts)), "end_time": iso(max(ends)), "n_events": n_events,
-            "n_unexpected_events": n_miss, "unexpected_end": ends_early, "entities": ents,
+            "n_unexpected_events": n_miss, "unexpected_end": ends_early or shorter,
+            "shorter_than_training": shorter, "entities": ents,
             # flows: events per destination service (protocol/port), most frequent first
             **({"services": dict(ports.most_common(10))} if ports else {}),
             "surprising_events": evidence, "model": model_info,

@@ -83,7 +83,7 @@ def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str 
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None, data=None) -> dict:
     """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
     the calibration for ``cfg.target_fpr``."""
-    cfg = with_end_rule(cfg, data)
+    cfg = with_short_rule(with_end_rule(cfg, data), data_dir)
     val, population, weights, n = validation_items(data_dir, data)
     effective, what = validation_size(weights, n)
     warning = check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
@@ -109,6 +109,16 @@ def with_end_rule(cfg: DetectConfig, data=None) -> DetectConfig:
         return cfg
     timed = data is not None and data.session.by in TIME_WINDOWS
     return dataclasses.replace(cfg, end_in_score=not timed)
+
+
+def with_short_rule(cfg: DetectConfig, data_dir: str | Path) -> DetectConfig:
+    """``cfg`` with ``min_closed_events`` taken from the training split: the fewest events of a closed normal
+    training window (``detect.short_alarm``; 0, no rule, without it or where the score does not read a
+    window's end).  Decided once, here, and recorded in calibration.json, as the end rule is."""
+    from loglm.shards import shortest_closed
+
+    on = cfg.short_alarm and cfg.end_in_score is not False
+    return dataclasses.replace(cfg, min_closed_events=shortest_closed(data_dir, "train") if on else 0)
 
 
 def prepared_pauses(data_dir: str | Path) -> dict | None:
@@ -152,6 +162,7 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
         "tie_scale": cfg.tie_scale, "end_in_score": cfg.end_in_score is not False, "threshold_rule": rule,
+        "short_alarm": cfg.short_alarm, "min_closed_events": int(cfg.min_closed_events),
         "n_val_sessions": int(len(per_session)), "val_population": population,
         "n_val_effective": n_effective,
         "val_fpr_at_threshold": float((per_session > thr).mean()),

@@ -41,6 +41,8 @@ class WindowScores:
     # the window is closed and the model did not expect it to end there (its [END] position is a miss; it
     # counts in n_miss, which scores positions, but it is not an event)
     end_miss: np.ndarray | None = None
+    # the window is closed and shorter than every closed normal training window (``detect.short_alarm``)
+    shorter: np.ndarray | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -49,7 +51,9 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
     return replace(cfg, score=calibration["score"], top_k=calibration["top_k"], n_views=calibration["n_views"],
                    unk_surprisal=calibration["unk_surprisal"], scorer=calibration.get("scorer", "views"),
                    unknown_alarm=calibration.get("unknown_alarm", False),
-                   tie_scale=calibration.get("tie_scale", 1e4), end_in_score=calibration.get("end_in_score", True))
+                   tie_scale=calibration.get("tie_scale", 1e4), end_in_score=calibration.get("end_in_score", True),
+                   short_alarm=calibration.get("short_alarm", False),
+                   min_closed_events=calibration.get("min_closed_events", 0))
 
 
 TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
@@ -120,11 +124,25 @@ def quiet_band_top(cfg: DetectConfig) -> float | None:
     return score_rule(cfg).quiet_top(cfg)
 
 
-def window_score(cfg: DetectConfig, base: np.ndarray, n_unknown: np.ndarray) -> np.ndarray:
+def window_score(cfg: DetectConfig, base: np.ndarray, n_unknown: np.ndarray,
+                 shorter: np.ndarray | None = None) -> np.ndarray:
     """A window holding an event type training never saw scores above every window without one (a miss ratio
     is at most 1 plus the tie-break): one unseen template in a long session is not averaged away.  A flag, not
-    a count: windows that all hold unseen events still rank by their score, not by their length."""
-    return base + (n_unknown > 0) * score_rule(cfg).alarm(cfg) if cfg.unknown_alarm else base
+    a count: windows that all hold unseen events still rank by their score, not by their length.  A closed
+    window shorter than every closed training window (``shorter``, :func:`shorter_than_training`) is lifted the
+    same way."""
+    alarm = (n_unknown > 0) if cfg.unknown_alarm else np.zeros(len(base), bool)
+    if shorter is not None:
+        alarm = alarm | shorter
+    return base + alarm * score_rule(cfg).alarm(cfg)
+
+
+def shorter_than_training(cfg: DetectConfig, n_events: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """Closed windows with fewer events than every closed normal training window (``detect.short_alarm``, the
+    length from calibration): none for time windows (``end_in_score`` false), whose length is traffic volume."""
+    if not cfg.short_alarm or cfg.end_in_score is False or cfg.min_closed_events <= 0:
+        return np.zeros(len(n_events), bool)
+    return np.asarray(closed, bool) & (np.asarray(n_events) < cfg.min_closed_events)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -156,6 +174,7 @@ class _Windows:
         self.n_miss = np.zeros(n, np.int64)
         self.n_unknown = np.zeros(n, np.int64)
         self.end_miss = np.zeros(n, bool)
+        self.shorter = np.zeros(n, bool)
         self.mean_s = np.zeros(n, np.float64)
         self.max_s = np.zeros(n, np.float64)
         self.base = np.zeros(n, np.float64)  # the score rule's value, before the unseen-event alarm
@@ -172,7 +191,9 @@ class _Windows:
         self.n_miss[idx] = (miss & valid).sum(1)
         self.n_unknown[idx] = (tok == UNK).sum(1)
         last = np.arange(len(rows)), np.minimum(m, tok.shape[1] - 1)
-        self.end_miss[idx] = (tok[last] == END) & miss[last] & (m > 0)
+        ends = (tok[last] == END) & (m > 0)
+        self.end_miss[idx] = ends & miss[last]
+        self.shorter[idx] = shorter_than_training(self.cfg, m - 1, ends)  # m: events + [END]
         s64 = np.where(valid, s_out.astype(np.float64), np.nan)
         self.mean_s[idx] = _mean(s64)
         self.max_s[idx] = _max(s64)
@@ -191,9 +212,9 @@ class _Windows:
             self.expected_p[i] = p_out[j, 1:end]
 
     def result(self) -> WindowScores:
-        return WindowScores(window_score(self.cfg, self.base, self.n_unknown), self.n_events, self.n_miss,
-                            self.mean_s, self.max_s, self.surprisal, self.rank, self.expected, self.expected_p,
-                            self.end_miss)
+        return WindowScores(window_score(self.cfg, self.base, self.n_unknown, self.shorter), self.n_events,
+                            self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank, self.expected,
+                            self.expected_p, self.end_miss, self.shorter)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
