@@ -52,7 +52,7 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     fitted on the training split's normal windows (validation normal windows for early stopping), thresholded
     on LogLM's validation items, scored on the test items LogLM scores."""
     from loglm.baselines.detectors import Windows
-    from loglm.detect.thresholds import normal_validation_mask, threshold_for_fpr
+    from loglm.detect.thresholds import normal_validation_mask, threshold_above_quiet
 
     if model.unit == "flow":
         return run_flow_baseline(model, cfg, data_dir)
@@ -67,7 +67,9 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     def scores_of(toks, closed):
         return model.score(Windows(toks, closed))
 
-    threshold = threshold_for_fpr(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr)
+    # the floor LogLM's miss ratio has (loglm.detect.calibrate.threshold_of), for a baseline whose score has one
+    threshold, _ = threshold_above_quiet(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr,
+                                         getattr(model, "quiet_top", None))
     test, t_toks, t_closed = _split(data_dir, cfg.split)
     ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
     if cfg.data.eval_unit == "event":

@@ -167,7 +167,7 @@ def test_a_strategy_or_callback_of_ones_own_comes_from_its_target_and_a_wrong_on
         compose("pretrain", ["trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitr}]"])
     with pytest.raises(ValueError, match=r"trainer.callbacks\[0\] must be a mapping with a _target_"):
         compose("pretrain", ["trainer.callbacks=[LearningRateMonitor]"])
-    with pytest.raises(ValueError, match="unknown baseline 'deeplogg'.*known: deeplog, flow_iforest"):
+    with pytest.raises(ValueError, match="unknown baseline 'deeplogg'.*known: deeplog, deeplog_topg, flow_iforest"):
         compose("evaluate", ["suite.baselines=[deeplogg]"])
 
 

@@ -24,6 +24,30 @@ def test_deeplog_learns_an_order_and_flags_a_swap():
     assert scores[1] > scores[0] + 1 and scores[2] == 20.0  # swapped order; an [UNK] event
 
 
+def test_deeplog_top_g_rule_counts_events_outside_its_g_likeliest_and_floors_the_threshold():
+    """``conf/baseline/deeplog_topg.yaml``: the paper's rule. A window scores its share of events outside the
+    model's top g (an unseen event always is one); a window without one scores at most ``quiet_top``, and the
+    suite's threshold never falls below it."""
+    from loglm.detect.thresholds import QUIET_RULE, threshold_above_quiet
+
+    normal = [[5, 6, 7, 8, 9, 6, 7, 8]] * 200
+    model = DeepLog(vocab_size=12, window=4, hidden=16, layers=1, epochs=30, batch_size=64, top_g=1).fit(
+        DeepLog.sequences(normal, [True] * 200))
+    seqs = DeepLog.sequences([[5, 6, 7, 8, 9, 6, 7, 8], [5, 7, 6, 8, 9, 6, 7, 8], [5, 6, 2]], [True, True, True])
+    scores = model.score(seqs)
+    assert 0 < scores[0] <= model.quiet_top < 1 / 9  # nothing outside the top 1: only the tie-break
+    assert scores[1] >= 1 / 9  # the swap: at least one of its 9 positions ([END] included) is a miss
+    assert scores[2] >= 1 / 4  # [UNK]
+    plain = DeepLog(vocab_size=12, window=4, hidden=16, layers=1, epochs=1)
+    assert plain.quiet_top is None
+    with pytest.raises(ValueError, match="top_g"):
+        DeepLog(vocab_size=12, top_g=0)
+    quiet = np.full(500, scores[0])  # every validation window without a miss: the floor, not their quantile
+    assert threshold_above_quiet(quiet, 0.01, model.quiet_top) == (model.quiet_top, QUIET_RULE)
+    above = np.linspace(0.2, 0.9, 500)
+    assert threshold_above_quiet(above, 0.01, model.quiet_top)[0] > 0.85
+
+
 def test_deeplog_stops_early_on_validation_loss_and_keeps_its_best_epoch():
     """The suite gives DeepLog LogLM's budget and rule: up to max_epochs, stopping when the validation normal
     loss has not improved for `patience` epochs, with the best epoch's weights."""
@@ -62,7 +86,7 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
                      "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports", "detect.small_validation=warn"]
     cfg = compose("evaluate", cfg_overrides)
     result = suite(cfg)
-    assert set(result["models"]) == {"LogLM", "deeplog", "pca", "iforest"}
+    assert set(result["models"]) == {"LogLM", "deeplog", "deeplog_topg", "pca", "iforest"}
     for r in result["models"].values():
         m = r["metrics"]["all"]
         assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] > 0 and "unique" in r["metrics"]
@@ -71,7 +95,7 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     children = client.search_runs([client.get_experiment_by_name("loglm-eval").experiment_id],
                                   f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
-    assert sorted(r.data.tags["model"] for r in children) == ["deeplog", "iforest", "loglm", "pca"]
+    assert sorted(r.data.tags["model"] for r in children) == ["deeplog", "deeplog_topg", "iforest", "loglm", "pca"]
     assert all("eval/f1" in r.data.metrics for r in children)
     # the compare view has something to compare: threshold, target FPR, split; and the data each one read
     for r in children:

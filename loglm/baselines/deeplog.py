@@ -1,6 +1,11 @@
 """DeepLog-style baseline (Du et al., CCS 2017): an LSTM predicts each event from the ``window`` events
 before it, trained on normal training sessions; a session's score is its most surprising event
 (max -log p of the event that happened).  Same token ids, [END] and splits as LogLM.
+
+With ``top_g`` the score is the paper's rule instead: an event outside the model's ``top_g`` most likely next
+events is a miss (an unseen event always is), and a window scores its share of misses, the mean surprisal
+(capped, scaled far below one miss) breaking ties, as LogLM's ``miss_ratio``; :attr:`DeepLog.quiet_top` is the
+highest score a window without a miss can have, which the suite's threshold never falls below.
 """
 
 from __future__ import annotations
@@ -8,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from loglm.vocab import END, PAD, SUM, UNK
+
+TIE_CAP, TIE_SCALE = 99.0, 1e6  # the tie-breaking mean surprisal of the top-g rule: capped, then divided
 
 
 def _contexts(seqs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,10 +32,13 @@ def _contexts(seqs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarra
 
 class DeepLog:
     def __init__(self, vocab_size: int, window: int = 10, hidden: int = 64, layers: int = 2, epochs: int = 10,
-                 batch_size: int = 512, lr: float = 3e-3, seed: int = 0):
+                 batch_size: int = 512, lr: float = 3e-3, seed: int = 0, top_g: int | None = None):
         import torch
 
+        if top_g is not None and top_g < 1:
+            raise ValueError(f"DeepLog top_g must be at least 1 (or None for the max-surprisal score), got {top_g}")
         self.vocab_size, self.window, self.epochs, self.batch_size, self.lr = vocab_size, window, epochs, batch_size, lr
+        self.top_g = top_g
         torch.manual_seed(seed)
         self.seed = seed
 
@@ -94,16 +104,31 @@ class DeepLog:
         self.best_val_loss = best
         return self
 
+    @property
+    def quiet_top(self) -> float | None:
+        """The highest score of a window without a miss (the top-g rule), None for the max-surprisal score."""
+        return None if self.top_g is None else TIE_CAP / TIE_SCALE
+
     def score(self, seqs: list[list[int]], unk_surprisal: float = 20.0) -> np.ndarray:
         import torch
 
         x, y, owner = _contexts(seqs, self.window)
         out = np.zeros(len(seqs))
+        misses, total, surprisal = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
         self.net.eval()
         with torch.no_grad():
             for b in range(0, len(x), 8192):
                 logp = torch.log_softmax(self.net(torch.from_numpy(x[b:b + 8192])), -1).numpy()
-                s = -logp[np.arange(len(logp)), y[b:b + 8192]]
-                s = np.where(y[b:b + 8192] == UNK, unk_surprisal, s)  # an event training never saw
-                np.maximum.at(out, owner[b:b + 8192], s)
-        return out
+                yb, ob = y[b:b + 8192], owner[b:b + 8192]
+                gold = logp[np.arange(len(logp)), yb]
+                s = np.where(yb == UNK, unk_surprisal, -gold)  # an event training never saw
+                np.maximum.at(out, ob, s)
+                if self.top_g is not None:
+                    miss = ((logp > gold[:, None]).sum(1) >= self.top_g) | (yb == UNK)
+                    np.add.at(misses, ob, miss)
+                    np.add.at(total, ob, 1.0)
+                    np.add.at(surprisal, ob, s)
+        if self.top_g is None:
+            return out
+        n = np.maximum(total, 1.0)
+        return misses / n + np.minimum(surprisal / n, TIE_CAP) / TIE_SCALE

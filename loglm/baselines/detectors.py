@@ -69,6 +69,11 @@ class SequenceDetector:
     def score(self, items: Windows) -> np.ndarray:
         return self.model.score(self._seqs(items), self.unk_surprisal)
 
+    @property
+    def quiet_top(self) -> float | None:
+        """The threshold's floor (DeepLog's top-g rule: the highest score of a window without a miss)."""
+        return self.model.quiet_top
+
 
 class CountsDetector:
     """A model of each window's event counts (order ignored)."""
@@ -120,11 +125,11 @@ class FlowDetector:
 # ------------------------------------------------------------------------------- factories (conf/baseline)
 
 def deeplog(vocab_size: int, seed: int, epochs: int, patience: int, unk_surprisal: float, window: int = 10,
-            hidden: int = 64, layers: int = 2) -> SequenceDetector:
+            hidden: int = 64, layers: int = 2, top_g: int | None = None) -> SequenceDetector:
     from loglm.baselines.deeplog import DeepLog
 
-    return SequenceDetector(DeepLog(vocab_size, window=window, hidden=hidden, layers=layers, epochs=epochs, seed=seed),
-                            patience, unk_surprisal)
+    return SequenceDetector(DeepLog(vocab_size, window=window, hidden=hidden, layers=layers, epochs=epochs, seed=seed,
+                                    top_g=top_g), patience, unk_surprisal)
 
 
 def pca(vocab_size: int, variance: float = 0.95) -> CountsDetector:

@@ -18,7 +18,7 @@ from loglm.detect.thresholds import (
     fpr_promise,
     normal_validation_mask,
     shared_score_items,
-    threshold_for_fpr,
+    threshold_above_quiet,
 )
 from loglm.detect.torch_scoring import score_windows, session_max
 from loglm.model.store import CALIBRATION
@@ -140,11 +140,7 @@ def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str
     Those windows differ only by their tie-breaking mean surprisal, which drifts with time: on hdfs_loglead
     a threshold inside that group (4e-5) gave a test FPR of 0.060 for a 0.01 target; above it, 0.0085 at the
     same recall.  Raising a conformal threshold only lowers the FPR it promises."""
-    thr = threshold_for_fpr(per_session, cfg.target_fpr)
-    top = quiet_band_top(cfg)
-    if top is not None and thr < top:
-        return top, "any miss or unseen event (the target quantile fell among windows without a miss)"
-    return thr, "conformal quantile"
+    return threshold_above_quiet(per_session, cfg.target_fpr, quiet_band_top(cfg))
 
 
 def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, warning: str | None,

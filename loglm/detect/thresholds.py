@@ -31,6 +31,19 @@ def allowed_above(n: int, target_fpr: float) -> int:
     return max(0, int(np.floor(target_fpr * (n + 1) + 1e-9)) - 1)
 
 
+QUIET_RULE = "any miss or unseen event (the target quantile fell among windows without a miss)"
+
+
+def threshold_above_quiet(items: np.ndarray, target_fpr: float, quiet_top: float | None) -> tuple[float, str]:
+    """The conformal threshold, raised to ``quiet_top`` (the highest score of a window without a single miss,
+    for scores that have such a band) when it falls below it: those windows differ only by a tie-breaking
+    surprisal that drifts with time (LogLM's miss ratio, DeepLog's top-g rule)."""
+    thr = threshold_for_fpr(items, target_fpr)
+    if quiet_top is not None and thr < quiet_top:
+        return quiet_top, QUIET_RULE
+    return thr, "conformal quantile"
+
+
 def threshold_for_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
     """Split-conformal threshold t: alerts fire on score > t; expected FPR on new normal items <= target
     whenever the validation set is large enough (:func:`validation_size_problem`)."""
