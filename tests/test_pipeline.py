@@ -320,6 +320,30 @@ def test_recalibration_on_traffic_full_of_unseen_events_keeps_them_alerting(trai
     assert cal["unseen_share"] == 1.0 and cal["n_val_sessions"] == 120 and "every window" in cal["warning"]
 
 
+def test_recalibration_sets_blocks_shorter_than_training_aside_as_it_does_unseen_events(trained, tmp_path):
+    """New traffic where 40 of 300 blocks are cut to 4 events (every training block has 13): they alert
+    whatever the threshold (detect.short_alarm), so recalibration takes its quantile over the other blocks,
+    records their share and warns, and detection with the new threshold alerts on every one of them."""
+    from loglm.detect.detector import run as detect
+    from loglm.detect.recalibrate import run as recalibrate
+
+    cfg, _, result = trained
+    lines, kinds = make_log(300, seed=13, anomalies={i: "cut" for i in range(0, 200, 5)})
+    log = tmp_path / "site_e.log"
+    log.write_text("\n".join(lines) + "\n")
+    det = replace(cfg.detect, target_fpr=0.05)
+    r = recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "recal"), detect=det))
+    cal = json.loads((Path(r["model_dir"]) / "calibration.json").read_text())
+    assert cal["min_closed_events"] == 13 and cal["short_alarm"]
+    assert abs(cal["unseen_share"] - 40 / 300) < 1e-9 and cal["n_val_sessions"] == 260
+    assert "closed shorter than every training window" in cal["warning"]
+    out = tmp_path / "recal.jsonl"
+    detect(replace(cfg, ckpt=r["model_dir"], inputs=[str(log)], out=str(out), detect=replace(det, report=False)))
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    assert set(kinds) <= {a["session_id"] for a in alerts}
+    assert all(a["shorter_than_training"] for a in alerts if a["session_id"] in kinds)
+
+
 def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(trained, tmp_path):
     """pipelines.evaluate ckpt=<model> data=<other prepared data>: not refused for its other vocabulary; the
     other data's test sessions are read again with the model's templates, and an unseen event still alarms."""

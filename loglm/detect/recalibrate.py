@@ -3,7 +3,8 @@ traffic, without labels (assumed mostly normal), for ``detect.target_fpr``.
 
 With ``detect.unknown_alarm`` (the default) and ``detect.recalibration_unseen=alert``, the quantile is taken over
 the windows without an event type the model never saw: those with one alert whatever the threshold, and
-unlabelled traffic cannot tell a new normal service from an attack.  Ranking them with the rest lets frequent
+unlabelled traffic cannot tell a new normal service from an attack.  Closed windows shorter than every
+training window (``detect.short_alarm``) alert whatever the threshold too, and are set aside the same way.  Ranking them with the rest lets frequent
 scans (58 % of a Zeek capture's early flows) lift the threshold above the attacks.  ``calibration.json`` records
 their share (``unseen_share``) and warns when it exceeds the target: the FPR promise covers the other windows.
 
@@ -64,7 +65,9 @@ def run(cfg) -> dict:
     ws = score_windows(loaded.encoder, *windows, dcfg)
     sids = table.column("session_id").to_pylist()
     per_session = session_max(sids, ws.score)
-    unseen = unseen_sessions(sids, windows[0])
+    # sessions that alert whatever the threshold: an event type the model never saw, or a closed window shorter
+    # than every training window (detect.short_alarm)
+    unseen = unseen_sessions(sids, windows[0]) | {s for s, short in zip(sids, ws.shorter) if short}
     weights: dict[str, int] = {}  # items per session: its events (per-event unit) or 1
     for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
         weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
@@ -84,7 +87,8 @@ def run(cfg) -> dict:
     unseen_share = unseen_items / max(1, n_items)
     if alert_unseen and unseen_share > dcfg.target_fpr:
         note = (f"{unseen_share:.1%} of the recent traffic ({unseen_items} of {n_items} items) is in windows holding "
-                "an event type the model never saw; they alert whatever the threshold, so the FPR promise covers "
+                "an event type the model never saw (or closed shorter than every training window); they alert "
+                "whatever the threshold, so the FPR promise covers "
                 "the other windows only. If they are this environment's normal traffic, tune the model on it "
                 "(pipelines.tune) instead")
         warning = f"{warning}; {note}" if warning else note
