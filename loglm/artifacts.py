@@ -78,6 +78,52 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict:
     return manifest
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def work_folder(out: Path, kind: str) -> Path:
+    """The folder a step writes beside ``out`` before :func:`swap_in`: ``.NAME.KIND-HOST-PID``, emptied.
+
+    A step killed outright (SIGKILL, the OOM killer, a machine shut down) cannot remove its own: such
+    folders (gigabytes of spill for a large prepare) would stay beside ``out`` for ever.  So the next run
+    removes every ``.NAME.KIND-*`` folder left by a process of this host that is gone, and says so; one whose
+    process still runs (another run writing the same output) or that another host wrote is left, with a
+    warning.  Folders named before the host was part of the name (``.NAME.KIND-PID``) count as this host's."""
+    import shutil
+    import socket
+    import sys
+
+    host = socket.gethostname().replace("/", "_")
+    mine = out.with_name(f".{out.name}.{kind}-{host}-{os.getpid()}")
+    prefix = f".{out.name}.{kind}-"
+    for other in sorted(out.parent.glob(f"{prefix}*")) if out.parent.is_dir() else ():
+        if other == mine or not other.is_dir():
+            continue
+        tail = other.name[len(prefix):]
+        owner, _, pid = tail.rpartition("-")
+        if not pid.isdigit():
+            continue
+        if owner not in ("", host):
+            print(f"loglm: warning: {other} was left by a process on host {owner!r}; not removed (it may still "
+                  "be running there)", file=sys.stderr, flush=True)
+        elif _pid_alive(int(pid)):
+            print(f"loglm: warning: {other} belongs to process {pid}, which is still running: another run may be "
+                  f"writing {out} at the same time; left as it is", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(other, ignore_errors=True)
+            print(f"loglm: removed {other}, the partial folder of process {pid}, which ended without cleaning up "
+                  "(killed outright?)", file=sys.stderr, flush=True)
+    shutil.rmtree(mine, ignore_errors=True)
+    return mine
+
+
 def swap_in(new: Path, out: Path) -> None:
     """Put the finished folder ``new`` at ``out`` (same parent): an existing ``out`` is moved aside, ``new``
     renamed in, and only then the old one removed; if the rename fails the old folder is put back.  So a

@@ -142,6 +142,52 @@ def test_a_stopped_prepare_leaves_no_worker_and_no_partial_folder(tmp_path, how)
         assert proc.returncode == 130, err[-2000:]
         assert "prepare stopped by SIGTERM" in err
         assert not list((root / "data").glob(".stopped.preparing-*")) and not (root / "data" / "stopped").exists()
+    else:  # killed outright: its partial folder stays until the next prepare of the same output removes it
+        left = list((root / "data").glob(".stopped.preparing-*"))
+        assert len(left) == 1 and str(proc.pid) in left[0].name
+        again = subprocess.run([sys.executable, "-m", "pipelines.prepare", "data=hdfs_loglead", f"data.inputs=[{log}]",
+                                f"data.anomalous_ids={log}.anomalous_ids.txt", f"paths.root={root}", "logger=none",
+                                "workers=1", "data.name=stopped"], cwd=ROOT, capture_output=True, text=True,
+                               env={**os.environ, "LOGLM_PROGRESS": "0"}, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"removed {left[0]}, the partial folder of process {proc.pid}" in again.stderr
+        assert not list((root / "data").glob(".stopped.preparing-*")) and (root / "data" / "stopped" / "MANIFEST.json").is_file()
+
+
+def test_a_partial_folder_is_removed_only_when_its_process_is_gone(tmp_path, capsys):
+    """``work_folder``: a partial folder of a process that is gone is removed; one whose process still runs
+    (another run writing the same output), one another host left, and other names are kept."""
+    import os
+    import socket
+
+    from loglm.artifacts import work_folder
+
+    out = tmp_path / "ds"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        folders = {"gone": tmp_path / f".ds.preparing-{host}-{gone.pid}",
+                   "gone_old_name": tmp_path / f".ds.preparing-{gone.pid}",
+                   "running": tmp_path / f".ds.preparing-{host}-{running.pid}",
+                   "other_host": tmp_path / f".ds.preparing-elsewhere.example-{gone.pid}",
+                   "other_kind": tmp_path / f".ds.partial-{gone.pid}",
+                   "other_output": tmp_path / f".ds2.preparing-{host}-{gone.pid}"}
+        for f in folders.values():
+            (f / "spill").mkdir(parents=True)
+            (f / "spill" / "part-0.arrow").write_bytes(b"x" * 1000)
+        mine = work_folder(out, "preparing")
+        err = capsys.readouterr().err
+    finally:
+        running.kill()
+        running.wait()
+    assert mine == tmp_path / f".ds.preparing-{socket.gethostname()}-{os.getpid()}" and not mine.exists()
+    assert not folders["gone"].exists() and not folders["gone_old_name"].exists()
+    assert all(folders[k].exists() for k in ("running", "other_host", "other_kind", "other_output"))
+    assert f"removed {folders['gone']}, the partial folder of process {gone.pid}" in err
+    assert f"belongs to process {running.pid}, which is still running" in err
+    assert "left by a process on host 'elsewhere.example'" in err
 
 
 def test_ray_with_one_or_four_cpus_gives_the_local_dataset(tmp_path, corpus):

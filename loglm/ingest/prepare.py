@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -13,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, write_manifest
+from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, work_folder, write_manifest
 from loglm.config import DataConfig, TokenizerConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
@@ -135,8 +134,7 @@ def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, t
 def write_prepared_in_place(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
     """write_prepared beside ``out`` and swapped in when complete: a failure while writing keeps the previous
     good dataset (prepare, and tuning's dataset in a model's vocabulary)."""
-    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = work_folder(out, "preparing")
     try:
         summary = write_prepared(tmp, parsed, vocab, data, extra)
         swap_in(tmp, out)
@@ -314,8 +312,7 @@ def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
         raise ValueError(f"data.spill_partitions must be >= 1, got {data.spill_partitions}")
     if cfg.backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
-    tmp = out.with_name(f".{out.name}.preparing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = work_folder(out, "preparing")
     # Ctrl-C / SIGTERM (a scheduler's time limit): the workers are ended and the partial folder removed
     # before the exit, instead of orphaned workers and gigabytes of spill left behind
     with stop_on_signals(STOP_GRACE_S):
