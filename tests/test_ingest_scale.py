@@ -154,6 +154,44 @@ def test_a_stopped_prepare_leaves_no_worker_and_no_partial_folder(tmp_path, how)
         assert not list((root / "data").glob(".stopped.preparing-*")) and (root / "data" / "stopped" / "MANIFEST.json").is_file()
 
 
+STOPPABLE_IN_MEMORY = """
+import runpy, sys, time
+import loglm.ingest.prepare as prepare
+write = prepare.write_prepared
+def slow_write(out, *a, **k):  # half-written: the folder exists, then the job is stopped
+    (out / "sessions").mkdir(parents=True, exist_ok=True)
+    print("WRITING", flush=True)
+    time.sleep(60)
+    return write(out, *a, **k)
+prepare.write_prepared = slow_write
+sys.argv = ["pipelines.prepare", *sys.argv[1:]]
+runpy.run_module("pipelines.prepare", run_name="__main__")
+"""
+
+
+def test_a_stopped_in_memory_prepare_removes_its_partial_folder(tmp_path):
+    """Pre-sequenced formats are built in memory (no worker pool), under the same stop rule: SIGTERM while
+    the folder is being written removes it and exits 130."""
+    import os
+    import signal
+
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_IN_MEMORY, "data=hdfs_blocks_sample",
+                             f"paths.root={root}", "logger=none", "data.name=stopped"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LOGLM_PROGRESS": "0"})
+    try:
+        assert proc.stdout.readline().strip() == "WRITING", proc.stderr.read()[-2000:]
+        assert list((root / "data").glob(".stopped.preparing-*"))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "prepare stopped by SIGTERM" in err
+    assert not list((root / "data").glob(".stopped.preparing-*")) and not (root / "data" / "stopped").exists()
+
+
 def test_a_partial_folder_is_removed_only_when_its_process_is_gone(tmp_path, capsys):
     """``work_folder``: a partial folder of a process that is gone is removed; one whose process still runs
     (another run writing the same output), one another host left, and other names are kept."""

@@ -31,6 +31,7 @@ from loglm.ingest.sessions import (
     sessionize,
 )
 from loglm.ingest.templates import TemplateMiner
+from loglm.signals import Stopped, stop_on_signals
 from loglm.vocab import Vocabulary
 
 STOP_GRACE_S = 60.0  # a stopped prepare that has not cleaned up by then exits at once (loglm.signals)
@@ -279,8 +280,25 @@ def run(cfg) -> dict:
     out = prepared_dir(cfg.paths.root, data.name)
     t0 = time.perf_counter()
     fingerprint = ingest_fingerprint(cfg)  # before reading: a file that changes while it is read looks stale
-    if data.format not in builders.BUILDERS:
-        return run_partitioned(cfg, out, fingerprint, t0)
+    # Ctrl-C / SIGTERM (a scheduler's time limit): the workers are ended and the partial folder removed
+    # before the exit, instead of orphaned workers and gigabytes of spill left behind
+    with stop_on_signals(STOP_GRACE_S):
+        try:
+            if data.format not in builders.BUILDERS:
+                return run_partitioned(cfg, out, fingerprint, t0)
+            return run_in_memory(cfg, out, fingerprint, t0)
+        except Stopped as e:
+            print(f"loglm: prepare stopped by {signal.Signals(e.signum).name}: its workers were ended and its "
+                  f"partial folder removed; nothing was written to {out}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+
+
+def run_in_memory(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
+    """Pre-sequenced formats (:data:`loglm.ingest.builders.BUILDERS`), built in memory, written beside
+    ``out`` and swapped in when complete."""
+    from loglm.ingest import builders
+
+    data: DataConfig = cfg.data
     parsed, miner = builders.BUILDERS[data.format](data)
     if parsed.account.accepted == 0:
         f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
@@ -303,8 +321,6 @@ def run(cfg) -> dict:
 def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     """Raw logs and flows, out of core (:mod:`loglm.ingest.partitioned`), written beside ``out`` and swapped
     in when complete."""
-    from loglm.signals import Stopped, stop_on_signals
-
     data: DataConfig = cfg.data
     if not data.inputs:
         raise ValueError("data.inputs is empty: give raw log files or directories")
@@ -312,16 +328,7 @@ def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
         raise ValueError(f"data.spill_partitions must be >= 1, got {data.spill_partitions}")
     if cfg.backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
-    tmp = work_folder(out, "preparing")
-    # Ctrl-C / SIGTERM (a scheduler's time limit): the workers are ended and the partial folder removed
-    # before the exit, instead of orphaned workers and gigabytes of spill left behind
-    with stop_on_signals(STOP_GRACE_S):
-        try:
-            return _run_partitioned(cfg, out, fingerprint, t0, tmp)
-        except Stopped as e:
-            print(f"loglm: prepare stopped by {signal.Signals(e.signum).name}: its workers were ended and its "
-                  f"partial folder {tmp} removed; nothing was written to {out}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
+    return _run_partitioned(cfg, out, fingerprint, t0, work_folder(out, "preparing"))
 
 
 def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path) -> dict:
