@@ -326,6 +326,11 @@ class DetectConfig:
     # an event type training never saw ([UNK]) is an alarm by itself: it lifts its window's score above every
     # window without one (+1 on miss_ratio, +unk_surprisal on the surprisal scores)
     unknown_alarm: bool = True
+    # which unit that alarm lifts: "window" (the window holding the unseen event: blocks, sessions) or "event"
+    # (the unseen event alone; its window's other events keep the score of the window's known events, and the
+    # window alerts through it). null: decided at calibration from data.eval_unit, the unit that is reported
+    # (per flow: "event"); recorded in calibration.json, which detection follows
+    alarm_unit: str | None = None
     # whether the window's [END] position (the model's surprise that a closed window ends there) counts in the
     # window score. null: decided at calibration from the sessions -- not for time windows (data.session.by
     # window / entity_window: the clock ends them, not their events), yes otherwise (a block or a connection
@@ -384,6 +389,8 @@ class DetectConfig:
             raise ValueError(f"detect.target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.small_validation not in ("refuse", "warn"):
             raise ValueError(f"detect.small_validation must be 'refuse' or 'warn', got {self.small_validation!r}")
+        _check(self.alarm_unit in (None, "window", "event"),
+               f"detect.alarm_unit must be 'window', 'event' or null, got {self.alarm_unit!r}")
         if self.recalibration_unseen not in ("alert", "rank"):
             raise ValueError(f"detect.recalibration_unseen must be 'alert' or 'rank', got {self.recalibration_unseen!r}")
         if self.stream_idle_close_s is not None and not self.stream_idle_close_s > 0:

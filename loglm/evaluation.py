@@ -25,8 +25,10 @@ def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np
     return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [tuple(seqs[i]) for i in ids]
 
 
-def event_scores(table, ids, scores, data_dir, data_cfg) -> tuple[list, np.ndarray, np.ndarray, list]:
-    """Per event (e.g. per flow): each event takes its session's score and keeps its own label."""
+def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray | None = None
+                 ) -> tuple[list, np.ndarray, np.ndarray, list]:
+    """Per event (e.g. per flow): each event takes its session's score and keeps its own label; or, given
+    ``per_event`` (one score per event of the table's rows, in order), its own."""
     from loglm.ingest.sessions import event_label
     from loglm.shards import event_columns
 
@@ -40,6 +42,10 @@ def event_scores(table, ids, scores, data_dir, data_cfg) -> tuple[list, np.ndarr
         out_ids.extend(idx)
         out_s.extend([best[sid]] * len(idx))
         sess.extend([sid] * len(idx))
+    if per_event is not None:
+        if len(per_event) != len(out_s):
+            raise ValueError(f"{len(per_event)} event scores for {len(out_s)} events")
+        out_s = per_event
     ev = event_columns(data_dir, out_ids, ["label", "template"])
     out_y = [event_label(lab, normal, unknown) for lab in ev["label"]]
     out_keys = [(tpl, tuple(seqs[sid])) for tpl, sid in zip(ev["template"], sess)]
@@ -269,6 +275,7 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     from loglm.artifacts import atomic_write_json
     from loglm.detect.alerts import PreparedEvents
     from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
+    from loglm.detect.score_core import event_alarm_scores, event_item_scores
     from loglm.detect.torch_scoring import score_windows
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
@@ -292,7 +299,9 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
     ids, labels, scores, seqs = session_scores(table, ws.score)
     if cfg.data.eval_unit == "event":
-        ids, labels, scores, seqs = event_scores(table, ids, scores, data_dir, cfg.data)
+        sids = table.column("session_id").to_pylist()
+        per_event = event_item_scores(dcfg, event_alarm_scores(dcfg, sids, ws), sids, toks)
+        ids, labels, scores, seqs = event_scores(table, ids, scores, data_dir, cfg.data, per_event)
     elif cfg.data.eval_unit != "session":
         raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
     threshold = float(loaded.calibration["threshold"])

@@ -241,6 +241,47 @@ def test_a_closed_window_shorter_than_every_training_window_alarms_like_an_unsee
     assert got.short_alarm and got.min_closed_events == 13
 
 
+@pytest.mark.parametrize("score", ["mean_excess_surprisal", "miss_ratio"])
+def test_per_event_an_unseen_event_alarms_alone_and_its_neighbours_keep_their_own_score(score):
+    """``detect.alarm_unit=event`` (per-flow units): an event the model never saw scores its window's score,
+    lifted by the alarm; its window's other events score the rule over the known events alone, not the lift;
+    windows themselves score as they did (alerts unchanged).  ``alarm_unit=window``: every event carries its
+    session's score.  Calibration decides the unit from ``data.eval_unit`` and records it; older
+    calibrations keep the window."""
+    from loglm.config import DataConfig
+    from loglm.detect.calibrate import with_alarm_unit
+    from loglm.detect.score_core import event_alarm_scores, event_item_scores
+    from loglm.vocab import UNK
+
+    enc = tiny()
+    rng = np.random.default_rng(11)
+    toks = [rng.integers(5, 20, size=n) for n in (6, 5, 4)]
+    toks[0][2] = UNK
+    gaps = [np.zeros(len(t), int) for t in toks]
+    closed = [False, False, False]
+    sids = ["a", "b", "a"]  # session a is cut into two windows
+    cfgs = {u: DetectConfig(n_views=3, score=score, alarm_unit=u, end_in_score=False) for u in ("window", "event")}
+    ws = {u: score_windows(enc, toks, gaps, closed, c) for u, c in cfgs.items()}
+    np.testing.assert_allclose(ws["event"].score, ws["window"].score)  # windows (alerts) unchanged
+    lift = 1.0 if score == "miss_ratio" else 20.0
+    per = {u: event_item_scores(cfgs[u], event_alarm_scores(cfgs[u], sids, ws[u]), sids, toks) for u in cfgs}
+    session_a = max(ws["window"].score[0], ws["window"].score[2])
+    np.testing.assert_allclose(per["window"], [session_a] * 6 + [ws["window"].score[1]] * 5 + [session_a] * 4)
+    ev = per["event"]
+    assert ev[2] == session_a and session_a >= lift  # the unseen event: its session's alarmed score
+    known_a = max(ws["event"].known_base[0], ws["event"].known_base[2])
+    np.testing.assert_allclose(np.delete(ev[:6], 2), known_a)  # its neighbours: the known events' score
+    assert known_a < session_a and np.allclose(ev[6:11], ws["event"].score[1])  # a window without one: its score
+    np.testing.assert_allclose(ev[11:], known_a)
+    # the unit follows what is reported, unless set; older calibrations keep the window
+    assert with_alarm_unit(DetectConfig(), DataConfig(eval_unit="event")).alarm_unit == "event"
+    assert with_alarm_unit(DetectConfig(), DataConfig()).alarm_unit == "window"
+    assert with_alarm_unit(DetectConfig(alarm_unit="window"), DataConfig(eval_unit="event")).alarm_unit == "window"
+    cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
+    assert calibrated_config(DetectConfig(alarm_unit="event"), cal).alarm_unit == "window"
+    assert calibrated_config(DetectConfig(), {**cal, "alarm_unit": "event"}).alarm_unit == "event"
+
+
 def test_the_short_window_rule_takes_the_shortest_closed_normal_training_window(tmp_path):
     """What calibration records: open windows, anomalous ones and other splits do not set the length."""
     import pyarrow as pa

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
-from loglm.detect.score_core import quiet_band_top
+from loglm.detect.score_core import event_alarm_scores, event_item_scores, quiet_band_top
 from loglm.detect.thresholds import (
     check_validation_size,
     effective_items,
@@ -39,17 +39,21 @@ def normal_validation_events(val: pa.Table, data_dir: str | Path, data) -> dict[
     threshold is set at the unit that is reported; unlabelled (Background) and anomalous events never count.
     Every session of the split is considered, whatever its own label (a window with one Malicious flow still
     holds normal flows, which a per-flow FPR counts)."""
+    counts: dict[str, int] = {}
+    for sid, keep in zip(val.column("session_id").to_pylist(), normal_event_mask(val, data_dir, data)):
+        counts[sid] = counts.get(sid, 0) + sum(keep)
+    return {sid: n for sid, n in counts.items() if n}
+
+
+def normal_event_mask(val: pa.Table, data_dir: str | Path, data) -> list[list[bool]]:
+    """Per row of ``val``, which of its events are labelled normal (the per-event calibration items)."""
     from loglm.ingest.sessions import event_label
     from loglm.shards import event_columns
 
-    sids, idxs = val.column("session_id").to_pylist(), val.column("event_idx").to_pylist()
+    idxs = val.column("event_idx").to_pylist()
     labels = iter(event_columns(data_dir, [j for idx in idxs for j in idx], ["label"])["label"])
     normal, unknown = set(data.normal_labels), set(data.unknown_labels)
-    counts: dict[str, int] = {}
-    for sid, idx in zip(sids, idxs):
-        n = sum(1 for _ in idx if event_label(next(labels), normal, unknown) == 0)
-        counts[sid] = counts.get(sid, 0) + n
-    return {sid: n for sid, n in counts.items() if n}
+    return [[event_label(next(labels), normal, unknown) == 0 for _ in idx] for idx in idxs]
 
 
 def validation_items(data_dir: str | Path, data) -> tuple[pa.Table, str, dict[str, int] | None, int]:
@@ -83,16 +87,17 @@ def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str 
 def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | None = None, data=None) -> dict:
     """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
     the calibration for ``cfg.target_fpr``."""
-    cfg = with_short_rule(with_end_rule(cfg, data), data_dir)
+    cfg = with_alarm_unit(with_short_rule(with_end_rule(cfg, data), data_dir), data)
     val, population, weights, n = validation_items(data_dir, data)
     effective, what = validation_size(weights, n)
     warning = check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
     ws = score_windows(encoder, *windows_of(val), cfg)
-    per_session = session_max(val.column("session_id").to_pylist(), ws.score)
+    sids = val.column("session_id").to_pylist()
     if weights is None:
-        items = np.array(list(per_session.values()))
-    else:  # one item per normal event, carrying its session's score
-        items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
+        items = np.array(list(session_max(sids, ws.score).values()))
+    else:  # one item per normal event: its session's score, or with alarm_unit=event its own (event_alarm_scores)
+        items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(),
+                                  normal_event_mask(val, data_dir, data))
     return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
                           n_effective=effective)
 
@@ -109,6 +114,14 @@ def with_end_rule(cfg: DetectConfig, data=None) -> DetectConfig:
         return cfg
     timed = data is not None and data.session.by in TIME_WINDOWS
     return dataclasses.replace(cfg, end_in_score=not timed)
+
+
+def with_alarm_unit(cfg: DetectConfig, data=None) -> DetectConfig:
+    """``cfg`` with ``alarm_unit`` decided: as set, else the unit that is reported (``data.eval_unit``): per
+    event (flow), an unseen event type alarms by itself instead of lifting its window's other events."""
+    if cfg.alarm_unit is not None:
+        return cfg
+    return dataclasses.replace(cfg, alarm_unit="event" if data is not None and data.eval_unit == "event" else "window")
 
 
 def with_short_rule(cfg: DetectConfig, data_dir: str | Path) -> DetectConfig:
@@ -159,6 +172,7 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
         "tie_scale": cfg.tie_scale, "end_in_score": cfg.end_in_score is not False, "threshold_rule": rule,
         "short_alarm": cfg.short_alarm, "min_closed_events": int(cfg.min_closed_events),
+        "alarm_unit": cfg.alarm_unit or "window",
         "n_val_sessions": int(len(per_session)), "val_population": population,
         "n_val_effective": n_effective,
         "val_fpr_at_threshold": float((per_session > thr).mean()),

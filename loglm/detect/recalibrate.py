@@ -43,9 +43,11 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of, validation_size
     from loglm.detect.detector import detect_config_of, model_dir_for, score_input
+    from loglm.detect.score_core import event_alarm_scores
     from loglm.detect.thresholds import check_validation_size
     from loglm.detect.torch_scoring import score_windows, session_max
     from loglm.model.store import CALIBRATION, finalize, load_model
+    from loglm.vocab import UNK
     from loglm.windows import windows_of
 
     if not cfg.inputs:
@@ -67,18 +69,38 @@ def run(cfg) -> dict:
     per_session = session_max(sids, ws.score)
     # sessions that alert whatever the threshold: an event type the model never saw, or a closed window shorter
     # than every training window (detect.short_alarm)
-    unseen = unseen_sessions(sids, windows[0]) | {s for s, short in zip(sids, ws.shorter) if short}
-    weights: dict[str, int] = {}  # items per session: its events (per-event unit) or 1
-    for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
-        weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
-    n_items = sum(weights.values())
-    unseen_items = sum(w for s, w in weights.items() if s in unseen)
+    shorter = {s for s, short in zip(sids, ws.shorter) if short}
+    # item groups (session, score, items, alert whatever the threshold): per session its events (per-event
+    # unit) or 1; with alarm_unit=event an unseen event alarms alone, its window's other events keep the score
+    # of the window's known events
+    groups: list[tuple[str, float, int, bool]] = []
+    if run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm:
+        per_event = event_alarm_scores(dcfg, sids, ws)
+        counts: dict[str, list[int]] = {}
+        for sid, t in zip(sids, windows[0]):
+            u = int((np.asarray(t) == UNK).sum())
+            c = counts.setdefault(sid, [0, 0])
+            c[0], c[1] = c[0] + len(t) - u, c[1] + u
+        for sid, (n_known, n_unseen) in counts.items():
+            groups += [(sid, per_event[sid][0], n_known, sid in shorter), (sid, per_event[sid][1], n_unseen, True)]
+    else:
+        unseen = unseen_sessions(sids, windows[0]) | shorter
+        weights: dict[str, int] = {}
+        for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
+            weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
+        groups = [(sid, per_session[sid], w, sid in unseen) for sid, w in weights.items()]
+    groups = [g for g in groups if g[2]]
+    n_items = sum(g[2] for g in groups)
+    unseen_items = sum(g[2] for g in groups if g[3])
     population = POPULATION.replace("traffic", "traffic, per event") if run_cfg.data.eval_unit == "event" else POPULATION
     alert_unseen = dcfg.unknown_alarm and dcfg.recalibration_unseen == "alert" and 0 < unseen_items < n_items
     if alert_unseen:  # the threshold governs the windows without an unseen event; those with one alert anyway
-        weights = {s: w for s, w in weights.items() if s not in unseen}
+        groups = [g for g in groups if not g[3]]
         population += "; windows without an event type the model never saw (those alert whatever the threshold)"
-    items = np.repeat(np.array([per_session[s] for s in weights]), np.array(list(weights.values())))
+    items = np.repeat(np.array([g[1] for g in groups]), np.array([g[2] for g in groups]))
+    weights = {}
+    for sid, _, n, _ in groups:
+        weights[sid] = weights.get(sid, 0) + n
     if run_cfg.data.eval_unit == "event":
         effective, what = validation_size(weights, len(items))
     else:

@@ -43,6 +43,9 @@ class WindowScores:
     end_miss: np.ndarray | None = None
     # the window is closed and shorter than every closed normal training window (``detect.short_alarm``)
     shorter: np.ndarray | None = None
+    # the score rule over the window's known events alone, before any alarm (``alarm_unit=event``: what
+    # the window's other events score beside an unseen one; see event_alarm_scores)
+    known_base: np.ndarray | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -53,7 +56,8 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
                    unknown_alarm=calibration.get("unknown_alarm", False),
                    tie_scale=calibration.get("tie_scale", 1e4), end_in_score=calibration.get("end_in_score", True),
                    short_alarm=calibration.get("short_alarm", False),
-                   min_closed_events=calibration.get("min_closed_events", 0))
+                   min_closed_events=calibration.get("min_closed_events", 0),
+                   alarm_unit=calibration.get("alarm_unit", "window"))
 
 
 TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
@@ -137,6 +141,37 @@ def window_score(cfg: DetectConfig, base: np.ndarray, n_unknown: np.ndarray,
     return base + alarm * score_rule(cfg).alarm(cfg)
 
 
+def event_alarm_scores(cfg: DetectConfig, session_ids: list[str], ws: WindowScores) -> dict[str, tuple[float, float]]:
+    """Per session, what its events score in the per-event unit (e.g. per flow): (known, unseen).  With
+    ``alarm_unit=event`` an event the model never saw ([UNK]) alarms by itself: it scores its window's score
+    (lifted by the alarm), and the window's other events score the rule over its known events alone, so they
+    are not flagged for sitting beside it.  The window still alerts, with the score it always had (its highest
+    event), so alerts and per-event items agree.  With ``alarm_unit=window`` every event scores its
+    session's score.  A session cut into windows takes the highest of each."""
+    out: dict[str, tuple[float, float]] = {}
+    per_event = cfg.alarm_unit == "event" and cfg.unknown_alarm
+    lift = score_rule(cfg).alarm(cfg)
+    shorter = ws.shorter if ws.shorter is not None else np.zeros(len(ws.score), bool)
+    for sid, score, known_base, short in zip(session_ids, ws.score, ws.known_base, shorter):
+        known = float(known_base + short * lift) if per_event else float(score)
+        old = out.get(sid)
+        out[sid] = (known, float(score)) if old is None else (max(old[0], known), max(old[1], float(score)))
+    return out
+
+
+def event_item_scores(cfg: DetectConfig, per_session: dict[str, tuple[float, float]], session_ids: list[str],
+                      tokens: list, keep: list | None = None) -> np.ndarray:
+    """One score per event of each row (``keep``: per row, which of its events are items), by
+    :func:`event_alarm_scores`: an unseen event takes its session's unseen score, the others the known one."""
+    out = []
+    for r, (sid, t) in enumerate(zip(session_ids, tokens)):
+        known, unseen = per_session[sid]
+        t = np.asarray(t)
+        s = np.where(t == UNK, unseen, known)
+        out.append(s if keep is None else s[np.asarray(keep[r], bool)])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def shorter_than_training(cfg: DetectConfig, n_events: np.ndarray, closed: np.ndarray) -> np.ndarray:
     """Closed windows with fewer events than every closed normal training window (``detect.short_alarm``, the
     length from calibration): none for time windows (``end_in_score`` false), whose length is traffic volume."""
@@ -178,6 +213,7 @@ class _Windows:
         self.mean_s = np.zeros(n, np.float64)
         self.max_s = np.zeros(n, np.float64)
         self.base = np.zeros(n, np.float64)  # the score rule's value, before the unseen-event alarm
+        self.known_base = np.zeros(n, np.float64)  # the same over the window's known events
         self.rule = score_rule(cfg)
 
     def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss,
@@ -199,11 +235,10 @@ class _Windows:
         self.max_s[idx] = _max(s64)
         if self.rule.excess:  # DetectConfig refuses such a rule with the rtd scorer, which makes no h_out
             s64 = s64 - np.where(valid, h_out.astype(np.float64), 0.0)
-        if self.cfg.end_in_score is False:  # the score reads the window's events only (time windows)
-            events = valid & (tok != END)
-            self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
-        else:
-            self.base[idx] = self.rule.window(s64, miss, self.cfg)
+        events = valid & (tok != END) if self.cfg.end_in_score is False else valid  # time windows: events only
+        self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
+        known = events & (tok != UNK)
+        self.known_base[idx] = self.rule.window(np.where(known, s64, np.nan), miss & known, self.cfg)
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
@@ -214,7 +249,7 @@ class _Windows:
     def result(self) -> WindowScores:
         return WindowScores(window_score(self.cfg, self.base, self.n_unknown, self.shorter), self.n_events,
                             self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank, self.expected,
-                            self.expected_p, self.end_miss, self.shorter)
+                            self.expected_p, self.end_miss, self.shorter, self.known_base)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
