@@ -68,6 +68,8 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert rec["items"] == rec["lines"]["accepted"] == 2151 and rec["sessions"] < rec["items"]  # one item per flow
     recal = json.loads((tmp_path / "recal" / "calibration.json").read_text())
     assert "per event" in recal["val_population"] and recal["recalibrated_on"]["items"] == 2151
+    # per flow only the unseen flows are set aside (they alert whatever the threshold), not their windows'
+    assert 0 < rec["unseen_share"] < 0.2 and "is an event type the model never saw" in rec["warning"], rec["warning"]
     ev = evaluate(run_cfg)
     m = ev["metrics"]["all"]
     assert m["n"] > 100 and m["auroc"] > 0.95  # per flow, Background excluded

@@ -74,7 +74,8 @@ def run(cfg) -> dict:
     # unit) or 1; with alarm_unit=event an unseen event alarms alone, its window's other events keep the score
     # of the window's known events
     groups: list[tuple[str, float, int, bool]] = []
-    if run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm:
+    per_event_alarm = run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
+    if per_event_alarm:
         per_event = event_alarm_scores(dcfg, sids, ws)
         counts: dict[str, list[int]] = {}
         for sid, t in zip(sids, windows[0]):
@@ -108,8 +109,10 @@ def run(cfg) -> dict:
     warning = check_validation_size(effective, dcfg.target_fpr, dcfg.small_validation, what)
     unseen_share = unseen_items / max(1, n_items)
     if alert_unseen and unseen_share > dcfg.target_fpr:
-        note = (f"{unseen_share:.1%} of the recent traffic ({unseen_items} of {n_items} items) is in windows holding "
-                "an event type the model never saw (or closed shorter than every training window); they alert "
+        where = ("is an event type the model never saw" if per_event_alarm else
+                 "is in windows holding an event type the model never saw")
+        note = (f"{unseen_share:.1%} of the recent traffic ({unseen_items} of {n_items} items) {where} (or in windows "
+                "closed shorter than every training window); they alert "
                 "whatever the threshold, so the FPR promise covers "
                 "the other windows only. If they are this environment's normal traffic, tune the model on it "
                 "(pipelines.tune) instead")
