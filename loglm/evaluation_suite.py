@@ -87,7 +87,7 @@ def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
     from loglm.detect.score_core import session_max
     from loglm.windows import windows_of
 
-    val, _, weights, _ = validation_items(data_dir, data)
+    val, _, weights, _, _ = validation_items(data_dir, data)
     toks, _, closed = windows_of(val)
     per_session = session_max(val.column("session_id").to_pylist(), scores_of(toks, closed))
     if weights is None:

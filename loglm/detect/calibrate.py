@@ -33,14 +33,14 @@ def normal_validation(table: pa.Table) -> tuple[pa.Table, str, int]:
     return table, population, len(set(table.column("session_id").to_pylist()))
 
 
-def normal_validation_events(val: pa.Table, data_dir: str | Path, data) -> dict[str, int]:
+def normal_validation_events(val: pa.Table, mask: list[list[bool]]) -> dict[str, int]:
     """Per-event calibration (``data.eval_unit=event``, e.g. per flow): how many labelled-normal events each
-    validation session holds.  Each such event is one calibration item carrying its session's score, so the
-    threshold is set at the unit that is reported; unlabelled (Background) and anomalous events never count.
-    Every session of the split is considered, whatever its own label (a window with one Malicious flow still
-    holds normal flows, which a per-flow FPR counts)."""
+    validation session holds (``mask``: :func:`normal_event_mask`).  Each such event is one calibration item,
+    so the threshold is set at the unit that is reported; unlabelled (Background) and anomalous events never
+    count.  Every session of the split is considered, whatever its own label (a window with one Malicious flow
+    still holds normal flows, which a per-flow FPR counts)."""
     counts: dict[str, int] = {}
-    for sid, keep in zip(val.column("session_id").to_pylist(), normal_event_mask(val, data_dir, data)):
+    for sid, keep in zip(val.column("session_id").to_pylist(), mask):
         counts[sid] = counts.get(sid, 0) + sum(keep)
     return {sid: n for sid, n in counts.items() if n}
 
@@ -56,16 +56,20 @@ def normal_event_mask(val: pa.Table, data_dir: str | Path, data) -> list[list[bo
     return [[event_label(next(labels), normal, unknown) == 0 for _ in idx] for idx in idxs]
 
 
-def validation_items(data_dir: str | Path, data) -> tuple[pa.Table, str, dict[str, int] | None, int]:
-    """(windows to score, population, per-session item weights or None, number of calibration items)."""
+def validation_items(data_dir: str | Path, data
+                     ) -> tuple[pa.Table, str, dict[str, int] | None, int, list[list[bool]] | None]:
+    """(windows to score, population, per-session item weights or None, number of calibration items, and per
+    row which of its events are items, or None where the items are sessions)."""
     val = read_sessions(data_dir, "val")
     if data is not None and data.eval_unit == "event":
-        weights = normal_validation_events(val, data_dir, data)
+        mask = normal_event_mask(val, data_dir, data)
+        weights = normal_validation_events(val, mask)
         if weights:
-            val = val.filter(pa.array([sid in weights for sid in val.column("session_id").to_pylist()]))
-            return val, "labelled-normal events (per-event unit)", weights, int(sum(weights.values()))
+            keep = [sid in weights for sid in val.column("session_id").to_pylist()]
+            return (val.filter(pa.array(keep)), "labelled-normal events (per-event unit)", weights,
+                    int(sum(weights.values())), [m for m, k in zip(mask, keep) if k])
     val, population, n = normal_validation(val)
-    return val, population, None, n
+    return val, population, None, n, None
 
 
 def validation_size(weights: dict[str, int] | None, n: int) -> tuple[int, str | None]:
@@ -79,7 +83,7 @@ def validation_size(weights: dict[str, int] | None, n: int) -> tuple[int, str | 
 
 def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str | None:
     """Before any training: refuse a validation split too small for ``cfg.target_fpr`` (or return the warning)."""
-    _, _, weights, n = validation_items(data_dir, data)
+    _, _, weights, n, _ = validation_items(data_dir, data)
     effective, what = validation_size(weights, n)
     return check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
 
@@ -88,7 +92,7 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     """Score the validation items (sessions, or with ``data.eval_unit=event`` their normal events) and write
     the calibration for ``cfg.target_fpr``."""
     cfg = with_alarm_unit(with_short_rule(with_end_rule(cfg, data), data_dir), data)
-    val, population, weights, n = validation_items(data_dir, data)
+    val, population, weights, n, mask = validation_items(data_dir, data)
     effective, what = validation_size(weights, n)
     warning = check_validation_size(effective, cfg.target_fpr, cfg.small_validation, what)
     ws = score_windows(encoder, *windows_of(val), cfg)
@@ -96,8 +100,7 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     if weights is None:
         items = np.array(list(session_max(sids, ws.score).values()))
     else:  # one item per normal event: its session's score, or with alarm_unit=event its own (event_alarm_scores)
-        items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(),
-                                  normal_event_mask(val, data_dir, data))
+        items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(), mask)
     return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
                           n_effective=effective)
 

@@ -237,8 +237,11 @@ class _Windows:
             s64 = s64 - np.where(valid, h_out.astype(np.float64), 0.0)
         events = valid & (tok != END) if self.cfg.end_in_score is False else valid  # time windows: events only
         self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
-        known = events & (tok != UNK)
-        self.known_base[idx] = self.rule.window(np.where(known, s64, np.nan), miss & known, self.cfg)
+        if self.cfg.alarm_unit == "event":  # what the other events of a window with an unseen one score
+            known = events & (tok != UNK)
+            self.known_base[idx] = self.rule.window(np.where(known, s64, np.nan), miss & known, self.cfg)
+        else:  # not read (event_alarm_scores gives every event its window's score)
+            self.known_base[idx] = self.base[idx]
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
