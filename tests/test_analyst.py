@@ -32,7 +32,8 @@ def deployed(tmp_path_factory):
     prepare(cfg)
     model = pretrain(cfg)
     bundle = export(replace(cfg, ckpt=model["run_id"]))
-    registry.promote(cfg.export.registry_name, bundle["registry"]["version"], cfg.paths.root)
+    # the test suite's validation split is too small for 1 % (debug=tests warns): promoting needs consent
+    registry.promote(cfg.export.registry_name, bundle["registry"]["version"], cfg.paths.root, accept_warning=True)
     return cfg, model, bundle
 
 
@@ -171,8 +172,19 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
           f"exception blocks caught {len(crashed & before)}/{len(crashed & after)} of {len(crashed)}")
     assert len(after & swapped) < 0.5 * len(before & swapped), (len(before & swapped), len(after & swapped))
     assert crashed <= after  # the exception blocks are still caught (never-seen events stay [UNK])
-    # promote, then roll back: champion resolves to each version's bundle in turn
-    moved = registry.promote(name, None, cfg.paths.root)
+    # promote, then roll back: champion resolves to each version's bundle in turn. The candidate's threshold
+    # comes from too few validation blocks for 1 %: promote refuses it until the warning is accepted
+    listed = {v["version"]: v for v in registry.versions(name, cfg.paths.root)}
+    assert "cannot calibrate" in listed[candidate]["tags"]["calibration_warning"], listed[candidate]["tags"]
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "model", "promote", "--root", str(cfg.paths.root)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not trustworthy" in proc.stderr and "--accept-calibration-warning" in proc.stderr
+    champion = [v["version"] for v in registry.versions(name, cfg.paths.root) if "champion" in v["aliases"]]
+    assert champion == [bundle["registry"]["version"]]  # nothing moved
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "model", "promote", "--accept-calibration-warning",
+                           "--root", str(cfg.paths.root)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    moved = json.loads(proc.stdout)
     assert moved["champion"] == candidate and moved["previous"] == bundle["registry"]["version"]
     def champion_run() -> str:  # the registered copy of the bundle (the export run's artifact)
         folder = registry.resolve(f"models:/{name}@champion", cfg.paths.root)
@@ -187,6 +199,8 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
     assert champion_run() == model["run_id"]
     history = [v for v in registry.versions(name, cfg.paths.root) if "champion" in v["aliases"]]
     assert [v["version"] for v in history] == [bundle["registry"]["version"]]
+    moves = json.loads(registry.client_for(cfg.paths.root).get_registered_model(name).tags["champion_history"])
+    assert [m["action"] for m in moves][-2:] == ["promote (calibration warning accepted)", "rollback"]
 
 
 def test_tune_grows_the_vocabulary_with_a_new_normal_operation(deployed, tmp_path):

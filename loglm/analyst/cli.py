@@ -123,6 +123,8 @@ def model_main(argv: list[str]) -> int:
     p.add_argument("--name", default="loglm-detector")
     p.add_argument("--version", help="promote: the version to make champion (default: the candidate)")
     p.add_argument("--to", help="rollback: the version champion goes back to")
+    p.add_argument("--accept-calibration-warning", action="store_true",
+                   help="promote: a version whose calibration warned (validation too small for its target FPR)")
     p.add_argument("--root", default=os.environ.get("LOGLM_RUNS", "runs"), help="paths.root (its mlflow.db)")
     a = p.parse_args(argv)
     from loglm.analyst import registry
@@ -131,7 +133,7 @@ def model_main(argv: list[str]) -> int:
         if a.action == "list":
             out = registry.versions(a.name, a.root)
         elif a.action == "promote":
-            out = registry.promote(a.name, a.version, a.root)
+            out = registry.promote(a.name, a.version, a.root, accept_warning=a.accept_calibration_warning)
         else:
             if not a.to:
                 raise ValueError("rollback needs --to <version>")

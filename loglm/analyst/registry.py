@@ -75,6 +75,14 @@ def versions(name: str, root: str | Path, tracking_uri: str | None = None) -> li
     return sorted(out, key=lambda v: int(v["version"]))
 
 
+def calibration_warning(name: str, version: str, root: str | Path, tracking_uri: str | None = None) -> str | None:
+    """The warning a version's calibration carries (its bundle's ``calibration.json``), None when it has none:
+    a validation split too small for its target FPR, so its threshold promises nothing."""
+    folder = resolve(f"models:/{name}/{version}", root, tracking_uri)
+    cal = json.loads((folder / "calibration.json").read_text())
+    return cal.get("warning")
+
+
 def move_champion(name: str, version: str, root: str | Path, why: str, tracking_uri: str | None = None) -> dict:
     """Point ``champion`` at ``version`` and append the move to the model's ``champion_history`` tag."""
     client = client_for(root, tracking_uri)
@@ -90,12 +98,22 @@ def move_champion(name: str, version: str, root: str | Path, why: str, tracking_
             "action": why}
 
 
-def promote(name: str, version: str | None, root: str | Path, tracking_uri: str | None = None) -> dict:
-    """``champion`` := ``version`` (default: the version that has the ``candidate`` alias)."""
+def promote(name: str, version: str | None, root: str | Path, tracking_uri: str | None = None,
+            accept_warning: bool = False) -> dict:
+    """``champion`` := ``version`` (default: the version that has the ``candidate`` alias).
+
+    A version whose calibration warned (too few normal validation items for its target FPR: a tuning round on
+    a few windows gives one) is refused unless ``accept_warning``; accepting it is recorded in the history."""
     if version is None:
         client = client_for(root, tracking_uri)
         version = str(client.get_model_version_by_alias(name, "candidate").version)
-    return move_champion(name, version, root, "promote", tracking_uri)
+    warning = calibration_warning(name, version, root, tracking_uri)
+    if warning and not accept_warning:
+        raise ValueError(f"{name} version {version}: its threshold is not trustworthy, so it is not promoted: "
+                         f"{warning}. Tune it on more normal data (or with a higher detect.target_fpr), or promote "
+                         "it anyway with --accept-calibration-warning (recorded in champion_history)")
+    why = "promote (calibration warning accepted)" if warning else "promote"
+    return move_champion(name, version, root, why, tracking_uri)
 
 
 def rollback(name: str, to: str, root: str | Path, tracking_uri: str | None = None) -> dict:

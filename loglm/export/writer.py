@@ -250,6 +250,15 @@ def _run_metrics(cfg, run_id: str) -> dict:
     return {k: round(v, 6) for k, v in run.data.metrics.items() if k in keep}
 
 
+def calibration_tags(cal: dict) -> dict[str, str]:
+    """What ``loglm model list`` shows of a version's threshold: its target, and its warning when the
+    validation split was too small for the target (``loglm model promote`` refuses such a version)."""
+    tags = {"target_fpr": str(cal.get("target_fpr")), "n_val_effective": str(cal.get("n_val_effective"))}
+    if cal.get("warning"):
+        tags["calibration_warning"] = str(cal["warning"])[:4000]
+    return tags
+
+
 def register(cfg, bundle_dir: Path, info: dict) -> dict:
     """Log the bundle to an export run and register it as a new model version with an alias."""
     import mlflow
@@ -278,7 +287,8 @@ def register(cfg, bundle_dir: Path, info: dict) -> dict:
         client.create_registered_model(name, description="LogLM detection bundles (ONNX + vocabulary + calibration)")
     source = f"{client.get_run(rid).info.artifact_uri}/bundle"
     mv = client.create_model_version(name, source=source, run_id=rid,
-                                     tags={"dataset": info["dataset"], "variant": info["preferred_variant"]},
+                                     tags={"dataset": info["dataset"], "variant": info["preferred_variant"],
+                                           **calibration_tags(info["calibration"])},
                                      description=f"bundle {info['name']} of model run {info['run_id']}")
     client.set_registered_model_alias(name, cfg.export.alias, mv.version)
     return {"name": name, "version": str(mv.version), "alias": cfg.export.alias, "export_run_id": rid,
