@@ -5,11 +5,14 @@ detection on new raw lines with none of the data settings repeated."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import compose
+from conftest import ROOT, compose
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -100,3 +103,33 @@ def test_your_own_logs_from_raw_file_to_alerts(tmp_path, kind):
     assert result["lines"]["accepted"] == 200 and result["lines"]["rejected"] == 0
     assert result["sessions_scored"] > 0 and (tmp_path / "alerts.jsonl").exists()
     assert (tmp_path / "alerts.ocsf.jsonl").exists()
+
+
+def readme_block(after: str) -> str:
+    """The first ```bash block of the README after the line holding ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```bash\n", text.index(after)) + len("```bash\n")
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_syslog_commands_run_as_written_in_bash(tmp_path):
+    """The README's syslog block, pasted into bash with only the log paths swapped and a tiny model added:
+    prepare, pretrain and detect succeed and every line of the new file is accounted for (a quoting mistake
+    in the block, a value with spaces split into two arguments, fails here)."""
+    train, new = tmp_path / "auth.log", tmp_path / "auth.log.1"
+    write_syslog(train, 1500, 1)
+    write_syslog(new, 200, 2, T0 + timedelta(days=1))
+    block = readme_block("**Syslog with your own header**")
+    assert "/var/log/auth.log.1" in block and "OWN=(" in block
+    script = block.replace("/var/log/auth.log.1", str(new)).replace("/var/log/auth.log", str(train))
+    script = script.replace("python -m ", f"{sys.executable} -m ")
+    fast = "OWN+=(model=tiny trainer.max_epochs=1 trainer.progress_bar=false detect.small_validation=warn)\n"
+    first = script.index(f"{sys.executable} -m")
+    script = "set -euo pipefail\n" + script[:first] + fast + script[first:]
+    env = {**os.environ, "LOGLM_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alerts = list((tmp_path / "runs").rglob("*.jsonl"))
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
+    assert summary["lines"]["accepted"] == 200 and summary["lines"]["rejected"] == 0, summary["lines"]
+    assert alerts, "detection wrote no alerts file"
