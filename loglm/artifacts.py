@@ -88,6 +88,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _started_after(pid: int, when: float) -> bool:
+    """Process ``pid`` started after ``when`` (epoch seconds), so it cannot have written anything then: its
+    PID was reused.  False when that cannot be told (the process is gone or not ours to inspect)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() > when + 1.0  # 1 s: the two clocks' granularity
+    except (psutil.Error, OSError):
+        return False
+
+
 def work_folder(out: Path, kind: str) -> Path:
     """The folder a step writes beside ``out`` before :func:`swap_in`: ``.NAME.KIND-HOST-PID``, emptied.
 
@@ -95,7 +106,9 @@ def work_folder(out: Path, kind: str) -> Path:
     folders (gigabytes of spill for a large prepare) would stay beside ``out`` for ever.  So the next run
     removes every ``.NAME.KIND-*`` folder left by a process of this host that is gone, and says so; one whose
     process still runs (another run writing the same output) or that another host wrote is left, with a
-    warning.  Folders named before the host was part of the name (``.NAME.KIND-PID``) count as this host's."""
+    warning.  A folder whose PID now belongs to a process that started after the folder was last changed was
+    left by an earlier process with that PID (PIDs are reused, soon in a container) and is removed too.
+    Folders named before the host was part of the name (``.NAME.KIND-PID``) count as this host's."""
     import shutil
     import socket
     import sys
@@ -113,13 +126,14 @@ def work_folder(out: Path, kind: str) -> Path:
         if owner not in ("", host):
             print(f"loglm: warning: {other} was left by a process on host {owner!r}; not removed (it may still "
                   "be running there)", file=sys.stderr, flush=True)
-        elif _pid_alive(int(pid)):
+        elif _pid_alive(int(pid)) and not _started_after(int(pid), other.stat().st_mtime):
             print(f"loglm: warning: {other} belongs to process {pid}, which is still running: another run may be "
                   f"writing {out} at the same time; left as it is", file=sys.stderr, flush=True)
         else:
             shutil.rmtree(other, ignore_errors=True)
             print(f"loglm: removed {other}, the partial folder of process {pid}, which ended without cleaning up "
-                  "(killed outright?)", file=sys.stderr, flush=True)
+                  "(killed outright?; its PID may now be another process's, started later)", file=sys.stderr,
+                  flush=True)
     shutil.rmtree(mine, ignore_errors=True)
     return mine
 

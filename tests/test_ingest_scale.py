@@ -194,9 +194,11 @@ def test_a_stopped_in_memory_prepare_removes_its_partial_folder(tmp_path):
 
 def test_a_partial_folder_is_removed_only_when_its_process_is_gone(tmp_path, capsys):
     """``work_folder``: a partial folder of a process that is gone is removed; one whose process still runs
-    (another run writing the same output), one another host left, and other names are kept."""
+    (another run writing the same output), one another host left, and other names are kept; one whose PID now
+    belongs to a process started after the folder was last changed (a reused PID) is removed."""
     import os
     import socket
+    import time
 
     from loglm.artifacts import work_folder
 
@@ -204,24 +206,32 @@ def test_a_partial_folder_is_removed_only_when_its_process_is_gone(tmp_path, cap
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a process that started after its folder was last changed: an earlier process with its PID left it
+    # (PIDs are reused, soon in a container)
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         host = socket.gethostname()
         folders = {"gone": tmp_path / f".ds.preparing-{host}-{gone.pid}",
                    "gone_old_name": tmp_path / f".ds.preparing-{gone.pid}",
                    "running": tmp_path / f".ds.preparing-{host}-{running.pid}",
+                   "pid_reused": tmp_path / f".ds.preparing-{host}-{later.pid}",
                    "other_host": tmp_path / f".ds.preparing-elsewhere.example-{gone.pid}",
                    "other_kind": tmp_path / f".ds.partial-{gone.pid}",
                    "other_output": tmp_path / f".ds2.preparing-{host}-{gone.pid}"}
         for f in folders.values():
             (f / "spill").mkdir(parents=True)
             (f / "spill" / "part-0.arrow").write_bytes(b"x" * 1000)
+        an_hour_ago = time.time() - 3600
+        os.utime(folders["pid_reused"], (an_hour_ago, an_hour_ago))
         mine = work_folder(out, "preparing")
         err = capsys.readouterr().err
     finally:
-        running.kill()
-        running.wait()
+        for p in (running, later):
+            p.kill()
+            p.wait()
     assert mine == tmp_path / f".ds.preparing-{socket.gethostname()}-{os.getpid()}" and not mine.exists()
     assert not folders["gone"].exists() and not folders["gone_old_name"].exists()
+    assert not folders["pid_reused"].exists(), err
     assert all(folders[k].exists() for k in ("running", "other_host", "other_kind", "other_output"))
     assert f"removed {folders['gone']}, the partial folder of process {gone.pid}" in err
     assert f"belongs to process {running.pid}, which is still running" in err
