@@ -130,7 +130,7 @@ def test_embeddings_torch_and_onnx_agree_and_search_finds_the_same_kind(deployed
                                               for g, k in zip(got, kinds.values())]) > 0.8
 
 
-def test_feedback_tune_promote_rollback(deployed, tmp_path):
+def test_feedback_tune_promote_rollback(deployed, tmp_path, capsys):
     """Benign drift: the environment's normal blocks now report 'terminating' before 'received' (the swap).
     The champion alerts on them; analysts mark some benign; tuning on the new traffic plus those verdicts
     gives a candidate that alerts on far fewer of them and still catches blocks with an exception; promote
@@ -165,6 +165,11 @@ def test_feedback_tune_promote_rollback(deployed, tmp_path):
     result = tune(replace(cfg, ckpt="models:/loglm-detector@champion", inputs=[str(drift)],
                           tune=replace(cfg.tune, feedback=str(table), max_epochs=6, lr=0.002)))
     assert result["feedback"] == {"benign": 10, "malicious": 0}
+    # the drift blocks the champion alerts on and no verdict covers are counted and warned about: tuning
+    # takes them as normal (here rightly: the drift is benign; on traffic under attack it would learn the attack)
+    unvetted = result["unvetted_alerting"]
+    assert unvetted["sessions"] == 230 and unvetted["alerting"] > 20, unvetted
+    assert f"the model alerts on {unvetted['alerting']:,} of the 230 sessions" in capsys.readouterr().err
     candidate = result["export"]["registry"]["version"]
     assert candidate != bundle["registry"]["version"]
     after = alerted(f"models:/{name}/{candidate}")

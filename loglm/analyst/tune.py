@@ -6,6 +6,9 @@ analysts marked benign, recalibrate, export, and register the result as a new ve
    in the new traffic's training sessions, become new tokens after the old ones (old ids and meanings stay;
    the new embedding rows start from the mean of the known ones); everything else it never saw stays
    ``[UNK]``.  Without it the vocabulary does not change and the new kinds stay ``[UNK]``.
+   Before that, the model scores the new traffic: the sessions it alerts on that no analyst has judged are
+   counted (``unvetted_alerting``), with a loud warning when they are far more than its threshold promises
+   for normal traffic, since tuning takes them as normal.
 2. Sessions are split by a seeded hash: ``tune.val_frac`` of them calibrate the new threshold, the rest train.
    Sessions with a ``benign`` verdict (``tune.feedback``) train whatever the hash says; sessions with a
    ``malicious`` verdict are kept out of both.
@@ -97,6 +100,43 @@ def retemplate(parsed, vocab) -> None:
         ev.template[j], ev.masked[j] = (-1 if found is None else found), text
 
 
+def unvetted_alerting(cfg, loaded, parsed, benign: set[str], malicious: set[str]) -> dict:
+    """How many of the new traffic's sessions the model alerts on now and no analyst has judged.  Tuning takes
+    them as normal: whatever they hold (a benign drift, or an attack under way) becomes normal to the
+    candidate.  Scored with the model's own vocabulary and threshold, before any growth; a loud warning when
+    their share is far above the rate the model's threshold promises for normal traffic (5x its target)."""
+    import sys
+
+    import numpy as np
+
+    from loglm.detect.detector import detect_config_of
+    from loglm.detect.score_core import session_max
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.shards import session_table
+    from loglm.windows import windows_of
+
+    sessions = [s for s in parsed.sessions if s.session_id not in benign and s.session_id not in malicious]
+    out = {"sessions": len(sessions), "alerting": 0, "share": 0.0}
+    if not sessions:
+        return out
+    dcfg = detect_config_of(loaded, cfg.detect)
+    table = session_table(sessions, parsed.events, loaded.vocab)
+    ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
+    best = session_max(table.column("session_id").to_pylist(), ws.score)
+    threshold = float(loaded.calibration["threshold"])
+    out["alerting"] = int(np.sum(np.fromiter(best.values(), float) > threshold))
+    out["share"] = out["alerting"] / len(best)
+    out["sessions"] = len(best)
+    target = float(loaded.calibration["target_fpr"])
+    if out["share"] > 5 * target:
+        print(f"loglm tune: WARNING: the model alerts on {out['alerting']:,} of the {len(best):,} sessions it is "
+              f"about to be tuned on ({out['share']:.1%}, against the {target:g} its threshold promises for normal "
+              "traffic), and no analyst has judged them: tuning takes them as normal, so whatever they hold, an "
+              "attack under way included, becomes normal to the candidate. Give verdicts on them (tune.feedback: "
+              "malicious sessions are kept out) or tune on traffic you have vetted.", file=sys.stderr, flush=True)
+    return out
+
+
 def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
     """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary, grown by what
     its training sessions hold and the model never saw when ``tune.grow_vocab``."""
@@ -104,6 +144,7 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
 
     vocab, growth = loaded.vocab, None
     parsed, kept_out = _parse(cfg, vocab, benign, malicious)
+    unvetted = unvetted_alerting(cfg, loaded, parsed, benign, malicious)
     if cfg.tune.grow_vocab:
         vocab, growth = grown_vocabulary(parsed, vocab, cfg.tokenizer.min_count)
         if growth["new_tokens"]:  # the new tokens replace [UNK] in every split
@@ -112,7 +153,7 @@ def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tu
     summary = write_prepared_in_place(out, parsed, vocab, cfg.data, {
         "fingerprint": ingest_fingerprint(cfg), "tuned_from": str(loaded.folder), "feedback_benign": len(benign),
         "feedback_malicious_sessions_kept_out": kept_out, "vocab_growth": growth})
-    return out, summary
+    return out, {**summary, "unvetted_alerting": unvetted}
 
 
 def run(cfg) -> dict:
@@ -153,6 +194,8 @@ def run(cfg) -> dict:
            "data_dir": str(data_dir), "sessions_by_split": summary["sessions_by_split"],
            "feedback": {"benign": len(benign), "malicious": len(malicious)},
            "vocab_growth": summary.get("vocab_growth"),
+           # sessions the model alerted on before tuning that no verdict covered: taken as normal all the same
+           "unvetted_alerting": summary["unvetted_alerting"],
            "threshold": {"before": loaded.calibration["threshold"], "after": trained["calibration"]["threshold"]},
            "validation_items": trained["calibration"].get("n_val_sessions"),
            # too little new traffic validates the new threshold: say so where the result is read
