@@ -504,7 +504,8 @@ SECTION_NOTES = {
                     "the same dimensions on identical random batches and on the same length-bucketed batches; "
                     "ours with every position computed (unpad_share=null) as its own row. Leaves out: HF's "
                     "Trainer loop, mixed precision, torch.compile, HF's GPU-only unpadding (flash attention).",
-    "scale": "Compares: prepare and 200 pretraining steps on generated HDFS corpora of 1M, 4M and 16M lines (peak "
+    "scale": "Compares: prepare, 200 pretraining steps and batch detection of the whole raw corpus with that model "
+             "on generated HDFS corpora of 1M, 4M and 16M lines (peak "
              "RSS of each stage's process tree, lines/s: the median of 3 prepares of each size, taken in rounds of "
              "every size in turn so the ratio between sizes sees the same machine), and the largest under a 2 GB "
              "address-space cap. Leaves "

@@ -1,4 +1,5 @@
-"""Bench section ``scale``: prepare and 200 pretraining steps on generated HDFS corpora of growing size.
+"""Bench section ``scale``: prepare, 200 pretraining steps and batch detection on generated HDFS corpora of
+growing size.
 
 Each stage runs as its own process (as a user runs it); its peak RSS is the largest resident set of that
 process and of every process it started (``wait4``: the driver or one of its read/session workers; they
@@ -77,8 +78,15 @@ def bench_scale(tmp: Path, sizes: list[int], steps: int = 200, cap_gb: float = 2
         train = _peak(["pipelines.pretrain", *data(n), f"data.name=scale_{n}_{repeats - 1}", "trainer.max_epochs=1",
                        f"trainer.limit_train_batches={steps}", "trainer.progress_bar=false",
                        "detect.small_validation=warn"])
+        # batch detection of the whole raw corpus with that model (read out of core, scored a shard at a time)
+        model_dir = json.loads((tmp / "runs" / "models" / "latest.json").read_text())["model_dir"]
+        _warm(tmp / f"hdfs_{n}.log")
+        detect = _peak(["pipelines.detect", f"paths.root={tmp / 'runs'}", f"ckpt={model_dir}",
+                        f"inputs=[{tmp / f'hdfs_{n}.log'}]", f"out={tmp / f'alerts_{n}.jsonl'}", "logger=none"])
         lines = gens[n]["lines"]
         rows.append({"lines": lines, "sessions": manifest["sessions"], "prepare_s": prep["seconds"],
+                     "detect_s": detect["seconds"], "peak_rss_mb_detect": detect["peak_rss_mb"],
+                     "detect_lines_per_s": round(lines / detect["seconds"]),
                      "prepare_inner_s": manifest["seconds"],
                      "peak_rss_mb_prepare": max(x[1]["peak_rss_mb"] for x in runs[n]),
                      "lines_per_s": round(lines / manifest["seconds"]), "pretrain_s": train["seconds"],
@@ -95,6 +103,8 @@ def bench_scale(tmp: Path, sizes: list[int], steps: int = 200, cap_gb: float = 2
     return {
         "peak_rss_mb_prepare_max": max(r["peak_rss_mb_prepare"] for r in rows),
         "peak_rss_mb_train_max": max(r["peak_rss_mb_train"] for r in rows),
+        "peak_rss_mb_detect_max": max(r["peak_rss_mb_detect"] for r in rows),
+        "peak_rss_mb_detect_largest_over_smallest": round(last["peak_rss_mb_detect"] / first["peak_rss_mb_detect"], 3),
         "lines_per_s_largest_over_smallest": round(last["lines_per_s"] / first["lines_per_s"], 3),
         "lines_per_s_largest_over_smallest_per_round": per_round,
         "prepare_end_to_end_lines_per_s": last["lines_per_s"],

@@ -449,3 +449,53 @@ def test_detection_on_a_prepared_split_looks_events_up_by_id(trained, tmp_path):
         for ev in a["surprising_events"]:
             if ev["raw"] is not None:
                 assert raw_at[(ev["file"], ev["line"])] == ev["raw"]
+
+
+def test_batch_detection_scores_raw_inputs_a_shard_at_a_time_with_the_same_alerts(trained, tmp_path):
+    """Raw inputs are prepared out of core with the model's vocabulary and scored a shard at a time: the
+    alerts are those of one in-memory table of every session (the same ids, scores and evidence), whatever
+    the number of shards, in one order; the work folder is gone afterwards, also when detection fails."""
+    from loglm.detect.alerts import build_alerts
+    from loglm.detect.detector import detect_config_of, score_input, with_model_data
+    from loglm.detect.detector import run as detect
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.model.store import load_model
+    from loglm.windows import windows_of
+
+    cfg, _, result = trained
+    lines, kinds = make_log(90, seed=77, anomalies={i: "unseen" for i in range(2, 90, 9)})
+    log = tmp_path / "new.log"
+    log.write_text("\n".join(lines) + "\n")
+    outs = {}
+    for parts in (1, 7):
+        out = tmp_path / f"alerts-{parts}.jsonl"
+        run = replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(out),  # the training data settings
+                      data=replace(cfg.data, spill_partitions=parts, shard_rows=5 if parts > 1 else 50_000),
+                      detect=replace(cfg.detect, data_from="command"))
+        summary = detect(run)
+        assert summary["sessions_scored"] == 90 and summary["lines"]["accepted"] == len(lines)
+        assert (summary["pieces_scored"] == 1) == (parts == 1) and summary["pieces_scored"] >= parts
+        outs[parts] = [json.loads(x) for x in out.read_text().splitlines()]
+        assert not list(tmp_path.glob(".alerts-*.detecting-*")), "the work folder was left behind"
+    assert outs[1] == outs[7] and len(outs[1]) > 0
+    # the in-memory reference: every session in one table
+    loaded = load_model(result["model_dir"])
+    ref_cfg = with_model_data(replace(cfg, ckpt=result["run_id"], inputs=[str(log)]), Path(loaded.folder))
+    table, event, _, _ = score_input(ref_cfg, loaded)
+    dcfg = detect_config_of(loaded, ref_cfg.detect)
+    ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
+    ref = build_alerts(table, ws, event, loaded.vocab, float(loaded.calibration["threshold"]), dcfg.evidence_events,
+                       {"run_id": loaded.meta.get("run_id"), "model_dir": str(loaded.folder)}, loaded.calibration)
+    got = {a["session_id"]: a for a in outs[7]}
+    assert set(got) == {a["session_id"] for a in ref}
+    for a in ref:
+        b = got[a["session_id"]]
+        assert b["score"] == a["score"] and b["entities"] == a["entities"]
+        assert [e["raw"] for e in b["surprising_events"]] == [e["raw"] for e in a["surprising_events"]]
+        assert [e["template"] for e in b["surprising_events"]] == [e["template"] for e in a["surprising_events"]]
+    # a failure while reading (every line rejected) leaves no work folder either
+    bad = tmp_path / "bad.log"
+    bad.write_text("not a log line\n")
+    with pytest.raises(ValueError, match="lines were rejected"):
+        detect(replace(cfg, ckpt=result["run_id"], inputs=[str(bad)], out=str(tmp_path / "bad.jsonl")))
+    assert not [p for p in tmp_path.iterdir() if ".detecting-" in p.name]

@@ -161,7 +161,7 @@ class PreparedEvents:
     """Event lookup over a prepared dataset's events.parquet, a row group at a time (:class:`EventRows`):
     detection and evaluation hold the rows of the sessions that alert, never the corpus."""
 
-    NAMES = ("source", "line_no", "ts", "template", "raw", "entities", "fields")
+    NAMES = ("source", "line_no", "ts", "template", "raw", "entities", "fields", "masked")  # those present
 
     def __init__(self, data_dir):
         from loglm.shards import EventRows

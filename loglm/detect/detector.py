@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -144,11 +145,6 @@ class ScoreWriter:
         return self.path
 
 
-def write_session_scores(path: Path, table, ws, pseudo=None) -> None:
-    """One row per scored session (max over its chunks), alerting or not."""
-    w = ScoreWriter(path)
-    w.add(session_score_rows(table, ws.score, pseudo=pseudo))
-    w.close()
 
 
 def run(cfg) -> dict:
@@ -208,11 +204,11 @@ def session_view(table, scores):
             np.array([r["start_ts"] for r in rows]), np.array([-1 if r["label"] is None else r["label"] for r in rows]))
 
 
-def write_detection_report(alerts_path: Path, table, ws, alerts: list[dict], threshold: float, cfg, model) -> Path:
-    """The HTML report of a detection run (``<alerts>.html``)."""
+def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.ndarray, labels: np.ndarray,
+                           alerts: list[dict], threshold: float, cfg, model) -> Path:
+    """The HTML report of a detection run (``<alerts>.html``) from every session's score, start and label."""
     from loglm.report import write_report
 
-    _, scores, starts, labels = session_view(table, ws.score)
     path = alerts_path.with_suffix(".html")
     where = ", ".join(cfg.inputs) if cfg.inputs else f"{cfg.data.name}/{cfg.split}"
     write_report(path, f"LogLM detection: {where}",
@@ -266,50 +262,161 @@ def write_findings(alerts_path: Path, alerts: list[dict], dcfg) -> dict:
     return {"findings_path": str(path), "findings": len(findings)}
 
 
+class DetectionInput:
+    """What batch detection scores, one table at a time, so no step holds the corpus: a prepared split read a
+    shard at a time, or raw inputs prepared out of core into a work folder with the model's own vocabulary
+    (:func:`loglm.ingest.partitioned.prepare`: the same reading and sessions as ``pipelines.prepare``; the
+    folder is removed afterwards, or by the next run if this one is killed).  Pre-sequenced formats (no raw
+    lines) are small and read in memory.  ``account`` and ``rejections`` describe the raw inputs (None and
+    [] for a prepared split)."""
+
+    def __init__(self, cfg, model, out: Path):
+        self.cfg, self.model, self.out = cfg, model, out
+        self.account, self.rejections, self.folder, self.split = None, [], None, cfg.split
+        self._work = None
+        self._table = None
+
+    def __enter__(self):
+        from loglm.ingest import builders
+        from loglm.ingest.prepare import prepared_dir
+
+        cfg = self.cfg
+        if not cfg.inputs:
+            self.folder = prepared_dir(cfg.paths.root, cfg.data.name)
+            check_same_vocabulary(Path(self.model.folder), self.folder)
+        elif cfg.data.format in builders.BUILDERS:
+            table, event, self.account, self.rejections = score_input(cfg, self.model)
+            self._table = (table, event)
+        else:
+            self._prepare_inputs()
+        return self
+
+    def _prepare_inputs(self) -> None:
+        import dataclasses
+
+        from loglm.artifacts import work_folder
+        from loglm.ingest import partitioned
+
+        cfg = self.cfg
+        self._work = work_folder(self.out, "detecting")
+        data = dataclasses.replace(cfg.data, inputs=list(cfg.inputs))
+        try:
+            summary, _ = partitioned.prepare(dataclasses.replace(cfg, data=data), self._work,
+                                             vocab=self.model.vocab, split="detect")
+        except BaseException as e:
+            import shutil
+
+            shutil.rmtree(self._work, ignore_errors=True)  # __exit__ does not run when __enter__ fails
+            if isinstance(e, partitioned.NothingAccepted):  # every line rejected: detection's error, with reasons
+                check_not_all_rejected(e.lines, e.first, cfg.data)
+            raise
+        self.account = summary["lines"]
+        self.folder, self.split = self._work, "detect"
+        print(f"loglm: {self.account['read']:,} lines read: {summary['events']:,} events in "
+              f"{summary['sessions']:,} sessions, {self.account['rejected']:,} lines rejected", file=sys.stderr,
+              flush=True)
+
+    def rejected_lines(self):
+        """(file, line, reason) of every rejected line, read from disk when the inputs were prepared."""
+        if self._work is None:
+            yield from self.rejections
+            return
+        with open(self._work / "rejected.jsonl") as fh:
+            for line in fh:
+                r = json.loads(line)
+                yield r["file"], r["line"], r["reason"]
+
+    def tables(self):
+        """(sessions table, event lookup) pieces: all sessions of the split, each in exactly one piece."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from loglm.detect.alerts import PreparedEvents
+        from loglm.shards import session_files
+
+        if self._table is not None:
+            yield self._table
+            return
+        event = PreparedEvents(self.folder)
+        for f in session_files(self.folder):
+            t = pq.read_table(f)
+            t = t.filter(pc.equal(t.column("split"), self.split))
+            if t.num_rows:
+                yield t, event
+
+    def __exit__(self, *exc):
+        import shutil
+
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+        return False
+
+
 def detect_with(cfg, model, scorer) -> dict:
     """Score, alert and account, given any model with .vocab/.calibration/.meta/.folder and a scorer
-    (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too."""
+    (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too.
+    The input is scored a piece (a prepared shard) at a time: memory follows the largest piece and the
+    alerts, not the corpus."""
+    from loglm.analyst.enrich import enrich_alerts
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.alerts import build_alerts, write_alerts
     from loglm.privacy import from_config
+    from loglm.progress import Progress
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
     model_dir = Path(model.folder)
     dcfg = detect_config_of(model, cfg.detect)
-    table, event, account, rejections = score_input(cfg, model)
-    toks, gaps, closed = windows_of(table)
-    ws = scorer(toks, gaps, closed, dcfg)
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
-    alerts = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
-                          model.calibration)
-    from loglm.analyst.enrich import enrich_alerts
-
-    alerts = enrich_alerts(alerts, table, model, dcfg)
     pseudo = from_config(cfg.detect)
-    if pseudo is not None:
-        alerts = [pseudo.alert(a) for a in alerts]
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
-    write_alerts(out, alerts)
-    findings_path = write_findings(out, alerts, cfg.detect)
-    if cfg.detect.report:
-        findings_path["report_path"] = str(write_detection_report(out, table, ws, alerts, threshold, cfg, model))
-    if cfg.detect.write_scores:
-        write_session_scores(out.with_suffix(".scores.parquet"), table, ws, pseudo)
-    n_sessions = len(set(table.column("session_id").to_pylist()))
-    n_events = int(sum(len(t) for t in toks))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores = ScoreWriter(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None
+    alerts: list[dict] = []
+    view: list[tuple[float, float, int]] = []  # per session: score, start, label (the report's plots)
+    n_sessions = n_events = pieces = 0
+    with DetectionInput(cfg, model, out) as source:
+        progress = Progress("scoring", unit="sessions")
+        for table, event in source.tables():
+            toks, gaps, closed = windows_of(table)
+            ws = scorer(toks, gaps, closed, dcfg)
+            part = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
+                                model.calibration)
+            part = enrich_alerts(part, table, model, dcfg)
+            alerts.extend(part if pseudo is None else [pseudo.alert(a) for a in part])
+            rows = session_score_rows(table, ws.score, pseudo=pseudo)
+            view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
+            if scores is not None:
+                scores.add(rows)
+            n_sessions += len(rows)
+            n_events += int(sum(len(t) for t in toks))
+            pieces += 1
+            progress.tick(len(rows))
+        progress.done(f"{n_sessions:,} sessions scored, {len(alerts):,} alerts")
+        alerts.sort(key=lambda a: (-a["score"], a["start_time"], a["session_id"]))  # whatever the pieces
+        write_alerts(out, alerts)
+        findings_path = write_findings(out, alerts, cfg.detect)
+        if cfg.detect.report:
+            v = np.array(view, dtype=np.float64).reshape(-1, 3)
+            findings_path["report_path"] = str(write_detection_report(out, v[:, 0], v[:, 1], v[:, 2].astype(int),
+                                                                      alerts, threshold, cfg, model))
+        if scores is not None:
+            scores.close()
+        account = source.account
+        if account is not None:
+            rej_path = out.with_suffix(".rejected.jsonl")  # written on every run (empty: none), never a stale one
+            scrub = pseudo.scrub if pseudo is not None else (lambda r: r)  # reasons may quote raw values
+            atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": scrub(r)}) + "\n"
+                                                 for f, n, r in source.rejected_lines()).encode())
     elapsed = time.perf_counter() - t0
     summary = {"alerts_path": str(out), "alerts": len(alerts), **findings_path,
                "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None,
-               "sessions_scored": n_sessions, "events_scored": n_events, "threshold": threshold,
+               "sessions_scored": n_sessions, "events_scored": n_events, "pieces_scored": pieces,
+               "threshold": threshold,
                "seconds": round(elapsed, 3), "events_per_s": round(n_events / max(elapsed, 1e-9), 1),
                "model_dir": str(model_dir)}
     if account is not None:
         summary["lines"] = account
-        rej_path = out.with_suffix(".rejected.jsonl")  # written on every run (empty: none), never a stale one
-        scrub = pseudo.scrub if pseudo is not None else (lambda r: r)  # reasons may quote raw values
-        atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": scrub(r)}) + "\n"
-                                             for f, n, r in rejections).encode())
-        summary["rejected_path"] = str(rej_path)
+        summary["rejected_path"] = str(out.with_suffix(".rejected.jsonl"))
     return summary

@@ -42,7 +42,7 @@ def run(cfg) -> dict:
 
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of, validation_size
-    from loglm.detect.detector import detect_config_of, model_dir_for, score_input
+    from loglm.detect.detector import DetectionInput, detect_config_of, model_dir_for
     from loglm.detect.score_core import event_alarm_scores
     from loglm.detect.thresholds import check_validation_size
     from loglm.detect.torch_scoring import score_windows, session_max
@@ -60,35 +60,44 @@ def run(cfg) -> dict:
     loaded = load_model(model_dir)
     dcfg = detect_config_of(loaded, cfg.detect)  # the model's scoring settings, this run's target FPR
     run_cfg = dataclasses.replace(cfg, data=trained_data_config(model_dir, cfg.data, labels=False))
-    table, _, account, _ = score_input(run_cfg, loaded)
-    if table.num_rows == 0:
+    # the recent traffic is read out of core and scored a piece at a time (as batch detection does); a
+    # session lies in one piece, so what is kept per session is all that crosses pieces
+    per_session: dict[str, float] = {}
+    shorter: set[str] = set()  # closed windows shorter than every training window: alert whatever the threshold
+    unseen: set[str] = set()
+    per_event: dict[str, tuple[float, float]] = {}
+    counts: dict[str, list[int]] = {}  # per session: known and unseen events
+    weights: dict[str, int] = {}
+    per_event_alarm = run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
+    with DetectionInput(run_cfg, loaded, out) as source:
+        for table, _ in source.tables():
+            windows = windows_of(table)
+            ws = score_windows(loaded.encoder, *windows, dcfg)
+            sids = table.column("session_id").to_pylist()
+            per_session.update(session_max(sids, ws.score))
+            shorter |= {s for s, short in zip(sids, ws.shorter) if short}
+            if per_event_alarm:
+                per_event.update(event_alarm_scores(dcfg, sids, ws))
+                for sid, t in zip(sids, windows[0]):
+                    u = int((np.asarray(t) == UNK).sum())
+                    c = counts.setdefault(sid, [0, 0])
+                    c[0], c[1] = c[0] + len(t) - u, c[1] + u
+            else:
+                unseen |= unseen_sessions(sids, windows[0])
+                for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
+                    weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
+        account = source.account
+    if not per_session:
         raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
-    windows = windows_of(table)
-    ws = score_windows(loaded.encoder, *windows, dcfg)
-    sids = table.column("session_id").to_pylist()
-    per_session = session_max(sids, ws.score)
-    # sessions that alert whatever the threshold: an event type the model never saw, or a closed window shorter
-    # than every training window (detect.short_alarm)
-    shorter = {s for s, short in zip(sids, ws.shorter) if short}
     # item groups (session, score, items, alert whatever the threshold): per session its events (per-event
     # unit) or 1; with alarm_unit=event an unseen event alarms alone, its window's other events keep the score
     # of the window's known events
     groups: list[tuple[str, float, int, bool]] = []
-    per_event_alarm = run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
     if per_event_alarm:
-        per_event = event_alarm_scores(dcfg, sids, ws)
-        counts: dict[str, list[int]] = {}
-        for sid, t in zip(sids, windows[0]):
-            u = int((np.asarray(t) == UNK).sum())
-            c = counts.setdefault(sid, [0, 0])
-            c[0], c[1] = c[0] + len(t) - u, c[1] + u
         for sid, (n_known, n_unseen) in counts.items():
             groups += [(sid, per_event[sid][0], n_known, sid in shorter), (sid, per_event[sid][1], n_unseen, True)]
     else:
-        unseen = unseen_sessions(sids, windows[0]) | shorter
-        weights: dict[str, int] = {}
-        for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
-            weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
+        unseen |= shorter
         groups = [(sid, per_session[sid], w, sid in unseen) for sid, w in weights.items()]
     groups = [g for g in groups if g[2]]
     n_items = sum(g[2] for g in groups)

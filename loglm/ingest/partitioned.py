@@ -786,13 +786,17 @@ def mine(texts: Counter, miner) -> dict[str, int]:
     return ids
 
 
-def _events_schema(flows: bool) -> pa.Schema:
+def _events_schema(flows: bool, text: bool = False) -> pa.Schema:
+    """events.parquet's columns; ``text``: also each event's matched text (``masked``: its masked message or
+    flow sentence), which alerts show for an event the vocabulary never saw (batch detection keeps it)."""
     return pa.schema([("source", pa.string()), ("line_no", pa.int64()), ("ts", pa.float64()),
                       ("template", pa.int64()), ("raw", pa.string()), ("entities", pa.string()),
-                      ("label", pa.string())] + ([("fields", pa.string())] if flows else []))
+                      ("label", pa.string())] + ([("fields", pa.string())] if flows else [])
+                     + ([("masked", pa.string())] if text else []))
 
 
 TEMPLATE_SCHEMA = pa.schema([("template", pa.int64())])
+TEXT_SCHEMA = pa.schema([("template", pa.int64()), ("masked", pa.string())])
 
 
 def _per_text(texts, fn) -> np.ndarray:
@@ -802,7 +806,8 @@ def _per_text(texts, fn) -> np.ndarray:
     return by_text[coded.indices.to_numpy(zero_copy_only=False)] if len(by_text) else np.zeros(0, np.int64)
 
 
-def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, int], flows: bool) -> dict:
+def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, int], flows: bool,
+                    text: bool = False) -> dict:
     """Stage 5 for one read task's events: each event's template id, written as ``events/e<task>.parquet``
     (one column, row group for row group with the task's event file; :func:`write_events` joins them).
 
@@ -814,23 +819,26 @@ def template_events(no: int, work: str, vocab_dict: dict, train_ids: dict[str, i
     path = Path(work) / "events" / f"t{no:06d}.parquet"
     if path.exists():
         pf = pq.ParquetFile(path)
-        with pq.ParquetWriter(path.with_name(f"e{no:06d}.parquet"), TEMPLATE_SCHEMA, compression="zstd") as writer:
+        schema = TEXT_SCHEMA if text else TEMPLATE_SCHEMA
+        with pq.ParquetWriter(path.with_name(f"e{no:06d}.parquet"), schema, compression="zstd") as writer:
             for g in range(pf.num_row_groups):
                 if flows:
                     t = pf.read_row_group(g, columns=["masked", "fields"])
                     masked, fields = t.column("masked").to_pylist(), t.column("fields").to_pylist()
-                    tpl = pa.array([templates(templates.text(m, templates.flow(f))) for m, f in zip(masked, fields)],
-                                   pa.int64())
+                    texts = [templates.text(m, templates.flow(f)) for m, f in zip(masked, fields)]
+                    tpl = pa.array([templates(x) for x in texts], pa.int64())
+                    shown = pa.array(texts, pa.string())
                 else:
-                    tpl = pa.array(_per_text(pf.read_row_group(g, columns=["masked"]).column(0), templates))
-                writer.write_table(pa.Table.from_arrays([tpl], schema=TEMPLATE_SCHEMA))
+                    shown = pf.read_row_group(g, columns=["masked"]).column(0)
+                    tpl = pa.array(_per_text(shown, templates))
+                writer.write_table(pa.Table.from_arrays([tpl, shown] if text else [tpl], schema=schema))
     return {"task": no, "node": _node(), "peak_rss_mb": _peak_mb()}
 
 
-def write_events(work: Path, tasks: list[int], out: Path, flows: bool) -> None:
+def write_events(work: Path, tasks: list[int], out: Path, flows: bool, text: bool = False) -> None:
     """events.parquet: every event in input order (the rows event_idx points to), each task's event file
-    joined with its template ids a row group at a time."""
-    schema = _events_schema(flows)
+    joined with its template ids (and, ``text``, matched texts) a row group at a time."""
+    schema = _events_schema(flows, text)
     tmp = out / ".events.parquet.tmp"
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for no in tasks:
@@ -838,8 +846,9 @@ def write_events(work: Path, tasks: list[int], out: Path, flows: bool) -> None:
             if path.exists():
                 pf, tpl = pq.ParquetFile(path), pq.ParquetFile(path.with_name(f"e{no:06d}.parquet"))
                 for g in range(pf.num_row_groups):
-                    t = pf.read_row_group(g, columns=[n for n in schema.names if n != "template"])
-                    cols = [tpl.read_row_group(g).column(0) if n == "template" else t.column(n) for n in schema.names]
+                    t = pf.read_row_group(g, columns=[n for n in schema.names if n not in ("template", "masked")])
+                    made = tpl.read_row_group(g)
+                    cols = [made.column(n) if n in ("template", "masked") else t.column(n) for n in schema.names]
                     writer.write_table(pa.Table.from_arrays(cols, schema=schema))
     tmp.replace(out / "events.parquet")
 
@@ -943,8 +952,20 @@ class _Runner:
                 w.join(10)
 
 
-def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
-    """Write the prepared dataset of ``cfg`` into the (new, empty) folder ``out``; returns (summary, extra)."""
+class NothingAccepted(ValueError):
+    """Every line was rejected: the message, the line accounting and the first rejection (file, line, reason)."""
+
+    def __init__(self, message: str, lines: dict, first: list[tuple[str, int, str]]):
+        super().__init__(message)
+        self.lines, self.first = lines, first
+
+
+def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None) -> tuple[dict, dict]:
+    """Write the prepared dataset of ``cfg`` into the (new, empty) folder ``out``; returns (summary, extra).
+
+    Given a trained model's ``vocab``, nothing is mined: every line is read with it (what it never saw is
+    ``[UNK]``) and every session goes to the one split ``split``: new inputs to score (batch detection), out of
+    core like any prepare."""
     from loglm.ingest.readers import expand_inputs
 
     _system_allocator()
@@ -953,7 +974,7 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
     size = sum(p.stat().st_size for p in paths if p.is_file())
     runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
     try:
-        return _prepare(cfg, out, ray_mod, runner, paths)
+        return _prepare(cfg, out, ray_mod, runner, paths, vocab, split)
     except BaseException:
         runner.close(abort=True)
         raise
@@ -961,7 +982,8 @@ def prepare(cfg, out: Path, ray_mod=None) -> tuple[dict, dict]:
         runner.close()
 
 
-def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tuple[dict, dict]:
+def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen=None,
+             one_split: str | None = None) -> tuple[dict, dict]:
     from loglm.ingest.distributed import iter_tasks, whole_file
     from loglm.ingest.flows import FlowCodec, TrainingFlows
     from loglm.ingest.prepare import read_id_list
@@ -971,6 +993,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
 
     data = cfg.data
     data_dict = dataclasses.asdict(data)
+    mask = cfg.tokenizer.mask_params if frozen is None else frozen.mask_params  # as the vocabulary was made
     n_parts = spill_partitions(data, paths)
     work = out / "_work"
     work.mkdir(parents=True)
@@ -985,7 +1008,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         for no, task in enumerate(planned):
             task.update(no=no, file_no=file_no.get(task["path"], 0), files=len(paths))
             tasks.append(task)
-            yield task, data_dict, cfg.tokenizer.mask_params, str(work), n_parts
+            yield task, data_dict, mask, str(work), n_parts
 
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
@@ -1018,8 +1041,9 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         first = next((json.loads(line) for p in sorted((work / "rejected").glob("*.jsonl"))
                       for line in p.read_text().splitlines()), None)
         where = f"{first['file']}:{first['line']}: {first['reason']}" if first else "no lines"
-        raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
-                         f"first rejection: {where}")
+        raise NothingAccepted(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
+                              f"first rejection: {where}", account.as_dict(),
+                              [] if first is None else [(first["file"], first["line"], first["reason"])])
     if data.session.by == "count":
         read = runner.map(spill_counted, [(no, int(offsets[no]), data_dict, str(work), n_parts) for no in range(len(tasks))])
     lap("read")
@@ -1041,8 +1065,11 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
         return event_ranks(first_ts[mask], first_id[mask], work,
                            [no for no, t in enumerate(tasks) if t["file_no"] == input_no], offsets, before)
 
-    split = assign_splits(stats, data, rank_events, input_of)
-    if data.train_normal_only:  # anomalous training sessions are held out of training entirely
+    if frozen is not None:  # inputs to score with a trained vocabulary: one split, nothing held out
+        split = np.full(stats.num_rows, one_split or "detect", dtype=object)
+    else:
+        split = assign_splits(stats, data, rank_events, input_of)
+    if data.train_normal_only and frozen is None:  # anomalous training sessions are held out of training entirely
         split[(split == "train") & (label == 1)] = "train_heldout_anomalous"
     n_sessions = stats.num_rows
     info = pa.table({"key": stats.column("key"), "split": pa.array(split, pa.string()), "label": pa.array(label, pa.int8()),
@@ -1087,32 +1114,37 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path]) -> tup
     flows = reads_flows(data)
     codec = None
     miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)  # flow sentences: exact
-    if flows:
+    if frozen is not None:  # the trained vocabulary matches every text (workers: _Templates); nothing mined
+        vocab, train_ids = frozen, {}
+    elif flows:
         if not len(train_flows):
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")
         codec = FlowCodec(data.flow_buckets, data.flow_port_budget, data.flow_min_count,
                           local_networks=list(data.local_networks)).fit(train_flows, facets=data.flow_facets)
         texts.update(codec.sentences(train_flows))
         del train_flows
-    train_ids = mine(texts, miner)
-    tok_counts: Counter = Counter()
-    for text, c in texts.items():
-        tok_counts[train_ids[text]] += c
-    keep = sorted(tid for tid, c in tok_counts.items() if c >= cfg.tokenizer.min_count)
-    vocab = Vocabulary(miner, keep, cfg.tokenizer.gap_buckets, cfg.tokenizer.mask_params, codec,
-                       cfg.tokenizer.time_resolution_s)
-    Progress("mining").done(f"{len(miner.templates):,} templates mined from {len(texts):,} distinct messages of "
-                            f"{sum(texts.values()):,} training lines")
+    if frozen is None:
+        train_ids = mine(texts, miner)
+        tok_counts: Counter = Counter()
+        for text, c in texts.items():
+            tok_counts[train_ids[text]] += c
+        keep = sorted(tid for tid, c in tok_counts.items() if c >= cfg.tokenizer.min_count)
+        vocab = Vocabulary(miner, keep, cfg.tokenizer.gap_buckets, cfg.tokenizer.mask_params, codec,
+                           cfg.tokenizer.time_resolution_s)
+        Progress("mining").done(f"{len(miner.templates):,} templates mined from {len(texts):,} distinct messages "
+                                f"of {sum(texts.values()):,} training lines")
 
     # stage 5: token shards per partition, then the events table in input order
     (out / "sessions").mkdir(parents=True, exist_ok=True)
     vocab_dict = vocab.to_dict()
-    templated = runner.map(template_events, [(no, str(work), vocab_dict, train_ids, flows) for no in range(len(tasks))])
+    text = frozen is not None  # scoring new inputs: alerts show an unseen event's text
+    templated = runner.map(template_events, [(no, str(work), vocab_dict, train_ids, flows, text)
+                                             for no in range(len(tasks))])
     lap("mine_and_templates")
     # the shards are written by the workers while the driver joins the events table (one sequential file)
     shards_written = runner.start(write_partition, [(u, str(work), str(out), offsets, info, data_dict, input_end,
                                                      vocab_dict, train_ids) for u, info in units])
-    write_events(work, list(range(len(tasks))), out, flows)
+    write_events(work, list(range(len(tasks))), out, flows, text)
     lap("events_table")
     written = shards_written()
     shards = [Path(s) for w in written for s in w["shards"]]
