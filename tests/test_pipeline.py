@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import compose
@@ -499,3 +500,35 @@ def test_batch_detection_scores_raw_inputs_a_shard_at_a_time_with_the_same_alert
     with pytest.raises(ValueError, match="lines were rejected"):
         detect(replace(cfg, ckpt=result["run_id"], inputs=[str(bad)], out=str(tmp_path / "bad.jsonl")))
     assert not [p for p in tmp_path.iterdir() if ".detecting-" in p.name]
+
+
+def test_embedding_raw_inputs_a_shard_at_a_time_gives_the_same_vectors(trained, tmp_path):
+    """pipelines.embed reads raw inputs as batch detection does (out of core, a shard at a time): one piece or
+    many, every session gets the same vector, entity and span, and no work folder is left."""
+    from loglm.analyst.embed import read_embeddings, torch_embed_fn
+    from loglm.analyst.embed import run as embed
+    from loglm.model.store import load_model
+
+    cfg, _, result = trained
+    lines, _ = make_log(60, seed=78)
+    log = tmp_path / "new.log"
+    log.write_text("\n".join(lines) + "\n")
+    loaded = load_model(result["model_dir"])
+    got = {}
+    for parts in (1, 7):
+        out = tmp_path / f"emb-{parts}.parquet"
+        run = replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(out),
+                      data=replace(cfg.data, spill_partitions=parts, shard_rows=5 if parts > 1 else 50_000),
+                      detect=replace(cfg.detect, data_from="command"))
+        summary = embed(run, loaded, torch_embed_fn(loaded.encoder))
+        assert summary["sessions"] == 60 and summary["lines"]["accepted"] == len(lines)
+        meta, vecs = read_embeddings(out)
+        got[parts] = {s: (v, e, a, b) for s, v, e, a, b in zip(meta.column("session_id").to_pylist(), vecs,
+                                                               meta.column("entity").to_pylist(),
+                                                               meta.column("start_ts").to_pylist(),
+                                                               meta.column("end_ts").to_pylist())}
+    assert got[1].keys() == got[7].keys()
+    for sid, (v, e, a, b) in got[1].items():
+        v7, e7, a7, b7 = got[7][sid]
+        assert np.allclose(v, v7, atol=1e-5) and (e, a, b) == (e7, a7, b7)
+    assert not [p for p in tmp_path.iterdir() if ".detecting-" in p.name or p.name.startswith(".emb")]

@@ -74,47 +74,61 @@ def _event_batches(fn: EmbedFn, tokens, gaps, closed, batch_size: int, max_batch
         yield rows, [np.ascontiguousarray(vec[j, 1:1 + len(tokens[i])], np.float32) for j, i in enumerate(rows)]
 
 
-def write_event_embeddings(path: Path, fn: EmbedFn, table, tokens: list[np.ndarray], gaps: list[np.ndarray],
-                           closed: list[bool], batch_size: int = 64, max_batch_tokens: int = 16384,
-                           workers: int = 1) -> int:
-    """One row per event of every window into ``path``, a batch of windows per row group (memory: one batch):
-    its session id, window (``chunk``), place in the window (``position``), event id (``event_idx``: its row
-    in the prepared events, or in the scored input), entity, and ``embedding``, the event's vector (context
-    half and own half, ``LogEncoder.event_embedding``).  Returns the events written."""
+def event_embedding_batches(fn: EmbedFn, table, tokens: list[np.ndarray], gaps: list[np.ndarray],
+                            closed: list[bool], batch_size: int = 64, max_batch_tokens: int = 16384,
+                            workers: int = 1):
+    """One table per batch of windows, one row per event: its session id, window (``chunk``), place in the
+    window (``position``), event id (``event_idx``: its row in the prepared events, or in the scored input),
+    entity, and ``embedding``, the event's vector (context half and own half, ``LogEncoder.event_embedding``)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     sids, chunks = table.column("session_id").to_pylist(), table.column("chunk").to_pylist()
     ents, idx = table.column("entity").to_pylist(), table.column("event_idx").to_pylist()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer, n = None, 0
     progress = Progress("embedding events", "windows")
-    try:
-        for rows, per_window in _event_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
-            counts = [len(v) for v in per_window]
-            vecs = np.concatenate(per_window)
-            batch = pa.table({
-                "session_id": [sids[i] for i, k in zip(rows, counts) for _ in range(k)],
-                "chunk": pa.array([chunks[i] for i, k in zip(rows, counts) for _ in range(k)], pa.int32()),
-                "position": pa.array([j for k in counts for j in range(k)], pa.int32()),
-                "event_idx": pa.array([e for i, k in zip(rows, counts) for e in idx[i][:k]], pa.int64()),
-                "entity": [ents[i] for i, k in zip(rows, counts) for _ in range(k)],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()),
-                                                               vecs.shape[1]),
-            })
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, batch.schema)
-            writer.write_table(batch)
-            n += batch.num_rows
-            progress.tick(len(rows), f"of {len(tokens):,}")
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError(f"no window to embed: {path} not written")
-    tmp.replace(path)
-    return n
+    for rows, per_window in _event_batches(fn, tokens, gaps, closed, batch_size, max_batch_tokens, workers):
+        counts = [len(v) for v in per_window]
+        vecs = np.concatenate(per_window)
+        yield pa.table({
+            "session_id": [sids[i] for i, k in zip(rows, counts) for _ in range(k)],
+            "chunk": pa.array([chunks[i] for i, k in zip(rows, counts) for _ in range(k)], pa.int32()),
+            "position": pa.array([j for k in counts for j in range(k)], pa.int32()),
+            "event_idx": pa.array([e for i, k in zip(rows, counts) for e in idx[i][:k]], pa.int64()),
+            "entity": [ents[i] for i, k in zip(rows, counts) for _ in range(k)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()),
+                                                           vecs.shape[1]),
+        })
+        progress.tick(len(rows), f"of {len(tokens):,}")
+
+
+class ParquetAppender:
+    """A Parquet file written a table at a time (one row group each) into a hidden file beside ``path`` and
+    renamed into place by :meth:`close`; :meth:`abort` removes it.  Nothing is written before the first table."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.writer, self.rows = None, 0
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        if self.writer is None:
+            raise ValueError(f"nothing to write: {self.path} not written")
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def embed_windows(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
@@ -170,16 +184,6 @@ def embedding_table(table, window_vectors: np.ndarray, scores: np.ndarray | None
     return out
 
 
-def write_embeddings(path: Path, table) -> Path:
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
-
-
 def read_embeddings(path: str | Path) -> tuple[object, np.ndarray]:
     """(the Parquet table without its vectors, (n, d) float32 vectors)."""
     import pyarrow.parquet as pq
@@ -200,26 +204,40 @@ def run(cfg, model, embed_fn: EmbedFn, workers: int = 1, event_fn: EmbedFn | Non
                          "again with this version)")
     import time
 
-    from loglm.detect.detector import detect_config_of, score_input
+    from loglm.detect.detector import DetectionInput, detect_config_of
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
-    table, _, account, _ = score_input(cfg, model)
-    if table.num_rows == 0:
-        raise ValueError(f"no session to embed in {list(cfg.inputs) or cfg.split} (lines: {account})")
-    toks, gaps, closed = windows_of(table)
     dcfg = detect_config_of(model, cfg.detect)
-    vectors = embed_windows(embed_fn, toks, gaps, closed, dcfg.batch_size, dcfg.max_batch_tokens, workers)
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "embeddings" / f"{'inputs' if cfg.inputs else cfg.split}.parquet"
-    emb = embedding_table(table, vectors)
-    write_embeddings(out, emb)
-    summary = {"embeddings_path": str(out), "sessions": emb.num_rows, "windows": len(toks),
-               "dim": int(vectors.shape[1]), "lines": account}
-    if cfg.embed_events:
-        events_out = events_path(out)
-        summary["event_embeddings_path"] = str(events_out)
-        summary["events"] = write_event_embeddings(events_out, event_fn, table, toks, gaps, closed, dcfg.batch_size,
-                                                   dcfg.max_batch_tokens, workers)
+    sessions = ParquetAppender(out)
+    events = ParquetAppender(events_path(out)) if cfg.embed_events else None
+    windows, dim = 0, 0
+    try:  # a piece (a prepared shard) at a time, as batch detection reads: memory follows a piece
+        with DetectionInput(cfg, model, out) as source:
+            for table, _ in source.tables():
+                toks, gaps, closed = windows_of(table)
+                vectors = embed_windows(embed_fn, toks, gaps, closed, dcfg.batch_size, dcfg.max_batch_tokens, workers)
+                sessions.write(embedding_table(table, vectors))
+                windows, dim = windows + len(toks), int(vectors.shape[1])
+                if events is not None:
+                    for batch in event_embedding_batches(event_fn, table, toks, gaps, closed, dcfg.batch_size,
+                                                         dcfg.max_batch_tokens, workers):
+                        events.write(batch)
+            account = source.account
+        if sessions.rows == 0:
+            raise ValueError(f"no session to embed in {list(cfg.inputs) or cfg.split} (lines: {account})")
+        sessions.close()
+        summary = {"embeddings_path": str(out), "sessions": sessions.rows, "windows": windows, "dim": dim,
+                   "lines": account}
+        if events is not None:
+            summary["event_embeddings_path"] = str(events.close())
+            summary["events"] = events.rows
+    except BaseException:
+        sessions.abort()
+        if events is not None:
+            events.abort()
+        raise
     return {**summary, "seconds": round(time.perf_counter() - t0, 3)}
 
 
