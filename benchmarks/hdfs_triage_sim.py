@@ -31,6 +31,18 @@ def write_half(data_dir: Path, sessions: list[dict], path: Path) -> int:
     return len(ids)
 
 
+def simulated_triage(alerts_path: Path, table: Path) -> dict:
+    """An analyst who triages every alert of ``alerts_path`` and is always right: malicious where the alert's
+    label says anomalous, benign otherwise, into a fresh feedback table.  Returns the verdict counts."""
+    from loglm.analyst import feedback as fb
+
+    table.unlink(missing_ok=True)
+    for al in fb.load_alerts(alerts_path):
+        fb.record(table, al, "malicious" if al.get("label") == 1 else "benign", note="simulated triage")
+    verdicts = fb.read(table).values()
+    return {v: sum(r["verdict"] == v for r in verdicts) for v in ("malicious", "benign")}
+
+
 def confusion(scores_path: Path, threshold: float) -> dict:
     """Per block, from the scores Parquet a detection wrote (its label from the block list)."""
     import pyarrow.parquet as pq
@@ -45,7 +57,6 @@ def confusion(scores_path: Path, threshold: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from loglm.analyst import feedback as fb
     from loglm.analyst.tune import run as tune
     from loglm.config import compose
     from loglm.detect.detector import run as detect
@@ -94,12 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     before, _ = detect_on("second", model["model_dir"], "source")
     # the analysts' view: the source model's alerts on the first half, each given the verdict its label says
     _, alerts_path = detect_on("first", model["model_dir"], "source")
-    alerts = fb.load_alerts(alerts_path)
     table = root / "feedback.jsonl"
-    table.unlink(missing_ok=True)
-    for al in alerts:
-        fb.record(table, al, "malicious" if al.get("label") == 1 else "benign", note="simulated triage")
-    verdicts = fb.read(table)
+    verdicts = simulated_triage(alerts_path, table)
     tuned = tune(replace(cfg, ckpt=model["model_dir"], inputs=[str(files["first"][0])],
                          tune=replace(cfg.tune, export=False, feedback=str(table),
                                       max_epochs=a.tune_epochs or cfg.tune.max_epochs)))
@@ -107,8 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"seed": a.seed, "root": str(root),
            "tune_epochs": a.tune_epochs or cfg.tune.max_epochs,
            "blocks": {k: {"blocks": len(v), "anomalous": sum(b["label"] == 1 for b in v)} for k, v in parts.items()},
-           "verdicts": {"malicious": sum(r["verdict"] == "malicious" for r in verdicts.values()),
-                        "benign": sum(r["verdict"] == "benign" for r in verdicts.values())},
+           "verdicts": verdicts,
            "tune": {"vocab_growth": tuned["vocab_growth"], "sessions_by_split": tuned["sessions_by_split"],
                     "calibration_warning": tuned["calibration_warning"], "unvetted_alerting": tuned["unvetted_alerting"]},
            "second_half": {"source model": before, "tuned with verdicts": after}}

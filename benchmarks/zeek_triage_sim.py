@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.hdfs_triage_sim import simulated_triage
 from loglm.analyst import feedback as fb
 from loglm.analyst.tune import run as tune
 from loglm.config import PROJECT_ROOT, compose
@@ -26,13 +27,9 @@ early = root / "010_early.log"
 out = root / "early_alerts.jsonl"
 # the analysts' view: alerts of the source model on the early traffic, labels read from the zeek label column
 detect(replace(dst, ckpt=str(src_model), inputs=[str(early)], out=str(out), detect=replace(dst.detect, data_from="command")))
-alerts = fb.load_alerts(out)
 table = root / "feedback.jsonl"
-table.unlink(missing_ok=True)
-for a in alerts:
-    fb.record(table, a, "malicious" if a.get("label") == 1 else "benign", note="simulated triage")
-v = fb.read(table)
-print("verdicts", sum(r["verdict"] == "malicious" for r in v.values()), "malicious,", sum(r["verdict"] == "benign" for r in v.values()), "benign, of", len(alerts), "alerts")
+v = simulated_triage(out, table)
+print("verdicts", v["malicious"], "malicious,", v["benign"], "benign, of", len(fb.load_alerts(out)), "alerts")
 tuned = tune(replace(dst, ckpt=str(src_model), inputs=[str(early)], tune=replace(dst.tune, export=False, feedback=str(table))))
 m = evaluate(replace(dst, ckpt=tuned["model_dir"]))["metrics"]["all"]
 print(f"| transfer, tuned on early flows with analyst verdicts | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['fpr']:.4f} | {m['auroc']:.4f} | {m['n']} |")
