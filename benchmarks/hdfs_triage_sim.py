@@ -7,7 +7,7 @@ Why: most of ``hdfs_loglead``'s false positives are normal blocks re-replicated 
 span never showed; no model trained on the first 60 % of blocks can tell that re-replication is normal here.
 The analyst's verdicts are what can, and this measures whether one round of them does.
 
-    python -m benchmarks.hdfs_triage_sim [--root DIR] [--seed 42]
+    python -m benchmarks.hdfs_triage_sim [--root DIR] [--seed 42] [--tune-epochs N] [override ...]
 """
 
 from __future__ import annotations
@@ -69,11 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--root", help="runs folder (default: a new temporary one)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tune-epochs", type=int, default=None, help="tune.max_epochs (default: the config's)")
+    p.add_argument("overrides", nargs="*", help="more config overrides of every step (e.g. detect.top_k=9)")
     a = p.parse_args(argv)
     root = Path(a.root or tempfile.mkdtemp(prefix="loglm-hdfs-triage-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     cfg = compose("evaluate", ["dataset=hdfs_loglead", f"paths.root={root}", "trainer.progress_bar=false",
-                               "suite.enabled=false", f"trainer.seed={a.seed}"])
+                               "suite.enabled=false", f"trainer.seed={a.seed}", *a.overrides])
     prepare(cfg)
     model = pretrain(cfg)
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
