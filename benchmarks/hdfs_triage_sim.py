@@ -7,7 +7,7 @@ Why: most of ``hdfs_loglead``'s false positives are normal blocks re-replicated 
 span never showed; no model trained on the first 60 % of blocks can tell that re-replication is normal here.
 The analyst's verdicts are what can, and this measures whether one round of them does.
 
-    python -m benchmarks.hdfs_triage_sim [--root DIR] [--seed 42] [--tune-epochs N] [override ...]
+    python -m benchmarks.hdfs_triage_sim [--root DIR] [--seed 42] [--tune-epochs N] [--tune-top-k K] [override ...]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--root", help="runs folder (default: a new temporary one)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tune-epochs", type=int, default=None, help="tune.max_epochs (default: the config's)")
+    p.add_argument("--tune-top-k", type=int, default=None,
+                   help="detect.top_k of the tuned candidate's calibration (default: the source model's)")
     p.add_argument("overrides", nargs="*", help="more config overrides of every step (e.g. detect.top_k=9)")
     a = p.parse_args(argv)
     root = Path(a.root or tempfile.mkdtemp(prefix="loglm-hdfs-triage-")).resolve()
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = root / "feedback.jsonl"
     verdicts = simulated_triage(alerts_path, table)
     tuned = tune(replace(cfg, ckpt=model["model_dir"], inputs=[str(files["first"][0])],
+                         detect=replace(cfg.detect, top_k=a.tune_top_k or cfg.detect.top_k),
                          tune=replace(cfg.tune, export=False, feedback=str(table),
                                       max_epochs=a.tune_epochs or cfg.tune.max_epochs)))
     after, _ = detect_on("second", tuned["model_dir"], "tuned")
