@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -311,10 +310,7 @@ class DetectionInput:
                 check_not_all_rejected(e.lines, e.first, cfg.data)
             raise
         self.account = summary["lines"]
-        self.folder, self.split = self._work, "detect"
-        print(f"loglm: {self.account['read']:,} lines read: {summary['events']:,} events in "
-              f"{summary['sessions']:,} sessions, {self.account['rejected']:,} lines rejected", file=sys.stderr,
-              flush=True)
+        self.folder, self.split = self._work, "detect"  # prepare's stages said what they read
 
     def rejected_lines(self):
         """(file, line, reason) of every rejected line, read from disk when the inputs were prepared."""
