@@ -69,3 +69,19 @@ def hdfs_head(tmp_path) -> Path:
                 break
             dst.write(line)
     return out
+
+
+def sigterm_at(proc, marker: str, ready=None) -> str:
+    """Wait for ``proc`` (stdout and stderr piped, text) to print ``marker``, check ``ready()`` (the state it
+    should be in), send SIGTERM and return its stderr once it has exited; killed if it has not in 60 s."""
+    import signal
+
+    try:
+        assert proc.stdout.readline().strip() == marker, proc.stderr.read()[-2000:]
+        if ready is not None:
+            assert ready()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return err

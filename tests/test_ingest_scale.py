@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import compose
+from conftest import compose, sigterm_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,20 +173,13 @@ def test_a_stopped_in_memory_prepare_removes_its_partial_folder(tmp_path):
     """Pre-sequenced formats are built in memory (no worker pool), under the same stop rule: SIGTERM while
     the folder is being written removes it and exits 130."""
     import os
-    import signal
 
     root = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_IN_MEMORY, "data=hdfs_blocks_sample",
                              f"paths.root={root}", "logger=none", "data.name=stopped"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LOGLM_PROGRESS": "0"})
-    try:
-        assert proc.stdout.readline().strip() == "WRITING", proc.stderr.read()[-2000:]
-        assert list((root / "data").glob(".stopped.preparing-*"))
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    err = sigterm_at(proc, "WRITING", lambda: list((root / "data").glob(".stopped.preparing-*")))
     assert proc.returncode == 130, err[-2000:]
     assert "prepare stopped by SIGTERM" in err
     assert not list((root / "data").glob(".stopped.preparing-*")) and not (root / "data" / "stopped").exists()

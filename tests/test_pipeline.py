@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import compose
+from conftest import compose, sigterm_at
 from synthetic import make_log, synthetic_run_overrides
 
 pytestmark = pytest.mark.slow
@@ -532,3 +532,40 @@ def test_embedding_raw_inputs_a_shard_at_a_time_gives_the_same_vectors(trained, 
         v7, e7, a7, b7 = got[7][sid]
         assert np.allclose(v, v7, atol=1e-5) and (e, a, b) == (e7, a7, b7)
     assert not [p for p in tmp_path.iterdir() if ".detecting-" in p.name or p.name.startswith(".emb")]
+
+
+STOPPABLE_DETECT = """
+import runpy, sys, time
+import loglm.detect.detector as detector
+tables = detector.DetectionInput.tables
+def slow_tables(self):  # the input is prepared in its work folder; the job is stopped while scoring
+    for piece in tables(self):
+        print("SCORING", flush=True)
+        time.sleep(60)
+        yield piece
+detector.DetectionInput.tables = slow_tables
+sys.argv = ["pipelines.detect", *sys.argv[1:]]
+runpy.run_module("pipelines.detect", run_name="__main__")
+"""
+
+
+def test_a_stopped_batch_detection_removes_its_work_folder(trained, tmp_path):
+    """SIGTERM while batch detection scores: the work folder beside the alerts is removed, no half-written
+    scores file is left, it says so and exits 130."""
+    import os
+    import subprocess
+    import sys
+
+    cfg, _, result = trained
+    lines, _ = make_log(30, seed=79)
+    log = tmp_path / "new.log"
+    log.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "alerts" / "a.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_DETECT, f"paths.root={cfg.paths.root}",
+                             f"ckpt={result['model_dir']}", f"inputs=[{log}]", f"out={out}", "logger=none"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "LOGLM_PROGRESS": "0"})
+    err = sigterm_at(proc, "SCORING", lambda: [p for p in out.parent.iterdir() if ".detecting-" in p.name])
+    assert proc.returncode == 130, err[-2000:]
+    assert "detection stopped by SIGTERM" in err
+    assert sorted(p.name for p in out.parent.iterdir()) == [], sorted(p.name for p in out.parent.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -143,6 +144,11 @@ class ScoreWriter:
         self.tmp.replace(self.path)
         return self.path
 
+    def abort(self) -> None:
+        """Drop what was written (a stopped or failed run): the hidden file goes, ``path`` is untouched."""
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
 
 
 
@@ -165,7 +171,6 @@ def with_model_data(cfg, model_dir: Path):
     label file does not describe new inputs and is dropped (labelled inputs: ``detect.data_from=command``
     with ``data.anomalous_ids``).  Says which it uses."""
     import dataclasses
-    import sys
 
     if not cfg.inputs or cfg.detect.data_from == "command":
         return cfg
@@ -348,11 +353,44 @@ class DetectionInput:
         return False
 
 
+STOP_GRACE_S = 60.0  # a stopped detection that has not cleaned up by then exits at once (loglm.signals)
+
+
 def detect_with(cfg, model, scorer) -> dict:
     """Score, alert and account, given any model with .vocab/.calibration/.meta/.folder and a scorer
     (tokens, gaps, closed, DetectConfig) -> WindowScores.  Imports no torch: the ONNX engine uses it too.
     The input is scored a piece (a prepared shard) at a time: memory follows the largest piece and the
-    alerts, not the corpus."""
+    alerts, not the corpus.  Ctrl-C or SIGTERM ends the reading workers and removes the work folder (and
+    the half-written outputs), says so and exits 130."""
+    from loglm.signals import Stopped, stop_on_signals
+
+    with stop_on_signals(STOP_GRACE_S):
+        try:
+            return _detect_with(cfg, model, scorer)
+        except Stopped as e:
+            import signal
+
+            print(f"loglm: detection stopped by {signal.Signals(e.signum).name}: its reading workers were ended "
+                  "and its work folder removed; outputs it had not finished were not written", file=sys.stderr,
+                  flush=True)
+            raise SystemExit(130) from None
+
+
+def _detect_with(cfg, model, scorer) -> dict:
+    model_dir = Path(model.folder)
+    out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores = ScoreWriter(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None
+    try:
+        return _score_all(cfg, model, scorer, out, scores)
+    except BaseException:
+        if scores is not None:  # its hidden file, never renamed into place
+            scores.abort()
+        raise
+
+
+def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
+    """Every piece of the input scored, alerted and written (alerts, findings, report, rejected lines)."""
     from loglm.analyst.enrich import enrich_alerts
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.alerts import build_alerts, write_alerts
@@ -366,9 +404,6 @@ def detect_with(cfg, model, scorer) -> dict:
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     pseudo = from_config(cfg.detect)
-    out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scores = ScoreWriter(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None
     alerts: list[dict] = []
     view: list[tuple[float, float, int]] = []  # per session: score, start, label (the report's plots)
     n_sessions = n_events = pieces = 0
