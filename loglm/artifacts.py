@@ -6,18 +6,21 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "MANIFEST.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file.  ``data``
+    may be an iterable of chunks, written as they come (a file bigger than memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in (data,) if isinstance(data, bytes | bytearray) else data:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: outputs get the mode any new file would
@@ -31,6 +34,44 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class ParquetAppender:
+    """A Parquet file written a table at a time (a row group each) into a hidden file beside ``path`` and
+    renamed into place by :meth:`close`; :meth:`abort` removes it.  Without ``schema`` nothing is written
+    before the first table (and closing with none refuses); with it, an empty file is a valid result."""
+
+    def __init__(self, path: Path, schema=None):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.writer, self.rows = None, 0
+        if schema is not None:
+            self._open(schema)
+
+    def _open(self, schema) -> None:
+        import pyarrow.parquet as pq
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.tmp, schema)
+
+    def write(self, table) -> None:
+        if self.writer is None:
+            self._open(table.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        if self.writer is None:
+            raise ValueError(f"nothing to write: {self.path} not written")
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what was written (a stopped or failed run): the hidden file goes, ``path`` is untouched."""
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -100,37 +100,6 @@ def event_embedding_batches(fn: EmbedFn, table, tokens: list[np.ndarray], gaps: 
         progress.tick(len(rows), f"of {len(tokens):,}")
 
 
-class ParquetAppender:
-    """A Parquet file written a table at a time (one row group each) into a hidden file beside ``path`` and
-    renamed into place by :meth:`close`; :meth:`abort` removes it.  Nothing is written before the first table."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.writer, self.rows = None, 0
-
-    def write(self, table) -> None:
-        import pyarrow.parquet as pq
-
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
-        self.writer.write_table(table)
-        self.rows += table.num_rows
-
-    def close(self) -> Path:
-        if self.writer is None:
-            raise ValueError(f"nothing to write: {self.path} not written")
-        self.writer.close()
-        self.tmp.replace(self.path)
-        return self.path
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def embed_windows(fn: EmbedFn, tokens: list[np.ndarray], gaps: list[np.ndarray], closed: list[bool],
                   batch_size: int = 64, max_batch_tokens: int = 16384, workers: int = 1) -> np.ndarray:
     """(windows, d) float32 unit vectors, in window order; batched by length like scoring (bounded memory)."""
@@ -204,6 +173,7 @@ def run(cfg, model, embed_fn: EmbedFn, workers: int = 1, event_fn: EmbedFn | Non
                          "again with this version)")
     import time
 
+    from loglm.artifacts import ParquetAppender
     from loglm.detect.detector import DetectionInput, detect_config_of
     from loglm.windows import windows_of
 

@@ -114,15 +114,13 @@ def score_schema():
 
 class ScoreWriter:
     """``<alerts>.scores.parquet``: every scored session, alerting or not, appended in row groups (bounded
-    memory on an endless stream); written beside and renamed into place on ``close``."""
+    memory on an endless stream); written beside and renamed into place on ``close`` (``abort`` drops it)."""
 
     def __init__(self, path: Path, flush_rows: int = 8192):
-        import pyarrow.parquet as pq
+        from loglm.artifacts import ParquetAppender
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, score_schema())
+        self.file = ParquetAppender(path, score_schema())
+        self.path = self.file.path
         self.rows: list[dict] = []
         self.flush_rows = flush_rows
 
@@ -135,21 +133,15 @@ class ScoreWriter:
         import pyarrow as pa
 
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=score_schema()))
+            self.file.write(pa.Table.from_pylist(self.rows, schema=score_schema()))
             self.rows = []
 
     def close(self) -> Path:
         self._flush()
-        self.writer.close()
-        self.tmp.replace(self.path)
-        return self.path
+        return self.file.close()
 
     def abort(self) -> None:
-        """Drop what was written (a stopped or failed run): the hidden file goes, ``path`` is untouched."""
-        self.writer.close()
-        self.tmp.unlink(missing_ok=True)
-
-
+        self.file.abort()
 
 
 def run(cfg) -> dict:
@@ -438,8 +430,8 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
         if account is not None:
             rej_path = out.with_suffix(".rejected.jsonl")  # written on every run (empty: none), never a stale one
             scrub = pseudo.scrub if pseudo is not None else (lambda r: r)  # reasons may quote raw values
-            atomic_write_bytes(rej_path, "".join(json.dumps({"file": f, "line": n, "reason": scrub(r)}) + "\n"
-                                                 for f, n, r in source.rejected_lines()).encode())
+            atomic_write_bytes(rej_path, ((json.dumps({"file": f, "line": n, "reason": scrub(r)}) + "\n").encode()
+                                          for f, n, r in source.rejected_lines()))
     elapsed = time.perf_counter() - t0
     summary = {"alerts_path": str(out), "alerts": len(alerts), **findings_path,
                "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None,
