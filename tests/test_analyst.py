@@ -264,26 +264,45 @@ def test_tune_grows_the_vocabulary_with_a_new_normal_operation(deployed, tmp_pat
 
 def test_vocabulary_growth_ignores_validation_and_malicious_sessions(deployed, tmp_path):
     """Only the new traffic's training sessions grow the vocabulary: a template seen only in sessions
-    analysts marked malicious (or only in validation) stays [UNK]."""
-    from loglm.analyst.tune import _parse, grown_vocabulary
+    analysts marked malicious (or only in validation) stays [UNK].  Tuning's dataset is prepared out of core
+    (prepare's partitioned stages): its manifest says what was kept out and grown."""
+    import pyarrow.compute as pc
+
+    from loglm.analyst.tune import prepare_with_vocab
     from loglm.detect.detector import with_model_data
     from loglm.model.store import load_model
+    from loglm.shards import read_sessions
 
     cfg, model, _ = deployed
     log = tmp_path / "mixed.log"
     kinds = write_log(log, 60, 53, {**{i: "replicate" for i in range(0, 60, 3)}, **{i: "unseen" for i in range(1, 60, 6)}})
     loaded = load_model(model["model_dir"])
     tcfg = with_model_data(replace(cfg, inputs=[str(log)]), Path(model["model_dir"]))
-    tcfg = replace(tcfg, data=replace(tcfg.data, inputs=[str(log)], anomalous_ids=None))
     malicious = {s for s, k in kinds.items() if k == "unseen"}
-    parsed, kept_out = _parse(tcfg, loaded.vocab, set(), malicious)
-    assert kept_out == len(malicious)
-    vocab, growth = grown_vocabulary(parsed, loaded.vocab, 1)
+    benign = sorted(s for s, k in kinds.items() if k == "replicate")[:3]
+
+    def tuning_data(name: str, train_frac: float, val_frac: float, benign=benign):
+        data = replace(tcfg.data, name=name, inputs=[str(log)], anomalous_ids=None, train_normal_only=False,
+                       split=replace(tcfg.data.split, method="seeded", train_frac=train_frac, val_frac=val_frac,
+                                     test_from=None))
+        return prepare_with_vocab(replace(tcfg, data=data, paths=replace(tcfg.paths, root=str(tmp_path))),
+                                  loaded, set(benign), malicious)
+
+    out, summary = tuning_data("tune-mixed", 0.8, 0.2)
+    growth = summary["vocab_growth"]
+    assert summary["feedback_malicious_sessions_kept_out"] == len(malicious)
+    assert summary["spill_partitions"] >= 1 and "stage_s" in summary  # read by prepare's out-of-core stages
     assert growth["new_tokens"] == 2 and not any("exception" in x for x in growth["examples"]), growth
-    # every session in validation: nothing grows
-    for s in parsed.sessions:
-        s.split = "val" if s.split == "train" else s.split
-    assert grown_vocabulary(parsed, loaded.vocab, 1)[1]["new_tokens"] == 0
+    table = read_sessions(out)
+    split = dict(zip(table.column("session_id").to_pylist(), table.column("split").to_pylist()))
+    assert {split[s] for s in malicious} == {"excluded_malicious"} and {split[s] for s in benign} == {"train"}
+    assert set(pc.unique(table.column("label")).to_pylist()) == {0}  # the new traffic is taken as normal
+    # the source model's reading of the new traffic: the sessions it would alert on, unjudged ones only
+    assert summary["unvetted_alerting"]["sessions"] == len(split) - len(malicious) - len(benign) == 47
+    # every session in validation: the three blocks with a benign verdict still train and grow the two
+    # replication templates; without them nothing grows
+    assert tuning_data("tune-all-val", 0.0, 1.0)[1]["vocab_growth"]["new_tokens"] == 2
+    assert tuning_data("tune-none", 0.0, 1.0, benign=[])[1]["vocab_growth"]["new_tokens"] == 0
     assert loaded.vocab.size == load_model(model["model_dir"]).vocab.size  # the model's own vocabulary untouched
 
 

@@ -1,13 +1,13 @@
 """Tuning: continue pretraining a deployed model on its environment's new normal traffic plus the sessions
 analysts marked benign, recalibrate, export, and register the result as a new version (``candidate``).
 
-1. The new traffic (``inputs=[...]``) is read the way the model's data was, with the model's **own**
-   vocabulary.  With ``tune.grow_vocab`` (the default) templates or flow sentences the model never saw, found
+1. The new traffic (``inputs=[...]``) is read the way the model's data was, out of core as prepare reads
+   (nothing holds the traffic in memory), with the model's **own** vocabulary.  With ``tune.grow_vocab`` (the default) templates or flow sentences the model never saw, found
    in the new traffic's training sessions, become new tokens after the old ones (old ids and meanings stay;
    the new embedding rows start from the mean of the known ones); everything else it never saw stays
    ``[UNK]``.  Without it the vocabulary does not change and the new kinds stay ``[UNK]``.
-   Before that, the model scores the new traffic: the sessions it alerts on that no analyst has judged are
-   counted (``unvetted_alerting``), with a loud warning when they are far more than its threshold promises
+   Then the model scores the new traffic as it read it (what the growth added is ``[UNK]`` to it): the
+   sessions it alerts on that no analyst has judged are counted (``unvetted_alerting``), with a loud warning when they are far more than its threshold promises
    for normal traffic, since tuning takes them as normal.
 2. Sessions are split by a seeded hash: ``tune.val_frac`` of them calibrate the new threshold, the rest train.
    Sessions with a ``benign`` verdict (``tune.feedback``) train whatever the hash says; sessions with a
@@ -25,108 +25,123 @@ import hashlib
 from pathlib import Path
 
 
-def _parse(cfg, vocab, benign: set[str], malicious: set[str]):
-    """The new traffic read with ``vocab``, taken as normal, split by the seeded hash; verdicts applied."""
-    from loglm.ingest.prepare import parse_inputs
-    from loglm.ingest.sessions import assign_splits
+def _verdicts(benign: set[str], malicious: set[str], counted: dict):
+    """prepare's ``adjust``: the new traffic is taken as normal (unlabelled, as recalibration takes it);
+    sessions with a ``benign`` verdict train whatever the hash says, ``malicious`` ones are kept out of both."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    data = cfg.data
-    parsed = parse_inputs(list(data.inputs), data, vocab.miner, frozen=True, mask=vocab.mask_params,
-                          codec=vocab.flow_codec)
-    if parsed.account.accepted == 0:
-        raise ValueError(f"tune: no line of {list(data.inputs)} was accepted with data.format={data.format!r}")
-    for s in parsed.sessions:
-        s.label = 0  # the new traffic is taken as normal (unlabelled), as recalibration does
-    assign_splits(parsed.sessions, parsed.events, data.split)
-    kept_out = 0
-    for s in parsed.sessions:
-        if s.session_id in malicious:
-            s.split, kept_out = "excluded_malicious", kept_out + 1
-        elif s.session_id in benign:
-            s.split = "train"
-    return parsed, kept_out
+    def adjust(keys, split, label) -> None:
+        label[:] = 0
+        bad = pc.is_in(keys, value_set=pa.array(sorted(malicious), pa.string())).to_numpy(zero_copy_only=False)
+        good = pc.is_in(keys, value_set=pa.array(sorted(benign), pa.string())).to_numpy(zero_copy_only=False)
+        split[good & ~bad] = "train"
+        split[bad] = "excluded_malicious"
+        counted["kept_out"] = int(np.sum(bad))
+
+    return adjust
 
 
-def grown_vocabulary(parsed, vocab, min_count: int):
+def grown_vocabulary(vocab, texts, flows, min_count: int):
     """``vocab`` plus a token for each template (or flow sentence) that the training sessions of the new
-    traffic hold at least ``min_count`` times and ``vocab`` reads as ``[UNK]``.  Old tokens keep their ids and
-    meaning (new templates are mined apart from the old ones and appended); validation sessions and sessions
-    analysts marked malicious add nothing.  Returns (vocabulary, what was added)."""
+    traffic hold at least ``min_count`` times and ``vocab`` reads as ``[UNK]``.  ``texts``: the training
+    sessions' distinct messages with counts (Counter), ``flows``: their flows (``TrainingFlows``, or None):
+    what prepare counts, so nothing holds the traffic.  Old tokens keep their ids and meaning (new templates
+    are mined apart from the old ones and appended; flow forms the codec never wrote become known, by its
+    fitting rule); validation sessions and sessions analysts marked malicious add nothing.  Returns
+    (vocabulary, what was added)."""
     import copy
     from collections import Counter
 
+    import numpy as np
+
+    from loglm.ingest.partitioned import mine
     from loglm.ingest.templates import TemplateMiner
     from loglm.vocab import UNK, Vocabulary
 
-    ev = parsed.events
-    unseen = [j for s in parsed.sessions if s.split == "train" for j in s.event_idx
-              if vocab.token(ev.template[j] if ev.template[j] >= 0 else None) == UNK]
+    def unknown(text: str) -> bool:
+        tid = vocab.miner.match(text) if text else None
+        return vocab.token(tid) == UNK
+
+    unseen: Counter = Counter({t: c for t, c in texts.items() if unknown(t)})
+    n_unseen = sum(unseen.values())
     codec = copy.deepcopy(vocab.flow_codec)
-    sentences = codec.grow([ev.fields[j] for j in unseen]) if codec is not None else set()
-    texts = [codec.sentence(ev.fields[j]) if codec is not None else ev.masked[j] for j in unseen]
+    sentences: set[str] = set()
+    if codec is not None and flows is not None and len(flows):
+        written, inverse = vocab.flow_codec.written(flows)
+        unread = flows.take(np.array([unknown(t) for t in written], bool)[inverse])
+        n_unseen += len(unread)
+        sentences = codec.grow(unread)
+        unseen.update(codec.sentences(unread))  # written as the grown codec writes them
     miner = TemplateMiner.from_state(vocab.miner.state())
-    counts: Counter = Counter()
-    fresh = TemplateMiner(miner.sim_threshold, miner.max_templates)
-    for text in texts:
+    known: Counter = Counter()
+    fresh_texts: Counter = Counter()
+    for text, c in unseen.items():
         if not text:
             continue
         tid = miner.match(text)
         if tid is not None:  # a template the miner has but the vocabulary dropped (rare in training)
-            counts[tid] += 1
+            known[tid] += c
         else:
-            counts[("new", fresh.add(text))] += 1
+            fresh_texts[text] += c
+    fresh = TemplateMiner(miner.sim_threshold, miner.max_templates)
+    fresh_ids = mine(fresh_texts, fresh)  # the canonical order prepare mines in
     appended = miner.append(fresh)
-    keep: list[int] = []
-    for key, c in counts.items():
-        tid = appended[key[1]] if isinstance(key, tuple) else key
-        if c >= min_count and tid not in vocab.token_of and tid not in keep:
-            keep.append(tid)
-    keep.sort()
+    for text, c in fresh_texts.items():
+        known[appended[fresh_ids[text]]] += c
+    keep = sorted(tid for tid, c in known.items() if c >= min_count and tid not in vocab.token_of)
     grown = Vocabulary(miner, vocab.template_ids + keep, vocab.gap_buckets, vocab.mask_params, codec,
                        vocab.time_resolution_s)
     return grown, {"from_size": vocab.size, "size": grown.size, "new_tokens": len(keep),
-                   "new_flow_sentences": len(sentences), "unseen_train_events": len(unseen),
+                   "new_flow_sentences": len(sentences), "unseen_train_events": n_unseen,
                    "examples": [miner.templates[t].text[:160] for t in keep[:20]]}
 
 
-def retemplate(parsed, vocab) -> None:
-    """Every event matched again against ``vocab``'s grown miner and flow codec, in place, as reading the
-    inputs with it would (a flow may now be written in a newly known form); sessions and splits do not
-    depend on templates, so nothing is read again."""
-    ev, codec = parsed.events, vocab.flow_codec
-    for j in range(len(ev.template)):
-        text = codec.sentence(ev.fields[j]) if codec is not None and ev.fields[j] is not None else ev.masked[j]
-        found = vocab.miner.match(text) if text else None
-        ev.template[j], ev.masked[j] = (-1 if found is None else found), text
-
-
-def unvetted_alerting(cfg, loaded, parsed, benign: set[str], malicious: set[str]) -> dict:
-    """How many of the new traffic's sessions the model alerts on now and no analyst has judged.  Tuning takes
-    them as normal: whatever they hold (a benign drift, or an attack under way) becomes normal to the
-    candidate.  Scored with the model's own vocabulary and threshold, before any growth; a loud warning when
-    their share is far above the rate the model's threshold promises for normal traffic (5x its target)."""
+def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
+    """How many of the new traffic's sessions (``data_dir``) the model alerts on now and no analyst has judged
+    (``judged``: the sessions with a verdict).  Tuning takes them as normal: whatever they
+    hold (a benign drift, or an attack under way) becomes normal to the candidate.  Scored with the model's
+    own vocabulary and threshold, a shard at a time: tokens the grown vocabulary added read as ``[UNK]``,
+    as the model read those events; a loud warning when their share is far above the rate the model's
+    threshold promises for normal traffic (5x its target)."""
     import sys
 
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from loglm.detect.detector import detect_config_of
-    from loglm.detect.score_core import session_max
     from loglm.detect.torch_scoring import score_windows
-    from loglm.shards import session_table
+    from loglm.shards import session_files
+    from loglm.vocab import UNK
     from loglm.windows import windows_of
 
-    sessions = [s for s in parsed.sessions if s.session_id not in benign and s.session_id not in malicious]
-    out = {"sessions": len(sessions), "alerting": 0, "share": 0.0}
-    if not sessions:
-        return out
     dcfg = detect_config_of(loaded, cfg.detect)
-    table = session_table(sessions, parsed.events, loaded.vocab)
-    ws = score_windows(loaded.encoder, *windows_of(table), dcfg)
-    best = session_max(table.column("session_id").to_pylist(), ws.score)
+    judged_ids = pa.array(sorted(judged), pa.string())
+    best: dict[str, float] = {}
+    n = loaded.vocab.size
+    for f in session_files(data_dir):
+        t = pq.read_table(f)
+        t = t.filter(pc.invert(pc.is_in(t.column("session_id"), value_set=judged_ids)))
+        if not t.num_rows:
+            continue
+        tokens = t.column("tokens").combine_chunks()
+        values = tokens.values.to_numpy(zero_copy_only=False)
+        values = np.where(values >= n, UNK, values)  # grown tokens: [UNK] to the model before tuning
+        t = t.set_column(t.schema.get_field_index("tokens"), "tokens",
+                         pa.ListArray.from_arrays(tokens.offsets, pa.array(values, tokens.type.value_type)))
+        ws = score_windows(loaded.encoder, *windows_of(t), dcfg)
+        for sid, v in zip(t.column("session_id").to_pylist(), ws.score.tolist()):
+            if sid not in best or v > best[sid]:
+                best[sid] = v
+    out = {"sessions": len(best), "alerting": 0, "share": 0.0}
+    if not best:
+        return out
     threshold = float(loaded.calibration["threshold"])
     out["alerting"] = int(np.sum(np.fromiter(best.values(), float) > threshold))
     out["share"] = out["alerting"] / len(best)
-    out["sessions"] = len(best)
     target = float(loaded.calibration["target_fpr"])
     if out["share"] > 5 * target:
         print(f"loglm tune: WARNING: the model alerts on {out['alerting']:,} of the {len(best):,} sessions it is "
@@ -139,21 +154,31 @@ def unvetted_alerting(cfg, loaded, parsed, benign: set[str], malicious: set[str]
 
 def prepare_with_vocab(cfg, loaded, benign: set[str], malicious: set[str]) -> tuple[Path, dict]:
     """Write ``cfg.data`` (the new traffic) as a prepared dataset in ``loaded``'s vocabulary, grown by what
-    its training sessions hold and the model never saw when ``tune.grow_vocab``."""
-    from loglm.ingest.prepare import ingest_fingerprint, prepared_dir, write_prepared_in_place
+    its training sessions hold and the model never saw when ``tune.grow_vocab``; out of core, as prepare
+    reads (:func:`loglm.ingest.partitioned.prepare`).  Then counts the sessions the model alerts on that no
+    verdict covers."""
+    import time
 
-    vocab, growth = loaded.vocab, None
-    parsed, kept_out = _parse(cfg, vocab, benign, malicious)
-    unvetted = unvetted_alerting(cfg, loaded, parsed, benign, malicious)
-    if cfg.tune.grow_vocab:
-        vocab, growth = grown_vocabulary(parsed, vocab, cfg.tokenizer.min_count)
-        if growth["new_tokens"]:  # the new tokens replace [UNK] in every split
-            retemplate(parsed, vocab)
+    from loglm.artifacts import work_folder
+    from loglm.ingest.partitioned import NothingAccepted
+    from loglm.ingest.prepare import _run_partitioned, ingest_fingerprint, prepared_dir
+
+    extra = {"tuned_from": str(loaded.folder), "feedback_benign": len(benign), "vocab_growth": None}
+    counted: dict = {}
+
+    def grow(vocab, texts, flows):
+        grown, extra["vocab_growth"] = grown_vocabulary(vocab, texts, flows, cfg.tokenizer.min_count)
+        return grown
+
     out = prepared_dir(cfg.paths.root, cfg.data.name)
-    summary = write_prepared_in_place(out, parsed, vocab, cfg.data, {
-        "fingerprint": ingest_fingerprint(cfg), "tuned_from": str(loaded.folder), "feedback_benign": len(benign),
-        "feedback_malicious_sessions_kept_out": kept_out, "vocab_growth": growth})
-    return out, {**summary, "unvetted_alerting": unvetted}
+    try:
+        summary = _run_partitioned(cfg, out, ingest_fingerprint(cfg), time.perf_counter(), work_folder(out, "preparing"),
+                                   extra, vocab=loaded.vocab, adjust=_verdicts(benign, malicious, counted),
+                                   grow=grow if cfg.tune.grow_vocab else None)
+    except NothingAccepted as e:
+        raise ValueError(f"tune: {e}") from None
+    summary["feedback_malicious_sessions_kept_out"] = counted.get("kept_out", 0)
+    return out, {**summary, "unvetted_alerting": unvetted_alerting(cfg, loaded, out, benign | malicious)}
 
 
 def run(cfg) -> dict:
@@ -167,12 +192,16 @@ def run(cfg) -> dict:
         raise ValueError("give the model to tune: ckpt=<model dir | run id | models:/loglm-detector@champion>")
     if not cfg.inputs:
         raise ValueError("give the environment's recent traffic: inputs=[file or directory, ...]")
+    from loglm.ingest.builders import BUILDERS
+
     model_dir = resolve_model_dir(cfg.ckpt, cfg.paths.root)
     loaded = load_model(model_dir)
     verdicts = fb.read(cfg.tune.feedback) if cfg.tune.feedback else {}
     benign = {r["session_id"] for r in verdicts.values() if r["verdict"] == "benign"}
     malicious = {r["session_id"] for r in verdicts.values() if r["verdict"] == "malicious"}
     cfg = with_model_data(dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, data_from="model")), model_dir)
+    if cfg.data.format in BUILDERS:
+        raise ValueError(f"data.format={cfg.data.format!r} is pre-sequenced: tuning reads raw logs or flows")
     tag = hashlib.sha256(("|".join(sorted(map(str, cfg.inputs))) + str(model_dir)).encode()).hexdigest()[:8]
     data = dataclasses.replace(
         cfg.data, name=f"tune-{loaded.meta.get('dataset', 'model')}-{tag}", inputs=list(cfg.inputs),

@@ -121,6 +121,17 @@ class TrainingFlows:
     def __len__(self) -> int:
         return len(self.idx)
 
+    def take(self, mask: np.ndarray) -> TrainingFlows:
+        """The flows ``mask`` selects (a boolean per flow), in their order."""
+        from array import array
+
+        cats, idx, nums = self.arrays()
+        out = TrainingFlows(self.local_networks)
+        out.cats = dict(self.cats)
+        out.idx = array("i", idx[mask].tolist())
+        out.nums = array("d", nums[mask].ravel().tolist())
+        return out
+
     def arrays(self) -> tuple[list[tuple], np.ndarray, np.ndarray]:
         """(distinct categorical parts, per-flow index into them, (flows, 5) numeric values)."""
         return (list(self.cats), np.frombuffer(self.idx, np.int32) if len(self.idx) else np.zeros(0, np.int32),
@@ -193,22 +204,36 @@ class FlowCodec:
 
     def _form_counts(self, table: TrainingFlows) -> list[tuple[str, str, str, int]]:
         """(base, categorical part, numeric part, flows) for each distinct form among ``table``'s flows."""
+        return self._forms_of(table)[0]
+
+    def _forms_of(self, table: TrainingFlows) -> tuple[list[tuple[str, str, str, int]], np.ndarray]:
+        """(``_form_counts``, each flow's index into it)."""
         cats, idx, nums = table.arrays()
         if not len(idx):
-            return []
+            return [], np.zeros(0, np.int64)
         codes = np.empty((len(idx), 1 + len(NUMERIC)), np.int64)
         codes[:, 0] = idx
         for j, name in enumerate(NUMERIC):  # -1: missing, 0: zero or less, k: bucket k (bisect_right + 1)
             col = nums[:, j]
             b = 1 + np.searchsorted(np.asarray(self.edges.get(name, []), np.float64), col, side="right")
             codes[:, 1 + j] = np.where(np.isnan(col), -1, np.where(col <= 0, 0, b))
-        rows, n = np.unique(codes, axis=0, return_counts=True)
+        rows, inverse, n = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
         out = []
         for row, k in zip(rows.tolist(), n.tolist()):
             base, cat = self._categorical(cats[row[0]])
             num = " ".join(f"{SHORT[name]}={'na' if b < 0 else b}" for name, b in zip(NUMERIC, row[1:]))
             out.append((base, cat, num, k))
-        return out
+        return out, np.asarray(inverse).reshape(-1)
+
+    def written(self, flows: TrainingFlows) -> tuple[list[str], np.ndarray]:
+        """(the sentence of each distinct form among ``flows``, each flow's index into that list): what
+        ``sentence`` gives flow by flow, computed once per form."""
+        rows, inverse = self._forms_of(flows)
+        out = []
+        for base, cat, num, _ in rows:
+            full = cat + " | " + num
+            out.append(full if full in self.known else cat if cat in self.known else base)
+        return out, inverse
 
     def _forms(self, flows: list[dict] | TrainingFlows) -> set[str]:
         """Each flow's most specific form occurring ``min_count`` times among ``flows``: the full sentence,
@@ -226,15 +251,17 @@ class FlowCodec:
     def sentences(self, flows: TrainingFlows) -> Counter:
         """How many of ``flows`` each sentence writes (what ``sentence`` gives flow by flow)."""
         out: Counter = Counter()
-        for base, cat, num, k in self._form_counts(flows):
-            full = cat + " | " + num
-            out[full if full in self.known else cat if cat in self.known else base] += k
+        for (_, _, _, k), sentence in zip(self._form_counts(flows), self.written(flows)[0]):
+            out[sentence] += k
         return out
 
-    def grow(self, flows: list[dict]) -> set[str]:
+    def grow(self, flows: list[dict] | TrainingFlows) -> set[str]:
         """Make the flows written as none of the known forms known, by ``fit``'s rule; bucket edges, ports and
         known forms stay.  Returns the sentences added (tuning on a new environment's normal traffic)."""
-        added = self._forms([f for f in flows if self.sentence(f) not in self.known]) - self.known
+        table = flows if isinstance(flows, TrainingFlows) else TrainingFlows.of(flows, self.local_networks)
+        sentences, inverse = self.written(table)
+        unknown = np.array([s not in self.known for s in sentences], bool)
+        added = self._forms(table.take(unknown[inverse]) if len(inverse) else table) - self.known
         self.known |= added
         return added
 

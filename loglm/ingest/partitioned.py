@@ -960,12 +960,17 @@ class NothingAccepted(ValueError):
         self.lines, self.first = lines, first
 
 
-def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None) -> tuple[dict, dict]:
+def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None, adjust=None,
+            grow=None) -> tuple[dict, dict]:
     """Write the prepared dataset of ``cfg`` into the (new, empty) folder ``out``; returns (summary, extra).
 
     Given a trained model's ``vocab``, nothing is mined: every line is read with it (what it never saw is
-    ``[UNK]``) and every session goes to the one split ``split``: new inputs to score (batch detection), out of
-    core like any prepare."""
+    ``[UNK]``), out of core like any prepare.  With ``split`` every session goes to that one split (new inputs
+    to score: batch detection); without it splits and labels follow the data's rules (a transfer evaluation).
+    ``adjust(keys, split, label)`` may change the sessions' splits and labels in place before anything is
+    counted (tuning: analysts' verdicts, the new traffic taken as normal).  ``grow(vocab, texts, flows)``
+    returns the vocabulary the shards are written with, from the training sessions' distinct messages
+    (Counter) and flows (``TrainingFlows``): tuning's vocabulary growth."""
     from loglm.ingest.readers import expand_inputs
 
     _system_allocator()
@@ -974,7 +979,7 @@ def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None) 
     size = sum(p.stat().st_size for p in paths if p.is_file())
     runner = _Runner(ray_mod, 1 if ray_mod is not None or size < LOCAL_SPLIT_BYTES else processes)
     try:
-        return _prepare(cfg, out, ray_mod, runner, paths, vocab, split)
+        return _prepare(cfg, out, ray_mod, runner, paths, vocab, split, adjust, grow)
     except BaseException:
         runner.close(abort=True)
         raise
@@ -983,7 +988,7 @@ def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None) 
 
 
 def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen=None,
-             one_split: str | None = None) -> tuple[dict, dict]:
+             one_split: str | None = None, adjust=None, grow=None) -> tuple[dict, dict]:
     from loglm.ingest.distributed import iter_tasks, whole_file
     from loglm.ingest.flows import FlowCodec, TrainingFlows
     from loglm.ingest.prepare import read_id_list
@@ -1065,12 +1070,14 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen
         return event_ranks(first_ts[mask], first_id[mask], work,
                            [no for no, t in enumerate(tasks) if t["file_no"] == input_no], offsets, before)
 
-    if frozen is not None:  # inputs to score with a trained vocabulary: one split, nothing held out
-        split = np.full(stats.num_rows, one_split or "detect", dtype=object)
+    if one_split is not None:  # inputs to score with a trained vocabulary: one split, nothing held out
+        split = np.full(stats.num_rows, one_split, dtype=object)
     else:
         split = assign_splits(stats, data, rank_events, input_of)
-    if data.train_normal_only and frozen is None:  # anomalous training sessions are held out of training entirely
+    if data.train_normal_only and one_split is None:  # anomalous training sessions are held out of training entirely
         split[(split == "train") & (label == 1)] = "train_heldout_anomalous"
+    if adjust is not None:
+        adjust(stats.column("key"), split, label)
     n_sessions = stats.num_rows
     info = pa.table({"key": stats.column("key"), "split": pa.array(split, pa.string()), "label": pa.array(label, pa.int8()),
                      "mixed": pa.array(mixed & bool(data.train_normal_only)), "n": stats.column("n"),
@@ -1116,6 +1123,9 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen
     miner = TemplateMiner(cfg.tokenizer.sim_threshold, cfg.tokenizer.max_templates)  # flow sentences: exact
     if frozen is not None:  # the trained vocabulary matches every text (workers: _Templates); nothing mined
         vocab, train_ids = frozen, {}
+        if grow is not None:
+            vocab = grow(frozen, texts, train_flows)
+        del train_flows
     elif flows:
         if not len(train_flows):
             raise ValueError(f"dataset {data.name!r} has no training flows: check data.split and the labels")

@@ -331,7 +331,11 @@ def run_partitioned(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     return _run_partitioned(cfg, out, fingerprint, t0, work_folder(out, "preparing"))
 
 
-def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path) -> dict:
+def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path, extra: dict | None = None,
+                     **read_with) -> dict:
+    """Prepare into ``tmp``, then swapped in as ``out``; ``read_with``: a trained vocabulary and what goes with
+    it (:func:`loglm.ingest.partitioned.prepare`: tuning's dataset in a model's vocabulary), ``extra``: more
+    of the summary, merged in once the data is read (so what ``read_with`` records there is kept)."""
     from loglm.ingest import partitioned
 
     data: DataConfig = cfg.data
@@ -340,9 +344,9 @@ def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path) ->
             from loglm.ray_cluster import ray_session
 
             with ray_session(cfg.ray) as ray:
-                summary, made = partitioned.prepare(cfg, tmp, ray)
+                summary, made = partitioned.prepare(cfg, tmp, ray, **read_with)
         else:
-            summary, made = partitioned.prepare(cfg, tmp)
+            summary, made = partitioned.prepare(cfg, tmp, **read_with)
         vocab = made["vocab"]
         vocab_sha = vocab.save(tmp / "vocab.json")
         shard_hashes = "".join(sha256_file(p) for p in sorted(made["shards"], key=lambda p: p.name))
@@ -353,7 +357,8 @@ def _run_partitioned(cfg, out: Path, fingerprint: dict, t0: float, tmp: Path) ->
             # identifies the model-visible data: every token shard plus the vocabulary
             "data_sha256": hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest(),
             "seconds": round(elapsed, 3), "backend": cfg.backend, "fingerprint": fingerprint,
-            "lines_per_s": round(summary["lines"]["read"] / max(elapsed, 1e-9), 1), "path": str(out)}
+            "lines_per_s": round(summary["lines"]["read"] / max(elapsed, 1e-9), 1), "path": str(out),
+            **(extra or {})}
         write_manifest(tmp, {"summary": summary})
         swap_in(tmp, out)
     except BaseException:
