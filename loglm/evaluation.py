@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -172,33 +173,35 @@ def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg
     return metrics, by_class
 
 
+@contextlib.contextmanager
 def transfer_sessions(cfg, loaded, data_dir: Path):
     """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
     again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
-    [UNK]); labels and splits come out as prepare made them.  Returns the sessions and their event lookup."""
+    [UNK]); labels and splits come out as prepare made them.  Read out of core as prepare reads, into a work
+    folder beside the prepared data that is removed on leaving.  Yields the sessions and their event lookup."""
+    import shutil
+
     import pyarrow.parquet as pq
 
-    from loglm.detect.alerts import events_from_parsed
+    from loglm.artifacts import work_folder
+    from loglm.detect.alerts import PreparedEvents
+    from loglm.ingest import partitioned
     from loglm.ingest.builders import BUILDERS
-    from loglm.ingest.prepare import parse_inputs, read_id_list
-    from loglm.ingest.sessions import assign_splits, label_sessions
-    from loglm.shards import session_table
+    from loglm.shards import read_sessions
 
     if cfg.data.format in BUILDERS:
         raise ValueError(f"data.format={cfg.data.format!r} is pre-sequenced with its own event keys: a model trained "
                          "on another vocabulary cannot read it (transfer evaluation needs raw inputs)")
-    vocab = loaded.vocab
-    parsed = parse_inputs(list(cfg.data.inputs), cfg.data, vocab.miner, frozen=True, mask=vocab.mask_params,
-                          codec=vocab.flow_codec)
-    label_sessions(parsed.sessions, parsed.events,
-                   read_id_list(cfg.data.anomalous_ids) if cfg.data.anomalous_ids else None,
-                   cfg.data.normal_labels, cfg.data.unknown_labels)
-    assign_splits(parsed.sessions, parsed.events, cfg.data.split)
-    prepared = pq.read_metadata(Path(data_dir) / "events.parquet").num_rows
-    if len(parsed.events) != prepared:  # event ids must be the prepared data's (per-event labels, reports)
-        raise ValueError(f"{data_dir} holds {prepared} events but its inputs give {len(parsed.events)} now: prepare again")
-    table = session_table([s for s in parsed.sessions if s.split == cfg.split], parsed.events, vocab)
-    return table, events_from_parsed(parsed.events)
+    work = work_folder(Path(data_dir), "transfer")
+    try:
+        summary, _ = partitioned.prepare(cfg, work, vocab=loaded.vocab)
+        prepared = pq.read_metadata(Path(data_dir) / "events.parquet").num_rows
+        if summary["events"] != prepared:  # event ids must be the prepared data's (per-event labels, reports)
+            raise ValueError(f"{data_dir} holds {prepared} events but its inputs give {summary['events']} now: "
+                             "prepare again")
+        yield read_sessions(work, cfg.split), PreparedEvents(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def evaluate_scores(ids, labels, scores, seqs, threshold: float, hdfs_prevalence: bool) -> dict:
@@ -270,17 +273,11 @@ def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, resul
 
 
 def run(cfg, parent_run_id: str | None = None) -> dict:
-
-    from loglm import tracking
-    from loglm.artifacts import atomic_write_json
     from loglm.detect.alerts import PreparedEvents
     from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
-    from loglm.detect.score_core import event_alarm_scores, event_item_scores
-    from loglm.detect.torch_scoring import score_windows
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
     from loglm.shards import read_sessions
-    from loglm.windows import windows_of
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)
@@ -291,10 +288,21 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     if stale:
         raise ValueError(f"{stale}: prepare it again before evaluating on it")
     transfer = not same_vocabulary(Path(model_dir), data_dir)
-    if transfer:
-        table, event = transfer_sessions(cfg, loaded, data_dir)
-    else:
-        table, event = read_sessions(data_dir, cfg.split), PreparedEvents(data_dir)
+    with contextlib.ExitStack() as stack:
+        if transfer:
+            table, event = stack.enter_context(transfer_sessions(cfg, loaded, data_dir))
+        else:
+            table, event = read_sessions(data_dir, cfg.split), PreparedEvents(data_dir)
+        return _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, table, event)
+
+
+def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, table, event) -> dict:
+    from loglm import tracking
+    from loglm.artifacts import atomic_write_json
+    from loglm.detect.score_core import event_alarm_scores, event_item_scores
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.windows import windows_of
+
     toks, gaps, closed = windows_of(table)
     ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
     ids, labels, scores, seqs = session_scores(table, ws.score)

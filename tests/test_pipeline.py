@@ -368,6 +368,9 @@ def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(tr
     assert ev["metrics"]["all"]["n"] == len(set(test.column("session_id").to_pylist()))
     n_anom = sum(1 for lab in test.column("label").to_pylist() if lab == 1)
     assert n_anom > 0 and ev["metrics"]["all"]["tp"] == n_anom  # every unseen-event block alarms
+    # read again out of core (prepare's stages, the model's vocabulary) into a work folder, removed after
+    assert sorted(ev["scores"]["ids"]) == sorted(set(test.column("session_id").to_pylist()))
+    assert not list(data_dir.parent.glob(f".{data_dir.name}.transfer-*"))
 
 
 def test_a_diverged_run_fails_instead_of_finishing(tmp_path, monkeypatch):
@@ -404,8 +407,8 @@ def test_a_diverged_run_fails_instead_of_finishing(tmp_path, monkeypatch):
 
 def test_detection_reads_inputs_the_way_the_model_was_trained(trained, tmp_path):
     """A detect command that repeats none of the training data.* overrides reads raw inputs with the model's
-    own data settings (its config.yaml); detect.data_from=command uses the command's.  A clean rerun leaves
-    no stale rejection file."""
+    own data settings (its config.yaml), but divides the work as the command says (spill partitions, rows
+    per shard); detect.data_from=command uses the command's.  A clean rerun leaves no stale rejection file."""
     from loglm.detect.detector import run as detect
 
     cfg, _, result = trained
@@ -417,6 +420,10 @@ def test_detection_reads_inputs_the_way_the_model_was_trained(trained, tmp_path)
     summary = detect(plain)  # the command says bgl; the model was trained on hdfs-format lines
     assert summary["lines"]["accepted"] == len(lines) and summary["lines"]["rejected"] == 0
     assert (tmp_path / "a.rejected.jsonl").read_text() == ""
+    # how the work is cut stays the command's (this machine's), what is read is the model's
+    cut = detect(replace(plain, data=replace(plain.data, spill_partitions=3, shard_rows=1)))
+    assert cut["lines"] == summary["lines"] and cut["sessions_scored"] == summary["sessions_scored"]
+    assert cut["pieces_scored"] >= cut["sessions_scored"] > summary["pieces_scored"]  # a session a piece
     with pytest.raises(ValueError, match="lines were rejected with data.format='bgl'"):
         detect(replace(plain, detect=replace(plain.detect, data_from="command")))
     with pytest.raises(ValueError, match="data_from must be"):
