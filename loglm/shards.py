@@ -94,6 +94,36 @@ def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
     return pa.concat_tables(parts)
 
 
+def sample_sessions(data_dir: str | Path, splits: tuple[str, ...], n: int, seed: int = 0) -> pa.Table:
+    """``n`` session rows drawn without replacement from ``splits`` (the rows of the splits in that order,
+    each in shard order; the same rows as drawing from their concatenation), read a shard at a time: one
+    pass counts the rows with only the ``split`` column, the second keeps the drawn rows."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    files = session_files(data_dir)
+    in_split = {}
+    for f in files:
+        col = pq.read_table(f, columns=["split"]).column("split")
+        for sp in splits:
+            in_split[(sp, f)] = pc.equal(col, sp)
+    sizes = [int(pc.sum(in_split[(sp, f)]).as_py() or 0) for sp in splits for f in files]
+    total = sum(sizes)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    parts, start, k = [], 0, 0
+    for sp in splits:
+        for f in files:
+            size = sizes[k]
+            k += 1
+            lo, hi = np.searchsorted(idx, [start, start + size])
+            if hi > lo:
+                t = pq.read_table(f).filter(in_split[(sp, f)])
+                parts.append(t.take(pa.array(idx[lo:hi] - start)))
+            start += size
+    return pa.concat_tables(parts) if parts else pq.read_table(files[0]).schema.empty_table()
+
+
 def shortest_closed(data_dir: str | Path, split: str = "train") -> int:
     """The fewest events of a closed, not anomalous window of ``split`` (0 when there is none), read a shard at
     a time and only the columns it needs: what ``detect.short_alarm`` compares new windows with."""

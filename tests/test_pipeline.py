@@ -576,3 +576,20 @@ def test_a_stopped_batch_detection_removes_its_work_folder(trained, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "detection stopped by SIGTERM" in err
     assert sorted(p.name for p in out.parent.iterdir()) == [], sorted(p.name for p in out.parent.iterdir())
+
+
+def test_parity_windows_are_drawn_a_shard_at_a_time_as_from_the_whole_splits(trained):
+    """Export's parity check draws its windows from validation and test without holding both splits: the
+    same rows as drawing from their concatenation (the draw before), for a few rows and for more than exist."""
+    import numpy as np
+    import pyarrow as pa
+
+    from loglm.shards import read_sessions, sample_sessions, session_files
+
+    _, prep, _ = trained
+    assert len(session_files(prep["path"])) > 1
+    whole = pa.concat_tables([read_sessions(prep["path"], s) for s in ("val", "test")])
+    for n in (7, whole.num_rows + 5):
+        idx = np.random.default_rng(0).choice(whole.num_rows, size=min(n, whole.num_rows), replace=False)
+        drawn = sample_sessions(prep["path"], ("val", "test"), n)
+        assert drawn.num_rows == min(n, whole.num_rows) and drawn.equals(whole.take(pa.array(np.sort(idx))))

@@ -26,17 +26,11 @@ class ParityError(RuntimeError):
 
 
 def parity_windows(data_dir: Path, limit: int):
-    """Real windows from the prepared validation and test splits."""
-    import pyarrow as pa
-
-    from loglm.shards import read_sessions
+    """Real windows from the prepared validation and test splits (``limit`` drawn, read a shard at a time)."""
+    from loglm.shards import sample_sessions
     from loglm.windows import windows_of
 
-    tables = [read_sessions(data_dir, s) for s in ("val", "test")]
-    table = pa.concat_tables(tables)
-    rng = np.random.default_rng(0)
-    idx = rng.choice(table.num_rows, size=min(limit, table.num_rows), replace=False)
-    return windows_of(table.take(pa.array(np.sort(idx))))
+    return windows_of(sample_sessions(data_dir, ("val", "test"), limit))
 
 
 def preferred_variant(parity: dict) -> str:
