@@ -14,16 +14,32 @@ from loglm.detect.score_core import session_max
 METRIC_KEYS = ("precision", "recall", "f1", "fpr", "auroc", "pr_auc")
 
 
+def sequence_digests(table) -> dict[str, bytes]:
+    """Each session's whole event sequence (its chunks' tokens, in the table's order) as a 16-byte digest:
+    what counting unique items compares, without a Python object per event (the sequences themselves
+    were O(events) objects, and a per-event key repeated its session's sequence once per event)."""
+    import hashlib
+
+    col = table.column("tokens").combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    hashers: dict[str, object] = {}
+    for sid, a, b in zip(table.column("session_id").to_pylist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+        h = hashers.get(sid)
+        if h is None:
+            h = hashers[sid] = hashlib.blake2b(digest_size=16)
+        h.update(values[a:b].tobytes())
+    return {sid: h.digest() for sid, h in hashers.items()}
+
+
 def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, list]:
-    """Per session: ids, labels, max chunk score, and the full event sequence (for deduplication)."""
+    """Per session: ids, labels, max chunk score, and its event sequence's digest (for deduplication)."""
     sids = table.column("session_id").to_pylist()
     labels = dict(zip(sids, table.column("label").to_pylist()))
-    seqs: dict[str, list] = {}
-    for sid, t in zip(sids, table.column("tokens").to_pylist()):
-        seqs.setdefault(sid, []).extend(t)
+    seqs = sequence_digests(table)
     best = session_max(sids, scores)
     ids = list(best)
-    return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [tuple(seqs[i]) for i in ids]
+    return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [seqs[i] for i in ids]
 
 
 def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray | None = None
@@ -35,9 +51,7 @@ def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray |
 
     normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
     best = dict(zip(ids, scores))
-    seqs: dict[str, list] = {}
-    for sid, t in zip(table.column("session_id").to_pylist(), table.column("tokens").to_pylist()):
-        seqs.setdefault(sid, []).extend(t)
+    seqs = sequence_digests(table)
     out_ids, out_s, sess = [], [], []
     for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
         out_ids.extend(idx)
@@ -49,7 +63,7 @@ def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray |
         out_s = per_event
     ev = event_columns(data_dir, out_ids, ["label", "template"])
     out_y = [event_label(lab, normal, unknown) for lab in ev["label"]]
-    out_keys = [(tpl, tuple(seqs[sid])) for tpl, sid in zip(ev["template"], sess)]
+    out_keys = [(tpl, seqs[sid]) for tpl, sid in zip(ev["template"], sess)]
     return out_ids, np.array(out_y), np.array(out_s, dtype=np.float64), out_keys
 
 

@@ -659,3 +659,24 @@ def test_an_event_vector_holds_its_context_and_the_event_itself():
     own = v[..., d:]
     assert torch.allclose(own[0, 0], own[1, 3], atol=1e-6) and not torch.allclose(v[0, 0], v[1, 3], atol=1e-3)
     assert (own[0, 0] - own[0, 1]).norm() > 0.1
+
+
+def test_unique_items_by_sequence_digest_count_what_whole_sequences_count():
+    """Evaluation counts unique items by a digest of each session's whole sequence (chunks joined in order,
+    sliced tables included), not by the sequences themselves: the same groups as the tuples gave."""
+    import pyarrow as pa
+
+    from loglm.evaluation import sequence_digests, session_scores
+
+    rows = [("a", [1, 2]), ("a", [3]), ("b", [1, 2, 3]), ("c", [1]), ("c", [2, 3]), ("d", [3, 2, 1]), ("e", [1, 2])]
+    table = pa.table({"session_id": [r[0] for r in rows], "tokens": pa.array([r[1] for r in rows], pa.list_(pa.int32())),
+                      "label": [0, 0, 1, 0, 0, 1, 0]})
+    d = sequence_digests(table)
+    assert d["a"] == d["b"] == d["c"] and len({d["a"], d["d"], d["e"]}) == 3
+    assert sequence_digests(table.slice(3)) == {k: d[k] for k in "cde"}  # a slice's offsets, not the buffer's
+    ids, labels, scores, keys = session_scores(table, np.array([0.1, 0.5, 0.2, 0.3, 0.0, 0.9, 0.4]))
+    tuples = {"a": (1, 2, 3), "b": (1, 2, 3), "c": (1, 2, 3), "d": (3, 2, 1), "e": (1, 2)}
+    by_digest = unique_items(keys, labels, scores)
+    by_tuple = unique_items([tuples[i] for i in ids], labels, scores)
+    pairs = sorted(zip(by_digest[0].tolist(), by_digest[1].tolist()))
+    assert pairs == sorted(zip(by_tuple[0].tolist(), by_tuple[1].tolist())) == [(0, 0.4), (0, 0.5), (1, 0.2), (1, 0.9)]
