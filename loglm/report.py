@@ -156,8 +156,10 @@ def _alert_html(a: dict) -> str:
 
 def write_report(path: Path, title: str, subtitle: str, scores: np.ndarray, times: np.ndarray, threshold: float,
                  alerts: list[dict], labels: np.ndarray | None = None, metrics: dict | None = None,
-                 facts: dict | None = None, top_alerts: int = 20) -> dict[str, bytes]:
-    """Write the HTML report; returns the PNG plots (name -> bytes) for MLflow."""
+                 facts: dict | None = None, top_alerts: int = 20, n_alerts: int | None = None) -> dict[str, bytes]:
+    """Write the HTML report; returns the PNG plots (name -> bytes) for MLflow.  ``alerts``: the highest first,
+    at least ``top_alerts`` of them where there are; ``n_alerts``: how many there are in all (default: all given)."""
+    n_alerts = len(alerts) if n_alerts is None else n_alerts
     scores = np.asarray(scores, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
     plots = make_plots(scores, times, threshold, labels)
@@ -184,7 +186,7 @@ def write_report(path: Path, title: str, subtitle: str, scores: np.ndarray, time
         parts.append("<div class=card><img alt='precision-recall' src='" + img["pr_curve"] + "'></div>"
                      "<div class=card><img alt='roc' src='" + img["roc_curve"] + "'></div>")
     parts.append("</div>")
-    parts.append(f"<h2>Top alerts ({min(top_alerts, len(alerts))} of {len(alerts)})</h2>")
+    parts.append(f"<h2>Top alerts ({min(top_alerts, len(alerts))} of {n_alerts})</h2>")
     parts.extend(_alert_html(a) for a in alerts[:top_alerts])
     if not alerts:
         parts.append("<p class=muted>No session scored above the threshold.</p>")

@@ -462,10 +462,13 @@ def test_detection_on_a_prepared_split_looks_events_up_by_id(trained, tmp_path):
 def test_batch_detection_scores_raw_inputs_a_shard_at_a_time_with_the_same_alerts(trained, tmp_path):
     """Raw inputs are prepared out of core with the model's vocabulary and scored a shard at a time: the
     alerts are those of one in-memory table of every session (the same ids, scores and evidence), whatever
-    the number of shards, in one order; the work folder is gone afterwards, also when detection fails."""
+    the number of shards, in one order; the alerts go to a spill file as pieces come, and the OCSF findings
+    are those of grouping every alert at once; the work folders are gone afterwards, also when detection
+    fails."""
     from loglm.detect.alerts import build_alerts
     from loglm.detect.detector import detect_config_of, score_input, with_model_data
     from loglm.detect.detector import run as detect
+    from loglm.detect.findings import group_alerts, product_version, to_ocsf
     from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
     from loglm.windows import windows_of
@@ -485,7 +488,12 @@ def test_batch_detection_scores_raw_inputs_a_shard_at_a_time_with_the_same_alert
         assert (summary["pieces_scored"] == 1) == (parts == 1) and summary["pieces_scored"] >= parts
         outs[parts] = [json.loads(x) for x in out.read_text().splitlines()]
         assert not list(tmp_path.glob(".alerts-*.detecting-*")), "the work folder was left behind"
+        assert not list(tmp_path.glob(".alerts-*.alerting-*")), "the alerts' spill was left behind"
+        ocsf = [json.loads(x) for x in out.with_suffix(".ocsf.jsonl").read_text().splitlines()]
+        assert ocsf == [to_ocsf(f, product_version()) for f in group_alerts(outs[parts], cfg.detect.group_gap_s,
+                                                                            cfg.detect.evidence_events)]
     assert outs[1] == outs[7] and len(outs[1]) > 0
+    assert [a["score"] for a in outs[7]] == sorted((a["score"] for a in outs[7]), reverse=True)
     # the in-memory reference: every session in one table
     loaded = load_model(result["model_dir"])
     ref_cfg = with_model_data(replace(cfg, ckpt=result["run_id"], inputs=[str(log)]), Path(loaded.folder))

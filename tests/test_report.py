@@ -80,3 +80,26 @@ def test_a_partial_bench_run_keeps_the_sections_bench_md_holds(tmp_path, monkeyp
     assert "| cpu_reference_s | 1.7 |" in after
     monkeypatch.undo()
     assert 0 < bench.cpu_reference_s(n=100_000, repeats=2) < 10
+
+
+def test_a_streams_report_shows_its_top_alerts_out_of_all_of_them(tmp_path):
+    """report_from_files holds only the top alerts of an alerts file, yet counts every alert in it (it said
+    "20 of 20" for a stream with more); the highest come first."""
+    import json
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.detect.detector import report_from_files
+
+    alerts = [alert(f"alert-{i:02d}-id", "host", f"h{i}", i * 60, i * 60 + 30, 2.0 + i / 10, "high", [4.0]) for i in range(25)]
+    path = tmp_path / "stream.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in alerts))
+    scores = tmp_path / "stream.scores.parquet"
+    pq.write_table(pa.table({"score": [a["score"] for a in alerts], "start_ts": [1.7e9 + i for i in range(25)],
+                             "label": pa.array([None] * 25, pa.int8())}), scores)
+    model = SimpleNamespace(meta={"run_id": "r1"}, folder="m", calibration={"target_fpr": 0.01})
+    page = report_from_files(path, scores, 1.0, "stdin", model).read_text()
+    assert "Top alerts (20 of 25)" in page
+    assert page.index(alerts[24]["alert_id"]) < page.index(alerts[23]["alert_id"]) and alerts[0]["alert_id"] not in page

@@ -208,7 +208,7 @@ def session_view(table, scores):
 
 
 def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.ndarray, labels: np.ndarray,
-                           alerts: list[dict], threshold: float, cfg, model) -> Path:
+                           alerts: list[dict], threshold: float, cfg, model, n_alerts: int | None = None) -> Path:
     """The HTML report of a detection run (``<alerts>.html``) from every session's score, start and label."""
     from loglm.report import write_report
 
@@ -217,7 +217,7 @@ def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.nda
     write_report(path, f"LogLM detection: {where}",
                  f"model {model.meta.get('run_id')} ({model.folder}); threshold from validation normal data at "
                  f"target FPR {model.calibration.get('target_fpr')}", scores, starts, threshold, alerts,
-                 labels=labels if (labels >= 0).any() else None)
+                 labels=labels if (labels >= 0).any() else None, n_alerts=n_alerts)
     return path
 
 
@@ -236,6 +236,7 @@ def report_from_files(alerts_path: Path, scores_path: Path, threshold: float, wh
     starts = t.column("start_ts").to_numpy()
     labels = np.array([-1 if v is None else v for v in t.column("label").to_pylist()])
     top: list = []
+    n = -1
     with open(alerts_path) as fh:
         for n, line in enumerate(fh):
             a = json.loads(line)
@@ -249,20 +250,36 @@ def report_from_files(alerts_path: Path, scores_path: Path, threshold: float, wh
     write_report(path, f"LogLM detection: {where}",
                  f"model {model.meta.get('run_id')} ({model.folder}); threshold from validation normal data at "
                  f"target FPR {model.calibration.get('target_fpr')}; streamed", scores, starts, threshold, alerts,
-                 labels=labels if (labels >= 0).any() else None, top_alerts=top_alerts)
+                 labels=labels if (labels >= 0).any() else None, top_alerts=top_alerts, n_alerts=n + 1)
     return path
 
 
-def write_findings(alerts_path: Path, alerts: list[dict], dcfg) -> dict:
-    """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``)."""
+def write_findings(alerts_path: Path, spill, dcfg, work: Path) -> dict:
+    """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``), highest score
+    first (ties: the order of their entities' first alerts, then time), from the alerts ``spill``
+    (:class:`loglm.detect.alerts.AlertSpill`) an entity at a time; each OCSF line goes to a file in ``work``
+    first, so neither every alert nor every finding is held."""
     from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.findings import group_alerts, product_version, to_ocsf
+    from loglm.detect.findings import entity_findings, product_version, to_ocsf
 
     product = product_version()
-    findings = group_alerts(alerts, dcfg.group_gap_s, dcfg.evidence_events)
-    path = alerts_path.with_suffix(".ocsf.jsonl")
-    atomic_write_bytes(path, "".join(json.dumps(to_ocsf(f, product)) + "\n" for f in findings).encode())
-    return {"findings_path": str(path), "findings": len(findings)}
+    index: list[tuple[float, int, int, int]] = []  # (-score, production order, offset, length)
+    with open(work / "findings.jsonl", "w+b") as fh:
+        for etype, value, items in spill.by_entity():
+            for f in entity_findings(etype, value, items, dcfg.group_gap_s, dcfg.evidence_events):
+                line = (json.dumps(to_ocsf(f, product)) + "\n").encode()
+                index.append((-f["score"], len(index), fh.tell(), len(line)))
+                fh.write(line)
+        index.sort()
+
+        def lines():
+            for _, _, offset, length in index:
+                fh.seek(offset)
+                yield fh.read(length)
+
+        path = alerts_path.with_suffix(".ocsf.jsonl")
+        atomic_write_bytes(path, lines())
+    return {"findings_path": str(path), "findings": len(index)}
 
 
 class DetectionInput:
@@ -389,10 +406,28 @@ def _detect_with(cfg, model, scorer) -> dict:
 
 
 def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
-    """Every piece of the input scored, alerted and written (alerts, findings, report, rejected lines)."""
+    """Every piece of the input scored, alerted and written (alerts, findings, report, rejected lines); the
+    alerts go to a work folder beside ``out`` as they come (:class:`loglm.detect.alerts.AlertSpill`),
+    removed at the end."""
+    import shutil
+
+    from loglm.artifacts import work_folder
+    from loglm.detect.alerts import AlertSpill
+
+    work = work_folder(out, "alerting")
+    work.mkdir(parents=True)
+    alerts = AlertSpill(work / "alerts.jsonl")
+    try:
+        return _score_pieces(cfg, model, scorer, out, scores, alerts, work)
+    finally:
+        alerts.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> dict:
     from loglm.analyst.enrich import enrich_alerts
     from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.alerts import build_alerts, write_alerts
+    from loglm.detect.alerts import build_alerts
     from loglm.privacy import from_config
     from loglm.progress import Progress
     from loglm.windows import windows_of
@@ -403,7 +438,6 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     pseudo = from_config(cfg.detect)
-    alerts: list[dict] = []
     view: list[tuple[float, float, int]] = []  # per session: score, start, label (the report's plots)
     n_sessions = n_events = pieces = 0
     with DetectionInput(cfg, model, out) as source:
@@ -414,7 +448,7 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
             part = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
                                 model.calibration)
             part = enrich_alerts(part, table, model, dcfg)
-            alerts.extend(part if pseudo is None else [pseudo.alert(a) for a in part])
+            alerts.add(part if pseudo is None else [pseudo.alert(a) for a in part])
             rows = session_score_rows(table, ws.score, pseudo=pseudo)
             view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
             if scores is not None:
@@ -424,13 +458,12 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
             pieces += 1
             progress.tick(len(rows))
         progress.done(f"{n_sessions:,} sessions scored, {len(alerts):,} alerts")
-        alerts.sort(key=lambda a: (-a["score"], a["start_time"], a["session_id"]))  # whatever the pieces
-        write_alerts(out, alerts)
-        findings_path = write_findings(out, alerts, cfg.detect)
+        atomic_write_bytes(out, alerts.lines())  # by score, then start time, then session, whatever the pieces
+        findings_path = write_findings(out, alerts, cfg.detect, work)
         if cfg.detect.report:
             v = np.array(view, dtype=np.float64).reshape(-1, 3)
-            findings_path["report_path"] = str(write_detection_report(out, v[:, 0], v[:, 1], v[:, 2].astype(int),
-                                                                      alerts, threshold, cfg, model))
+            findings_path["report_path"] = str(write_detection_report(
+                out, v[:, 0], v[:, 1], v[:, 2].astype(int), alerts.top(20), threshold, cfg, model, len(alerts)))
         if scores is not None:
             scores.close()
         account = source.account

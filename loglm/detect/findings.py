@@ -47,19 +47,24 @@ def group_alerts(alerts: list[dict], gap_s: float, evidence_events: int = 5) -> 
     by_entity: dict[tuple[str, str], list[dict]] = {}
     for a in alerts:
         by_entity.setdefault((a["entity"]["type"], a["entity"]["value"]), []).append(a)
-    findings = []
-    for (etype, value), items in by_entity.items():
-        items.sort(key=lambda a: a["start_time"])
-        group: list[dict] = []
-        for a in items:
-            if group and (_ms(a["start_time"]) - _ms(group[-1]["end_time"])) / 1000.0 > gap_s:
-                findings.append(_merge(group, etype, value, evidence_events))
-                group = []
-            group.append(a)
-        if group:
-            findings.append(_merge(group, etype, value, evidence_events))
+    findings = [f for (etype, value), items in by_entity.items()
+                for f in entity_findings(etype, value, sorted(items, key=lambda a: a["start_time"]), gap_s,
+                                         evidence_events)]
     findings.sort(key=lambda f: -f["score"])
     return findings
+
+
+def entity_findings(etype: str, value: str, items, gap_s: float, evidence_events: int = 5):
+    """One entity's findings from its alerts in start-time order (an iterable: only the group being built is
+    held)."""
+    group: list[dict] = []
+    for a in items:
+        if group and (_ms(a["start_time"]) - _ms(group[-1]["end_time"])) / 1000.0 > gap_s:
+            yield _merge(group, etype, value, evidence_events)
+            group = []
+        group.append(a)
+    if group:
+        yield _merge(group, etype, value, evidence_events)
 
 
 def _merge(group: list[dict], etype: str, value: str, evidence_events: int) -> dict:
