@@ -2,13 +2,14 @@
 analysts marked benign, recalibrate, export, and register the result as a new version (``candidate``).
 
 1. The new traffic (``inputs=[...]``) is read the way the model's data was, out of core as prepare reads
-   (nothing holds the traffic in memory), with the model's **own** vocabulary.  With ``tune.grow_vocab`` (the default) templates or flow sentences the model never saw, found
-   in the new traffic's training sessions, become new tokens after the old ones (old ids and meanings stay;
-   the new embedding rows start from the mean of the known ones); everything else it never saw stays
-   ``[UNK]``.  Without it the vocabulary does not change and the new kinds stay ``[UNK]``.
-   Then the model scores the new traffic as it read it (what the growth added is ``[UNK]`` to it): the
-   sessions it alerts on that no analyst has judged are counted (``unvetted_alerting``), with a loud warning when they are far more than its threshold promises
-   for normal traffic, since tuning takes them as normal.
+   (nothing holds the traffic in memory), with the model's **own** vocabulary.  With ``tune.grow_vocab``
+   (the default) templates or flow sentences the model never saw, found in the new traffic's training
+   sessions, become new tokens after the old ones (old ids and meanings stay; the new embedding rows start
+   from the mean of the known ones); everything else it never saw stays ``[UNK]``.  Without it the
+   vocabulary does not change and the new kinds stay ``[UNK]``.  Then the model scores the new traffic as
+   it read it (what the growth added is ``[UNK]`` to it): the sessions it alerts on that no analyst has
+   judged are counted (``unvetted_alerting``), with a loud warning when they are far more than its
+   threshold promises for normal traffic, since tuning takes them as normal.
 2. Sessions are split by a seeded hash: ``tune.val_frac`` of them calibrate the new threshold, the rest train.
    Sessions with a ``benign`` verdict (``tune.feedback``) train whatever the hash says; sessions with a
    ``malicious`` verdict are kept out of both.
@@ -113,6 +114,7 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
     import pyarrow.parquet as pq
 
     from loglm.detect.detector import detect_config_of
+    from loglm.detect.score_core import session_max
     from loglm.detect.torch_scoring import score_windows
     from loglm.shards import session_files
     from loglm.vocab import UNK
@@ -133,9 +135,8 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
         t = t.set_column(t.schema.get_field_index("tokens"), "tokens",
                          pa.ListArray.from_arrays(tokens.offsets, pa.array(values, tokens.type.value_type)))
         ws = score_windows(loaded.encoder, *windows_of(t), dcfg)
-        for sid, v in zip(t.column("session_id").to_pylist(), ws.score.tolist()):
-            if sid not in best or v > best[sid]:
-                best[sid] = v
+        for sid, v in session_max(t.column("session_id").to_pylist(), ws.score).items():
+            best[sid] = max(v, best.get(sid, v))  # a session's chunks may lie in two shards
     out = {"sessions": len(best), "alerting": 0, "share": 0.0}
     if not best:
         return out

@@ -151,69 +151,73 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
     return alerts
 
 
-class AlertSpill:
-    """Batch detection's alerts, written to ``path`` (a work file) as each piece produces them.  What stays in
-    memory is one small index row per alert (its order key, entity, place in the file): an alert with its
-    evidence is about 15 KB as a Python dict, so holding every alert of a large input until the end made
-    detection's memory grow with the input.  The alerts file, the grouped findings and the report's top
-    alerts are then written in their final order from the file."""
+class LineSpill:
+    """JSON lines appended to a work file, each with a sort key held in memory (and its place in the file):
+    read back in key order without holding the objects (alerts and findings of a large batch detection)."""
 
     def __init__(self, path: Path):
-        self.path = path
         self.fh = open(path, "w+b")
-        self.rows: list[tuple] = []  # (-score, start_time, session_id, entity type, entity value, offset, length)
+        self.rows: list[tuple] = []  # (key, offset, length)
+        self._order: list[tuple] | None = None
 
-    def add(self, alerts: list[dict]) -> None:
+    def add(self, key: tuple, obj: dict) -> None:
+        line = (json.dumps(obj, sort_keys=False) + "\n").encode()
         self.fh.seek(0, 2)
-        for a in alerts:
-            line = (json.dumps(a, sort_keys=False) + "\n").encode()
-            self.rows.append((-a["score"], a["start_time"], a["session_id"], a["entity"]["type"], a["entity"]["value"],
-                              self.fh.tell(), len(line)))
-            self.fh.write(line)
+        self.rows.append((key, self.fh.tell(), len(line)))
+        self.fh.write(line)
+        self._order = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _line(self, row: tuple) -> bytes:
-        self.fh.seek(row[5])
-        return self.fh.read(row[6])
+    def read(self, row: tuple) -> bytes:
+        self.fh.seek(row[1])
+        return self.fh.read(row[2])
 
     def ordered(self) -> list[tuple]:
-        """The index rows in the alerts' order: score, then start time, then session."""
-        return sorted(self.rows, key=lambda r: r[:3])
+        """The rows by key (sorted once until something is added)."""
+        if self._order is None:
+            self._order = sorted(self.rows, key=lambda r: r[0])
+        return self._order
 
     def lines(self):
-        """Each alert's JSON line, in order (the bytes written: nothing is parsed)."""
+        """Each line in key order, the bytes written (nothing is parsed)."""
         for row in self.ordered():
-            yield self._line(row)
-
-    def top(self, n: int) -> list[dict]:
-        return [json.loads(self._line(r)) for r in self.ordered()[:n]]
-
-    def by_entity(self):
-        """(entity type, value, that entity's alerts by start time), entities in the order their first alert
-        comes in the alerts' order, each entity's alerts read when it comes (what findings group)."""
-        order = self.ordered()
-        rank: dict[tuple[str, str], int] = {}
-        for r in order:
-            rank.setdefault((r[3], r[4]), len(rank))
-        order.sort(key=lambda r: (rank[(r[3], r[4])], r[1]))  # stable: equal start times keep the alerts' order
-        start = 0
-        while start < len(order):
-            end = start
-            while end < len(order) and order[end][3:5] == order[start][3:5]:
-                end += 1
-            yield order[start][3], order[start][4], (json.loads(self._line(r)) for r in order[start:end])
-            start = end
+            yield self.read(row)
 
     def close(self) -> None:
         self.fh.close()
 
 
-def write_alerts(path: Path, alerts: list[dict]) -> None:
-    from loglm.artifacts import atomic_write_bytes
+class AlertSpill(LineSpill):
+    """Batch detection's alerts, written to ``path`` (a work file) as each piece produces them, ordered by
+    score, then start time, then session.  What stays in memory is one small index row per alert: an alert
+    with its evidence is about 15 KB as a Python dict, so holding every alert of a large input until the end
+    made detection's memory grow with the input.  The alerts file, the grouped findings and the report's top
+    alerts are written in their final order from the file."""
 
-    atomic_write_bytes(path, "".join(json.dumps(a, sort_keys=False) + "\n" for a in alerts).encode())
+    def add_alerts(self, alerts: list[dict]) -> None:
+        for a in alerts:  # key: (-score, start, session, entity type, entity value)
+            self.add((-a["score"], a["start_time"], a["session_id"], a["entity"]["type"], a["entity"]["value"]), a)
+
+    def top(self, n: int) -> list[dict]:
+        return [json.loads(self.read(r)) for r in self.ordered()[:n]]
+
+    def by_entity(self):
+        """(entity type, value, that entity's alerts by start time), entities in the order their first alert
+        comes in the alerts' order, each entity's alerts read when it comes (what findings group)."""
+        rank: dict[tuple[str, str], int] = {}
+        for r in self.ordered():
+            rank.setdefault(r[0][3:5], len(rank))
+        # stable: equal start times keep the alerts' order
+        order = sorted(self.ordered(), key=lambda r: (rank[r[0][3:5]], r[0][1]))
+        start = 0
+        while start < len(order):
+            end = start
+            while end < len(order) and order[end][0][3:5] == order[start][0][3:5]:
+                end += 1
+            yield *order[start][0][3:5], (json.loads(self.read(r)) for r in order[start:end])
+            start = end
 
 
 class PreparedEvents:

@@ -260,26 +260,20 @@ def write_findings(alerts_path: Path, spill, dcfg, work: Path) -> dict:
     (:class:`loglm.detect.alerts.AlertSpill`) an entity at a time; each OCSF line goes to a file in ``work``
     first, so neither every alert nor every finding is held."""
     from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.alerts import LineSpill
     from loglm.detect.findings import entity_findings, product_version, to_ocsf
 
     product = product_version()
-    index: list[tuple[float, int, int, int]] = []  # (-score, production order, offset, length)
-    with open(work / "findings.jsonl", "w+b") as fh:
+    findings = LineSpill(work / "findings.jsonl")
+    try:
         for etype, value, items in spill.by_entity():
             for f in entity_findings(etype, value, items, dcfg.group_gap_s, dcfg.evidence_events):
-                line = (json.dumps(to_ocsf(f, product)) + "\n").encode()
-                index.append((-f["score"], len(index), fh.tell(), len(line)))
-                fh.write(line)
-        index.sort()
-
-        def lines():
-            for _, _, offset, length in index:
-                fh.seek(offset)
-                yield fh.read(length)
-
+                findings.add((-f["score"], len(findings)), to_ocsf(f, product))  # ties: in the order made
         path = alerts_path.with_suffix(".ocsf.jsonl")
-        atomic_write_bytes(path, lines())
-    return {"findings_path": str(path), "findings": len(index)}
+        atomic_write_bytes(path, findings.lines())
+    finally:
+        findings.close()
+    return {"findings_path": str(path), "findings": len(findings)}
 
 
 class DetectionInput:
@@ -448,7 +442,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
             part = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
                                 model.calibration)
             part = enrich_alerts(part, table, model, dcfg)
-            alerts.add(part if pseudo is None else [pseudo.alert(a) for a in part])
+            alerts.add_alerts(part if pseudo is None else [pseudo.alert(a) for a in part])
             rows = session_score_rows(table, ws.score, pseudo=pseudo)
             view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
             if scores is not None:
