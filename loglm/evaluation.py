@@ -42,29 +42,43 @@ def session_scores(table, scores: np.ndarray) -> tuple[list[str], np.ndarray, np
     return ids, np.array([labels[i] for i in ids]), np.array([best[i] for i in ids]), [seqs[i] for i in ids]
 
 
-def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray | None = None
-                 ) -> tuple[list, np.ndarray, np.ndarray, list]:
-    """Per event (e.g. per flow): each event takes its session's score and keeps its own label; or, given
-    ``per_event`` (one score per event of the table's rows, in order), its own."""
+def event_items(table, digest_of: dict, per_session: dict | None = None, per_event: np.ndarray | None = None
+                ) -> tuple[list, np.ndarray, list]:
+    """Per event of the table's rows, in order: its event id, its score (its session's from ``per_session``, or
+    its own from ``per_event``, one per event) and its session's sequence digest (``digest_of``)."""
+    out_ids, out_s, digests = [], [], []
+    for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
+        out_ids.extend(idx)
+        digests.extend([digest_of[sid]] * len(idx))
+        if per_event is None:
+            out_s.extend([per_session[sid]] * len(idx))
+    if per_event is not None:
+        if len(per_event) != len(out_ids):
+            raise ValueError(f"{len(per_event)} event scores for {len(out_ids)} events")
+        return out_ids, np.asarray(per_event, dtype=np.float64), digests
+    return out_ids, np.array(out_s, dtype=np.float64), digests
+
+
+def labelled_events(event_ids: list, scores: np.ndarray, digests: list, data_dir, data_cfg
+                    ) -> tuple[list, np.ndarray, np.ndarray, list]:
+    """Events as evaluated items: ids, each event's own label, scores, unique-item keys (template, session
+    digest); labels and templates read from events.parquet in one pass."""
     from loglm.ingest.sessions import event_label
     from loglm.shards import event_columns
 
     normal, unknown = set(data_cfg.normal_labels), set(data_cfg.unknown_labels)
-    best = dict(zip(ids, scores))
-    seqs = sequence_digests(table)
-    out_ids, out_s, sess = [], [], []
-    for sid, idx in zip(table.column("session_id").to_pylist(), table.column("event_idx").to_pylist()):
-        out_ids.extend(idx)
-        out_s.extend([best[sid]] * len(idx))
-        sess.extend([sid] * len(idx))
-    if per_event is not None:
-        if len(per_event) != len(out_s):
-            raise ValueError(f"{len(per_event)} event scores for {len(out_s)} events")
-        out_s = per_event
-    ev = event_columns(data_dir, out_ids, ["label", "template"])
+    ev = event_columns(data_dir, event_ids, ["label", "template"])
     out_y = [event_label(lab, normal, unknown) for lab in ev["label"]]
-    out_keys = [(tpl, seqs[sid]) for tpl, sid in zip(ev["template"], sess)]
-    return out_ids, np.array(out_y), np.array(out_s, dtype=np.float64), out_keys
+    return event_ids, np.array(out_y), scores, list(zip(ev["template"], digests))
+
+
+def event_scores(table, ids, scores, data_dir, data_cfg, per_event: np.ndarray | None = None
+                 ) -> tuple[list, np.ndarray, np.ndarray, list]:
+    """Per event (e.g. per flow): each event takes its session's score and keeps its own label; or, given
+    ``per_event`` (one score per event of the table's rows, in order), its own."""
+    seqs = sequence_digests(table)
+    ev_ids, ev_s, digests = event_items(table, seqs, dict(zip(ids, scores)), per_event)
+    return labelled_events(ev_ids, ev_s, digests, data_dir, data_cfg)
 
 
 def recall_by_class(event_ids: list, scores: np.ndarray, threshold: float, data_dir, data_cfg) -> dict:
@@ -141,16 +155,22 @@ def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_d
     return result
 
 
-def item_times(ids: list, table, data_dir, unit: str) -> np.ndarray:
-    """Each evaluated item's time: a session's first event (session unit), an event's own (event unit)."""
+def session_starts(table) -> dict[str, float]:
+    """Each session's first event time (the earliest of its chunks)."""
+    start: dict[str, float] = {}
+    for sid, t in zip(table.column("session_id").to_pylist(), table.column("start_ts").to_pylist()):
+        start[sid] = min(start.get(sid, t), t)
+    return start
+
+
+def item_times(ids: list, starts: dict | None, data_dir, unit: str) -> np.ndarray:
+    """Each evaluated item's time: a session's first event (session unit, from ``starts``), an event's own
+    (event unit)."""
     if unit == "event":
         from loglm.shards import event_columns
 
         return np.array(event_columns(data_dir, ids, ["ts"])["ts"], dtype=np.float64)
-    start: dict[str, float] = {}
-    for sid, t in zip(table.column("session_id").to_pylist(), table.column("start_ts").to_pylist()):
-        start[sid] = min(start.get(sid, t), t)
-    return np.array([start[i] for i in ids], dtype=np.float64)
+    return np.array([starts[i] for i in ids], dtype=np.float64)
 
 
 def fpr_by_period(times: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, dict]:
@@ -175,13 +195,14 @@ def fpr_by_period(times: np.ndarray, labels: np.ndarray, scores: np.ndarray, thr
     return out
 
 
-def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg, table=None) -> tuple[dict, dict]:
+def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg, starts: dict | None = None
+                 ) -> tuple[dict, dict]:
     """What every model of a suite is reported with, computed in one place: all and unique items (F1 at HDFS's
     prevalence on HDFS data), pair-windows (flows), test FPR by period, and recall per attack class (events).
-    ``table``: the test sessions (session unit: their start times)."""
+    ``starts``: the test sessions' start times (:func:`session_starts`; needed for the session unit)."""
     metrics = evaluate_scores(ids, labels, scores, keys, threshold, data_cfg.name.startswith("hdfs"))
     add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, data_cfg)
-    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, table, data_dir, data_cfg.eval_unit), labels, scores,
+    metrics["fpr_by_period"] = fpr_by_period(item_times(ids, starts, data_dir, data_cfg.eval_unit), labels, scores,
                                              threshold)
     by_class = recall_by_class(ids, scores, threshold, data_dir, data_cfg) if data_cfg.eval_unit == "event" else {}
     return metrics, by_class
@@ -192,16 +213,15 @@ def transfer_sessions(cfg, loaded, data_dir: Path):
     """A transfer evaluation (another capture, day or site): the prepared data's ``cfg.split`` sessions read
     again from its raw inputs with the **model's** vocabulary and ingest state (templates it never saw are
     [UNK]); labels and splits come out as prepare made them.  Read out of core as prepare reads, into a work
-    folder beside the prepared data that is removed on leaving.  Yields the sessions and their event lookup."""
+    folder beside the prepared data that is removed on leaving.  Yields that folder (its sessions are read a
+    piece at a time)."""
     import shutil
 
     import pyarrow.parquet as pq
 
     from loglm.artifacts import work_folder
-    from loglm.detect.alerts import PreparedEvents
     from loglm.ingest import partitioned
     from loglm.ingest.builders import BUILDERS
-    from loglm.shards import read_sessions
 
     if cfg.data.format in BUILDERS:
         raise ValueError(f"data.format={cfg.data.format!r} is pre-sequenced with its own event keys: a model trained "
@@ -213,7 +233,7 @@ def transfer_sessions(cfg, loaded, data_dir: Path):
         if summary["events"] != prepared:  # event ids must be the prepared data's (per-event labels, reports)
             raise ValueError(f"{data_dir} holds {prepared} events but its inputs give {summary['events']} now: "
                              "prepare again")
-        yield read_sessions(work, cfg.split), PreparedEvents(work)
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -259,39 +279,107 @@ def print_table(result: dict, title: str) -> str:
     return cap.get()
 
 
-def _report(cfg, out_dir: Path, table, ws, loaded, dcfg, threshold: float, result: dict, event, run_id) -> Path:
+def _report(cfg, out_dir: Path, scored: ScoredSplit, loaded, threshold: float, result: dict) -> Path:
     """report.html + plots/*.png in the evaluation's folder (logged to MLflow with it)."""
-    from loglm.detect.alerts import build_alerts
-    from loglm.detect.detector import session_view
-    from loglm.privacy import from_config
     from loglm.report import write_report
 
-    alerts = build_alerts(table, ws, event, loaded.vocab, threshold,
-                          dcfg.evidence_events, {"run_id": run_id, "model_dir": str(loaded.folder)}, loaded.calibration)
-    from loglm.analyst.enrich import enrich_alerts
-
-    alerts = enrich_alerts(alerts, table, loaded, dcfg)
-    pseudo = from_config(cfg.detect)
-    if pseudo is not None:
-        alerts = [pseudo.alert(a) for a in alerts]
-    _, scores, starts, labels = session_view(table, ws.score)
     path = out_dir / "report.html"
     plots = write_report(path, f"LogLM evaluation: {cfg.data.name}/{cfg.split}",
-                         f"model {run_id}; threshold {threshold:.4g} from validation normal data (target FPR "
-                         f"{loaded.calibration.get('target_fpr')}); metrics per {cfg.data.eval_unit}",
-                         scores, starts, threshold, alerts, labels=labels, metrics=result)
+                         f"model {loaded.meta.get('run_id')}; threshold {threshold:.4g} from validation normal data "
+                         f"(target FPR {loaded.calibration.get('target_fpr')}); metrics per {cfg.data.eval_unit}",
+                         *scored.view(), threshold, scored.alerts.top(20), labels=scored.view_labels(),
+                         metrics=result, n_alerts=len(scored.alerts))
     (out_dir / "plots").mkdir(exist_ok=True)
     for name, png in plots.items():
         (out_dir / "plots" / f"{name}.png").write_bytes(png)
     return path
 
 
+class ScoredSplit:
+    """A split scored a piece (a shard's sessions) at a time: what the metrics and the report need is kept per
+    evaluated item (id, label, score, unique-item key; a session's start) and per session (score, start,
+    label: the report's plots), and the alerts go to a work file (:class:`loglm.detect.alerts.AlertSpill`).
+    Neither the split's sessions nor their windows are held, so memory follows the largest piece."""
+
+    def __init__(self, cfg, loaded, dcfg, data_dir: Path, event, work: Path):
+        from loglm.detect.alerts import AlertSpill
+        from loglm.privacy import from_config
+
+        self.cfg, self.loaded, self.dcfg, self.data_dir, self.event = cfg, loaded, dcfg, data_dir, event
+        self.unit = cfg.data.eval_unit
+        if self.unit not in ("session", "event"):
+            raise ValueError(f"data.eval_unit must be 'session' or 'event', got {self.unit!r}")
+        self.threshold = float(loaded.calibration["threshold"])
+        self.info = {"run_id": loaded.meta.get("run_id"), "model_dir": str(loaded.folder)}
+        self.pseudo = from_config(cfg.detect)
+        self.alerts = AlertSpill(work / "alerts.jsonl")
+        self.ids: list = []
+        self.labels: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.keys: list = []
+        self.starts: dict[str, float] = {}
+        self._view: list[tuple[float, float, int]] = []  # per session: score, start, label
+
+    def add(self, table) -> int:
+        """Score one piece (every session of it whole); returns its sessions."""
+        from loglm.analyst.enrich import enrich_alerts
+        from loglm.detect.alerts import build_alerts
+        from loglm.detect.detector import session_score_rows
+        from loglm.detect.score_core import event_alarm_scores, event_item_scores
+        from loglm.detect.torch_scoring import score_windows
+        from loglm.windows import windows_of
+
+        toks, gaps, closed = windows_of(table)
+        ws = score_windows(self.loaded.encoder, toks, gaps, closed, self.dcfg)
+        ids, labels, scores, digests = session_scores(table, ws.score)
+        if self.unit == "event":
+            sids = table.column("session_id").to_pylist()
+            per_event = event_item_scores(self.dcfg, event_alarm_scores(self.dcfg, sids, ws), sids, toks)
+            ev_ids, ev_s, ev_digests = event_items(table, dict(zip(ids, digests)), per_event=per_event)
+            self.ids.extend(ev_ids)
+            self.scores.append(ev_s)
+            self.keys.extend(ev_digests)
+        else:
+            self.ids.extend(ids)
+            self.labels.append(labels)
+            self.scores.append(scores)
+            self.keys.extend(digests)
+        rows = session_score_rows(table, ws.score)
+        for r in rows:
+            self.starts[r["session_id"]] = r["start_ts"]
+        self._view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
+        part = build_alerts(table, ws, self.event, self.loaded.vocab, self.threshold, self.dcfg.evidence_events,
+                            self.info, self.loaded.calibration)
+        part = enrich_alerts(part, table, self.loaded, self.dcfg)
+        self.alerts.add_alerts(part if self.pseudo is None else [self.pseudo.alert(a) for a in part])
+        return len(rows)
+
+    def items(self) -> tuple[list, np.ndarray, np.ndarray, list]:
+        """(ids, labels, scores, unique-item keys) of the evaluated items, every piece's in order."""
+        scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
+        if self.unit == "event":
+            return labelled_events(self.ids, scores, self.keys, self.data_dir, self.cfg.data)
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
+        return self.ids, labels, scores, self.keys
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        v = np.array(self._view, dtype=np.float64).reshape(-1, 3)
+        return v[:, 0], v[:, 1]
+
+    def view_labels(self) -> np.ndarray:
+        return np.array([lab for _, _, lab in self._view], dtype=np.int64)
+
+
 def run(cfg, parent_run_id: str | None = None) -> dict:
+    import shutil
+
+    from loglm.artifacts import work_folder
     from loglm.detect.alerts import PreparedEvents
     from loglm.detect.detector import detect_config_of, model_dir_for, same_vocabulary
     from loglm.ingest.prepare import prepared_dir, stale_reason
     from loglm.model.store import load_model
-    from loglm.shards import read_sessions
+    from loglm.progress import Progress
+    from loglm.shards import PIECE_ROWS, split_pieces
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)
@@ -302,32 +390,29 @@ def run(cfg, parent_run_id: str | None = None) -> dict:
     if stale:
         raise ValueError(f"{stale}: prepare it again before evaluating on it")
     transfer = not same_vocabulary(Path(model_dir), data_dir)
+    eval_root = Path(cfg.paths.root).resolve() / "eval"
+    eval_root.mkdir(parents=True, exist_ok=True)
+    work = work_folder(eval_root / f"{cfg.data.name}-{cfg.split}", "evaluating")
+    work.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        if transfer:
-            table, event = stack.enter_context(transfer_sessions(cfg, loaded, data_dir))
-        else:
-            table, event = read_sessions(data_dir, cfg.split), PreparedEvents(data_dir)
-        return _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, table, event)
+        stack.callback(shutil.rmtree, work, True)
+        folder = stack.enter_context(transfer_sessions(cfg, loaded, data_dir)) if transfer else data_dir
+        scored = ScoredSplit(cfg, loaded, dcfg, data_dir, PreparedEvents(folder), work)
+        stack.callback(scored.alerts.close)
+        progress = Progress("scoring", unit="sessions")
+        for table in split_pieces(folder, cfg.split, min(cfg.data.shard_rows, PIECE_ROWS)):
+            progress.tick(scored.add(table))
+        progress.done(f"{progress.n:,} {cfg.split} sessions scored, {len(scored.alerts):,} alerts")
+        return _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, scored)
 
 
-def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, table, event) -> dict:
+def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfer, scored: ScoredSplit) -> dict:
     from loglm import tracking
     from loglm.artifacts import atomic_write_json
-    from loglm.detect.score_core import event_alarm_scores, event_item_scores
-    from loglm.detect.torch_scoring import score_windows
-    from loglm.windows import windows_of
 
-    toks, gaps, closed = windows_of(table)
-    ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
-    ids, labels, scores, seqs = session_scores(table, ws.score)
-    if cfg.data.eval_unit == "event":
-        sids = table.column("session_id").to_pylist()
-        per_event = event_item_scores(dcfg, event_alarm_scores(dcfg, sids, ws), sids, toks)
-        ids, labels, scores, seqs = event_scores(table, ids, scores, data_dir, cfg.data, per_event)
-    elif cfg.data.eval_unit != "session":
-        raise ValueError(f"data.eval_unit must be 'session' or 'event', got {cfg.data.eval_unit!r}")
-    threshold = float(loaded.calibration["threshold"])
-    result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, table)
+    ids, labels, scores, seqs = scored.items()
+    threshold = scored.threshold
+    result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, scored.starts)
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
@@ -364,7 +449,7 @@ def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfe
         for name, c in by_class.items():
             client.log_metric(rid, tracking.metric_name(f"eval_class/{name.replace(' ', '_')}/recall"), float(c["recall"]))
         (out_dir / "metrics.txt").write_text(text)
-        report = _report(cfg, out_dir, table, ws, loaded, dcfg, threshold, result, event, pretrain_run)
+        report = _report(cfg, out_dir, scored, loaded, threshold, result)
         client.log_artifacts(rid, str(out_dir), "eval")
     if pretrain_run:  # link back: the pretrain run shows its latest evaluation
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.config import TrainerConfig
-from loglm.evaluation import METRIC_KEYS, event_scores, item_metrics, session_scores
+from loglm.evaluation import METRIC_KEYS, event_scores, item_metrics, session_scores, session_starts
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
 REFERENCES = {
@@ -74,7 +74,8 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
     if cfg.data.eval_unit == "event":
         ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
-    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, test)
+    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data,
+                                     session_starts(test))
     return metrics, threshold, time.perf_counter() - t0, by_class
 
 

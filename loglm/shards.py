@@ -83,14 +83,69 @@ def session_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
-def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
-    """The session rows (of one split), read a shard at a time so only the split's rows are kept."""
+PIECE_ROWS = 16_384  # session rows a split is scored in at a time (at most; data.shard_rows when smaller)
+
+
+def split_pieces(data_dir: str | Path, split: str | None = None, max_rows: int | None = None):
+    """The session rows (of one split) in pieces of at most ``max_rows`` rows, each session whole in one piece
+    (a session with more chunk rows than that is a piece of its own).  A session whose chunk rows run on into
+    the next shard (shards are cut by row count) is held back and given with that one; the rows of small
+    shards are gathered and those of big ones cut at session boundaries, so pieces are even whatever the
+    shards: what scores a split out of core iterates these, and its memory follows ``max_rows``, not the
+    split or the shards.  ``max_rows=None``: each shard's sessions as they come."""
+    import bisect
+
+    tables = _whole_sessions(data_dir, split)
+    if max_rows is None:
+        yield from tables
+        return
+    gathered, n = [], 0
+    for t in tables:
+        sids = t.column("session_id").to_numpy(zero_copy_only=False)
+        bounds = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]]).tolist() + [len(sids)]
+        i = 0
+        while i < len(bounds) - 1:
+            j = bisect.bisect_right(bounds, bounds[i] + max_rows - n) - 1  # the sessions that fit
+            if j <= i:
+                if gathered:  # not one more fits: this piece is full
+                    yield pa.concat_tables(gathered)
+                    gathered, n = [], 0
+                    continue
+                j = i + 1  # one session longer than a piece: a piece of its own
+            gathered.append(t.slice(bounds[i], bounds[j] - bounds[i]))
+            n += bounds[j] - bounds[i]
+            i = j
+    if gathered:
+        yield pa.concat_tables(gathered)
+
+
+def _whole_sessions(data_dir: str | Path, split: str | None):
+    """Each shard's rows (of one split), a session running on into the next shard moved there."""
     import pyarrow.compute as pc
 
-    parts = []
-    for f in session_files(data_dir):
+    files = session_files(data_dir)
+    carry = None
+    for k, f in enumerate(files):
         t = pq.read_table(f)
-        parts.append(t if split is None else t.filter(pc.equal(t.column("split"), split)))
+        if split is not None:
+            t = t.filter(pc.equal(t.column("split"), split))
+        if carry is not None:
+            t = pa.concat_tables([carry, t])
+            carry = None
+        if k < len(files) - 1 and t.num_rows:  # the last session may go on in the next shard
+            sids = t.column("session_id")
+            other = np.flatnonzero(~pc.equal(sids, sids[-1]).to_numpy(zero_copy_only=False))
+            cut = int(other[-1]) + 1 if len(other) else 0  # where the last session's trailing rows begin
+            t, carry = t.slice(0, cut), t.slice(cut)
+        if t.num_rows:
+            yield t
+
+
+def read_sessions(data_dir: str | Path, split: str | None = None) -> pa.Table:
+    """The session rows (of one split), read a shard at a time so only the split's rows are kept."""
+    parts = list(split_pieces(data_dir, split))
+    if not parts:  # the split is empty: its schema, no rows
+        return pq.read_table(session_files(data_dir)[0]).slice(0, 0)
     return pa.concat_tables(parts)
 
 

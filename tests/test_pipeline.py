@@ -373,6 +373,66 @@ def test_transfer_evaluation_scores_other_data_with_the_models_own_vocabulary(tr
     assert not list(data_dir.parent.glob(f".{data_dir.name}.transfer-*"))
 
 
+def test_evaluation_scores_its_split_a_piece_at_a_time_with_the_whole_splits_figures(trained, tmp_path):
+    """pipelines.evaluate scores its split a shard at a time (ScoredSplit): with sessions cut into chunks
+    and shards of 2 rows, so that a session's chunks run on from one shard into the next, every session is
+    scored once, whole, and the figures, item scores and alerts are those of one table of the whole split.
+    Detection on the prepared split counts each session once too; no work folder is left."""
+    from loglm.detect.detector import detect_config_of
+    from loglm.detect.detector import run as detect
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.evaluation import item_metrics, session_scores, session_starts
+    from loglm.evaluation import run as evaluate
+    from loglm.ingest.prepare import run as prepare
+    from loglm.model.store import load_model
+    from loglm.shards import read_sessions, session_files
+    from loglm.windows import windows_of
+
+    cfg, prep, result = trained
+    # the training data again, a quarter of its validation blocks labelled anomalous (training is untouched,
+    # so the vocabulary is the model's), sessions cut into chunks of 5 events and shards of 2 rows
+    val_ids = sorted(set(read_sessions(prep["path"], "val").column("session_id").to_pylist()))
+    ids_file = tmp_path / "anomalous.txt"
+    ids_file.write_text("\n".join(val_ids[::4]) + "\n")
+    data = replace(cfg.data, name="pieces", shard_rows=2, session=replace(cfg.data.session, max_events=5),
+                   anomalous_ids=str(ids_file))
+    run = replace(cfg, data=data, ckpt=result["run_id"], split="val")  # the fixture has no test split
+    prep = prepare(run)
+    folder = Path(prep["path"])
+    test = read_sessions(folder, "val")
+    sids = test.column("session_id").to_pylist()
+    assert len(sids) > len(set(sids))  # chunked sessions
+    straddling = 0
+    for a, b in zip(session_files(folder), session_files(folder)[1:]):
+        straddling += pq.read_table(a).column("session_id")[-1] == pq.read_table(b).column("session_id")[0]
+    assert straddling > 0
+    ev = evaluate(run)
+    assert not ev["transfer"]
+    # the reference: every test session in one table
+    loaded = load_model(result["model_dir"])
+    ws = score_windows(loaded.encoder, *windows_of(test), detect_config_of(loaded, run.detect))
+    ids, labels, scores, seqs = session_scores(test, ws.score)
+    ref, _ = item_metrics(ids, labels, scores, seqs, float(loaded.calibration["threshold"]), folder, data,
+                          session_starts(test))
+    assert sorted(ev["scores"]["ids"]) == sorted(ids) and len(ids) == len(set(sids))
+    got = dict(zip(ev["scores"]["ids"], ev["scores"]["scores"]))
+    assert np.allclose([got[i] for i in ids], scores, rtol=1e-5, atol=1e-6)
+    for part in ("all", "unique"):
+        for k in ("n", "tp", "fp", "tn", "fn"):
+            assert ev["metrics"][part][k] == ref[part][k], (part, k)
+        assert ev["metrics"][part]["auroc"] == pytest.approx(ref[part]["auroc"], abs=1e-9)
+    assert ev["metrics"]["fpr_by_period"] == ref["fpr_by_period"]
+    report = Path(ev["report"]).read_text()
+    n_alerts = int((scores > float(loaded.calibration["threshold"])).sum())
+    assert n_alerts > 0 and f"Top alerts ({min(n_alerts, 20)} of {n_alerts})" in report
+    assert not [p for p in (Path(cfg.paths.root) / "eval").iterdir() if ".evaluating-" in p.name]
+    # detection on the prepared split: a session whose chunks lie in two shards is one session
+    summary = detect(replace(run, inputs=[], out=str(tmp_path / "t.jsonl")))
+    assert summary["sessions_scored"] == len(set(sids)) and summary["alerts"] == n_alerts
+    alerted = [json.loads(x)["session_id"] for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(alerted) == len(set(alerted))
+
+
 def test_a_diverged_run_fails_instead_of_finishing(tmp_path, monkeypatch):
     """A diverged model (trainer.lr=1e12 made one; that value is now refused when the config is composed)
     scores NaN, so there is no threshold: the run is FAILED with the reason, and latest.json does not point
@@ -601,3 +661,34 @@ def test_parity_windows_are_drawn_a_shard_at_a_time_as_from_the_whole_splits(tra
         idx = np.random.default_rng(0).choice(whole.num_rows, size=min(n, whole.num_rows), replace=False)
         drawn = sample_sessions(prep["path"], ("val", "test"), n)
         assert drawn.num_rows == min(n, whole.num_rows) and drawn.equals(whole.take(pa.array(np.sort(idx))))
+
+
+def test_split_pieces_keep_sessions_whole_and_even_whatever_the_shards(tmp_path):
+    """A split is scored in pieces of at most max_rows rows, each session whole in one piece: a session whose
+    chunk rows run on into the next shard is moved there, small shards are gathered, big ones cut at session
+    boundaries, and a session longer than a piece is a piece of its own; in order, every row once."""
+    import pyarrow as pa
+
+    from loglm.shards import read_sessions, split_pieces, write_session_shards
+
+    rng = np.random.default_rng(0)
+    sids, splits = [], []
+    for s in range(60):
+        n = int(rng.choice([1, 1, 2, 3, 9]))  # chunk rows of one session; one of 9 is longer than a piece
+        sids += [f"s{s:02d}"] * n
+        splits += [["train", "test"][s % 2]] * n
+    write_session_shards(pa.table({"session_id": sids, "split": splits}), tmp_path / "sessions", 7)
+    test_rows = [sid for sid, sp in zip(sids, splits) if sp == "test"]
+    assert read_sessions(tmp_path, "test").column("session_id").to_pylist() == test_rows
+    for max_rows in (1, 4, 8, 1000):
+        pieces = [p.column("session_id").to_pylist() for p in split_pieces(tmp_path, "test", max_rows)]
+        assert [sid for p in pieces for sid in p] == test_rows
+        owner = {}
+        for k, p in enumerate(pieces):
+            for sid in p:
+                assert owner.setdefault(sid, k) == k, f"{sid} in two pieces"
+            assert len(p) <= max_rows or len(set(p)) == 1
+        if max_rows == 1000:
+            assert len(pieces) == 1  # every shard's rows gathered
+        if max_rows == 8:  # as full as whole sessions allow: no two neighbours would fit in one
+            assert all(len(a) + len(b) > 8 for a, b in zip(pieces, pieces[1:]))

@@ -339,21 +339,15 @@ class DetectionInput:
 
     def tables(self):
         """(sessions table, event lookup) pieces: all sessions of the split, each in exactly one piece."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
         from loglm.detect.alerts import PreparedEvents
-        from loglm.shards import session_files
+        from loglm.shards import PIECE_ROWS, split_pieces
 
         if self._table is not None:
             yield self._table
             return
         event = PreparedEvents(self.folder)
-        for f in session_files(self.folder):
-            t = pq.read_table(f)
-            t = t.filter(pc.equal(t.column("split"), self.split))
-            if t.num_rows:
-                yield t, event
+        for t in split_pieces(self.folder, self.split, min(self.cfg.data.shard_rows, PIECE_ROWS)):
+            yield t, event
 
     def __exit__(self, *exc):
         import shutil
