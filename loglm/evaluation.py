@@ -296,10 +296,11 @@ def _report(cfg, out_dir: Path, scored: ScoredSplit, loaded, threshold: float, r
 
 
 class ScoredSplit:
-    """A split scored a piece (a shard's sessions) at a time: what the metrics and the report need is kept per
-    evaluated item (id, label, score, unique-item key; a session's start) and per session (score, start,
-    label: the report's plots), and the alerts go to a work file (:class:`loglm.detect.alerts.AlertSpill`).
-    Neither the split's sessions nor their windows are held, so memory follows the largest piece."""
+    """A split scored a piece (:func:`loglm.shards.split_pieces`) at a time: what the metrics and the report
+    need is kept per evaluated item (id, label, score, unique-item key; a session's start) and per session
+    (score, start, label: the report's plots), and the alerts go to a work file
+    (:class:`loglm.detect.alerts.AlertSpill`).  Neither the split's sessions nor their windows are held, so
+    memory follows the largest piece."""
 
     def __init__(self, cfg, loaded, dcfg, data_dir: Path, event, work: Path):
         from loglm.detect.alerts import AlertSpill
