@@ -111,12 +111,11 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from loglm.detect.detector import detect_config_of
     from loglm.detect.score_core import session_max
     from loglm.detect.torch_scoring import score_windows
-    from loglm.shards import session_files
+    from loglm.shards import PIECE_ROWS, split_pieces
     from loglm.vocab import UNK
     from loglm.windows import windows_of
 
@@ -124,8 +123,7 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
     judged_ids = pa.array(sorted(judged), pa.string())
     best: dict[str, float] = {}
     n = loaded.vocab.size
-    for f in session_files(data_dir):
-        t = pq.read_table(f)
+    for t in split_pieces(data_dir, max_rows=min(cfg.data.shard_rows, PIECE_ROWS)):  # each session whole
         t = t.filter(pc.invert(pc.is_in(t.column("session_id"), value_set=judged_ids)))
         if not t.num_rows:
             continue
@@ -135,8 +133,7 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
         t = t.set_column(t.schema.get_field_index("tokens"), "tokens",
                          pa.ListArray.from_arrays(tokens.offsets, pa.array(values, tokens.type.value_type)))
         ws = score_windows(loaded.encoder, *windows_of(t), dcfg)
-        for sid, v in session_max(t.column("session_id").to_pylist(), ws.score).items():
-            best[sid] = max(v, best.get(sid, v))  # a session's chunks may lie in two shards
+        best.update(session_max(t.column("session_id").to_pylist(), ws.score))
     out = {"sessions": len(best), "alerting": 0, "share": 0.0}
     if not best:
         return out
