@@ -372,6 +372,24 @@ class ScoredSplit:
 
 
 def run(cfg, parent_run_id: str | None = None) -> dict:
+    """Score the split, compute the metrics, write the report and log them.  Ctrl-C or SIGTERM ends it: its
+    work folders (the alerts' spill, a transfer's re-read inputs) are removed, it says so and exits 130."""
+    from loglm.detect.detector import STOP_GRACE_S
+    from loglm.signals import Stopped, stop_on_signals
+
+    with stop_on_signals(STOP_GRACE_S):
+        try:
+            return _run(cfg, parent_run_id)
+        except Stopped as e:
+            import signal
+            import sys
+
+            print(f"loglm: evaluation stopped by {signal.Signals(e.signum).name}: its work folders were removed; "
+                  "no metrics were logged for the unfinished run", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+
+
+def _run(cfg, parent_run_id: str | None) -> dict:
     import shutil
 
     from loglm.artifacts import work_folder

@@ -646,6 +646,45 @@ def test_a_stopped_batch_detection_removes_its_work_folder(trained, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == [], sorted(p.name for p in out.parent.iterdir())
 
 
+STOPPABLE_EVALUATE = """
+import runpy, sys, time
+import loglm.evaluation as evaluation
+add = evaluation.ScoredSplit.add
+def slow_add(self, table):  # the job is stopped while it scores its split
+    print("SCORING", flush=True)
+    time.sleep(60)
+    return add(self, table)
+evaluation.ScoredSplit.add = slow_add
+sys.argv = ["pipelines.evaluate", *sys.argv[1:]]
+runpy.run_module("pipelines.evaluate", run_name="__main__")
+"""
+
+
+def test_a_stopped_evaluation_removes_its_work_folder(trained, tmp_path):
+    """SIGTERM while an evaluation scores its split: the alerts' spill folder is removed, it says so and exits
+    130 (the default action killed it and left the folder for the next run to remove)."""
+    import os
+    import subprocess
+    import sys
+
+    cfg, _, result = trained
+    root = Path(cfg.paths.root)
+    same_data = [f"paths.root={root}", "debug=tests", "data.name=synthetic", f"data.inputs=[{root / 'train.log'}]",
+                 "data.anomalous_ids=null", "data.split.method=seeded", "data.split.train_frac=0.8",
+                 "data.split.val_frac=0.2", "split=val", f"ckpt={result['model_dir']}", "suite.enabled=false"]
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_EVALUATE, *same_data],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "LOGLM_PROGRESS": "0"})
+
+    def work():
+        return [p for p in (root / "eval").iterdir() if ".evaluating-" in p.name]
+
+    err = sigterm_at(proc, "SCORING", work)
+    assert proc.returncode == 130, err[-2000:]
+    assert "evaluation stopped by SIGTERM" in err
+    assert work() == []
+
+
 def test_parity_windows_are_drawn_a_shard_at_a_time_as_from_the_whole_splits(trained):
     """Export's parity check draws its windows from validation and test without holding both splits: the
     same rows as drawing from their concatenation (the draw before), for a few rows and for more than exist."""
