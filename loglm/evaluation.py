@@ -323,9 +323,7 @@ class ScoredSplit:
 
     def add(self, table) -> int:
         """Score one piece (every session of it whole); returns its sessions."""
-        from loglm.analyst.enrich import enrich_alerts
-        from loglm.detect.alerts import build_alerts
-        from loglm.detect.detector import session_score_rows
+        from loglm.detect.detector import piece_alerts, session_score_rows
         from loglm.detect.score_core import event_alarm_scores, event_item_scores
         from loglm.detect.torch_scoring import score_windows
         from loglm.windows import windows_of
@@ -346,13 +344,11 @@ class ScoredSplit:
             self.scores.append(scores)
             self.keys.extend(digests)
         rows = session_score_rows(table, ws.score)
-        for r in rows:
-            self.starts[r["session_id"]] = r["start_ts"]
+        if self.unit == "session":  # an event's own time is read from events.parquet
+            self.starts.update((r["session_id"], r["start_ts"]) for r in rows)
         self._view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
-        part = build_alerts(table, ws, self.event, self.loaded.vocab, self.threshold, self.dcfg.evidence_events,
-                            self.info, self.loaded.calibration)
-        part = enrich_alerts(part, table, self.loaded, self.dcfg)
-        self.alerts.add_alerts(part if self.pseudo is None else [self.pseudo.alert(a) for a in part])
+        self.alerts.add_alerts(piece_alerts(table, ws, self.event, self.loaded, self.dcfg, self.threshold,
+                                            self.info, self.pseudo))
         return len(rows)
 
     def items(self) -> tuple[list, np.ndarray, np.ndarray, list]:

@@ -276,6 +276,17 @@ def write_findings(alerts_path: Path, spill, dcfg, work: Path) -> dict:
     return {"findings_path": str(path), "findings": len(findings)}
 
 
+def piece_alerts(table, ws, event, model, dcfg, threshold: float, info: dict, pseudo=None) -> list[dict]:
+    """The alerts of one scored piece, as batch detection and evaluation write them: built from its window
+    scores, enriched (kinds, ATT&CK, similar sessions) and pseudonymised when ``pseudo`` is given."""
+    from loglm.analyst.enrich import enrich_alerts
+    from loglm.detect.alerts import build_alerts
+
+    part = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info, model.calibration)
+    part = enrich_alerts(part, table, model, dcfg)
+    return part if pseudo is None else [pseudo.alert(a) for a in part]
+
+
 class DetectionInput:
     """What batch detection scores, one table at a time, so no step holds the corpus: a prepared split read a
     shard at a time, or raw inputs prepared out of core into a work folder with the model's own vocabulary
@@ -413,9 +424,7 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
 
 
 def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> dict:
-    from loglm.analyst.enrich import enrich_alerts
     from loglm.artifacts import atomic_write_bytes
-    from loglm.detect.alerts import build_alerts
     from loglm.privacy import from_config
     from loglm.progress import Progress
     from loglm.windows import windows_of
@@ -433,10 +442,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
         for table, event in source.tables():
             toks, gaps, closed = windows_of(table)
             ws = scorer(toks, gaps, closed, dcfg)
-            part = build_alerts(table, ws, event, model.vocab, threshold, dcfg.evidence_events, info,
-                                model.calibration)
-            part = enrich_alerts(part, table, model, dcfg)
-            alerts.add_alerts(part if pseudo is None else [pseudo.alert(a) for a in part])
+            alerts.add_alerts(piece_alerts(table, ws, event, model, dcfg, threshold, info, pseudo))
             rows = session_score_rows(table, ws.score, pseudo=pseudo)
             view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
             if scores is not None:

@@ -14,12 +14,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from loglm.analyst.enrich import enrich_alerts
-from loglm.detect.alerts import build_alerts, events_from_parsed
+from loglm.detect.alerts import events_from_parsed
 from loglm.detect.detector import (
     ScoreWriter,
     check_not_all_rejected,
     detect_config_of,
+    piece_alerts,
     report_from_files,
     session_score_rows,
 )
@@ -175,13 +175,11 @@ class StreamingDetector:
         table = session_table(sessions, ev, self.model.vocab)
         ws = self.scorer(*windows_of(table), self.dcfg)
         info = {"run_id": self.model.meta.get("run_id"), "model_dir": str(self.model.folder)}
-        alerts = build_alerts(table, ws, events_from_parsed(ev), self.model.vocab, self.threshold,
-                              self.dcfg.evidence_events, info, self.model.calibration)
-        alerts = enrich_alerts(alerts, table, self.model, self.dcfg)
+        alerts = piece_alerts(table, ws, events_from_parsed(ev), self.model, self.dcfg, self.threshold, info,
+                              self.pseudo)
         if self.scores_out is not None:
             self.scores_out.add(session_score_rows(table, ws.score, pseudo=self.pseudo))
         for a in alerts:
-            a = self.pseudo.alert(a) if self.pseudo else a
             self.alerts_out.write(json.dumps(a) + "\n")
             if self.findings_out is not None:  # SIEM feed: Create, then Update while the entity keeps alerting
                 self.findings_out.write(json.dumps(self.findings.feed(a)) + "\n")
