@@ -284,10 +284,11 @@ def _report(cfg, out_dir: Path, scored: ScoredSplit, loaded, threshold: float, r
     from loglm.report import write_report
 
     path = out_dir / "report.html"
+    scores, starts, labels = scored.view.arrays()
     plots = write_report(path, f"LogLM evaluation: {cfg.data.name}/{cfg.split}",
                          f"model {loaded.meta.get('run_id')}; threshold {threshold:.4g} from validation normal data "
                          f"(target FPR {loaded.calibration.get('target_fpr')}); metrics per {cfg.data.eval_unit}",
-                         *scored.view(), threshold, scored.alerts.top(20), labels=scored.view_labels(),
+                         scores, starts, threshold, scored.alerts.top(20), labels=labels,
                          metrics=result, n_alerts=len(scored.alerts))
     (out_dir / "plots").mkdir(exist_ok=True)
     for name, png in plots.items():
@@ -305,6 +306,7 @@ class ScoredSplit:
     def __init__(self, cfg, loaded, dcfg, data_dir: Path, event, work: Path):
         from loglm.detect.alerts import AlertSpill
         from loglm.privacy import from_config
+        from loglm.report import SessionView
 
         self.cfg, self.loaded, self.dcfg, self.data_dir, self.event = cfg, loaded, dcfg, data_dir, event
         self.unit = cfg.data.eval_unit
@@ -319,7 +321,7 @@ class ScoredSplit:
         self.scores: list[np.ndarray] = []
         self.keys: list = []
         self.starts: dict[str, float] = {}
-        self._view: list[tuple[float, float, int]] = []  # per session: score, start, label
+        self.view = SessionView()  # per session: score, start, label (the report's plots)
 
     def add(self, table) -> int:
         """Score one piece (every session of it whole); returns its sessions."""
@@ -346,7 +348,7 @@ class ScoredSplit:
         rows = session_score_rows(table, ws.score)
         if self.unit == "session":  # an event's own time is read from events.parquet
             self.starts.update((r["session_id"], r["start_ts"]) for r in rows)
-        self._view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
+        self.view.add(rows)
         self.alerts.add_alerts(piece_alerts(table, ws, self.event, self.loaded, self.dcfg, self.threshold,
                                             self.info, self.pseudo))
         return len(rows)
@@ -359,12 +361,6 @@ class ScoredSplit:
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int64)
         return self.ids, labels, scores, self.keys
 
-    def view(self) -> tuple[np.ndarray, np.ndarray]:
-        v = np.array(self._view, dtype=np.float64).reshape(-1, 3)
-        return v[:, 0], v[:, 1]
-
-    def view_labels(self) -> np.ndarray:
-        return np.array([lab for _, _, lab in self._view], dtype=np.int64)
 
 
 def run(cfg, parent_run_id: str | None = None) -> dict:

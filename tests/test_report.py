@@ -103,3 +103,38 @@ def test_a_streams_report_shows_its_top_alerts_out_of_all_of_them(tmp_path):
     page = report_from_files(path, scores, 1.0, "stdin", model).read_text()
     assert "Top alerts (20 of 25)" in page
     assert page.index(alerts[24]["alert_id"]) < page.index(alerts[23]["alert_id"]) and alerts[0]["alert_id"] not in page
+
+
+def test_a_large_timeline_draws_every_alert_and_an_even_sample_of_the_rest(tmp_path, monkeypatch):
+    """Beyond TIMELINE_POINTS sessions the timeline draws every alert and evenly spaced others, and says so;
+    the histogram still counts every session (the report's KPI too)."""
+    import loglm.report as report
+
+    highlight = np.zeros(1000, bool)
+    highlight[[3, 500, 998]] = True
+    shown = report.timeline_sample(highlight, limit=100)
+    assert len(shown) == 100 and set(np.flatnonzero(highlight)) <= set(shown.tolist())
+    assert np.all(np.diff(shown) > 0) and shown[0] == 0 and shown[-1] == 999  # sorted, spread over the whole span
+    assert np.array_equal(report.timeline_sample(highlight, limit=1000), np.arange(1000))
+    too_many = np.ones(1000, bool)  # alerts alone over the limit: evenly spaced alerts
+    assert len(report.timeline_sample(too_many, limit=100)) == 100
+
+    monkeypatch.setattr(report, "TIMELINE_POINTS", 50)
+    scores = np.r_[np.zeros(400), np.full(5, 9.0)]
+    times = 1.7e9 + np.arange(405) * 60.0
+    report.write_report(tmp_path / "r.html", "LogLM detection", "", scores, times, 1.0, [])
+    page = (tmp_path / "r.html").read_text()
+    assert "sessions scored<b>405</b>" in page and "alerts<b>5</b>" in page
+
+
+def test_session_view_holds_numpy_rows_in_the_order_added():
+    from loglm.report import SessionView
+
+    view = SessionView()
+    view.add([{"score": 1.5, "start_ts": 10.0, "label": None}, {"score": 0.5, "start_ts": 11.0, "label": 1}])
+    view.add([])
+    view.add([{"score": 2.5, "start_ts": 12.0, "label": 0}])
+    scores, starts, labels = view.arrays()
+    assert len(view) == 3 and scores.tolist() == [1.5, 0.5, 2.5] and starts.tolist() == [10.0, 11.0, 12.0]
+    assert labels.tolist() == [-1, 1, 0] and labels.dtype == np.int64
+    assert [len(a) for a in SessionView().arrays()] == [0, 0, 0]

@@ -427,6 +427,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
     from loglm.artifacts import atomic_write_bytes
     from loglm.privacy import from_config
     from loglm.progress import Progress
+    from loglm.report import SessionView
     from loglm.windows import windows_of
 
     t0 = time.perf_counter()
@@ -435,7 +436,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
     threshold = float(model.calibration["threshold"])
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     pseudo = from_config(cfg.detect)
-    view: list[tuple[float, float, int]] = []  # per session: score, start, label (the report's plots)
+    view = SessionView()  # per session: score, start, label (the report's plots)
     n_sessions = n_events = pieces = 0
     with DetectionInput(cfg, model, out) as source:
         progress = Progress("scoring", unit="sessions")
@@ -444,7 +445,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
             ws = scorer(toks, gaps, closed, dcfg)
             alerts.add_alerts(piece_alerts(table, ws, event, model, dcfg, threshold, info, pseudo))
             rows = session_score_rows(table, ws.score, pseudo=pseudo)
-            view.extend((r["score"], r["start_ts"], -1 if r["label"] is None else r["label"]) for r in rows)
+            view.add(rows)
             if scores is not None:
                 scores.add(rows)
             n_sessions += len(rows)
@@ -455,9 +456,8 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
         atomic_write_bytes(out, alerts.lines())  # by score, then start time, then session, whatever the pieces
         findings_path = write_findings(out, alerts, cfg.detect, work)
         if cfg.detect.report:
-            v = np.array(view, dtype=np.float64).reshape(-1, 3)
             findings_path["report_path"] = str(write_detection_report(
-                out, v[:, 0], v[:, 1], v[:, 2].astype(int), alerts.top(20), threshold, cfg, model, len(alerts)))
+                out, *view.arrays(), alerts.top(20), threshold, cfg, model, len(alerts)))
         if scores is not None:
             scores.close()
         account = source.account

@@ -87,6 +87,23 @@ def _system_allocator() -> None:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
+def release_free_memory() -> None:
+    """Hand the pages freed so far back to the system (glibc's ``malloc_trim``; nothing where the C library
+    has none).  Prepare's per-session tables are freed when it returns, but glibc kept their pages, so
+    batch detection and a transfer evaluation, which score in the same process afterwards, started from
+    prepare's peak: 16M lines, 596 MB kept after prepare, 470 MB trimmed (whole detection 991 -> 764 MB with
+    the report's compact session view)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
 def partition_of(key: str, n: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
 
@@ -367,9 +384,11 @@ def merge_stats(tables: list[pa.Table]) -> pa.Table:
     if not sum(t.num_rows for t in tables):
         return pa.table({"key": pa.array([], pa.string()), **{n: pa.array([], pa.float64() if n.endswith("_ts")
                                                                            else pa.int64()) for n in STATS_NAMES}})
-    t = pa.concat_tables(tables).combine_chunks()
+    # chunked, not combined: sorted over the tables' own buffers (a combined copy: 9 MB more at the split
+    # stage of 4M lines, 194k sessions)
+    t = pa.concat_tables(tables)
     order = pc.sort_indices(t, sort_keys=[("key", "ascending"), ("first_ts", "ascending"), ("first_pos", "ascending")])
-    keys = t.column("key").take(order)
+    keys = pa.concat_arrays(t.column("key").take(order).chunks)
     starts = np.flatnonzero(np.r_[True, pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)])
     order = order.to_numpy()
 
@@ -985,6 +1004,7 @@ def prepare(cfg, out: Path, ray_mod=None, vocab=None, split: str | None = None, 
         raise
     finally:
         runner.close()
+        release_free_memory()
 
 
 def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen=None,
