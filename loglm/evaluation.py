@@ -362,7 +362,6 @@ class ScoredSplit:
         return self.ids, labels, scores, self.keys
 
 
-
 def run(cfg, parent_run_id: str | None = None) -> dict:
     """Score the split, compute the metrics, write the report and log them.  Ctrl-C or SIGTERM ends it: its
     work folders (the alerts' spill, a transfer's re-read inputs) are removed, it says so and exits 130."""

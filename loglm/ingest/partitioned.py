@@ -91,8 +91,8 @@ def release_free_memory() -> None:
     """Hand the pages freed so far back to the system (glibc's ``malloc_trim``; nothing where the C library
     has none).  Prepare's per-session tables are freed when it returns, but glibc kept their pages, so
     batch detection and a transfer evaluation, which score in the same process afterwards, started from
-    prepare's peak: 16M lines, 596 MB kept after prepare, 470 MB trimmed (whole detection 991 -> 764 MB with
-    the report's compact session view)."""
+    prepare's peak: 16M lines, 596 MB kept after prepare, 470 MB trimmed (whole detection 991 -> 751 MB with
+    the report's compact session view, ``loglm.report.SessionView``)."""
     import ctypes
     import gc
 
