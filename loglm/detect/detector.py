@@ -200,13 +200,6 @@ def follow(cfg, model, scorer) -> dict:
                                                                 max_line_bytes=cfg.data.max_line_bytes), source, out)
 
 
-def session_view(table, scores):
-    """Per session (max over chunks): ids, scores, start times, labels (-1 unknown)."""
-    rows = session_score_rows(table, scores)
-    return ([r["session_id"] for r in rows], np.array([r["score"] for r in rows]),
-            np.array([r["start_ts"] for r in rows]), np.array([-1 if r["label"] is None else r["label"] for r in rows]))
-
-
 def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.ndarray, labels: np.ndarray,
                            alerts: list[dict], threshold: float, cfg, model, n_alerts: int | None = None) -> Path:
     """The HTML report of a detection run (``<alerts>.html``) from every session's score, start and label."""
