@@ -53,6 +53,7 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     on LogLM's validation items, scored on the test items LogLM scores."""
     from loglm.baselines.detectors import Windows
     from loglm.detect.thresholds import normal_validation_mask, threshold_above_quiet
+    from loglm.windows import windows_of
 
     if model.unit == "flow":
         return run_flow_baseline(model, cfg, data_dir)
@@ -63,6 +64,7 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     keep, _ = normal_validation_mask(val.column("label").to_numpy())  # the rule LogLM's calibration uses
     model.fit(Windows([t for t, k in zip(tr_toks, train_normal) if k], [c for c, k in zip(tr_closed, train_normal) if k]),
               Windows([t for t, k in zip(v_toks, keep) if k], [c for c, k in zip(v_closed, keep) if k]))
+    del train, tr_toks, tr_closed, val, v_toks, v_closed  # not held while the test split is scored
 
     def scores_of(toks, closed):
         return model.score(Windows(toks, closed))
@@ -70,13 +72,38 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     # the floor LogLM's miss ratio has (loglm.detect.calibrate.threshold_of), for a baseline whose score has one
     threshold, _ = threshold_above_quiet(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr,
                                          getattr(model, "quiet_top", None))
-    test, t_toks, t_closed = _split(data_dir, cfg.split)
-    ids, labels, scores, seqs = session_scores(test, scores_of(t_toks, t_closed))
-    if cfg.data.eval_unit == "event":
-        ids, labels, scores, seqs = event_scores(test, ids, scores, data_dir, cfg.data)
-    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data,
-                                     session_starts(test))
+    starts: dict[str, float] = {}
+
+    def score_piece(piece):
+        toks, _, closed = windows_of(piece)
+        ids, labels, scores, seqs = session_scores(piece, scores_of(toks, closed))
+        starts.update(session_starts(piece))
+        if cfg.data.eval_unit == "event":
+            return event_scores(piece, ids, scores, data_dir, cfg.data)
+        return ids, labels, scores, seqs
+
+    ids, labels, scores, seqs = test_items(data_dir, cfg, score_piece)
+    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, starts)
     return metrics, threshold, time.perf_counter() - t0, by_class
+
+
+def test_items(data_dir: Path, cfg, score_piece) -> tuple[list, np.ndarray, np.ndarray, list]:
+    """(ids, labels, scores, unique-item keys) of the test split's items, scored a piece of sessions at a time
+    (:func:`loglm.shards.split_pieces`, as LogLM's own evaluation scores it): ``score_piece(table)`` gives one
+    piece's items.  A baseline is trained on its training split in memory, as its library trains; the test split
+    is never held whole."""
+    from loglm.shards import PIECE_ROWS, split_pieces
+
+    ids, labels, scores, keys = [], [], [], []
+    for piece in split_pieces(data_dir, cfg.split, min(cfg.data.shard_rows, PIECE_ROWS)):
+        i, y, s, k = score_piece(piece)
+        ids.extend(i)
+        labels.append(np.asarray(y, np.int64))
+        scores.append(np.asarray(s, np.float64))
+        keys.extend(k)
+    if not ids:
+        return [], np.zeros(0, np.int64), np.zeros(0), []
+    return ids, np.concatenate(labels), np.concatenate(scores), keys
 
 
 def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
@@ -123,11 +150,13 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     val_ids = events_of("val")
     val = [j for j, y in zip(val_ids, labels_of(val_ids)) if y == 0]
     threshold = threshold_for_fpr(model.score(read_flows(data_dir, val)), cfg.detect.target_fpr)
-    ids = events_of(cfg.split)
-    flows = read_flows(data_dir, ids)
-    scores = model.score(flows)
-    labels = np.array(labels_of(ids))
-    metrics, by_class = item_metrics(ids, labels, scores, model.keys(flows), threshold, data_dir, cfg.data)
+    def score_piece(piece):
+        ids = sorted(j for idx in piece.column("event_idx").to_pylist() for j in idx)
+        flows = read_flows(data_dir, ids)
+        return ids, labels_of(ids), model.score(flows) if ids else np.zeros(0), model.keys(flows)
+
+    ids, labels, scores, keys = test_items(data_dir, cfg, score_piece)
+    metrics, by_class = item_metrics(ids, labels, scores, keys, threshold, data_dir, cfg.data)
     return metrics, threshold, time.perf_counter() - t0, by_class
 
 

@@ -3,6 +3,7 @@ baselines, and the whole suite on a small NetFlow Parquet in Tempo's ten fields.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime
@@ -240,3 +241,43 @@ def test_zeek_detailed_labels_come_from_each_files_own_header(tmp_path):
     assert [k for _, k in by_source[str(b)]] == [want[lab] for lab, _ in by_source[str(b)]]
     assert len(by_source[str(b)]) == 25 and {k for _, k in by_source[str(c)]} == {None}
     assert sum(k == "External-Attack" for k in got) == 9
+
+
+def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(tmp_path, monkeypatch):
+    """The suite's baselines never hold the test split whole: it is scored in pieces of sessions, as LogLM's
+    evaluation scores it, and the metrics are those of scoring it in one piece."""
+    import loglm.shards
+    from loglm.evaluation_suite import baselines, run_baseline
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.ingest.prepare import run as prepare
+    from loglm.vocab import Vocabulary
+
+    write_week(tmp_path / "week.parquet")
+    cfg = compose("evaluate", [
+        "dataset=cic_flowprep", f"paths.root={tmp_path}/runs", f"data.inputs=[{tmp_path}/week.parquet]",
+        "data.name=cic_week", "suite.baseline_epochs=2", "detect.small_validation=warn"])
+    prepare(cfg)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    size = Vocabulary.load(data_dir / "vocab.json").size
+    whole_pieces = loglm.shards.split_pieces
+    pieces: list[int] = []
+
+    def counted(data_dir, split=None, max_rows=None):  # the pieces a split is scored in (not whole-split reads)
+        for piece in whole_pieces(data_dir, split, max_rows):
+            if max_rows is not None:
+                pieces.append(piece.num_rows)
+            yield piece
+
+    monkeypatch.setattr(loglm.shards, "split_pieces", counted)
+    one_piece = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_rows=10**9))
+    for name in ("pca", "flow_pca"):  # a window model (each flow takes its window's score) and a flow model
+        whole, _, _, whole_by_class = run_baseline(baselines([name], size, cfg)[name], one_piece, data_dir)
+        assert len(pieces) == 1, name  # the whole test split at once
+        pieces.clear()
+        monkeypatch.setattr(loglm.shards, "PIECE_ROWS", 3)
+        cut, _, _, cut_by_class = run_baseline(baselines([name], size, cfg)[name], cfg, data_dir)
+        monkeypatch.setattr(loglm.shards, "PIECE_ROWS", 16_384)
+        assert len(pieces) > 50 and sorted(pieces)[-2] <= 3, (name, pieces[:20])  # one longer session at most alone
+        pieces.clear()
+        assert cut == whole and cut_by_class == whole_by_class, name
+        assert whole["all"]["n"] > 1000
