@@ -259,7 +259,7 @@ def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(
     prepare(cfg)
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
     size = Vocabulary.load(data_dir / "vocab.json").size
-    whole_pieces = loglm.shards.split_pieces
+    whole_pieces, piece_rows = loglm.shards.split_pieces, loglm.shards.PIECE_ROWS
     pieces: list[int] = []
 
     def counted(data_dir, split=None, max_rows=None):  # the pieces a split is scored in (not whole-split reads)
@@ -276,7 +276,7 @@ def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(
         pieces.clear()
         monkeypatch.setattr(loglm.shards, "PIECE_ROWS", 3)
         cut, _, _, cut_by_class = run_baseline(baselines([name], size, cfg)[name], cfg, data_dir)
-        monkeypatch.setattr(loglm.shards, "PIECE_ROWS", 16_384)
+        monkeypatch.setattr(loglm.shards, "PIECE_ROWS", piece_rows)
         assert len(pieces) > 50 and sorted(pieces)[-2] <= 3, (name, pieces[:20])  # one longer session at most alone
         pieces.clear()
         assert cut == whole and cut_by_class == whole_by_class, name
