@@ -127,18 +127,20 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     """A flow-feature baseline (loglm.baselines.flow_features): every flow scored on its own fields; trained
     on the training sessions' flows, thresholded on the validation split's normal flows, per flow on test."""
 
-    from loglm.baselines.flow_features import read_flows
+    from loglm.baselines.flow_features import read_flow_columns, read_flows
     from loglm.detect.thresholds import threshold_for_fpr
     from loglm.ingest.sessions import event_label
-    from loglm.shards import event_columns, read_sessions
+    from loglm.shards import read_sessions
 
     if cfg.data.eval_unit != "event":
         raise ValueError("flow-feature baselines score flows: they need data.eval_unit=event on flow data")
     t0 = time.perf_counter()
     normal, unknown = set(cfg.data.normal_labels), set(cfg.data.unknown_labels)
 
-    def labels_of(ids: list[int]) -> list[int]:
-        return [event_label(lab, normal, unknown) for lab in event_columns(data_dir, ids, ["label"])["label"]]
+    def flows_and_labels(ids: list[int]) -> tuple[list[dict], list[int]]:
+        """Each event's fields and label in one read of the events table."""
+        flows, cols = read_flow_columns(data_dir, ids, ("label",))
+        return flows, [event_label(lab, normal, unknown) for lab in cols["label"]]
 
     def events_of(split: str, normal_sessions_only: bool = False) -> list[int]:
         """Event ids in input order: a model fitted on them does not depend on how sessions lie in shards."""
@@ -147,13 +149,16 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
                       if not (normal_sessions_only and lab == 1) for j in idx)
 
     model.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True)))
-    val_ids = events_of("val")
-    val = [j for j, y in zip(val_ids, labels_of(val_ids)) if y == 0]
-    threshold = threshold_for_fpr(model.score(read_flows(data_dir, val)), cfg.detect.target_fpr)
+    val_flows, val_labels = flows_and_labels(events_of("val"))
+    val_normal = [f for f, y in zip(val_flows, val_labels) if y == 0]
+    del val_flows
+    threshold = threshold_for_fpr(model.score(val_normal), cfg.detect.target_fpr)
+    del val_normal
+
     def score_piece(piece):
         ids = sorted(j for idx in piece.column("event_idx").to_pylist() for j in idx)
-        flows = read_flows(data_dir, ids)
-        return ids, labels_of(ids), model.score(flows) if ids else np.zeros(0), model.keys(flows)
+        flows, labels = flows_and_labels(ids)
+        return ids, labels, model.score(flows) if ids else np.zeros(0), model.keys(flows)
 
     ids, labels, scores, keys = test_items(data_dir, cfg, score_piece)
     metrics, by_class = item_metrics(ids, labels, scores, keys, threshold, data_dir, cfg.data)

@@ -269,15 +269,30 @@ def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(
             yield piece
 
     monkeypatch.setattr(loglm.shards, "split_pieces", counted)
+    whole_columns, reads = loglm.shards.event_columns, []
+
+    def read(source, ids, columns):  # the events table's reads: a flow piece's fields and labels come in one
+        reads.append(tuple(columns))
+        return whole_columns(source, ids, columns)
+
+    monkeypatch.setattr(loglm.shards, "event_columns", read)
     one_piece = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_rows=10**9))
     for name in ("pca", "flow_pca"):  # a window model (each flow takes its window's score) and a flow model
         whole, _, _, whole_by_class = run_baseline(baselines([name], size, cfg)[name], one_piece, data_dir)
         assert len(pieces) == 1, name  # the whole test split at once
         pieces.clear()
+        reads.clear()
         monkeypatch.setattr(loglm.shards, "PIECE_ROWS", 3)
         cut, _, _, cut_by_class = run_baseline(baselines([name], size, cfg)[name], cfg, data_dir)
         monkeypatch.setattr(loglm.shards, "PIECE_ROWS", piece_rows)
         assert len(pieces) > 50 and sorted(pieces)[-2] <= 3, (name, pieces[:20])  # one longer session at most alone
+        n_pieces = len(pieces)
         pieces.clear()
         assert cut == whole and cut_by_class == whole_by_class, name
+        if name == "flow_pca":
+            piece_reads = [c for c in reads if "fields" in c]
+            assert len(piece_reads) == n_pieces + 2, (len(piece_reads), n_pieces)  # + training and validation
+            # labels come with the fields, never in a read of their own; the one label read is the class recall's
+            assert reads.count(("label",)) == 1, reads[:10]
+        reads.clear()
         assert whole["all"]["n"] > 1000

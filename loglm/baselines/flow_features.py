@@ -189,6 +189,12 @@ def make(name: str, seed: int, epochs: int):
 
 def read_flows(data_dir, event_ids: list[int]) -> list[dict]:
     """The canonical fields of these events from a prepared flow dataset."""
+    return read_flow_columns(data_dir, event_ids)[0]
+
+
+def read_flow_columns(data_dir, event_ids: list[int], columns: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+    """The canonical fields of these events and their ``columns`` (e.g. ``label``), in one pass over the
+    events table's row groups: (flows, {column: values}) in the order of ``event_ids``."""
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -199,4 +205,5 @@ def read_flows(data_dir, event_ids: list[int]) -> list[dict]:
                          "version (prepare it again)")
     from loglm.shards import event_columns
 
-    return [json.loads(f or "{}") for f in event_columns(data_dir, event_ids, ["fields"])["fields"]]
+    got = event_columns(data_dir, event_ids, ["fields", *columns])
+    return [json.loads(f or "{}") for f in got.pop("fields")], got
