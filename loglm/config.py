@@ -204,6 +204,14 @@ class ObjectiveConfig:
     # with this chance, field by field, so the model learns that id and does not lean on one field
     # (loglm.objectives.drop_facets; cic_flowprep seed 42: test FPR 0.0965 at 0, 0.044 at 0.25)
     facet_dropout: float = 0.25
+    # each training event that is not a prediction target reads as [UNK] with this chance, so the model learns
+    # what an event it never saw means beside the events it predicts (loglm.objectives.hide_as_unseen)
+    unk_rate: float = 0.0
+
+    def __post_init__(self):
+        _check(0 < self.mask_ratio < 1, f"objective.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        _check(0 <= self.facet_dropout < 1, f"objective.facet_dropout must be in [0, 1), got {self.facet_dropout}")
+        _check(0 <= self.unk_rate < 1, f"objective.unk_rate must be in [0, 1), got {self.unk_rate}")
 
 
 def _importable(path: str) -> Any:

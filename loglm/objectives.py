@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loglm.vocab import MASK, SPECIALS
+from loglm.vocab import MASK, SPECIALS, UNK
 
 IGNORE = -100
 
@@ -37,6 +37,19 @@ def mask_events(tokens: torch.Tensor, pad_mask: torch.Tensor, ratio: float, voca
         swap = chosen & (action >= 0.8) & (action < 0.9)
         inputs[swap] = rand_tok[swap]
     return inputs, labels
+
+
+def hide_as_unseen(inputs: torch.Tensor, pad_mask: torch.Tensor, target: torch.Tensor, rate: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training: each event that is not a prediction target (nor the summary token, nor padding) reads as
+    [UNK] with chance ``rate``.  Detection shows an event type training never saw as [UNK] beside the events it
+    scores; without this no training window holds one and its embedding stays as initialised."""
+    if rate <= 0:
+        return inputs
+    context = pad_mask & ~target
+    context[:, 0] = False
+    hide = (torch.rand(inputs.shape, generator=generator, device=inputs.device) < rate) & context
+    return inputs.masked_fill(hide, UNK)
 
 
 def hide_facets(gaps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from loglm.detect.metrics import detection_metrics, f1_ceiling, reweighted_f1, u
 from loglm.detect.score_core import calibrated_config
 from loglm.detect.torch_scoring import score_windows, threshold_for_fpr
 from loglm.model.encoder import EncoderConfig, LogEncoder
-from loglm.objectives import IGNORE, mask_events
+from loglm.objectives import IGNORE, hide_as_unseen, mask_events
 from loglm.training.data import BucketBatchSampler, collate
 from loglm.vocab import END, MASK, PAD, SUM, UNK, gap_bucket
 from loglm.windows import length_batches
@@ -54,6 +54,57 @@ def test_masking_targets_only_event_positions_and_at_least_one():
         assert not (target & ~b["pad_mask"]).any()  # never padding
         assert target.any(1).all()  # every sequence has a target
         assert (inputs[target] == MASK).float().mean() > 0.3
+
+
+def test_unseen_events_in_training_context_never_hide_targets_summary_or_padding():
+    """objective.unk_rate: context events read as [UNK] at about the asked rate; the events the loss predicts,
+    the summary token and padding never do, and a rate of 0 changes nothing."""
+    b = collate([(np.arange(5, 205) % 25 + 5, np.zeros(200, int), True), (np.array([7, 8]), np.zeros(2, int), False)])
+    gen = torch.Generator().manual_seed(0)
+    inputs, labels = mask_events(b["tokens"], b["pad_mask"], 0.15, 30, gen)
+    target = labels != IGNORE
+    assert torch.equal(hide_as_unseen(inputs, b["pad_mask"], target, 0.0, gen), inputs)
+    hidden = hide_as_unseen(inputs, b["pad_mask"], target, 0.2, gen) == UNK
+    assert not (hidden & target).any() and not hidden[:, 0].any() and not (hidden & ~b["pad_mask"]).any()
+    context = b["pad_mask"] & ~target
+    context[:, 0] = False
+    assert 0.12 < hidden.sum() / context.sum() < 0.28
+    assert (inputs != UNK).all()  # the only [UNK] are the hidden ones
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_training_shows_the_encoder_unseen_events_only_with_unk_rate(rate):
+    """Without objective.unk_rate no training window shows the encoder [UNK] (its input embedding is only ever
+    learnt as an output no event takes); with it, training batches do, and validation batches never."""
+    from loglm.training.module import LogLMModule
+
+    torch.manual_seed(0)
+    module = LogLMModule({"vocab_size": 30, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0,
+                          "max_len": 64}, hypersphere_weight=0.0, unk_rate=rate)
+    seen = []
+    forward = module.encoder.forward
+    module.encoder.forward = lambda tokens, *a, **k: seen.append(tokens.clone()) or forward(tokens, *a, **k)
+    b = collate([(np.arange(5, 45) % 25 + 5, np.zeros(40, int), True) for _ in range(4)])
+    module.train()._step(b)
+    module.eval()._step(b, torch.Generator().manual_seed(0))
+    assert bool((seen[0] == UNK).any()) == (rate > 0)
+    assert not (seen[1] == UNK).any()
+
+    # distillation trains the student under the teacher's rule (pipelines.distill passes its objective's rate)
+    from loglm.training.distill_module import DistillModule
+
+    del module.encoder.forward  # the teacher: its own forward again
+
+    student = DistillModule(module.encoder, {"vocab_size": 30, "d_model": 8, "n_layers": 1, "n_heads": 2,
+                                             "d_ff": 16, "dropout": 0.0, "max_len": 64}, 0.15, 2.0, 1.0, 0.0, 0.0,
+                            1e-3, "random", unk_rate=rate)
+    seen.clear()
+    student_forward = student.student.forward
+    student.student.forward = lambda tokens, *a, **k: seen.append(tokens.clone()) or student_forward(tokens, *a, **k)
+    student.train()._losses(b)
+    student.eval()._losses(b, torch.Generator().manual_seed(0))
+    assert bool((seen[0] == UNK).any()) == (rate > 0)
+    assert not (seen[1] == UNK).any()
 
 
 def test_scoring_cost_is_constant_in_window_length():

@@ -122,7 +122,8 @@ class Distill(Stage):
         module = DistillModule(teacher.encoder, ctx.encoder,
                                ctx.spec["objective"].get("mask_ratio", cfg.objective.mask_ratio), d.temperature,
                                d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
-                               d.proposal_temperature, d.proposal_uniform)
+                               d.proposal_temperature, d.proposal_uniform,
+                               ctx.spec["objective"].get("unk_rate", 0.0))
         module.student.unpad_share = cfg.trainer.unpad_share  # the teacher only infers: padded path
         return module
 

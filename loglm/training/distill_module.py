@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from loglm.model.encoder import EncoderConfig, LogEncoder
-from loglm.objectives import IGNORE, hide_facets, mask_events
+from loglm.objectives import IGNORE, hide_as_unseen, hide_facets, mask_events
 from loglm.training.distill import init_from_teacher, propose_replacements
 
 
@@ -30,7 +30,8 @@ class ResumableOneCycle(torch.optim.lr_scheduler.OneCycleLR):
 class DistillModule(pl.LightningModule):
     def __init__(self, teacher: LogEncoder, student_cfg: dict, mask_ratio: float, temperature: float,
                  kl_weight: float, hard_weight: float, cosine_weight: float, lr: float, init: str,
-                 rtd_weight: float = 0.0, proposal_temperature: float = 3.0, proposal_uniform: float = 0.0):
+                 rtd_weight: float = 0.0, proposal_temperature: float = 3.0, proposal_uniform: float = 0.0,
+                 unk_rate: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["teacher"])
         self.teacher = teacher.eval().requires_grad_(False)
@@ -50,6 +51,8 @@ class DistillModule(pl.LightningModule):
         inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
                                      self.student.cfg.vocab_size, generator)
         target = labels != IGNORE
+        if self.training:  # the teacher's own training rule: the student learns [UNK] beside its targets too
+            inputs = hide_as_unseen(inputs, batch["pad_mask"], target, hp.get("unk_rate", 0.0), generator)
         gaps = hide_facets(batch["gaps"], target)
         with torch.no_grad():
             t_hidden = self.teacher(inputs, gaps, batch["pad_mask"])

@@ -12,6 +12,7 @@ from loglm.model.encoder import EncoderConfig, LogEncoder
 from loglm.objectives import (
     IGNORE,
     drop_facets,
+    hide_as_unseen,
     hide_facets,
     hypersphere_loss,
     mask_events,
@@ -22,7 +23,7 @@ from loglm.objectives import (
 class LogLMModule(pl.LightningModule):
     def __init__(self, encoder: dict, mask_ratio: float = 0.15, hypersphere_weight: float = 0.0,
                  center_momentum: float = 0.99, top_k: int = 5, lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 50, facet_dropout: float = 0.0):
+                 warmup_steps: int = 50, facet_dropout: float = 0.0, unk_rate: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = LogEncoder(EncoderConfig(**encoder))
@@ -37,6 +38,8 @@ class LogLMModule(pl.LightningModule):
         inputs, labels = mask_events(batch["tokens"], batch["pad_mask"], hp.mask_ratio,
                                      self.encoder.cfg.vocab_size, generator)
         target = labels != IGNORE
+        if self.training:
+            inputs = hide_as_unseen(inputs, batch["pad_mask"], target, hp.get("unk_rate", 0.0), generator)
         gaps = drop_facets(batch["gaps"], hp.facet_dropout, generator) if self.training else batch["gaps"]
         hidden = self.encoder(inputs, hide_facets(gaps, target), batch["pad_mask"])
         logits = self.encoder.logits(hidden[target])  # only the masked positions reach the vocab head
