@@ -329,7 +329,9 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
             out[key]["loglm" if m == "LogLM" else m] = row
         runs[key] = {"protocol": result["protocol"], "parent_run_id": result["parent_run_id"],
                      "report": str(kept.relative_to(ROOT)),
-                     "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1)}
+                     "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1),
+                     # a run of some protocols (--accuracy-datasets) keeps the others' rows: each says when
+                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     return out, runs
 
 
@@ -580,6 +582,9 @@ def write_reports(results: dict) -> None:
             section.setdefault("measured_at", now)  # each section keeps the time it was measured
             section.setdefault("cpu_reference_s", ref)  # and how fast the machine was then
         if key in ("accuracy", "accuracy_runs"):
+            kept = [k for k, v in merged.get(key, {}).items() if isinstance(v, dict) and k not in section]
+            if kept:  # the section's time is this run's, not the kept protocols' (their runs say theirs)
+                section["measured_at"] = f"{section['measured_at']} (not {', '.join(kept)}: see accuracy_runs)"
             merged[key] = {**merged.get(key, {}), **section}
         else:
             merged[key] = section
@@ -598,6 +603,12 @@ def write_reports(results: dict) -> None:
         scalars = [f"| {k} | {v} |" for k, v in section.items() if not isinstance(v, dict)]
         if scalars:
             lines += ["| metric | value |", "|---|---|", *scalars, ""]
+        if key == "accuracy_runs":  # one row per protocol: when it ran, how long, its report
+            runs = {k: v for k, v in section.items() if isinstance(v, dict)}
+            cols = list(dict.fromkeys(c for row in runs.values() for c in row))
+            lines += [f"### {key}: runs", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            lines += [f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for name, row in runs.items()]
+            lines.append("")
         for sub, table in section.items():
             if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
                 cols = list(next(iter(table.values())))

@@ -82,6 +82,24 @@ def test_a_partial_bench_run_keeps_the_sections_bench_md_holds(tmp_path, monkeyp
     assert 0 < bench.cpu_reference_s(n=100_000, repeats=2) < 10
 
 
+def test_a_partial_accuracy_run_says_which_protocols_it_measured(tmp_path, monkeypatch):
+    """`--accuracy-datasets X` re-measures one protocol and keeps the others' rows: the section's time names
+    the kept protocols, and bench.md lists when each protocol's run was measured."""
+    import benchmarks.run as bench
+
+    monkeypatch.setattr(bench, "REPORTS", tmp_path)
+    monkeypatch.setattr(bench, "cpu_reference_s", lambda: 0.3)
+    run = {"protocol": "hdfs", "seconds": 60.0, "measured_at": "2026-12-01 10:00:00"}
+    bench.write_reports({"accuracy": {"hdfs": {"loglm": {"f1": 0.99}}}, "accuracy_runs": {"hdfs": run}})
+    bench.write_reports({"accuracy": {"cic": {"loglm": {"f1": 0.97}}},
+                         "accuracy_runs": {"cic": {**run, "protocol": "cic", "measured_at": "2026-12-03 08:00:00"}}})
+    kept = __import__("json").loads((tmp_path / "bench.json").read_text())
+    assert kept["accuracy"]["hdfs"]["loglm"]["f1"] == 0.99 and kept["accuracy"]["cic"]["loglm"]["f1"] == 0.97
+    assert kept["accuracy"]["measured_at"].endswith("(not hdfs: see accuracy_runs)")
+    md = (tmp_path / "bench.md").read_text()
+    assert "| hdfs | hdfs | 60.0 | 2026-12-01 10:00:00 |" in md and "| cic | cic | 60.0 | 2026-12-03 08:00:00 |" in md
+
+
 def test_a_streams_report_shows_its_top_alerts_out_of_all_of_them(tmp_path):
     """report_from_files holds only the top alerts of an alerts file, yet counts every alert in it (it said
     "20 of 20" for a stream with more); the highest come first."""
