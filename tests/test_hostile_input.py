@@ -171,23 +171,30 @@ def test_sequence_builders_account_for_any_bytes(tmp_path, lines):
     """The pre-sequenced readers (hdfs_blocks, hdfs_keys CSVs): garbage, wrong column counts, bad keys."""
     from conftest import ROOT
 
-    from loglm.ingest.builders import build_hdfs_blocks, build_hdfs_keys
+    from loglm.ingest.builders import hdfs_blocks, hdfs_keys
+    from loglm.ingest.readers import LineAccount
+
+    def read_all(built) -> LineAccount:
+        (miner, sequences), account = built, LineAccount()
+        for seq in sequences(account, []):  # an accepted line's keys name templates
+            assert seq.keys and all(1 <= k <= len(miner.templates) for k in seq.keys)
+        return account
 
     body = b"\n".join(x.replace(b"\n", b" ") for x in lines) + (b"\n" if lines else b"")
     tpl = ROOT / "data" / "hdfs_blocks_sample" / "HDFS_templates.csv"
     (tmp_path / "n.log").write_bytes(body)
     (tmp_path / "a.log").write_bytes(body)
     data = DataConfig(format="hdfs_blocks", inputs=[str(tmp_path / "n.log"), str(tmp_path / "a.log"), str(tpl)])
-    parsed, _ = build_hdfs_blocks(data)
-    assert parsed.account.read == 2 * len(lines) == parsed.account.accepted + parsed.account.rejected
+    account = read_all(hdfs_blocks(data))
+    assert account.read == 2 * len(lines) == account.accepted + account.rejected
     keys = tmp_path / "keys"
     keys.mkdir(exist_ok=True)
     for name in ("hdfs_train", "hdfs_test_abnormal"):
         (keys / name).write_bytes(body)
     for name in ("robust_log_train.csv", "robust_log_valid.csv"):
         (keys / name).write_bytes(b"Sequence,label\n" + body)
-    parsed, _ = build_hdfs_keys(DataConfig(format="hdfs_keys", inputs=[str(keys), str(tpl)]))
-    assert parsed.account.read == 4 * len(lines) + 2 == parsed.account.accepted + parsed.account.rejected
+    account = read_all(hdfs_keys(DataConfig(format="hdfs_keys", inputs=[str(keys), str(tpl)])))
+    assert account.read == 4 * len(lines) + 2 == account.accepted + account.rejected
 
 
 def damaged_inputs(tmp_path, hdfs_head) -> tuple[list[str], int]:

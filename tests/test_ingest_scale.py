@@ -154,28 +154,28 @@ def test_a_stopped_prepare_leaves_no_worker_and_no_partial_folder(tmp_path, how)
         assert not list((root / "data").glob(".stopped.preparing-*")) and (root / "data" / "stopped" / "MANIFEST.json").is_file()
 
 
-STOPPABLE_IN_MEMORY = """
+STOPPABLE_SEQUENCES = """
 import runpy, sys, time
 import loglm.ingest.prepare as prepare
-write = prepare.write_prepared
+write = prepare.write_sequences
 def slow_write(out, *a, **k):  # half-written: the folder exists, then the job is stopped
     (out / "sessions").mkdir(parents=True, exist_ok=True)
     print("WRITING", flush=True)
     time.sleep(60)
     return write(out, *a, **k)
-prepare.write_prepared = slow_write
+prepare.write_sequences = slow_write
 sys.argv = ["pipelines.prepare", *sys.argv[1:]]
 runpy.run_module("pipelines.prepare", run_name="__main__")
 """
 
 
-def test_a_stopped_in_memory_prepare_removes_its_partial_folder(tmp_path):
-    """Pre-sequenced formats are built in memory (no worker pool), under the same stop rule: SIGTERM while
-    the folder is being written removes it and exits 130."""
+def test_a_stopped_pre_sequenced_prepare_removes_its_partial_folder(tmp_path):
+    """Pre-sequenced formats are written by the driver alone (no worker pool), under the same stop rule:
+    SIGTERM while the folder is being written removes it and exits 130."""
     import os
 
     root = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_IN_MEMORY, "data=hdfs_blocks_sample",
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_SEQUENCES, "data=hdfs_blocks_sample",
                              f"paths.root={root}", "logger=none", "data.name=stopped"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LOGLM_PROGRESS": "0"})
@@ -272,6 +272,73 @@ def test_prepare_memory_does_not_follow_the_corpus(tmp_path):
     growth_kb_per_line = (peaks[240_000]["rss_mb"] - peaks[60_000]["rss_mb"]) * 1024 / 180_000
     assert peaks[240_000]["events"] >= 240_000
     assert growth_kb_per_line < 0.35, peaks  # held events would add about 1.4 KB a line
+
+
+def _blocks_file(path: Path, n: int) -> Path:
+    """``n`` block sequences (``blk_<i>,<keys>``) cycled from the shipped sample's normal blocks."""
+    import gzip
+
+    lines = gzip.open(ROOT / "data/hdfs_blocks_sample/hdfs_normal.gz", "rt").read().splitlines()
+    path.write_text("".join(f"blk_{i},{lines[i % len(lines)].split(',', 1)[1]}\n" for i in range(n)))
+    return path
+
+
+def blocks_args(tmp_path: Path, normal: Path, name: str) -> list[str]:
+    sample = ROOT / "data/hdfs_blocks_sample"
+    return [f"paths.root={tmp_path / name}", "data=hdfs_blocks_sample", f"data.name={name}",
+            f"data.inputs=[{normal},{sample / 'hdfs_abnormal.gz'},{sample / 'HDFS_templates.csv'}]"]
+
+
+def test_pre_sequenced_input_is_written_as_it_is_read_with_the_same_dataset(tmp_path, monkeypatch):
+    """Pre-sequenced formats (here hdfs_blocks) are written a batch of events at a time: batches of 37 events
+    give the shards (byte for byte, so the same data hash), events and summary of one batch holding them all,
+    and no batch holds more than its size and one sequence."""
+    from loglm.ingest import prepare
+
+    normal = _blocks_file(tmp_path / "normal.txt", 300)
+    held = {}
+    close = prepare.SequenceWriter.close
+
+    def counted(self):
+        close(self)
+        held[self.batch_events] = self.most_held
+
+    monkeypatch.setattr(prepare.SequenceWriter, "close", counted)
+    out = {}
+    for batch in (37, 10**9):
+        monkeypatch.setattr(prepare, "SEQUENCE_BATCH_EVENTS", batch)
+        summary = prepare.run(compose("prepare", [*blocks_args(tmp_path, normal, f"b{batch}"), "data.shard_rows=64"]))
+        folder = tmp_path / f"b{batch}" / "data" / f"b{batch}"
+        out[batch] = (summary, pq.read_table(folder / "events.parquet"),
+                      [p.read_bytes() for p in sorted((folder / "sessions").glob("shard-*.parquet"))])
+    small, whole = out[37], out[10**9]
+    skip = ("seconds", "lines_per_s", "path", "fingerprint", "dataset", "inputs")
+    assert {k: v for k, v in small[0].items() if k not in skip} == {k: v for k, v in whole[0].items() if k not in skip}
+    assert small[1].drop(["source"]).equals(whole[1].drop(["source"])) and small[2] == whole[2]
+    assert len(small[2]) == -(-small[0]["session_rows"] // 64) > 10  # shards of 64 rows, cut across batches
+    assert whole[0]["events"] == held[10**9] > 1000 and held[37] <= 37 + 300  # one sequence has < 300 events
+    assert small[0]["labels_by_split"]["test/1"] == 1500  # the shipped abnormal blocks, all test items
+
+
+PEAK_SEQUENCES = PEAK
+
+
+@pytest.mark.slow
+def test_pre_sequenced_prepare_memory_does_not_follow_the_corpus(tmp_path):
+    """Four times the block sequences, nearly the same peak: before, prepare built every event in memory
+    (about 0.7 KB an event)."""
+    peaks = {}
+    for n in (10_000, 40_000):
+        normal = _blocks_file(tmp_path / f"n{n}.txt", n)
+        proc = subprocess.run([sys.executable, "-c", PEAK_SEQUENCES, *blocks_args(tmp_path, normal, f"n{n}")],
+                              capture_output=True, text=True, cwd=ROOT / "tests",
+                              env={"PYTHONPATH": str(ROOT / "tests"), "LOGLM_PROGRESS": "0", "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    added = peaks[40_000]["events"] - peaks[10_000]["events"]
+    assert added > 500_000, peaks
+    growth_b_per_event = (peaks[40_000]["rss_mb"] - peaks[10_000]["rss_mb"]) * 1024 * 1024 / added
+    assert growth_b_per_event < 200, peaks  # events held in memory add about 770 bytes each (56 since)
 
 
 def _events_file(folder: Path, n: int, row_group: int) -> None:

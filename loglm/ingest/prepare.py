@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, work_folder, write_manifest
-from loglm.config import DataConfig, TokenizerConfig
+from loglm.config import DataConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
 from loglm.ingest.readers import (
@@ -121,86 +121,175 @@ def read_id_list(path: str) -> set[str]:
         return {line.strip() for line in fh if line.strip()}
 
 
-def build_vocab(miner: TemplateMiner, sessions: list[Session], events: Events, tok: TokenizerConfig,
-                codec: FlowCodec | None = None) -> Vocabulary:
-    """Vocabulary from training sessions only: templates first seen elsewhere are UNK to the model."""
-    counts: Counter = Counter()
-    for s in sessions:
-        if s.split == "train":
-            counts.update(events.template[j] for j in s.event_idx)
-    keep = sorted(tid for tid, c in counts.items() if c >= tok.min_count and tid >= 0)
-    return Vocabulary(miner, keep, tok.gap_buckets, tok.mask_params, codec, tok.time_resolution_s)
+SEQUENCE_BATCH_EVENTS = 65_536  # events of pre-sequenced input gathered before they are written
 
 
-def write_prepared_in_place(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
-    """write_prepared beside ``out`` and swapped in when complete: a failure while writing keeps the previous
-    good dataset (prepare, and tuning's dataset in a model's vocabulary)."""
-    tmp = work_folder(out, "preparing")
-    try:
-        summary = write_prepared(tmp, parsed, vocab, data, extra)
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+class SequenceWriter:
+    """Writes a pre-sequenced dataset into ``out`` as its sequences come, in bounded memory: events are
+    gathered into batches of about ``batch_events`` and each batch becomes rows of ``events.parquet`` (row
+    groups of ``EVENTS_ROW_GROUP``) and session rows that fill ``sessions/shard-*.parquet`` of
+    ``shard_rows`` rows each, the shards and row groups a whole-corpus write would make.  What stays is one
+    batch, one unfinished shard and row group, and per-session counts."""
+
+    def __init__(self, out: Path, vocab: Vocabulary, data: DataConfig, batch_events: int | None = None):
+        import pyarrow.parquet as pq
+
+        from loglm.shards import EVENTS_ROW_GROUP
+
+        self.out, self.vocab, self.data = out, vocab, data
+        self.batch_events = batch_events or SEQUENCE_BATCH_EVENTS
+        self.most_held = 0  # the most events one batch held (what memory follows)
+        (out / "sessions").mkdir(parents=True, exist_ok=True)
+        self._pq, self._row_group = pq, EVENTS_ROW_GROUP
+        self.events, self.sessions = Events(), []
+        self.offset = 0  # id of the batch's first event in the dataset
+        self._rows: list = []  # session rows not yet in a shard (Arrow tables)
+        self._n_rows = 0
+        self._event_parts: list = []  # event rows not yet in a row group
+        self._n_event_rows = 0
+        self._writer = None
+        self.shards: list[Path] = []
+        self.n_events = self.session_rows = self.sessions_split = 0
+        self.session_ids: set[str] = set()
+        self.splits: Counter = Counter()
+        self.labels: Counter = Counter()
+        self.longest_pause: dict[str, float] = {}
+
+    def add(self, seq) -> None:
+        from loglm.ingest.builders import add_sequence
+
+        add_sequence(self.events, self.sessions, seq, self.data.session.max_events)
+        if len(self.events) >= self.batch_events:
+            self._flush()
+
+    def _flush(self) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from loglm.shards import events_table, session_table
+
+        if not len(self.events):
+            return
+        self.most_held = max(self.most_held, len(self.events))
+        ts = self.events.ts
+        for s in self.sessions:
+            self.session_ids.add(s.session_id)
+            self.session_rows += 1
+            self.sessions_split += s.chunk == 1
+            if s.chunk == 0:
+                self.splits[s.split] += 1
+                self.labels[(s.split, s.label)] += 1
+            if s.split == "train" and len(s.event_idx) >= 2:
+                pause = float(np.diff(np.sort(np.asarray([ts[j] for j in s.event_idx], np.float64))).max())
+                self.longest_pause[s.session_id] = max(self.longest_pause.get(s.session_id, 0.0), pause)
+        rows = session_table(self.sessions, self.events, self.vocab)
+        idx = rows.column("event_idx").combine_chunks()
+        shifted = pa.ListArray.from_arrays(idx.offsets, pc.add(idx.flatten(), self.offset))
+        rows = rows.set_column(rows.schema.get_field_index("event_idx"), "event_idx", shifted.cast(idx.type))
+        self._rows.append(rows)
+        self._n_rows += rows.num_rows
+        self._event_parts.append(events_table(self.events))
+        self._n_event_rows += len(self.events)
+        self.offset += len(self.events)
+        self.n_events += len(self.events)
+        self.events, self.sessions = Events(), []
+        self._write_shards(final=False)
+        self._write_events(final=False)
+
+    def _take(self, parts: list, n: int):
+        import pyarrow as pa
+
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        rest = table.slice(n)
+        return table.slice(0, n), ([rest] if rest.num_rows else [])
+
+    def _write_shards(self, final: bool) -> None:
+        size = self.data.shard_rows
+        while self._n_rows >= size or (final and (self._n_rows or not self.shards)):
+            n = min(size, self._n_rows)
+            if self._rows:
+                shard, self._rows = self._take(self._rows, n)
+            else:  # no session at all: one empty shard, as a whole-corpus write makes
+                from loglm.shards import SESSION_SCHEMA
+
+                shard = SESSION_SCHEMA.empty_table()
+            self._n_rows -= n
+            path = self.out / "sessions" / f"shard-{len(self.shards):05d}.parquet"
+            tmp = path.with_name(f".{path.name}.tmp")
+            # one chunk per column, as a whole-corpus table has: the same pages, the same bytes, the same hash
+            self._pq.write_table(shard.combine_chunks(), tmp, compression="zstd")
+            tmp.replace(path)
+            self.shards.append(path)
+            if final and not self._n_rows:
+                break
+
+    def _write_events(self, final: bool) -> None:
+        while self._n_event_rows >= self._row_group or (final and self._n_event_rows):
+            n = min(self._row_group, self._n_event_rows)
+            part, self._event_parts = self._take(self._event_parts, n)
+            if self._writer is None:
+                self._writer = self._pq.ParquetWriter(self.out / ".events.parquet.tmp", part.schema,
+                                                      compression="zstd")
+            self._writer.write_table(part, row_group_size=self._row_group)
+            self._n_event_rows -= n
+
+    def close(self) -> None:
+        self._flush()
+        self._write_shards(final=True)
+        self._write_events(final=True)
+        if self._writer is not None:
+            self._writer.close()
+            (self.out / ".events.parquet.tmp").replace(self.out / "events.parquet")
+
+    def pauses(self) -> dict:
+        """The longest pause inside each normal training session, as quantiles (streaming detection's idle
+        close; a pre-sequenced event has no time, so these are 0)."""
+        import numpy as np
+
+        if not self.longest_pause:
+            return {"n": 0}
+        v = np.fromiter(self.longest_pause.values(), np.float64)
+        return {"n": int(len(v)), "p99": float(np.quantile(v, 0.99)), "p999": float(np.quantile(v, 0.999)),
+                "max": float(v.max())}
 
 
-def session_pauses(parsed: Parsed) -> dict:
-    """The longest pause (seconds between consecutive events) inside each normal training session, as
-    quantiles: streaming detection closes a session after a pause longer than nearly every training session
-    held, so it cuts sessions where training did (a shorter idle close splits them and the pieces alarm)."""
-    import numpy as np
-
-    ts = parsed.events.ts
-    longest: dict[str, float] = {}
-    for s in parsed.sessions:
-        if s.split != "train" or len(s.event_idx) < 2:
-            continue
-        t = np.sort(np.asarray([ts[j] for j in s.event_idx], np.float64))
-        longest[s.session_id] = max(longest.get(s.session_id, 0.0), float(np.diff(t).max()))
-    if not longest:
-        return {"n": 0}
-    v = np.fromiter(longest.values(), np.float64)
-    return {"n": int(len(v)), "p99": float(np.quantile(v, 0.99)), "p999": float(np.quantile(v, 0.999)),
-            "max": float(v.max())}
-
-
-def write_prepared(out: Path, parsed: Parsed, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
-    import pyarrow.parquet as pq
-
-    from loglm.shards import EVENTS_ROW_GROUP, events_table, session_table, write_session_shards
-
-    out.mkdir(parents=True, exist_ok=True)
-    for old in (out / "sessions").glob("shard-*.parquet"):
-        old.unlink()
-    table = session_table(parsed.sessions, parsed.events, vocab)
-    shards = write_session_shards(table, out / "sessions", data.shard_rows)
-    tmp = out / ".events.parquet.tmp"
-    pq.write_table(events_table(parsed.events), tmp, compression="zstd", row_group_size=EVENTS_ROW_GROUP)
-    tmp.replace(out / "events.parquet")
+def write_sequences(out: Path, sequences, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
+    """A pre-sequenced dataset into ``out``: shards, events, vocabulary and rejected lines; returns the
+    manifest's summary (written by the caller)."""
+    account, rejections = LineAccount(), []
+    writer = SequenceWriter(out, vocab, data)
+    for seq in sequences(account, rejections):
+        writer.add(_heldout(seq, data))
+    writer.close()
     vocab_sha = vocab.save(out / "vocab.json")
-    lines = [json.dumps({"file": f, "line": n, "reason": r}) for f, n, r in parsed.rejections]
+    lines = [json.dumps({"file": f, "line": n, "reason": r}) for f, n, r in rejections]
     atomic_write_bytes(out / "rejected.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
-
-    splits = Counter(s.split for s in parsed.sessions if s.chunk == 0)
-    labels = Counter((s.split, s.label) for s in parsed.sessions if s.chunk == 0)
-    acct = parsed.account.as_dict()
-    if not parsed.account.reconciles():  # an invariant: a bug if it ever fires
+    acct = account.as_dict()
+    if not account.reconciles():  # an invariant: a bug if it ever fires
         raise RuntimeError(f"line accounting does not reconcile: {acct}")
-    shard_hashes = "".join(sha256_file(p) for p in shards)
+    shard_hashes = "".join(sha256_file(p) for p in writer.shards)
     summary = {
         "dataset": data.name, "format": data.format, "inputs": list(data.inputs), "lines": acct,
-        "events": len(parsed.events), "sessions": len({s.session_id for s in parsed.sessions}),
-        "session_rows": len(parsed.sessions), "sessions_split": sum(1 for s in parsed.sessions if s.chunk == 1),
-        "sessions_by_split": dict(splits),
-        "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(labels.items())},
-        "session_pause_s": session_pauses(parsed), "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size, "vocab_sha256": vocab_sha,
+        "events": writer.n_events, "sessions": len(writer.session_ids),
+        "session_rows": writer.session_rows, "sessions_split": writer.sessions_split,
+        "sessions_by_split": dict(writer.splits),
+        "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(writer.labels.items())},
+        "session_pause_s": writer.pauses(), "templates_mined": len(vocab.miner.templates), "vocab_size": vocab.size,
+        "vocab_sha256": vocab_sha,
         # identifies the model-visible data: every token shard plus the vocabulary
         "data_sha256": hashlib.sha256((shard_hashes + vocab_sha).encode()).hexdigest(),
         **extra,
     }
-    write_manifest(out, {"summary": summary})
     return summary
+
+
+def _heldout(seq, data: DataConfig):
+    """With ``data.train_normal_only``, an anomalous training sequence is held out of training entirely (it is
+    never a test item either)."""
+    if data.train_normal_only and seq.split == "train" and seq.label == 1:
+        seq.split = "train_heldout_anomalous"
+    return seq
 
 
 def prepared_dir(root: str | Path, name: str) -> Path:
@@ -286,35 +375,46 @@ def run(cfg) -> dict:
         try:
             if data.format not in builders.BUILDERS:
                 return run_partitioned(cfg, out, fingerprint, t0)
-            return run_in_memory(cfg, out, fingerprint, t0)
+            return run_sequences(cfg, out, fingerprint, t0)
         except Stopped as e:
             print(f"loglm: prepare stopped by {signal.Signals(e.signum).name}: its workers were ended and its "
                   f"partial folder removed; nothing was written to {out}", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
 
 
-def run_in_memory(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
-    """Pre-sequenced formats (:data:`loglm.ingest.builders.BUILDERS`), built in memory, written beside
-    ``out`` and swapped in when complete."""
+def run_sequences(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
+    """Pre-sequenced formats (:data:`loglm.ingest.builders.BUILDERS`), read twice and never held: the first
+    pass counts the training sequences' events for the vocabulary, the second writes shards and events
+    (:class:`SequenceWriter`) beside ``out``, swapped in when complete."""
     from loglm.ingest import builders
 
     data: DataConfig = cfg.data
-    parsed, miner = builders.BUILDERS[data.format](data)
-    if parsed.account.accepted == 0:
-        f, n, reason = parsed.rejections[0] if parsed.rejections else ("?", 0, "no lines")
+    miner, sequences = builders.BUILDERS[data.format](data)
+    counts: Counter = Counter()
+    account, rejections = LineAccount(), []
+    for seq in sequences(account, rejections):
+        if _heldout(seq, data).split == "train":
+            counts.update(k - 1 for k in seq.keys)
+    if account.accepted == 0:
+        f, n, reason = rejections[0] if rejections else ("?", 0, "no lines")
         raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
                          f"first rejection: {f}:{n}: {reason}")
-    if data.train_normal_only:
-        # anomalous training sessions are held out of training entirely (they are never test items either)
-        for s in parsed.sessions:
-            if s.split == "train" and s.label == 1:
-                s.split = "train_heldout_anomalous"
-    vocab = build_vocab(miner, parsed.sessions, parsed.events, cfg.tokenizer)
-    elapsed = time.perf_counter() - t0
-    summary = write_prepared_in_place(out, parsed, vocab, data, {
-        "seconds": round(elapsed, 3), "backend": "local", "train_events_skipped_unlabelled": 0,
-        "fingerprint": fingerprint, "lines_per_s": round(parsed.account.read / max(elapsed, 1e-9), 1),
-        "path": str(out)})
+    del rejections
+    # vocabulary from training sequences only: templates first seen elsewhere are UNK to the model
+    tok = cfg.tokenizer
+    vocab = Vocabulary(miner, sorted(t for t, c in counts.items() if c >= tok.min_count), tok.gap_buckets,
+                       tok.mask_params, None, tok.time_resolution_s)
+    tmp = work_folder(out, "preparing")
+    try:
+        summary = write_sequences(tmp, sequences, vocab, data, {"backend": "local", "train_events_skipped_unlabelled": 0,
+                                                               "fingerprint": fingerprint, "path": str(out)})
+        elapsed = time.perf_counter() - t0
+        summary.update(seconds=round(elapsed, 3), lines_per_s=round(account.read / max(elapsed, 1e-9), 1))
+        write_manifest(tmp, {"summary": summary})
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary
 
 
