@@ -320,6 +320,33 @@ def test_pre_sequenced_input_is_written_as_it_is_read_with_the_same_dataset(tmp_
     assert small[0]["labels_by_split"]["test/1"] == 1500  # the shipped abnormal blocks, all test items
 
 
+def test_a_pre_sequenced_input_that_changes_between_its_two_reads_is_refused(tmp_path, monkeypatch):
+    """The vocabulary is counted on a first read and the shards written on a second: a file another process
+    appends to in between is refused with the reason, and nothing is left behind."""
+    from loglm.ingest import builders, prepare
+
+    normal = _blocks_file(tmp_path / "normal.txt", 50)
+    made = builders.BUILDERS["hdfs_blocks"]
+
+    def growing(data):
+        miner, sequences = made(data)
+        reads = []
+
+        def read(account, rejections):
+            reads.append(1)
+            if len(reads) == 2:  # another writer appends between the passes
+                with open(normal, "a") as fh:
+                    fh.write("blk_x,5 5 22\n")
+            return sequences(account, rejections)
+
+        return miner, read
+
+    monkeypatch.setitem(builders.BUILDERS, "hdfs_blocks", growing)
+    with pytest.raises(ValueError, match="changed while prepare read them"):
+        prepare.run(compose("prepare", blocks_args(tmp_path, normal, "grown")))
+    assert not list((tmp_path / "grown" / "data").iterdir())
+
+
 PEAK_SEQUENCES = PEAK
 
 

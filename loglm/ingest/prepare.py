@@ -284,6 +284,14 @@ def write_sequences(out: Path, sequences, vocab: Vocabulary, data: DataConfig, e
     return summary
 
 
+class _FirstRejection(list):
+    """A rejections list that keeps only the first (the vocabulary pass needs it for its error alone)."""
+
+    def append(self, item) -> None:
+        if not self:
+            super().append(item)
+
+
 def _heldout(seq, data: DataConfig):
     """With ``data.train_normal_only``, an anomalous training sequence is held out of training entirely (it is
     never a test item either)."""
@@ -391,15 +399,14 @@ def run_sequences(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     data: DataConfig = cfg.data
     miner, sequences = builders.BUILDERS[data.format](data)
     counts: Counter = Counter()
-    account, rejections = LineAccount(), []
-    for seq in sequences(account, rejections):
+    account, first = LineAccount(), _FirstRejection()
+    for seq in sequences(account, first):
         if _heldout(seq, data).split == "train":
             counts.update(k - 1 for k in seq.keys)
     if account.accepted == 0:
-        f, n, reason = rejections[0] if rejections else ("?", 0, "no lines")
+        f, n, reason = first[0] if first else ("?", 0, "no lines")
         raise ValueError(f"no line of {list(data.inputs)} was accepted with data.format={data.format!r}; "
                          f"first rejection: {f}:{n}: {reason}")
-    del rejections
     # vocabulary from training sequences only: templates first seen elsewhere are UNK to the model
     tok = cfg.tokenizer
     vocab = Vocabulary(miner, sorted(t for t, c in counts.items() if c >= tok.min_count), tok.gap_buckets,
@@ -408,6 +415,9 @@ def run_sequences(cfg, out: Path, fingerprint: dict, t0: float) -> dict:
     try:
         summary = write_sequences(tmp, sequences, vocab, data, {"backend": "local", "train_events_skipped_unlabelled": 0,
                                                                "fingerprint": fingerprint, "path": str(out)})
+        if summary["lines"] != account.as_dict():  # the vocabulary was counted on other lines than were written
+            raise ValueError(f"{list(data.inputs)} changed while prepare read them (first pass {account.as_dict()}, "
+                             f"second {summary['lines']}): prepare again once they are complete")
         elapsed = time.perf_counter() - t0
         summary.update(seconds=round(elapsed, 3), lines_per_s=round(account.read / max(elapsed, 1e-9), 1))
         write_manifest(tmp, {"summary": summary})
