@@ -296,6 +296,8 @@ def test_pre_sequenced_input_is_written_as_it_is_read_with_the_same_dataset(tmp_
     from loglm.ingest import prepare
 
     normal = _blocks_file(tmp_path / "normal.txt", 300)
+    with open(normal, "a") as fh:  # two bad lines: counted and written to rejected.jsonl with file and line
+        fh.write("blk_bad,5 x 22\nblk_bad2,99999\n")
     held = {}
     close = prepare.SequenceWriter.close
 
@@ -318,6 +320,10 @@ def test_pre_sequenced_input_is_written_as_it_is_read_with_the_same_dataset(tmp_
     assert len(small[2]) == -(-small[0]["session_rows"] // 64) > 10  # shards of 64 rows, cut across batches
     assert whole[0]["events"] == held[10**9] > 1000 and held[37] <= 37 + 300  # one sequence has < 300 events
     assert small[0]["labels_by_split"]["test/1"] == 1500  # the shipped abnormal blocks, all test items
+    assert small[0]["lines"]["rejected"] == 2
+    rejected = [json.loads(x) for x in (tmp_path / "b37" / "data" / "b37" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rejected] == [(str(normal), 301), (str(normal), 302)]
+    assert all(r["reason"].startswith("bad key sequence") for r in rejected)
 
 
 def test_a_pre_sequenced_input_that_changes_between_its_two_reads_is_refused(tmp_path, monkeypatch):

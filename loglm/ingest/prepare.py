@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from loglm.artifacts import atomic_write_bytes, sha256_file, swap_in, work_folder, write_manifest
+from loglm.artifacts import sha256_file, swap_in, work_folder, write_manifest
 from loglm.config import DataConfig
 from loglm.ingest.flows import FlowCodec
 from loglm.ingest.params import entities_of, mask_params
@@ -257,14 +257,13 @@ class SequenceWriter:
 def write_sequences(out: Path, sequences, vocab: Vocabulary, data: DataConfig, extra: dict) -> dict:
     """A pre-sequenced dataset into ``out``: shards, events, vocabulary and rejected lines; returns the
     manifest's summary (written by the caller)."""
-    account, rejections = LineAccount(), []
+    account = LineAccount()
     writer = SequenceWriter(out, vocab, data)
-    for seq in sequences(account, rejections):
-        writer.add(_heldout(seq, data))
+    with _RejectedFile(out / "rejected.jsonl") as rejections:
+        for seq in sequences(account, rejections):
+            writer.add(_heldout(seq, data))
     writer.close()
     vocab_sha = vocab.save(out / "vocab.json")
-    lines = [json.dumps({"file": f, "line": n, "reason": r}) for f, n, r in rejections]
-    atomic_write_bytes(out / "rejected.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode())
     acct = account.as_dict()
     if not account.reconciles():  # an invariant: a bug if it ever fires
         raise RuntimeError(f"line accounting does not reconcile: {acct}")
@@ -282,6 +281,24 @@ def write_sequences(out: Path, sequences, vocab: Vocabulary, data: DataConfig, e
         **extra,
     }
     return summary
+
+
+class _RejectedFile:
+    """A rejections list that writes each rejected line to ``rejected.jsonl`` as it comes (never held)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.fh = open(self.path, "w", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+    def append(self, item: tuple[str, int, str]) -> None:
+        f, n, r = item
+        self.fh.write(json.dumps({"file": f, "line": n, "reason": r}) + "\n")
 
 
 class _FirstRejection(list):
