@@ -519,6 +519,21 @@ def test_detection_on_a_prepared_split_looks_events_up_by_id(trained, tmp_path):
                 assert raw_at[(ev["file"], ev["line"])] == ev["raw"]
 
 
+def test_detection_with_inputs_of_a_pre_sequenced_format_says_to_prepare_them(trained, tmp_path):
+    """Files of event keys (hdfs_blocks, hdfs_keys, id_sequences) carry their protocol's split: detection with
+    inputs= names the format and the commands that read them, instead of a log-format error."""
+    from loglm.detect.detector import run as detect
+
+    cfg, _, result = trained
+    seqs = tmp_path / "blocks.txt"
+    seqs.write_text("blk_1,5 5 22 11 9\n")
+    run = replace(cfg, ckpt=result["run_id"], inputs=[str(seqs)], out=str(tmp_path / "alerts.jsonl"),
+                  data=replace(cfg.data, format="hdfs_blocks"), detect=replace(cfg.detect, data_from="command"))
+    with pytest.raises(ValueError, match=r"data.format='hdfs_blocks' is pre-sequenced.*pipelines.prepare.*split=test"):
+        detect(run)
+    assert not (tmp_path / "alerts.jsonl").exists() and not list(tmp_path.glob(".alerts*"))
+
+
 def test_batch_detection_scores_raw_inputs_a_shard_at_a_time_with_the_same_alerts(trained, tmp_path):
     """Raw inputs are prepared out of core with the model's vocabulary and scored a shard at a time: the
     alerts are those of one in-memory table of every session (the same ids, scores and evidence), whatever

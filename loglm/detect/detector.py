@@ -57,7 +57,8 @@ def check_not_all_rejected(lines: dict, rejections: list, data) -> None:
 
 
 def score_input(cfg, loaded):
-    """Sessions to score (a pyarrow table), an event lookup, and the line accounting."""
+    """Sessions to score (a pyarrow table), an event lookup, and the line accounting, all in memory: the
+    reference that detection's piece-at-a-time path (:class:`DetectionInput`) is tested against."""
     from loglm.detect.alerts import PreparedEvents, events_from_parsed
     from loglm.ingest.prepare import parse_inputs, prepared_dir, read_id_list
     from loglm.ingest.sessions import label_sessions
@@ -285,14 +286,13 @@ class DetectionInput:
     shard at a time, or raw inputs prepared out of core into a work folder with the model's own vocabulary
     (:func:`loglm.ingest.partitioned.prepare`: the same reading and sessions as ``pipelines.prepare``; the
     folder is removed afterwards, or by the next run if this one is killed).  Pre-sequenced formats (no raw
-    lines) are small and read in memory.  ``account`` and ``rejections`` describe the raw inputs (None and
-    [] for a prepared split)."""
+    lines) are detected on their prepared split.  ``account`` and ``rejections`` describe the raw inputs (None
+    and [] for a prepared split)."""
 
     def __init__(self, cfg, model, out: Path):
         self.cfg, self.model, self.out = cfg, model, out
         self.account, self.rejections, self.folder, self.split = None, [], None, cfg.split
         self._work = None
-        self._table = None
 
     def __enter__(self):
         from loglm.ingest import builders
@@ -303,8 +303,11 @@ class DetectionInput:
             self.folder = prepared_dir(cfg.paths.root, cfg.data.name)
             check_same_vocabulary(Path(self.model.folder), self.folder)
         elif cfg.data.format in builders.BUILDERS:
-            table, event, self.account, self.rejections = score_input(cfg, self.model)
-            self._table = (table, event)
+            raise ValueError(
+                f"data.format={cfg.data.format!r} is pre-sequenced (files of event keys, split by their protocol): "
+                f"detection with inputs= reads raw logs or flows. Prepare these files "
+                f"(`python -m pipelines.prepare data={cfg.data.name}`) and detect on a prepared split "
+                f"(`python -m pipelines.detect ckpt=... data={cfg.data.name} split=test`)")
         else:
             self._prepare_inputs()
         return self
@@ -346,9 +349,6 @@ class DetectionInput:
         from loglm.detect.alerts import PreparedEvents
         from loglm.shards import PIECE_ROWS, split_pieces
 
-        if self._table is not None:
-            yield self._table
-            return
         event = PreparedEvents(self.folder)
         for t in split_pieces(self.folder, self.split, min(self.cfg.data.shard_rows, PIECE_ROWS)):
             yield t, event
