@@ -42,8 +42,10 @@ def mask_events(tokens: torch.Tensor, pad_mask: torch.Tensor, ratio: float, voca
 def hide_as_unseen(inputs: torch.Tensor, pad_mask: torch.Tensor, target: torch.Tensor, rate: float,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Training: each event that is not a prediction target (nor the summary token, nor padding) reads as
-    [UNK] with chance ``rate``.  Detection shows an event type training never saw as [UNK] beside the events it
-    scores; without this no training window holds one and its embedding stays as initialised."""
+    [UNK] with chance ``rate``.  Detection shows an event type training never saw (or saw fewer than
+    ``tokenizer.min_count`` times) as [UNK] beside the events it scores; training windows rarely hold one, so
+    without this the model never learns what one means as context (the tied embedding learns it only as an
+    output)."""
     if rate <= 0:
         return inputs
     context = pad_mask & ~target
