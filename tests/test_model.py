@@ -74,8 +74,8 @@ def test_unseen_events_in_training_context_never_hide_targets_summary_or_padding
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 def test_training_shows_the_encoder_unseen_events_only_with_unk_rate(rate):
-    """Without objective.unk_rate no training window shows the encoder [UNK] (its input embedding is only ever
-    learnt as an output no event takes); with it, training batches do, and validation batches never."""
+    """A batch of known events shows the encoder no [UNK] without objective.unk_rate; with it, training
+    batches do, and validation batches never."""
     from loglm.training.module import LogLMModule
 
     torch.manual_seed(0)
