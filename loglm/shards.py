@@ -63,16 +63,15 @@ def events_table(events: Events) -> pa.Table:
     return pa.Table.from_pydict(columns)
 
 
-def write_session_shards(table: pa.Table, folder: Path, shard_rows: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, start in enumerate(range(0, max(1, table.num_rows), shard_rows)):
-        path = folder / f"shard-{i:05d}.parquet"
-        tmp = folder / f".{path.name}.tmp"
-        pq.write_table(table.slice(start, shard_rows), tmp, compression="zstd")
-        tmp.replace(path)
-        paths.append(path)
-    return paths
+def write_session_shard(table: pa.Table, folder: Path, index: int) -> Path:
+    """Session rows as ``sessions/shard-<index>.parquet`` (pre-sequenced datasets: shards in input order),
+    written beside and renamed into place.  One chunk per column, so a table gathered from batches gives the
+    bytes (and the data hash) of the same rows written whole."""
+    path = folder / f"shard-{index:05d}.parquet"
+    tmp = folder / f".{path.name}.tmp"
+    pq.write_table(table.combine_chunks(), tmp, compression="zstd")
+    tmp.replace(path)
+    return path
 
 
 def session_files(data_dir: str | Path) -> list[Path]:

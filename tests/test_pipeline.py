@@ -723,7 +723,7 @@ def test_split_pieces_keep_sessions_whole_and_even_whatever_the_shards(tmp_path)
     boundaries, and a session longer than a piece is a piece of its own; in order, every row once."""
     import pyarrow as pa
 
-    from loglm.shards import read_sessions, split_pieces, write_session_shards
+    from loglm.shards import read_sessions, split_pieces, write_session_shard
 
     rng = np.random.default_rng(0)
     sids, splits = [], []
@@ -731,7 +731,10 @@ def test_split_pieces_keep_sessions_whole_and_even_whatever_the_shards(tmp_path)
         n = int(rng.choice([1, 1, 2, 3, 9]))  # chunk rows of one session; one of 9 is longer than a piece
         sids += [f"s{s:02d}"] * n
         splits += [["train", "test"][s % 2]] * n
-    write_session_shards(pa.table({"session_id": sids, "split": splits}), tmp_path / "sessions", 7)
+    rows = pa.table({"session_id": sids, "split": splits})
+    (tmp_path / "sessions").mkdir()
+    for i, start in enumerate(range(0, rows.num_rows, 7)):  # shards of 7 rows, cut by row count
+        write_session_shard(rows.slice(start, 7), tmp_path / "sessions", i)
     test_rows = [sid for sid, sp in zip(sids, splits) if sp == "test"]
     assert read_sessions(tmp_path, "test").column("session_id").to_pylist() == test_rows
     for max_rows in (1, 4, 8, 1000):

@@ -46,7 +46,8 @@ class Sequence:
     entity_type: str = "session"
 
 
-# (data config) -> (template miner, sequences(account, rejections))
+# a format's reader: sequences(account, rejections) yields the accepted lines, counting the rejected ones
+# (each format in BUILDERS is data config -> (template miner, its reader))
 Sequences = Callable[[LineAccount, list], Iterator[Sequence]]
 
 

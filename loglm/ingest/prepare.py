@@ -142,14 +142,14 @@ class SequenceWriter:
         (out / "sessions").mkdir(parents=True, exist_ok=True)
         self._pq, self._row_group = pq, EVENTS_ROW_GROUP
         self.events, self.sessions = Events(), []
-        self.offset = 0  # id of the batch's first event in the dataset
+        self.offset = 0  # id of the batch's first event in the dataset (after close: the events written)
         self._rows: list = []  # session rows not yet in a shard (Arrow tables)
         self._n_rows = 0
         self._event_parts: list = []  # event rows not yet in a row group
         self._n_event_rows = 0
         self._writer = None
         self.shards: list[Path] = []
-        self.n_events = self.session_rows = self.sessions_split = 0
+        self.session_rows = self.sessions_split = 0
         self.session_ids: set[str] = set()
         self.splits: Counter = Counter()
         self.labels: Counter = Counter()
@@ -192,7 +192,6 @@ class SequenceWriter:
         self._event_parts.append(events_table(self.events))
         self._n_event_rows += len(self.events)
         self.offset += len(self.events)
-        self.n_events += len(self.events)
         self.events, self.sessions = Events(), []
         self._write_shards(final=False)
         self._write_events(final=False)
@@ -205,24 +204,14 @@ class SequenceWriter:
         return table.slice(0, n), ([rest] if rest.num_rows else [])
 
     def _write_shards(self, final: bool) -> None:
-        size = self.data.shard_rows
-        while self._n_rows >= size or (final and (self._n_rows or not self.shards)):
-            n = min(size, self._n_rows)
-            if self._rows:
-                shard, self._rows = self._take(self._rows, n)
-            else:  # no session at all: one empty shard, as a whole-corpus write makes
-                from loglm.shards import SESSION_SCHEMA
+        from loglm.shards import write_session_shard
 
-                shard = SESSION_SCHEMA.empty_table()
+        size = self.data.shard_rows
+        while self._n_rows >= size or (final and self._n_rows):  # (an accepted line always makes a session)
+            n = min(size, self._n_rows)
+            shard, self._rows = self._take(self._rows, n)
             self._n_rows -= n
-            path = self.out / "sessions" / f"shard-{len(self.shards):05d}.parquet"
-            tmp = path.with_name(f".{path.name}.tmp")
-            # one chunk per column, as a whole-corpus table has: the same pages, the same bytes, the same hash
-            self._pq.write_table(shard.combine_chunks(), tmp, compression="zstd")
-            tmp.replace(path)
-            self.shards.append(path)
-            if final and not self._n_rows:
-                break
+            self.shards.append(write_session_shard(shard, self.out / "sessions", len(self.shards)))
 
     def _write_events(self, final: bool) -> None:
         while self._n_event_rows >= self._row_group or (final and self._n_event_rows):
@@ -270,7 +259,7 @@ def write_sequences(out: Path, sequences, vocab: Vocabulary, data: DataConfig, e
     shard_hashes = "".join(sha256_file(p) for p in writer.shards)
     summary = {
         "dataset": data.name, "format": data.format, "inputs": list(data.inputs), "lines": acct,
-        "events": writer.n_events, "sessions": len(writer.session_ids),
+        "events": writer.offset, "sessions": len(writer.session_ids),
         "session_rows": writer.session_rows, "sessions_split": writer.sessions_split,
         "sessions_by_split": dict(writer.splits),
         "labels_by_split": {f"{k[0]}/{k[1]}": v for k, v in sorted(writer.labels.items())},
