@@ -464,6 +464,11 @@ class SuiteConfig:
     # trained baselines: null = DeepLog gets LogLM's trainer.max_epochs and early-stops on validation normal
     # sessions with trainer.patience, as LogLM does; KitNET its own best measured (10 epochs)
     baseline_epochs: int | None = None
+    # tokenizer settings the window baselines (DeepLog, PCA, IsolationForest on counts) read their events with,
+    # where they differ from LogLM's best: the suite prepares the same inputs a second time with them
+    # (<data.name>.baselines, the same sessions, splits and test items, another vocabulary), so every model
+    # runs at its own best in one job. Empty: the baselines read LogLM's vocabulary
+    baseline_tokenizer: dict[str, Any] = field(default_factory=dict)
     # where eval_<protocol>.md/.json go (default: reports/ next to paths.root)
     reports_dir: str | None = None
 
@@ -472,6 +477,10 @@ class SuiteConfig:
 
         for name in self.baselines:
             baseline_path(name)
+        known = {f.name for f in dataclasses.fields(TokenizerConfig)}
+        unknown = sorted(set(self.baseline_tokenizer) - known)
+        _check(not unknown, f"suite.baseline_tokenizer: unknown tokenizer setting(s) {unknown}; "
+                            f"known: {sorted(known)}")
 
 
 @dataclass

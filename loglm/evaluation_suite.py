@@ -10,6 +10,7 @@ unique test items.  One MLflow parent run (``loglm-eval``) with a child run per 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,33 @@ def baselines(names: list[str], vocab_size: int, cfg) -> dict:
                "patience": cfg.trainer.patience, "unk_surprisal": cfg.detect.unk_surprisal,
                "local_networks": tuple(cfg.data.local_networks)}
     return {name: build(name, runtime, cfg.suite.baseline_epochs) for name in names}
+
+
+def baseline_data(cfg, data_dir: Path):
+    """(config, prepared folder) of the window baselines' own vocabulary (``suite.baseline_tokenizer``): the
+    suite's inputs prepared again under ``<data.name>.baselines`` with those tokenizer settings (again only
+    when they or the inputs changed: :func:`loglm.ingest.prepare.stale_reason`).  Sessions, splits and items
+    do not depend on the vocabulary; a folder whose test split differs from LogLM's is refused, since the
+    models would no longer be scored on the same items."""
+    from loglm.artifacts import verify_manifest
+    from loglm.ingest.prepare import prepared_dir, stale_reason
+    from loglm.ingest.prepare import run as prepare
+
+    b_cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, **cfg.suite.baseline_tokenizer),
+                    data=replace(cfg.data, name=f"{cfg.data.name}.baselines"))
+    b_dir = prepared_dir(cfg.paths.root, b_cfg.data.name)
+    stale = stale_reason(b_dir, b_cfg) if (b_dir / "MANIFEST.json").is_file() else "not prepared yet"
+    if stale:
+        print(f"loglm: preparing {b_cfg.data.name} for the window baselines: {stale}", flush=True)
+        prepare(b_cfg)
+    ours, theirs = (verify_manifest(d)["summary"] for d in (data_dir, b_dir))
+    for key in ("lines", "events", "sessions", "sessions_by_split", "labels_by_split"):
+        if ours.get(key) != theirs.get(key):
+            raise ValueError(f"suite.baseline_tokenizer={dict(cfg.suite.baseline_tokenizer)}: {b_dir} holds "
+                             f"{key} {theirs.get(key)} where LogLM's data {data_dir} holds {ours.get(key)}; the "
+                             "baselines would not be scored on LogLM's items (a tokenizer setting that changes "
+                             "sessions or splits cannot be a baseline's own)")
+    return b_cfg, b_dir
 
 
 def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
@@ -284,8 +312,15 @@ def run(cfg) -> dict:
                          "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
         built = baselines(list(cfg.suite.baselines), vocab_size, cfg)
+        window_cfg, window_dir = cfg, data_dir
+        if cfg.suite.baseline_tokenizer and any(m.unit == "window" for m in built.values()):
+            window_cfg, window_dir = baseline_data(cfg, data_dir)
+            size = Vocabulary.load(window_dir / "vocab.json").size
+            built.update({n: m for n, m in baselines([n for n, m in built.items() if m.unit == "window"], size,
+                                                     window_cfg).items()})
         for name, model in built.items():
-            metrics, threshold, seconds, by_class = run_baseline(model, cfg, data_dir)
+            b_cfg, b_dir = (window_cfg, window_dir) if model.unit == "window" else (cfg, data_dir)
+            metrics, threshold, seconds, by_class = run_baseline(model, b_cfg, b_dir)
             child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
                 "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
             cid = child.info.run_id
@@ -293,7 +328,10 @@ def run(cfg) -> dict:
                          "eval_unit": cfg.data.eval_unit, "dataset": cfg.data.name,
                          "epochs": getattr(model, "epochs_run", None) or "-"}.items():
                 client.log_param(cid, k, str(v))
-            tracking.log_dataset_input(client, cid, data_dir, summary, "evaluation")
+            b_summary = summary if b_dir == data_dir else verify_manifest(b_dir)["summary"]
+            tracking.log_dataset_input(client, cid, b_dir, b_summary, "evaluation")
+            if b_dir != data_dir:
+                client.log_param(cid, "tokenizer", json.dumps(cfg.suite.baseline_tokenizer, sort_keys=True))
             for part, m in metrics.items():
                 for k, v in m.items():
                     if isinstance(v, int | float) and np.isfinite(v):
@@ -301,7 +339,8 @@ def run(cfg) -> dict:
             client.log_metric(cid, "eval/threshold", threshold)
             client.log_metric(cid, "perf/seconds", seconds)
             client.set_terminated(cid)
-            rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid, "recall_by_class": by_class}
+            rows[name] = {"metrics": metrics, "threshold": threshold, "run_id": cid, "recall_by_class": by_class,
+                          "data": {"name": b_dir.name, "data_sha256": b_summary["data_sha256"]}}
         for name, r in rows.items():  # the parent shows every model's headline numbers side by side
             for k in ("f1", "auroc", "precision", "recall", "fpr"):
                 client.log_metric(parent, f"{name}/{k}", float(r["metrics"]["all"][k]))
@@ -317,6 +356,12 @@ def run(cfg) -> dict:
         for name, model in built.items():  # each baseline as its conf/baseline file describes it
             ran = getattr(model, "epochs_run", None)
             notes.append(f"`{name}` ({model.unit}s): {describe(name)}" + (f" Epochs run: {ran}." if ran else ""))
+        if window_dir != data_dir:
+            settings = ", ".join(f"`tokenizer.{k}={v}`" for k, v in sorted(cfg.suite.baseline_tokenizer.items()))
+            notes.append(f"The window baselines read their own vocabulary ({settings}, `suite.baseline_tokenizer`: "
+                         f"their best on this protocol), prepared from the same inputs into `{window_dir.name}` "
+                         f"(sha256 {verify_manifest(window_dir)['summary']['data_sha256'][:16]}): the same sessions "
+                         "and test items, every event read as that tokenizer reads it; LogLM reads its own.")
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
                          "(the window's highest flow score, anomalous if any flow is), at the same threshold.")

@@ -169,6 +169,8 @@ def test_a_strategy_or_callback_of_ones_own_comes_from_its_target_and_a_wrong_on
         compose("pretrain", ["trainer.callbacks=[LearningRateMonitor]"])
     with pytest.raises(ValueError, match="unknown baseline 'deeplogg'.*known: deeplog, deeplog_topg, flow_iforest"):
         compose("evaluate", ["suite.baselines=[deeplogg]"])
+    with pytest.raises(ValueError, match=r"suite.baseline_tokenizer: unknown tokenizer setting\(s\) \['min_cnt'\]"):
+        compose("evaluate", ["+suite.baseline_tokenizer.min_cnt=1"])
 
 
 @pytest.mark.parametrize("name", GROUPS["dataset"])

@@ -141,7 +141,7 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
         "dataset=cic_flowprep", f"paths.root={tmp_path}/runs", "model=tiny", f"data.inputs=[{tmp_path}/week.parquet]",
         "data.name=cic_week", "trainer.max_epochs=2", "trainer.progress_bar=false", "suite.baseline_epochs=2",
         "suite.baselines=[pca,flow_iforest,flow_pca,kitnet]", f"suite.reports_dir={tmp_path}/reports",
-        "detect.small_validation=warn"])
+        "detect.small_validation=warn", "tokenizer.min_count=20"])  # rarer forms [UNK] to LogLM, not to PCA
     result = suite(cfg)
     assert set(result["models"]) == {"LogLM", "pca", "flow_iforest", "flow_pca", "kitnet"}
     n_test = {r["metrics"]["all"]["n"] for r in result["models"].values()}
@@ -160,6 +160,26 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
     assert "| kitnet | pair_window |" in table and "SSH-Patator (150)" in table
     assert "False positives beside attacks" in table and all(
         "fp_beside_attack" in r["metrics"]["all"] for r in result["models"].values())
+    # the window baseline (PCA on counts) read its own vocabulary, the preset's suite.baseline_tokenizer
+    # (every flow form a token), prepared from the same inputs beside LogLM's; the flow models read LogLM's
+    from loglm.evaluation_suite import baseline_data, baselines, run_baseline
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.vocab import Vocabulary
+
+    assert cfg.suite.baseline_tokenizer == {"min_count": 1}  # the preset's
+    assert result["models"]["pca"]["data"]["name"] == "cic_week.baselines"
+    assert result["models"]["flow_pca"]["data"]["name"] == "cic_week"
+    data_dir = prepared_dir(cfg.paths.root, "cic_week")
+    b_cfg, b_dir = baseline_data(cfg, data_dir)  # fresh: not prepared again
+    assert b_dir.name == "cic_week.baselines" and b_cfg.tokenizer.min_count == 1
+    vocab, b_vocab = Vocabulary.load(data_dir / "vocab.json"), Vocabulary.load(b_dir / "vocab.json")
+    assert b_vocab.size > vocab.size  # forms seen under 20 times on day 1 are tokens of their own there
+    # its row is what the baseline gives on that folder, and differs from PCA on LogLM's vocabulary
+    own = run_baseline(baselines(["pca"], b_vocab.size, b_cfg)["pca"], b_cfg, b_dir)
+    assert own[0] == result["models"]["pca"]["metrics"]
+    shared = run_baseline(baselines(["pca"], vocab.size, cfg)["pca"], cfg, data_dir)
+    assert shared[0]["all"]["n"] == own[0]["all"]["n"] and shared[0] != own[0]
+    assert "The window baselines read their own vocabulary (`tokenizer.min_count=1`" in table
 
 
 @pytest.mark.parametrize("method", ["chronological_time", "chronological_events", "chronological"])
