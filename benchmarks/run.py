@@ -551,6 +551,8 @@ def sections_from_markdown(text: str) -> dict:
                 cols = cells[1:]
             else:
                 out[key][sub][cells[0]] = dict(zip(cols, map(_cell, cells[1:])))
+    if isinstance(out.get("accuracy_runs", {}).get("runs"), dict):  # rendered as one table, held one row each
+        out["accuracy_runs"].update(out["accuracy_runs"].pop("runs"))
     return out
 
 

@@ -98,6 +98,16 @@ def test_a_partial_accuracy_run_says_which_protocols_it_measured(tmp_path, monke
     assert kept["accuracy"]["measured_at"].endswith("(not hdfs: see accuracy_runs)")
     md = (tmp_path / "bench.md").read_text()
     assert "| hdfs | hdfs | 60.0 | 2026-12-01 10:00:00 |" in md and "| cic | cic | 60.0 | 2026-12-03 08:00:00 |" in md
+    # a checkout has bench.md but no bench.json (ignored): the runs table is read back as one row per protocol,
+    # and the next partial run replaces its protocol's row instead of nesting the table in a "runs" row
+    (tmp_path / "bench.json").unlink()
+    bench.write_reports({"accuracy": {"cic": {"loglm": {"f1": 0.98}}},
+                         "accuracy_runs": {"cic": {**run, "protocol": "cic", "measured_at": "2026-12-04 09:00:00"}}})
+    again = __import__("json").loads((tmp_path / "bench.json").read_text())
+    assert {k for k, v in again["accuracy_runs"].items() if isinstance(v, dict)} == {"hdfs", "cic"}
+    assert again["accuracy_runs"]["hdfs"]["measured_at"] == "2026-12-01 10:00:00"
+    md = (tmp_path / "bench.md").read_text()
+    assert md.count("### accuracy_runs: runs") == 1 and "| cic | cic | 60.0 | 2026-12-04 09:00:00 |" in md
 
 
 def test_a_streams_report_shows_its_top_alerts_out_of_all_of_them(tmp_path):
