@@ -24,6 +24,40 @@ def test_deeplog_learns_an_order_and_flags_a_swap():
     assert scores[1] > scores[0] + 1 and scores[2] == 20.0  # swapped order; an [UNK] event
 
 
+def test_deeplog_pairs_are_gathered_a_batch_at_a_time_as_the_windows_they_stand_for():
+    """DeepLog's (context, next event) pairs are built per batch from the events: the windows a whole-split
+    build gives ([SUM] first, left-padded with [PAD], never across two sequences), while what is held
+    follows the events (a few integers each), not ``window`` times them."""
+    import tracemalloc
+
+    from loglm.baselines.deeplog import Contexts
+    from loglm.vocab import PAD, SUM
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(5, 40, n).tolist() for n in (0, 1, 3, 10, 11, 25, 2)]
+    want_x, want_y, want_owner = [], [], []
+    for i, s in enumerate(seqs):
+        full = [SUM] + s
+        for t in range(1, len(full)):
+            ctx = full[max(0, t - 4):t]
+            want_x.append([PAD] * (4 - len(ctx)) + ctx)
+            want_y.append(full[t])
+            want_owner.append(i)
+    pairs = Contexts(seqs, 4)
+    assert len(pairs) == len(want_y) == sum(map(len, seqs))
+    order = rng.permutation(len(pairs))
+    x, y = pairs.batch(order)
+    assert x.tolist() == [want_x[i] for i in order] and y.tolist() == [want_y[i] for i in order]
+    assert pairs.owner[order].tolist() == [want_owner[i] for i in order]
+    assert len(Contexts([], 4)) == 0
+    big = [rng.integers(5, 40, 50) for _ in range(4_000)]  # 200,000 events
+    tracemalloc.start()
+    held = Contexts(big, 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(held) == 200_000 and peak / len(held) < 40, peak / len(held)  # windows of 10 int64: 80 B alone
+
+
 def test_deeplog_top_g_rule_counts_events_outside_its_g_likeliest_and_floors_the_threshold():
     """``conf/baseline/deeplog_topg.yaml``: the paper's rule. A window scores its share of events outside the
     model's top g (an unseen event always is one); a window without one scores at most ``quiet_top``, and the

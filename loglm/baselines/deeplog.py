@@ -17,17 +17,39 @@ from loglm.vocab import END, PAD, SUM, UNK
 TIE_CAP, TIE_SCALE = 99.0, 1e6  # the tie-breaking mean surprisal of the top-g rule: capped, then divided
 
 
-def _contexts(seqs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(context windows left-padded with [SUM]/[PAD], next event, owning sequence index)."""
-    xs, ys, owner = [], [], []
-    for i, s in enumerate(seqs):
-        full = [SUM] + s
-        for t in range(1, len(full)):
-            ctx = full[max(0, t - window):t]
-            xs.append([PAD] * (window - len(ctx)) + ctx)
-            ys.append(full[t])
-            owner.append(i)
-    return np.array(xs, dtype=np.int64).reshape(-1, window), np.array(ys, dtype=np.int64), np.array(owner)
+class Contexts:
+    """Every (context window, next event) pair of a list of sequences, gathered a batch at a time.
+
+    Each sequence is read as ``[SUM] + seq``; the pair at position ``t`` is the ``window`` events before it,
+    left-padded with ``[PAD]``, and the event at ``t``.  Only the events themselves (one flat array) and two
+    integers per pair are held: the windows, ``window`` times the events, are built per batch
+    (:meth:`batch`), so training and scoring memory follow the split's events, not ``window`` times them."""
+
+    def __init__(self, seqs, window: int):
+        lens = np.fromiter((len(q) + 1 for q in seqs), np.int64, len(seqs))
+        starts = np.zeros(len(lens), np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        self.flat = np.empty(int(lens.sum()), np.int64)
+        for at, q in zip(starts.tolist(), seqs):
+            self.flat[at] = SUM
+            self.flat[at + 1:at + 1 + len(q)] = q
+        self.window = window
+        self.owner = np.repeat(np.arange(len(lens), dtype=np.int64), lens - 1)  # the sequence of each pair
+        targets = np.ones(len(self.flat), bool)
+        targets[starts] = False  # [SUM] is context, never predicted
+        self.pos = np.flatnonzero(targets)  # where each pair's next event sits in ``flat``
+        self.first = starts  # where each sequence's [SUM] sits
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(context windows, next events) of the pairs ``idx``."""
+        pos = self.pos[idx]
+        cols = pos[:, None] - self.window + np.arange(self.window)[None, :]
+        x = self.flat[np.maximum(cols, 0)]
+        x[cols < self.first[self.owner[idx]][:, None]] = PAD  # before the sequence's [SUM]: padding
+        return x, self.flat[pos]
 
 
 class DeepLog:
@@ -56,8 +78,12 @@ class DeepLog:
         self.net = Net()
 
     @staticmethod
-    def sequences(tokens: list, closed: list[bool]) -> list[list[int]]:
-        return [list(map(int, t)) + ([END] if c else []) for t, c in zip(tokens, closed)]
+    def sequences(tokens: list, closed: list[bool]) -> list[np.ndarray]:
+        """Each window's events, ``[END]`` after a closed one: an int64 array each (a Python list of ints
+        would cost several times the events' own bytes)."""
+        end = np.array([END], np.int64)
+        return [np.concatenate([np.asarray(t, np.int64), end]) if c else np.asarray(t, np.int64)
+                for t, c in zip(tokens, closed)]
 
     def fit(self, seqs: list[list[int]], val_seqs: list[list[int]] | None = None, patience: int | None = None
             ) -> DeepLog:
@@ -67,21 +93,18 @@ class DeepLog:
 
         import torch
 
-        x, y, _ = _contexts(seqs, self.window)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        if val_seqs:
-            vx, vy, _ = _contexts(val_seqs, self.window)
-            vxt, vyt = torch.from_numpy(vx), torch.from_numpy(vy)
+        pairs = Contexts(seqs, self.window)
+        val = Contexts(val_seqs, self.window) if val_seqs else None
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)
         best, best_state, waited = float("inf"), None, 0
         self.epochs_run = 0
         for _ in range(self.epochs):
             self.net.train()
-            order = torch.randperm(len(xt), generator=gen)
+            order = torch.randperm(len(pairs), generator=gen).numpy()
             for b in range(0, len(order), self.batch_size):
-                idx = order[b:b + self.batch_size]
-                loss = torch.nn.functional.cross_entropy(self.net(xt[idx]), yt[idx])
+                x, y = pairs.batch(order[b:b + self.batch_size])
+                loss = torch.nn.functional.cross_entropy(self.net(torch.from_numpy(x)), torch.from_numpy(y))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -89,10 +112,13 @@ class DeepLog:
             if not val_seqs:
                 continue
             self.net.eval()
+            v = 0.0
             with torch.no_grad():
-                v = sum(float(torch.nn.functional.cross_entropy(self.net(vxt[b:b + 8192]), vyt[b:b + 8192],
-                                                               reduction="sum")) for b in range(0, len(vxt), 8192))
-            v /= max(1, len(vxt))
+                for b in range(0, len(val), 8192):
+                    x, y = val.batch(np.arange(b, min(b + 8192, len(val))))
+                    v += float(torch.nn.functional.cross_entropy(self.net(torch.from_numpy(x)), torch.from_numpy(y),
+                                                                 reduction="sum"))
+            v /= max(1, len(val))
             if v < best - 1e-4:
                 best, best_state, waited = v, copy.deepcopy(self.net.state_dict()), 0
             else:
@@ -112,14 +138,16 @@ class DeepLog:
     def score(self, seqs: list[list[int]], unk_surprisal: float = 20.0) -> np.ndarray:
         import torch
 
-        x, y, owner = _contexts(seqs, self.window)
+        pairs = Contexts(seqs, self.window)
         out = np.zeros(len(seqs))
         misses, total, surprisal = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
         self.net.eval()
         with torch.no_grad():
-            for b in range(0, len(x), 8192):
-                logp = torch.log_softmax(self.net(torch.from_numpy(x[b:b + 8192])), -1).numpy()
-                yb, ob = y[b:b + 8192], owner[b:b + 8192]
+            for b in range(0, len(pairs), 8192):
+                idx = np.arange(b, min(b + 8192, len(pairs)))
+                xb, yb = pairs.batch(idx)
+                ob = pairs.owner[idx]
+                logp = torch.log_softmax(self.net(torch.from_numpy(xb)), -1).numpy()
                 gold = logp[np.arange(len(logp)), yb]
                 s = np.where(yb == UNK, unk_surprisal, -gold)  # an event training never saw
                 np.maximum.at(out, ob, s)
