@@ -93,6 +93,29 @@ def test_deeplog_stops_early_on_validation_loss_and_keeps_its_best_epoch():
     assert again.epochs_run == 3
 
 
+def test_count_matrix_counts_each_windows_events_from_one_flat_array():
+    """Each row holds its window's event counts, [END] once where the window closed; built from one flat
+    array, so what it holds while building follows the events (a few bytes each)."""
+    import tracemalloc
+
+    from loglm.vocab import END
+
+    rng = np.random.default_rng(1)
+    toks = [rng.integers(5, 40, n) for n in (0, 1, 7, 30)] + [np.array([6, 6, 6])]
+    closed = [True, False, True, False, True]
+    x = count_matrix(toks, closed, 45).toarray()
+    want = np.zeros((5, 45))
+    for i, (t, c) in enumerate(zip(toks, closed)):
+        np.add.at(want[i], list(t) + ([END] if c else []), 1)
+    assert np.array_equal(x, want) and x[4, 6] == 3 and count_matrix([], [], 45).shape == (0, 45)
+    big = [rng.integers(5, 3000, 50) for _ in range(4_000)]
+    tracemalloc.start()
+    count_matrix(big, [True] * len(big), 3000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak / (51 * len(big)) < 50, peak / (51 * len(big))  # per-pair Python lists: about 83 B
+
+
 def test_count_baselines_flag_an_unusual_mix_of_events():
     rng = np.random.default_rng(0)
     train = [[5] * rng.integers(1, 4) + [6] * rng.integers(1, 4) + [7, 8] for _ in range(300)]

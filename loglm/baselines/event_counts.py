@@ -11,16 +11,21 @@ from loglm.vocab import END
 
 
 def count_matrix(tokens: list, closed: list[bool], vocab_size: int):
+    """Each window's event counts ([END] counted once for a closed window) as a sparse matrix, built from one
+    flat array of the windows' events: a few integers per event while it is built, not a Python object per
+    (window, event) pair."""
     from scipy.sparse import csr_matrix
 
-    rows, cols, vals = [], [], []
-    for i, (t, c) in enumerate(zip(tokens, closed)):
-        seq = np.asarray(list(t) + ([END] if c else []), dtype=np.int64)  # [END]: the session finished
-        ids, counts = np.unique(seq, return_counts=True)
-        rows.extend([i] * len(ids))
-        cols.extend(ids.tolist())
-        vals.extend(counts.tolist())
-    return csr_matrix((vals, (rows, cols)), shape=(len(tokens), vocab_size), dtype=np.float64)
+    end = np.array([END], np.int64)
+    parts = [np.concatenate([np.asarray(t, np.int64), end]) if c else np.asarray(t, np.int64)
+             for t, c in zip(tokens, closed)]  # [END]: the session finished
+    lens = np.fromiter((len(p) for p in parts), np.int64, len(parts))
+    cols = (np.concatenate(parts) if parts else np.zeros(0, np.int64)).astype(np.int32)  # ids < vocab_size
+    del parts
+    rows = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
+    x = csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(lens), vocab_size), dtype=np.float64)
+    x.sum_duplicates()  # one entry per (window, event): its count
+    return x
 
 
 class _Weighting:
