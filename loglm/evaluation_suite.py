@@ -313,11 +313,11 @@ def run(cfg) -> dict:
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
         built = baselines(list(cfg.suite.baselines), vocab_size, cfg)
         window_cfg, window_dir = cfg, data_dir
-        if cfg.suite.baseline_tokenizer and any(m.unit == "window" for m in built.values()):
+        own = replace(cfg.tokenizer, **cfg.suite.baseline_tokenizer)
+        if own != cfg.tokenizer and any(m.unit == "window" for m in built.values()):  # else LogLM's folder
             window_cfg, window_dir = baseline_data(cfg, data_dir)
             size = Vocabulary.load(window_dir / "vocab.json").size
-            built.update({n: m for n, m in baselines([n for n, m in built.items() if m.unit == "window"], size,
-                                                     window_cfg).items()})
+            built.update(baselines([n for n, m in built.items() if m.unit == "window"], size, window_cfg))
         for name, model in built.items():
             b_cfg, b_dir = (window_cfg, window_dir) if model.unit == "window" else (cfg, data_dir)
             metrics, threshold, seconds, by_class = run_baseline(model, b_cfg, b_dir)

@@ -140,10 +140,13 @@ def test_suite_runs_every_model_on_one_split_with_parent_and_child_runs(tmp_path
     cfg_overrides = [f"paths.root={tmp_path}/runs", "model=tiny", "data.name=suite_synth", f"data.inputs=[{log}]",
                      f"data.anomalous_ids={ids}", "data.split.method=chronological", "trainer.max_epochs=3",
                      "trainer.progress_bar=false", "suite.enabled=true", "suite.protocol=synthetic",
-                     "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports", "detect.small_validation=warn"]
+                     "suite.baseline_epochs=2", f"suite.reports_dir={tmp_path}/reports", "detect.small_validation=warn",
+                     "+suite.baseline_tokenizer.min_count=1"]  # LogLM's own: nothing to prepare again
     cfg = compose("evaluate", cfg_overrides)
     result = suite(cfg)
     assert set(result["models"]) == {"LogLM", "deeplog", "deeplog_topg", "pca", "iforest"}
+    assert {r["data"]["name"] for n, r in result["models"].items() if n != "LogLM"} == {"suite_synth"}
+    assert not (tmp_path / "runs" / "data" / "suite_synth.baselines").exists()
     for r in result["models"].values():
         m = r["metrics"]["all"]
         assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["n"] > 0 and "unique" in r["metrics"]
