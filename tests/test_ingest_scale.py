@@ -356,6 +356,23 @@ def test_a_pre_sequenced_input_that_changes_between_its_two_reads_is_refused(tmp
 PEAK_SEQUENCES = PEAK
 
 
+def test_distinct_count_counts_ids_as_a_set_would(monkeypatch):
+    """Pre-sequenced prepare counts its sessions (an id may come twice) in 8 bytes a distinct id."""
+    import numpy as np
+
+    from loglm.ingest.prepare import DistinctCount
+
+    monkeypatch.setattr(DistinctCount, "COMPACT_AT", 50)  # compacted many times over
+    rng = np.random.default_rng(0)
+    ids = [f"blk_{i}" for i in rng.integers(0, 3_000, 10_000)]
+    count = DistinctCount()
+    for at in range(0, len(ids), 37):
+        count.add(ids[at:at + 37])
+    count.add([])
+    assert len(count) == len(set(ids)) and len(DistinctCount()) == 0
+    assert count._seen.nbytes == 8 * len(set(ids))
+
+
 @pytest.mark.slow
 def test_pre_sequenced_prepare_memory_does_not_follow_the_corpus(tmp_path):
     """Four times the block sequences, nearly the same peak: before, prepare built every event in memory
