@@ -49,7 +49,7 @@ def baselines(names: list[str], vocab_size: int, cfg) -> dict:
 
 
 def baseline_data(cfg, data_dir: Path):
-    """(config, prepared folder) of the window baselines' own vocabulary (``suite.baseline_tokenizer``): the
+    """(config, prepared folder, its manifest summary) of the window baselines' own vocabulary (``suite.baseline_tokenizer``): the
     suite's inputs prepared again under ``<data.name>.baselines`` with those tokenizer settings (again only
     when they or the inputs changed: :func:`loglm.ingest.prepare.stale_reason`).  Sessions, splits and items
     do not depend on the vocabulary; a folder whose test split differs from LogLM's is refused, since the
@@ -72,7 +72,7 @@ def baseline_data(cfg, data_dir: Path):
                              f"{key} {theirs.get(key)} where LogLM's data {data_dir} holds {ours.get(key)}; the "
                              "baselines would not be scored on LogLM's items (a tokenizer setting that changes "
                              "sessions or splits cannot be a baseline's own)")
-    return b_cfg, b_dir
+    return b_cfg, b_dir, theirs
 
 
 def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
@@ -312,23 +312,24 @@ def run(cfg) -> dict:
                          "run_id": ours["run_id"], "recall_by_class": ours["recall_by_class"]}
         vocab_size = Vocabulary.load(data_dir / "vocab.json").size
         built = baselines(list(cfg.suite.baselines), vocab_size, cfg)
-        window_cfg, window_dir = cfg, data_dir
+        window_cfg, window_dir, window_summary = cfg, data_dir, summary
         own = replace(cfg.tokenizer, **cfg.suite.baseline_tokenizer)
         if own != cfg.tokenizer and any(m.unit == "window" for m in built.values()):  # else LogLM's folder
-            window_cfg, window_dir = baseline_data(cfg, data_dir)
+            window_cfg, window_dir, window_summary = baseline_data(cfg, data_dir)
             size = Vocabulary.load(window_dir / "vocab.json").size
             built.update(baselines([n for n, m in built.items() if m.unit == "window"], size, window_cfg))
         for name, model in built.items():
-            b_cfg, b_dir = (window_cfg, window_dir) if model.unit == "window" else (cfg, data_dir)
+            b_cfg, b_dir, b_summary = ((window_cfg, window_dir, window_summary) if model.unit == "window"
+                                       else (cfg, data_dir, summary))
             metrics, threshold, seconds, by_class = run_baseline(model, b_cfg, b_dir)
             child = client.create_run(exp, run_name=name, tags=tracking.run_tags(cfg, {
-                "mlflow.parentRunId": parent, "model": name, "protocol": protocol, "data_sha256": summary["data_sha256"]}))
+                "mlflow.parentRunId": parent, "model": name, "protocol": protocol,
+                "data_sha256": b_summary["data_sha256"]}))
             cid = child.info.run_id
             for k, v in {"threshold": threshold, "target_fpr": cfg.detect.target_fpr, "model": name, "split": cfg.split,
                          "eval_unit": cfg.data.eval_unit, "dataset": cfg.data.name,
                          "epochs": getattr(model, "epochs_run", None) or "-"}.items():
                 client.log_param(cid, k, str(v))
-            b_summary = summary if b_dir == data_dir else verify_manifest(b_dir)["summary"]
             tracking.log_dataset_input(client, cid, b_dir, b_summary, "evaluation")
             if b_dir != data_dir:
                 client.log_param(cid, "tokenizer", json.dumps(cfg.suite.baseline_tokenizer, sort_keys=True))
@@ -360,7 +361,7 @@ def run(cfg) -> dict:
             settings = ", ".join(f"`tokenizer.{k}={v}`" for k, v in sorted(cfg.suite.baseline_tokenizer.items()))
             notes.append(f"The window baselines read their own vocabulary ({settings}, `suite.baseline_tokenizer`: "
                          f"their best on this protocol), prepared from the same inputs into `{window_dir.name}` "
-                         f"(sha256 {verify_manifest(window_dir)['summary']['data_sha256'][:16]}): the same sessions "
+                         f"(sha256 {window_summary['data_sha256'][:16]}): the same sessions "
                          "and test items, every event read as that tokenizer reads it; LogLM reads its own.")
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "

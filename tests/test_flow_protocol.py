@@ -170,7 +170,8 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
     assert result["models"]["pca"]["data"]["name"] == "cic_week.baselines"
     assert result["models"]["flow_pca"]["data"]["name"] == "cic_week"
     data_dir = prepared_dir(cfg.paths.root, "cic_week")
-    b_cfg, b_dir = baseline_data(cfg, data_dir)  # fresh: not prepared again
+    b_cfg, b_dir, b_summary = baseline_data(cfg, data_dir)  # fresh: not prepared again
+    assert b_summary["data_sha256"] == result["models"]["pca"]["data"]["data_sha256"]
     assert b_dir.name == "cic_week.baselines" and b_cfg.tokenizer.min_count == 1
     vocab, b_vocab = Vocabulary.load(data_dir / "vocab.json"), Vocabulary.load(b_dir / "vocab.json")
     assert b_vocab.size > vocab.size  # forms seen under 20 times on day 1 are tokens of their own there
