@@ -27,6 +27,14 @@ def pad_windows(items: list[tuple[np.ndarray, np.ndarray, bool]]) -> tuple[np.nd
     return tokens, gaps, tokens != PAD
 
 
+def with_end(tokens: list, closed: list[bool]) -> list[np.ndarray]:
+    """Each window's events as an int64 array, ``[END]`` after a closed one (what the baselines read: the
+    DeepLog LSTM's sequences, the count models' rows)."""
+    end = np.array([END], np.int64)
+    return [np.concatenate([np.asarray(t, np.int64), end]) if c else np.asarray(t, np.int64)
+            for t, c in zip(tokens, closed)]
+
+
 def length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
     """Window indices in batches of similar length (shortest first): at most ``batch_size`` windows and at
     most ``max_tokens`` padded positions each, so activation memory (attention grows with B x L^2) stays

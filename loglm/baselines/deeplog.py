@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from loglm.vocab import END, PAD, SUM, UNK
+from loglm.vocab import PAD, SUM, UNK
 
 TIE_CAP, TIE_SCALE = 99.0, 1e6  # the tie-breaking mean surprisal of the top-g rule: capped, then divided
 
@@ -81,9 +81,9 @@ class DeepLog:
     def sequences(tokens: list, closed: list[bool]) -> list[np.ndarray]:
         """Each window's events, ``[END]`` after a closed one: an int64 array each (a Python list of ints
         would cost several times the events' own bytes)."""
-        end = np.array([END], np.int64)
-        return [np.concatenate([np.asarray(t, np.int64), end]) if c else np.asarray(t, np.int64)
-                for t, c in zip(tokens, closed)]
+        from loglm.windows import with_end
+
+        return with_end(tokens, closed)
 
     def fit(self, seqs: list[list[int]], val_seqs: list[list[int]] | None = None, patience: int | None = None
             ) -> DeepLog:

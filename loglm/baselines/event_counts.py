@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from loglm.vocab import END
-
 
 def count_matrix(tokens: list, closed: list[bool], vocab_size: int):
     """Each window's event counts ([END] counted once for a closed window) as a sparse matrix, built from one
@@ -16,9 +14,9 @@ def count_matrix(tokens: list, closed: list[bool], vocab_size: int):
     (window, event) pair."""
     from scipy.sparse import csr_matrix
 
-    end = np.array([END], np.int64)
-    parts = [np.concatenate([np.asarray(t, np.int64), end]) if c else np.asarray(t, np.int64)
-             for t, c in zip(tokens, closed)]  # [END]: the session finished
+    from loglm.windows import with_end
+
+    parts = with_end(tokens, closed)  # [END]: the session finished
     lens = np.fromiter((len(p) for p in parts), np.int64, len(parts))
     cols = (np.concatenate(parts) if parts else np.zeros(0, np.int64)).astype(np.int32)  # ids < vocab_size
     del parts
