@@ -37,9 +37,10 @@ def zeek_detailed_labels(data_dir: Path) -> list[str | None]:
 
 def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows: int = 100,
                  kinds_of: list | None = None):
-    """Attack flows of ``split`` with their class: (LogLM vector of each flow: its context half and its own
-    half, raw flow features fitted on training flows, kinds, the window each flow is in). Classes with fewer
-    than ``min_flows`` flows are left out. ``kinds_of``: a kind per event instead of its label (e.g.
+    """Attack flows of ``split`` with their class: (LogLM vector of each flow: its context half, its own half
+    and, for a model with facets, each facet (LogEncoder.event_embedding); raw flow features fitted on
+    training flows; kinds; the window each flow is in). Classes with fewer than ``min_flows`` flows are left
+    out. ``kinds_of``: a kind per event instead of its label (e.g.
     ``zeek_detailed_labels``: benign services as kinds beside the attack)."""
     import pyarrow.parquet as pq
 
@@ -86,7 +87,8 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
     what = "detailed labels" if kinds_of else "attack classes"
     out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": f"flow ({what} with >= 100 test flows)",
                  "windows_per_kind": {c: int(len(set(windows[np.asarray(kinds) == c]))) for c in sorted(set(kinds))},
-                 "loglm_vector": f"{emb.shape[1]} dims: context half and own half (LogEncoder.event_embedding)"}
+                 "loglm_vector": f"{emb.shape[1]} dims: context half, own half and, with facets, each facet "
+                                 "(LogEncoder.event_embedding)"}
     table = {}
     both = np.concatenate([raw, emb], 1)
     for name, x in (("loglm", emb), ("raw_features", raw), ("raw_plus_loglm", both)):

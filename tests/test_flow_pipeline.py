@@ -97,6 +97,8 @@ def test_zeek_flows_end_to_end(tmp_path):
 
     bundle = export(replace(run_cfg, export=replace(run_cfg.export, quantize=False)))
     assert bundle["parity"]["fp32"]["min_embedding_cosine"] > 0.999
+    # each flow's vector in the graph holds its facets one by one, as torch's does (LogEncoder.event_embedding)
+    assert bundle["parity"]["fp32"]["min_event_vector_cosine"] > 0.999
     got = onnx_detect(bundle["bundle"], [str(capture)], str(tmp_path / "onnx.jsonl"), variant="fp32")
     assert got["events_scored"] == summary["events_scored"]
     onnx_alerts = {json.loads(x)["session_id"] for x in open(got["alerts_path"])}

@@ -691,25 +691,45 @@ def test_flow_facets_reach_a_position_only_while_its_token_is_shown():
 
 
 def test_an_event_vector_holds_its_context_and_the_event_itself():
-    """Per-event vectors (loglm.analyst.embed, the ONNX ``event_vectors``): a unit vector of two halves, the
-    contextual hidden state and the event's own input (token, gap, facets; no position). Two flows of one
-    window with other facets differ in their own half although attention gives them much the same context;
-    the same flow in another window and place keeps its own half."""
+    """Per-event vectors (loglm.analyst.embed, the ONNX ``event_vectors``): pieces of equal length, the
+    contextual hidden state, the event's own input (token, gap, facets; no position) and, for a flow model
+    with facets, each facet's embedding on its own. Two flows of one window with other facets differ in their
+    own half although attention gives them much the same context; the same flow in another window and place
+    keeps its own half and its facets; a model without facets keeps two halves."""
     torch.manual_seed(0)
     enc = LogEncoder(EncoderConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
                                    max_len=64, n_facets=9)).eval()
     tok = torch.tensor([[7, 7, 8, 9], [9, 8, 7, 7]])
     gap = torch.zeros(2, 4, 11, dtype=torch.long)
     gap[0, 0, 1:], gap[0, 1, 1:] = 2, 5  # window 0: two flows of one token, other facets
+    gap[0, 1, 3] = 7  # one facet of the second flow differs from the others
     gap[1, 3, 1:] = 2  # window 1, last place: the first flow of window 0 again
     pad = torch.ones(2, 4, dtype=torch.bool)
     with torch.no_grad():
         v = enc.event_embedding(enc(tok, gap, pad), tok, gap)
-    d = enc.cfg.d_model
-    assert v.shape == (2, 4, 2 * d) and torch.allclose(v.norm(dim=-1), torch.ones(2, 4), atol=1e-5)
+    d, pieces = enc.cfg.d_model, 2 + 10
+    assert v.shape == (2, 4, pieces * d)
+    norms = v.reshape(2, 4, pieces, d).norm(dim=-1)
+    flows = torch.tensor([[True, True, False, False], [False, False, False, True]])
+    # every piece of a flow has length 1/sqrt(pieces), so its vector is a unit vector; without facets the
+    # facet pieces are zero
+    assert torch.allclose(norms[flows], torch.full((3, pieces), pieces ** -0.5), atol=1e-5)
+    assert torch.allclose(v[flows].norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.all(norms[~flows][:, 2:] == 0)
     own = v[..., d:]
     assert torch.allclose(own[0, 0], own[1, 3], atol=1e-6) and not torch.allclose(v[0, 0], v[1, 3], atol=1e-3)
     assert (own[0, 0] - own[0, 1]).norm() > 0.1
+    # the facets one by one: facet slot 2 of the second flow is facet 7, its others facet 5
+    f = v[0, 1].reshape(pieces, d)[2:]
+    with torch.no_grad():
+        e5, e7 = enc.facet.weight[5], enc.facet.weight[7]
+    assert torch.allclose(f[0], e5 / e5.norm() * pieces ** -0.5, atol=1e-5)
+    assert torch.allclose(f[2], e7 / e7.norm() * pieces ** -0.5, atol=1e-5)
+    plain = LogEncoder(EncoderConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0,
+                                     max_len=64)).eval()
+    with torch.no_grad():
+        w = plain.event_embedding(plain(tok, gap[..., 0], pad), tok, gap[..., 0])
+    assert w.shape == (2, 4, 2 * d) and torch.allclose(w.norm(dim=-1), torch.ones(2, 4), atol=1e-5)
 
 
 def test_unique_items_by_sequence_digest_count_what_whole_sequences_count():

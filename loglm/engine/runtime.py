@@ -69,7 +69,8 @@ class Bundle:
         return self.session.run(["window_vector"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
 
     def embed_events(self, tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        """(B, L, 2d) unit vectors of every position (context half, own half: LogEncoder.event_embedding)."""
+        """(B, L, 2d) vectors of every position (context half, own half; with flow facets each facet too:
+        (B, L, (2 + F) d); LogEncoder.event_embedding)."""
         self.embed(tok[:1], gap[:1], pad[:1])  # the same clear error for an older bundle
         return self.session.run(["event_vectors"], {"tokens": tok, "gaps": gap, "pad_mask": pad})[0]
 

@@ -73,7 +73,7 @@ class ScoringGraph(nn.Module):
     """tokens, gaps (int64), pad_mask (bool), all (B, L) (gaps (B, L, 1 + facets) with flow facets)  ->
     with a replaced-event head: replaced (B, L), top_tokens (B, L, k), top_logp (B, L, k);
     without: logits (B, L, V) (masked views are scored in numpy); then window_vector (B, d) and
-    event_vectors (B, L, 2d) either way."""
+    event_vectors (B, L, 2d), or (B, L, (2 + F) d) with F flow facets (LogEncoder.event_embedding), either way."""
 
     def __init__(self, encoder, expected: int):
         super().__init__()
@@ -91,8 +91,8 @@ class ScoringGraph(nn.Module):
 
 
 def output_names(encoder) -> list[str]:
-    """The graph's outputs; ``window_vector`` (B, d) is the window's unit vector, ``event_vectors`` (B, L, 2d)
-    each position's (loglm.analyst.embed); onnxruntime computes only the outputs a caller asks for."""
+    """The graph's outputs; ``window_vector`` (B, d) is the window's unit vector, ``event_vectors`` (B, L, 2d or
+    (2 + F) d) each position's (loglm.analyst.embed); onnxruntime computes only the outputs a caller asks for."""
     return (["replaced", "top_tokens", "top_logp"] if encoder.rtd is not None else ["logits"]) + [
         "window_vector", "event_vectors"]
 

@@ -140,9 +140,10 @@ def run(cfg) -> dict:
             parity[variant]["decision_agreement"] = float(((ref.score > thr) == (got.score > thr)).mean())
             # session vectors (loglm embed): cosine of each window's ONNX vector with torch's
             cos = (embed_windows(b.embed, toks, gaps, closed) * ref_vec).sum(1) if len(toks) else np.ones(1)
-            # and each event's vector (ONNX event_vectors: both halves are unit vectors scaled by 1/sqrt(2))
+            # and each event's vector (ONNX event_vectors, LogEncoder.event_embedding: unit pieces scaled by
+            # 1/sqrt(pieces), so an event whose facets are none is shorter than 1: cosine, not the dot product)
             ev = embed_events(b.embed_events, toks, gaps, closed)
-            ev_cos = [float((a * r).sum(1).min()) for a, r in zip(ev, ref_ev) if len(r)] or [1.0]
+            ev_cos = [float(_cosines(a, r).min()) for a, r in zip(ev, ref_ev) if len(r)] or [1.0]
             parity[variant]["min_embedding_cosine"] = float(cos.min())
             parity[variant]["min_event_vector_cosine"] = min(ev_cos)
         for key, what in (("min_embedding_cosine", "session vectors"), ("min_event_vector_cosine", "event vectors")):
@@ -287,3 +288,10 @@ def register(cfg, bundle_dir: Path, info: dict) -> dict:
     client.set_registered_model_alias(name, cfg.export.alias, mv.version)
     return {"name": name, "version": str(mv.version), "alias": cfg.export.alias, "export_run_id": rid,
             "source": source}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, d) arrays; a pair of zero rows counts as equal (1.0)."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na < 1e-12) & (nb < 1e-12)
+    return np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-12))

@@ -8,6 +8,7 @@ dataclass, so the same file serves training, distillation and ONNX export.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -177,16 +178,23 @@ class LogEncoder(nn.Module):
         return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def event_embedding(self, hidden: torch.Tensor, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """Each position as a unit vector of two halves, (B, L, 2d): its final hidden state (the event in its
-        context) and its own input embedding (what the event is: token, time gap and, for flows, facets; no
-        position), each normalised and scaled by 1/sqrt(2).  The context half alone lets events of one window
-        look alike whatever they are; the own half keeps them apart (few-shot kinds on window-disjoint flows,
-        README "Few-shot kinds")."""
-        def unit(x: torch.Tensor) -> torch.Tensor:
-            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * 0.7071067811865476
+        """Each position as a vector of pieces, each normalised and scaled by 1/sqrt(pieces): its final hidden
+        state (the event in its context), its own input embedding (what the event is: token, time gap and, for
+        flows, facets; no position), and, for a flow model with facets, each facet's embedding on its own
+        (F more pieces: (B, L, (2 + F) d), else (B, L, 2d)).  The context half alone lets events of one window
+        look alike whatever they are; the own half keeps them apart; the facets one by one let a few-shot
+        classifier weigh a flow's port, sizes and duration each (in the own half they are summed): on
+        ``cic_flowprep`` window-disjoint k = 5 rose from 0.69-0.70 to 0.79 (README "Few-shot kinds").  A
+        piece that is zero (the facets of a position without any) stays zero."""
+        def unit(x: torch.Tensor, n: int) -> torch.Tensor:
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (1.0 / math.sqrt(n))
 
-        own = self.tok(tokens) + self._side(tokens, gaps)
-        return torch.cat([unit(hidden), unit(own.to(hidden.dtype))], -1)
+        own = (self.tok(tokens) + self._side(tokens, gaps)).to(hidden.dtype)
+        if self.facet is None or gaps.dim() == tokens.dim():
+            return torch.cat([unit(hidden, 2), unit(own, 2)], -1)
+        facets = self.facet(gaps[..., 1:] * (tokens != MASK).unsqueeze(-1).to(gaps.dtype)).to(hidden.dtype)
+        n = 2 + facets.shape[-2]
+        return torch.cat([unit(hidden, n), unit(own, n), unit(facets, n).flatten(-2)], -1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
