@@ -126,3 +126,33 @@ def test_an_alert_takes_the_kind_its_sure_events_vote_for():
     got = event_kinds(clf, ["s1", "s1", "s2"], [a[:2], a[2:], b])
     assert got["s1"]["name"] == "brute-force" and got["s1"]["events"] == 2 and got["s1"]["confidence"] > 0.9
     assert got["s2"] == {"name": "unknown", "confidence": 0.0, "events": 0}
+
+
+def test_min_similarity_keeps_an_item_far_from_every_example_unknown(tmp_path):
+    """A classifier is confident far from its examples: an item unlike any example (a benign flow among
+    attack kinds) still gets a kind above the confidence floor. With ``min_similarity`` an item whose cosine
+    with every example is below it is ``unknown``; items near the examples keep their kinds; the gate and
+    the examples survive save and load."""
+    import json
+
+    rng = np.random.default_rng(0)
+    d = 6
+    dirs = np.eye(d)[:3]  # two kinds along two axes; the stranger along a third
+    x = np.concatenate([dirs[i] * 5 + rng.normal(scale=0.2, size=(5, d)) for i in range(2)])
+    y = ["a"] * 5 + ["b"] * 5
+    near = np.concatenate([dirs[i] * 5 + rng.normal(scale=0.2, size=(20, d)) for i in range(2)])
+    far = dirs[2] * 5 + dirs[0] * 1.5 + rng.normal(scale=0.2, size=(20, d))
+    plain = FewShot("logreg", 0.5, standardize=True).fit(x, y)
+    names, conf = plain.predict(far)
+    assert UNKNOWN not in names and conf.min() >= 0.5  # forced into a kind, confidently
+    gated = FewShot("logreg", 0.5, standardize=True, min_similarity=0.8).fit(x, y)
+    gated.save(tmp_path / "k.json")
+    again = FewShot.load(tmp_path / "k.json")
+    for clf in (gated, again):
+        assert clf.predict(far)[0] == [UNKNOWN] * 20
+        assert clf.predict(near)[0] == ["a"] * 20 + ["b"] * 20
+    np.testing.assert_allclose(again.proba(far), gated.proba(far), atol=1e-12)
+    plain.save(tmp_path / "p.json")
+    assert "support" not in json.loads((tmp_path / "p.json").read_text())  # off: nothing extra in the file
+    with pytest.raises(ValueError, match="min_similarity"):
+        FewShot(min_similarity=1.5)

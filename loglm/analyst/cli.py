@@ -32,6 +32,10 @@ def kinds_main(argv: list[str]) -> int:
     p.add_argument("--examples", help="CSV with columns session_id,kind (event_idx,kind for event vectors)")
     p.add_argument("--feedback", help="feedback table: malicious verdicts that name a kind are examples")
     p.add_argument("--min-confidence", type=float, default=0.5, help="below it an alert's kind is 'unknown'")
+    p.add_argument("--min-similarity", type=float, default=0.0,
+                   help="below this cosine with every example an item's kind is 'unknown' whatever the classifier's "
+                        "confidence (0: off); 0.85 kept 0.96-0.98 of cic_flowprep attack alerts' kinds and gave "
+                        "0.002-0.027 of its false positives one (README \"Benign alerts get an attack kind too\")")
     p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
                    help="prototype: the nearest kind's mean vector (cosine); logreg: logistic regression on "
                         "standardised vectors (better from 5 examples per kind on cic_flowprep flows, README "
@@ -77,7 +81,8 @@ def kinds_main(argv: list[str]) -> int:
     if a.method == "logreg" and len(set(examples.values())) < 2:
         print("loglm kinds: error: --method logreg needs examples of two kinds or more", file=sys.stderr)
         return 2
-    clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg", unit=unit).fit(
+    clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg", unit=unit,
+                  min_similarity=a.min_similarity).fit(
         vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
     clf.save(a.out)
     print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))

@@ -6,7 +6,10 @@ Given k labelled examples per kind (an analyst's: "these 5 sessions were SSH bru
   similar prototype (cosine), with confidence = softmax over the kinds' similarities (temperature 0.05);
 - ``logreg``: multinomial logistic regression (scikit-learn) on the vectors.
 
-Below ``min_confidence`` an item is ``unknown``: a kind nobody labelled is not forced into one that was.
+Below ``min_confidence`` an item is ``unknown``.  A classifier is confident far from its examples too (a
+benign flow is forced into the nearest attack kind), so ``min_similarity`` adds a gate: an item whose cosine
+with every example is below it is ``unknown`` whatever its confidence (the examples' unit vectors are kept in
+the kinds file; README "Benign alerts get an attack kind too").
 The same classifiers run on raw flow features (``loglm.baselines.flow_features``), which is what shows what
 pretraining adds (``make bench`` key ``analyst``).
 """
@@ -29,12 +32,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 class FewShot:
     def __init__(self, method: str = "prototype", min_confidence: float = 0.0, standardize: bool = False,
-                 unit: str = "session"):
+                 unit: str = "session", min_similarity: float = 0.0):
         if method not in ("prototype", "logreg"):
             raise ValueError(f"few-shot method must be prototype or logreg, got {method!r}")
         if unit not in ("session", "event"):
             raise ValueError(f"few-shot unit must be session or event, got {unit!r}")
+        if not -1.0 <= min_similarity <= 1.0:
+            raise ValueError(f"few-shot min_similarity is a cosine in [-1, 1], got {min_similarity}")
         self.method, self.min_confidence, self.standardize, self.unit = method, min_confidence, standardize, unit
+        self.min_similarity, self.support = min_similarity, None
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float64)
@@ -45,6 +51,8 @@ class FewShot:
         if len(x) != len(kinds) or not len(x):
             raise ValueError(f"few-shot needs one kind per example, got {len(x)} vectors and {len(kinds)} kinds")
         self.kinds = sorted(set(kinds))
+        if self.min_similarity > 0:
+            self.support = _unit(x)
         if self.standardize:
             self.mean, self.std = x.mean(0), x.std(0)
             self.std[self.std < 1e-9] = 1.0
@@ -73,7 +81,11 @@ class FewShot:
         """(kind or ``unknown`` per item, confidence per item)."""
         p = self.proba(x)
         best, conf = p.argmax(1), p.max(1)
-        return [self.kinds[b] if c >= self.min_confidence else UNKNOWN for b, c in zip(best, conf)], conf
+        near = np.ones(len(p), bool)
+        if self.support is not None:
+            near = (_unit(x) @ self.support.T).max(1) >= self.min_similarity
+        return [self.kinds[b] if c >= self.min_confidence and n else UNKNOWN
+                for b, c, n in zip(best, conf, near)], conf
 
     def save(self, path: Path) -> None:
         """The classifier as plain JSON (kinds, settings, and the prototypes or the logistic regression's
@@ -82,6 +94,8 @@ class FewShot:
                "standardize": self.standardize, "unit": self.unit}
         if self.standardize:
             out["mean"], out["std"] = self.mean.tolist(), self.std.tolist()
+        if self.support is not None:
+            out["min_similarity"], out["support"] = self.min_similarity, self.support.round(6).tolist()
         if self.model is None:
             out["method"], out["prototypes"] = "prototype", self.prototypes.round(6).tolist()
         else:
@@ -98,6 +112,8 @@ class FewShot:
         f = cls(d.get("method", "prototype"), float(d["min_confidence"]), bool(d.get("standardize", False)),
                 d.get("unit", "session"))
         f.kinds, f.model = list(d["kinds"]), None
+        if "support" in d:
+            f.min_similarity, f.support = float(d["min_similarity"]), np.asarray(d["support"], np.float64)
         if f.standardize:
             f.mean, f.std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
         if "coef" in d:
