@@ -37,8 +37,8 @@ class FewShot:
             raise ValueError(f"few-shot method must be prototype or logreg, got {method!r}")
         if unit not in ("session", "event"):
             raise ValueError(f"few-shot unit must be session or event, got {unit!r}")
-        if not -1.0 <= min_similarity <= 1.0:
-            raise ValueError(f"few-shot min_similarity is a cosine in [-1, 1], got {min_similarity}")
+        if not 0.0 <= min_similarity <= 1.0:
+            raise ValueError(f"few-shot min_similarity is a cosine floor in [0, 1] (0: off), got {min_similarity}")
         self.method, self.min_confidence, self.standardize, self.unit = method, min_confidence, standardize, unit
         self.min_similarity, self.support = min_similarity, None
 

@@ -133,8 +133,12 @@ class LogEncoder(nn.Module):
             return self.gap(gaps)
         side = self.gap(gaps[..., 0])
         if self.facet is not None:
-            side = side + self.facet(gaps[..., 1:] * (tokens != MASK).unsqueeze(-1).to(gaps.dtype)).sum(-2)
+            side = side + self._facets(tokens, gaps).sum(-2)
         return side
+
+    def _facets(self, tokens: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Each facet's embedding, (..., F, d), hidden (zero) where the token is [MASK]."""
+        return self.facet(gaps[..., 1:] * (tokens != MASK).unsqueeze(-1).to(gaps.dtype))
 
     def forward(self, tokens: torch.Tensor, gaps: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """tokens: (B, L) int; gaps: (B, L) gap buckets, or (B, L, 1 + F) gap bucket then facet ids (loglm.windows);
@@ -189,12 +193,13 @@ class LogEncoder(nn.Module):
         def unit(x: torch.Tensor, n: int) -> torch.Tensor:
             return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (1.0 / math.sqrt(n))
 
-        own = (self.tok(tokens) + self._side(tokens, gaps)).to(hidden.dtype)
         if self.facet is None or gaps.dim() == tokens.dim():
+            own = (self.tok(tokens) + self._side(tokens, gaps)).to(hidden.dtype)
             return torch.cat([unit(hidden, 2), unit(own, 2)], -1)
-        facets = self.facet(gaps[..., 1:] * (tokens != MASK).unsqueeze(-1).to(gaps.dtype)).to(hidden.dtype)
+        facets = self._facets(tokens, gaps)  # once: the own half sums them, the pieces keep them apart
+        own = (self.tok(tokens) + self.gap(gaps[..., 0]) + facets.sum(-2)).to(hidden.dtype)
         n = 2 + facets.shape[-2]
-        return torch.cat([unit(hidden, n), unit(own, n), unit(facets, n).flatten(-2)], -1)
+        return torch.cat([unit(hidden, n), unit(own, n), unit(facets.to(hidden.dtype), n).flatten(-2)], -1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
