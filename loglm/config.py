@@ -207,11 +207,15 @@ class ObjectiveConfig:
     # each training event that is not a prediction target reads as [UNK] with this chance, so the model learns
     # what an event it never saw means beside the events it predicts (loglm.objectives.hide_as_unseen)
     unk_rate: float = 0.0
+    # flows with facets: weight of per-field masked prediction, each masked flow's ten fields predicted from its
+    # context beside its sentence token (loglm.objectives.masked_facet_loss; 0: off, the sentence token only)
+    facet_loss_weight: float = 0.0
 
     def __post_init__(self):
         _check(0 < self.mask_ratio < 1, f"objective.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         _check(0 <= self.facet_dropout < 1, f"objective.facet_dropout must be in [0, 1), got {self.facet_dropout}")
         _check(0 <= self.unk_rate < 1, f"objective.unk_rate must be in [0, 1), got {self.unk_rate}")
+        _check(self.facet_loss_weight >= 0, f"objective.facet_loss_weight must be >= 0, got {self.facet_loss_weight}")
 
 
 def _importable(path: str) -> Any:

@@ -83,6 +83,21 @@ def masked_event_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, labels)
 
 
+def masked_facet_loss(queries: torch.Tensor, table: torch.Tensor, facets: torch.Tensor) -> torch.Tensor:
+    """Per-field masked prediction for flows: ``queries`` (N, F * d), one query per field of each target flow
+    (a projection of its hidden state), scored against the facet embedding ``table`` (n_facets, d): the
+    cross-entropy of each field's true facet id (``facets``, (N, F), read before facet dropout), averaged over
+    the fields that have one (ids 0, none, and 1, a value training never saw, are not targets)."""
+    n, f = facets.shape
+    logits = queries.view(n, f, -1) @ table.T
+    from loglm.ingest.flows import UNSEEN_FACET
+
+    gold = facets.long().masked_fill(facets <= UNSEEN_FACET, IGNORE)
+    if not (gold != IGNORE).any():
+        return queries.sum() * 0.0
+    return F.cross_entropy(logits.reshape(n * f, -1).float(), gold.reshape(-1), ignore_index=IGNORE)
+
+
 def hypersphere_loss(summary: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of summary vectors to the centre of normal sessions (LogBERT's VHM)."""
     return ((summary - center) ** 2).sum(-1).mean()

@@ -751,3 +751,36 @@ def test_unique_items_by_sequence_digest_count_what_whole_sequences_count():
     by_tuple = unique_items([tuples[i] for i in ids], labels, scores)
     pairs = sorted(zip(by_digest[0].tolist(), by_digest[1].tolist()))
     assert pairs == sorted(zip(by_tuple[0].tolist(), by_tuple[1].tolist())) == [(0, 0.4), (0, 0.5), (1, 0.2), (1, 0.9)]
+
+
+def test_per_field_masked_prediction_learns_a_masked_flows_fields_from_its_context():
+    """objective.facet_loss_weight: each training target's ten facets are predicted from its context (the
+    target itself shows none). Windows whose flows share their facets teach it: the facet loss falls from
+    about ln(n_facets) to near 0, while a module without the weight has no head and no such term. Ids 0
+    (none) and 1 (unseen) are never targets."""
+    from loglm.objectives import masked_facet_loss
+    from loglm.training.module import LogLMModule
+
+    enc = {"vocab_size": 30, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "dropout": 0.0, "max_len": 40,
+           "gap_buckets": 4, "n_facets": 14}
+    assert LogLMModule(enc, hypersphere_weight=0.0).facet_head is None
+    torch.manual_seed(0)
+    module = LogLMModule(enc, hypersphere_weight=0.0, facet_loss_weight=1.0)
+    windows = []
+    for w in range(16):  # a window's flows all carry one facet pattern, the patterns differ by window
+        fac = np.tile(2 + (np.arange(10) + w) % 12, (20, 1))
+        windows.append((np.full(20, 5 + w % 3), np.concatenate([np.zeros((20, 1), int), fac], 1), True))
+    batch = collate(windows)
+    assert batch["gaps"].shape == (16, 22, 11)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        out = module.train()._step(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["facet"].detach()))
+    assert losses[0] > 2.0 and losses[-1] < 0.3, (losses[0], losses[-1])
+    q = torch.randn(3, 10 * 32, requires_grad=True)
+    none = masked_facet_loss(q, module.encoder.facet.weight, torch.ones(3, 10, dtype=torch.long))
+    assert float(none) == 0.0 and none.requires_grad  # only unseen ids: no target, still a graph

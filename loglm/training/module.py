@@ -17,16 +17,26 @@ from loglm.objectives import (
     hypersphere_loss,
     mask_events,
     masked_event_loss,
+    masked_facet_loss,
 )
 
 
 class LogLMModule(pl.LightningModule):
     def __init__(self, encoder: dict, mask_ratio: float = 0.15, hypersphere_weight: float = 0.0,
                  center_momentum: float = 0.99, top_k: int = 5, lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 50, facet_dropout: float = 0.0, unk_rate: float = 0.0):
+                 warmup_steps: int = 50, facet_dropout: float = 0.0, unk_rate: float = 0.0,
+                 facet_loss_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = LogEncoder(EncoderConfig(**encoder))
+        # flows with facets: each masked flow's fields predicted from its context too (objective.facet_loss_weight);
+        # the head is the training objective's, not the model's (the model folder keeps the encoder only)
+        self.facet_head = None
+        if facet_loss_weight > 0 and self.encoder.facet is not None:
+            from loglm.ingest.flows import FACET_FIELDS
+
+            d = self.encoder.cfg.d_model
+            self.facet_head = torch.nn.Linear(d, d * len(FACET_FIELDS))
         # centre of normal summary vectors, tracked as an EMA of training batches (never back-propagated)
         self.register_buffer("center", torch.zeros(self.encoder.cfg.d_model))
         self.register_buffer("center_ready", torch.tensor(False))
@@ -46,6 +56,10 @@ class LogLMModule(pl.LightningModule):
         gold = labels[target]
         out = {"mlm": masked_event_loss(logits, gold), "logits": logits, "gold": gold}
         loss = out["mlm"]
+        if self.facet_head is not None and batch["gaps"].dim() == 3:
+            out["facet"] = masked_facet_loss(self.facet_head(hidden[target]), self.encoder.facet.weight,
+                                             batch["gaps"][target][:, 1:])
+            loss = loss + hp.facet_loss_weight * out["facet"]
         if hp.hypersphere_weight > 0:
             summary = hidden[:, 0]
             if self.training:
@@ -70,6 +84,8 @@ class LogLMModule(pl.LightningModule):
         bs = batch["tokens"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
         self.log("train/mlm_loss", out["mlm"], batch_size=bs)
+        if "facet" in out:
+            self.log("train/facet_loss", out["facet"], batch_size=bs)
         if "sphere" in out:
             self.log("train/sphere_loss", out["sphere"], batch_size=bs)
         return out["loss"]
@@ -91,6 +107,9 @@ class LogLMModule(pl.LightningModule):
         gold = out["gold"]
         n = gold.numel()
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
+        if "facet" in out:
+            self.log("val/mlm_loss", out["mlm"], batch_size=n, sync_dist=True)
+            self.log("val/facet_loss", out["facet"], batch_size=n, sync_dist=True)
         self.log("val/masked_acc", (top[:, 0] == gold).float().mean(), batch_size=n, sync_dist=True)
         self.log("val/top_k_acc", (top == gold[:, None]).any(-1).float().mean(), batch_size=n, sync_dist=True)
 
