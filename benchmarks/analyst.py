@@ -41,7 +41,9 @@ def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows
     and, for a model with facets, each facet (LogEncoder.event_embedding); raw flow features fitted on
     training flows; kinds; the window each flow is in). Classes with fewer than ``min_flows`` flows are left
     out. ``kinds_of``: a kind per event instead of its label (e.g.
-    ``zeek_detailed_labels``: benign services as kinds beside the attack)."""
+    ``zeek_detailed_labels``: benign services as kinds beside the attack). Last, the LogLM vectors of every
+    training flow and their raw features (a dict): unlabelled, what standardises a few-shot classifier
+    (``FewShot.fit``'s background)."""
     import pyarrow.parquet as pq
 
     from loglm.analyst.embed import embed_events, torch_event_embed_fn
@@ -68,22 +70,25 @@ def flow_vectors(model_dir: Path, data_dir: Path, split: str = "test", min_flows
                 windows.append(w)
     train = read_sessions(data_dir, "train")
     train_ids = [i for idx in train.column("event_idx").to_pylist() for i in idx]
+    background = np.concatenate([np.asarray(v, np.float32) for v in embed_events(
+        torch_event_embed_fn(loaded.encoder), *windows_of(train))])
     data_cfg = compose("evaluate", [f"dataset={data_dir.name}"]).data if (Path(__file__).parents[1] / "conf" / "dataset" / f"{data_dir.name}.yaml").is_file() else None
     ff = FlowFeatures(local_networks=tuple(data_cfg.local_networks) if data_cfg else ())
-    ff.fit(read_flows(data_dir, train_ids))
+    raw_train = ff.fit(read_flows(data_dir, train_ids))
     raw = ff.transform(read_flows(data_dir, ids))
-    return np.stack(vecs), raw, kinds, np.asarray(windows)
+    return np.stack(vecs), raw, kinds, np.asarray(windows), {"loglm": background, "raw": raw_train}
 
 
 def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 20, kinds_of: list | None = None
                   ) -> dict:
     """Few-shot kinds on the frozen LogLM flow vectors, on raw flow features, and on both side by side; each
-    with both classifiers, with and without standardising (every representation at its best setting). Two
+    with both classifiers, unstandardised, standardised by the examples and by every training flow (every
+    representation at its best setting). Two
     draws: examples and classified flows at random (``*_k{k}``), and window-disjoint (``*_k{k}_by_window``:
     flows of the examples' windows are not classified, so a flow is not told by its own window's neighbours)."""
     from loglm.analyst.fewshot import fewshot_accuracy
 
-    emb, raw, kinds, windows = flow_vectors(model_dir, data_dir, kinds_of=kinds_of)
+    emb, raw, kinds, windows, background = flow_vectors(model_dir, data_dir, kinds_of=kinds_of)
     what = "detailed labels" if kinds_of else "attack classes"
     out: dict = {"kinds": dict(Counter(kinds)), "trials": trials, "unit": f"flow ({what} with >= 100 test flows)",
                  "windows_per_kind": {c: int(len(set(windows[np.asarray(kinds) == c]))) for c in sorted(set(kinds))},
@@ -91,16 +96,22 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
                                  "(LogEncoder.event_embedding)"}
     table = {}
     both = np.concatenate([raw, emb], 1)
-    for name, x in (("loglm", emb), ("raw_features", raw), ("raw_plus_loglm", both)):
+    bg_both = np.concatenate([background["raw"], background["loglm"]], 1)
+    # standardised by the examples themselves, or by every training flow (unlabelled; what `loglm kinds fit`
+    # does with the vectors of its embeddings file)
+    stds = (("", False, None), ("_standardized", True, None), ("_standardized_by_training", True, True))
+    for name, x, bg in (("loglm", emb, background["loglm"]), ("raw_features", raw, background["raw"]),
+                        ("raw_plus_loglm", both, bg_both)):
         for method in ("prototype", "logreg"):
-            for std in (False, True):
+            for suffix, std, by_training in stds:
                 row = {}
                 for k in ks:
                     for split, groups in (("", None), ("_by_window", windows)):
-                        r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std, groups=groups)
+                        r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std, groups=groups,
+                                             background=bg if by_training else None)
                         row[f"k{k}{split}_balanced"] = round(r["balanced_accuracy"], 4)
                         row[f"k{k}{split}_accuracy"] = round(r["accuracy"], 4)
-                table[f"{name}_{method}{'_standardized' if std else ''}"] = row
+                table[f"{name}_{method}{suffix}"] = row
     out["fewshot"] = table
     for k in ks:  # headline keys: each representation at its best classifier setting, balanced accuracy
         for split in ("", "_by_window"):
@@ -203,8 +214,9 @@ def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int =
                       alerts: list[dict] | None = None) -> dict:
     """Kinds as the analyst sees them, per alert: the test alerts (``alerts``, or detected here) of a
     labelled flow dataset whose flows hold an attack class (>= 100 test flows), each drawn split putting half
-    the sessions aside; k flows per class from that half are the examples (event vectors, standardised
-    logistic regression, confidence floor 0.5), and the alerts of the other half take the kind their events
+    the sessions aside; k flows per class from that half are the examples (event vectors, logistic
+    regression standardised by all the half's vectors as `loglm kinds fit` by its embeddings file, confidence
+    floor 0.5), and the alerts of the other half take the kind their events
     vote for (``enrich.event_kinds``, what detection does with an event kinds file).  Balanced accuracy over
     the alerts' majority classes; a draw whose half lacks k flows of a class is skipped (GoldenEye spans two
     sessions)."""
@@ -234,8 +246,10 @@ def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int =
         for _ in range(trials):
             half = set(rng.permutation(sessions)[: len(sessions) // 2])
             pool: dict[str, list] = {c: [] for c in keep}
+            every = []  # the half's vectors, labelled or not: what `loglm kinds fit` standardises by
             for s, ev, v in zip(sids, idx, per_window):
                 if s in half:
+                    every.append(np.asarray(v))
                     for j, i in enumerate(ev):
                         if labels[i] in pool:
                             pool[labels[i]].append(v[j])
@@ -245,7 +259,8 @@ def bench_alert_kinds(model_dir: Path, data_dir: Path, ks=(5, 20), trials: int =
             for c, p in pool.items():
                 x += [p[j] for j in rng.choice(len(p), k, replace=False)]
                 y += [c] * k
-            clf = FewShot("logreg", 0.5, standardize=True, unit="event").fit(np.stack(x), y)
+            clf = FewShot("logreg", 0.5, standardize=True, unit="event").fit(np.stack(x), y,
+                                                                             background=np.concatenate(every))
             test = {s for s in truth if s not in half}
             rows = [r for r, s in enumerate(sids) if s in test]
             got = event_kinds(clf, [sids[r] for r in rows], [per_window[r] for r in rows])

@@ -38,7 +38,7 @@ def kinds_main(argv: list[str]) -> int:
                         "0.002-0.027 of its false positives one (README \"Benign alerts get an attack kind too\")")
     p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
                    help="prototype: the nearest kind's mean vector (cosine); logreg: logistic regression on "
-                        "standardised vectors (better from 5 examples per kind on cic_flowprep flows, README "
+                        "vectors standardised by every vector of --embeddings (better from 5 examples per kind on cic_flowprep flows, README "
                         "\"The analyst's loop\"; needs two kinds)")
     p.add_argument("--out", required=True, help="kinds file (JSON) for detect.kinds=")
     a = p.parse_args(argv)
@@ -81,9 +81,10 @@ def kinds_main(argv: list[str]) -> int:
     if a.method == "logreg" and len(set(examples.values())) < 2:
         print("loglm kinds: error: --method logreg needs examples of two kinds or more", file=sys.stderr)
         return 2
+    # logreg standardises by every vector of the file (labelled or not), not by the few examples alone
     clf = FewShot(a.method, a.min_confidence, standardize=a.method == "logreg", unit=unit,
                   min_similarity=a.min_similarity).fit(
-        vecs[[row_of[s] for s in ids]], [examples[s] for s in ids])
+        vecs[[row_of[s] for s in ids]], [examples[s] for s in ids], background=vecs)
     clf.save(a.out)
     print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))
     return 0

@@ -6,6 +6,10 @@ Given k labelled examples per kind (an analyst's: "these 5 sessions were SSH bru
   similar prototype (cosine), with confidence = softmax over the kinds' similarities (temperature 0.05);
 - ``logreg``: multinomial logistic regression (scikit-learn) on the vectors.
 
+With ``standardize``, each dimension is centred and scaled by the statistics of a ``background`` of unlabelled
+vectors from the same model where one is given (``loglm kinds fit``: every vector of the embeddings file), else
+of the examples themselves, which at k = 1 are a handful of points (README "Few-shot kinds").
+
 Below ``min_confidence`` an item is ``unknown``.  A classifier is confident far from its examples too (a
 benign flow is forced into the nearest attack kind), so ``min_similarity`` adds a gate: an item whose cosine
 with every example is below it is ``unknown`` whatever its confidence (the examples' unit vectors are kept in
@@ -46,7 +50,9 @@ class FewShot:
         x = np.asarray(x, np.float64)
         return (x - self.mean) / self.std if self.standardize else x
 
-    def fit(self, x: np.ndarray, kinds: list[str]) -> FewShot:
+    def fit(self, x: np.ndarray, kinds: list[str], background: np.ndarray | None = None) -> FewShot:
+        """``background``: unlabelled vectors of the same model whose mean and spread standardise the vectors
+        (with ``standardize``); without it the examples' own are used."""
         x = np.asarray(x, np.float64)
         if len(x) != len(kinds) or not len(x):
             raise ValueError(f"few-shot needs one kind per example, got {len(x)} vectors and {len(kinds)} kinds")
@@ -54,7 +60,10 @@ class FewShot:
         if self.min_similarity > 0:
             self.support = _unit(x)
         if self.standardize:
-            self.mean, self.std = x.mean(0), x.std(0)
+            ref = x if background is None or not len(background) else background
+            if ref.shape[1:] != x.shape[1:]:
+                raise ValueError(f"few-shot background vectors have {ref.shape[1:]} dims, the examples {x.shape[1:]}")
+            self.mean, self.std = ref.mean(0, dtype=np.float64), ref.std(0, dtype=np.float64)
             self.std[self.std < 1e-9] = 1.0
         z = self._prep(x)
         y = np.array([self.kinds.index(k) for k in kinds])
@@ -156,14 +165,14 @@ def _draw(rng, items: np.ndarray, k: int, groups: np.ndarray | None) -> tuple[np
 
 
 def fewshot_accuracy(x: np.ndarray, kinds: list[str], k: int, method: str = "prototype", trials: int = 20,
-                     seed: int = 0, standardize: bool = False, groups=None) -> dict:
+                     seed: int = 0, standardize: bool = False, groups=None, background=None) -> dict:
     """k examples per kind drawn at random, every other item classified; over ``trials`` draws: the mean
     accuracy and the mean balanced accuracy (mean per-kind recall: a large kind does not hide a small one).
 
     ``groups`` (one id per item, e.g. its window): examples and classified items never share a group, so an
     item is not told by a neighbour of its own window (flows of one window share their context, and one
     attack's flows look alike).  Each kind needs items in two groups; its examples are then at most what the
-    groups drawn for them hold."""
+    groups drawn for them hold.  ``background``: unlabelled vectors that standardise (``FewShot.fit``)."""
     rng = np.random.default_rng(seed)
     kinds_arr = np.asarray(kinds)
     groups = None if groups is None else np.asarray(groups)
@@ -180,7 +189,7 @@ def fewshot_accuracy(x: np.ndarray, kinds: list[str], k: int, method: str = "pro
         drawn = [_draw(rng, v, k, groups) for v in by_class.values()]
         support = np.concatenate([d[0] for d in drawn])
         query = np.concatenate([d[1] for d in drawn])
-        clf = FewShot(method, standardize=standardize).fit(x[support], list(kinds_arr[support]))
+        clf = FewShot(method, standardize=standardize).fit(x[support], list(kinds_arr[support]), background)
         pred = np.asarray(clf.predict(x[query])[0])
         truth = kinds_arr[query]
         acc.append(float((pred == truth).mean()))
