@@ -93,9 +93,9 @@ def masked_facet_loss(queries: torch.Tensor, table: torch.Tensor, facets: torch.
     from loglm.ingest.flows import UNSEEN_FACET
 
     gold = facets.long().masked_fill(facets <= UNSEEN_FACET, IGNORE)
-    if not (gold != IGNORE).any():
-        return queries.sum() * 0.0
-    return F.cross_entropy(logits.reshape(n * f, -1).float(), gold.reshape(-1), ignore_index=IGNORE)
+    # a sum over the count (at least 1): no target gives 0, not NaN, without a host sync to ask first
+    total = F.cross_entropy(logits.reshape(n * f, -1).float(), gold.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return total / (gold != IGNORE).sum().clamp_min(1)
 
 
 def hypersphere_loss(summary: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
