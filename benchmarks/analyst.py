@@ -295,7 +295,7 @@ def bench_analyst(tmp: Path, model_dir: str | None = None, dataset: str = "cic_f
                   overrides: tuple[str, ...] = ("data.flow_facets=true", "tokenizer.min_count=1", "objective.unk_rate=0"),
                   zeek: bool = True) -> dict:
     """The ``analyst`` section: pretrain on ``dataset`` with its protocol's budget and ``overrides`` (flow
-    facets: what a flow's own half of its vector is made of; off by default for detection, README "Flow
+    facets: what a flow's own half of its vector is made of; off by default for detection, docs/accuracy.md "Flow
     facets"; every flow form its own token, as the few-shot figures were measured, where ``cic_flowprep``'s
     detection preset reads forms seen once as [UNK]), or take ``model_dir``; then few-shot kinds, ATT&CK from evidence, and search speed.  With
     ``zeek`` (and the shared Zeek captures), few-shot kinds on ``zeek_ctu`` too: a model pretrained the same

@@ -132,7 +132,7 @@ class DataConfig:
     # flows: the model also reads each flow's field tokens (port, direction, size buckets, ...) as facets beside
     # its sentence token, so a flow that backs off to a coarse sentence keeps its fields (loglm.ingest.flows).
     # Off by default: on cic_flowprep it doubles few-shot kind accuracy on the model's flow vectors but raises
-    # the median test FPR (0.0325 -> 0.044, seeds 42/1/2); README "Flow facets"
+    # the median test FPR (0.0325 -> 0.044, seeds 42/1/2); docs/accuracy.md "Flow facets"
     flow_facets: bool = False
     # CIDRs of the monitored network: flow direction (in/out/int/ext) from addresses; empty = the sensor's
     # own local_orig/local_resp flags

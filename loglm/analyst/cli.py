@@ -35,10 +35,10 @@ def kinds_main(argv: list[str]) -> int:
     p.add_argument("--min-similarity", type=float, default=0.0,
                    help="below this cosine with every example an item's kind is 'unknown' whatever the classifier's "
                         "confidence (0: off); 0.85 kept 0.96-0.98 of cic_flowprep attack alerts' kinds and gave "
-                        "0.002-0.027 of its false positives one (README \"Benign alerts get an attack kind too\")")
+                        "0.002-0.027 of its false positives one (docs/analyst.md \"Benign alerts get an attack kind too\")")
     p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
                    help="prototype: the nearest kind's mean vector (cosine); logreg: logistic regression on "
-                        "vectors standardised by every vector of --embeddings (better from 5 examples per kind on cic_flowprep flows, README "
+                        "vectors standardised by every vector of --embeddings (better from 5 examples per kind on cic_flowprep flows, docs/analyst.md "
                         "\"The analyst's loop\"; needs two kinds)")
     p.add_argument("--out", required=True, help="kinds file (JSON) for detect.kinds=")
     a = p.parse_args(argv)

@@ -8,12 +8,12 @@ Given k labelled examples per kind (an analyst's: "these 5 sessions were SSH bru
 
 With ``standardize``, each dimension is centred and scaled by the statistics of a ``background`` of unlabelled
 vectors from the same model where one is given (``loglm kinds fit``: every vector of the embeddings file), else
-of the examples themselves, which at k = 1 are a handful of points (README "Few-shot kinds").
+of the examples themselves, which at k = 1 are a handful of points (docs/analyst.md).
 
 Below ``min_confidence`` an item is ``unknown``.  A classifier is confident far from its examples too (a
 benign flow is forced into the nearest attack kind), so ``min_similarity`` adds a gate: an item whose cosine
 with every example is below it is ``unknown`` whatever its confidence (the examples' unit vectors are kept in
-the kinds file; README "Benign alerts get an attack kind too").
+the kinds file; docs/analyst.md "Benign alerts get an attack kind too").
 The same classifiers run on raw flow features (``loglm.baselines.flow_features``), which is what shows what
 pretraining adds (``make bench`` key ``analyst``).
 """

@@ -188,7 +188,7 @@ class LogEncoder(nn.Module):
         (F more pieces: (B, L, (2 + F) d), else (B, L, 2d)).  The context half alone lets events of one window
         look alike whatever they are; the own half keeps them apart; the facets one by one let a few-shot
         classifier weigh a flow's port, sizes and duration each (in the own half they are summed): on
-        ``cic_flowprep`` window-disjoint k = 5 rose from 0.69-0.70 to 0.79 (README "Few-shot kinds").  A
+        ``cic_flowprep`` window-disjoint k = 5 rose from 0.69-0.70 to 0.79 (docs/analyst.md).  A
         piece that is zero (the facets of a position without any) stays zero."""
         def unit(x: torch.Tensor, n: int) -> torch.Tensor:
             return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * (1.0 / math.sqrt(n))
