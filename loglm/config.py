@@ -343,6 +343,12 @@ class DetectConfig:
     # window alerts through it). null: decided at calibration from data.eval_unit, the unit that is reported
     # (per flow: "event"); recorded in calibration.json, which detection follows
     alarm_unit: str | None = None
+    # with alarm_unit=event, what a known event (flow) scores as an item: "own" (the score rule applied to the
+    # event alone: its excess surprisal under mean_excess_surprisal, its surprisal under the other surprisal
+    # rules, its miss under miss_ratio; its window then scores its highest event, so the window alerts when
+    # one of its events does) or "window" (the rule over its window's known events, as before 2026-12-03).
+    # Recorded in calibration.json, which detection follows (calibrations without it: "window")
+    event_score: str = "own"
     # whether the window's [END] position (the model's surprise that a closed window ends there) counts in the
     # window score. null: decided at calibration from the sessions -- not for time windows (data.session.by
     # window / entity_window: the clock ends them, not their events), yes otherwise (a block or a connection
@@ -403,6 +409,8 @@ class DetectConfig:
             raise ValueError(f"detect.small_validation must be 'refuse' or 'warn', got {self.small_validation!r}")
         _check(self.alarm_unit in (None, "window", "event"),
                f"detect.alarm_unit must be 'window', 'event' or null, got {self.alarm_unit!r}")
+        _check(self.event_score in ("own", "window"),
+               f"detect.event_score must be 'own' or 'window', got {self.event_score!r}")
         if self.recalibration_unseen not in ("alert", "rank"):
             raise ValueError(f"detect.recalibration_unseen must be 'alert' or 'rank', got {self.recalibration_unseen!r}")
         if self.stream_idle_close_s is not None and not self.stream_idle_close_s > 0:

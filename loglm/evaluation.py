@@ -335,7 +335,7 @@ class ScoredSplit:
         ids, labels, scores, digests = session_scores(table, ws.score)
         if self.unit == "event":
             sids = table.column("session_id").to_pylist()
-            per_event = event_item_scores(self.dcfg, event_alarm_scores(self.dcfg, sids, ws), sids, toks)
+            per_event = event_item_scores(self.dcfg, event_alarm_scores(self.dcfg, sids, ws), sids, toks, ws=ws)
             ev_ids, ev_s, ev_digests = event_items(table, dict(zip(ids, digests)), per_event=per_event)
             self.ids.extend(ev_ids)
             self.scores.append(ev_s)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -311,7 +313,8 @@ def test_per_event_an_unseen_event_alarms_alone_and_its_neighbours_keep_their_ow
     gaps = [np.zeros(len(t), int) for t in toks]
     closed = [False, False, False]
     sids = ["a", "b", "a"]  # session a is cut into two windows
-    cfgs = {u: DetectConfig(n_views=3, score=score, alarm_unit=u, end_in_score=False) for u in ("window", "event")}
+    cfgs = {u: DetectConfig(n_views=3, score=score, alarm_unit=u, end_in_score=False, event_score="window")
+            for u in ("window", "event")}
     ws = {u: score_windows(enc, toks, gaps, closed, c) for u, c in cfgs.items()}
     np.testing.assert_allclose(ws["event"].score, ws["window"].score)  # windows (alerts) unchanged
     lift = 1.0 if score == "miss_ratio" else 20.0
@@ -331,6 +334,58 @@ def test_per_event_an_unseen_event_alarms_alone_and_its_neighbours_keep_their_ow
     cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views"}
     assert calibrated_config(DetectConfig(alarm_unit="event"), cal).alarm_unit == "window"
     assert calibrated_config(DetectConfig(), {**cal, "alarm_unit": "event"}).alarm_unit == "event"
+
+
+@pytest.mark.parametrize("score", ["mean_surprisal", "mean_excess_surprisal", "miss_ratio"])
+def test_per_event_own_scores_a_known_event_alone_and_its_window_by_its_highest_event(score):
+    """``detect.event_score=own`` (the default where an unseen event alarms alone, ``alarm_unit=event``): a known
+    event's item is the score rule over that event alone (its surprisal, its excess, its miss), not its
+    window's, so an ordinary flow beside a surprising one is not flagged with it; the window scores its highest
+    event (plus the alarm where it holds an unseen one), so a window alerts exactly when one of its events
+    does.  Calibration records the setting; calibrations from before it keep the window's score."""
+    from loglm.detect.calibrate import calibration_of
+    from loglm.detect.score_core import event_alarm_scores, event_item_scores
+    from loglm.vocab import UNK
+
+    enc = tiny()
+    rng = np.random.default_rng(12)
+    toks = [rng.integers(5, 20, size=n) for n in (7, 5, 6)]
+    toks[0][3] = UNK
+    gaps = [np.zeros(len(t), int) for t in toks]
+    closed = [False] * 3
+    sids = ["a", "b", "a"]
+    own_cfg = DetectConfig(n_views=3, score=score, alarm_unit="event", end_in_score=False)
+    assert own_cfg.event_score == "own"
+    win_cfg = dataclasses.replace(own_cfg, event_score="window")
+    ws, wsw = score_windows(enc, toks, gaps, closed, own_cfg), score_windows(enc, toks, gaps, closed, win_cfg)
+    items = event_item_scores(own_cfg, event_alarm_scores(own_cfg, sids, ws), sids, toks, ws=ws)
+    # what one event alone scores under each rule, from the per-position surprisals and ranks
+    s = np.concatenate([w[:len(t)] for w, t in zip(ws.surprisal, toks)]).astype(np.float64)
+    rank = np.concatenate([r[:len(t)] for r, t in zip(ws.rank, toks)])
+    unseen = np.concatenate(toks) == UNK
+    if score == "mean_surprisal":
+        np.testing.assert_allclose(items[~unseen], s[~unseen], rtol=1e-6)
+    elif score == "miss_ratio":
+        np.testing.assert_allclose(items[~unseen], (rank >= 5)[~unseen] + s[~unseen] / own_cfg.tie_scale, rtol=1e-6)
+    else:  # the surprisal less the prediction's entropy: never above the surprisal
+        assert (items[~unseen] <= s[~unseen] + 1e-6).all() and np.ptp(items[~unseen]) > 0
+    assert len(np.unique(items[:3])) > 1  # one window's known events: each its own score
+    # the unseen event alarms; every window scores its highest event, so it alerts when one of them does
+    assert items[3] >= (1.0 if score == "miss_ratio" else 20.0) and items[3] == ws.score[0]
+    starts = np.cumsum([0] + [len(t) for t in toks])
+    for r in (1, 2):
+        assert np.isclose(ws.score[r], items[starts[r]:starts[r + 1]].max())
+    np.testing.assert_allclose(np.delete(items[:7], 3).max(), ws.known_base[0])
+    # the window setting gives every known event of a window one score
+    wit = event_item_scores(win_cfg, event_alarm_scores(win_cfg, sids, wsw), sids, toks, ws=wsw)
+    assert len(np.unique(np.round(wit[7:12], 9))) == 1
+    # recorded by calibration; older calibrations (no key) keep the window's score
+    assert calibration_of(items, own_cfg, "normal", None)["event_score"] == "own"
+    cal = {"score": score, "top_k": 5, "n_views": 3, "unk_surprisal": 20.0, "scorer": "views", "alarm_unit": "event"}
+    assert calibrated_config(DetectConfig(), cal).event_score == "window"
+    assert calibrated_config(DetectConfig(event_score="window"), {**cal, "event_score": "own"}).event_score == "own"
+    with pytest.raises(ValueError, match="event_score"):
+        DetectConfig(event_score="flow")
 
 
 def test_the_short_window_rule_takes_the_shortest_closed_normal_training_window(tmp_path):

@@ -100,7 +100,8 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     if weights is None:
         items = np.array(list(session_max(sids, ws.score).values()))
     else:  # one item per normal event: its session's score, or with alarm_unit=event its own (event_alarm_scores)
-        items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(), mask)
+        items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(), mask,
+                                  ws)
     return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
                           n_effective=effective)
 
@@ -176,6 +177,7 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
         "tie_scale": cfg.tie_scale, "end_in_score": cfg.end_in_score is not False, "threshold_rule": rule,
         "short_alarm": cfg.short_alarm, "min_closed_events": int(cfg.min_closed_events),
         "alarm_unit": cfg.alarm_unit or "window",
+        "event_score": cfg.event_score,
         "n_val_sessions": int(len(per_session)), "val_population": population,
         "n_val_effective": n_effective,
         "val_fpr_at_threshold": float((per_session > thr).mean()),

@@ -43,7 +43,7 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of, validation_size
     from loglm.detect.detector import DetectionInput, detect_config_of, model_dir_for
-    from loglm.detect.score_core import event_alarm_scores
+    from loglm.detect.score_core import event_alarm_scores, own_event_scores, score_rule
     from loglm.detect.thresholds import check_validation_size
     from loglm.detect.torch_scoring import score_windows, session_max
     from loglm.model.store import CALIBRATION, finalize, load_model
@@ -69,6 +69,9 @@ def run(cfg) -> dict:
     counts: dict[str, list[int]] = {}  # per session: known and unseen events
     weights: dict[str, int] = {}
     per_event_alarm = run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
+    # with event_score=own each known event is its own item: per row, (session, its known events' scores, short)
+    own_rows: list[tuple[str, np.ndarray, bool]] = []
+    own = per_event_alarm and own_event_scores(dcfg)
     with DetectionInput(run_cfg, loaded, out) as source:
         for table, _ in source.tables():
             windows = windows_of(table)
@@ -78,10 +81,14 @@ def run(cfg) -> dict:
             shorter |= {s for s, short in zip(sids, ws.shorter) if short}
             if per_event_alarm:
                 per_event.update(event_alarm_scores(dcfg, sids, ws))
-                for sid, t in zip(sids, windows[0]):
-                    u = int((np.asarray(t) == UNK).sum())
+                for r, (sid, t) in enumerate(zip(sids, windows[0])):
+                    t = np.asarray(t)
+                    u = int((t == UNK).sum())
                     c = counts.setdefault(sid, [0, 0])
                     c[0], c[1] = c[0] + len(t) - u, c[1] + u
+                    if own:
+                        own_rows.append((sid, ws.event_own[r][:len(t)][t != UNK].astype(np.float32),
+                                         bool(ws.shorter[r])))
             else:
                 unseen |= unseen_sessions(sids, windows[0])
                 for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
@@ -93,7 +100,11 @@ def run(cfg) -> dict:
     # unit) or 1; with alarm_unit=event an unseen event alarms alone, its window's other events keep the score
     # of the window's known events
     groups: list[tuple[str, float, int, bool]] = []
-    if per_event_alarm:
+    if own:  # each known event with its own score (a group of one score per event), the unseen as below
+        lift = score_rule(dcfg).alarm(dcfg)
+        groups += [(sid, v + short * lift, len(v), short) for sid, v, short in own_rows]
+        groups += [(sid, per_event[sid][1], n_unseen, True) for sid, (_, n_unseen) in counts.items()]
+    elif per_event_alarm:
         for sid, (n_known, n_unseen) in counts.items():
             groups += [(sid, per_event[sid][0], n_known, sid in shorter), (sid, per_event[sid][1], n_unseen, True)]
     else:
@@ -107,7 +118,9 @@ def run(cfg) -> dict:
     if alert_unseen:  # the threshold governs the windows without an unseen event; those with one alert anyway
         groups = [g for g in groups if not g[3]]
         population += "; windows without an event type the model never saw (those alert whatever the threshold)"
-    items = np.repeat(np.array([g[1] for g in groups]), np.array([g[2] for g in groups]))
+    # a group's score: one for all its items, or (event_score=own) one per item
+    items = (np.concatenate([np.broadcast_to(np.asarray(g[1], np.float64), (g[2],)) for g in groups]) if groups
+             else np.zeros(0))
     weights = {}
     for sid, _, n, _ in groups:
         weights[sid] = weights.get(sid, 0) + n

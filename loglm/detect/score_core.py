@@ -46,6 +46,8 @@ class WindowScores:
     # the score rule over the window's known events alone, before any alarm (``alarm_unit=event``: what
     # the window's other events score beside an unseen one; see event_alarm_scores)
     known_base: np.ndarray | None = None
+    # with own_event_scores: per window, per position (events, then [END]) the score rule over that event alone
+    event_own: list[np.ndarray] | None = None
 
 
 def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
@@ -57,7 +59,8 @@ def calibrated_config(cfg: DetectConfig, calibration: dict) -> DetectConfig:
                    tie_scale=calibration.get("tie_scale", 1e4), end_in_score=calibration.get("end_in_score", True),
                    short_alarm=calibration.get("short_alarm", False),
                    min_closed_events=calibration.get("min_closed_events", 0),
-                   alarm_unit=calibration.get("alarm_unit", "window"))
+                   alarm_unit=calibration.get("alarm_unit", "window"),
+                   event_score=calibration.get("event_score", "window"))
 
 
 TIE_CAP = 99.0  # the mean surprisal that breaks miss-ratio ties is capped here (nats)
@@ -141,6 +144,12 @@ def window_score(cfg: DetectConfig, base: np.ndarray, n_unknown: np.ndarray,
     return base + alarm * score_rule(cfg).alarm(cfg)
 
 
+def own_event_scores(cfg: DetectConfig) -> bool:
+    """Whether a known event is an item with its own score (``detect.event_score=own`` where an unseen event
+    alarms alone, ``alarm_unit=event``), and its window scores its highest event."""
+    return cfg.alarm_unit == "event" and cfg.unknown_alarm and cfg.event_score == "own"
+
+
 def event_alarm_scores(cfg: DetectConfig, session_ids: list[str], ws: WindowScores) -> dict[str, tuple[float, float]]:
     """Per session, what its events score in the per-event unit (e.g. per flow): (known, unseen).  With
     ``alarm_unit=event`` an event the model never saw ([UNK]) alarms by itself: it scores its window's score
@@ -160,13 +169,19 @@ def event_alarm_scores(cfg: DetectConfig, session_ids: list[str], ws: WindowScor
 
 
 def event_item_scores(cfg: DetectConfig, per_session: dict[str, tuple[float, float]], session_ids: list[str],
-                      tokens: list, keep: list | None = None) -> np.ndarray:
+                      tokens: list, keep: list | None = None, ws: WindowScores | None = None) -> np.ndarray:
     """One score per event of each row (``keep``: per row, which of its events are items), by
-    :func:`event_alarm_scores`: an unseen event takes its session's unseen score, the others the known one."""
+    :func:`event_alarm_scores`: an unseen event takes its session's unseen score, the others the known one;
+    with :func:`own_event_scores` (``ws``: the rows' scores) a known event its own (``WindowScores.event_own``)."""
+    own = ws is not None and ws.event_own is not None
+    lift = score_rule(cfg).alarm(cfg) if own else 0.0
     out = []
     for r, (sid, t) in enumerate(zip(session_ids, tokens)):
         known, unseen = per_session[sid]
         t = np.asarray(t)
+        if own:
+            short = ws.shorter is not None and bool(ws.shorter[r])
+            known = ws.event_own[r][:len(t)] + short * lift
         s = np.where(t == UNK, unseen, known)
         out.append(s if keep is None else s[np.asarray(keep[r], bool)])
     return np.concatenate(out) if out else np.zeros(0)
@@ -215,6 +230,8 @@ class _Windows:
         self.base = np.zeros(n, np.float64)  # the score rule's value, before the unseen-event alarm
         self.known_base = np.zeros(n, np.float64)  # the same over the window's known events
         self.rule = score_rule(cfg)
+        self.own = own_event_scores(cfg)
+        self.event_own: list[np.ndarray] | None = [np.zeros(0, np.float64)] * n if self.own else None
 
     def add(self, rows: list[int], tok: np.ndarray, m: np.ndarray, s_out, r_out, x_out, p_out, miss,
             h_out=None) -> None:
@@ -236,12 +253,26 @@ class _Windows:
         if self.rule.excess:  # DetectConfig refuses such a rule with the rtd scorer, which makes no h_out
             s64 = s64 - np.where(valid, h_out.astype(np.float64), 0.0)
         events = valid & (tok != END) if self.cfg.end_in_score is False else valid  # time windows: events only
-        self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
-        if self.cfg.alarm_unit == "event":  # what the other events of a window with an unseen one score
-            known = events & (tok != UNK)
-            self.known_base[idx] = self.rule.window(np.where(known, s64, np.nan), miss & known, self.cfg)
-        else:  # not read (event_alarm_scores gives every event its window's score)
-            self.known_base[idx] = self.base[idx]
+        known = events & (tok != UNK)
+        if self.own:  # each event scored alone (the rule over one event); its window by its highest event
+            bsz, length = s64.shape
+            own = self.rule.window(np.where(events, s64, np.nan).reshape(-1, 1), (miss & events).reshape(-1, 1),
+                                   self.cfg).reshape(bsz, length)
+            self.known_base[idx] = _max(np.where(known, own, np.nan))
+            # a window holding an unseen event (which alarms, window_score) ranks among such windows by the
+            # rule over all its events (an all-unseen window above one unseen flow among known ones), or by its
+            # highest known event where that is higher; a window without one scores its highest event
+            with_unseen = ((tok == UNK) & events).any(1)
+            whole = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
+            self.base[idx] = np.where(with_unseen, np.maximum(self.known_base[idx], whole), self.known_base[idx])
+            for j, i in enumerate(rows):
+                self.event_own[i] = own[j, 1:1 + m[j]]
+        else:
+            self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
+            if self.cfg.alarm_unit == "event":  # what the other events of a window with an unseen one score
+                self.known_base[idx] = self.rule.window(np.where(known, s64, np.nan), miss & known, self.cfg)
+            else:  # not read (event_alarm_scores gives every event its window's score)
+                self.known_base[idx] = self.base[idx]
         for j, i in enumerate(rows):
             end = 1 + m[j]
             self.surprisal[i] = s_out[j, 1:end]
@@ -252,7 +283,7 @@ class _Windows:
     def result(self) -> WindowScores:
         return WindowScores(window_score(self.cfg, self.base, self.n_unknown, self.shorter), self.n_events,
                             self.n_miss, self.mean_s, self.max_s, self.surprisal, self.rank, self.expected,
-                            self.expected_p, self.end_miss, self.shorter, self.known_base)
+                            self.expected_p, self.end_miss, self.shorter, self.known_base, self.event_own)
 
 
 def _lengths(tokens: list[np.ndarray], closed: list[bool], rows: list[int]) -> np.ndarray:
