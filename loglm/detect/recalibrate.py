@@ -43,7 +43,7 @@ def run(cfg) -> dict:
     from loglm import tracking
     from loglm.detect.calibrate import calibration_of, validation_size
     from loglm.detect.detector import DetectionInput, detect_config_of, model_dir_for
-    from loglm.detect.score_core import event_alarm_scores, own_event_scores, score_rule
+    from loglm.detect.score_core import event_alarm_scores, own_event_scores
     from loglm.detect.thresholds import check_validation_size
     from loglm.detect.torch_scoring import score_windows, session_max
     from loglm.model.store import CALIBRATION, finalize, load_model
@@ -101,8 +101,7 @@ def run(cfg) -> dict:
     # of the window's known events
     groups: list[tuple[str, float, int, bool]] = []
     if own:  # each known event with its own score (a group of one score per event), the unseen as below
-        lift = score_rule(dcfg).alarm(dcfg)
-        groups += [(sid, v + short * lift, len(v), short) for sid, v, short in own_rows]
+        groups += [(sid, v, len(v), short) for sid, v, short in own_rows]
         groups += [(sid, per_event[sid][1], n_unseen, True) for sid, (_, n_unseen) in counts.items()]
     elif per_event_alarm:
         for sid, (n_known, n_unseen) in counts.items():

@@ -46,7 +46,8 @@ class WindowScores:
     # the score rule over the window's known events alone, before any alarm (``alarm_unit=event``: what
     # the window's other events score beside an unseen one; see event_alarm_scores)
     known_base: np.ndarray | None = None
-    # with own_event_scores: per window, per position (events, then [END]) the score rule over that event alone
+    # with own_event_scores: per window, per position (events, then [END]) what a known event there scores as
+    # an item: the score rule over that event alone, lifted by the alarm where the window closed shorter
     event_own: list[np.ndarray] | None = None
 
 
@@ -174,14 +175,12 @@ def event_item_scores(cfg: DetectConfig, per_session: dict[str, tuple[float, flo
     :func:`event_alarm_scores`: an unseen event takes its session's unseen score, the others the known one;
     with :func:`own_event_scores` (``ws``: the rows' scores) a known event its own (``WindowScores.event_own``)."""
     own = ws is not None and ws.event_own is not None
-    lift = score_rule(cfg).alarm(cfg) if own else 0.0
     out = []
     for r, (sid, t) in enumerate(zip(session_ids, tokens)):
         known, unseen = per_session[sid]
         t = np.asarray(t)
         if own:
-            short = ws.shorter is not None and bool(ws.shorter[r])
-            known = ws.event_own[r][:len(t)] + short * lift
+            known = ws.event_own[r][:len(t)]
         s = np.where(t == UNK, unseen, known)
         out.append(s if keep is None else s[np.asarray(keep[r], bool)])
     return np.concatenate(out) if out else np.zeros(0)
@@ -265,8 +264,9 @@ class _Windows:
             with_unseen = ((tok == UNK) & events).any(1)
             whole = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
             self.base[idx] = np.where(with_unseen, np.maximum(self.known_base[idx], whole), self.known_base[idx])
+            items = own + self.shorter[idx][:, None] * self.rule.alarm(self.cfg)  # as event_alarm_scores lifts
             for j, i in enumerate(rows):
-                self.event_own[i] = own[j, 1:1 + m[j]]
+                self.event_own[i] = items[j, 1:1 + m[j]]
         else:
             self.base[idx] = self.rule.window(np.where(events, s64, np.nan), miss & events, self.cfg)
             if self.cfg.alarm_unit == "event":  # what the other events of a window with an unseen one score
