@@ -53,6 +53,17 @@ def test_pair_windows_take_the_highest_flow_score_and_any_attack(tmp_path):
     assert got == {("a", "b", 0): (1, 0.5), ("a", "c", 0): (0, 0.9), ("a", "b", 1): (0, 0.2), ("x", "b", 0): (-1, 0.3)}
 
 
+def test_pair_window_compounding_counts_each_normal_windows_flows():
+    from loglm.evaluation import pair_window_compounding
+
+    keys = [("a", "b", 0)] * 3 + [("a", "c", 0), ("a", "c", 1), ("x", "y", 0)]
+    labels = np.array([0, 0, 0, 0, 1, -1])
+    scores = np.array([0.1, 0.9, 0.2, 0.3, 5.0, 9.0])  # one normal flow of four above 0.5
+    got = pair_window_compounding(keys, labels, scores, 0.5, [("a", "b", 0), ("a", "c", 0)])
+    assert got["normal_flows_per_item"] == 2.0 and got["flow_fpr"] == 0.25
+    assert got["fpr_if_flows_independent"] == pytest.approx(((1 - 0.75 ** 3) + 0.25) / 2)
+
+
 def test_false_positives_beside_attacks_count_either_direction_in_the_same_window(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -158,6 +169,11 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
     assert result["models"]["flow_iforest"]["recall_by_class"]["SSH-Patator"]["recall"] > 0.9
     table = open(result["markdown"]).read()
     assert "| kitnet | pair_window |" in table and "SSH-Patator (150)" in table
+    for r in result["models"].values():  # why a pair-window's FPR exceeds its flows' at the same threshold
+        pw = r["metrics"]["pair_window"]
+        assert pw["normal_flows_per_item"] >= 1 and pw["fpr_if_flows_independent"] >= pw["flow_fpr"]
+        assert ("Pair-window FPR over twice the target" in table) == any(
+            x["metrics"]["pair_window"]["fpr"] > 0.02 for x in result["models"].values())
     assert "False positives beside attacks" in table and all(
         "fp_beside_attack" in r["metrics"]["all"] for r in result["models"].values())
     # the window baseline (PCA on counts) read its own vocabulary, the preset's suite.baseline_tokenizer
