@@ -333,3 +333,41 @@ def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(
             assert reads.count(("label",)) == 1, reads[:10]
         reads.clear()
         assert whole["all"]["n"] > 1000
+
+
+@pytest.mark.slow
+def test_daily_recalibration_judges_a_day_neither_training_nor_the_threshold_saw(tmp_path):
+    """benchmarks.cic_rolling: Monday's model, its threshold set again from Tuesday's flows written without any
+    label column, judged on Wednesday; the figures are Wednesday's (its benign flows, its attack classes)."""
+    import datetime as dt
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from benchmarks.cic_rolling import main
+
+    write_week(tmp_path / "a.parquet", seed=0)
+    write_week(tmp_path / "b.parquet", seed=1)
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    day2 = pa.scalar(dt.datetime(2017, 7, 4), type=a.schema.field("timestamp").type)
+    wed = b.filter(pc.greater_equal(b["timestamp"], day2))
+    wed = wed.set_column(0, "timestamp", pc.add(wed["timestamp"], pa.scalar(dt.timedelta(days=1), type=pa.duration("ns"))))
+    wed = wed.set_column(wed.schema.get_field_index("attack_type_inferred"), "attack_type_inferred",
+                         pc.replace_substring(wed["attack_type_inferred"], "SSH-Patator", "Wednesday brute force"))
+    week = pa.concat_tables([a, wed]).sort_by("timestamp")
+    pq.write_table(week, tmp_path / "week.parquet")
+    out = main(["--root", str(tmp_path / "runs"), "--data", str(tmp_path / "week.parquet"), "model=tiny",
+                "trainer.max_epochs=2", "detect.small_validation=warn", "tokenizer.min_count=20"])
+    for day in ("2017-07-04", "2017-07-05"):  # what the recalibration read holds no label
+        assert not {"label", "attack", "attack_type_inferred"} & set(
+            pq.read_schema(tmp_path / "runs" / f"flows_{day}_unlabelled.parquet").names)
+    wed_kinds = pc.value_counts(wed["attack_type_inferred"]).to_pylist()
+    benign = next(c["counts"] for c in wed_kinds if c["values"] == "BENIGN")
+    assert out["calibration_day_classes"] == {"BENIGN": out["calibration_day_classes"]["BENIGN"], "DoS Hulk": 150,
+                                             "SSH-Patator": 150}
+    for row in out["judged"].values():
+        assert row["normal"] == benign and row["fpr"] == row["fp"] / benign
+        assert set(row["recall_by_class"]) == {"Wednesday brute force", "DoS Hulk"}
+    assert out["recalibrated_model_dir"] != out["model_dir"] and Path(out["recalibrated_model_dir"]).is_dir()

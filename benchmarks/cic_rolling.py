@@ -1,0 +1,114 @@
+"""Daily recalibration on cic_flowprep: the Monday model's threshold set again from Tuesday's unlabelled flows,
+then judged on Wednesday, which neither training nor either threshold saw.
+
+    python -m benchmarks.cic_rolling [--seed 42] [--root DIR] [--ckpt MODEL_DIR]
+
+What a deployment does each morning (`pipelines.calibrate ckpt=<model> inputs=[yesterday's flows]`): the
+weights stay, the threshold follows the traffic.  Steps (protocol cic_flowprep, `dataset=cic_flowprep`):
+prepare and pretrain on Monday as the protocol does (or take ``--ckpt``, a model of that protocol whose
+prepared data is under ``--root``); evaluate with Monday's threshold; write Tuesday's flows without any label
+column (the recalibration cannot read labels it is not given); recalibrate on them; evaluate again.  The
+figure that counts is Wednesday's: test FPR per UTC day comes from the suite's "by period" metric, recall
+from Wednesday's attack classes.  Tuesday's figures after recalibration are in-sample (its flows set the
+threshold) and printed only as such.  Needs ../shared/data/cic2017_flowprep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from loglm.config import PROJECT_ROOT, compose
+
+DATA = PROJECT_ROOT.parent / "shared" / "data" / "cic2017_flowprep" / "cic2017_mon_wed.parquet"
+LABEL_COLUMNS = ("label", "attack", "attack_type_inferred", "timestamp_original")
+
+
+def day_flows(day: str, out: Path, source: Path = DATA) -> dict[str, int]:
+    """``source``'s flows of one UTC-naive calendar day (``YYYY-MM-DD``) written to ``out`` without any label
+    column; returns the day's attack classes and counts (read here, never given to the recalibration)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(source)
+    start = dt.datetime.fromisoformat(day)
+    lo, hi = (pa.scalar(x, type=t.schema.field("timestamp").type) for x in (start, start + dt.timedelta(days=1)))
+    day_t = t.filter(pc.and_(pc.greater_equal(t["timestamp"], lo), pc.less(t["timestamp"], hi)))
+    pq.write_table(day_t.drop_columns([c for c in LABEL_COLUMNS if c in day_t.column_names]), out)
+    counts = pc.value_counts(day_t["attack_type_inferred"]).to_pylist()
+    return dict(sorted((c["values"], c["counts"]) for c in counts))
+
+
+def day_figures(ev: dict, day: str, classes: dict[str, int], normal_labels=("BENIGN",)) -> dict:
+    """One day's test FPR, recall and F1 from an evaluation: false positives from its per-day FPR, detected
+    attacks from the recall of that day's attack classes (``classes``: the day's labels and counts)."""
+    by_day = ev["metrics"]["fpr_by_period"][day]
+    attacks = {c: n for c, n in classes.items() if c not in normal_labels}
+    tp = sum(ev["recall_by_class"][c]["detected"] for c in attacks)
+    n = sum(ev["recall_by_class"][c]["n"] for c in attacks)
+    fp = by_day["fp"]
+    return {"fpr": by_day["fpr"], "fp": fp, "normal": by_day["normal"], "recall": tp / n if n else float("nan"),
+            "f1": 2 * tp / (2 * tp + fp + (n - tp)) if n else float("nan"),
+            "recall_by_class": {c: ev["recall_by_class"][c]["recall"] for c in attacks}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from loglm.detect.recalibrate import run as recalibrate
+    from loglm.evaluation import run as evaluate
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", help="runs folder (default: a new temporary one)")
+    p.add_argument("--ckpt", help="a cic_flowprep model folder to start from (its data prepared under --root)")
+    p.add_argument("--seed", type=int, default=42, help="trainer.seed of the training run")
+    p.add_argument("--calibrate-on", default="2017-07-04", help="the day whose unlabelled flows set the threshold")
+    p.add_argument("--judge-on", default="2017-07-05", help="the day the recalibrated threshold is judged on")
+    p.add_argument("--data", default=str(DATA), help="the flows (cic2017_flowprep's columns)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every step (e.g. model=tiny)")
+    a = p.parse_args(argv)
+    source = Path(a.data)
+    if not source.exists():
+        raise SystemExit(f"needs {source} (../shared/data beside the repository)")
+    root = Path(a.root or tempfile.mkdtemp(prefix="loglm-cic-rolling-")).resolve()
+    cfg = compose("evaluate", ["dataset=cic_flowprep", f"paths.root={root}", "trainer.progress_bar=false",
+                               "suite.enabled=false", f"trainer.seed={a.seed}", f"data.inputs=[{source}]",
+                               *a.overrides])
+    if a.ckpt:
+        model_dir = a.ckpt
+    else:
+        prepare(cfg)
+        model_dir = pretrain(cfg)["model_dir"]
+    before = evaluate(replace(cfg, ckpt=model_dir))
+    day = root / f"flows_{a.calibrate_on}_unlabelled.parquet"
+    day_classes = day_flows(a.calibrate_on, day, source)
+    judge_classes = day_flows(a.judge_on, root / f"flows_{a.judge_on}_unlabelled.parquet", source)
+    rec = recalibrate(replace(cfg, ckpt=model_dir, inputs=[str(day)], out=str(root / "recalibrated")))
+    after = evaluate(replace(cfg, ckpt=rec["model_dir"]))
+    normal = tuple(cfg.data.normal_labels)
+    rows = {"Monday threshold": day_figures(before, a.judge_on, judge_classes, normal),
+            f"recalibrated on {a.calibrate_on}'s unlabelled flows": day_figures(after, a.judge_on, judge_classes, normal)}
+    print(f"\n| {a.judge_on} (not seen by training or either threshold) | threshold | test FPR (target "
+          f"{cfg.detect.target_fpr}) | false positives | recall | F1 |")
+    print("|---|---|---|---|---|---|")
+    for (name, r), thr in zip(rows.items(), (before["metrics"]["all"]["threshold"], rec["threshold"])):
+        print(f"| {name} | {thr:.3f} | {r['fpr']:.4f} | {r['fp']} / {r['normal']} | {r['recall']:.3f} | {r['f1']:.4f} |")
+    in_sample = after["metrics"]["fpr_by_period"].get(a.calibrate_on, {})
+    print(f"\n{a.calibrate_on} after recalibration is in-sample (its flows set the threshold): FPR "
+          f"{in_sample.get('fpr', float('nan')):.4f}; its classes, not given to the recalibration: {day_classes}")
+    out = {"seed": a.seed, "root": str(root), "model_dir": model_dir, "recalibrated_model_dir": rec["model_dir"],
+           "source_threshold": before["metrics"]["all"]["threshold"], "recalibrated_threshold": rec["threshold"],
+           "unseen_share": rec.get("unseen_share"), "calibrate_on": a.calibrate_on, "judge_on": a.judge_on,
+           "calibration_day_classes": day_classes, "judged": rows}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
