@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from loglm.config import PROJECT_ROOT, compose
 
 DATA = PROJECT_ROOT.parent / "shared" / "data" / "cic2017_flowprep" / "cic2017_mon_wed.parquet"
@@ -58,6 +60,41 @@ def day_figures(ev: dict, day: str, classes: dict[str, int], normal_labels=("BEN
             "recall_by_class": {c: ev["recall_by_class"][c]["recall"] for c in attacks}}
 
 
+def window_peer(name: str, cfg, calibrate_on: str, judge_on: str) -> dict:
+    """A window baseline of the suite (e.g. DeepLog) given the same daily recalibration: fitted and thresholded
+    on Monday as the suite does (its own vocabulary, ``suite.baseline_tokenizer``), then its threshold set again
+    for the target FPR from its scores of ``calibrate_on``'s flows without their labels, two ways: over every
+    flow, and over the flows whose window holds no event type its vocabulary never saw (LogLM's rule); judged
+    on ``judge_on``.  Rows: name -> figures on the judged day."""
+    from loglm.detect.thresholds import threshold_for_fpr
+    from loglm.evaluation import item_times
+    from loglm.evaluation_suite import baseline_data, baseline_items, baselines
+    from loglm.ingest.prepare import prepared_dir
+    from loglm.vocab import Vocabulary
+
+    b_cfg, b_dir, _ = baseline_data(cfg, prepared_dir(cfg.paths.root, cfg.data.name))
+    model = baselines([name], Vocabulary.load(b_dir / "vocab.json").size, b_cfg)[name]
+    if model.unit != "window":
+        raise SystemExit(f"--peers {name}: only window baselines (their scores are per window of flows)")
+    got = baseline_items(model, b_cfg, b_dir)
+    y, s, unseen = got["labels"], got["scores"], got["unseen"]
+    day = np.datetime_as_string(np.floor(item_times(got["ids"], None, b_dir, "event")).astype("datetime64[s]"),
+                                unit="D")
+    cal, judged = day == calibrate_on, (day == judge_on) & (y >= 0)
+    target = cfg.detect.target_fpr
+    thresholds = {f"{name}, Monday threshold": got["threshold"],
+                  f"{name}, recalibrated on every flow": threshold_for_fpr(s[cal], target),
+                  f"{name}, recalibrated without unseen-event windows": threshold_for_fpr(s[cal & ~unseen], target)}
+    out = {}
+    for row, thr in thresholds.items():
+        pred, yy = s[judged] > thr, y[judged]
+        tp, fp, fn = int((pred & (yy == 1)).sum()), int((pred & (yy == 0)).sum()), int((~pred & (yy == 1)).sum())
+        normal = int((yy == 0).sum())
+        out[row] = {"threshold": float(thr), "fpr": fp / normal, "fp": fp, "normal": normal,
+                    "recall": tp / max(1, tp + fn), "f1": 2 * tp / max(1, 2 * tp + fp + fn)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     from loglm.detect.recalibrate import run as recalibrate
     from loglm.evaluation import run as evaluate
@@ -70,16 +107,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=42, help="trainer.seed of the training run")
     p.add_argument("--calibrate-on", default="2017-07-04", help="the day whose unlabelled flows set the threshold")
     p.add_argument("--judge-on", default="2017-07-05", help="the day the recalibrated threshold is judged on")
-    p.add_argument("--data", default=str(DATA), help="the flows (cic2017_flowprep's columns)")
+    p.add_argument("--data", help="the flows (cic2017_flowprep's columns; default: the protocol's own input)")
+    p.add_argument("--peers", default="deeplog", help="comma-separated window baselines given the same "
+                   "recalibration (their own vocabulary, as the suite runs them); empty: none")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every step (e.g. model=tiny)")
     a = p.parse_args(argv)
-    source = Path(a.data)
+    source = Path(a.data) if a.data else DATA
     if not source.exists():
         raise SystemExit(f"needs {source} (../shared/data beside the repository)")
     root = Path(a.root or tempfile.mkdtemp(prefix="loglm-cic-rolling-")).resolve()
     cfg = compose("evaluate", ["dataset=cic_flowprep", f"paths.root={root}", "trainer.progress_bar=false",
-                               "suite.enabled=false", f"trainer.seed={a.seed}", f"data.inputs=[{source}]",
-                               *a.overrides])
+                               "suite.enabled=false", f"trainer.seed={a.seed}",
+                               *([f"data.inputs=[{source}]"] if a.data else []), *a.overrides])
     if a.ckpt:
         model_dir = a.ckpt
     else:
@@ -94,11 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
     normal = tuple(cfg.data.normal_labels)
     rows = {"Monday threshold": day_figures(before, a.judge_on, judge_classes, normal),
             f"recalibrated on {a.calibrate_on}'s unlabelled flows": day_figures(after, a.judge_on, judge_classes, normal)}
-    print(f"\n| {a.judge_on} (not seen by training or either threshold) | threshold | test FPR (target "
-          f"{cfg.detect.target_fpr}) | false positives | recall | F1 |")
+    rows["Monday threshold"]["threshold"] = before["metrics"]["all"]["threshold"]
+    rows[f"recalibrated on {a.calibrate_on}'s unlabelled flows"]["threshold"] = rec["threshold"]
+    rows = {f"LogLM, {k}": v for k, v in rows.items()}
+    for name in (x.strip() for x in a.peers.split(",") if x.strip()):
+        rows.update(window_peer(name, cfg, a.calibrate_on, a.judge_on))
+    print(f"\n| {a.judge_on} (not seen by training or the Monday threshold; the recalibrations read "
+          f"{a.calibrate_on} only) | threshold | test FPR (target {cfg.detect.target_fpr}) | false positives | "
+          "recall | F1 |")
     print("|---|---|---|---|---|---|")
-    for (name, r), thr in zip(rows.items(), (before["metrics"]["all"]["threshold"], rec["threshold"])):
-        print(f"| {name} | {thr:.3f} | {r['fpr']:.4f} | {r['fp']} / {r['normal']} | {r['recall']:.3f} | {r['f1']:.4f} |")
+    for name, r in rows.items():
+        print(f"| {name} | {r['threshold']:.3f} | {r['fpr']:.4f} | {r['fp']} / {r['normal']} | {r['recall']:.3f} | "
+              f"{r['f1']:.4f} |")
     in_sample = after["metrics"]["fpr_by_period"].get(a.calibrate_on, {})
     print(f"\n{a.calibrate_on} after recalibration is in-sample (its flows set the threshold): FPR "
           f"{in_sample.get('fpr', float('nan')):.4f}; its classes, not given to the recalibration: {day_classes}")

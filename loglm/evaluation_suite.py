@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from loglm.config import TrainerConfig
-from loglm.evaluation import METRIC_KEYS, event_scores, item_metrics, session_scores, session_starts
+from loglm.evaluation import (
+    METRIC_KEYS,
+    event_items,
+    event_scores,
+    item_metrics,
+    session_scores,
+    session_starts,
+)
 
 # published or re-run references on the same protocol (EVAL_PROTOCOLS.md)
 REFERENCES = {
@@ -79,13 +86,25 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     """(metrics, threshold, seconds, recall by class) of one baseline (a ``Detector``) on the prepared split:
     fitted on the training split's normal windows (validation normal windows for early stopping), thresholded
     on LogLM's validation items, scored on the test items LogLM scores."""
-    from loglm.baselines.detectors import Windows
-    from loglm.detect.thresholds import normal_validation_mask, threshold_above_quiet
-    from loglm.windows import windows_of
-
     if model.unit == "flow":
         return run_flow_baseline(model, cfg, data_dir)
     t0 = time.perf_counter()
+    got = baseline_items(model, cfg, data_dir)
+    metrics, by_class = item_metrics(got["ids"], got["labels"], got["scores"], got["keys"], got["threshold"], data_dir,
+                                     cfg.data, got["starts"])
+    return metrics, got["threshold"], time.perf_counter() - t0, by_class
+
+
+def baseline_items(model, cfg, data_dir: Path) -> dict:
+    """A window baseline fitted and thresholded as :func:`run_baseline` does, and its scored test items:
+    threshold, ids, labels, scores, unique-item keys, session starts, and per item whether its session holds an
+    event type the baseline's vocabulary never saw (``unseen``: what a recalibration on unlabelled traffic sets
+    aside, as LogLM's does)."""
+    from loglm.baselines.detectors import Windows
+    from loglm.detect.thresholds import normal_validation_mask, threshold_above_quiet
+    from loglm.vocab import UNK
+    from loglm.windows import windows_of
+
     train, tr_toks, tr_closed = _split(data_dir, "train")
     train_normal = np.asarray(train.column("label").to_numpy()) != 1
     val, v_toks, v_closed = _split(data_dir, "val")
@@ -101,18 +120,22 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     threshold, _ = threshold_above_quiet(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr,
                                          getattr(model, "quiet_top", None))
     starts: dict[str, float] = {}
+    unseen: list[np.ndarray] = []
 
     def score_piece(piece):
         toks, _, closed = windows_of(piece)
         ids, labels, scores, seqs = session_scores(piece, scores_of(toks, closed))
+        has_unk = session_scores(piece, np.array([float((t == UNK).any()) for t in toks]))[2]
         starts.update(session_starts(piece))
         if cfg.data.eval_unit == "event":
+            unseen.append(event_items(piece, dict.fromkeys(ids), dict(zip(ids, has_unk)))[1])
             return event_scores(piece, ids, scores, data_dir, cfg.data)
+        unseen.append(has_unk)
         return ids, labels, scores, seqs
 
     ids, labels, scores, seqs = test_items(data_dir, cfg, score_piece)
-    metrics, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, starts)
-    return metrics, threshold, time.perf_counter() - t0, by_class
+    return {"threshold": threshold, "ids": ids, "labels": labels, "scores": scores, "keys": seqs, "starts": starts,
+            "unseen": np.concatenate(unseen).astype(bool) if unseen else np.zeros(0, bool)}
 
 
 def test_items(data_dir: Path, cfg, score_piece) -> tuple[list, np.ndarray, np.ndarray, list]:
