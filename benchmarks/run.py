@@ -281,6 +281,29 @@ def bench_pretrain_cpu(tmp: Path, model: str = "small", batch_size: int = 64, st
     }
 
 
+def accuracy_datasets(names: list[str]) -> list[str]:
+    """``--accuracy-datasets`` as ``dataset=`` names: each given as a dataset (``hdfs``) or as the protocol it
+    runs (``hdfs_keys``, the bench key).  An unknown name is refused before any protocol runs, naming the valid
+    ones (a protocol that fails mid-run costs its training time and would report only an error)."""
+    from loglm.config import PROJECT_ROOT, compose
+
+    datasets = sorted(f.stem for f in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
+    protocol_of = {d: compose("evaluate", [f"dataset={d}"]).suite.protocol for d in datasets}
+    by_protocol = {p: d for d, p in protocol_of.items()}
+    out, unknown = [], []
+    for name in names:
+        if name in protocol_of:
+            out.append(name)
+        elif name in by_protocol:
+            out.append(by_protocol[name])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise SystemExit(f"--accuracy-datasets: unknown {', '.join(unknown)}; give a dataset or its protocol: "
+                         + ", ".join(f"{d} ({protocol_of[d]})" for d in datasets))
+    return out
+
+
 def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[dict, dict]:
     """Each protocol's evaluation suite (LogLM + DeepLog + PCA + IsolationForest on one split), with an
     optional smaller training budget: {dataset: {model: {precision, recall, f1, auroc, pr_auc, fpr}}}."""
@@ -584,6 +607,10 @@ def write_reports(results: dict) -> None:
             section.setdefault("measured_at", now)  # each section keeps the time it was measured
             section.setdefault("cpu_reference_s", ref)  # and how fast the machine was then
         if key in ("accuracy", "accuracy_runs"):
+            for k, v in list(section.items()):  # a protocol that failed this time keeps its last measured figures
+                old = merged.get(key, {}).get(k)
+                if isinstance(v, dict) and v.get("error") and isinstance(old, dict) and not old.get("error"):
+                    section[k] = {**old, "last_error": f"{now}: {v['error']}" if isinstance(v["error"], str) else now}
             kept = [k for k, v in merged.get(key, {}).items() if isinstance(v, dict) and k not in section]
             if kept:  # the section's time is this run's, not the kept protocols' (their runs say theirs)
                 section["measured_at"] = f"{section['measured_at']} (not {', '.join(kept)}: see accuracy_runs)"
@@ -644,6 +671,8 @@ def main() -> None:
                         help="keep the sections' working folders (prepared data, models, generated corpora) instead "
                              "of removing them at the end; their paths are printed")
     args = parser.parse_args()
+    if not args.only or "accuracy" in args.only:
+        args.accuracy_datasets = accuracy_datasets(args.accuracy_datasets)
     import shutil
 
     work = Path(tempfile.mkdtemp(prefix="loglm-bench-"))  # one folder for every section: removed at the end

@@ -110,6 +110,34 @@ def test_a_partial_accuracy_run_says_which_protocols_it_measured(tmp_path, monke
     assert md.count("### accuracy_runs: runs") == 1 and "| cic | cic | 60.0 | 2026-12-04 09:00:00 |" in md
 
 
+def test_a_failed_protocol_keeps_its_last_figures_and_names_are_checked_before_any_run(tmp_path, monkeypatch):
+    """A protocol whose re-run fails (no data, a refused calibration) keeps the figures it last measured, with
+    the error beside them, instead of losing them to an error entry; ``--accuracy-datasets`` takes a dataset
+    or its protocol (the bench key) and refuses an unknown name before any protocol runs."""
+    import json
+
+    import pytest
+
+    import benchmarks.run as bench
+
+    monkeypatch.setattr(bench, "REPORTS", tmp_path)
+    monkeypatch.setattr(bench, "cpu_reference_s", lambda: 0.3)
+    run = {"protocol": "hdfs_keys", "seconds": 480.0, "measured_at": "2026-12-02 15:02:30"}
+    bench.write_reports({"accuracy": {"hdfs_keys": {"loglm": {"f1": 0.9989}}}, "accuracy_runs": {"hdfs_keys": run}})
+    bench.write_reports({"accuracy": {"hdfs_keys": {"error": "FileNotFoundError: no data"}},
+                         "accuracy_runs": {"hdfs_keys": {"error": True, "seconds": 1.0}},
+                         "analyst": {"fewshot_accuracy_k5": 0.87}})
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["accuracy"]["hdfs_keys"]["loglm"]["f1"] == 0.9989
+    assert kept["accuracy"]["hdfs_keys"]["last_error"].endswith("FileNotFoundError: no data")
+    assert kept["accuracy_runs"]["hdfs_keys"]["measured_at"] == "2026-12-02 15:02:30"
+    bench.write_reports({"accuracy": {"bgl_2k": {"error": "no data"}}})  # nothing to keep: the error is recorded
+    assert json.loads((tmp_path / "bench.json").read_text())["accuracy"]["bgl_2k"] == {"error": "no data"}
+    assert bench.accuracy_datasets(["hdfs_keys", "bgl", "bgl_2k", "cic_flowprep"]) == ["hdfs", "bgl", "bgl", "cic_flowprep"]
+    with pytest.raises(SystemExit, match=r"unknown hdfs_key; give a dataset or its protocol: .*hdfs \(hdfs_keys\)"):
+        bench.accuracy_datasets(["hdfs", "hdfs_key"])
+
+
 def test_a_streams_report_shows_its_top_alerts_out_of_all_of_them(tmp_path):
     """report_from_files holds only the top alerts of an alerts file, yet counts every alert in it (it said
     "20 of 20" for a stream with more); the highest come first."""
