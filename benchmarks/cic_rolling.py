@@ -60,31 +60,37 @@ def day_figures(ev: dict, day: str, classes: dict[str, int], normal_labels=("BEN
             "recall_by_class": {c: ev["recall_by_class"][c]["recall"] for c in attacks}}
 
 
-def window_peer(name: str, cfg, calibrate_on: str, judge_on: str) -> dict:
-    """A window baseline of the suite (e.g. DeepLog) given the same daily recalibration: fitted and thresholded
-    on Monday as the suite does (its own vocabulary, ``suite.baseline_tokenizer``), then its threshold set again
-    for the target FPR from its scores of ``calibrate_on``'s flows without their labels, two ways: over every
-    flow, and over the flows whose window holds no event type its vocabulary never saw (LogLM's rule); judged
-    on ``judge_on``.  Rows: name -> figures on the judged day."""
+def peer(name: str, cfg, calibrate_on: str, judge_on: str) -> dict:
+    """A baseline of the suite given the same daily recalibration: fitted and thresholded on Monday as the suite
+    does (a window baseline on its own vocabulary, ``suite.baseline_tokenizer``; a flow-feature one on each
+    flow's fields), then its threshold set again for the target FPR from its scores of ``calibrate_on``'s flows
+    without their labels: over every flow, and for a window baseline also over the flows whose window holds no
+    event type its vocabulary never saw (LogLM's rule); judged on ``judge_on``.  Rows: name -> figures on the
+    judged day."""
     from loglm.detect.thresholds import threshold_for_fpr
     from loglm.evaluation import item_times
-    from loglm.evaluation_suite import baseline_data, baseline_items, baselines
+    from loglm.evaluation_suite import baseline_data, baseline_items, baselines, flow_baseline_items
     from loglm.ingest.prepare import prepared_dir
     from loglm.vocab import Vocabulary
 
-    b_cfg, b_dir, _ = baseline_data(cfg, prepared_dir(cfg.paths.root, cfg.data.name))
-    model = baselines([name], Vocabulary.load(b_dir / "vocab.json").size, b_cfg)[name]
-    if model.unit != "window":
-        raise SystemExit(f"--peers {name}: only window baselines (their scores are per window of flows)")
-    got = baseline_items(model, b_cfg, b_dir)
+    data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
+    model = baselines([name], Vocabulary.load(data_dir / "vocab.json").size, cfg)[name]
+    if model.unit == "window":
+        b_cfg, b_dir, _ = baseline_data(cfg, data_dir)
+        model = baselines([name], Vocabulary.load(b_dir / "vocab.json").size, b_cfg)[name]
+        got = baseline_items(model, b_cfg, b_dir)
+    else:
+        b_dir = data_dir
+        got = {**flow_baseline_items(model, cfg, data_dir), "unseen": None}
     y, s, unseen = got["labels"], got["scores"], got["unseen"]
     day = np.datetime_as_string(np.floor(item_times(got["ids"], None, b_dir, "event")).astype("datetime64[s]"),
                                 unit="D")
     cal, judged = day == calibrate_on, (day == judge_on) & (y >= 0)
     target = cfg.detect.target_fpr
     thresholds = {f"{name}, Monday threshold": got["threshold"],
-                  f"{name}, recalibrated on every flow": threshold_for_fpr(s[cal], target),
-                  f"{name}, recalibrated without unseen-event windows": threshold_for_fpr(s[cal & ~unseen], target)}
+                  f"{name}, recalibrated on every flow": threshold_for_fpr(s[cal], target)}
+    if unseen is not None:
+        thresholds[f"{name}, recalibrated without unseen-event windows"] = threshold_for_fpr(s[cal & ~unseen], target)
     out = {}
     for row, thr in thresholds.items():
         pred, yy = s[judged] > thr, y[judged]
@@ -108,8 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calibrate-on", default="2017-07-04", help="the day whose unlabelled flows set the threshold")
     p.add_argument("--judge-on", default="2017-07-05", help="the day the recalibrated threshold is judged on")
     p.add_argument("--data", help="the flows (cic2017_flowprep's columns; default: the protocol's own input)")
-    p.add_argument("--peers", default="deeplog", help="comma-separated window baselines given the same "
-                   "recalibration (their own vocabulary, as the suite runs them); empty: none")
+    p.add_argument("--peers", default="deeplog", help="comma-separated baselines of the suite given the same "
+                   "recalibration (deeplog, pca, flow_pca, kitnet, ...: as the suite runs them); empty: none")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every step (e.g. model=tiny)")
     a = p.parse_args(argv)
     source = Path(a.data) if a.data else DATA
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows[f"recalibrated on {a.calibrate_on}'s unlabelled flows"]["threshold"] = rec["threshold"]
     rows = {f"LogLM, {k}": v for k, v in rows.items()}
     for name in (x.strip() for x in a.peers.split(",") if x.strip()):
-        rows.update(window_peer(name, cfg, a.calibrate_on, a.judge_on))
+        rows.update(peer(name, cfg, a.calibrate_on, a.judge_on))
     print(f"\n| {a.judge_on} (not seen by training or the Monday threshold; the recalibrations read "
           f"{a.calibrate_on} only) | threshold | test FPR (target {cfg.detect.target_fpr}) | false positives | "
           "recall | F1 |")

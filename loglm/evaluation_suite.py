@@ -177,7 +177,16 @@ def validation_scores(scores_of, data_dir: Path, data) -> np.ndarray:
 def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     """A flow-feature baseline (loglm.baselines.flow_features): every flow scored on its own fields; trained
     on the training sessions' flows, thresholded on the validation split's normal flows, per flow on test."""
+    t0 = time.perf_counter()
+    got = flow_baseline_items(model, cfg, data_dir)
+    metrics, by_class = item_metrics(got["ids"], got["labels"], got["scores"], got["keys"], got["threshold"], data_dir,
+                                     cfg.data)
+    return metrics, got["threshold"], time.perf_counter() - t0, by_class
 
+
+def flow_baseline_items(model, cfg, data_dir: Path) -> dict:
+    """A flow-feature baseline fitted and thresholded as :func:`run_flow_baseline` does, and its scored test
+    flows: threshold, ids, labels, scores, unique-item keys."""
     from loglm.baselines.flow_features import read_flow_columns, read_flows
     from loglm.detect.thresholds import threshold_for_fpr
     from loglm.ingest.sessions import event_label
@@ -185,7 +194,6 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
 
     if cfg.data.eval_unit != "event":
         raise ValueError("flow-feature baselines score flows: they need data.eval_unit=event on flow data")
-    t0 = time.perf_counter()
     normal, unknown = set(cfg.data.normal_labels), set(cfg.data.unknown_labels)
 
     def flows_and_labels(ids: list[int]) -> tuple[list[dict], list[int]]:
@@ -212,8 +220,7 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
         return ids, labels, model.score(flows) if ids else np.zeros(0), model.keys(flows)
 
     ids, labels, scores, keys = test_items(data_dir, cfg, score_piece)
-    metrics, by_class = item_metrics(ids, labels, scores, keys, threshold, data_dir, cfg.data)
-    return metrics, threshold, time.perf_counter() - t0, by_class
+    return {"threshold": threshold, "ids": ids, "labels": labels, "scores": scores, "keys": keys}
 
 
 DEFAULT_SEED = TrainerConfig.seed  # its reports keep the plain name

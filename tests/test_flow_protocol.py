@@ -358,7 +358,7 @@ def test_daily_recalibration_judges_a_day_neither_training_nor_the_threshold_saw
                          pc.replace_substring(wed["attack_type_inferred"], "SSH-Patator", "Wednesday brute force"))
     week = pa.concat_tables([a, wed]).sort_by("timestamp")
     pq.write_table(week, tmp_path / "week.parquet")
-    out = main(["--root", str(tmp_path / "runs"), "--data", str(tmp_path / "week.parquet"), "--peers", "deeplog",
+    out = main(["--root", str(tmp_path / "runs"), "--data", str(tmp_path / "week.parquet"), "--peers", "deeplog,flow_pca",
                 "model=tiny", "trainer.max_epochs=2", "detect.small_validation=warn", "tokenizer.min_count=20"])
     for day in ("2017-07-04", "2017-07-05"):  # what the recalibration read holds no label
         assert not {"label", "attack", "attack_type_inferred"} & set(
@@ -374,4 +374,6 @@ def test_daily_recalibration_judges_a_day_neither_training_nor_the_threshold_saw
     peer = {k: v for k, v in out["judged"].items() if k.startswith("deeplog")}
     assert len(peer) == 3 and len({v["threshold"] for v in peer.values()}) >= 2  # Monday's and Tuesday's differ
     assert all(v["normal"] == benign for v in peer.values())  # the same Wednesday flows as LogLM's rows
+    flow = {k: v for k, v in out["judged"].items() if k.startswith("flow_pca")}
+    assert len(flow) == 2 and all(v["normal"] == benign for v in flow.values())  # no unseen rule for flow fields
     assert out["recalibrated_model_dir"] != out["model_dir"] and Path(out["recalibrated_model_dir"]).is_dir()
