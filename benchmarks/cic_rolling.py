@@ -1,7 +1,7 @@
 """Daily recalibration on cic_flowprep: the Monday model's threshold set again from Tuesday's unlabelled flows,
 then judged on Wednesday, which neither training nor either threshold saw.
 
-    python -m benchmarks.cic_rolling [--seed 42] [--root DIR] [--ckpt MODEL_DIR]
+    python -m benchmarks.cic_rolling [--seed 42] [--root DIR] [--ckpt MODEL_DIR] [--peers deeplog,pca,flow_pca]
 
 What a deployment does each morning (`pipelines.calibrate ckpt=<model> inputs=[yesterday's flows]`): the
 weights stay, the threshold follows the traffic.  Steps (protocol cic_flowprep, `dataset=cic_flowprep`):
@@ -10,7 +10,9 @@ prepared data is under ``--root``); evaluate with Monday's threshold; write Tues
 column (the recalibration cannot read labels it is not given); recalibrate on them; evaluate again.  The
 figure that counts is Wednesday's: test FPR per UTC day comes from the suite's "by period" metric, recall
 from Wednesday's attack classes.  Tuesday's figures after recalibration are in-sample (its flows set the
-threshold) and printed only as such.  Needs ../shared/data/cic2017_flowprep.
+threshold) and printed only as such.  ``--peers``: the suite's baselines, each fitted and thresholded on
+Monday as the suite does, then given the same recalibration on Tuesday's scores (:func:`peer`).  Needs
+../shared/data/cic2017_flowprep.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     day = root / f"flows_{a.calibrate_on}_unlabelled.parquet"
     day_classes = day_flows(a.calibrate_on, day, source)
     judge_classes = day_flows(a.judge_on, root / f"flows_{a.judge_on}_unlabelled.parquet", source)
-    rec = recalibrate(replace(cfg, ckpt=model_dir, inputs=[str(day)], out=str(root / "recalibrated")))
+    rec = recalibrate(replace(cfg, ckpt=model_dir, inputs=[str(day)]))  # a new folder beside the model, each run
     after = evaluate(replace(cfg, ckpt=rec["model_dir"]))
     normal = tuple(cfg.data.normal_labels)
     rows = {"Monday threshold": day_figures(before, a.judge_on, judge_classes, normal),
