@@ -71,6 +71,32 @@ def embed_main(argv: list[str]) -> int:
     return 0
 
 
+def calibrate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="loglm calibrate", description=(
+        "Set an exported bundle's threshold again from recent, unlabelled traffic (CPU, torch-free): a new bundle "
+        "beside it; the old one is untouched (rolling back is using it again)."))
+    p.add_argument("--bundle", required=True, help="bundle directory written by `pipelines.export`")
+    p.add_argument("--out", help="the new bundle's directory (default <bundle>-recal-<time>, beside it)")
+    p.add_argument("--target-fpr", type=float, help="target false-positive rate (default: the bundle's)")
+    p.add_argument("--threads", type=int, default=0, help="batches scored in parallel (0 = one per core)")
+    p.add_argument("--verify-key", help="PEM Ed25519 public key the bundle must be signed with")
+    p.add_argument("--signing-key", help="PEM Ed25519 private key to sign the new bundle (without it, unsigned)")
+    p.add_argument("--variant", choices=["fp32", "int8"],
+                   help="the variant detection will use (default: the bundle's preferred)")
+    p.add_argument("inputs", nargs="+", help="recent raw logs or flows of the place the bundle will watch")
+    a = p.parse_args(argv)
+    from loglm.detect.recalibrate import run_bundle
+
+    try:
+        summary = run_bundle(a.bundle, a.inputs, a.out, a.target_fpr, a.threads, a.verify_key, a.signing_key,
+                             a.variant)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"loglm calibrate: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def keygen_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loglm keygen", description="Write an Ed25519 key pair for signing bundles.")
     p.add_argument("--out", required=True, help="folder for signing_key.pem (private) and verify_key.pem (public)")
@@ -92,6 +118,7 @@ def keygen_main(argv: list[str]) -> int:
 
 USAGE = (f"usage: loglm detect --bundle DIR [--verify-key PEM] INPUT...   (torch-free detection)\n"
          f"       loglm embed --bundle DIR [--out FILE] INPUT...          (one vector per session, torch-free)\n"
+         f"       loglm calibrate --bundle DIR [--target-fpr F] INPUT...  (threshold from recent traffic, torch-free)\n"
          f"       loglm similar --embeddings F --session ID              (similar sequences)\n"
          f"       loglm kinds fit --embeddings F --examples CSV --out K  (few-shot kinds for detect.kinds=)\n"
          f"       loglm feedback --alerts F --alert-id ID --verdict benign|malicious\n"
@@ -108,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "detect" and any(a.startswith("--bundle") or a in ("-h", "--help") for a in argv[1:]):
         return detect_main(argv[1:])
+    if argv and argv[0] == "calibrate" and any(a.startswith("--bundle") or a in ("-h", "--help") for a in argv[1:]):
+        return calibrate_main(argv[1:])
     if argv and argv[0] == "keygen":
         return keygen_main(argv[1:])
     if argv and argv[0] == "embed" and any(a.startswith("--bundle") or a in ("-h", "--help") for a in argv[1:]):

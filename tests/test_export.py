@@ -341,3 +341,45 @@ def test_keygen_and_help_exit_cleanly(tmp_path, capsys):
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "signing_key.pem").stat().st_mode & 0o077 == 0  # the private key is private
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 2  # never overwritten
+
+
+def test_a_bundle_is_recalibrated_torch_free_into_a_new_bundle(exported, tmp_path):
+    """`loglm calibrate --bundle B INPUT...`: the threshold set again from recent unlabelled traffic with the
+    ONNX model (no torch), the same threshold the model folder's recalibration gives (fp32 parity), into a new
+    bundle that verifies, detects at the new threshold and says what it was recalibrated from; the original is
+    untouched, an existing folder refused, and the new bundle signed only with a signing key."""
+    from loglm.cli import main
+    from loglm.detect.recalibrate import run as recalibrate
+    from loglm.detect.recalibrate import run_bundle
+    from loglm.engine.runtime import Bundle
+    from loglm.signing import generate_keypair
+
+    cfg, model, result = exported
+    bundle = Path(result["bundle"])
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    lines, _ = make_log(150, seed=7, anomalies={i: "swap" for i in range(0, 150, 10)})
+    log = tmp_path / "site_b.log"
+    log.write_text("\n".join(lines) + "\n")
+    new = tmp_path / "recal"
+    assert main(["calibrate", "--bundle", str(bundle), "--out", str(new), "--target-fpr", "0.05",
+                 "--variant", "fp32", str(log)]) == 0
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before
+    b = Bundle(new)  # manifest verified
+    cal = b.calibration
+    assert cal["target_fpr"] == 0.05 and cal["n_val_sessions"] == 150 and cal["recalibrated_on"]["variant"] == "fp32"
+    assert cal["previous"]["threshold"] == json.loads((bundle / "calibration.json").read_text())["threshold"]
+    assert b.info["calibration"] == cal and b.info["recalibrated_from"] == str(bundle)
+    assert f"{cal['threshold']:.6g}" in (new / "model_card.md").read_text()
+    torch_side = recalibrate(replace(cfg, ckpt=model["run_id"], inputs=[str(log)], out=str(tmp_path / "m"),
+                                     detect=replace(cfg.detect, target_fpr=0.05)))
+    assert cal["threshold"] == pytest.approx(torch_side["threshold"], rel=1e-3, abs=1e-4)
+    out = tmp_path / "alerts.jsonl"
+    assert main(["detect", "--bundle", str(new), "--variant", "fp32", "--out", str(out), "--no-report", str(log)]) == 0
+    assert 0 < len(out.read_text().splitlines()) <= 6  # floor(0.05 * 151) - 1 sessions may pass the threshold
+    with pytest.raises(ValueError, match="never replaces"):
+        run_bundle(str(bundle), [str(log)], str(new))
+    private, public = generate_keypair(tmp_path / "keys")
+    with pytest.raises(ValueError, match="unsigned"):
+        Bundle(new, verify_key=str(public))
+    signed = run_bundle(str(bundle), [str(log)], str(tmp_path / "signed"), signing_key=str(private))
+    assert signed["signed"] and Bundle(Path(signed["bundle"]), verify_key=str(public)).signature

@@ -38,28 +38,132 @@ def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str
     return {sid for sid, t in zip(session_ids, tokens) if (np.asarray(t) == UNK).any()}
 
 
-def run(cfg) -> dict:
+def new_folder(model_dir: Path, out: str | None) -> Path:
+    """Where a recalibration writes: ``out``, or ``<model>-recal-<time>`` beside the model; never an existing
+    folder."""
+    out_dir = (Path(out) if out else
+               model_dir.parent / f"{model_dir.name}-recal-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out_dir.exists():
+        raise ValueError(f"out={out_dir} exists: recalibration writes a new model folder and never replaces one")
+    return out_dir
 
+
+def run(cfg) -> dict:
+    """``python -m pipelines.calibrate ckpt=... inputs=[...]``: a trained model folder recalibrated (torch)."""
     from loglm import tracking
-    from loglm.detect.calibrate import calibration_of, validation_size
-    from loglm.detect.detector import DetectionInput, detect_config_of, model_dir_for
-    from loglm.detect.score_core import event_alarm_scores, own_event_scores
-    from loglm.detect.thresholds import check_validation_size
-    from loglm.detect.torch_scoring import score_windows, session_max
+    from loglm.detect.detector import detect_config_of, model_dir_for
+    from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import CALIBRATION, finalize, load_model
-    from loglm.vocab import UNK
-    from loglm.windows import windows_of
 
     if not cfg.inputs:
         raise ValueError("give the new environment's recent traffic: inputs=[file or directory, ...]")
     model_dir = model_dir_for(cfg)
-    out = (Path(cfg.out) if cfg.out else
-           model_dir.parent / f"{model_dir.name}-recal-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists():
-        raise ValueError(f"out={out} exists: recalibration writes a new model folder and never replaces one")
+    out = new_folder(model_dir, cfg.out)
     loaded = load_model(model_dir)
     dcfg = detect_config_of(loaded, cfg.detect)  # the model's scoring settings, this run's target FPR
     run_cfg = dataclasses.replace(cfg, data=trained_data_config(model_dir, cfg.data, labels=False))
+    cal, stats = recalibration(run_cfg, loaded, lambda *w: score_windows(loaded.encoder, *w), dcfg, out)
+    warning = cal["warning"]
+
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # a hidden folder of ours, left by an interrupted recalibration
+    tmp.mkdir(parents=True)
+    try:
+        for name in COPIED:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
+        atomic_write_json(tmp / CALIBRATION, cal)
+        finalize(tmp, tmp / "vocab.json", {"recalibrated_from": str(model_dir), "run_id": loaded.meta.get("run_id")})
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    client = tracking.client(cfg)
+    exp = tracking.ensure_experiment(cfg, "loglm-calibrate")
+    rid = client.create_run(exp, run_name=f"recalibrate-{model_dir.name[:8]}", tags=tracking.run_tags(cfg, {
+        "parent_run_id": loaded.meta.get("run_id"), "model_dir": str(out), "recalibrated_from": str(model_dir)})
+    ).info.run_id
+    client.log_param(rid, "target_fpr", dcfg.target_fpr)
+    client.log_param(rid, "inputs", ",".join(str(p) for p in cfg.inputs)[:500])
+    for k, v in {"calib/threshold": cal["threshold"], "calib/previous_threshold": cal["previous"]["threshold"],
+                 "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
+                 "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1]}.items():
+        client.log_metric(rid, k, float(v))
+    client.set_terminated(rid)
+    return {"model_dir": str(out), "run_id": rid, **stats, "warning": warning}
+
+
+def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, target_fpr: float | None = None,
+               threads: int = 0, verify_key: str | None = None, signing_key: str | None = None,
+               variant: str | None = None) -> dict:
+    """``loglm calibrate --bundle DIR INPUT...``: an exported bundle recalibrated on CPU, torch-free (the ONNX
+    model scores the recent traffic exactly as ``loglm detect --bundle`` would, with ``variant``: the bundle's
+    preferred one by default, the one detection uses).  Writes a new bundle beside it
+    (``<bundle>-recal-<time>``, or ``out``): the same model files, the new calibration.json (also in bundle.json
+    and the model card), a new manifest; signed with ``signing_key`` when given (the old signature cannot cover
+    the new manifest, so without a key the new bundle is unsigned)."""
+    import json
+
+    from loglm.artifacts import write_manifest
+    from loglm.detect.detector import detect_config_of
+    from loglm.engine.detect import bundle_config
+    from loglm.engine.runtime import REQUIRED, Bundle
+    from loglm.export.writer import model_card
+
+    if not inputs:
+        raise ValueError("give the recent traffic to recalibrate on: loglm calibrate --bundle DIR INPUT...")
+    bundle = Bundle(Path(bundle_dir), variant=variant, threads=threads, verify_key=verify_key)
+    out_dir = new_folder(bundle.folder, out)
+    run_cfg = bundle_config(bundle, inputs, str(out_dir / "recalibration.jsonl"))
+    if target_fpr is not None:
+        run_cfg.detect.target_fpr = float(target_fpr)
+    dcfg = detect_config_of(bundle, run_cfg.detect)
+    cal, stats = recalibration(run_cfg, bundle, bundle.scorer(), dcfg, out_dir)
+    cal["recalibrated_on"]["variant"] = bundle.variant  # the ONNX variant that scored it (detection's default)
+    manifest = json.loads((bundle.folder / "MANIFEST.json").read_text())
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in manifest["files"]:
+            if name in ("calibration.json", "bundle.json", "model_card.md"):
+                continue
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.folder / name, tmp / name)
+        info = {**bundle.info, "calibration": cal, "recalibrated_from": str(bundle.folder)}
+        atomic_write_json(tmp / "calibration.json", cal)
+        atomic_write_json(tmp / "bundle.json", info)
+        (tmp / "model_card.md").write_text(model_card(info))
+        write_manifest(tmp, {"bundle": info.get("name", out_dir.name), "recalibrated_from": str(bundle.folder)})
+        if signing_key:
+            from loglm.signing import sign_folder
+
+            sign_folder(tmp, signing_key)
+        missing = [n for n in REQUIRED if not (tmp / n).is_file()]
+        if missing:
+            raise ValueError(f"{bundle.folder}: the recalibrated bundle would lack {missing}")
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"bundle": str(out_dir), **stats, "warning": cal["warning"], "signed": bool(signing_key),
+            "variant": bundle.variant}
+
+
+def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
+    """The new calibration of ``loaded`` (a model folder or a bundle: anything with .calibration, .meta,
+    .folder and a vocabulary) from ``run_cfg.inputs``, scored by ``scorer(toks, gaps, closed, dcfg)``; and the
+    figures a summary reports.  ``out``: where detection's work folder for the inputs may go."""
+    from loglm.detect.calibrate import calibration_of, validation_size
+    from loglm.detect.detector import DetectionInput
+    from loglm.detect.score_core import event_alarm_scores, own_event_scores, session_max
+    from loglm.detect.thresholds import check_validation_size
+    from loglm.vocab import UNK
+    from loglm.windows import windows_of
+
+    cfg = run_cfg
+    model_dir = Path(loaded.folder)
     # the recent traffic is read out of core and scored a piece at a time (as batch detection does); a
     # session lies in one piece, so what is kept per session is all that crosses pieces
     per_session: dict[str, float] = {}
@@ -75,7 +179,7 @@ def run(cfg) -> dict:
     with DetectionInput(run_cfg, loaded, out) as source:
         for table, _ in source.tables():
             windows = windows_of(table)
-            ws = score_windows(loaded.encoder, *windows, dcfg)
+            ws = scorer(*windows, dcfg)
             sids = table.column("session_id").to_pylist()
             per_session.update(session_max(sids, ws.score))
             shorter |= {s for s, short in zip(sids, ws.shorter) if short}
@@ -155,33 +259,8 @@ def run(cfg) -> dict:
                        "target_fpr": loaded.calibration["target_fpr"],
                        "n_val_sessions": loaded.calibration.get("n_val_sessions")}
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # a hidden folder of ours, left by an interrupted recalibration
-    tmp.mkdir(parents=True)
-    try:
-        for name in COPIED:
-            if (model_dir / name).is_file():
-                shutil.copyfile(model_dir / name, tmp / name)
-        atomic_write_json(tmp / CALIBRATION, cal)
-        finalize(tmp, tmp / "vocab.json", {"recalibrated_from": str(model_dir), "run_id": loaded.meta.get("run_id")})
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-    client = tracking.client(cfg)
-    exp = tracking.ensure_experiment(cfg, "loglm-calibrate")
-    rid = client.create_run(exp, run_name=f"recalibrate-{model_dir.name[:8]}", tags=tracking.run_tags(cfg, {
-        "parent_run_id": loaded.meta.get("run_id"), "model_dir": str(out), "recalibrated_from": str(model_dir)})
-    ).info.run_id
-    client.log_param(rid, "target_fpr", dcfg.target_fpr)
-    client.log_param(rid, "inputs", ",".join(str(p) for p in cfg.inputs)[:500])
-    for k, v in {"calib/threshold": cal["threshold"], "calib/previous_threshold": cal["previous"]["threshold"],
-                 "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
-                 "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1]}.items():
-        client.log_metric(rid, k, float(v))
-    client.set_terminated(rid)
-    return {"model_dir": str(out), "run_id": rid, "threshold": cal["threshold"],
-            "previous_threshold": cal["previous"]["threshold"], "sessions": len(per_session),
-            "items": int(n_items), "calibration_items": int(len(items)), "unseen_share": unseen_share,
-            "promise": cal["promise"], "threshold_rule": cal["threshold_rule"], "warning": warning, "lines": account}
+    stats = {"threshold": cal["threshold"], "previous_threshold": cal["previous"]["threshold"],
+             "sessions": len(per_session), "items": int(n_items), "calibration_items": int(len(items)),
+             "unseen_share": unseen_share, "promise": cal["promise"], "threshold_rule": cal["threshold_rule"],
+             "lines": account}
+    return cal, stats
