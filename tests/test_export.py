@@ -361,8 +361,17 @@ def test_a_bundle_is_recalibrated_torch_free_into_a_new_bundle(exported, tmp_pat
     log = tmp_path / "site_b.log"
     log.write_text("\n".join(lines) + "\n")
     new = tmp_path / "recal"
-    assert main(["calibrate", "--bundle", str(bundle), "--out", str(new), "--target-fpr", "0.05",
-                 "--variant", "fp32", str(log)]) == 0
+    code = f"""
+import json, sys
+from loglm.cli import main
+rc = main(["calibrate", "--bundle", {str(bundle)!r}, "--out", {str(new)!r}, "--target-fpr", "0.05",
+           "--variant", "fp32", {str(log)!r}])
+print(json.dumps({{"rc": rc, "heavy": sorted({{m.split('.')[0] for m in sys.modules}} & {{'torch', 'lightning', 'ray',
+                                                                                    'mlflow', 'hydra', 'deepspeed'}})}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "heavy": []}  # torch-free
     assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before
     b = Bundle(new)  # manifest verified
     cal = b.calibration

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
-from loglm.detect.score_core import event_alarm_scores, event_item_scores, quiet_band_top
-from loglm.detect.thresholds import (
-    check_validation_size,
-    effective_items,
-    fpr_promise,
-    normal_validation_mask,
-    shared_score_items,
-    threshold_above_quiet,
+from loglm.detect.calibration_record import (  # noqa: F401  (calibration_of, threshold_of: re-exported)
+    VAL_TAIL,
+    calibration_of,
+    threshold_of,
+    validation_size,
 )
+from loglm.detect.score_core import event_alarm_scores, event_item_scores
+from loglm.detect.thresholds import check_validation_size, normal_validation_mask
 from loglm.detect.torch_scoring import score_windows, session_max
-from loglm.model.store import CALIBRATION
 from loglm.shards import read_sessions
 from loglm.windows import windows_of
 
@@ -70,15 +66,6 @@ def validation_items(data_dir: str | Path, data
                     int(sum(weights.values())), [m for m, k in zip(mask, keep) if k])
     val, population, n = normal_validation(val)
     return val, population, None, n, None
-
-
-def validation_size(weights: dict[str, int] | None, n: int) -> tuple[int, str | None]:
-    """(independent items the size check and the FPR promise count, how size messages describe them).
-    Per-event items share their session's score: a window of 50 normal flows is one draw, not 50."""
-    if weights is None:
-        return n, None
-    effective = effective_items(list(weights.values()))
-    return effective, shared_score_items(len(weights), n, effective)
 
 
 def check_validation(data_dir: str | Path, cfg: DetectConfig, data=None) -> str | None:
@@ -146,48 +133,3 @@ def prepared_pauses(data_dir: str | Path) -> dict | None:
         return json.loads((Path(data_dir) / "MANIFEST.json").read_text())["summary"].get("session_pause_s")
     except (OSError, ValueError, KeyError):
         return None
-
-
-VAL_TAIL = 256
-
-
-def threshold_of(per_session: np.ndarray, cfg: DetectConfig) -> tuple[float, str]:
-    """The conformal threshold, raised to "any miss" when it falls among windows without a single miss.
-
-    Those windows differ only by their tie-breaking mean surprisal, which drifts with time: on hdfs_loglead
-    a threshold inside that group (4e-5) gave a test FPR of 0.060 for a 0.01 target; above it, 0.0085 at the
-    same recall.  Raising a conformal threshold only lowers the FPR it promises."""
-    return threshold_above_quiet(per_session, cfg.target_fpr, quiet_band_top(cfg))
-
-
-def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, warning: str | None,
-                   out_dir: Path | None = None, extra: dict | None = None, n_effective: int | None = None) -> dict:
-    """calibration.json: the threshold, the scoring settings it holds for, and what it promises on new data.
-    ``n_effective``: how many independent items ``per_session`` is worth (events sharing a session's score),
-    which the promise counts; all of them by default."""
-    thr, rule = threshold_of(per_session, cfg)
-    n_effective = int(len(per_session) if n_effective is None else n_effective)
-    if not np.isfinite(thr):
-        raise ValueError(f"calibration gave a non-finite threshold ({thr}): the model's scores are not finite")
-    if warning:
-        print(f"loglm: WARNING: {warning}", file=sys.stderr, flush=True)
-    result = {
-        "threshold": thr, "target_fpr": cfg.target_fpr, "score": cfg.score, "top_k": cfg.top_k, "scorer": cfg.scorer,
-        "n_views": cfg.n_views, "unk_surprisal": cfg.unk_surprisal, "unknown_alarm": cfg.unknown_alarm,
-        "tie_scale": cfg.tie_scale, "end_in_score": cfg.end_in_score is not False, "threshold_rule": rule,
-        "short_alarm": cfg.short_alarm, "min_closed_events": int(cfg.min_closed_events),
-        "alarm_unit": cfg.alarm_unit or "window",
-        "event_score": cfg.event_score,
-        "n_val_sessions": int(len(per_session)), "val_population": population,
-        "n_val_effective": n_effective,
-        "val_fpr_at_threshold": float((per_session > thr).mean()),
-        "promise": fpr_promise(n_effective, cfg.target_fpr),
-        "warning": warning,
-        "val_score_quantiles": {q: float(np.quantile(per_session, float(q))) for q in ("0.5", "0.9", "0.99")},
-        # the highest normal validation scores: alert severities say how rare a score is among them
-        "val_top_scores": [float(v) for v in np.sort(per_session)[::-1][:VAL_TAIL]],
-        **(extra or {}),
-    }
-    if out_dir is not None:
-        atomic_write_json(out_dir / CALIBRATION, result)
-    return result

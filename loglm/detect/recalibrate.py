@@ -155,7 +155,7 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
     """The new calibration of ``loaded`` (a model folder or a bundle: anything with .calibration, .meta,
     .folder and a vocabulary) from ``run_cfg.inputs``, scored by ``scorer(toks, gaps, closed, dcfg)``; and the
     figures a summary reports.  ``out``: where detection's work folder for the inputs may go."""
-    from loglm.detect.calibrate import calibration_of, validation_size
+    from loglm.detect.calibration_record import calibration_of, validation_size
     from loglm.detect.detector import DetectionInput
     from loglm.detect.score_core import event_alarm_scores, own_event_scores, session_max
     from loglm.detect.thresholds import check_validation_size

@@ -19,12 +19,12 @@ from loglm.artifacts import (
     verify_manifest,
     write_manifest,
 )
+from loglm.detect.calibration_record import CALIBRATION  # noqa: F401  (one name for the file, re-exported)
 from loglm.model.encoder import EncoderConfig, LogEncoder
 
 WEIGHTS = "model.safetensors"
 ARCH = "model.json"
 VOCAB = "vocab.json"
-CALIBRATION = "calibration.json"
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
