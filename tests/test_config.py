@@ -218,3 +218,24 @@ def test_a_models_data_settings_come_back_with_or_without_its_label_list(tmp_pat
     assert trained_data_config(tmp_path / "none", here) is here
     bare = trained_data_config(tmp_path / "none", here, labels=False)
     assert bare.anomalous_ids is None and bare.name == here.name
+
+
+def test_a_killed_deepspeed_op_builds_lock_is_cleared_and_a_live_build_left_alone(tmp_path, monkeypatch, capsys):
+    """A DeepSpeed CPU op build killed mid-way leaves torch's lock file, and every later DeepSpeed job on the
+    machine waited on it forever (seen: a test run killed at 02:00 hung the next ones). An old lock is removed
+    with a warning before DeepSpeed starts; a fresh one (a build in progress) is kept."""
+    import os
+    import time
+
+    from loglm.training.strategies import clear_stale_build_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    assert clear_stale_build_lock() is False  # none there
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    assert clear_stale_build_lock() is False and lock.exists()  # a build in progress
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert clear_stale_build_lock() is True and not lock.exists()
+    assert "build lock left 60 min ago" in capsys.readouterr().err

@@ -30,6 +30,36 @@ def deepspeed_config(strategy: StrategyConfig, trainer: TrainerConfig) -> dict:
     return cfg
 
 
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_lock(name: str = "deepspeed_shm_comm", max_age_s: float = STALE_BUILD_LOCK_S) -> bool:
+    """torch builds DeepSpeed's CPU communication op once per machine under a lock file (FileBaton); a build
+    killed mid-way leaves the lock behind, and every later DeepSpeed job on the machine then waits on it
+    forever without a word.  A lock older than ``max_age_s`` (a build takes about a minute) is removed, with a
+    warning naming it; a younger one is another process's build in progress and is left alone."""
+    import sys
+    import time
+    from pathlib import Path
+
+    try:  # where torch.utils.cpp_extension.load builds it (TORCH_EXTENSIONS_DIR, or ~/.cache/.../py311_cpu)
+        from torch.utils.cpp_extension import _get_build_directory
+    except ImportError:  # another torch: nothing to look at
+        return False
+    lock = Path(_get_build_directory(name, False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        return False
+    lock.unlink(missing_ok=True)
+    print(f"loglm: WARNING: removed {lock}, a build lock left {age / 60:.0f} min ago by a DeepSpeed op build that "
+          "did not finish (a killed job); with it every DeepSpeed job here would wait forever", file=sys.stderr,
+          flush=True)
+    return True
+
+
 def _cpu_deepspeed(base):
     import torch
 
@@ -54,6 +84,7 @@ def _cpu_deepspeed(base):
 
             reset_seed()
             self.set_world_ranks()
+            clear_stale_build_lock()  # DeepSpeed builds its CPU op here; a killed build's lock would hang it
             self._init_deepspeed_distributed()
 
     CPU.__name__ = CPU.__qualname__ = f"{base.__name__}CPU"
