@@ -120,6 +120,13 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
     assert stale_reason(data_dir, compose("pretrain", overrides + ["data.eval_unit=event"])) is None  # reporting only
     changed = compose("pretrain", overrides + ["data.session.max_events=32"])
     assert "data.session.max_events" in stale_reason(data_dir, changed)
+    # the same file spelled another way (a repo's ../shared seen from elsewhere) is the same input; another is not
+    (tmp_path / "sub").mkdir()
+    spelled = compose("pretrain", overrides + [f"data.inputs=[{tmp_path}/sub/../train.log]"])
+    assert stale_reason(data_dir, spelled) is None
+    (tmp_path / "other.log").write_text((tmp_path / "train.log").read_text())
+    other = compose("pretrain", overrides + [f"data.inputs=[{tmp_path}/other.log]"])
+    assert "data.inputs" in stale_reason(data_dir, other)
     log = tmp_path / "train.log"
     with open(log, "a") as fh:
         fh.write("081109 203615 148 INFO dfs.DataNode$PacketResponder: one more line for blk_1\n")

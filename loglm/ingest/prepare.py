@@ -386,6 +386,23 @@ def ingest_fingerprint(cfg) -> dict:
                                                               .encode()).hexdigest(), "files": files}
 
 
+PATH_KEYS = ("data.inputs", "data.anomalous_ids")  # the same files however their paths are spelled
+
+
+def _at(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _same_paths(a, b) -> bool:
+    """``a`` and ``b`` name the same files (``/x/repo/../shared/f`` and ``/x/shared/f``): each path resolved."""
+    def norm(v):
+        return [str(Path(p).resolve()) for p in (v if isinstance(v, list) else [v])] if v else []
+
+    return norm(a) == norm(b)
+
+
 def _diff_keys(a, b, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [k for key in sorted(set(a) | set(b)) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
@@ -404,8 +421,10 @@ def stale_reason(data_dir: Path, cfg) -> str | None:
     if recorded["config"].get("layout", 1) != PREPARED_LAYOUT:
         return f"{data_dir} was prepared by another LogLM version (layout {recorded['config'].get('layout', 1)}, now {PREPARED_LAYOUT})"
     if now["config_sha256"] != recorded["config_sha256"]:
-        keys = _diff_keys(recorded["config"], now["config"])
-        return f"settings changed since {data_dir} was prepared: {', '.join(keys[:6]) or 'config'}"
+        keys = [k for k in _diff_keys(recorded["config"], now["config"])
+                if not (k in PATH_KEYS and _same_paths(_at(recorded["config"], k), _at(now["config"], k)))]
+        if keys or not _diff_keys(recorded["config"], now["config"]):
+            return f"settings changed since {data_dir} was prepared: {', '.join(keys[:6]) or 'config'}"
     if now["files"] != recorded["files"]:
         changed = sorted(f for f in set(now["files"]) | set(recorded["files"])
                          if now["files"].get(f) != recorded["files"].get(f))
