@@ -101,6 +101,7 @@ def baseline_items(model, cfg, data_dir: Path) -> dict:
     event type the baseline's vocabulary never saw (``unseen``: what a recalibration on unlabelled traffic sets
     aside, as LogLM's does)."""
     from loglm.baselines.detectors import Windows
+    from loglm.detect.score_core import session_max
     from loglm.detect.thresholds import normal_validation_mask, threshold_above_quiet
     from loglm.vocab import UNK
     from loglm.windows import windows_of
@@ -125,12 +126,12 @@ def baseline_items(model, cfg, data_dir: Path) -> dict:
     def score_piece(piece):
         toks, _, closed = windows_of(piece)
         ids, labels, scores, seqs = session_scores(piece, scores_of(toks, closed))
-        has_unk = session_scores(piece, np.array([float((t == UNK).any()) for t in toks]))[2]
+        has_unk = session_max(piece.column("session_id").to_pylist(), np.array([float((t == UNK).any()) for t in toks]))
         starts.update(session_starts(piece))
         if cfg.data.eval_unit == "event":
-            unseen.append(event_items(piece, dict.fromkeys(ids), dict(zip(ids, has_unk)))[1])
+            unseen.append(event_items(piece, dict.fromkeys(ids), has_unk)[1])
             return event_scores(piece, ids, scores, data_dir, cfg.data)
-        unseen.append(has_unk)
+        unseen.append(np.array([has_unk[i] for i in ids]))
         return ids, labels, scores, seqs
 
     ids, labels, scores, seqs = test_items(data_dir, cfg, score_piece)

@@ -17,6 +17,7 @@ where nobody has labelled anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -48,6 +49,22 @@ def new_folder(model_dir: Path, out: str | None) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def writing(out: Path):
+    """A new folder at ``out``: filled in a work folder beside it (``artifacts.work_folder``, which also clears
+    those of killed runs) and renamed in only when complete; removed if anything fails."""
+    from loglm.artifacts import swap_in, work_folder
+
+    tmp = work_folder(out, "recal")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def run(cfg) -> dict:
     """``python -m pipelines.calibrate ckpt=... inputs=[...]``: a trained model folder recalibrated (torch)."""
     from loglm import tracking
@@ -65,19 +82,12 @@ def run(cfg) -> dict:
     cal, stats = recalibration(run_cfg, loaded, lambda *w: score_windows(loaded.encoder, *w), dcfg, out)
     warning = cal["warning"]
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # a hidden folder of ours, left by an interrupted recalibration
-    tmp.mkdir(parents=True)
-    try:
+    with writing(out) as tmp:
         for name in COPIED:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
         atomic_write_json(tmp / CALIBRATION, cal)
         finalize(tmp, tmp / "vocab.json", {"recalibrated_from": str(model_dir), "run_id": loaded.meta.get("run_id")})
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     client = tracking.client(cfg)
     exp = tracking.ensure_experiment(cfg, "loglm-calibrate")
@@ -108,7 +118,7 @@ def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, targe
     from loglm.artifacts import write_manifest
     from loglm.detect.detector import detect_config_of
     from loglm.engine.detect import bundle_config
-    from loglm.engine.runtime import REQUIRED, Bundle
+    from loglm.engine.runtime import Bundle
     from loglm.export.writer import model_card
 
     if not inputs:
@@ -121,11 +131,8 @@ def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, targe
     dcfg = detect_config_of(bundle, run_cfg.detect)
     cal, stats = recalibration(run_cfg, bundle, bundle.scorer(), dcfg, out_dir)
     cal["recalibrated_on"]["variant"] = bundle.variant  # the ONNX variant that scored it (detection's default)
-    manifest = json.loads((bundle.folder / "MANIFEST.json").read_text())
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    manifest = json.loads((bundle.folder / "MANIFEST.json").read_text())  # verified when the bundle loaded
+    with writing(out_dir) as tmp:
         for name in manifest["files"]:
             if name in ("calibration.json", "bundle.json", "model_card.md"):
                 continue
@@ -140,20 +147,13 @@ def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, targe
             from loglm.signing import sign_folder
 
             sign_folder(tmp, signing_key)
-        missing = [n for n in REQUIRED if not (tmp / n).is_file()]
-        if missing:
-            raise ValueError(f"{bundle.folder}: the recalibrated bundle would lack {missing}")
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"bundle": str(out_dir), **stats, "warning": cal["warning"], "signed": bool(signing_key),
             "variant": bundle.variant}
 
 
-def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
+def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
     """The new calibration of ``loaded`` (a model folder or a bundle: anything with .calibration, .meta,
-    .folder and a vocabulary) from ``run_cfg.inputs``, scored by ``scorer(toks, gaps, closed, dcfg)``; and the
+    .folder and a vocabulary) from ``cfg.inputs``, scored by ``scorer(toks, gaps, closed, dcfg)``; and the
     figures a summary reports.  ``out``: where detection's work folder for the inputs may go."""
     from loglm.detect.calibration_record import calibration_of, validation_size
     from loglm.detect.detector import DetectionInput
@@ -162,7 +162,6 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
     from loglm.vocab import UNK
     from loglm.windows import windows_of
 
-    cfg = run_cfg
     model_dir = Path(loaded.folder)
     # the recent traffic is read out of core and scored a piece at a time (as batch detection does); a
     # session lies in one piece, so what is kept per session is all that crosses pieces
@@ -172,11 +171,11 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
     per_event: dict[str, tuple[float, float]] = {}
     counts: dict[str, list[int]] = {}  # per session: known and unseen events
     weights: dict[str, int] = {}
-    per_event_alarm = run_cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
+    per_event_alarm = cfg.data.eval_unit == "event" and dcfg.alarm_unit == "event" and dcfg.unknown_alarm
     # with event_score=own each known event is its own item: per row, (session, its known events' scores, short)
     own_rows: list[tuple[str, np.ndarray, bool]] = []
     own = per_event_alarm and own_event_scores(dcfg)
-    with DetectionInput(run_cfg, loaded, out) as source:
+    with DetectionInput(cfg, loaded, out) as source:
         for table, _ in source.tables():
             windows = windows_of(table)
             ws = scorer(*windows, dcfg)
@@ -196,7 +195,7 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
             else:
                 unseen |= unseen_sessions(sids, windows[0])
                 for sid, idx in zip(sids, table.column("event_idx").to_pylist()):
-                    weights[sid] = weights.get(sid, 0) + (len(idx) if run_cfg.data.eval_unit == "event" else 1)
+                    weights[sid] = weights.get(sid, 0) + (len(idx) if cfg.data.eval_unit == "event" else 1)
         account = source.account
     if not per_session:
         raise ValueError(f"no session in {list(cfg.inputs)} (lines: {account}): nothing to calibrate on")
@@ -216,7 +215,7 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
     groups = [g for g in groups if g[2]]
     n_items = sum(g[2] for g in groups)
     unseen_items = sum(g[2] for g in groups if g[3])
-    population = POPULATION.replace("traffic", "traffic, per event") if run_cfg.data.eval_unit == "event" else POPULATION
+    population = POPULATION.replace("traffic", "traffic, per event") if cfg.data.eval_unit == "event" else POPULATION
     alert_unseen = dcfg.unknown_alarm and dcfg.recalibration_unseen == "alert" and 0 < unseen_items < n_items
     if alert_unseen:  # the threshold governs the windows without an unseen event; those with one alert anyway
         groups = [g for g in groups if not g[3]]
@@ -227,7 +226,7 @@ def recalibration(run_cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]
     weights = {}
     for sid, _, n, _ in groups:
         weights[sid] = weights.get(sid, 0) + n
-    if run_cfg.data.eval_unit == "event":
+    if cfg.data.eval_unit == "event":
         effective, what = validation_size(weights, len(items))
     else:
         effective, what = len(items), None
