@@ -188,3 +188,45 @@ def test_standardising_by_unlabelled_background_vectors_beats_the_examples_own_s
     np.testing.assert_allclose(FewShot.load(tmp_path / "k.json").std, background.std(0))
     with pytest.raises(ValueError, match="background vectors have"):
         FewShot("logreg", standardize=True).fit(x[:4], y[:4], background=background[:, :5])
+
+
+def test_decorrelating_by_background_vectors_finds_a_kind_signal_that_shared_variation_hides(tmp_path):
+    """Flow vectors vary together (a few directions dominate every dimension), and a kind's signal lies across
+    dimensions. logreg whitens the standardised vectors by the background's correlation matrix shrunk towards
+    the identity (``decorrelate``, 0.1 by default): on 400 dimensions driven by two shared factors, balanced
+    accuracy rises at k = 1 and k = 5 over plain standardisation (``decorrelate=0``). The whitening is folded
+    into the saved weights: the loaded kinds file gives the same probabilities, and those of a logistic
+    regression fitted on the whitened vectors."""
+    from sklearn.linear_model import LogisticRegression
+
+    from loglm.analyst.fewshot import Background
+
+    rng = np.random.default_rng(0)
+    kinds = np.array(["a", "b", "c", "d"])
+    pattern = rng.normal(size=(4, 400)) * 0.15
+    load = rng.normal(size=(2, 400))
+
+    def draw(n, y):
+        return rng.normal(size=(n, 2)) * 3 @ load + rng.normal(size=(n, 400)) * 0.2 + pattern[y]
+
+    y = np.arange(400) % 4
+    x = draw(400, y)
+    background = draw(2000, rng.integers(0, 4, 2000))  # unlabelled: no kinds used
+    acc = {w: [fewshot_accuracy(x, list(kinds[y]), k, "logreg", trials=10, standardize=True, background=background,
+                                decorrelate=w)["balanced_accuracy"] for k in (1, 5)] for w in (0.0, 0.1)}
+    assert acc[0.1][0] > acc[0.0][0] + 0.05 and acc[0.1][1] > acc[0.0][1], acc
+
+    clf = FewShot("logreg", standardize=True).fit(x[:8], list(kinds[y[:8]]), background=background)
+    bg = Background(background, 0.1)
+    z = (x - bg.mean) / bg.std
+    ref = LogisticRegression(C=10.0, max_iter=2000).fit(z[:8] @ bg.whiten, y[:8])
+    np.testing.assert_allclose(clf.proba(x[8:]), ref.predict_proba(z[8:] @ bg.whiten), atol=1e-6)
+    clf.save(tmp_path / "k.json")
+    again = FewShot.load(tmp_path / "k.json")
+    assert again.decorrelate == 0.1
+    np.testing.assert_allclose(again.proba(x[8:]), clf.proba(x[8:]), atol=1e-9)
+    # prototypes are cosine-based: they are standardised, never whitened
+    with pytest.raises(ValueError, match="decorrelate"):
+        FewShot("prototype", standardize=True).fit(x[:8], list(kinds[y[:8]]), background=bg)
+    with pytest.raises(ValueError, match="decorrelate"):
+        FewShot(decorrelate=1.0)
