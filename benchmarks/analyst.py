@@ -86,7 +86,7 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
     representation at its best setting). Two
     draws: examples and classified flows at random (``*_k{k}``), and window-disjoint (``*_k{k}_by_window``:
     flows of the examples' windows are not classified, so a flow is not told by its own window's neighbours)."""
-    from loglm.analyst.fewshot import DECORRELATE, Background, fewshot_accuracy
+    from loglm.analyst.fewshot import MEASURED_DECORRELATE, Background, fewshot_accuracy
 
     emb, raw, kinds, windows, background = flow_vectors(model_dir, data_dir, kinds_of=kinds_of)
     what = "detailed labels" if kinds_of else "attack classes"
@@ -98,12 +98,12 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
     both = np.concatenate([raw, emb], 1)
     bg_both = np.concatenate([background["raw"], background["loglm"]], 1)
     # standardised by the examples themselves, or by every training flow (unlabelled; what `loglm kinds fit`
-    # does with the vectors of its embeddings file), and for logreg also decorrelated by them (its default)
+    # does with the vectors of its embeddings file), and for logreg also decorrelated by them (--decorrelate)
     stds = (("", False, 0.0), ("_standardized", True, 0.0), ("_standardized_by_training", True, 0.0),
-            ("_decorrelated_by_training", True, DECORRELATE))
+            ("_decorrelated_by_training", True, MEASURED_DECORRELATE))
     for name, x, bg in (("loglm", emb, background["loglm"]), ("raw_features", raw, background["raw"]),
                         ("raw_plus_loglm", both, bg_both)):
-        by_training = {w: Background(bg, w) for w in (0.0, DECORRELATE)}  # computed once for every draw
+        by_training = {w: Background(bg, w) for w in (0.0, MEASURED_DECORRELATE)}  # computed once for every draw
         for method in ("prototype", "logreg"):
             for suffix, std, weight in stds:
                 if method == "prototype" and weight:
