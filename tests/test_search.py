@@ -231,3 +231,11 @@ def test_decorrelating_by_background_vectors_finds_a_kind_signal_that_shared_var
         FewShot("prototype", standardize=True, decorrelate=0.1).fit(x[:8], list(kinds[y[:8]]), background=bg)
     with pytest.raises(ValueError, match="decorrelate"):
         FewShot(decorrelate=1.0)
+
+
+def test_kinds_fit_refuses_a_decorrelation_weight_outside_zero_to_one(capsys):
+    from loglm.analyst.cli import kinds_main
+
+    with pytest.raises(SystemExit) as e:
+        kinds_main(["fit", "--embeddings", "x.parquet", "--out", "k.json", "--decorrelate", "1.5"])
+    assert e.value.code == 2 and "--decorrelate is a weight in [0, 1), got 1.5" in capsys.readouterr().err

@@ -47,6 +47,8 @@ def kinds_main(argv: list[str]) -> int:
                         "unlabelled vectors\"): measure on your own labelled alerts before using it")
     p.add_argument("--out", required=True, help="kinds file (JSON) for detect.kinds=")
     a = p.parse_args(argv)
+    if a.decorrelate is not None and not 0.0 <= a.decorrelate < 1.0:
+        p.error(f"--decorrelate is a weight in [0, 1), got {a.decorrelate}")
     import csv
 
     from loglm.analyst import feedback as fb
