@@ -112,8 +112,7 @@ def bench_fewshot(model_dir: Path, data_dir: Path, ks=(1, 5, 20), trials: int = 
                 for k in ks:
                     for split, groups in (("", None), ("_by_window", windows)):
                         r = fewshot_accuracy(x, kinds, k, method, trials, seed=k, standardize=std, groups=groups,
-                                             background=by_training[weight] if "by_training" in suffix else None,
-                                             decorrelate=weight)
+                                             background=by_training[weight] if "by_training" in suffix else None)
                         row[f"k{k}{split}_balanced"] = round(r["balanced_accuracy"], 4)
                         row[f"k{k}{split}_accuracy"] = round(r["accuracy"], 4)
                 table[f"{name}_{method}{suffix}"] = row
