@@ -515,7 +515,9 @@ SECTION_NOTES = {
     "accuracy_runs": "Each protocol's MLflow parent run, report file and wall time of the accuracy section.",
     "analyst": "Compares: few-shot kind labelling on frozen LogLM flow vectors (a model pretrained with "
                "data.flow_facets=true; each flow's vector is its context half and its own half) against the same "
-               "classifiers on raw flow features, each at its best classifier setting (balanced accuracy, "
+               "classifiers on raw flow features, with one classifier fixed in advance for both (logistic regression "
+               "standardised by the unlabelled training flows, `loglm kinds fit`'s default; `best_setting`: the "
+               "best per-setting row of each key, chosen on the measured flows themselves, with its name) (balanced accuracy, "
                "cic_flowprep attack classes with >= 100 test flows, 20 draws per k; *_by_window: examples and "
                "classified flows never share a window; zeek_*: the same on zeek_ctu test flows, their detailed "
                "labels as kinds: the attack and two benign services; alert_kinds: per alert, its events' votes, examples from "

@@ -239,3 +239,35 @@ def test_kinds_fit_refuses_a_decorrelation_weight_outside_zero_to_one(capsys):
     with pytest.raises(SystemExit) as e:
         kinds_main(["fit", "--embeddings", "x.parquet", "--out", "k.json", "--decorrelate", "1.5"])
     assert e.value.code == 2 and "--decorrelate is a weight in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_kinds_fit_defaults_to_logistic_regression_with_two_kinds_and_prototypes_with_one(tmp_path, capsys):
+    """`loglm kinds fit` without --method: logistic regression standardised by the file's vectors when the
+    examples name two kinds or more (it led prototypes at every k on cic_flowprep and zeek_ctu), a prototype
+    when they name one (a logistic regression needs two)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.analyst.cli import kinds_main
+
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(30, 4)).astype(np.float32)
+    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(30)],
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), 4)}),
+                   tmp_path / "emb.parquet")
+    two, one = tmp_path / "two.csv", tmp_path / "one.csv"
+    two.write_text("session_id,kind\ns0,a\ns1,a\ns2,b\ns3,b\n")
+    one.write_text("session_id,kind\ns0,a\ns1,a\n")
+    for examples, method in ((two, "logreg"), (one, "prototype")):
+        out = tmp_path / f"{method}.json"
+        assert kinds_main(["fit", "--embeddings", str(tmp_path / "emb.parquet"), "--examples", str(examples),
+                           "--out", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["method"] == method
+        saved = FewShot.load(out)
+        assert saved.method == method and saved.standardize == (method == "logreg")
+    # asked for explicitly, one kind is still refused
+    assert kinds_main(["fit", "--embeddings", str(tmp_path / "emb.parquet"), "--examples", str(one),
+                       "--method", "logreg", "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs examples of two kinds" in capsys.readouterr().err

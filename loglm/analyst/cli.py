@@ -36,10 +36,11 @@ def kinds_main(argv: list[str]) -> int:
                    help="below this cosine with every example an item's kind is 'unknown' whatever the classifier's "
                         "confidence (0: off); 0.85 kept 0.96-0.98 of cic_flowprep attack alerts' kinds and gave "
                         "0.002-0.027 of its false positives one (docs/analyst.md \"Benign alerts get an attack kind too\")")
-    p.add_argument("--method", choices=["prototype", "logreg"], default="prototype",
+    p.add_argument("--method", choices=["auto", "prototype", "logreg"], default="auto",
                    help="prototype: the nearest kind's mean vector (cosine); logreg: logistic regression on "
-                        "vectors standardised by every vector of --embeddings (better from 5 examples per kind on cic_flowprep flows, docs/analyst.md "
-                        "\"The analyst's loop\"; needs two kinds)")
+                        "vectors standardised by every vector of --embeddings (needs two kinds; it led prototypes "
+                        "at k = 1, 5 and 20 on cic_flowprep and zeek_ctu flows, docs/analyst.md \"The analyst's "
+                        "loop\"); auto (the default): logreg with examples of two kinds or more, else prototype")
     p.add_argument("--decorrelate", type=float, default=None,
                    help="logreg: weight of the --embeddings vectors' correlations when whitening them (default 0: "
                         "standardise only); 0.1 raised k = 1 from 0.56 to 0.70 on cic_flowprep attack flows and "
@@ -85,6 +86,8 @@ def kinds_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     ids = list(examples)
+    if a.method == "auto":
+        a.method = "logreg" if len(set(examples.values())) >= 2 else "prototype"
     if a.method == "logreg" and len(set(examples.values())) < 2:
         print("loglm kinds: error: --method logreg needs examples of two kinds or more", file=sys.stderr)
         return 2
@@ -94,7 +97,8 @@ def kinds_main(argv: list[str]) -> int:
                   decorrelate=DECORRELATE if a.decorrelate is None else a.decorrelate).fit(
         vecs[[row_of[s] for s in ids]], [examples[s] for s in ids], background=vecs)
     clf.save(a.out)
-    print(json.dumps({"kinds_path": a.out, "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))
+    print(json.dumps({"kinds_path": a.out, "method": clf.method,
+                      "kinds": {k: sum(v == k for v in examples.values()) for k in clf.kinds}}))
     return 0
 
 
