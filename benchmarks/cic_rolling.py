@@ -31,9 +31,10 @@ DATA = PROJECT_ROOT.parent / "shared" / "data" / "cic2017_flowprep" / "cic2017_m
 LABEL_COLUMNS = ("label", "attack", "attack_type_inferred", "timestamp_original")
 
 
-def day_flows(day: str, out: Path, source: Path = DATA) -> dict[str, int]:
+def day_flows(day: str, out: Path, source: Path = DATA, labels: bool = False) -> dict[str, int]:
     """``source``'s flows of one UTC-naive calendar day (``YYYY-MM-DD``) written to ``out`` without any label
-    column; returns the day's attack classes and counts (read here, never given to the recalibration)."""
+    column (with them when ``labels``: what a simulated analyst reads, never a model); returns the day's attack
+    classes and counts (read here, never given to the recalibration)."""
     import datetime as dt
 
     import pyarrow as pa
@@ -44,7 +45,7 @@ def day_flows(day: str, out: Path, source: Path = DATA) -> dict[str, int]:
     start = dt.datetime.fromisoformat(day)
     lo, hi = (pa.scalar(x, type=t.schema.field("timestamp").type) for x in (start, start + dt.timedelta(days=1)))
     day_t = t.filter(pc.and_(pc.greater_equal(t["timestamp"], lo), pc.less(t["timestamp"], hi)))
-    pq.write_table(day_t.drop_columns([c for c in LABEL_COLUMNS if c in day_t.column_names]), out)
+    pq.write_table(day_t if labels else day_t.drop_columns([c for c in LABEL_COLUMNS if c in day_t.column_names]), out)
     counts = pc.value_counts(day_t["attack_type_inferred"]).to_pylist()
     return dict(sorted((c["values"], c["counts"]) for c in counts))
 
@@ -103,6 +104,40 @@ def peer(name: str, cfg, calibrate_on: str, judge_on: str) -> dict:
     return out
 
 
+def tuned(cfg, model_dir: str, root: Path, source: Path, day: str, verdicts: bool, replay: str | None = None
+          ) -> tuple[dict, dict]:
+    """The analyst's loop on ``day``: the model detects on the day's flows, an analyst who is always right gives
+    every alert the verdict its flows' labels say (``benchmarks.hdfs_triage_sim.simulated_triage``: malicious
+    where the session holds an attack flow), and one ``pipelines.tune`` round continues pretraining on the day's
+    unlabelled flows with those verdicts (malicious sessions kept out, benign ones trained on; vocabulary grown;
+    threshold from 30 % of the day's sessions).  ``verdicts=False``: the same round with no verdicts, every
+    session of the day taken as normal.  ``replay``: a day whose flows (the model's training day) are tuned on
+    beside the new day's, unlabelled, so the round does not forget what the model knew.  Returns (the tuned
+    model's evaluation, the tuning summary)."""
+    from benchmarks.hdfs_triage_sim import simulated_triage
+    from loglm.analyst.tune import run as tune
+    from loglm.detect.detector import run as detect
+    from loglm.evaluation import run as evaluate
+
+    table = root / f"feedback_{day}.jsonl"
+    counts = {}
+    if verdicts:
+        labelled = root / f"flows_{day}_labelled.parquet"  # the analyst's view only: detection shows the labels
+        day_flows(day, labelled, source, labels=True)
+        alerts = root / f"alerts_{day}.jsonl"
+        detect(replace(cfg, ckpt=model_dir, inputs=[str(labelled)], out=str(alerts),
+                       detect=replace(cfg.detect, data_from="command")))
+        counts = simulated_triage(alerts, table)
+    inputs = [root / f"flows_{day}_unlabelled.parquet"]
+    if replay:
+        inputs.insert(0, root / f"flows_{replay}_unlabelled.parquet")
+        day_flows(replay, inputs[0], source)
+    out = tune(replace(cfg, ckpt=model_dir, inputs=[str(p) for p in inputs],
+                       tune=replace(cfg.tune, export=False, feedback=str(table) if verdicts else None)))
+    out["verdicts"] = counts
+    return evaluate(replace(cfg, ckpt=out["model_dir"])), out
+
+
 def main(argv: list[str] | None = None) -> dict:
     from loglm.detect.recalibrate import run as recalibrate
     from loglm.evaluation import run as evaluate
@@ -118,6 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", help="the flows (cic2017_flowprep's columns; default: the protocol's own input)")
     p.add_argument("--peers", default="deeplog", help="comma-separated baselines of the suite given the same "
                    "recalibration (deeplog, pca, flow_pca, kitnet, ...: as the suite runs them); empty: none")
+    p.add_argument("--tune", default="", help="comma-separated: verdicts (the Monday model's alerts on the "
+                   "calibration day get an always-right analyst's verdicts, then one pipelines.tune round on that "
+                   "day's flows), replay (the same with the training day's flows tuned on beside them), blind "
+                   "(the calibration day's flows, no verdicts); each a row judged on --judge-on")
+    p.add_argument("--train-day", default="2017-07-03", help="the model's training day (--tune replay)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every step (e.g. model=tiny)")
     a = p.parse_args(argv)
     source = Path(a.data) if a.data else DATA
@@ -143,6 +183,19 @@ def main(argv: list[str] | None = None) -> dict:
             f"recalibrated on {a.calibrate_on}'s unlabelled flows": day_figures(after, a.judge_on, judge_classes, normal)}
     rows["Monday threshold"]["threshold"] = before["metrics"]["all"]["threshold"]
     rows[f"recalibrated on {a.calibrate_on}'s unlabelled flows"]["threshold"] = rec["threshold"]
+    tuning = {}
+    for mode in (x.strip() for x in a.tune.split(",") if x.strip()):
+        names = {"verdicts": f"tuned on {a.calibrate_on}'s flows with verdicts on every alert",
+                 "replay": f"tuned on {a.train_day}'s and {a.calibrate_on}'s flows with verdicts on every alert",
+                 "blind": f"tuned on {a.calibrate_on}'s flows, no verdicts"}
+        if mode not in names:
+            raise SystemExit(f"--tune takes {', '.join(names)}, got {mode!r}")
+        ev, summary = tuned(cfg, model_dir, root, source, a.calibrate_on, mode != "blind",
+                            a.train_day if mode == "replay" else None)
+        name = names[mode]
+        rows[name] = {**day_figures(ev, a.judge_on, judge_classes, normal), "threshold": summary["threshold"]["after"]}
+        tuning[mode] = {k: summary.get(k) for k in ("model_dir", "verdicts", "sessions_by_split", "vocab_growth",
+                                                    "unvetted_alerting", "threshold", "calibration_warning")}
     rows = {f"LogLM, {k}": v for k, v in rows.items()}
     for name in (x.strip() for x in a.peers.split(",") if x.strip()):
         rows.update(peer(name, cfg, a.calibrate_on, a.judge_on))
@@ -159,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"seed": a.seed, "root": str(root), "model_dir": model_dir, "recalibrated_model_dir": rec["model_dir"],
            "source_threshold": before["metrics"]["all"]["threshold"], "recalibrated_threshold": rec["threshold"],
            "unseen_share": rec.get("unseen_share"), "calibrate_on": a.calibrate_on, "judge_on": a.judge_on,
-           "calibration_day_classes": day_classes, "judged": rows}
+           "calibration_day_classes": day_classes, "judged": rows, "tuning": tuning}
     print(json.dumps(out, indent=2))
     return out
 

@@ -492,3 +492,41 @@ def test_the_fast_path_equals_the_general_path_on_hostile_lines(system, line, ed
     for mask in (True, False):
         for _ in range(2):
             assert _fast_or_general(reader, raw, mask) == _general_event(reader, raw, mask), raw
+
+
+def test_tuning_growth_never_makes_the_direction_only_catch_all_a_token():
+    """Growing a flow model's vocabulary on new traffic (loglm.analyst.tune.grown_vocabulary): a new service's
+    flows, seen min_count times, become a token; flows unlike every known service and size back off to
+    ``proto=.. dir=..``, and that form stays [UNK] however often it occurs, or every later unseen flow of that
+    direction (an attack's among them) would read as known (benchmarks.cic_rolling --tune)."""
+    from collections import Counter
+
+    from loglm.analyst.tune import grown_vocabulary
+    from loglm.ingest.flows import FlowCodec, TrainingFlows
+    from loglm.ingest.templates import TemplateMiner
+    from loglm.vocab import UNK, Vocabulary
+
+    def flow(port, service, size, direction="out"):
+        src, dst = ("10.0.0.5", "93.184.0.9") if direction == "out" else ("93.184.0.9", "10.0.0.5")
+        return {"proto": "tcp", "service": service, "state": "SF", "src_ip": src, "dst_ip": dst, "dst_port": port,
+                "duration": 1.0, "fwd_bytes": size, "bwd_bytes": size, "fwd_pkts": 4, "bwd_pkts": 4}
+
+    train = [flow(443, "ssl", 100 + 10 * (i % 7)) for i in range(60)]
+    codec = FlowCodec(n_buckets=4, min_count=2, local_networks=["10.0.0.0/8"]).fit(train)
+    miner = TemplateMiner()
+    vocab = Vocabulary(miner, sorted({miner.add(codec.sentence(f)) for f in train}), 16, True, codec)
+    service = [flow(5432, "postgres", 300, "in")] * 3  # a new service, the same form three times
+    stray = [flow(1000 + i, f"svc{i}", 50 * i, "in") for i in range(6)]  # inbound, each unlike any other
+    assert codec.catch_all(codec.sentence(stray[0])) and not codec.catch_all(codec.sentence(train[0]))
+    new = service + stray
+    texts = Counter(codec.sentence(f) for f in new)
+    grown, info = grown_vocabulary(vocab, texts, TrainingFlows.of(new, ["10.0.0.0/8"]), min_count=2)
+    assert info["new_tokens"] == 1 and info["catch_all_events_left_unseen"] >= len(stray)
+
+    def token(f):
+        return grown.token(grown.miner.match(grown.flow_codec.sentence(f)))
+
+    assert token(service[0]) != UNK
+    assert grown.flow_codec.catch_all(grown.flow_codec.sentence(stray[0]))
+    assert all(token(f) == UNK for f in stray + [flow(9999, "never", 7, "in")])
+    assert all(token(f) == vocab.token(vocab.miner.match(codec.sentence(f))) for f in train)  # old reads stay

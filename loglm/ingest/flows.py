@@ -265,6 +265,13 @@ class FlowCodec:
         self.known |= added
         return added
 
+    @staticmethod
+    def catch_all(sentence: str) -> bool:
+        """Whether ``sentence`` is a direction-only form, ``proto=.. dir=..``: what a flow whose service and
+        sizes match no known form is written as."""
+        parts = sentence.split()
+        return len(parts) == 2 and parts[0].startswith("proto=") and parts[1].startswith("dir=")
+
     def bucket(self, name: str, value: float | None) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "na"
