@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tune-epochs", type=int, default=None, help="tune.max_epochs (default: the config's)")
     p.add_argument("--tune-top-k", type=int, default=None,
                    help="detect.top_k of the tuned candidate's calibration (default: the source model's)")
+    p.add_argument("--replay", action="store_true", help="tune on the model's normal training blocks beside the "
+                   "first half (docs/analyst.md \"A day of verdicts\")")
     p.add_argument("overrides", nargs="*", help="more config overrides of every step (e.g. detect.top_k=9)")
     a = p.parse_args(argv)
     root = Path(a.root or tempfile.mkdtemp(prefix="loglm-hdfs-triage-")).resolve()
@@ -110,12 +112,19 @@ def main(argv: list[str] | None = None) -> dict:
     _, alerts_path = detect_on("first", model["model_dir"], "source")
     table = root / "feedback.jsonl"
     verdicts = simulated_triage(alerts_path, table)
-    tuned = tune(replace(cfg, ckpt=model["model_dir"], inputs=[str(files["first"][0])],
+    inputs = [str(files["first"][0])]
+    if a.replay:  # what the model was trained on: its training split's normal blocks, in input order
+        train = read_sessions(data_dir, "train")
+        normal = [{"event_idx": idx} for idx, label in zip(train.column("event_idx").to_pylist(),
+                                                            train.column("label").to_pylist()) if label == 0]
+        write_half(data_dir, normal, root / "train_normal.log")
+        inputs.insert(0, str(root / "train_normal.log"))
+    tuned = tune(replace(cfg, ckpt=model["model_dir"], inputs=inputs,
                          detect=replace(cfg.detect, top_k=a.tune_top_k or cfg.detect.top_k),
                          tune=replace(cfg.tune, export=False, feedback=str(table),
                                       max_epochs=a.tune_epochs or cfg.tune.max_epochs)))
     after, _ = detect_on("second", tuned["model_dir"], "tuned")
-    out = {"seed": a.seed, "root": str(root),
+    out = {"seed": a.seed, "root": str(root), "replay": a.replay,
            "tune_epochs": a.tune_epochs or cfg.tune.max_epochs,
            "blocks": {k: {"blocks": len(v), "anomalous": sum(b["label"] == 1 for b in v)} for k, v in parts.items()},
            "verdicts": verdicts,
