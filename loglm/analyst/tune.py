@@ -85,7 +85,7 @@ def grown_vocabulary(vocab, texts, flows, min_count: int):
         # a direction-only form (proto=.. dir=..) is what a flow unlike every known service and size is
         # written as: made a token from a few new flows, every later unseen flow of that direction (an attack's
         # among them) would read as known and stop alarming; it stays [UNK] (benchmarks.cic_rolling --tune:
-        # Tuesday's rare inbound flows made it a token and Wednesday's DoS recall fell to 0.03)
+        # rare inbound flows made it a token and Wednesday's DoS recall fell to 0.000 / 0.027)
         catch_all = sum(c for t, c in unseen.items() if codec.catch_all(t))
         unseen = Counter({t: c for t, c in unseen.items() if not codec.catch_all(t)})
     miner = TemplateMiner.from_state(vocab.miner.state())
