@@ -9,9 +9,9 @@ analysts marked benign, recalibrate, export, and register the result as a new ve
    direction-only form (``proto=.. dir=..``), however often it occurs: it is what a flow unlike every known
    service and size is written as, and as a token it would make every later unseen flow of that direction
    read as known.  Without it the vocabulary does not change and the new kinds stay ``[UNK]``.
-   Give ``inputs`` the traffic the model already knew beside the new (replay): tuned on a new day alone, a
-   ``cic_flowprep`` model forgot the old ones (next-day false positives 341 against 202 untuned; with the old
-   day beside it 82, medians of 3 seeds; docs/analyst.md "A day of verdicts").  Then the model scores the new traffic as
+   Tuning is for new kinds of normal traffic; day-to-day drift is recalibration's (``pipelines.calibrate``):
+   tuned on a new day, a ``cic_flowprep`` model's next-day false positives rose (341 against 202 untuned,
+   medians of 3 seeds; docs/analyst.md "A day of verdicts").  Then the model scores the new traffic as
    it read it (what the growth added is ``[UNK]`` to it): the sessions it alerts on that no analyst has
    judged are counted (``unvetted_alerting``), with a loud warning when they are far more than its
    threshold promises for normal traffic, since tuning takes them as normal.
