@@ -367,6 +367,10 @@ class DetectConfig:
     # alert whatever it is (unlabelled traffic cannot tell a new normal service from an attack; where scans are
     # frequent, ranking them all pushed the threshold above the attacks); "rank": the quantile of all windows
     recalibration_unseen: str = "alert"
+    # an analysts' feedback table (loglm feedback) read by recalibration: sessions with a malicious verdict are
+    # left out of its traffic, and with "alert" above the windows holding an unseen event in sessions judged
+    # benign are ranked with the rest (an analyst said they are this place's normal traffic); others stay aside
+    recalibration_feedback: str | None = None
     # windows per scoring batch, and at most this many padded positions per batch (bounded memory on long
     # windows); small batches keep a small encoder in cache (measured best on 2 cores, `make bench`)
     batch_size: int = 64

@@ -321,6 +321,41 @@ def test_recalibration_on_traffic_full_of_unseen_events_keeps_them_alerting(trai
     assert cal["unseen_share"] == 1.0 and cal["n_val_sessions"] == 120 and "every window" in cal["warning"]
 
 
+def test_recalibration_reads_verdicts_malicious_sessions_out_benign_unseen_ones_ranked(trained, tmp_path):
+    """detect.recalibration_feedback: sessions an analyst marked malicious are left out of the traffic the
+    threshold comes from; windows with an unseen event in sessions marked benign are ranked with the rest
+    (an analyst said they are normal here) while unjudged ones stay aside; calibration.json says how many."""
+    from loglm.analyst import feedback as fb
+    from loglm.detect.recalibrate import run as recalibrate
+
+    cfg, _, result = trained
+    lines, kinds = make_log(300, seed=11, anomalies={i: "unseen" for i in range(0, 300, 5) for i in (i, i + 1)})
+    log = tmp_path / "site_c.log"
+    log.write_text("\n".join(lines) + "\n")
+    unseen = sorted(b for b, k in kinds.items() if k == "unseen")
+    table = tmp_path / "feedback.jsonl"
+    for sid in unseen[:50]:
+        fb.record(table, {"alert_id": f"a-{sid}", "session_id": sid}, "benign")
+    for sid in unseen[50:70]:
+        fb.record(table, {"alert_id": f"a-{sid}", "session_id": sid}, "malicious")
+    det = replace(cfg.detect, target_fpr=0.05)
+    plain = recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "plain"), detect=det))
+    r = recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "judged"),
+                            detect=replace(det, recalibration_feedback=str(table))))
+    cal = json.loads((Path(r["model_dir"]) / "calibration.json").read_text())
+    assert cal["feedback"]["malicious_sessions_left_out"] == 20 and cal["feedback"]["benign_unseen_items_ranked"] == 50
+    assert r["feedback"] == cal["feedback"]
+    # the 180 other sessions and the 50 benign unseen ones; 20 malicious left out, 50 unjudged unseen aside
+    assert cal["n_val_sessions"] == 230 and "judged benign" in cal["val_population"]
+    assert abs(cal["unseen_share"] - 100 / 280) < 1e-9
+    assert r["threshold"] >= plain["threshold"]  # ranking unseen-event sessions can only lift the quantile
+    # 50 of 230 items, far above the 5 % target: the quantile lands among them, above every other item; said
+    assert "only unseen events can alert" in cal["warning"] and "pipelines.tune" in cal["warning"]
+    with pytest.raises(FileNotFoundError, match="no such feedback table"):
+        recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "none"),
+                            detect=replace(det, recalibration_feedback=str(tmp_path / "missing.jsonl"))))
+
+
 def test_recalibration_sets_blocks_shorter_than_training_aside_as_it_does_unseen_events(trained, tmp_path):
     """New traffic where 40 of 300 blocks are cut to 4 events (every training block has 13): they alert
     whatever the threshold (detect.short_alarm), so recalibration takes its quantile over the other blocks,

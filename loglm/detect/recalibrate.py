@@ -39,6 +39,17 @@ def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str
     return {sid for sid, t in zip(session_ids, tokens) if (np.asarray(t) == UNK).any()}
 
 
+def feedback_verdicts(path: str | None) -> dict[str, str]:
+    """session id -> its latest verdict (benign | malicious) from a feedback table; {} without one."""
+    if not path:
+        return {}
+    from loglm.analyst import feedback as fb
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"detect.recalibration_feedback={path}: no such feedback table")
+    return {r["session_id"]: r["verdict"] for r in fb.read(path).values()}
+
+
 def new_folder(model_dir: Path, out: str | None) -> Path:
     """Where a recalibration writes: ``out``, or ``<model>-recal-<time>`` beside the model; never an existing
     folder."""
@@ -213,13 +224,27 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
         unseen |= shorter
         groups = [(sid, per_session[sid], w, sid in unseen) for sid, w in weights.items()]
     groups = [g for g in groups if g[2]]
+    verdicts = feedback_verdicts(cfg.detect.recalibration_feedback)
+    malicious = {sid for sid, v in verdicts.items() if v == "malicious"}
+    benign = {sid for sid, v in verdicts.items() if v == "benign"}
+    left_out = {sid for sid, _, _, _ in groups if sid in malicious}
+    groups = [g for g in groups if g[0] not in malicious]  # what an analyst said is an attack is not normal traffic
+    if not groups:
+        raise ValueError(f"every session of {list(cfg.inputs)} has a malicious verdict "
+                         f"({cfg.detect.recalibration_feedback}): nothing normal to calibrate on")
     n_items = sum(g[2] for g in groups)
     unseen_items = sum(g[2] for g in groups if g[3])
     population = POPULATION.replace("traffic", "traffic, per event") if cfg.data.eval_unit == "event" else POPULATION
     alert_unseen = dcfg.unknown_alarm and dcfg.recalibration_unseen == "alert" and 0 < unseen_items < n_items
+    ranked_benign = 0
     if alert_unseen:  # the threshold governs the windows without an unseen event; those with one alert anyway
-        groups = [g for g in groups if not g[3]]
+        ranked_benign = sum(g[2] for g in groups if g[3] and g[0] in benign)
+        groups = [g for g in groups if not g[3] or g[0] in benign]
         population += "; windows without an event type the model never saw (those alert whatever the threshold)"
+        if ranked_benign:
+            population += ", and those in sessions an analyst judged benign"
+    if verdicts:
+        population += "; sessions with a malicious verdict left out"
     # a group's score: one for all its items, or (event_score=own) one per item
     items = (np.concatenate([np.broadcast_to(np.asarray(g[1], np.float64), (g[2],)) for g in groups]) if groups
              else np.zeros(0))
@@ -249,6 +274,16 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
                          extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
     cal["recalibration_unseen"] = dcfg.recalibration_unseen if dcfg.unknown_alarm else "rank"
     cal["unseen_share"] = unseen_share
+    if verdicts:
+        cal["feedback"] = {"path": str(Path(cfg.detect.recalibration_feedback).resolve()),
+                           "malicious_sessions_left_out": len(left_out), "benign_unseen_items_ranked": int(ranked_benign)}
+        known = [np.max(g[1]) for g in groups if not g[3]]
+        if ranked_benign and known and cal["threshold"] >= max(known):
+            note = (f"the {ranked_benign} unseen events analysts judged benign set the threshold "
+                    f"({cal['threshold']:.4g}) above every item without an unseen event: only unseen events can "
+                    "alert now, an attack in known forms would not. They are this environment's normal traffic: "
+                    "tune the model on it (pipelines.tune) so they become known, and recalibrate")
+            cal["warning"] = f"{cal['warning']}; {note}" if cal["warning"] else note
     if alert_unseen:
         cal["threshold_rule"] += " of windows without an unseen event (windows with one always alert)"
     cal["recalibrated_on"] = {"inputs": [str(Path(p).resolve()) for p in cfg.inputs], "lines": account,
@@ -261,5 +296,5 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
     stats = {"threshold": cal["threshold"], "previous_threshold": cal["previous"]["threshold"],
              "sessions": len(per_session), "items": int(n_items), "calibration_items": int(len(items)),
              "unseen_share": unseen_share, "promise": cal["promise"], "threshold_rule": cal["threshold_rule"],
-             "lines": account}
+             "lines": account, "warning": cal["warning"], **({"feedback": cal["feedback"]} if "feedback" in cal else {})}
     return cal, stats
