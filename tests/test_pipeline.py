@@ -351,6 +351,7 @@ def test_recalibration_reads_verdicts_malicious_sessions_out_benign_unseen_ones_
     assert r["threshold"] >= plain["threshold"]  # ranking unseen-event sessions can only lift the quantile
     # 50 of 230 items, far above the 5 % target: the quantile lands among them, above every other item; said
     assert "only unseen events can alert" in cal["warning"] and "pipelines.tune" in cal["warning"]
+    assert "(50 of 280 items) is in windows holding an event type the model never saw and no analyst judged benign" in cal["warning"]
     with pytest.raises(FileNotFoundError, match="no such feedback table"):
         recalibrate(replace(cfg, ckpt=result["run_id"], inputs=[str(log)], out=str(tmp_path / "none"),
                             detect=replace(det, recalibration_feedback=str(tmp_path / "missing.jsonl"))))

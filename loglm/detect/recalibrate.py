@@ -257,10 +257,12 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
         effective, what = len(items), None
     warning = check_validation_size(effective, dcfg.target_fpr, dcfg.small_validation, what)
     unseen_share = unseen_items / max(1, n_items)
-    if alert_unseen and unseen_share > dcfg.target_fpr:
+    aside = unseen_items - ranked_benign  # those judged benign are ranked, inside the promise
+    if alert_unseen and aside / max(1, n_items) > dcfg.target_fpr:
         where = ("is an event type the model never saw" if per_event_alarm else
                  "is in windows holding an event type the model never saw")
-        note = (f"{unseen_share:.1%} of the recent traffic ({unseen_items} of {n_items} items) {where} (or in windows "
+        judged = " and no analyst judged benign" if verdicts else ""
+        note = (f"{aside / max(1, n_items):.1%} of the recent traffic ({aside} of {n_items} items) {where}{judged} (or in windows "
                 "closed shorter than every training window); they alert "
                 "whatever the threshold, so the FPR promise covers "
                 "the other windows only. If they are this environment's normal traffic, tune the model on it "
