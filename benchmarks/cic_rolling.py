@@ -104,6 +104,22 @@ def peer(name: str, cfg, calibrate_on: str, judge_on: str) -> dict:
     return out
 
 
+def triage(cfg, model_dir: str, root: Path, source: Path, day: str) -> tuple[Path, dict]:
+    """The model's alerts on ``day``'s flows, each given the verdict its flows' labels say by an analyst who is
+    always right (``benchmarks.hdfs_triage_sim.simulated_triage``: malicious where the session holds an attack
+    flow), into ``feedback_<day>.jsonl``: (the table, the verdict counts)."""
+    from benchmarks.hdfs_triage_sim import simulated_triage
+    from loglm.detect.detector import run as detect
+
+    table = root / f"feedback_{day}.jsonl"
+    labelled = root / f"flows_{day}_labelled.parquet"  # the analyst's view only: detection shows the labels
+    day_flows(day, labelled, source, labels=True)
+    alerts = root / f"alerts_{day}.jsonl"
+    detect(replace(cfg, ckpt=model_dir, inputs=[str(labelled)], out=str(alerts),
+                   detect=replace(cfg.detect, data_from="command")))
+    return table, simulated_triage(alerts, table)
+
+
 def tuned(cfg, model_dir: str, root: Path, source: Path, day: str, verdicts: bool, replay: str | None = None
           ) -> tuple[dict, dict]:
     """The analyst's loop on ``day``: the model detects on the day's flows, an analyst who is always right gives
@@ -114,20 +130,10 @@ def tuned(cfg, model_dir: str, root: Path, source: Path, day: str, verdicts: boo
     session of the day taken as normal.  ``replay``: a day whose flows (the model's training day) are tuned on
     beside the new day's, unlabelled, so the round does not forget what the model knew.  Returns (the tuned
     model's evaluation, the tuning summary)."""
-    from benchmarks.hdfs_triage_sim import simulated_triage
     from loglm.analyst.tune import run as tune
-    from loglm.detect.detector import run as detect
     from loglm.evaluation import run as evaluate
 
-    table = root / f"feedback_{day}.jsonl"
-    counts = {}
-    if verdicts:
-        labelled = root / f"flows_{day}_labelled.parquet"  # the analyst's view only: detection shows the labels
-        day_flows(day, labelled, source, labels=True)
-        alerts = root / f"alerts_{day}.jsonl"
-        detect(replace(cfg, ckpt=model_dir, inputs=[str(labelled)], out=str(alerts),
-                       detect=replace(cfg.detect, data_from="command")))
-        counts = simulated_triage(alerts, table)
+    table, counts = triage(cfg, model_dir, root, source, day) if verdicts else (None, {})
     inputs = [root / f"flows_{day}_unlabelled.parquet"]
     if replay:
         inputs.insert(0, root / f"flows_{replay}_unlabelled.parquet")
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "day's flows), replay (the same with the training day's flows tuned on beside them), blind "
                    "(the calibration day's flows, no verdicts); each a row judged on --judge-on")
     p.add_argument("--train-day", default="2017-07-03", help="the model's training day (--tune replay)")
+    p.add_argument("--recalibrate-with-verdicts", action="store_true", help="also recalibrate with an always-right "
+                   "analyst's verdicts on the calibration day's alerts (detect.recalibration_feedback)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every step (e.g. model=tiny)")
     a = p.parse_args(argv)
     source = Path(a.data) if a.data else DATA
@@ -183,6 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"recalibrated on {a.calibrate_on}'s unlabelled flows": day_figures(after, a.judge_on, judge_classes, normal)}
     rows["Monday threshold"]["threshold"] = before["metrics"]["all"]["threshold"]
     rows[f"recalibrated on {a.calibrate_on}'s unlabelled flows"]["threshold"] = rec["threshold"]
+    if a.recalibrate_with_verdicts:  # the same recalibration, the day's alerts judged first
+        table, counts = triage(cfg, model_dir, root, source, a.calibrate_on)
+        rv = recalibrate(replace(cfg, ckpt=model_dir, inputs=[str(day)],
+                                 detect=replace(cfg.detect, recalibration_feedback=str(table))))
+        name = f"recalibrated on {a.calibrate_on}'s unlabelled flows with verdicts on every alert"
+        rows[name] = {**day_figures(evaluate(replace(cfg, ckpt=rv["model_dir"])), a.judge_on, judge_classes, normal),
+                      "threshold": rv["threshold"], "feedback": rv["feedback"], "verdicts": counts}
     tuning = {}
     for mode in (x.strip() for x in a.tune.split(",") if x.strip()):
         names = {"verdicts": f"tuned on {a.calibrate_on}'s flows with verdicts on every alert",
