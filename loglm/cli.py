@@ -83,13 +83,16 @@ def calibrate_main(argv: list[str]) -> int:
     p.add_argument("--signing-key", help="PEM Ed25519 private key to sign the new bundle (without it, unsigned)")
     p.add_argument("--variant", choices=["fp32", "int8"],
                    help="the variant detection will use (default: the bundle's preferred)")
+    p.add_argument("--feedback", help="analysts' verdicts on that traffic's alerts (the `loglm feedback` table): "
+                   "sessions marked malicious are left out, unseen events of sessions marked benign ranked "
+                   "(detect.recalibration_feedback)")
     p.add_argument("inputs", nargs="+", help="recent raw logs or flows of the place the bundle will watch")
     a = p.parse_args(argv)
     from loglm.detect.recalibrate import run_bundle
 
     try:
         summary = run_bundle(a.bundle, a.inputs, a.out, a.target_fpr, a.threads, a.verify_key, a.signing_key,
-                             a.variant)
+                             a.variant, feedback=a.feedback)
     except (FileNotFoundError, ValueError) as e:
         print(f"loglm calibrate: error: {e}", file=sys.stderr)
         return 2

@@ -357,7 +357,7 @@ def test_a_bundle_is_recalibrated_torch_free_into_a_new_bundle(exported, tmp_pat
     cfg, model, result = exported
     bundle = Path(result["bundle"])
     before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
-    lines, _ = make_log(150, seed=7, anomalies={i: "swap" for i in range(0, 150, 10)})
+    lines, kinds = make_log(150, seed=7, anomalies={i: "swap" for i in range(0, 150, 10)})
     log = tmp_path / "site_b.log"
     log.write_text("\n".join(lines) + "\n")
     new = tmp_path / "recal"
@@ -392,3 +392,14 @@ print(json.dumps({{"rc": rc, "heavy": sorted({{m.split('.')[0] for m in sys.modu
         Bundle(new, verify_key=str(public))
     signed = run_bundle(str(bundle), [str(log)], str(tmp_path / "signed"), signing_key=str(private))
     assert signed["signed"] and Bundle(Path(signed["bundle"]), verify_key=str(public)).signature
+    # analysts' verdicts (`--feedback`): the sessions marked malicious are left out of the traffic, torch-free too
+    from loglm.analyst import feedback as fb
+
+    table = tmp_path / "feedback.jsonl"
+    for sid in kinds:
+        fb.record(table, {"alert_id": f"a-{sid}", "session_id": sid}, "malicious")
+    assert main(["calibrate", "--bundle", str(bundle), "--out", str(tmp_path / "judged"), "--target-fpr", "0.05",
+                 "--variant", "fp32", "--feedback", str(table), str(log)]) == 0
+    judged = Bundle(tmp_path / "judged").calibration
+    assert judged["feedback"]["malicious_sessions_left_out"] == len(kinds) == 15
+    assert judged["n_val_sessions"] == 150 - 15 and "malicious verdict left out" in judged["val_population"]

@@ -117,13 +117,14 @@ def run(cfg) -> dict:
 
 def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, target_fpr: float | None = None,
                threads: int = 0, verify_key: str | None = None, signing_key: str | None = None,
-               variant: str | None = None) -> dict:
+               variant: str | None = None, feedback: str | None = None) -> dict:
     """``loglm calibrate --bundle DIR INPUT...``: an exported bundle recalibrated on CPU, torch-free (the ONNX
     model scores the recent traffic exactly as ``loglm detect --bundle`` would, with ``variant``: the bundle's
     preferred one by default, the one detection uses).  Writes a new bundle beside it
     (``<bundle>-recal-<time>``, or ``out``): the same model files, the new calibration.json (also in bundle.json
     and the model card), a new manifest; signed with ``signing_key`` when given (the old signature cannot cover
-    the new manifest, so without a key the new bundle is unsigned)."""
+    the new manifest, so without a key the new bundle is unsigned).  ``feedback``: a verdicts table, read as
+    ``detect.recalibration_feedback`` is."""
     import json
 
     from loglm.artifacts import write_manifest
@@ -139,6 +140,8 @@ def run_bundle(bundle_dir: str, inputs: list[str], out: str | None = None, targe
     run_cfg = bundle_config(bundle, inputs, str(out_dir / "recalibration.jsonl"))
     if target_fpr is not None:
         run_cfg.detect.target_fpr = float(target_fpr)
+    if feedback:  # analysts' verdicts on this traffic's alerts (detect.recalibration_feedback)
+        run_cfg.detect.recalibration_feedback = feedback
     dcfg = detect_config_of(bundle, run_cfg.detect)
     cal, stats = recalibration(run_cfg, bundle, bundle.scorer(), dcfg, out_dir)
     cal["recalibrated_on"]["variant"] = bundle.variant  # the ONNX variant that scored it (detection's default)
