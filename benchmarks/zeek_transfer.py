@@ -28,17 +28,21 @@ from loglm.config import PROJECT_ROOT, compose
 CAPTURES = {"008": "008_ctu-normal-40_day1_conn.log.labeled", "010": "010_ctu-normal-42_day2_conn.log.labeled"}
 
 
-def early_part(capture: Path, out: Path, share: float = 0.7) -> dict:
-    """The capture's header and its earliest ``share`` of flows by ts (what precedes the test split)."""
+def early_part(capture: Path, out: Path, share: float = 0.7, drop: tuple[str, ...] = ()) -> dict:
+    """The capture's header and its earliest ``share`` of flows by ts (what precedes the test split), less the
+    flows whose label is in ``drop``; returns the written flows' label counts."""
     lines = capture.read_text().splitlines()
     head = [x for x in lines if x.startswith("#") and not x.startswith("#close")]
     rows = sorted((x for x in lines if not x.startswith("#")), key=lambda x: float(x.split("\t")[0]))
-    kept = rows[: int(share * len(rows))]
+
+    def label(x: str) -> str:
+        return x.split("\t")[21] if x.count("\t") >= 21 else "?"
+
+    kept = [x for x in rows[: int(share * len(rows))] if label(x) not in drop]
     out.write_text("\n".join(head + kept) + "\n")
     labels: dict[str, int] = {}
     for x in kept:
-        label = x.split("\t")[21] if x.count("\t") >= 21 else "?"
-        labels[label] = labels.get(label, 0) + 1
+        labels[label(x)] = labels.get(label(x), 0) + 1
     return labels
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.hdfs_triage_sim import simulated_triage
-from benchmarks.zeek_transfer import CAPTURES
+from benchmarks.zeek_transfer import CAPTURES, early_part
 from loglm.analyst import feedback as fb
 from loglm.analyst.tune import run as tune
 from loglm.config import PROJECT_ROOT, compose
@@ -38,13 +38,9 @@ v = simulated_triage(out, table)
 print("verdicts", v["malicious"], "malicious,", v["benign"], "benign, of", len(fb.load_alerts(out)), "alerts")
 inputs = [str(early)]
 if replay:  # what the source model was trained on: 008's first 60 % (chronological 60/10/30), normal lines
-    lines = (data / CAPTURES["008"]).read_text().splitlines()
-    head = [x for x in lines if x.startswith("#") and not x.startswith("#close")]
-    rows = sorted((x for x in lines if not x.startswith("#")), key=lambda x: float(x.split("\t")[0]))
-    kept = [x for x in rows[: int(0.6 * len(rows))] if "Malicious" not in x.split("\t")[21:]]
-    (root / "008_trained.log").write_text("\n".join(head + kept) + "\n")
+    kept = early_part(data / CAPTURES["008"], root / "008_trained.log", 0.6, drop=("Malicious",))
     inputs.insert(0, str(root / "008_trained.log"))
-    print("replay:", len(kept), "normal flows of 008's training period")
+    print("replay:", sum(kept.values()), "normal flows of 008's training period", kept)
 tuned = tune(replace(dst, ckpt=str(src_model), inputs=inputs, tune=replace(dst.tune, export=False, feedback=str(table))))
 m = evaluate(replace(dst, ckpt=tuned["model_dir"]))["metrics"]["all"]
 print(f"| transfer, tuned on early flows with analyst verdicts{' and 008 replayed' if replay else ''} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['fpr']:.4f} | {m['auroc']:.4f} | {m['n']} |")

@@ -54,6 +54,14 @@ def read(path: str | Path) -> dict[str, dict]:
     return latest
 
 
+def sessions_by_verdict(path: str | Path) -> tuple[set[str], set[str]]:
+    """(sessions with a benign verdict, sessions with a malicious one), each alert's latest verdict; a session
+    judged both ways (two alerts) is in both, and readers keep it out as malicious."""
+    rows = read(path).values()
+    return ({r["session_id"] for r in rows if r["verdict"] == "benign"},
+            {r["session_id"] for r in rows if r["verdict"] == "malicious"})
+
+
 def load_alerts(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():

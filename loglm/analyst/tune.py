@@ -208,9 +208,7 @@ def run(cfg) -> dict:
 
     model_dir = resolve_model_dir(cfg.ckpt, cfg.paths.root)
     loaded = load_model(model_dir)
-    verdicts = fb.read(cfg.tune.feedback) if cfg.tune.feedback else {}
-    benign = {r["session_id"] for r in verdicts.values() if r["verdict"] == "benign"}
-    malicious = {r["session_id"] for r in verdicts.values() if r["verdict"] == "malicious"}
+    benign, malicious = fb.sessions_by_verdict(cfg.tune.feedback) if cfg.tune.feedback else (set(), set())
     cfg = with_model_data(dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, data_from="model")), model_dir)
     if cfg.data.format in BUILDERS:
         raise ValueError(f"data.format={cfg.data.format!r} is pre-sequenced: tuning reads raw logs or flows")

@@ -39,15 +39,16 @@ def unseen_sessions(session_ids: list[str], tokens: list[np.ndarray]) -> set[str
     return {sid for sid, t in zip(session_ids, tokens) if (np.asarray(t) == UNK).any()}
 
 
-def feedback_verdicts(path: str | None) -> dict[str, str]:
-    """session id -> its latest verdict (benign | malicious) from a feedback table; {} without one."""
+def feedback_verdicts(path: str | None) -> tuple[set[str], set[str]]:
+    """(benign, malicious) sessions of a feedback table (``loglm.analyst.feedback.sessions_by_verdict``);
+    empty without one, an error when the named table does not exist."""
     if not path:
-        return {}
+        return set(), set()
     from loglm.analyst import feedback as fb
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"detect.recalibration_feedback={path}: no such feedback table")
-    return {r["session_id"]: r["verdict"] for r in fb.read(path).values()}
+    return fb.sessions_by_verdict(path)
 
 
 def new_folder(model_dir: Path, out: str | None) -> Path:
@@ -227,9 +228,8 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
         unseen |= shorter
         groups = [(sid, per_session[sid], w, sid in unseen) for sid, w in weights.items()]
     groups = [g for g in groups if g[2]]
-    verdicts = feedback_verdicts(cfg.detect.recalibration_feedback)
-    malicious = {sid for sid, v in verdicts.items() if v == "malicious"}
-    benign = {sid for sid, v in verdicts.items() if v == "benign"}
+    benign, malicious = feedback_verdicts(cfg.detect.recalibration_feedback)
+    verdicts = bool(benign or malicious)
     left_out = {sid for sid, _, _, _ in groups if sid in malicious}
     groups = [g for g in groups if g[0] not in malicious]  # what an analyst said is an attack is not normal traffic
     if not groups:
@@ -301,5 +301,5 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
     stats = {"threshold": cal["threshold"], "previous_threshold": cal["previous"]["threshold"],
              "sessions": len(per_session), "items": int(n_items), "calibration_items": int(len(items)),
              "unseen_share": unseen_share, "promise": cal["promise"], "threshold_rule": cal["threshold_rule"],
-             "lines": account, "warning": cal["warning"], **({"feedback": cal["feedback"]} if "feedback" in cal else {})}
+             "lines": account, **({"feedback": cal["feedback"]} if "feedback" in cal else {})}
     return cal, stats
