@@ -304,14 +304,45 @@ def accuracy_datasets(names: list[str]) -> list[str]:
     return out
 
 
+ACCURACY_KEYS = ("precision", "recall", "f1", "auroc", "pr_auc", "fpr")
+
+
+def accuracy_rows(result: dict) -> dict:
+    """One protocol suite's result (``loglm.evaluation_suite.run``) as bench rows: ``{model: {metric: value}}``."""
+    from loglm.detect.metrics import f1_ceiling_of
+
+    keys = ACCURACY_KEYS
+    out = {}
+    for m, r in result["models"].items():
+        row = {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys}, "target_fpr": result["target_fpr"],
+               "fpr_within_2x_target": bool(r["metrics"]["all"]["fpr"] <= 2 * result["target_fpr"]),
+               "unique_f1": round(float(r["metrics"]["unique"]["f1"]), 4),
+               # the best F1 any model could reach here with its test FPR at the target (recall 1)
+               "f1_ceiling_at_target": round(f1_ceiling_of(r["metrics"]["all"], result["target_fpr"]), 4),
+               "validation_too_small": bool(result["models"]["LogLM"].get("calibration_warning"))}
+        if "pair_window" in r["metrics"]:  # flows: per source-destination pair and window too
+            pw = r["metrics"]["pair_window"]
+            row.update({f"pair_window_{k}": round(float(pw[k]), 4) for k in keys})
+            row["pair_window_fpr_within_2x_target"] = bool(pw["fpr"] <= 2 * result["target_fpr"])
+            row["pair_window_threshold_unit"] = pw.get("threshold_unit", "flow")  # its own, or the flows'
+            if "fpr_at_flow_threshold" in pw:
+                row["pair_window_fpr_at_flow_threshold"] = round(float(pw["fpr_at_flow_threshold"]), 4)
+        periods = r["metrics"].get("fpr_by_period", {})
+        if len(periods) > 1:  # does the threshold hold over the test period: its worst day or quarter
+            row["fpr_worst_period"] = round(max(p["fpr"] for p in periods.values()), 4)
+        classes = {c: v for c, v in r.get("recall_by_class", {}).items() if v["n"] >= 100}
+        if classes:  # the weakest attack class with at least 100 test items
+            row["min_class_recall_100"] = round(min(v["recall"] for v in classes.values()), 4)
+        out["loglm" if m == "LogLM" else m] = row
+    return out
+
+
 def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[dict, dict]:
     """Each protocol's evaluation suite (LogLM + DeepLog + PCA + IsolationForest on one split), with an
     optional smaller training budget: {dataset: {model: {precision, recall, f1, auroc, pr_auc, fpr}}}."""
     from loglm.config import compose
-    from loglm.detect.metrics import f1_ceiling_of
     from loglm.evaluation_suite import run as suite
 
-    keys = ("precision", "recall", "f1", "auroc", "pr_auc", "fpr")
     out: dict = {}
     runs: dict = {}
     for dataset in datasets:
@@ -333,23 +364,7 @@ def bench_accuracy(tmp: Path, datasets: list[str], epochs: int | None) -> tuple[
         kept = REPORTS / "accuracy" / Path(result["markdown"]).name  # the run's per-model tables outlive its folder
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result["markdown"], kept)
-        out[key] = {}
-        for m, r in result["models"].items():
-            row = {**{k: round(float(r["metrics"]["all"][k]), 4) for k in keys}, "target_fpr": result["target_fpr"],
-                   "fpr_within_2x_target": bool(r["metrics"]["all"]["fpr"] <= 2 * result["target_fpr"]),
-                   "unique_f1": round(float(r["metrics"]["unique"]["f1"]), 4),
-                   # the best F1 any model could reach here with its test FPR at the target (recall 1)
-                   "f1_ceiling_at_target": round(f1_ceiling_of(r["metrics"]["all"], result["target_fpr"]), 4),
-                   "validation_too_small": bool(result["models"]["LogLM"].get("calibration_warning"))}
-            if "pair_window" in r["metrics"]:  # flows: per source-destination pair and window too
-                row.update({f"pair_window_{k}": round(float(r["metrics"]["pair_window"][k]), 4) for k in keys})
-            periods = r["metrics"].get("fpr_by_period", {})
-            if len(periods) > 1:  # does the threshold hold over the test period: its worst day or quarter
-                row["fpr_worst_period"] = round(max(p["fpr"] for p in periods.values()), 4)
-            classes = {c: v for c, v in r.get("recall_by_class", {}).items() if v["n"] >= 100}
-            if classes:  # the weakest attack class with at least 100 test items
-                row["min_class_recall_100"] = round(min(v["recall"] for v in classes.values()), 4)
-            out[key]["loglm" if m == "LogLM" else m] = row
+        out[key] = accuracy_rows(result)
         runs[key] = {"protocol": result["protocol"], "parent_run_id": result["parent_run_id"],
                      "report": str(kept.relative_to(ROOT)),
                      "epochs": epochs or "protocol default", "seconds": round(time.perf_counter() - t0, 1),

@@ -107,13 +107,7 @@ def pair_window_items(event_ids: list, labels: np.ndarray, scores: np.ndarray, d
     """Flows grouped per source-destination pair per ``window_s`` window (the unit Tempo reports): a
     pair-window takes its flows' highest score and is anomalous if any labelled flow of it is (unlabelled if
     none is labelled).  Returns keys, labels, scores."""
-    label: dict[tuple, int] = {}
-    best: dict[tuple, float] = {}
-    for key, y, s in zip(keys or _pair_keys(event_ids, data_dir, window_s), labels, scores):
-        label[key] = max(label.get(key, -1), int(y))
-        best[key] = max(best.get(key, -np.inf), float(s))
-    keys = list(best)
-    return keys, np.array([label[k] for k in keys]), np.array([best[k] for k in keys], dtype=np.float64)
+    return unit_items(keys or _pair_keys(event_ids, data_dir, window_s), labels, scores)
 
 
 def pair_window_compounding(keys: list[tuple], labels: np.ndarray, scores: np.ndarray, threshold: float,
@@ -157,15 +151,74 @@ def false_positives_beside_attacks(event_ids: list, labels: np.ndarray, scores: 
                    if y == 0 and s > threshold and (frozenset(k[:2]), k[2]) in attacked))
 
 
-def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_dir, data_cfg) -> dict:
+def unit_items(keys: list, labels: np.ndarray, scores: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+    """Items grouped by ``keys`` (a session, a pair-window): each group takes its highest score and is
+    anomalous if any labelled item of it is, normal if none is and one is labelled normal, else unlabelled.
+    Returns keys, labels, scores."""
+    label: dict = {}
+    best: dict = {}
+    for key, y, s in zip(keys, labels, scores):
+        label[key] = max(label.get(key, -1), int(y))
+        best[key] = max(best.get(key, -np.inf), float(s))
+    keys = list(best)
+    return keys, np.array([label[k] for k in keys]), np.array([best[k] for k in keys], dtype=np.float64)
+
+
+def pair_window_calibration(val_ids: list, val_labels: np.ndarray, val_scores: np.ndarray, data_dir, data_cfg,
+                            target_fpr: float, policy: str, floor: float | None = None) -> dict | None:
+    """The pair-window unit's own threshold, for a model whose flows (``val_*``: the validation split's events,
+    each with its label and the score it is reported with) are also reported per source-destination pair and
+    window: the conformal quantile of the validation split's normal pair-windows, each its highest flow score,
+    as every other unit is calibrated.  A threshold set per flow alerts on a pair-window whenever any of its
+    flows passes it, so the pair-window FPR compounds the flows' (cic_flowprep: 0.020-0.026 at a per-flow
+    threshold set for 0.01).  None where pair-windows are not reported (``data.eval_pair_window_s``).  A
+    validation too small for the target is refused or warned about as any calibration's is
+    (``detect.small_validation``).  ``floor``: the score's quiet band, as the model's per-flow threshold has it
+    (:func:`loglm.detect.thresholds.threshold_above_quiet`)."""
+    from loglm.detect.thresholds import (
+        check_validation_size,
+        fpr_promise,
+        normal_validation_mask,
+        threshold_above_quiet,
+    )
+
+    if not (data_cfg.eval_unit == "event" and data_cfg.eval_pair_window_s > 0):
+        return None
+    _, y, s = pair_window_items(val_ids, np.asarray(val_labels), np.asarray(val_scores, np.float64), data_dir,
+                                data_cfg.eval_pair_window_s)
+    keep, population = normal_validation_mask(y)
+    n = int(keep.sum())
+    what = f"{n} {population} validation pair-windows"
+    warning = check_validation_size(n, target_fpr, policy, what)
+    threshold, rule = threshold_above_quiet(s[keep], target_fpr, floor)
+    return {"threshold": threshold, "rule": rule, "n_normal": n, "population": population,
+            "promise": fpr_promise(n, target_fpr), "warning": warning}
+
+
+def add_pair_windows(result: dict, ids, labels, scores, threshold: float, data_dir, data_cfg,
+                     pair_window: dict | None = None) -> dict:
     """``result["pair_window"]`` when ``data.eval_pair_window_s`` is set (event unit only), and the false
-    positives beside attacks (``result["all"]["fp_beside_attack"]``)."""
+    positives beside attacks (``result["all"]["fp_beside_attack"]``).  With ``pair_window`` (the unit's own
+    calibration, :func:`pair_window_calibration`) its rows are at that threshold, and what the per-flow threshold
+    gave them is kept beside (``fpr_at_flow_threshold``, ``f1_at_flow_threshold``); without it (a transfer
+    evaluation, whose model's validation is another data's) they are at the per-flow threshold."""
     if data_cfg.eval_unit == "event" and data_cfg.eval_pair_window_s > 0:
         window = data_cfg.eval_pair_window_s
         keys = _pair_keys(ids, data_dir, window)  # events.parquet read once for both
         pk, y, s = pair_window_items(ids, labels, scores, data_dir, window, keys)
         known = y >= 0
-        result["pair_window"] = detection_metrics(y[known], s[known], threshold)
+        at_flow = detection_metrics(y[known], s[known], threshold)
+        if pair_window is None:
+            result["pair_window"] = {**at_flow, "threshold": float(threshold), "threshold_unit": "flow"}
+        else:
+            result["pair_window"] = {**detection_metrics(y[known], s[known], pair_window["threshold"]),
+                                     "threshold": float(pair_window["threshold"]), "threshold_unit": "pair_window",
+                                     "n_val_pair_windows": pair_window["n_normal"],
+                                     "expected_fpr": pair_window["promise"]["expected_fpr"],
+                                     "fpr_interval_90": pair_window["promise"]["fpr_interval_90"],
+                                     "fpr_at_flow_threshold": at_flow["fpr"], "f1_at_flow_threshold": at_flow["f1"]}
+            if pair_window.get("warning"):
+                result["pair_window"]["calibration_warning"] = pair_window["warning"]
         result["pair_window"].update(pair_window_compounding(keys, labels, scores, threshold,
                                                              [k for k, n in zip(pk, y) if n == 0]))
         result["all"]["fp_beside_attack"] = false_positives_beside_attacks(ids, labels, scores, threshold, data_dir,
@@ -213,13 +266,14 @@ def fpr_by_period(times: np.ndarray, labels: np.ndarray, scores: np.ndarray, thr
     return out
 
 
-def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg, starts: dict | None = None
-                 ) -> tuple[dict, dict]:
+def item_metrics(ids, labels, scores, keys, threshold: float, data_dir, data_cfg, starts: dict | None = None,
+                 pair_window: dict | None = None) -> tuple[dict, dict]:
     """What every model of a suite is reported with, computed in one place: all and unique items (F1 at HDFS's
     prevalence on HDFS data), pair-windows (flows), test FPR by period, and recall per attack class (events).
-    ``starts``: the test sessions' start times (:func:`session_starts`; needed for the session unit)."""
+    ``starts``: the test sessions' start times (:func:`session_starts`; needed for the session unit);
+    ``pair_window``: the pair-window unit's own calibration (:func:`pair_window_calibration`)."""
     metrics = evaluate_scores(ids, labels, scores, keys, threshold, data_cfg.name.startswith("hdfs"))
-    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, data_cfg)
+    add_pair_windows(metrics, ids, labels, scores, threshold, data_dir, data_cfg, pair_window)
     metrics["fpr_by_period"] = fpr_by_period(item_times(ids, starts, data_dir, data_cfg.eval_unit), labels, scores,
                                              threshold)
     by_class = recall_by_class(ids, scores, threshold, data_dir, data_cfg) if data_cfg.eval_unit == "event" else {}
@@ -314,6 +368,55 @@ def _report(cfg, out_dir: Path, scored: ScoredSplit, loaded, threshold: float, r
     return path
 
 
+def piece_event_items(table, toks, ws, dcfg, digest_of: dict) -> tuple[list, np.ndarray, list]:
+    """A scored piece's events as evaluated items (event unit): ids, the score each is reported with (its own
+    under ``alarm_unit=event``, :func:`loglm.detect.score_core.event_item_scores`) and its session's digest."""
+    from loglm.detect.score_core import event_alarm_scores, event_item_scores
+
+    sids = table.column("session_id").to_pylist()
+    per_event = event_item_scores(dcfg, event_alarm_scores(dcfg, sids, ws), sids, toks, ws=ws)
+    return event_items(table, digest_of, per_event=per_event)
+
+
+def calibrated_on_this_validation(loaded, data_dir: Path, transfer: bool) -> bool:
+    """Whether the model's threshold was set on this prepared data's validation split (trained on this very
+    data, not recalibrated since): only then do its pair-windows get a threshold of their own from that split.
+    A transfer's, a recalibrated or a tuned model's threshold came from other traffic, and its pair-windows are
+    read at that threshold, as before."""
+    import json
+
+    if transfer or loaded.calibration.get("recalibrated_on"):
+        return False
+    try:
+        ours = json.loads((Path(data_dir) / "MANIFEST.json").read_text())["summary"]["data_sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return loaded.meta.get("data_sha256") == ours
+
+
+def validation_pair_windows(cfg, loaded, dcfg, data_dir: Path) -> dict | None:
+    """LogLM's pair-window calibration (:func:`pair_window_calibration`) from the prepared data's validation
+    split, scored a piece at a time as the test split is; None where pair-windows are not reported."""
+    from loglm.detect.torch_scoring import score_windows
+    from loglm.shards import PIECE_ROWS, split_pieces
+    from loglm.windows import windows_of
+
+    if not (cfg.data.eval_unit == "event" and cfg.data.eval_pair_window_s > 0):
+        return None
+    ids, scores = [], []
+    for table in split_pieces(data_dir, "val", min(cfg.data.shard_rows, PIECE_ROWS)):
+        toks, gaps, closed = windows_of(table)
+        ws = score_windows(loaded.encoder, toks, gaps, closed, dcfg)
+        i, s, _ = piece_event_items(table, toks, ws, dcfg, dict.fromkeys(table.column("session_id").to_pylist(), b""))
+        ids.extend(i)
+        scores.append(s)
+    if not ids:
+        raise ValueError(f"{data_dir} has no validation events to calibrate the pair-window unit on")
+    ids, labels, scores, _ = labelled_events(ids, np.concatenate(scores), [None] * len(ids), data_dir, cfg.data)
+    return pair_window_calibration(ids, labels, scores, data_dir, cfg.data, float(loaded.calibration["target_fpr"]),
+                                   cfg.detect.small_validation)
+
+
 class ScoredSplit:
     """A split scored a piece (:func:`loglm.shards.split_pieces`) at a time: what the metrics and the report
     need is kept per evaluated item (id, label, score, unique-item key; a session's start) and per session
@@ -344,7 +447,6 @@ class ScoredSplit:
     def add(self, table) -> int:
         """Score one piece (every session of it whole); returns its sessions."""
         from loglm.detect.detector import piece_alerts, session_score_rows
-        from loglm.detect.score_core import event_alarm_scores, event_item_scores
         from loglm.detect.torch_scoring import score_windows
         from loglm.windows import windows_of
 
@@ -352,9 +454,7 @@ class ScoredSplit:
         ws = score_windows(self.loaded.encoder, toks, gaps, closed, self.dcfg)
         ids, labels, scores, digests = session_scores(table, ws.score)
         if self.unit == "event":
-            sids = table.column("session_id").to_pylist()
-            per_event = event_item_scores(self.dcfg, event_alarm_scores(self.dcfg, sids, ws), sids, toks, ws=ws)
-            ev_ids, ev_s, ev_digests = event_items(table, dict(zip(ids, digests)), per_event=per_event)
+            ev_ids, ev_s, ev_digests = piece_event_items(table, toks, ws, self.dcfg, dict(zip(ids, digests)))
             self.ids.extend(ev_ids)
             self.scores.append(ev_s)
             self.keys.extend(ev_digests)
@@ -440,7 +540,10 @@ def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfe
 
     ids, labels, scores, seqs = scored.items()
     threshold = scored.threshold
-    result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, scored.starts)
+    pair_window = (validation_pair_windows(cfg, loaded, dcfg, data_dir)
+                   if calibrated_on_this_validation(loaded, data_dir, transfer) else None)
+    result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, scored.starts,
+                                    pair_window)
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")

@@ -23,6 +23,7 @@ from loglm.evaluation import (
     event_items,
     event_scores,
     item_metrics,
+    pair_window_calibration,
     session_scores,
     session_starts,
 )
@@ -91,7 +92,7 @@ def run_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, dict]:
     t0 = time.perf_counter()
     got = baseline_items(model, cfg, data_dir)
     metrics, by_class = item_metrics(got["ids"], got["labels"], got["scores"], got["keys"], got["threshold"], data_dir,
-                                     cfg.data, got["starts"])
+                                     cfg.data, got["starts"], got["pair_window"])
     return metrics, got["threshold"], time.perf_counter() - t0, by_class
 
 
@@ -120,6 +121,17 @@ def baseline_items(model, cfg, data_dir: Path) -> dict:
     # the floor LogLM's miss ratio has (loglm.detect.calibrate.threshold_of), for a baseline whose score has one
     threshold, _ = threshold_above_quiet(validation_scores(scores_of, data_dir, cfg.data), cfg.detect.target_fpr,
                                          getattr(model, "quiet_top", None))
+    pair_window = None
+    if cfg.data.eval_unit == "event" and cfg.data.eval_pair_window_s > 0:  # the pair-window unit's own threshold
+
+        def val_piece(piece):
+            toks, _, closed = windows_of(piece)
+            ids, _, scores, _ = session_scores(piece, scores_of(toks, closed))
+            return event_scores(piece, ids, scores, data_dir, cfg.data)
+
+        vi, vy, vs, _ = test_items(data_dir, replace(cfg, split="val"), val_piece)
+        pair_window = pair_window_calibration(vi, vy, vs, data_dir, cfg.data, cfg.detect.target_fpr,
+                                              cfg.detect.small_validation, getattr(model, "quiet_top", None))
     starts: dict[str, float] = {}
     unseen: list[np.ndarray] = []
 
@@ -136,7 +148,7 @@ def baseline_items(model, cfg, data_dir: Path) -> dict:
 
     ids, labels, scores, seqs = test_items(data_dir, cfg, score_piece)
     return {"threshold": threshold, "ids": ids, "labels": labels, "scores": scores, "keys": seqs, "starts": starts,
-            "unseen": np.concatenate(unseen).astype(bool) if unseen else np.zeros(0, bool)}
+            "pair_window": pair_window, "unseen": np.concatenate(unseen).astype(bool) if unseen else np.zeros(0, bool)}
 
 
 def test_items(data_dir: Path, cfg, score_piece) -> tuple[list, np.ndarray, np.ndarray, list]:
@@ -181,7 +193,7 @@ def run_flow_baseline(model, cfg, data_dir: Path) -> tuple[dict, float, float, d
     t0 = time.perf_counter()
     got = flow_baseline_items(model, cfg, data_dir)
     metrics, by_class = item_metrics(got["ids"], got["labels"], got["scores"], got["keys"], got["threshold"], data_dir,
-                                     cfg.data)
+                                     cfg.data, pair_window=got["pair_window"])
     return metrics, got["threshold"], time.perf_counter() - t0, by_class
 
 
@@ -209,11 +221,13 @@ def flow_baseline_items(model, cfg, data_dir: Path) -> dict:
                       if not (normal_sessions_only and lab == 1) for j in idx)
 
     model.fit(read_flows(data_dir, events_of("train", normal_sessions_only=True)))
-    val_flows, val_labels = flows_and_labels(events_of("val"))
-    val_normal = [f for f, y in zip(val_flows, val_labels) if y == 0]
+    val_ids = events_of("val")
+    val_flows, val_labels = flows_and_labels(val_ids)
+    val_scores = model.score(val_flows) if val_ids else np.zeros(0)
     del val_flows
-    threshold = threshold_for_fpr(model.score(val_normal), cfg.detect.target_fpr)
-    del val_normal
+    threshold = threshold_for_fpr(val_scores[np.asarray(val_labels) == 0], cfg.detect.target_fpr)
+    pair_window = pair_window_calibration(val_ids, np.asarray(val_labels), val_scores, data_dir, cfg.data,
+                                          cfg.detect.target_fpr, cfg.detect.small_validation)
 
     def score_piece(piece):
         ids = sorted(j for idx in piece.column("event_idx").to_pylist() for j in idx)
@@ -221,7 +235,8 @@ def flow_baseline_items(model, cfg, data_dir: Path) -> dict:
         return ids, labels, model.score(flows) if ids else np.zeros(0), model.keys(flows)
 
     ids, labels, scores, keys = test_items(data_dir, cfg, score_piece)
-    return {"threshold": threshold, "ids": ids, "labels": labels, "scores": scores, "keys": keys}
+    return {"threshold": threshold, "ids": ids, "labels": labels, "scores": scores, "keys": keys,
+            "pair_window": pair_window}
 
 
 DEFAULT_SEED = TrainerConfig.seed  # its reports keep the plain name
@@ -264,11 +279,27 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr:
                          + " | " + " | ".join(f"{m[k]:.4f}" for k in ("recall", "f1", "fpr"))
                          + f" | {ratio:.2f}{'' if ratio <= 2 else ' (over 2x)'} | "
                          + " | ".join(f"{m[k]:.4f}" for k in ("auroc", "pr_auc"))
-                         + f" | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} | {r['threshold']:.4g} |")
+                         + f" | {m['tp']} | {m['fp']} | {m['tn']} | {m['fn']} | {m.get('threshold', r['threshold']):.4g} |")
     for name, ref in REFERENCES.get(protocol, []):
         lines.append(f"| {name} | all | {ref['precision']:.3f} | {ref['recall']:.3f} | {ref['f1']:.3f} | | | | | | | | | |")
+    own = {m: r["metrics"]["pair_window"] for m, r in rows.items()
+           if r["metrics"].get("pair_window", {}).get("threshold_unit") == "pair_window"}
+    if own:
+        lines += ["", "Pair-window thresholds: each model's pair-windows alert at a threshold of its own, the conformal "
+                  "quantile of the validation split's normal pair-windows (each its highest flow score) for the same "
+                  "target, as every unit is calibrated; a threshold set per flow alerts on a pair-window whenever any of "
+                  "its flows passes it. At the per-flow threshold the same pair-windows gave:", "",
+                  "| model | pair-window threshold | validation pair-windows | expected FPR (90% interval) | test FPR | "
+                  "F1 | at the per-flow threshold: FPR | F1 |", "|---|---|---|---|---|---|---|---|"]
+        for model, pw in own.items():
+            lo, hi = pw["fpr_interval_90"]
+            lines.append(f"| {model} | {pw['threshold']:.4g} | {pw['n_val_pair_windows']} | {pw['expected_fpr']:.4f} "
+                         f"({lo:.4f}-{hi:.4f}) | {pw['fpr']:.4f} | {pw['f1']:.4f} | {pw['fpr_at_flow_threshold']:.4f} | "
+                         f"{pw['f1_at_flow_threshold']:.4f} |")
+        warned = {m: pw["calibration_warning"] for m, pw in own.items() if pw.get("calibration_warning")}
+        lines += [f"- **{m}**: {w}" for m, w in warned.items()]
     over = {m: r["metrics"]["pair_window"] for m, r in rows.items()
-            if "normal_flows_per_item" in r["metrics"].get("pair_window", {})
+            if r["metrics"].get("pair_window", {}).get("threshold_unit") == "flow"
             and r["metrics"]["pair_window"]["fpr"] > 2 * target_fpr}
     if over:
         lines += ["", "Pair-window FPR over twice the target: every threshold was set per flow, and a pair-window "
@@ -409,7 +440,9 @@ def run(cfg) -> dict:
                          "and test items, every event read as that tokenizer reads it; LogLM reads its own.")
         if cfg.data.eval_pair_window_s > 0:
             notes.append(f"`pair_window` rows: per source-destination pair per {cfg.data.eval_pair_window_s:g}-second window "
-                         "(the window's highest flow score, anomalous if any flow is), at the same threshold.")
+                         "(the window's highest flow score, anomalous if any flow is), each model at its own pair-window "
+                         "threshold from the validation split's normal pair-windows (table below); a model whose "
+                         "threshold came from other traffic (a transfer, a recalibration) at its per-flow threshold.")
         promise = calibration.get("promise") or {}
         if calibration.get("warning"):  # the threshold's own caveat, where every reader of the table sees it
             notes.append(f"**Calibration warning** (every model's threshold comes from this validation set): "

@@ -53,6 +53,44 @@ def test_pair_windows_take_the_highest_flow_score_and_any_attack(tmp_path):
     assert got == {("a", "b", 0): (1, 0.5), ("a", "c", 0): (0, 0.9), ("a", "b", 1): (0, 0.2), ("x", "b", 0): (-1, 0.3)}
 
 
+def test_pair_windows_are_calibrated_on_their_own_validation_items_not_per_flow(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loglm.config import DataConfig
+    from loglm.evaluation import pair_window_calibration
+
+    # 150 pair-windows of 2 normal flows each (scores i and i + 0.5), one more holding an attack flow (score 1000)
+    ents, ts, labels, scores = [], [], [], []
+    for i in range(150):
+        for k in range(2):
+            ents.append({"src_ip": [f"h{i}"], "dst_ip": ["srv"]})
+            ts.append(10.0 * k)
+            labels.append(0)
+            scores.append(i + 0.5 * k)
+    ents += [{"src_ip": ["evil"], "dst_ip": ["srv"]}] * 2
+    ts += [0.0, 5.0]
+    labels += [0, 1]
+    scores += [0.0, 1000.0]
+    pq.write_table(pa.table({"ts": ts, "entities": [json.dumps(e) for e in ents]}), tmp_path / "events.parquet")
+    data = DataConfig(eval_unit="event", eval_pair_window_s=300)
+    got = pair_window_calibration(list(range(len(ts))), np.array(labels), np.array(scores), tmp_path, data, 0.01,
+                                  "refuse")
+    # 150 normal pair-windows (the attacked one left out), each its highest flow: k = floor(0.01 * 151) - 1 = 0
+    # above, so the threshold is the highest normal pair-window (149.5), not the per-flow quantile
+    assert got["n_normal"] == 150 and got["threshold"] == pytest.approx(149.5)
+    assert got["promise"]["allowed_above"] == 0 and got["warning"] is None
+    got = pair_window_calibration(list(range(len(ts))), np.array(labels), np.array(scores), tmp_path, data, 0.05,
+                                  "refuse")
+    assert got["threshold"] == pytest.approx(143.5)  # 6 of 150 above: (6 + 1) / 151 <= 0.05
+    assert got["threshold"] > np.quantile(scores[:300], 0.95)  # stricter than the flows' own quantile
+    few = list(range(40))  # 20 pair-windows cannot promise a 1 % FPR: refused, naming the unit
+    with pytest.raises(ValueError, match="20 labelled normal validation pair-windows cannot calibrate"):
+        pair_window_calibration(few, np.array(labels[:40]), np.array(scores[:40]), tmp_path, data, 0.01, "refuse")
+    assert pair_window_calibration(few, np.array(labels[:40]), np.array(scores[:40]), tmp_path,
+                                   DataConfig(eval_unit="event"), 0.01, "refuse") is None  # not reported
+
+
 def test_pair_window_compounding_counts_each_normal_windows_flows():
     from loglm.evaluation import pair_window_compounding
 
@@ -169,11 +207,13 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
     assert result["models"]["flow_iforest"]["recall_by_class"]["SSH-Patator"]["recall"] > 0.9
     table = open(result["markdown"]).read()
     assert "| kitnet | pair_window |" in table and "SSH-Patator (150)" in table
-    for r in result["models"].values():  # why a pair-window's FPR exceeds its flows' at the same threshold
+    for name, r in result["models"].items():  # every model's pair-windows at a threshold of their own
         pw = r["metrics"]["pair_window"]
+        assert pw["threshold_unit"] == "pair_window" and pw["n_val_pair_windows"] > 0, name
         assert pw["normal_flows_per_item"] >= 1 and pw["fpr_if_flows_independent"] >= pw["flow_fpr"]
-        assert ("Pair-window FPR over twice the target" in table) == any(
-            x["metrics"]["pair_window"]["fpr"] > 0.02 for x in result["models"].values())
+        assert 0 <= pw["fpr_at_flow_threshold"] <= 1 and f"| {name} | {pw['threshold']:.4g} |" in table
+        assert f"| {pw['tn']} | {pw['fn']} | {pw['threshold']:.4g} |" in table  # the row names its own threshold
+    assert "Pair-window thresholds" in table and "Pair-window FPR over twice the target" not in table
     assert "False positives beside attacks" in table and all(
         "fp_beside_attack" in r["metrics"]["all"] for r in result["models"].values())
     # the window baseline (PCA on counts) read its own vocabulary, the preset's suite.baseline_tokenizer
@@ -301,7 +341,7 @@ def test_baselines_score_the_test_split_a_piece_at_a_time_with_the_same_metrics(
 
     def counted(data_dir, split=None, max_rows=None):  # the pieces a split is scored in (not whole-split reads)
         for piece in whole_pieces(data_dir, split, max_rows):
-            if max_rows is not None:
+            if max_rows is not None and split == "test":  # (validation is read in pieces too: pair-windows)
                 pieces.append(piece.num_rows)
             yield piece
 
