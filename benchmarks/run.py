@@ -327,6 +327,11 @@ def accuracy_rows(result: dict) -> dict:
             row["pair_window_threshold_unit"] = pw.get("threshold_unit", "flow")  # its own, or the flows'
             if "fpr_at_flow_threshold" in pw:
                 row["pair_window_fpr_at_flow_threshold"] = round(float(pw["fpr_at_flow_threshold"]), 4)
+        if "alerts" in r["metrics"]:  # per-event protocols: the sessions LogLM's detection alerts on
+            al = r["metrics"]["alerts"]
+            row.update({f"alerts_{k}": round(float(al[k]), 4) for k in ("precision", "recall", "f1", "fpr")})
+            row["alerts_fpr_within_2x_target"] = bool(al["fpr"] <= 2 * result["target_fpr"])
+            row["alerts_fpr_at_item_threshold"] = round(float(al["fpr_at_item_threshold"]), 4)
         periods = r["metrics"].get("fpr_by_period", {})
         if len(periods) > 1:  # does the threshold hold over the test period: its worst day or quarter
             row["fpr_worst_period"] = round(max(p["fpr"] for p in periods.values()), 4)
@@ -659,7 +664,7 @@ def write_reports(results: dict) -> None:
             if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
                 cols = list(next(iter(table.values())))
                 lines += [f"### {key}: {sub}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-                lines += [f"| {name} | " + " | ".join(str(row.get(c)) for c in cols) + " |" for name, row in table.items()]
+                lines += [f"| {name} | " + " | ".join(("—" if row.get(c) is None else str(row.get(c))) for c in cols) + " |" for name, row in table.items()]
                 lines.append("")
     (REPORTS / "bench.md").write_text("\n".join(lines))
 

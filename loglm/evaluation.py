@@ -151,6 +151,22 @@ def false_positives_beside_attacks(event_ids: list, labels: np.ndarray, scores: 
                    if y == 0 and s > threshold and (frozenset(k[:2]), k[2]) in attacked))
 
 
+def alert_metrics(event_sessions: list[str], labels: np.ndarray, scores: np.ndarray, alert_threshold: float,
+                  item_threshold: float, starts: dict | None = None) -> dict:
+    """Per-event evaluation's alert row: the metrics of the sessions an alert is raised for (a session scores
+    its highest event, and is anomalous if any event of it is, unlabelled if none is labelled) at the alert
+    threshold, with the session FPR the per-event threshold would have given beside (``fpr_at_item_threshold``)
+    and, given the sessions' ``starts``, the alert FPR per day or quarter (``fpr_by_period``)."""
+    keys, y, s = unit_items(event_sessions, labels, scores)
+    known = y >= 0
+    at_items = detection_metrics(y[known], s[known], item_threshold)
+    out = {**detection_metrics(y[known], s[known], alert_threshold), "threshold": float(alert_threshold),
+           "unit": "session", "fpr_at_item_threshold": at_items["fpr"], "f1_at_item_threshold": at_items["f1"]}
+    if starts:
+        out["fpr_by_period"] = fpr_by_period(np.array([starts[k] for k in keys], np.float64), y, s, alert_threshold)
+    return out
+
+
 def unit_items(keys: list, labels: np.ndarray, scores: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
     """Items grouped by ``keys`` (a session, a pair-window): each group takes its highest score and is
     anomalous if any labelled item of it is, normal if none is and one is labelled normal, else unlabelled.
@@ -433,7 +449,12 @@ class ScoredSplit:
         self.unit = cfg.data.eval_unit
         if self.unit not in ("session", "event"):
             raise ValueError(f"data.eval_unit must be 'session' or 'event', got {self.unit!r}")
-        self.threshold = float(loaded.calibration["threshold"])
+        from loglm.detect.calibration_record import alert_threshold
+
+        self.threshold = float(loaded.calibration["threshold"])  # the items' (sessions, or events)
+        self.alert_threshold = alert_threshold(loaded.calibration)  # an alert's: a session
+        self.event_sessions: list[str] = []  # event unit: each evaluated event's session (the alerts row)
+        self.session_starts: dict[str, float] = {}  # event unit: each session's start (the alerts row by day)
         self.info = {"run_id": loaded.meta.get("run_id"), "model_dir": str(loaded.folder)}
         self.pseudo = from_config(cfg.detect)
         self.alerts = AlertSpill(work / "alerts.jsonl")
@@ -455,6 +476,8 @@ class ScoredSplit:
         ids, labels, scores, digests = session_scores(table, ws.score)
         if self.unit == "event":
             ev_ids, ev_s, ev_digests = piece_event_items(table, toks, ws, self.dcfg, dict(zip(ids, digests)))
+            self.event_sessions.extend(sid for sid, idx in zip(table.column("session_id").to_pylist(),
+                                                               table.column("event_idx").to_pylist()) for _ in idx)
             self.ids.extend(ev_ids)
             self.scores.append(ev_s)
             self.keys.extend(ev_digests)
@@ -466,8 +489,10 @@ class ScoredSplit:
         rows = session_score_rows(table, ws.score)
         if self.unit == "session":  # an event's own time is read from events.parquet
             self.starts.update((r["session_id"], r["start_ts"]) for r in rows)
+        else:  # the alerts row's sessions, by day
+            self.session_starts.update((r["session_id"], r["start_ts"]) for r in rows)
         self.view.add(rows)
-        self.alerts.add_alerts(piece_alerts(table, ws, self.event, self.loaded, self.dcfg, self.threshold,
+        self.alerts.add_alerts(piece_alerts(table, ws, self.event, self.loaded, self.dcfg, self.alert_threshold,
                                             self.info, self.pseudo))
         return len(rows)
 
@@ -544,6 +569,9 @@ def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfe
                    if calibrated_on_this_validation(loaded, data_dir, transfer) else None)
     result, by_class = item_metrics(ids, labels, scores, seqs, threshold, data_dir, cfg.data, scored.starts,
                                     pair_window)
+    if cfg.data.eval_unit == "event":  # what an analyst is sent: one alert per session, at the alert threshold
+        result["alerts"] = alert_metrics(scored.event_sessions, labels, scores, scored.alert_threshold, threshold,
+                                         scored.session_starts)
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
@@ -580,7 +608,7 @@ def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfe
         for name, c in by_class.items():
             client.log_metric(rid, tracking.metric_name(f"eval_class/{name.replace(' ', '_')}/recall"), float(c["recall"]))
         (out_dir / "metrics.txt").write_text(text)
-        report = _report(cfg, out_dir, scored, loaded, threshold, result)
+        report = _report(cfg, out_dir, scored, loaded, scored.alert_threshold, result)  # its plots are sessions
         client.log_artifacts(rid, str(out_dir), "eval")
     if pretrain_run:  # link back: the pretrain run shows its latest evaluation
         try:

@@ -269,7 +269,7 @@ def markdown(protocol: str, rows: dict[str, dict], notes: list[str], target_fpr:
              "| model | items | precision | recall | F1 | FPR | FPR / target | AUROC | PR-AUC | TP | FP | TN | FN | threshold |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in rows.items():
-        for part in ("all", "unique", "pair_window"):
+        for part in ("all", "unique", "pair_window", "alerts"):
             if part not in r["metrics"]:
                 continue
             m = r["metrics"][part]
@@ -443,6 +443,12 @@ def run(cfg) -> dict:
                          "(the window's highest flow score, anomalous if any flow is), each model at its own pair-window "
                          "threshold from the validation split's normal pair-windows (table below); a model whose "
                          "threshold came from other traffic (a transfer, a recalibration) at its per-flow threshold.")
+        al = rows["LogLM"]["metrics"].get("alerts")
+        if al:
+            notes.append(f"`alerts` row (LogLM): the sessions (`data.session.by={cfg.data.session.by}`) its detection raises an alert for "
+                         f"(a session scores its highest flow), at its alert threshold ({al['threshold']:.4g}) set on "
+                         f"the validation split's normal sessions; at the per-flow threshold the same sessions gave "
+                         f"FPR {al['fpr_at_item_threshold']:.4f} and F1 {al['f1_at_item_threshold']:.4f}.")
         promise = calibration.get("promise") or {}
         if calibration.get("warning"):  # the threshold's own caveat, where every reader of the table sees it
             notes.append(f"**Calibration warning** (every model's threshold comes from this validation set): "

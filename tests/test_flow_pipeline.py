@@ -52,6 +52,14 @@ def test_zeek_flows_end_to_end(tmp_path):
     # the FPR promise counts windows' worth of independent items, not flows: a window's flows share a score
     assert 0 < cal["n_val_effective"] <= len(set(val.column("session_id").to_pylist())) < benign
     assert cal["promise"]["n_normal"] == cal["n_val_effective"]
+    # an alert is a session (a host's window): its own threshold from the validation sessions with no Malicious
+    # flow and a Benign one, never below the per-flow threshold
+    normal_sessions = {sid for sid, idx in zip(val.column("session_id").to_pylist(), val.column("event_idx").to_pylist())
+                       if any(labels[j] == "Benign" for j in idx)}
+    normal_sessions -= {sid for sid, idx in zip(val.column("session_id").to_pylist(), val.column("event_idx").to_pylist())
+                        if any(labels[j] == "Malicious" for j in idx)}
+    assert cal["alert_unit"] == "session" and cal["alert_n_val_sessions"] == len(normal_sessions) > 0
+    assert cal["alert_threshold"] >= cal["threshold"]
     # the baselines of the suite calibrate on the same items: one per Benign validation flow, carrying the
     # highest score of its session's windows (a scorer that numbers the windows shows which window each took)
     import numpy as np
@@ -68,18 +76,28 @@ def test_zeek_flows_end_to_end(tmp_path):
     assert rec["items"] == rec["lines"]["accepted"] == 2151 and rec["sessions"] < rec["items"]  # one item per flow
     recal = json.loads((tmp_path / "recal" / "calibration.json").read_text())
     assert "per event" in recal["val_population"] and recal["recalibrated_on"]["items"] == 2151
+    # the recalibration sets the alert threshold again too, never keeping a stale one
+    assert recal["alert_threshold"] >= recal["threshold"] and 0 < recal["alert_n_val_sessions"] <= rec["sessions"]
     # per flow only the unseen flows are set aside (they alert whatever the threshold), not their windows'
     assert 0 < rec["unseen_share"] < 0.2 and "is an event type the model never saw" in rec["warning"], rec["warning"]
     ev = evaluate(run_cfg)
     m = ev["metrics"]["all"]
     assert m["n"] > 100 and m["auroc"] > 0.95  # per flow, Background excluded
     assert "per event" in ev["table"]
+    alerts_row = ev["metrics"]["alerts"]  # what an analyst is sent: sessions at the alert threshold
+    assert alerts_row["unit"] == "session" and alerts_row["threshold"] == cal["alert_threshold"]
+    assert alerts_row["fpr"] <= alerts_row["fpr_at_item_threshold"] and alerts_row["n"] < m["n"]
 
     out = tmp_path / "alerts.jsonl"
     summary = detect(replace(run_cfg, inputs=[str(capture)], out=str(out)))
     assert summary["lines"]["read"] == summary["lines"]["accepted"] + summary["lines"]["rejected"] + 9
     alerts = [json.loads(x) for x in out.read_text().splitlines()]
     assert alerts
+    # raised at the alert threshold: exactly the scored sessions above it
+    assert summary["threshold"] == cal["alert_threshold"] and all(a["threshold"] == round(cal["alert_threshold"], 6)
+                                                                  for a in alerts)
+    scored = pq.read_table(summary["scores_path"]).to_pylist()
+    assert len(alerts) == len({r["session_id"] for r in scored if r["score"] > cal["alert_threshold"]})
     top = alerts[0]
     assert top["entity"]["type"] == "src_ip" and top["entity"]["value"] == "198.51.100.7"
     assert HOST in top["entities"]["dst_ip"]

@@ -214,6 +214,8 @@ def test_cic_flowprep_protocol_end_to_end_with_flow_baselines(tmp_path):
         assert 0 <= pw["fpr_at_flow_threshold"] <= 1 and f"| {name} | {pw['threshold']:.4g} |" in table
         assert f"| {pw['tn']} | {pw['fn']} | {pw['threshold']:.4g} |" in table  # the row names its own threshold
     assert "Pair-window thresholds" in table and "Pair-window FPR over twice the target" not in table
+    alerts = result["models"]["LogLM"]["metrics"]["alerts"]  # LogLM's alerts: host-windows at their own threshold
+    assert alerts["unit"] == "session" and "| LogLM | alerts | " in table and alerts["n"] < day2
     assert "False positives beside attacks" in table and all(
         "fp_beside_attack" in r["metrics"]["all"] for r in result["models"].values())
     # the window baseline (PCA on counts) read its own vocabulary, the preset's suite.baseline_tokenizer
@@ -411,6 +413,8 @@ def test_daily_recalibration_judges_a_day_neither_training_nor_the_threshold_saw
         assert row["normal"] == benign and row["fpr"] == row["fp"] / benign
         if "recall_by_class" in row:  # LogLM's rows; the peer's come from its own scored items
             assert set(row["recall_by_class"]) == {"Wednesday brute force", "DoS Hulk"}
+            # and the host-windows its detection alerts on that day, at its alert threshold
+            assert 0 < row["alerts"]["normal"] < benign and row["alerts"]["fpr"] == row["alerts"]["fp"] / row["alerts"]["normal"]
     peer = {k: v for k, v in out["judged"].items() if k.startswith("deeplog")}
     assert len(peer) == 3 and len({v["threshold"] for v in peer.values()}) >= 2  # Monday's and Tuesday's differ
     assert all(v["normal"] == benign for v in peer.values())  # the same Wednesday flows as LogLM's rows

@@ -510,6 +510,37 @@ def test_events_sharing_a_window_score_count_as_fewer_independent_items():
     assert hits["every item"] / trials < 0.6, hits
 
 
+def test_alerts_are_calibrated_per_session_where_items_are_events():
+    """Per-flow items, per-session alerts: a host's window of many flows alerts when any one passes the per-flow
+    threshold, so at that threshold alerts run far above the target.  The alert unit's own threshold (the
+    sessions' conformal quantile, never below the per-flow one) holds the session FPR at the target on new
+    sessions; alert_threshold() is what detection raises alerts at."""
+    from loglm.config import DetectConfig
+    from loglm.detect.calibration_record import alert_calibration, alert_threshold
+
+    rng = np.random.default_rng(5)
+
+    def sessions(n):  # 20 flows per session, each scored on its own
+        return rng.standard_normal((n, 20))
+
+    cfg = DetectConfig(target_fpr=0.01, score="mean_surprisal")
+    val = sessions(2000)
+    item_thr = threshold_for_fpr(val.ravel(), 0.01)
+    cal = alert_calibration(val.max(axis=1), item_thr, cfg, "normal validation sessions")
+    assert cal["alert_unit"] == "session" and cal["alert_n_val_sessions"] == 2000 and cal["alert_warning"] is None
+    assert cal["alert_threshold"] > item_thr and cal["alert_val_fpr_at_item_threshold"] > 0.1
+    new = sessions(20000).max(axis=1)
+    assert (new > item_thr).mean() > 0.1  # at the per-flow threshold: over 10x the target per session
+    assert 0.005 < (new > cal["alert_threshold"]).mean() < 0.02  # at its own: the target
+    assert alert_threshold({"threshold": item_thr, **cal}) == cal["alert_threshold"]
+    assert alert_threshold({"threshold": item_thr}) == item_thr  # a session-unit calibration: one threshold
+    # never below the per-event threshold (few or quiet sessions); too few sessions for the target are said
+    low = alert_calibration(np.full(50, -5.0), item_thr, cfg, "normal validation sessions")
+    assert low["alert_threshold"] == item_thr and "per-event threshold" in low["alert_threshold_rule"]
+    assert "50 normal validation sessions (the alert unit) cannot calibrate" in low["alert_warning"]
+    assert alert_calibration(np.zeros(0), item_thr, cfg, "none") == {}
+
+
 def test_metrics_counts_and_prevalence():
     y = np.array([0, 0, 0, 1, 1])
     s = np.array([0.1, 0.2, 0.9, 0.8, 0.3])

@@ -151,7 +151,9 @@ def unvetted_alerting(cfg, loaded, data_dir: Path, judged: set[str]) -> dict:
     out = {"sessions": len(best), "alerting": 0, "share": 0.0}
     if not best:
         return out
-    threshold = float(loaded.calibration["threshold"])
+    from loglm.detect.calibration_record import alert_threshold
+
+    threshold = alert_threshold(loaded.calibration)  # sessions, the unit an alert is
     out["alerting"] = int(np.sum(np.fromiter(best.values(), float) > threshold))
     out["share"] = out["alerting"] / len(best)
     target = float(loaded.calibration["target_fpr"])

@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
 from loglm.detect.calibration_record import (  # noqa: F401  (calibration_of, threshold_of: re-exported)
+    CALIBRATION,
     VAL_TAIL,
+    alert_calibration,
     calibration_of,
     threshold_of,
     validation_size,
@@ -41,15 +44,33 @@ def normal_validation_events(val: pa.Table, mask: list[list[bool]]) -> dict[str,
     return {sid: n for sid, n in counts.items() if n}
 
 
-def normal_event_mask(val: pa.Table, data_dir: str | Path, data) -> list[list[bool]]:
-    """Per row of ``val``, which of its events are labelled normal (the per-event calibration items)."""
+def event_label_codes(val: pa.Table, data_dir: str | Path, data) -> list[list[int]]:
+    """Per row of ``val``, each event's label: 0 normal, 1 anomalous, -1 unlabelled."""
     from loglm.ingest.sessions import event_label
     from loglm.shards import event_columns
 
     idxs = val.column("event_idx").to_pylist()
     labels = iter(event_columns(data_dir, [j for idx in idxs for j in idx], ["label"])["label"])
     normal, unknown = set(data.normal_labels), set(data.unknown_labels)
-    return [[event_label(next(labels), normal, unknown) == 0 for _ in idx] for idx in idxs]
+    return [[event_label(next(labels), normal, unknown) for _ in idx] for idx in idxs]
+
+
+def normal_event_mask(val: pa.Table, data_dir: str | Path, data) -> list[list[bool]]:
+    """Per row of ``val``, which of its events are labelled normal (the per-event calibration items)."""
+    return [[c == 0 for c in row] for row in event_label_codes(val, data_dir, data)]
+
+
+def session_labels_of_events(session_ids: list[str], codes: list[list[int]]) -> dict[str, int]:
+    """Per session, from its events' labels: anomalous (1) if any event is, else normal (0) if any event is
+    labelled normal, else unlabelled (-1).  Unlabelled events (Background) beside normal ones leave a session
+    normal, as they stay out of the per-event metrics."""
+    out: dict[str, int] = {}
+    for sid, row in zip(session_ids, codes):
+        out[sid] = max(out.get(sid, -1), max(row, default=-1))
+    return out
+
+
+ALERT_POPULATION = "normal validation sessions (no anomalous event, one or more labelled normal)"
 
 
 def validation_items(data_dir: str | Path, data
@@ -89,8 +110,16 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     else:  # one item per normal event: its session's score, or with alarm_unit=event its own (event_alarm_scores)
         items = event_item_scores(cfg, event_alarm_scores(cfg, sids, ws), sids, val.column("tokens").to_pylist(), mask,
                                   ws)
-    return calibration_of(items, cfg, population, warning, out_dir, {"session_pause_s": prepared_pauses(data_dir)},
-                          n_effective=effective)
+    cal = calibration_of(items, cfg, population, warning, None, {"session_pause_s": prepared_pauses(data_dir)},
+                         n_effective=effective)
+    if weights is not None:  # items are events, alerts are sessions: the alert unit's own threshold
+        labels = session_labels_of_events(sids, event_label_codes(val, data_dir, data))
+        per_session = session_max(sids, ws.score)
+        cal.update(alert_calibration(np.array([v for sid, v in per_session.items() if labels[sid] == 0]),
+                                     cal["threshold"], cfg, ALERT_POPULATION))
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / CALIBRATION, cal)
+    return cal
 
 
 TIME_WINDOWS = ("window", "entity_window")

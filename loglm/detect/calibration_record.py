@@ -12,7 +12,13 @@ import numpy as np
 from loglm.artifacts import atomic_write_json
 from loglm.config import DetectConfig
 from loglm.detect.score_core import quiet_band_top
-from loglm.detect.thresholds import effective_items, fpr_promise, shared_score_items, threshold_above_quiet
+from loglm.detect.thresholds import (
+    effective_items,
+    fpr_promise,
+    shared_score_items,
+    threshold_above_quiet,
+    validation_size_problem,
+)
 
 CALIBRATION = "calibration.json"
 
@@ -69,3 +75,31 @@ def calibration_of(per_session: np.ndarray, cfg: DetectConfig, population: str, 
     if out_dir is not None:
         atomic_write_json(out_dir / CALIBRATION, result)
     return result
+
+
+def alert_threshold(calibration: dict) -> float:
+    """The threshold an alert is raised at: the alert unit's own (``alert_threshold``, where the calibrated
+    items are events but an alert is a session) or, where they are one unit, the threshold."""
+    return float(calibration.get("alert_threshold", calibration["threshold"]))
+
+
+def alert_calibration(session_scores: np.ndarray, item_threshold: float, cfg: DetectConfig, population: str) -> dict:
+    """Where the threshold is calibrated per event (per flow, ``data.eval_unit=event``) but an alert is a
+    session (a host's window, raised when any of its events passes), the alert unit's own threshold: the
+    conformal quantile of the normal validation sessions' scores (each its highest event), never below the
+    per-event threshold.  At the per-event threshold a host's window holding many flows alerts whenever any one
+    passes, so alerts compound the flows' FPR (cic_flowprep seed 42: 6.1 % of normal host-windows alerted for a
+    1 % per-flow target).  A validation too small for the target is said (``alert_warning``), not refused: the
+    per-event calibration stands, and the alert threshold can only be raised by it.  {} without sessions."""
+    s = np.asarray(session_scores, np.float64)
+    if len(s) == 0:
+        return {}
+    thr, rule = threshold_of(s, cfg)
+    if thr < item_threshold:
+        thr, rule = float(item_threshold), "the per-event threshold (the sessions' quantile fell below it)"
+    problem = validation_size_problem(len(s), cfg.target_fpr, f"{len(s)} {population} (the alert unit)")
+    return {"alert_unit": "session", "alert_threshold": float(thr), "alert_threshold_rule": rule,
+            "alert_n_val_sessions": int(len(s)), "alert_val_population": population,
+            "alert_promise": fpr_promise(len(s), cfg.target_fpr),
+            "alert_val_fpr_at_item_threshold": float((s > item_threshold).mean()),
+            "alert_warning": problem[1] if problem else None}

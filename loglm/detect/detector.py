@@ -418,6 +418,7 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
 
 def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> dict:
     from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.calibration_record import alert_threshold
     from loglm.privacy import from_config
     from loglm.progress import Progress
     from loglm.report import SessionView
@@ -426,7 +427,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
     t0 = time.perf_counter()
     model_dir = Path(model.folder)
     dcfg = detect_config_of(model, cfg.detect)
-    threshold = float(model.calibration["threshold"])
+    threshold = alert_threshold(model.calibration)  # per session, the unit an alert is
     info = {"run_id": model.meta.get("run_id"), "model_dir": str(model_dir)}
     pseudo = from_config(cfg.detect)
     view = SessionView()  # per session: score, start, label (the report's plots)

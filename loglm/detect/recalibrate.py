@@ -237,6 +237,7 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
                          f"({cfg.detect.recalibration_feedback}): nothing normal to calibrate on")
     n_items = sum(g[2] for g in groups)
     unseen_items = sum(g[2] for g in groups if g[3])
+    alarmed = {g[0] for g in groups if g[3]}  # sessions with an unseen event (the alert unit sets them aside too)
     population = POPULATION.replace("traffic", "traffic, per event") if cfg.data.eval_unit == "event" else POPULATION
     alert_unseen = dcfg.unknown_alarm and dcfg.recalibration_unseen == "alert" and 0 < unseen_items < n_items
     ranked_benign = 0
@@ -277,6 +278,14 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
         warning = f"{warning}; {note}" if warning else note
     cal = calibration_of(items, dcfg, population, warning, n_effective=effective,
                          extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
+    if cfg.data.eval_unit == "event":  # items are events, alerts are sessions: the alert unit's own threshold
+        from loglm.detect.calibration_record import alert_calibration
+
+        set_aside = alarmed - benign if alert_unseen else set()
+        kept = [v for sid, v in per_session.items() if sid not in malicious and sid not in set_aside]
+        cal.update(alert_calibration(np.array(kept), cal["threshold"], dcfg,
+                                     "recent sessions" + (" without an unseen event" if set_aside else "")
+                                     + ("; malicious verdicts left out" if verdicts else "")))
     cal["recalibration_unseen"] = dcfg.recalibration_unseen if dcfg.unknown_alarm else "rank"
     cal["unseen_share"] = unseen_share
     if verdicts:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from loglm.detect.alerts import events_from_parsed
+from loglm.detect.calibration_record import alert_threshold
 from loglm.detect.detector import (
     ScoreWriter,
     check_not_all_rejected,
@@ -47,7 +48,7 @@ class StreamingDetector:
         self.model = model
         self.scorer = scorer
         self.dcfg = detect_config_of(model, cfg.detect)
-        self.threshold = float(model.calibration["threshold"])
+        self.threshold = alert_threshold(model.calibration)  # per session, the unit an alert is
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
         self.reader = make_reader(cfg.data)
         self._readers: dict = {}  # source -> its data.sources reader

@@ -56,6 +56,10 @@ def model_card(info: dict) -> str:
     if "int8" in par:
         int8 = (f"; int8 max |Δ| = {par['int8']['max_abs_surprisal_diff']:.3g}, alert decisions agree on "
                 f"{par['int8']['decision_agreement']:.4f} of windows")
+    alert = ""
+    if "alert_threshold" in cal:  # items are events (flows), alerts sessions: the alert unit's own threshold
+        alert = (f"\n- alert threshold: {cal['alert_threshold']:.6g} per session (the unit an alert is) on "
+                 f"{cal['alert_n_val_sessions']} normal sessions, for the same target")
     return f"""# LogLM detection bundle `{info['name']}`
 
 - model run: `{info['run_id']}`; teacher run: `{info.get('teacher_run_id') or '-'}`
@@ -64,7 +68,7 @@ def model_card(info: dict) -> str:
 - parameters: {info['parameters']:,}
 - preferred variant: `{info['preferred_variant']}` ({', '.join(info['variants'])})
 - threshold: {cal['threshold']:.6g} for target FPR {cal['target_fpr']} on {cal['n_val_sessions']} validation normal sessions
-  (score `{cal['score']}`, top-k {cal['top_k']}, {cal['n_views']} masked views per window)
+  (score `{cal['score']}`, top-k {cal['top_k']}, {cal['n_views']} masked views per window){alert}
 - export parity on {par['windows']} real windows: fp32 max |Δ surprisal| = {par['fp32']['max_abs_surprisal_diff']:.2e}
   (tolerance {par['fp32']['atol']}){int8}
 - exported {info['exported_at']} by loglm {info['loglm_version']}

@@ -386,7 +386,8 @@ def _train_and_finish(cfg, ctx: RunContext, stage: Stage, progress: dict) -> dic
                  "calib/n_val_normal": cal["n_val_sessions"], "calib/expected_fpr": cal["promise"]["expected_fpr"],
                  "calib/fpr_hi_90": cal["promise"]["fpr_interval_90"][1],
                  "perf/train_seconds": train_s, "best/val_loss": fit["best_val_loss"],
-                 "model/parameters": loaded.encoder.num_parameters(), **metrics}.items():
+                 "model/parameters": loaded.encoder.num_parameters(), **metrics,
+                 **({"calib/alert_threshold": cal["alert_threshold"]} if "alert_threshold" in cal else {})}.items():
         client.log_metric(ctx.run_id, k, float(v))
     client.set_tag(ctx.run_id, "model_dir", str(model_dir))
     tracking.log_model_folder(client, ctx.run_id, model_dir, f"{stage.model_name}-{cfg.data.name}", {
