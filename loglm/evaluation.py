@@ -373,9 +373,16 @@ def _report(cfg, out_dir: Path, scored: ScoredSplit, loaded, threshold: float, r
 
     path = out_dir / "report.html"
     scores, starts, labels = scored.view.arrays()
+    target = loaded.calibration.get("target_fpr")
+    if threshold != scored.threshold:  # per-event metrics, per-session alerts: each unit's own threshold
+        unit = cfg.data.eval_unit
+        what = (f"per-{unit} threshold {scored.threshold:.4g} and alert threshold {threshold:.4g} (per session) from "
+                f"validation normal data (target FPR {target}); metrics per {unit} at the first, plots and alerts "
+                "per session at the second")
+    else:
+        what = f"threshold {threshold:.4g} from validation normal data (target FPR {target}); metrics per {cfg.data.eval_unit}"
     plots = write_report(path, f"LogLM evaluation: {cfg.data.name}/{cfg.split}",
-                         f"model {loaded.meta.get('run_id')}; threshold {threshold:.4g} from validation normal data "
-                         f"(target FPR {loaded.calibration.get('target_fpr')}); metrics per {cfg.data.eval_unit}",
+                         f"model {loaded.meta.get('run_id')}; {what}",
                          scores, starts, threshold, scored.alerts.top(20), labels=labels,
                          metrics=result, n_alerts=len(scored.alerts))
     (out_dir / "plots").mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import compose
@@ -87,6 +88,7 @@ def test_zeek_flows_end_to_end(tmp_path):
     alerts_row = ev["metrics"]["alerts"]  # what an analyst is sent: sessions at the alert threshold
     assert alerts_row["unit"] == "session" and alerts_row["threshold"] == cal["alert_threshold"]
     assert alerts_row["fpr"] <= alerts_row["fpr_at_item_threshold"] and alerts_row["n"] < m["n"]
+    assert f"alert threshold {cal['alert_threshold']:.4g} (per session)" in Path(ev["report"]).read_text()
 
     out = tmp_path / "alerts.jsonl"
     summary = detect(replace(run_cfg, inputs=[str(capture)], out=str(out)))
