@@ -136,9 +136,25 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
         start_run(cfg, STAGE)
     prepare(cfg)
     assert stale_reason(data_dir, cfg) is None
-    # a folder written by a LogLM whose prepared layout differs (older events.parquet) is stale too
+    # a copy, a checkout or a re-mount moves a file's modification time and keeps its bytes: still this folder's
+    # (its contents' digest was recorded at prepare); the same size with other bytes is not
+    os.utime(log, ns=(log.stat().st_atime_ns, log.stat().st_mtime_ns + 5 * 10**9))
+    assert stale_reason(data_dir, cfg) is None
+    text = log.read_text()
+    log.write_text(text.replace("one more line", "one more LINE"))
+    os.utime(log, ns=(log.stat().st_atime_ns, log.stat().st_mtime_ns + 10**9))
+    assert log.stat().st_size == len(text.encode()) and "inputs changed" in stale_reason(data_dir, cfg)
+    # a folder prepared before digests were recorded judges by size and time alone, as before
     import json
 
+    manifest = json.loads((data_dir / "MANIFEST.json").read_text())
+    del manifest["summary"]["fingerprint"]["contents"]
+    (data_dir / "MANIFEST.json").write_text(json.dumps(manifest))
+    log.write_text(text)
+    assert "inputs changed" in stale_reason(data_dir, cfg)
+    prepare(cfg)
+    assert stale_reason(data_dir, cfg) is None
+    # a folder written by a LogLM whose prepared layout differs (older events.parquet) is stale too
     manifest = json.loads((data_dir / "MANIFEST.json").read_text())
     manifest["summary"]["fingerprint"]["config"]["layout"] = 1
     (data_dir / "MANIFEST.json").write_text(json.dumps(manifest))
