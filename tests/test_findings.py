@@ -130,3 +130,10 @@ def test_severity_is_rarity_among_normal_validation_scores_not_a_ratio_to_the_th
     assert rate(3e-5, 1) == "low"  # 25 do
     # a calibration written before the tail was recorded keeps the old rule
     assert severity_rule({"target_fpr": 0.01}, 2.0)(7.0, 3) == severity(7.0, 2.0) == "critical"
+    # where alerts have their own unit (flows as items, host-windows as alerts), rarity is among the normal
+    # validation sessions: a score above every normal flow but reached by 31 of 400 normal sessions is low
+    flows = {"val_top_scores": [5.0] * 10 + [1.0] * 246, "target_fpr": 0.01, "n_val_sessions": 4000}
+    sessions = {"alert_val_top_scores": [9.0] + [6.0] * 30 + [2.0] * 225, "alert_n_val_sessions": 400}
+    assert severity_rule(flows, 4.0)(6.0, 1) == "high"
+    rate = severity_rule({**flows, **sessions}, 6.0)  # budget: 4 sessions
+    assert rate(6.0, 1) == "low" and rate(9.0, 1) == "medium" and rate(9.5, 2) == "critical"

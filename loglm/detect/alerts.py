@@ -43,14 +43,19 @@ def severity_rule(calibration: dict | None, threshold: float) -> Callable[[float
     - high: higher than every normal validation item;
     - critical: higher than every normal validation item, with at least 2 unexpected events.
 
-    So severity reads the same whatever the score's scale (a miss ratio, nats of surprisal)."""
-    tail = (calibration or {}).get("val_top_scores")
+    So severity reads the same whatever the score's scale (a miss ratio, nats of surprisal).  Where alerts have
+    their own unit (``alert_val_top_scores``: items are flows, an alert is a session), rarity is among the
+    normal validation sessions, the unit an alert is."""
+    cal = calibration or {}
+    own = "alert_val_top_scores" in cal
+    tail = cal.get("alert_val_top_scores" if own else "val_top_scores")
     if not tail:
         return lambda score, n_unexpected: severity(score, threshold)
     import numpy as np
 
     ascending = np.sort(np.asarray(tail, np.float64))
-    budget = max(1.0, float(calibration["target_fpr"]) * int(calibration["n_val_sessions"]))
+    n = int(cal["alert_n_val_sessions" if own else "n_val_sessions"])
+    budget = max(1.0, float(cal["target_fpr"]) * n)
 
     def rule(score: float, n_unexpected: int) -> str:
         as_high = len(ascending) - int(np.searchsorted(ascending, score, "left"))  # normal items scoring >= score

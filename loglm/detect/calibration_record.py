@@ -102,4 +102,6 @@ def alert_calibration(session_scores: np.ndarray, item_threshold: float, cfg: De
             "alert_n_val_sessions": int(len(s)), "alert_val_population": population,
             "alert_promise": fpr_promise(len(s), cfg.target_fpr),
             "alert_val_fpr_at_item_threshold": float((s > item_threshold).mean()),
-            "alert_warning": problem[1] if problem else None}
+            "alert_warning": problem[1] if problem else None,
+            # the highest normal validation sessions: an alert's severity says how rare its score is among them
+            "alert_val_top_scores": [float(v) for v in np.sort(s)[::-1][:VAL_TAIL]]}
