@@ -100,6 +100,12 @@ def test_zeek_flows_end_to_end(tmp_path):
                                                                   for a in alerts)
     scored = pq.read_table(summary["scores_path"]).to_pylist()
     assert len(alerts) == len({r["session_id"] for r in scored if r["score"] > cal["alert_threshold"]})
+    # streaming detection raises its alerts at the same alert threshold
+    streamed = detect(replace(run_cfg, inputs=[str(capture)], out=str(tmp_path / "stream.jsonl"), follow=True,
+                              follow_exit_s=1))
+    live = [json.loads(x) for x in open(streamed["alerts_path"])]
+    assert live and all(a["threshold"] == round(cal["alert_threshold"], 6) and a["score"] > cal["alert_threshold"]
+                        for a in live)
     top = alerts[0]
     assert top["entity"]["type"] == "src_ip" and top["entity"]["value"] == "198.51.100.7"
     assert HOST in top["entities"]["dst_ip"]
