@@ -170,3 +170,26 @@ def test_a_stop_that_hangs_is_ended_by_the_watchdog(shared, tmp_path, sig):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig and time.time() - t0 < 15, out[-2000:]
     assert "exiting now" in out
+
+
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_the_write(tmp_path):
+    """SIGTERM arriving while torch.save is writing a checkpoint: the write finishes, its digest is written,
+    and only then does the stop surface as a stop (it used to be raised inside torch.save, which broke the
+    zip writer: 'unexpected pos', a crash instead of a stop, seen once in a fresh-clone `make test`)."""
+    from collections import OrderedDict
+
+    import torch
+
+    from loglm.signals import Stopped, stop_on_signals
+    from loglm.training.checkpoint_io import VerifiedCheckpointIO
+
+    class SignalledWhilePickled:  # the signal arrives in the middle of the write
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return (OrderedDict, ())
+
+    io, path = VerifiedCheckpointIO(), tmp_path / "last.ckpt"
+    with stop_on_signals(), pytest.raises(Stopped):
+        io.save_checkpoint({"w": torch.ones(3), "x": SignalledWhilePickled(), "after": torch.zeros(10_000)}, path)
+    got = io.load_checkpoint(path)  # sha256-verified, weights_only
+    assert torch.equal(got["w"], torch.ones(3)) and got["after"].shape == (10_000,)

@@ -23,13 +23,15 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        # checkpoint and its digest change together: Ctrl-C / SIGTERM wait until both are in place
+        # a checkpoint being written is finished first, and it and its digest change together: Ctrl-C / SIGTERM
+        # wait until both are in place (a stop raised inside torch.save broke its zip writer, "unexpected pos",
+        # and surfaced as that error instead of a stop; the watchdog still ends a write that hangs)
         with deferred_signals():
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            digest = sha256_file(tmp)
             os.replace(tmp, path)
             atomic_write_json(sidecar(path), {"sha256": digest, "bytes": path.stat().st_size})
 
