@@ -461,7 +461,6 @@ class ScoredSplit:
         self.threshold = float(loaded.calibration["threshold"])  # the items' (sessions, or events)
         self.alert_threshold = alert_threshold(loaded.calibration)  # an alert's: a session
         self.event_sessions: list[str] = []  # event unit: each evaluated event's session (the alerts row)
-        self.session_starts: dict[str, float] = {}  # event unit: each session's start (the alerts row by day)
         self.info = {"run_id": loaded.meta.get("run_id"), "model_dir": str(loaded.folder)}
         self.pseudo = from_config(cfg.detect)
         self.alerts = AlertSpill(work / "alerts.jsonl")
@@ -494,10 +493,9 @@ class ScoredSplit:
             self.scores.append(scores)
             self.keys.extend(digests)
         rows = session_score_rows(table, ws.score)
-        if self.unit == "session":  # an event's own time is read from events.parquet
-            self.starts.update((r["session_id"], r["start_ts"]) for r in rows)
-        else:  # the alerts row's sessions, by day
-            self.session_starts.update((r["session_id"], r["start_ts"]) for r in rows)
+        # each session's start: the session unit's item times, the event unit's alerts row by day (an event's
+        # own time is read from events.parquet)
+        self.starts.update((r["session_id"], r["start_ts"]) for r in rows)
         self.view.add(rows)
         self.alerts.add_alerts(piece_alerts(table, ws, self.event, self.loaded, self.dcfg, self.alert_threshold,
                                             self.info, self.pseudo))
@@ -578,7 +576,7 @@ def _evaluate(cfg, parent_run_id, t0, model_dir, loaded, dcfg, data_dir, transfe
                                     pair_window)
     if cfg.data.eval_unit == "event":  # what an analyst is sent: one alert per session, at the alert threshold
         result["alerts"] = alert_metrics(scored.event_sessions, labels, scores, scored.alert_threshold, threshold,
-                                         scored.session_starts)
+                                         scored.starts)
     elapsed = time.perf_counter() - t0
 
     pretrain_run = loaded.meta.get("run_id")
