@@ -727,6 +727,30 @@ def test_unpadded_training_path_matches_the_padded_one_on_real_positions(facets)
     assert torch.allclose(model(tokens, gaps, pad)[pad], padded, atol=1e-5)
 
 
+@pytest.mark.parametrize("share", [None, 0.1])
+def test_a_bf16_module_trains_in_bf16_on_both_paths(share):
+    """DeepSpeed's bf16 casts the whole module to bf16 and runs it without autocast: a training step, padded
+    or unpadded (trainer.unpad_share), must keep every activation in bf16.  The unpadded path's dropout mask
+    once came out float32 and the next LayerNorm refused it ("expected scalar type Float but found BFloat16"),
+    seen on an H200 with trainer=gpu strategy=deepspeed_stage2."""
+    from loglm.training.module import LogLMModule
+
+    torch.manual_seed(0)
+    module = LogLMModule({"vocab_size": 30, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
+                          "dropout": 0.1, "max_len": 40, "gap_buckets": 4}, hypersphere_weight=0.1)
+    module = module.to(torch.bfloat16).train()
+    module.encoder.unpad_share = share
+    lengths = torch.tensor([40, 7, 19, 3, 33, 12])  # 46% padding: the unpadded path at share 0.1
+    pad = torch.arange(40)[None, :] < lengths[:, None]
+    batch = {"tokens": torch.where(pad, torch.randint(5, 30, (6, 40)), 0),
+             "gaps": torch.where(pad, torch.randint(0, 4, (6, 40)), 0), "pad_mask": pad}
+    out = module._step(batch)
+    assert out["logits"].dtype == torch.bfloat16
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"].float())
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in module.encoder.blocks.parameters())
+
+
 def test_fast_dropout_has_dropouts_distribution():
     import torch
 

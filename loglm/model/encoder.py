@@ -87,10 +87,11 @@ class Block(nn.Module):
 def fast_dropout(x: torch.Tensor, drop: nn.Dropout) -> torch.Tensor:
     """``drop(x)`` with its mask drawn by ``rand`` instead of ``bernoulli_`` (a third cheaper on CPU, forward and
     backward): the same distribution, other draws.  Used on the unpadded path only, so default training keeps
-    its exact random stream."""
+    its exact random stream.  The mask takes ``x``'s dtype: a bool mask times a Python float is float32, which
+    turned a bf16 model's activations (DeepSpeed bf16 casts the weights) into float32 and broke the next layer."""
     if not drop.training or drop.p == 0:
         return x
-    return x * ((torch.rand_like(x) >= drop.p) * (1.0 / (1.0 - drop.p)))
+    return x * ((torch.rand_like(x) >= drop.p).to(x.dtype) * (1.0 / (1.0 - drop.p)))
 
 
 class LogEncoder(nn.Module):
