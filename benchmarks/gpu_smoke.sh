@@ -1,24 +1,57 @@
 #!/usr/bin/env bash
-# GPU smoke (< 5 minutes on one H200): the `base` model in bf16 under DeepSpeed ZeRO-2.
-#  1. the real pipeline: prepare the shipped HDFS block sessions, pretrain 1 epoch with
-#     trainer=gpu strategy=deepspeed_stage2 on Ray Train (1 GPU worker), calibrate, write the model;
-#  2. a throughput probe: tokens/s and MFU of full-length (258-event) training steps.
-# Usage: bash benchmarks/gpu_smoke.sh   (from the repo root, after `make setup`)
-set -euo pipefail
+# GPU smoke (about 5 minutes on one H200): the `base` model in bf16, plain and under DeepSpeed ZeRO-2.
+#  1. a throughput probe: tokens/s and MFU of full-length (258-event) training steps;
+#  2. the real pipeline, local: prepare the shipped HDFS block sessions, pretrain 1 epoch with
+#     trainer=gpu strategy=deepspeed_stage2 (one process), calibrate, write the model and its MLflow run;
+#  3. the same pipeline on Ray Train (1 GPU worker on a private local Ray), where Ray is installed.
+# Each stage runs on if an earlier one failed; the last lines say which passed.
+# Usage: bash benchmarks/gpu_smoke.sh   (from the repo root, after `make setup`; PY=python3 elsewhere)
+set -uo pipefail
 PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
 ROOT=${LOGLM_RUNS:-$(mktemp -d)}
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-240}
+PROBES=${PROBES:-1}                 # PROBES=0 skips stage 1
+PIPELINE_ARGS=${PIPELINE_ARGS:-}    # more overrides for stages 2-3, e.g. logger=none
+declare -A RESULT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch, deepspeed; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)"
-$PY -m pipelines.prepare data=hdfs_blocks_sample paths.root="$ROOT" > "$ROOT/prepare.json"
-time $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu trainer.max_epochs=1 \
-  trainer.progress_bar=false launcher=ray ray.num_workers=1 ray.use_gpu=true strategy=deepspeed_stage2 \
-  paths.root="$ROOT" > "$ROOT/pretrain.json"
-$PY - "$ROOT/pretrain.json" <<'PYEOF'
+$PY -c "import torch, deepspeed, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__, 'lightning', lightning.__version__)"
+
+summary() {  # the pretrain JSON's run, steps and throughput
+  $PY - "$1" <<'PYEOF'
 import json, sys
 text = open(sys.argv[1]).read()
 r = json.loads(text[text.index("{\n"):])
-print("pipeline smoke:", {k: r[k] for k in ("run_id", "epochs", "global_step", "train_seconds")},
-      "events/s", r["metrics"].get("perf/events_per_s"), "val/loss", r["metrics"].get("val/loss"))
+m = r.get("metrics", {})
+print("pipeline:", {k: r.get(k) for k in ("run_id", "epochs", "global_step", "train_seconds")},
+      {k: m.get(k) for k in ("perf/events_per_s", "train/device/mfu", "train/device/flops_per_sec", "val/loss")},
+      "threshold", r.get("calibration", {}).get("threshold"))
 PYEOF
-$PY -m benchmarks.gpu_throughput --model base --zero 2 --dtype bf16 --batch 128 --seq 256 --steps 60
-$PY -m benchmarks.gpu_throughput --model base --zero 0 --dtype bf16 --batch 128 --seq 256 --steps 60
+}
+
+echo "== 1. throughput probe (base, bf16, 258 events a session; ZeRO 0/2 at batch 128, ZeRO 0 at 512)"
+for probe in "0 128" "2 128" "0 512"; do
+  [ "$PROBES" = 1 ] || break
+  set -- $probe
+  if timeout "$STAGE_TIMEOUT" $PY -m benchmarks.gpu_throughput --model base --zero $1 --dtype bf16 --batch $2 \
+      --seq 256 --steps 60; then RESULT[probe_zero$1_batch$2]=ok; else RESULT[probe_zero$1_batch$2]="failed ($?)"; fi
+done
+
+echo "== 2. pipeline, local: trainer=gpu strategy=deepspeed_stage2"
+$PY -m pipelines.prepare data=hdfs_blocks_sample paths.root="$ROOT" > "$ROOT/prepare.json" || RESULT[prepare]=failed
+if ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu \
+      trainer.max_epochs=1 trainer.progress_bar=false strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS \
+      > "$ROOT/pretrain_local.json" ) && summary "$ROOT/pretrain_local.json"; then
+  RESULT[pipeline_local_deepspeed]=ok
+else RESULT[pipeline_local_deepspeed]=failed; fi
+
+echo "== 3. pipeline, Ray Train: launcher=ray ray.num_workers=1 ray.use_gpu=true strategy=deepspeed_stage2"
+if $PY -c "import ray" 2>/dev/null; then
+  if ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu \
+        trainer.max_epochs=1 trainer.progress_bar=false launcher=ray ray.num_workers=1 ray.use_gpu=true \
+        strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS > "$ROOT/pretrain_ray.json" ) && summary "$ROOT/pretrain_ray.json"
+  then RESULT[pipeline_ray_deepspeed]=ok; else RESULT[pipeline_ray_deepspeed]=failed; fi
+else RESULT[pipeline_ray_deepspeed]="skipped (ray not installed)"; fi
+
+echo "== summary"
+for k in "${!RESULT[@]}"; do echo "$k: ${RESULT[$k]}"; done | sort
