@@ -241,17 +241,6 @@ def start_run(cfg, stage: Stage) -> RunContext:
                       stage.name, s.spec)
 
 
-def throughput_monitor(window: int):
-    """Lightning's ThroughputMonitor over the last ``window`` steps, logged with the other metrics:
-    ``train/device/samples_per_sec`` (windows), ``train/device/items_per_sec`` (real, unpadded positions),
-    ``train/device/flops_per_sec`` (the module's ``flops_per_batch``), and ``train/device/mfu`` on a GPU
-    whose peak Lightning knows (H100, H200, A100, ...); with several processes also the global rates."""
-    from lightning.pytorch.callbacks import ThroughputMonitor
-
-    return ThroughputMonitor(batch_size_fn=lambda b: int(b["tokens"].shape[0]),
-                             length_fn=lambda b: int(b["pad_mask"].sum()), window_size=max(2, window), separator="/")
-
-
 def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | None = None):
     """The Lightning Trainer of one training process; only ``on_ray`` and the config differ between a
     laptop, local DDP, and Ray Train workers with DDP or DeepSpeed, for every stage."""
@@ -262,6 +251,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     from loglm.training.callbacks import BestWeights
     from loglm.training.checkpoint_io import VerifiedCheckpointIO
     from loglm.training.strategies import lightning_strategy
+    from loglm.training.throughput import throughput_monitor
 
     stage = get_stage(ctx.stage)
     best = BestWeights(Path(ctx.model_dir), {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
