@@ -100,6 +100,7 @@ def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_disti
         log.close()
     out = (tmp_path / "pretrain.log").read_text()
     assert rc == 0, out[-3000:]
+    result = json.JSONDecoder().raw_decode(out[out.index('{\n  "run_id"'):])[0]
     run_id = next(p.name for p in storage.iterdir() if p.is_dir())
     attempts = [json.loads(x) for x in (root / "checkpoints" / run_id / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) == 2, attempts
@@ -116,6 +117,9 @@ def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_disti
     assert tags["world_size"] == "2" and tags["launcher"] == "ray" and tags["strategy"] == "deepspeed_stage2"
     assert tags["ray_job_id"] and tags["ray_storage"].endswith(run_id)
     assert "val/loss" in run.data.metrics and "calib/threshold" in run.data.metrics  # rank 0 logged, driver too
+    # Ray's report of the last epoch carries that epoch's throughput (it once sent the epoch before's, and
+    # none at all after a one-epoch run)
+    assert result["metrics"]["perf/events_per_s"] == pytest.approx(run.data.metrics["perf/events_per_s"], rel=1e-5)
     model = load_model(root / "models" / run_id)
     assert model.calibration["threshold"] > 0
     # the last ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's

@@ -251,7 +251,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     from loglm.training.callbacks import BestWeights
     from loglm.training.checkpoint_io import VerifiedCheckpointIO
     from loglm.training.strategies import lightning_strategy
-    from loglm.training.throughput import throughput_monitor
+    from loglm.training.throughput import EventsPerSecond, throughput_monitor
 
     stage = get_stage(ctx.stage)
     best = BestWeights(Path(ctx.model_dir), {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
@@ -261,7 +261,8 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
                        enabled=not cfg.strategy.shards_weights)  # ZeRO-3: weights come from the final checkpoint
     from hydra.utils import instantiate
 
-    callbacks = [best, throughput_monitor(cfg.trainer.log_every_n_steps), *(extra_callbacks or []),
+    # EventsPerSecond before Ray's report callback (appended below), which sends the epoch's metrics
+    callbacks = [best, throughput_monitor(cfg.trainer.log_every_n_steps), EventsPerSecond(), *(extra_callbacks or []),
                  *(instantiate(spec) for spec in cfg.trainer.callbacks)]  # the user's, from _target_
     if stage.early_stopping:
         callbacks.insert(1, EarlyStopping("val/loss", patience=cfg.trainer.patience, mode="min"))

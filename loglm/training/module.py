@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import lightning.pytorch as pl
 import torch
@@ -40,8 +39,6 @@ class LogLMModule(pl.LightningModule):
         # centre of normal summary vectors, tracked as an EMA of training batches (never back-propagated)
         self.register_buffer("center", torch.zeros(self.encoder.cfg.d_model))
         self.register_buffer("center_ready", torch.tensor(False))
-        self._events = 0
-        self._t0 = 0.0
 
     def _step(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -77,8 +74,6 @@ class LogLMModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch)
-        n_events = int(batch["pad_mask"].sum()) - batch["tokens"].shape[0]
-        self._events += n_events
         # read by Lightning's ThroughputMonitor (train|device|flops_per_sec and, on a known GPU, mfu)
         self.flops_per_batch = self.encoder.train_flops(*batch["tokens"].shape, self.hparams.mask_ratio)
         bs = batch["tokens"].shape[0]
@@ -89,14 +84,6 @@ class LogLMModule(pl.LightningModule):
         if "sphere" in out:
             self.log("train/sphere_loss", out["sphere"], batch_size=bs)
         return out["loss"]
-
-    def on_train_epoch_start(self) -> None:
-        self._events, self._t0 = 0, time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        dt = time.perf_counter() - self._t0
-        if dt > 0:
-            self.log("perf/events_per_s", self._events / dt, sync_dist=True, reduce_fx="sum")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # a fixed mask per batch makes validation loss comparable across epochs

@@ -9,6 +9,9 @@ NVIDIA's datasheets, as ``benchmarks/gpu_throughput.py`` computes it.
 
 from __future__ import annotations
 
+import time
+
+import lightning.pytorch as pl
 import torch
 
 # dense bf16/fp16 tensor-core peaks (FLOP/s) per GPU, from NVIDIA's datasheets: H200 SXM as H100 SXM (the
@@ -51,3 +54,24 @@ def throughput_monitor(window: int):
 
     return Monitor(batch_size_fn=lambda b: int(b["tokens"].shape[0]),
                    length_fn=lambda b: int(b["pad_mask"].sum()), window_size=max(2, window), separator="/")
+
+
+class EventsPerSecond(pl.Callback):
+    """``perf/events_per_s``: real events (no [SUM]/[END], no padding) trained per second of the epoch's wall
+    time, summed over processes.  A callback, not the module's own epoch-end hook: Lightning runs callbacks'
+    ``on_train_epoch_end`` before the module's, so Ray Train's report callback (placed after this one) sent
+    each epoch's metrics without it, and a Ray run's result read ``perf/events_per_s: None``."""
+
+    def __init__(self):
+        self.events, self.t0 = 0, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.events, self.t0 = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.events += int(batch["pad_mask"].sum()) - int(batch["tokens"].shape[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        dt = time.perf_counter() - self.t0
+        if dt > 0:
+            pl_module.log("perf/events_per_s", self.events / dt, sync_dist=True, reduce_fx="sum")
