@@ -751,6 +751,32 @@ def test_a_bf16_module_trains_in_bf16_on_both_paths(share):
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in module.encoder.blocks.parameters())
 
 
+def test_a_bf16_student_distils_in_bf16():
+    """The distillation module (teacher and student cast to bf16, as DeepSpeed's bf16 does) trains on the
+    unpadded path with the replaced-event head and validates.  On a GPU: tests/test_gpu.py."""
+    from loglm.training.distill_module import DistillModule
+
+    torch.manual_seed(0)
+    enc = {"vocab_size": 30, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "dropout": 0.1, "max_len": 40,
+           "gap_buckets": 4}
+    teacher = LogEncoder(EncoderConfig(**enc))
+    module = DistillModule(teacher, {**enc, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rtd_head": True},
+                           0.15, 2.0, 1.0, 0.5, 0.5, 1e-3, "random", rtd_weight=1.0)
+    module = module.to(torch.bfloat16).train()
+    module.student.unpad_share = 0.1
+    lengths = torch.tensor([40, 7, 19, 3, 33, 12])
+    pad = torch.arange(40)[None, :] < lengths[:, None]
+    batch = {"tokens": torch.where(pad, torch.randint(5, 30, (6, 40)), 0),
+             "gaps": torch.where(pad, torch.randint(0, 4, (6, 40)), 0), "pad_mask": pad}
+    out = module._losses(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"].float()) and out["s_logits"].dtype == torch.bfloat16
+    assert all(p.grad is not None for p in module.student.blocks.parameters())
+    module.eval()
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+
+
 def test_fast_dropout_has_dropouts_distribution():
     import torch
 

@@ -106,7 +106,8 @@ class DistillModule(pl.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
-        gen = torch.Generator().manual_seed(1000 + batch_idx)
+        # on the batch's device: a CPU generator cannot draw CUDA tensors (the validation step failed on a GPU)
+        gen = torch.Generator(device=batch["tokens"].device).manual_seed(1000 + batch_idx)
         out = self._losses(batch, gen)
         n = out["gold"].numel()
         s_top, t_top = out["s_logits"].argmax(-1), out["t_logits"].argmax(-1)
