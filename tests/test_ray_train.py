@@ -60,7 +60,7 @@ def train_workers_of(root: Path, storage: Path) -> list[int]:
 
 
 def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_distillation(prepared, head, tmp_path):
-    """One job, two strategies, one failure. Pretraining under DeepSpeed ZeRO-2 on two CPU processes; ``kill -9``
+    """One job, two strategies, one failure. Pretraining under DeepSpeed ZeRO-2 in bf16 on two CPU processes; ``kill -9``
     of one Ray Train worker after its first checkpoint: Ray restarts the group, which continues from that sharded
     checkpoint (not from step 0) and finishes the same MLflow run; the last checkpoint gathers to fp32 for the
     model folder. Then the student trains on the same workers under DDP. (DDP pretraining on Ray is
@@ -77,7 +77,7 @@ def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_disti
     storage = tmp_path / "ray_results"  # this run's own: another run's checkpoints must not trigger the kill
     staged = set(Path(tempfile.gettempdir()).glob("lightning_checkpoints-*"))
     cmd = [sys.executable, "-m", "pipelines.pretrain", *overrides, *RAY, *head, "strategy=deepspeed_stage2",
-           "trainer.max_epochs=5", "ray.max_failures=2", f"ray.storage_path={storage}"]
+           "trainer.precision=bf16-mixed", "trainer.max_epochs=5", "ray.max_failures=2", f"ray.storage_path={storage}"]
     log = open(tmp_path / "pretrain.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
@@ -122,7 +122,8 @@ def test_killed_deepspeed_worker_resumes_from_its_zero_checkpoint_then_ddp_disti
     assert result["metrics"]["perf/events_per_s"] == pytest.approx(run.data.metrics["perf/events_per_s"], rel=1e-5)
     model = load_model(root / "models" / run_id)
     assert model.calibration["threshold"] > 0
-    # the last ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's
+    # the last ZeRO checkpoint (a folder of shards) gathers to fp32 weights, and those are the model folder's:
+    # in bf16 the optimizer's fp32 master weights, not the modules' bf16-rounded copies
     ckpt = latest_ray_checkpoint(storage, run_id)
     assert (ckpt / "latest").is_file()
     state = zero_state_dict(ckpt)

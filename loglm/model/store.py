@@ -32,12 +32,14 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return (t.float() if t.is_floating_point() else t).contiguous()
 
 
-def save_weights(folder: Path, encoder: LogEncoder, center: torch.Tensor, meta: dict) -> None:
+def save_weights(folder: Path, encoder: LogEncoder, center: torch.Tensor, meta: dict,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+    """``state``: the encoder's weights where they are not its module's own (DeepSpeed's fp32 master copy)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     # fp32 on disk whatever the training precision (bf16 under DeepSpeed): distill/export/CPU read it
-    tensors = {f"encoder.{k}": _fp32(v) for k, v in encoder.state_dict().items()}
+    tensors = {f"encoder.{k}": _fp32(v) for k, v in (encoder.state_dict() if state is None else state).items()}
     tensors["center"] = _fp32(center)
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "loglm-encoder/1"})

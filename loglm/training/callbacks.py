@@ -8,7 +8,8 @@ import lightning.pytorch as pl
 
 
 class BestWeights(pl.Callback):
-    """Writes model.safetensors each time validation loss improves (rank 0 only)."""
+    """Writes model.safetensors each time validation loss improves (rank 0 writes; under DeepSpeed every rank
+    takes part in gathering the fp32 weights)."""
 
     def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder", enabled: bool = True):
         self.folder, self.meta, self.encoder_attr, self.enabled = folder, meta, encoder_attr, enabled
@@ -21,19 +22,45 @@ class BestWeights(pl.Callback):
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
         loss = trainer.callback_metrics.get("val/loss")
-        if loss is None or float(loss) >= self.best:
+        # rank 0 decides for all: the gather below is collective, and a loss logged without sync differs by rank
+        improved = trainer.strategy.broadcast(loss is not None and float(loss) < self.best, src=0)
+        if not improved:
             return
+        loss = trainer.strategy.broadcast(float(loss) if loss is not None else float("inf"), src=0)
+        self.best, self.best_epoch = loss, trainer.current_epoch
         if not self.enabled:  # still track the best loss; weights come from elsewhere (ZeRO-3)
-            self.best, self.best_epoch = float(loss), trainer.current_epoch
             return
         from loglm.model.store import save_weights
 
-        self.best, self.best_epoch = float(loss), trainer.current_epoch
-        save_weights(self.folder, getattr(module, self.encoder_attr), module.center,
-                     {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": self.best})
+        encoder = getattr(module, self.encoder_attr)
+        state = trained_weights(trainer, encoder)
+        if trainer.is_global_zero:
+            save_weights(self.folder, encoder, module.center,
+                         {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": self.best},
+                         state=state)
+
+
+def trained_weights(trainer: pl.Trainer, encoder) -> dict | None:
+    """The encoder's weights as the optimizer holds them.  Under DeepSpeed with bf16 (or fp16) the module holds
+    a rounded copy and the optimizer the fp32 master weights (sharded across ranks under ZeRO-1/2): gathered
+    here, on every rank (a collective).  None where the module's own weights are the trained ones.  Before,
+    a bf16 DeepSpeed run saved the bf16-rounded copy: every tensor differed from the fp32 master weights (by up
+    to 0.004 on a tiny model, one epoch)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if not isinstance(trainer.strategy, DeepSpeedStrategy):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = dict(encoder.state_dict())
+    for name, param in encoder.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        if full is not None:
+            state[name] = full.detach().cpu()
+    return state
 
 
 def ray_report_callback() -> pl.Callback:
