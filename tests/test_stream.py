@@ -136,3 +136,39 @@ def test_lightning_resumes_mid_epoch_without_losing_or_repeating_a_batch(data_di
                                             ckpt_path=str(last))
     assert first == full[:len(first)] and rest  # the same stream as an uninterrupted run
     assert first + rest == full  # resumed mid-epoch: no batch lost, none trained twice
+
+
+def test_a_split_in_one_row_group_is_shared_by_every_rank(data_dir, tmp_path):
+    """A small prepared split can sit in one row group (the shipped HDFS blocks' 7,083 training sessions do).
+    Dealt whole, rank 1 got nothing and, since ranks yield what the smallest share fills, neither rank trained:
+    Lightning stopped at once ("No training batches") and a 2-worker Ray run ended without a model. Slices of
+    the group's sessions are dealt instead: every rank trains, in lock-step, on disjoint sessions."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    from loglm.shards import read_sessions
+    from loglm.training.data import SessionDataModule
+    from loglm.training.stream import ShardStream, row_groups
+
+    train = read_sessions(data_dir, "train")
+    one = tmp_path / "shard-00000.parquet"
+    pq.write_table(train, one, row_group_size=train.num_rows + 1)
+    units = row_groups([one], "train")
+    assert len(units) == 1
+    args = {"split": "train", "batch_size": 8, "seed": 3, "epoch": 0, "buffer_batches": 4}
+    r0, r1 = (list(ShardStream(units, rank=r, world=2, **args)) for r in (0, 1))
+    assert len(r0) == len(r1) == len(ShardStream(units, rank=0, world=2, **args)) > 1  # lock-step
+    s0, s1 = sessions_of(r0), sessions_of(r1)
+    whole = Counter(sessions_of(list(ShardStream(units, **args))))  # one process reads the group whole
+    assert sum(whole.values()) == train.num_rows
+    assert len(s0) + len(s1) >= train.num_rows - 8  # only the larger share's extra sessions wait for an epoch
+    both = Counter(s0) + Counter(s1)
+    assert all(both[k] <= whole[k] for k in both)  # disjoint: no session reaches both ranks
+
+    # too few sessions for the ranks: a clear error, not a run that trains nothing
+    dm = SessionDataModule(data_dir, 8, 0, 3)
+    dm.train_units = [(str(one), 0, 1)]
+    dm.trainer = type("Trainer", (), {"global_rank": 0, "world_size": 2, "current_epoch": 0})()
+    with pytest.raises(ValueError, match="without a session"):
+        dm.train_dataloader()

@@ -131,7 +131,12 @@ class SessionDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         epoch = (lambda: trainer.current_epoch) if trainer is not None else 0
-        return StreamLoader(ShardStream(self.train_units, "train", self.batch_size, self.seed, epoch, rank, world))
+        stream = ShardStream(self.train_units, "train", self.batch_size, self.seed, epoch, rank, world)
+        if len(stream) == 0:  # Lightning would stop at once ("No training batches") and the run end without a model
+            n = sum(u[2] for u in self.train_units)
+            raise ValueError(f"{self.data_dir}: the training split's {n} sessions leave some of the {world} "
+                             "training processes without a session: train on fewer processes or more data")
+        return StreamLoader(stream)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)

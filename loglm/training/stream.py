@@ -39,6 +39,28 @@ def row_groups(files: list[Path], split: str) -> list[tuple[str, int, int]]:
     return units
 
 
+UNITS_PER_RANK = 4  # with several ranks, a split of fewer row groups than this per rank is dealt in slices
+
+
+def dealt_units(units: list[tuple[str, int, int]], world: int) -> list[tuple[str, int, int, int, int]]:
+    """The units dealt to the ranks: (file, row group, sessions, first, end), ``first``/``end`` indexing the
+    group's sessions of the split.  One process reads whole row groups.  With several ranks and fewer than
+    ``UNITS_PER_RANK`` row groups per rank, each group is cut into slices of its sessions, so every rank gets a
+    share: dealt whole, a split of one row group (the shipped HDFS blocks: 7,083 sessions in one) gave rank 1
+    nothing, and since every rank yields what the smallest share fills, no rank trained at all ("No training
+    batches"), silently."""
+    if world <= 1 or len(units) >= UNITS_PER_RANK * world:
+        return [(path, g, n, 0, n) for path, g, n in units]
+    parts = math.ceil(UNITS_PER_RANK * world / max(1, len(units)))
+    out = []
+    for path, g, n in units:
+        k = min(parts, n)
+        for i in range(k):
+            lo, hi = i * n // k, (i + 1) * n // k
+            out.append((path, g, hi - lo, lo, hi))
+    return out
+
+
 class ShardStream(IterableDataset):
     """Batches (dicts of padded tensors) of one rank's share of one epoch."""
 
@@ -57,23 +79,23 @@ class ShardStream(IterableDataset):
     def epoch(self) -> int:
         return int(self._epoch() if callable(self._epoch) else self._epoch)
 
-    def _order(self) -> list[tuple[str, int, int]]:
-        order = list(self.units)
+    def _order(self) -> list[tuple[str, int, int, int, int]]:
+        order = dealt_units(self.units, self.world)
         random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         return order
 
     def __len__(self) -> int:
         """Batches per rank: every rank yields what the smallest share fills, so steps stay in lock-step."""
         order = self._order()
-        shares = [sum(n for _, _, n in order[r::self.world]) for r in range(self.world)]
+        shares = [sum(u[2] for u in order[r::self.world]) for r in range(self.world)]
         return math.ceil(min(shares) / self.batch_size) if shares else 0
 
     def _sessions(self):
-        for path, g, _ in self._order()[self.rank::self.world]:
+        for path, g, _, lo, hi in self._order()[self.rank::self.world]:
             f = pq.ParquetFile(path)
             extra = ["facets"] if "facets" in f.schema_arrow.names else []
             t = f.read_row_group(g, columns=["tokens", "gaps", "closed", "split", *extra])
-            t = t.filter(pc.equal(t.column("split"), self.split))
+            t = t.filter(pc.equal(t.column("split"), self.split)).slice(lo, hi - lo)
             yield from zip(*windows_of(t))
 
     def _batches(self):
