@@ -116,6 +116,7 @@ class Distill(Stage):
     def build_module(self, cfg, ctx):
         from loglm.model.store import load_model
         from loglm.training.distill_module import DistillModule
+        from loglm.training.strategies import unpad_share
 
         d = cfg.distill
         teacher = load_model(ctx.spec["teacher_dir"], verify=False)  # verified by the driver
@@ -124,7 +125,7 @@ class Distill(Stage):
                                d.kl_weight, d.hard_weight, d.cosine_weight, d.lr, d.init, d.rtd_weight,
                                d.proposal_temperature, d.proposal_uniform,
                                ctx.spec["objective"].get("unk_rate", 0.0))
-        module.student.unpad_share = cfg.trainer.unpad_share  # the teacher only infers: padded path
+        module.student.unpad_share = unpad_share(cfg.strategy, cfg.trainer)  # the teacher infers: padded path
         return module
 
     def weights_meta(self, cfg, ctx) -> dict:

@@ -27,12 +27,13 @@ def encoder_config(cfg: RootConfig, vocab_size: int, gap_buckets: int, n_facets:
 
 def build_module(cfg, ctx: RunContext):
     from loglm.training.module import LogLMModule
+    from loglm.training.strategies import unpad_share
 
     module = LogLMModule(ctx.encoder, cfg.objective.mask_ratio, cfg.objective.hypersphere_weight,
                          cfg.objective.center_momentum, cfg.objective.top_k, cfg.trainer.lr,
                          cfg.trainer.weight_decay, cfg.trainer.warmup_steps, cfg.objective.facet_dropout,
                          cfg.objective.unk_rate, cfg.objective.facet_loss_weight)
-    module.encoder.unpad_share = cfg.trainer.unpad_share
+    module.encoder.unpad_share = unpad_share(cfg.strategy, cfg.trainer)
     if cfg.init_from:  # tuning: a trained model's weights are the starting point
         from loglm.model.store import load_model
 

@@ -30,6 +30,16 @@ def deepspeed_config(strategy: StrategyConfig, trainer: TrainerConfig) -> dict:
     return cfg
 
 
+def unpad_share(strategy: StrategyConfig, trainer: TrainerConfig) -> float | None:
+    """The encoder's ``unpad_share`` under this strategy: ``trainer.unpad_share``, except under ZeRO-3 (weights
+    sharded), which gets None (the padded path always).  Each rank decides per batch whether its batch is
+    padded enough for the unpadded path, so ranks call different submodules; ZeRO-3 gathers (and prefetches)
+    weights per submodule call, a collective, and two ranks that disagree wait on each other forever: a
+    2-worker run on the shipped HDFS blocks hung in its first steps (one rank gathering for backward, the
+    other reducing gradients).  DDP and ZeRO-1/2 keep every weight on every rank and gather none."""
+    return None if strategy.shards_weights else trainer.unpad_share
+
+
 STALE_BUILD_LOCK_S = 600.0
 
 
