@@ -656,8 +656,8 @@ class RootConfig:
 
     def __post_init__(self):  # pairs of settings that only fail together, refused before any work
         _check(not (self.strategy.shards_weights and self.launcher.name == "local"),
-               "strategy=deepspeed_stage3 (ZeRO-3) runs under launcher=ray (its sharded checkpoints are gathered "
-               "there); with launcher=local use strategy=deepspeed_stage2, ddp or single")
+               "strategy=deepspeed_stage3 (ZeRO-3) runs under launcher=ray, where it is tested (2 workers, "
+               "tests/test_ray_train.py); with launcher=local use strategy=deepspeed_stage2, ddp or single")
         _check(not (self.stage == "distill" and self.strategy.shards_weights),
                "distillation trains a small student beside a frozen teacher: use strategy=single, ddp or "
                "deepspeed_stage2 (ZeRO-3 gathers only a pretrained encoder)")

@@ -153,8 +153,9 @@ def test_zero3_trains_two_workers_on_the_shipped_blocks_to_an_fp32_model(head, t
     """DeepSpeed ZeRO-3 as a run, not only as a config: two CPU workers, bf16, the shipped HDFS blocks (one row
     group: dealt in slices, tests/test_stream.py). It once hung in its first steps: each rank chose per batch
     whether to skip padding, so the ranks called different submodules, and ZeRO-3's per-submodule weight
-    gathers (collectives) waited on each other; ZeRO-3 now always takes the padded path. The last ZeRO
-    checkpoint gathers to the model folder's fp32 weights."""
+    gathers (collectives) waited on each other; ZeRO-3 now always takes the padded path. The model folder
+    holds the best epoch's fp32 weights, gathered from the shards while training (here the last epoch's, as
+    the last ZeRO checkpoint gathers them)."""
     import torch
 
     from loglm.model.store import load_model
@@ -187,6 +188,7 @@ def test_zero3_trains_two_workers_on_the_shipped_blocks_to_an_fp32_model(head, t
     result = json.JSONDecoder().raw_decode(out[out.index('{\n  "run_id"'):])[0]
     assert result["epochs"] == 2 and result["global_step"] > 2 and result["worker_group_starts"] == 1
     model = load_model(root / "models" / result["run_id"])
+    assert result["best_epoch"] == model.meta["epoch"] == 1  # written at its best epoch, as every strategy does
     state = zero_state_dict(latest_ray_checkpoint(storage, result["run_id"]))
     enc = model.encoder.state_dict()
     assert all(state[f"encoder.{k}"].dtype == torch.float32 and torch.equal(state[f"encoder.{k}"], v)

@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 
 class BestWeights(pl.Callback):
     """Writes model.safetensors each time validation loss improves (rank 0 writes; under DeepSpeed every rank
-    takes part in gathering the fp32 weights)."""
+    takes part in gathering the fp32 weights, ZeRO-3's sharded ones too)."""
 
-    def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder", enabled: bool = True):
-        self.folder, self.meta, self.encoder_attr, self.enabled = folder, meta, encoder_attr, enabled
+    def __init__(self, folder: Path, meta: dict, encoder_attr: str = "encoder"):
+        self.folder, self.meta, self.encoder_attr = folder, meta, encoder_attr
         self.best, self.best_epoch = float("inf"), -1
 
     def state_dict(self) -> dict:
@@ -31,8 +31,6 @@ class BestWeights(pl.Callback):
             return
         loss = trainer.strategy.broadcast(float(loss) if loss is not None else float("inf"), src=0)
         self.best, self.best_epoch = loss, trainer.current_epoch
-        if not self.enabled:  # still track the best loss; weights come from elsewhere (ZeRO-3)
-            return
         from loglm.model.store import save_weights
 
         encoder = getattr(module, self.encoder_attr)
@@ -45,8 +43,8 @@ class BestWeights(pl.Callback):
 
 def trained_weights(trainer: pl.Trainer, encoder) -> dict | None:
     """The encoder's weights as the optimizer holds them.  Under DeepSpeed with bf16 (or fp16) the module holds
-    a rounded copy and the optimizer the fp32 master weights (sharded across ranks under ZeRO-1/2): gathered
-    here, on every rank (a collective).  None where the module's own weights are the trained ones.  Before,
+    a rounded copy and the optimizer the fp32 master weights (sharded across ranks under ZeRO-1/2; under ZeRO-3
+    the module holds only its shard too): gathered here, on every rank (a collective).  None where the module's own weights are the trained ones.  Before,
     a bf16 DeepSpeed run saved the bf16-rounded copy: every tensor differed from the fp32 master weights (by up
     to 0.004 on a tiny model, one epoch)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -60,6 +58,10 @@ def trained_weights(trainer: pl.Trainer, encoder) -> dict | None:
         full = safe_get_full_fp32_param(param)
         if full is not None:
             state[name] = full.detach().cpu()
+        shape = tuple(getattr(param, "ds_shape", state[name].shape))  # ZeRO-3: the whole parameter's shape
+        if tuple(state[name].shape) != shape:
+            raise RuntimeError(f"DeepSpeed gave no fp32 weights for {name} (its shard is {tuple(state[name].shape)}, "
+                               f"the parameter {shape}): the model folder cannot be written")
     return state
 
 

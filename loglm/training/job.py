@@ -257,8 +257,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     best = BestWeights(Path(ctx.model_dir), {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
                                              "dataset": cfg.data.name, **stage.lineage(ctx),
                                              **stage.weights_meta(cfg, ctx)},
-                       encoder_attr=stage.encoder_attr,
-                       enabled=not cfg.strategy.shards_weights)  # ZeRO-3: weights come from the final checkpoint
+                       encoder_attr=stage.encoder_attr)
     from hydra.utils import instantiate
 
     # EventsPerSecond before Ray's report callback (appended below), which sends the epoch's metrics

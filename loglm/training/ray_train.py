@@ -129,11 +129,6 @@ def fit_on_ray(cfg, ctx) -> dict:
     placed = [json.loads(x) for x in workers_path.read_text().splitlines()] if workers_path.is_file() else []
     last = {w["rank"]: w["node"] for w in placed}  # the last group's placement
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    if cfg.strategy.shards_weights:
-        from loglm.training.zero import zero_checkpoint_to_model
-
-        with result.checkpoint.as_directory() as d:
-            zero_checkpoint_to_model(Path(d) / "checkpoint.ckpt", Path(ctx.model_dir), ctx)  # pretraining only
     arch = json.loads((Path(ctx.model_dir) / "model.json").read_text()) if (Path(ctx.model_dir) / "model.json").is_file() else {}
     return {"metrics": metrics, "best_val_loss": float(arch.get("val_loss", metrics.get("val/loss", float("nan")))),
             "best_epoch": int(arch.get("epoch", -1)), "epochs": int(metrics.get("epoch", -1)) + 1,
