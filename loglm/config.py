@@ -266,7 +266,7 @@ class TrainerConfig:
     # attention's score step, and draws dropout masks with rand (null: never). It pays from about 10% padding
     # (1.37x HF BERT at 39%: batches drawn at random, without length bucketing); length-bucketed batches
     # (about 2% padding, the default sampler) stay below it and run padded, where that is faster. Ignored under
-    # ZeRO-3 (loglm.training.strategies.unpad_share)
+    # DeepSpeed ZeRO (loglm.training.strategies.unpad_share)
     unpad_share: float | None = 0.1
     # extra Lightning callbacks, each {_target_: <class>, <its arguments>}, instantiated in every training
     # process beside LogLM's own, e.g. '+trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitor}]'

@@ -31,13 +31,15 @@ def deepspeed_config(strategy: StrategyConfig, trainer: TrainerConfig) -> dict:
 
 
 def unpad_share(strategy: StrategyConfig, trainer: TrainerConfig) -> float | None:
-    """The encoder's ``unpad_share`` under this strategy: ``trainer.unpad_share``, except under ZeRO-3 (weights
-    sharded), which gets None (the padded path always).  Each rank decides per batch whether its batch is
-    padded enough for the unpadded path, so ranks call different submodules; ZeRO-3 gathers (and prefetches)
-    weights per submodule call, a collective, and two ranks that disagree wait on each other forever: a
-    2-worker run on the shipped HDFS blocks hung in its first steps (one rank gathering for backward, the
-    other reducing gradients).  DDP and ZeRO-1/2 keep every weight on every rank and gather none."""
-    return None if strategy.shards_weights else trainer.unpad_share
+    """The encoder's ``unpad_share`` under this strategy: ``trainer.unpad_share``, except under DeepSpeed ZeRO,
+    which gets None (the padded path always).  Each rank decides per batch whether its batch is padded enough
+    for the unpadded path, so ranks run different code.  ZeRO-3 gathers (and prefetches) weights per submodule
+    call, a collective, and two ranks that disagree wait on each other forever: a 2-worker run on the shipped
+    HDFS blocks hung in its first steps (one rank gathering for backward, the other reducing gradients).
+    ZeRO-1/2 fill their gradient buckets in the order gradients arrive on each rank; nothing proves that order
+    is the same on both paths, so they take the padded path too.  DDP reduces its buckets in a fixed order and
+    keeps the setting; the unpadded path was measured on CPU only (docs/memory.md)."""
+    return None if strategy.sharded_checkpoints else trainer.unpad_share
 
 
 STALE_BUILD_LOCK_S = 600.0
