@@ -44,9 +44,9 @@ class BestWeights(pl.Callback):
 def trained_weights(trainer: pl.Trainer, encoder) -> dict | None:
     """The encoder's weights as the optimizer holds them.  Under DeepSpeed with bf16 (or fp16) the module holds
     a rounded copy and the optimizer the fp32 master weights (sharded across ranks under ZeRO-1/2; under ZeRO-3
-    the module holds only its shard too): gathered here, on every rank (a collective).  None where the module's own weights are the trained ones.  Before,
-    a bf16 DeepSpeed run saved the bf16-rounded copy: every tensor differed from the fp32 master weights (by up
-    to 0.004 on a tiny model, one epoch)."""
+    the module holds only its shard too): gathered here, on every rank (a collective).  None where the
+    module's own weights are the trained ones.  Before, a bf16 DeepSpeed run saved the bf16-rounded copy: every
+    tensor differed from the fp32 master weights (by up to 0.004 on a tiny model, one epoch)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     if not isinstance(trainer.strategy, DeepSpeedStrategy):
