@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke (about 5 minutes on one H200): the `base` model in bf16, plain and under DeepSpeed ZeRO-2.
-#  0. tests/test_gpu.py (the modules' training and validation steps in bf16 on the GPU);
+#  0. the tests marked gpu (tests/test_model.py: both modules' training and validation steps in bf16 on the GPU);
 #  1. a throughput probe: tokens/s and MFU of full-length (258-event) training steps;
 #  2. the real pipeline, local: prepare the shipped HDFS block sessions, pretrain 1 epoch with
 #     trainer=gpu strategy=deepspeed_stage2 (one process), calibrate, write the model and its MLflow run;
@@ -30,8 +30,8 @@ print("pipeline:", {k: r.get(k) for k in ("run_id", "epochs", "global_step", "tr
 PYEOF
 }
 
-echo "== 0. GPU unit tests (tests/test_gpu.py: both modules' steps in bf16 on the device)"
-if $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py; then RESULT[gpu_tests]=ok; else RESULT[gpu_tests]=failed; fi
+echo "== 0. GPU unit tests (pytest -m gpu: both modules' bf16 steps on the device, tests/test_model.py)"
+if $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py; then RESULT[gpu_tests]=ok; else RESULT[gpu_tests]=failed; fi
 
 echo "== 1. throughput probe (base, bf16, 258 events a session; ZeRO 0/2 at batch 128, ZeRO 0 at 512)"
 for probe in "0 128" "2 128" "0 512"; do

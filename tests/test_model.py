@@ -727,8 +727,25 @@ def test_unpadded_training_path_matches_the_padded_one_on_real_positions(facets)
     assert torch.allclose(model(tokens, gaps, pad)[pad], padded, atol=1e-5)
 
 
+BF16_ENC = {"vocab_size": 30, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "dropout": 0.1, "max_len": 40,
+            "gap_buckets": 4}
+# each bf16 test on the CPU and, where there is one, on a CUDA GPU (marked gpu: `pytest -m gpu`, run by
+# benchmarks/gpu_smoke.sh)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                   reason="needs a CUDA GPU")])]
+
+
+def padded_bf16_batch(device: str) -> dict:
+    lengths = torch.tensor([40, 7, 19, 3, 33, 12])  # 46% padding: the unpadded path at unpad_share 0.1
+    pad = torch.arange(40)[None, :] < lengths[:, None]
+    batch = {"tokens": torch.where(pad, torch.randint(5, 30, (6, 40)), 0),
+             "gaps": torch.where(pad, torch.randint(0, 4, (6, 40)), 0), "pad_mask": pad}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("share", [None, 0.1])
-def test_a_bf16_module_trains_in_bf16_on_both_paths(share):
+def test_a_bf16_module_trains_in_bf16_on_both_paths(share, device):
     """DeepSpeed's bf16 casts the whole module to bf16 and runs it without autocast: a training step, padded
     or unpadded (trainer.unpad_share), must keep every activation in bf16.  The unpadded path's dropout mask
     once came out float32 and the next LayerNorm refused it ("expected scalar type Float but found BFloat16"),
@@ -736,38 +753,34 @@ def test_a_bf16_module_trains_in_bf16_on_both_paths(share):
     from loglm.training.module import LogLMModule
 
     torch.manual_seed(0)
-    module = LogLMModule({"vocab_size": 30, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
-                          "dropout": 0.1, "max_len": 40, "gap_buckets": 4}, hypersphere_weight=0.1)
-    module = module.to(torch.bfloat16).train()
+    module = LogLMModule(BF16_ENC, hypersphere_weight=0.1).to(device).to(torch.bfloat16).train()
     module.encoder.unpad_share = share
-    lengths = torch.tensor([40, 7, 19, 3, 33, 12])  # 46% padding: the unpadded path at share 0.1
-    pad = torch.arange(40)[None, :] < lengths[:, None]
-    batch = {"tokens": torch.where(pad, torch.randint(5, 30, (6, 40)), 0),
-             "gaps": torch.where(pad, torch.randint(0, 4, (6, 40)), 0), "pad_mask": pad}
+    batch = padded_bf16_batch(device)
     out = module._step(batch)
     assert out["logits"].dtype == torch.bfloat16
     out["loss"].backward()
     assert torch.isfinite(out["loss"].float())
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in module.encoder.blocks.parameters())
+    module.eval()
+    with torch.no_grad():
+        module.validation_step(batch, 0)
 
 
-def test_a_bf16_student_distils_in_bf16():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bf16_student_distils_in_bf16(device):
     """The distillation module (teacher and student cast to bf16, as DeepSpeed's bf16 does) trains on the
-    unpadded path with the replaced-event head and validates.  On a GPU: tests/test_gpu.py."""
+    unpadded path with the replaced-event head and validates.  Its validation step once drew its masks with a
+    CPU generator, which cannot draw CUDA tensors (the cuda case)."""
     from loglm.training.distill_module import DistillModule
 
     torch.manual_seed(0)
-    enc = {"vocab_size": 30, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64, "dropout": 0.1, "max_len": 40,
-           "gap_buckets": 4}
-    teacher = LogEncoder(EncoderConfig(**enc))
-    module = DistillModule(teacher, {**enc, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "rtd_head": True},
+    teacher = LogEncoder(EncoderConfig(**BF16_ENC))
+    module = DistillModule(teacher, {**BF16_ENC, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                                     "rtd_head": True},
                            0.15, 2.0, 1.0, 0.5, 0.5, 1e-3, "random", rtd_weight=1.0)
-    module = module.to(torch.bfloat16).train()
+    module = module.to(device).to(torch.bfloat16).train()
     module.student.unpad_share = 0.1
-    lengths = torch.tensor([40, 7, 19, 3, 33, 12])
-    pad = torch.arange(40)[None, :] < lengths[:, None]
-    batch = {"tokens": torch.where(pad, torch.randint(5, 30, (6, 40)), 0),
-             "gaps": torch.where(pad, torch.randint(0, 4, (6, 40)), 0), "pad_mask": pad}
+    batch = padded_bf16_batch(device)
     out = module._losses(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"].float()) and out["s_logits"].dtype == torch.bfloat16

@@ -69,9 +69,10 @@ class EventsPerSecond(pl.Callback):
         self.events, self.t0 = 0, time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.events += int(batch["pad_mask"].sum()) - int(batch["tokens"].shape[0])
+        # summed on the batch's device, read once at the epoch's end: no device sync per step
+        self.events = self.events + batch["pad_mask"].sum() - batch["tokens"].shape[0]
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         dt = time.perf_counter() - self.t0
         if dt > 0:
-            pl_module.log("perf/events_per_s", self.events / dt, sync_dist=True, reduce_fx="sum")
+            pl_module.log("perf/events_per_s", float(self.events) / dt, sync_dist=True, reduce_fx="sum")
