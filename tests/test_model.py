@@ -767,6 +767,47 @@ def test_a_bf16_module_trains_in_bf16_on_both_paths(share, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("share", [None, 0.1])
+def test_an_fp32_module_trains_under_bf16_autocast_on_both_paths(share, device, monkeypatch):
+    """precision=bf16-mixed (every strategy but DeepSpeed's) keeps fp32 weights and runs the step under
+    autocast, where Linear layers return bf16 while the residual stream stays fp32.  The unpadded path once put
+    the bf16 projections into fp32 zeros ("index_copy_(): self and source expected to have the same dtype"),
+    seen on an H200 with trainer=gpu strategy=ddp."""
+    from loglm.training.module import LogLMModule
+
+    torch.manual_seed(0)
+    module = LogLMModule(BF16_ENC, hypersphere_weight=0.1).to(device).train()
+    module.encoder.unpad_share = share
+    batch = padded_bf16_batch(device)
+    seen = []
+    module.encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = module._step(batch)
+    assert seen == [torch.bfloat16]  # autocast did run
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.encoder.blocks.parameters())
+    # the attention scores run in bf16 on both paths, as autocast means.  CPU autocast quietly promoted the
+    # unpadded path's fp32 zeros to fp32 attention (CUDA autocast refuses to mix them, the error above)
+    from loglm.model import encoder
+
+    attn = module.encoder.blocks[0].attn
+    pad = batch["pad_mask"]
+    real = pad.reshape(-1).nonzero().squeeze(1)
+    x = torch.randn(*pad.shape, BF16_ENC["d_model"], device=device)  # fp32, as CUDA's LayerNorm returns
+    dtypes = []
+    sdpa = encoder.F.scaled_dot_product_attention
+    monkeypatch.setattr(encoder.F, "scaled_dot_product_attention",
+                        lambda q, *a, **k: dtypes.append(q.dtype) or sdpa(q, *a, **k))
+    with torch.autocast(device, dtype=torch.bfloat16), torch.no_grad():
+        padded = attn(x, pad[:, None, None, :]).reshape(-1, BF16_ENC["d_model"])[real]
+        unpadded = attn.forward_unpadded(x.reshape(-1, BF16_ENC["d_model"])[real], real, *pad.shape,
+                                         pad[:, None, None, :])
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert torch.allclose(padded.float(), unpadded.float(), atol=3e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_bf16_student_distils_in_bf16(device):
     """The distillation module (teacher and student cast to bf16, as DeepSpeed's bf16 does) trains on the
     unpadded path with the replaced-event head and validates.  Its validation step once drew its masks with a

@@ -58,7 +58,9 @@ class SelfAttention(nn.Module):
         (b, n) layout.  Projections run on the real rows; only the score/weighted-sum step sees the padded
         layout.  (Splitting that step into groups of similar length measured slower: 13.4k vs 14.0k tokens/s.)"""
         d = h.shape[-1]
-        qkv = h.new_zeros(b * n, 3 * d).index_copy(0, real, self.qkv(h))
+        # the zeros take the projection's dtype: under autocast (precision=bf16-mixed) it is bf16 while h is fp32
+        proj = self.qkv(h)
+        qkv = proj.new_zeros(b * n, 3 * d).index_copy(0, real, proj)
         q, k, v = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -159,7 +161,8 @@ class LogEncoder(nn.Module):
             xr = fast_dropout(xr, self.drop)
             for block in self.blocks:
                 xr = block.forward_unpadded(xr, real, b, n, attn_mask)
-            return xr.new_zeros(b * n, xr.shape[-1]).index_copy(0, real, self.ln_f(xr)).view(b, n, -1)
+            out = self.ln_f(xr)
+            return out.new_zeros(b * n, out.shape[-1]).index_copy(0, real, out).view(b, n, -1)
         pos = torch.arange(n, device=tokens.device)
         x = self.drop(self.tok(tokens) + self.pos(pos)[None] + self._side(tokens, gaps))
         for block in self.blocks:
