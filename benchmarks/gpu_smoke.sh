@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# GPU smoke (about 5 minutes on one H200): the `base` model in bf16, plain and under DeepSpeed ZeRO-2.
+# GPU smoke (about 6.5 minutes on one H200): the `base` model in bf16, plain and under DeepSpeed ZeRO-2.
 #  0. the tests marked gpu (tests/test_model.py: both modules' training and validation steps in bf16 on the GPU);
 #  1. a throughput probe: tokens/s and MFU of full-length (258-event) training steps;
 #  2. the real pipeline, local: prepare the shipped HDFS block sessions, pretrain 1 epoch with
 #     trainer=gpu strategy=deepspeed_stage2 (one process), calibrate, write the model and its MLflow run;
-#  3. the same pipeline on Ray Train (1 GPU worker on a private local Ray), where Ray is installed.
+#  2b. the same locally with strategy=ddp (bf16-mixed autocast, the unpadded path), 2 epochs, MFU every 4 steps;
+#  3. the same pipeline on Ray Train (1 GPU worker on a private local Ray), where Ray is installed;
+#  4. distillation of stage 2's model into the CPU student, on the GPU (trainer=gpu strategy=deepspeed_stage2).
+# After stages 2-4 the run's MLflow record is read back (status, metrics, params, the logged model, the MFU history)
+# unless logger=none.
 # Each stage runs on if an earlier one failed; the last lines say which passed.
 # Usage: bash benchmarks/gpu_smoke.sh   (from the repo root, after `make setup`; PY=python3 elsewhere)
 set -uo pipefail
@@ -30,6 +34,25 @@ print("pipeline:", {k: r.get(k) for k in ("run_id", "epochs", "global_step", "tr
 PYEOF
 }
 
+tracked() {  # what the job's MLflow run holds, read back from its store
+  $PY - "$1" <<'PYEOF'
+import json, sys
+text = open(sys.argv[1]).read()
+r = json.loads(text[text.index("{\n"):])
+if not r.get("tracking_uri"):
+    print("mlflow: no tracking (logger=none)"); sys.exit(0)
+import mlflow
+c = mlflow.MlflowClient(r["tracking_uri"])
+run = c.get_run(r["run_id"])
+model = c.get_logged_model(run.data.tags["logged_model_id"])
+print("mlflow:", run.info.status, len(run.data.metrics), "metrics,", len(run.data.params), "params; logged model",
+      model.name, model.status)
+assert run.info.status == "FINISHED" and str(model.status).endswith("READY"), (run.info.status, model.status)
+mfu = [round(m.value, 4) for m in c.get_metric_history(r["run_id"], "train/device/mfu")]
+print("mlflow: train/device/mfu every log_every_n_steps:", mfu or "none logged (an epoch shorter than the window)")
+PYEOF
+}
+
 echo "== 0. GPU unit tests (pytest -m gpu: both modules' bf16 steps on the device, tests/test_model.py)"
 if $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py; then RESULT[gpu_tests]=ok; else RESULT[gpu_tests]=failed; fi
 
@@ -45,17 +68,36 @@ echo "== 2. pipeline, local: trainer=gpu strategy=deepspeed_stage2"
 $PY -m pipelines.prepare data=hdfs_blocks_sample paths.root="$ROOT" > "$ROOT/prepare.json" || RESULT[prepare]=failed
 if ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu \
       trainer.max_epochs=1 trainer.progress_bar=false strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS \
-      > "$ROOT/pretrain_local.json" ) && summary "$ROOT/pretrain_local.json"; then
+      > "$ROOT/pretrain_local.json" ) && summary "$ROOT/pretrain_local.json" \
+    && tracked "$ROOT/pretrain_local.json"; then
   RESULT[pipeline_local_deepspeed]=ok
 else RESULT[pipeline_local_deepspeed]=failed; fi
+
+echo "== 2b. pipeline, local: trainer=gpu strategy=ddp (bf16-mixed autocast), 2 epochs, MFU logged every 4 steps"
+if ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu \
+      trainer.max_epochs=2 trainer.log_every_n_steps=4 trainer.progress_bar=false strategy=ddp paths.root="$ROOT" \
+      $PIPELINE_ARGS > "$ROOT/pretrain_ddp.json" ) && summary "$ROOT/pretrain_ddp.json" \
+    && tracked "$ROOT/pretrain_ddp.json"; then
+  RESULT[pipeline_local_ddp]=ok
+else RESULT[pipeline_local_ddp]=failed; fi
 
 echo "== 3. pipeline, Ray Train: launcher=ray ray.num_workers=1 ray.use_gpu=true strategy=deepspeed_stage2"
 if $PY -c "import ray" 2>/dev/null; then
   if ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.pretrain data=hdfs_blocks_sample model=base trainer=gpu \
         trainer.max_epochs=1 trainer.progress_bar=false launcher=ray ray.num_workers=1 ray.use_gpu=true \
-        strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS > "$ROOT/pretrain_ray.json" ) && summary "$ROOT/pretrain_ray.json"
+        strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS > "$ROOT/pretrain_ray.json" ) && summary "$ROOT/pretrain_ray.json" \
+        && tracked "$ROOT/pretrain_ray.json"
   then RESULT[pipeline_ray_deepspeed]=ok; else RESULT[pipeline_ray_deepspeed]=failed; fi
 else RESULT[pipeline_ray_deepspeed]="skipped (ray not installed)"; fi
+
+echo "== 4. distillation on the GPU: the student from stage 2's model, trainer=gpu strategy=deepspeed_stage2"
+teacher=$($PY -c "import json,sys; t=open(sys.argv[1]).read(); print(json.loads(t[t.index('{\n'):])['run_id'])" \
+  "$ROOT/pretrain_local.json" 2>/dev/null)
+if [ -z "$teacher" ]; then RESULT[distill_deepspeed]="skipped (no model from stage 2)"
+elif ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.distill teacher="$teacher" trainer=gpu distill.max_epochs=1 \
+      trainer.progress_bar=false strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS \
+      > "$ROOT/distill.json" ) && summary "$ROOT/distill.json" && tracked "$ROOT/distill.json"
+then RESULT[distill_deepspeed]=ok; else RESULT[distill_deepspeed]=failed; fi
 
 echo "== summary"
 for k in "${!RESULT[@]}"; do echo "$k: ${RESULT[$k]}"; done | sort

@@ -9,8 +9,11 @@
 #   python3 -c "import zipfile; zipfile.ZipFile('.whl/ray-slim.zip').extractall('/tmp/site')"
 #   find /tmp/site/ray/core -type f -exec chmod +x {} +
 #   mkdir -p /tmp/site/bin; printf '#!/usr/bin/env python3\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n' >/tmp/site/bin/ray; chmod +x /tmp/site/bin/ray
-#   PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PY=python3 PIPELINE_ARGS=logger=none bash benchmarks/gpu_smoke.sh
-# (logger=none: MLflow's SQL store needs cryptography and SQLAlchemy, which do not fit beside Ray.)
+#   export MLFLOW_ALLOW_FILE_STORE=true LOGLM_RUNS=/tmp/gpu; mkdir -p /tmp/gpu
+#   PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PY=python3 \
+#     PIPELINE_ARGS=logger.tracking_uri=file:///tmp/gpu/mlruns bash benchmarks/gpu_smoke.sh
+# (MLflow's file store: its SQL store needs cryptography and SQLAlchemy, which do not fit beside Ray. MLflow 3
+#  refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true.)
 set -euo pipefail
 VENV=${VENV:-.venv}
 OUT=.whl
