@@ -38,3 +38,26 @@ def test_the_monitor_reports_mfu_on_an_h200_where_lightning_finds_no_peak(monkey
     cpu = throughput_monitor(10)
     cpu.setup(trainer, None, TrainerFn.FITTING)
     assert cpu.available_flops is None
+
+
+def test_float32_matmuls_take_the_configured_precision_on_a_cuda_gpu_only(monkeypatch):
+    """On the H200 Lightning warned that tensor cores went unused (fp32 matmuls at 'highest');
+    trainer.matmul_precision sets them where a process trains on CUDA, and leaves a CPU run alone."""
+    from loglm.config import TrainerConfig
+    from loglm.training.job import cuda_matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert TrainerConfig().matmul_precision == "high"
+        assert cuda_matmul_precision("high", "cpu") is False
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert cuda_matmul_precision("high", "gpu") is False
+        assert torch.get_float32_matmul_precision() == "highest"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert cuda_matmul_precision("medium", "gpu") is True
+        assert torch.get_float32_matmul_precision() == "medium"
+        with pytest.raises(ValueError, match="matmul_precision"):
+            TrainerConfig(matmul_precision="tf32")
+    finally:
+        torch.set_float32_matmul_precision(before)

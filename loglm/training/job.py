@@ -281,6 +281,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
     if not cfg.strategy.sharded_checkpoints:
         plugins.append(VerifiedCheckpointIO())  # DeepSpeed writes its own sharded checkpoints
+    cuda_matmul_precision(cfg.trainer.matmul_precision, accelerator)
     # DeepSpeed's micro batch is what one process takes per step
     tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator, batch_size=cfg.per_process_batch())
     trainer = pl.Trainer(
@@ -293,6 +294,17 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         limit_train_batches=cfg.trainer.train_batches(), num_sanity_val_steps=0,
         enable_checkpointing=not on_ray)  # on Ray, RayTrainReportCallback checkpoints (no second, default writer)
     return trainer, best
+
+
+def cuda_matmul_precision(precision: str, accelerator: str) -> bool:
+    """``trainer.matmul_precision`` for float32 matmuls where this process trains on a CUDA GPU (before the
+    Trainer exists, which otherwise warns that tensor cores go unused); True where it was set."""
+    import torch
+
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return False
+    torch.set_float32_matmul_precision(precision)
+    return True
 
 
 def datamodule(cfg, ctx: RunContext):
