@@ -61,3 +61,37 @@ def test_float32_matmuls_take_the_configured_precision_on_a_cuda_gpu_only(monkey
             TrainerConfig(matmul_precision="tf32")
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_training_output_drops_lightnings_noise_and_keeps_every_other_warning():
+    """A newcomer's first `make demo` printed a litlogger advertisement and two warnings about Lightning's own
+    internals; quiet_lightning drops those three and nothing else."""
+    import io
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from loglm.training.job import LIGHTNING_NOISE, quiet_lightning
+
+    # Lightning prints through a handler of its own on "lightning.pytorch" (added at import where the root
+    # logger has none, as in a pipeline; pytest's root has one, so the test adds it)
+    log = logging.getLogger("lightning.pytorch")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet_lightning()
+            quiet_lightning()  # idempotent
+            warnings.warn(f"{LIGHTNING_NOISE[1]} since 2.6", stacklevel=1)
+            warnings.warn(f"{LIGHTNING_NOISE[2]}. In combination with multi-process data loading ...", stacklevel=1)
+            warnings.warn("The number of training batches (16) is smaller than the logging interval", stacklevel=1)
+        rank_zero_info(f"{LIGHTNING_NOISE[0]} and experiment tracking, try installing litlogger")
+        rank_zero_info("GPU available: False, used: False")
+    finally:
+        log.removeHandler(handler)
+    assert [str(w.message) for w in seen] == ["The number of training batches (16) is smaller than the logging "
+                                              "interval"]
+    assert out.getvalue() == "GPU available: False, used: False\n"

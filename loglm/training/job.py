@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -282,6 +283,7 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
     if not cfg.strategy.sharded_checkpoints:
         plugins.append(VerifiedCheckpointIO())  # DeepSpeed writes its own sharded checkpoints
     cuda_matmul_precision(cfg.trainer.matmul_precision, accelerator)
+    quiet_lightning()
     # DeepSpeed's micro batch is what one process takes per step
     tcfg = dataclasses.replace(cfg.trainer, accelerator=accelerator, batch_size=cfg.per_process_batch())
     trainer = pl.Trainer(
@@ -294,6 +296,33 @@ def build_trainer(cfg, ctx: RunContext, on_ray: bool, extra_callbacks: list | No
         limit_train_batches=cfg.trainer.train_batches(), num_sanity_val_steps=0,
         enable_checkpointing=not on_ray)  # on Ray, RayTrainReportCallback checkpoints (no second, default writer)
     return trainer, best
+
+
+# Lightning messages that say nothing about a LogLM run: an advertisement, a deprecation inside Lightning's own
+# pytree helper, and a caveat about IterableDataset lengths under several loader workers (the training stream,
+# loglm.training.stream, loads in the training process, num_workers=0, so the caveat does not apply)
+LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging", "`isinstance(treespec, LeafSpec)` is deprecated",
+                   "Your `IterableDataset` has `__len__` defined")
+
+
+def quiet_lightning() -> None:
+    """Drop :data:`LIGHTNING_NOISE` from this process's output (idempotent); every other warning stays."""
+    import logging
+    import warnings
+
+    for text in LIGHTNING_NOISE[1:]:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+    log = logging.getLogger("lightning.pytorch")
+    if not any(isinstance(f, _DropNoise) for f in log.filters):
+        log.addFilter(_DropNoise())
+    for handler in log.handlers:  # Lightning's own handler: records from child loggers skip the parent's filters
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+
+
+class _DropNoise:
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(LIGHTNING_NOISE[0])
 
 
 def cuda_matmul_precision(precision: str, accelerator: str) -> bool:
