@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GPU smoke (about 6.5 minutes on one H200): the `base` model in bf16, plain and under DeepSpeed ZeRO-2.
-#  0. the tests marked gpu (tests/test_model.py: both modules' training and validation steps in bf16 on the GPU);
+#  0. the tests marked gpu (tests/test_model.py: both modules' bf16 training and validation steps, and scoring and
+#     embedding on the GPU against the CPU);
 #  1. a throughput probe: tokens/s and MFU of full-length (258-event) training steps;
 #  2. the real pipeline, local: prepare the shipped HDFS block sessions, pretrain 1 epoch with
 #     trainer=gpu strategy=deepspeed_stage2 (one process), calibrate, write the model and its MLflow run;
 #  2b. the same locally with strategy=ddp (bf16-mixed autocast, the unpadded path), 2 epochs, MFU every 4 steps;
 #  3. the same pipeline on Ray Train (1 GPU worker on a private local Ray), where Ray is installed;
-#  4. distillation of stage 2's model into the CPU student, on the GPU (trainer=gpu strategy=deepspeed_stage2).
+#  4. distillation of stage 2's model into the CPU student, on the GPU (trainer=gpu strategy=deepspeed_stage2);
+#  5. scoring on the GPU: stage 2's model evaluates the test split with detect.device=cpu and cuda, same decisions.
 # After stages 2-4 the run's MLflow record is read back (status, metrics, params, the logged model, the MFU history)
 # unless logger=none.
 # Each stage runs on if an earlier one failed; the last lines say which passed.
@@ -98,6 +100,28 @@ elif ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.distill teacher="$teacher"
       trainer.progress_bar=false strategy=deepspeed_stage2 paths.root="$ROOT" $PIPELINE_ARGS \
       > "$ROOT/distill.json" ) && summary "$ROOT/distill.json" && tracked "$ROOT/distill.json"
 then RESULT[distill_deepspeed]=ok; else RESULT[distill_deepspeed]=failed; fi
+
+echo "== 5. scoring on the GPU: stage 2's model evaluated on the test split with detect.device=cpu and =cuda"
+if [ -z "$teacher" ]; then RESULT[scoring_cuda]="skipped (no model from stage 2)"
+else
+  for dev in cpu cuda; do
+    ( time timeout "$STAGE_TIMEOUT" $PY -m pipelines.evaluate ckpt="$ROOT/models/$teacher" data=hdfs_blocks_sample \
+        paths.root="$ROOT" logger=none detect.device=$dev detect.batch_size=256 detect.max_batch_tokens=65536 \
+        > "$ROOT/eval_$dev.json" ) 2>&1 | grep -E "^real|scored|error"
+  done
+  if $PY - "$ROOT/eval_cpu.json" "$ROOT/eval_cuda.json" <<'PYEOF'
+import json, sys
+def metrics(path):
+    t = open(path).read()
+    return json.loads(t[t.index("{\n"):])["metrics"]["all"]
+cpu, gpu = metrics(sys.argv[1]), metrics(sys.argv[2])
+keys = ("tp", "fp", "tn", "fn", "f1", "auroc", "threshold")
+print("cpu ", {k: cpu[k] for k in keys}); print("cuda", {k: gpu[k] for k in keys})
+assert all(cpu[k] == gpu[k] for k in ("tp", "fp", "tn", "fn")), "the GPU made other decisions than the CPU"
+assert abs(cpu["auroc"] - gpu["auroc"]) < 1e-3
+PYEOF
+  then RESULT[scoring_cuda]=ok; else RESULT[scoring_cuda]=failed; fi
+fi
 
 echo "== summary"
 for k in "${!RESULT[@]}"; do echo "$k: ${RESULT[$k]}"; done | sort

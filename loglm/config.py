@@ -8,6 +8,7 @@ type is refused by Hydra before any work starts, with the offending key in the m
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,11 @@ class DetectConfig:
     # windows); small batches keep a small encoder in cache (measured best on 2 cores, `make bench`)
     batch_size: int = 64
     max_batch_tokens: int = 1024
+    # where the torch model scores and embeds (evaluation, calibration after training, detect, calibrate,
+    # tune, embed): "cpu", "cuda" / "cuda:N", or "auto" (a CUDA GPU where there is one). Scores come out in
+    # full fp32 on either; on a GPU raise batch_size and max_batch_tokens (e.g. 1024 and 262144), which are
+    # sized for a CPU's cache. Exported bundles and the torch-free engine always run on the CPU
+    device: str = "cpu"
     evidence_events: int = 5
     expected_per_event: int = 3
     # also write every session's score (Parquet) next to the alerts, for SIEM enrichment and audits
@@ -412,6 +418,8 @@ class DetectConfig:
         from loglm.detect.score_core import SCORE_RULES
 
         _check(self.score in SCORE_RULES, f"detect.score must be one of {tuple(SCORE_RULES)}, got {self.score!r}")
+        _check(re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device) is not None,
+               f"detect.device must be cpu, auto, cuda or cuda:N, got {self.device!r}")
         _check(not (SCORE_RULES[self.score].excess and self.scorer == "rtd"),
                f"detect.score={self.score} reads each masked prediction's entropy, which detect.scorer=rtd does "
                "not make: use detect.scorer=views")

@@ -541,7 +541,7 @@ def _run(cfg, parent_run_id: str | None) -> dict:
 
     t0 = time.perf_counter()
     model_dir = model_dir_for(cfg)
-    loaded = load_model(model_dir)
+    loaded = load_model(model_dir, device=cfg.detect.device)
     dcfg = detect_config_of(loaded, cfg.detect)
     data_dir = prepared_dir(cfg.paths.root, cfg.data.name)
     stale = stale_reason(data_dir, cfg)

@@ -11,7 +11,7 @@ def _run(cfg):
     from loglm.detect.detector import model_dir_for, with_model_data
     from loglm.model.store import load_model
 
-    loaded = load_model(model_dir_for(cfg))
+    loaded = load_model(model_dir_for(cfg), device=cfg.detect.device)
     return run(with_model_data(cfg, Path(loaded.folder)), loaded, torch_embed_fn(loaded.encoder),
                event_fn=torch_event_embed_fn(loaded.encoder))
 

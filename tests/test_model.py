@@ -735,6 +735,54 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipi
                                                                                    reason="needs a CUDA GPU")])]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scorer", ["views", "rtd"])
+def test_scores_expected_events_and_vectors_on_the_scoring_device_match_the_cpus(device, scorer):
+    """detect.device=cuda scores and embeds on the GPU (inputs moved there, outputs back): the scores, ranks,
+    expected events and vectors must be the CPU's (fp32 both; the cuda case is marked gpu)."""
+    import copy
+
+    from loglm.analyst.embed import embed_events, embed_windows, torch_embed_fn, torch_event_embed_fn
+
+    torch.manual_seed(0)
+    enc = LogEncoder(EncoderConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0,
+                                   max_len=64, rtd_head=True)).eval()
+    on = copy.deepcopy(enc).to(device)
+    rng = np.random.default_rng(0)
+    toks = [rng.integers(5, 30, size=n) for n in (3, 17, 40, 9)] + [np.array([5, UNK, 6, 7])]
+    gaps = [rng.integers(0, 4, size=len(t)) for t in toks]
+    closed = [True, False, True, True, False]
+    cfg = DetectConfig(scorer=scorer, n_views=3, batch_size=2)
+    cpu, dev = score_windows(enc, toks, gaps, closed, cfg), score_windows(on, toks, gaps, closed, cfg)
+    np.testing.assert_allclose(dev.score, cpu.score, rtol=1e-4, atol=1e-5)
+    for a, b in zip(dev.surprisal + dev.expected_p, cpu.surprisal + cpu.expected_p):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert all((a == b).all() for a, b in zip(dev.expected, cpu.expected))
+    np.testing.assert_allclose(embed_windows(torch_embed_fn(on), toks, gaps, closed),
+                               embed_windows(torch_embed_fn(enc), toks, gaps, closed), atol=1e-5)
+    for a, b in zip(embed_events(torch_event_embed_fn(on), toks, gaps, closed),
+                    embed_events(torch_event_embed_fn(enc), toks, gaps, closed)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_scoring_device_is_checked_before_any_work(monkeypatch):
+    from loglm.model.store import scoring_device
+
+    assert DetectConfig().device == "cpu"
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="detect.device must be"):
+            DetectConfig(device=bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert scoring_device("auto") == torch.device("cpu") and scoring_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU is usable here"):
+        scoring_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert scoring_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="has 1 CUDA GPU"):
+        scoring_device("cuda:1")
+
+
 def padded_bf16_batch(device: str) -> dict:
     lengths = torch.tensor([40, 7, 19, 3, 33, 12])  # 46% padding: the unpadded path at unpad_share 0.1
     pad = torch.arange(40)[None, :] < lengths[:, None]

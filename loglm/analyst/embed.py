@@ -24,13 +24,16 @@ EmbedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 def torch_embed_fn(encoder) -> EmbedFn:
     import torch
 
+    from loglm.detect.torch_scoring import on_device_of
+
     encoder.eval()
+    to = on_device_of(encoder)
 
     @torch.inference_mode()
     def embed(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(pad)
-        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), t)
-        return encoder.embedding(hidden.float(), t).numpy()
+        t = to(pad)
+        hidden = encoder(to(tok), to(gap), t)
+        return encoder.embedding(hidden.float(), t).cpu().numpy()
 
     return embed
 
@@ -38,12 +41,15 @@ def torch_embed_fn(encoder) -> EmbedFn:
 def torch_event_embed_fn(encoder) -> EmbedFn:
     import torch
 
+    from loglm.detect.torch_scoring import on_device_of
+
     encoder.eval()
+    to = on_device_of(encoder)
 
     @torch.inference_mode()
     def embed(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        t, g = torch.from_numpy(tok), torch.from_numpy(gap)
-        return encoder.event_embedding(encoder(t, g, torch.from_numpy(pad)).float(), t, g).numpy()
+        t, g = to(tok), to(gap)
+        return encoder.event_embedding(encoder(t, g, to(pad)).float(), t, g).cpu().numpy()
 
     return embed
 

@@ -209,7 +209,7 @@ def run(cfg) -> dict:
     from loglm.ingest.builders import BUILDERS
 
     model_dir = resolve_model_dir(cfg.ckpt, cfg.paths.root)
-    loaded = load_model(model_dir)
+    loaded = load_model(model_dir, device=cfg.detect.device)
     benign, malicious = fb.sessions_by_verdict(cfg.tune.feedback) if cfg.tune.feedback else (set(), set())
     cfg = with_model_data(dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, data_from="model")), model_dir)
     if cfg.data.format in BUILDERS:

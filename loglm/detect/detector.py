@@ -150,7 +150,7 @@ def run(cfg) -> dict:
     from loglm.detect.torch_scoring import score_windows
     from loglm.model.store import load_model
 
-    loaded = load_model(model_dir_for(cfg))
+    loaded = load_model(model_dir_for(cfg), device=cfg.detect.device)
     cfg = with_model_data(cfg, Path(loaded.folder))
     scorer = lambda t, g, c, d: score_windows(loaded.encoder, t, g, c, d)  # noqa: E731
     if cfg.follow:

@@ -88,7 +88,7 @@ def run(cfg) -> dict:
         raise ValueError("give the new environment's recent traffic: inputs=[file or directory, ...]")
     model_dir = model_dir_for(cfg)
     out = new_folder(model_dir, cfg.out)
-    loaded = load_model(model_dir)
+    loaded = load_model(model_dir, device=cfg.detect.device)
     dcfg = detect_config_of(loaded, cfg.detect)  # the model's scoring settings, this run's target FPR
     run_cfg = dataclasses.replace(cfg, data=trained_data_config(model_dir, cfg.data, labels=False))
     cal, stats = recalibration(run_cfg, loaded, lambda *w: score_windows(loaded.encoder, *w), dcfg, out)

@@ -16,27 +16,35 @@ from loglm.detect.score_core import (  # noqa: F401  (re-exported for callers of
 from loglm.detect.thresholds import threshold_for_fpr  # noqa: F401
 
 
+def on_device_of(encoder):
+    """numpy arrays in, on the encoder's device (the CPU, or the GPU ``detect.device`` put it on)."""
+    device = next(encoder.parameters()).device
+    return lambda a: torch.from_numpy(a).to(device, non_blocking=True)
+
+
 def torch_logp_fn(encoder):
     encoder.eval()
+    t = on_device_of(encoder)
 
     @torch.inference_mode()
     def logp(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray, target: np.ndarray) -> np.ndarray:
-        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
-        logits = encoder.logits(hidden[torch.from_numpy(target)])
-        return torch.log_softmax(logits.float(), -1).numpy()
+        hidden = encoder(t(tok), t(gap), t(pad))
+        logits = encoder.logits(hidden[t(target)])
+        return torch.log_softmax(logits.float(), -1).cpu().numpy()
 
     return logp
 
 
 def torch_rtd_fn(encoder, k: int):
     encoder.eval()
+    t = on_device_of(encoder)
 
     @torch.inference_mode()
     def fn(tok: np.ndarray, gap: np.ndarray, pad: np.ndarray):
-        hidden = encoder(torch.from_numpy(tok), torch.from_numpy(gap), torch.from_numpy(pad))
+        hidden = encoder(t(tok), t(gap), t(pad))
         logp = torch.log_softmax(encoder.logits(hidden).float(), -1)
         top_logp, top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-        return encoder.replaced_logit(hidden).float().numpy(), top.numpy(), top_logp.numpy()
+        return encoder.replaced_logit(hidden).float().cpu().numpy(), top.cpu().numpy(), top_logp.cpu().numpy()
 
     return fn
 

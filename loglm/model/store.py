@@ -68,7 +68,21 @@ class LoadedModel:
         self.calibration = check_calibration(json.loads(cal.read_text()), cal) if cal.is_file() else None
 
 
-def load_model(folder: str | Path, verify: bool = True) -> LoadedModel:
+def scoring_device(name: str) -> torch.device:
+    """``detect.device``: "cpu", "cuda" / "cuda:N", or "auto" (the first CUDA GPU where there is one, else the
+    CPU). A CUDA device asked for where none is usable is an error that says so."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"detect.device={name}: no CUDA GPU is usable here (torch {torch.__version__}); "
+                         "use detect.device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"detect.device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def load_model(folder: str | Path, verify: bool = True, device: str = "cpu") -> LoadedModel:
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -81,7 +95,11 @@ def load_model(folder: str | Path, verify: bool = True) -> LoadedModel:
     tensors = load_file(str(folder / WEIGHTS))
     state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     encoder.load_state_dict(state)
-    return LoadedModel(folder, encoder, tensors["center"], meta)
+    dev = scoring_device(device)
+    if dev.type == "cuda":
+        # scores in full fp32, as on the CPU: a training process may have let fp32 matmuls use TF32
+        torch.set_float32_matmul_precision("highest")
+    return LoadedModel(folder, encoder.to(dev), tensors["center"], meta)
 
 
 def resolve_model_dir(ckpt: str, root: str | Path) -> Path:

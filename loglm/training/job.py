@@ -407,7 +407,7 @@ def _train_and_finish(cfg, ctx: RunContext, stage: Stage, progress: dict) -> dic
     progress["phase"] = "calibration"
     model_dir = Path(ctx.model_dir)
     atomic_write_bytes(model_dir / "config.yaml", tracking.config_yaml(cfg))  # secrets as ***
-    loaded = load_model(model_dir, verify=False)
+    loaded = load_model(model_dir, verify=False, device=cfg.detect.device)  # calibration scores on it
     cal, metrics, extra = stage.finish(cfg, ctx, loaded)
     finalize(model_dir, model_dir / "vocab.json", {"run_id": ctx.run_id, "data_sha256": ctx.data_sha256,
                                                    **stage.lineage(ctx)})
