@@ -239,3 +239,17 @@ def test_a_killed_deepspeed_op_builds_lock_is_cleared_and_a_live_build_left_alon
     os.utime(lock, (old, old))
     assert clear_stale_build_lock() is True and not lock.exists()
     assert "build lock left 60 min ago" in capsys.readouterr().err
+
+
+def test_a_gpu_for_scoring_that_is_not_there_is_refused_before_training(tmp_path, monkeypatch):
+    """detect.device=cuda: calibration scores on the GPU after training, so a process without one is refused
+    before the run starts (no MLflow run, no model folder), not after the training it would waste."""
+    import torch
+
+    from loglm.training.pretrain import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose("pretrain", ["data=hdfs_blocks_sample", f"paths.root={tmp_path}", "detect.device=cuda"])
+    with pytest.raises(ValueError, match="detect.device=cuda: no CUDA GPU is usable here"):
+        run(cfg)
+    assert not (tmp_path / "models").exists() and not (tmp_path / "mlflow.db").exists()

@@ -372,6 +372,9 @@ def run(cfg, stage: Stage) -> dict:
     if child is not None:  # rank > 0 of local DDP: train beside rank 0, then leave the rest to it
         fit = fit_local(cfg, child)
         return {"run_id": child.run_id, "rank": int(os.environ["LOCAL_RANK"]), **fit}
+    from loglm.model.store import scoring_device
+
+    scoring_device(cfg.detect.device)  # calibration scores here after training: a missing GPU is refused now
     ctx = start_run(cfg, stage)
     if cfg.launcher.name == "local":  # local DDP's launcher starts the other ranks with this environment
         os.environ[RUN_CONTEXT_ENV] = json.dumps(dataclasses.asdict(ctx))
