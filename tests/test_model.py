@@ -1022,3 +1022,11 @@ def test_per_field_masked_prediction_learns_a_masked_flows_fields_from_its_conte
     q = torch.randn(3, 10 * 32, requires_grad=True)
     none = masked_facet_loss(q, module.encoder.facet.weight, torch.ones(3, 10, dtype=torch.long))
     assert float(none.detach()) == 0.0 and none.requires_grad  # only unseen ids: no target, still a graph
+
+
+def test_scoring_on_a_gpu_with_cpu_sized_batches_says_which_settings_to_raise():
+    from loglm.detect.detector import gpu_batch_note
+
+    assert "raise detect.batch_size and detect.max_batch_tokens" in gpu_batch_note("cuda", DetectConfig())
+    assert gpu_batch_note("cpu", DetectConfig()) is None
+    assert gpu_batch_note("cuda", DetectConfig(batch_size=1024, max_batch_tokens=262144)) is None

@@ -29,7 +29,22 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
     cal = loaded.calibration
     if cal is None:
         raise ValueError(f"{loaded.folder} has no calibration.json: it cannot decide what is anomalous")
+    note = gpu_batch_note(next(loaded.encoder.parameters()).device.type, cfg_detect)
+    if note:
+        print(f"loglm: {note}", file=sys.stderr)
     return calibrated_config(cfg_detect, cal)
+
+
+def gpu_batch_note(device_type: str, cfg_detect: DetectConfig) -> str | None:
+    """Scoring on a GPU with the batches sized for a CPU's cache (detect.batch_size and max_batch_tokens left at
+    their defaults) keeps the GPU mostly idle: a note saying which settings to raise; None otherwise."""
+    default = DetectConfig()
+    if device_type != "cuda" or (cfg_detect.batch_size, cfg_detect.max_batch_tokens) != (
+            default.batch_size, default.max_batch_tokens):
+        return None
+    return (f"scoring on the GPU with batches sized for a CPU ({default.batch_size} windows, "
+            f"{default.max_batch_tokens} positions): raise detect.batch_size and detect.max_batch_tokens "
+            "(e.g. 1024 and 262144): batching sets the speed, not which windows are scored")
 
 
 def same_vocabulary(model_dir: Path, data_dir: Path) -> bool:
