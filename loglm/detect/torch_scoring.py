@@ -19,7 +19,7 @@ from loglm.detect.thresholds import threshold_for_fpr  # noqa: F401
 def on_device_of(encoder):
     """numpy arrays in, on the encoder's device (the CPU, or the GPU ``detect.device`` put it on)."""
     device = next(encoder.parameters()).device
-    return lambda a: torch.from_numpy(a).to(device, non_blocking=True)
+    return lambda a: torch.from_numpy(a).to(device)
 
 
 def torch_logp_fn(encoder):
