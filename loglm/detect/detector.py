@@ -29,7 +29,8 @@ def detect_config_of(loaded, cfg_detect: DetectConfig) -> DetectConfig:
     cal = loaded.calibration
     if cal is None:
         raise ValueError(f"{loaded.folder} has no calibration.json: it cannot decide what is anomalous")
-    note = gpu_batch_note(next(loaded.encoder.parameters()).device.type, cfg_detect)
+    encoder = getattr(loaded, "encoder", None)  # a torch model; an exported bundle scores on the CPU
+    note = gpu_batch_note(next(encoder.parameters()).device.type, cfg_detect) if encoder is not None else None
     if note:
         print(f"loglm: {note}", file=sys.stderr)
     return calibrated_config(cfg_detect, cal)
