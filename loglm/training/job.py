@@ -312,10 +312,8 @@ def quiet_lightning() -> None:
 
     for text in LIGHTNING_NOISE[1:]:
         warnings.filterwarnings("ignore", message=re.escape(text))
-    log = logging.getLogger("lightning.pytorch")
-    if not any(isinstance(f, _DropNoise) for f in log.filters):
-        log.addFilter(_DropNoise())
-    for handler in log.handlers:  # Lightning's own handler: records from child loggers skip the parent's filters
+    # on Lightning's own handler: its messages come from child loggers, which skip a parent logger's filters
+    for handler in logging.getLogger("lightning.pytorch").handlers:
         if not any(isinstance(f, _DropNoise) for f in handler.filters):
             handler.addFilter(_DropNoise())
 
