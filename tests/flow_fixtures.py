@@ -6,7 +6,9 @@ outside scanner probing the host's ports (inbound S0 flows) -- the shape of the 
 
 from __future__ import annotations
 
+import json
 import random
+from datetime import UTC, datetime
 
 ZEEK_HEADER = """#separator \\x09
 #set_separator\t,
@@ -51,6 +53,36 @@ def zeek_rows(n_normal: int, n_attack: int, seed: int = 0, t0: float = 1_655_071
 
 def write_zeek(path, n_normal: int = 300, n_attack: int = 40, seed: int = 0) -> None:
     path.write_text(ZEEK_HEADER + "\n".join(zeek_rows(n_normal, n_attack, seed)) + "\n#close\t2022-06-18-00-00-00\n")
+
+
+def zeek_json_lines(n_normal: int, n_attack: int, seed: int = 0, ts: str = "epoch") -> list[str]:
+    """The rows of :func:`zeek_rows` as Zeek writes them with ``LogAscii::use_json=T``: one object per line,
+    flat dotted keys, counts and ports as numbers, bools as true/false, sets as lists, unset fields left out;
+    ``ts`` as epoch seconds, ``millis`` (``JSON::TS_MILLIS``) or ``iso`` (``JSON::TS_ISO8601``)."""
+    header = dict(line.split("\t", 1) for line in ZEEK_HEADER.splitlines() if "\t" in line)
+    names, types = header["#fields"].split("\t"), header["#types"].split("\t")
+    lines = []
+    for row in zeek_rows(n_normal, n_attack, seed):
+        obj: dict = {}
+        for name, typ, v in zip(names, types, row.split("\t")):
+            if v == "-":
+                continue
+            if typ == "time":
+                t = float(v)
+                obj[name] = {"epoch": t, "millis": round(t * 1000),
+                             "iso": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")}[ts]
+            elif typ in ("count", "port", "int"):
+                obj[name] = int(v)
+            elif typ in ("interval", "double"):
+                obj[name] = float(v)
+            elif typ == "bool":
+                obj[name] = v == "T"
+            elif typ.startswith("set["):
+                obj[name] = [] if v == "(empty)" else v.split(",")
+            else:
+                obj[name] = v
+        lines.append(json.dumps(obj))
+    return lines
 
 
 CIC_COLUMNS = ["Flow Duration", "Total Fwd Packets", "Total Backward Packets", "Total Length of Fwd Packets",

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import compose
-from flow_fixtures import HOST, NETFLOW_FIELDS, netflow_rows, write_cicflowmeter, write_zeek
+from flow_fixtures import HOST, NETFLOW_FIELDS, netflow_rows, write_cicflowmeter, write_zeek, zeek_json_lines
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -105,7 +105,7 @@ def test_zeek_bad_rows_are_rejected_with_line_and_reason(tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     _, rejected, acct = read_all(DataConfig(format="zeek"), bad)
     by_line = {r.line_no: r.reason for r in rejected}
-    assert by_line[1] == "data row before a #fields header"
+    assert by_line[1] == "data row before a #fields header (and not a JSON object)"
     assert by_line[13].startswith("wrong column count")
     assert by_line[14] == "bad value: column 'orig_bytes': not a number: 'lots'"
     assert by_line[15].startswith("bad value: column 'ts'")
@@ -115,6 +115,59 @@ def test_zeek_bad_rows_are_rejected_with_line_and_reason(tmp_path):
     other.write_text("#separator \\x09\n#fields\tts\tquery\n1.0\texample.com\n")
     _, rejected, _ = read_all(DataConfig(format="zeek"), other)
     assert "lacks" in rejected[0].reason and "line 2" in rejected[0].reason
+
+
+def test_zeek_json_logs_read_as_the_same_flows_as_tsv(tmp_path):
+    """Zeek's JSON output (use_json=T) gives the flows its TSV gives: fields, labels, entities and time, with
+    ts as epoch seconds exactly, as milliseconds or ISO 8601 to the microsecond; no header needed."""
+    tsv = tmp_path / "conn.log.labeled"
+    write_zeek(tsv, n_normal=50, n_attack=10)
+    want, _, _ = read_all(DataConfig(format="zeek"), tsv)
+    for ts in ("epoch", "millis", "iso"):
+        path = tmp_path / f"conn.{ts}.json"
+        path.write_text("\n".join(zeek_json_lines(50, 10, ts=ts)) + "\n")
+        got, rejected, acct = read_all(DataConfig(format="zeek"), path)
+        assert not rejected and acct.metadata == 0 and len(got) == len(want) == 61
+        for g, w in zip(got, want):
+            assert (g.label, g.header_entities) == (w.label, w.header_entities)
+            assert {k: v for k, v in g.fields.items() if k != "ts"} == {k: v for k, v in w.fields.items() if k != "ts"}
+            if ts == "epoch":
+                assert g.ts == w.ts == g.fields["ts"]
+            else:
+                assert g.ts == pytest.approx(w.ts, abs=1e-3 if ts == "millis" else 1e-6)
+    unset = next(r for r in got if r.label == "Background")
+    assert unset.fields["duration"] is None and unset.fields["fwd_bytes"] is None  # left out = unset
+
+
+def test_zeek_json_bad_records_are_rejected_with_line_and_reason(tmp_path):
+    good = zeek_json_lines(3, 0)
+    rec = json.loads(good[0])
+    nested = {**{k: v for k, v in rec.items() if not k.startswith("id.")},
+              "id": {"orig_h": rec["id.orig_h"], "orig_p": rec["id.orig_p"], "resp_h": rec["id.resp_h"],
+                     "resp_p": rec["id.resp_p"]}}  # as a shipper may nest the dotted keys
+    lines = [good[0], '{"ts": 1.0, "id.orig_h": ', "[1, 2]", json.dumps({k: v for k, v in rec.items() if k != "proto"}),
+             json.dumps({**rec, "ts": "yesterday"}), json.dumps({**rec, "orig_bytes": "lots"}),
+             json.dumps({**rec, "service": {"name": "dns"}}), json.dumps({**rec, "ts": True}), json.dumps(nested)]
+    path = tmp_path / "conn.json"
+    path.write_text("\n".join(lines) + "\n")
+    records, rejected, acct = read_all(DataConfig(format="zeek"), path)
+    by_line = {r.line_no: r.reason for r in rejected}
+    assert [r.line_no for r in records] == [1, 9] and records[0].fields == records[1].fields
+    assert by_line[2].startswith("invalid JSON") and by_line[3] == "data row before a #fields header (and not a JSON object)"
+    assert by_line[4] == "Zeek JSON record lacks ['proto']: not a conn.log record"
+    assert by_line[5] == "bad timestamp: 'yesterday'" and by_line[8] == "bad timestamp: 'True'"
+    assert by_line[6] == "bad value: column 'orig_bytes': not a number: 'lots'"
+    assert by_line[7] == "bad value: field 'service' is a JSON dict"
+    assert acct.rejected == 7 and acct.read == 9
+    # other key names (an ECS document, as Elastic's Zeek module writes one) by data.fields
+    ecs = tmp_path / "ecs.json"
+    ecs.write_text(json.dumps({"@timestamp": "2024-03-01T10:00:00.5Z", "source": {"ip": HOST, "port": 50000},
+                               "destination": {"ip": "93.184.1.1", "port": 443}, "network": {"transport": "TCP"}}))
+    fields = {"ts": "@timestamp", "src_ip": "source.ip", "src_port": "source.port", "dst_ip": "destination.ip",
+              "dst_port": "destination.port", "proto": "network.transport"}
+    (flow,), _, _ = read_all(DataConfig(format="zeek", fields=fields), ecs)
+    assert flow.ts == datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC).timestamp()
+    assert (flow.fields["src_ip"], flow.fields["dst_port"], flow.fields["proto"]) == (HOST, 443, "tcp")
 
 
 def test_cicflowmeter_csv(tmp_path):
@@ -272,6 +325,27 @@ def test_prepare_flows_reject_manifest_and_reconciled_totals(tmp_path):
     assert attack and all(t == UNK for r in attack for t in r["tokens"])
     assert all(r["split"] != "train" for r in attack)
     assert {r["entity_type"] for r in rows} == {"src_ip"}
+
+
+def test_prepare_reads_zeek_json_into_the_sessions_tsv_gives(tmp_path):
+    """The same capture as Zeek TSV and as Zeek JSON prepares to the same sessions, labels, splits and vocabulary."""
+    from loglm.ingest.prepare import run as prepare
+
+    tsv, js = tmp_path / "tsv" / "conn.log.labeled", tmp_path / "json" / "conn.log"
+    tsv.parent.mkdir()
+    js.parent.mkdir()
+    write_zeek(tsv, 300, 40)
+    js.write_text("\n".join(zeek_json_lines(300, 40)) + "\n")
+    out = {}
+    for name, path in (("tsv", tsv), ("json", js)):
+        cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{path}]",
+                                  f"data.name=z_{name}", "data.local_networks=[10.0.0.0/8]", "data.session.window_s=120"])
+        summary = prepare(cfg)
+        assert summary["lines"]["rejected"] == 0
+        rows = pq.read_table(Path(summary["path"]) / "sessions").to_pylist()
+        vocab = json.loads((Path(summary["path"]) / "vocab.json").read_text())
+        out[name] = ([(r["session_id"], r["split"], r["label"], list(r["tokens"])) for r in rows], vocab)
+    assert out["json"] == out["tsv"] and len(out["tsv"][0]) > 20
 
 
 def test_incremental_miner_keeps_ids_and_flags_new_templates(hdfs_head):

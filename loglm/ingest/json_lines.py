@@ -36,6 +36,19 @@ def lookup(obj, path: str):
     return cur
 
 
+def json_object(text: str, source: str, line_no: int) -> dict | Rejection:
+    """One line as a JSON object, or the rejection that says why it is not one."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Rejection(source, line_no, f"invalid JSON: {e.msg} at column {e.colno}")
+    except RecursionError:
+        return Rejection(source, line_no, "invalid JSON: nested too deeply")
+    if not isinstance(obj, dict):
+        return Rejection(source, line_no, f"not a JSON object: {type(obj).__name__}")
+    return obj
+
+
 class JsonLinesReader:
     def __init__(self, data):
         self.fields = {**DEFAULT_FIELDS, **dict(data.fields)}
@@ -50,14 +63,9 @@ class JsonLinesReader:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)
         if isinstance(text, Rejection):
             return text
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            return Rejection(source, line_no, f"invalid JSON: {e.msg} at column {e.colno}")
-        except RecursionError:
-            return Rejection(source, line_no, "invalid JSON: nested too deeply")
-        if not isinstance(obj, dict):
-            return Rejection(source, line_no, f"not a JSON object: {type(obj).__name__}")
+        obj = json_object(text, source, line_no)
+        if isinstance(obj, Rejection):
+            return obj
         message = lookup(obj, self.fields["message"])
         if message is None or isinstance(message, dict | list):
             return Rejection(source, line_no, f"missing field {self.fields['message']!r} (message)")

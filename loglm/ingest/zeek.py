@@ -1,17 +1,27 @@
-"""Zeek ``conn.log`` (TSV with ``#fields`` header), including the ``.labeled`` variants (label columns).
+"""Zeek ``conn.log``: TSV with a ``#fields`` header, including the ``.labeled`` variants (label columns), or
+Zeek's JSON logs (``LogAscii::use_json=T``, the default of Corelight sensors and Security Onion).
 
-Metadata lines (``#separator``, ``#fields``, ``#types``, ``#close`` ...) are counted as metadata; each
+TSV: metadata lines (``#separator``, ``#fields``, ``#types``, ``#close`` ...) are counted as metadata; each
 data row becomes one flow record with canonical fields (loglm.ingest.flows), its source and destination
 addresses as ``ip`` entities and ``src_ip``/``dst_ip`` entities for sessions per host.
+
+JSON: a line that starts with ``{`` is one conn record, read by the same column names (``id.orig_h`` as a
+flat key, or nested ``{"id": {"orig_h": ..}}`` as a shipper may rewrite it; ``data.fields`` maps others,
+e.g. ECS's ``source.ip``); a field left out is unset, as ``-`` is in TSV.  ``ts`` is epoch seconds, epoch
+milliseconds (``JSON::TS_MILLIS``: a number above 10^11) or ISO 8601 (``JSON::TS_ISO8601``).  No header is
+needed, so TSV and JSON files can be read side by side.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
+from loglm.ingest.formats import time_parser
+from loglm.ingest.json_lines import json_object, lookup
 from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
 
 ZEEK_COLUMNS = {
@@ -21,6 +31,21 @@ ZEEK_COLUMNS = {
     "local_orig": "local_orig", "local_resp": "local_resp", "label": "label",
 }
 REQUIRED = ("ts", "id.orig_h", "id.resp_h", "proto")
+MILLIS_ABOVE = 1e11  # epoch seconds this large are the year 5138: a number above it is milliseconds
+_iso = time_parser("iso")
+
+
+def json_ts(value) -> float:
+    """A Zeek JSON ``ts``: epoch seconds, epoch milliseconds or an ISO 8601 string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError
+    try:
+        ts = float(value)
+    except ValueError:
+        ts = _iso(value.strip())
+    if not math.isfinite(ts):
+        raise ValueError
+    return ts / 1000.0 if ts > MILLIS_ABOVE else ts
 
 
 def flow_entities(flow: dict) -> dict[str, str]:
@@ -44,7 +69,7 @@ class ZeekConnReader:
 
     def _reset(self, source: str) -> None:
         self._source, self.sep, self.unset, self.names = source, "\t", "-", None
-        self.no_header = "data row before a #fields header"
+        self.no_header = "data row before a #fields header (and not a JSON object)"
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
         self._reset(os.fspath(path))
@@ -71,6 +96,8 @@ class ZeekConnReader:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)
         if isinstance(text, Rejection):
             return text
+        if text.lstrip().startswith("{"):
+            return self.parse_json(text, source, line_no)
         if self.names is None:
             return Rejection(source, line_no, self.no_header)
         values = text.split(self.sep)
@@ -83,4 +110,28 @@ class ZeekConnReader:
             return Rejection(source, line_no, f"bad value: {e}")
         if flow.get("ts") is None:
             return Rejection(source, line_no, "bad timestamp: missing ts")
+        return accept(Record(source, line_no, flow["ts"], "", text, flow.get("label"), flow_entities(flow), flow))
+
+    def parse_json(self, text: str, source: str, line_no: int) -> Record | Rejection:
+        """One Zeek JSON conn record: the TSV row's columns looked up by name, unset where left out."""
+        obj = json_object(text, source, line_no)
+        if isinstance(obj, Rejection):
+            return obj
+        row = {c: lookup(obj, c) for c in self.columns.values()}
+        missing = [c for c in (self.columns["ts"], self.columns["src_ip"], self.columns["dst_ip"],
+                               self.columns["proto"]) if row.get(c) is None]
+        if missing:
+            return Rejection(source, line_no, f"Zeek JSON record lacks {missing}: not a conn.log record")
+        nested = next((c for c, v in row.items() if isinstance(v, dict | list)), None)
+        if nested is not None:
+            return Rejection(source, line_no, f"bad value: field {nested!r} is a JSON {type(row[nested]).__name__}")
+        stamp = row[self.columns["ts"]]
+        try:
+            row[self.columns["ts"]] = json_ts(stamp)
+        except (ValueError, OverflowError):
+            return Rejection(source, line_no, f"bad timestamp: {str(stamp)[:64]!r}")
+        try:
+            flow = canonical_flow(row, self.columns)
+        except ValueError as e:
+            return Rejection(source, line_no, f"bad value: {e}")
         return accept(Record(source, line_no, flow["ts"], "", text, flow.get("label"), flow_entities(flow), flow))
