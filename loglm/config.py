@@ -89,7 +89,7 @@ class SplitConfig:
 class DataConfig:
     name: str = "hdfs_sample"
     # reader: a raw-text preset from loglm.ingest.formats.PRESETS (hdfs, bgl, linux, openssh, ... every
-    # loghub system), "jsonl", a flow format ("zeek", "cicflowmeter", "netflow"), or a sequence builder
+    # loghub system), "jsonl", a flow format ("zeek", "cicflowmeter", "netflow", "vpcflow"), or a sequence builder
     # ("hdfs_keys", "hdfs_blocks")
     format: str = "hdfs"
     inputs: list[str] = field(default_factory=list)

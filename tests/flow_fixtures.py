@@ -85,6 +85,31 @@ def zeek_json_lines(n_normal: int, n_attack: int, seed: int = 0, ts: str = "epoc
     return lines
 
 
+VPC_HEADER = ("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action "
+              "log-status")
+
+
+def vpc_flow_lines(n: int, seed: int = 0, t0: int = 1_700_000_000) -> list[str]:
+    """AWS VPC flow log records (default version-2 format, space-separated): the local host's outbound
+    traffic, a rejected inbound probe now and then, and a NODATA and a SKIPDATA record."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        start = t0 + 10 * i
+        if i % 50 == 7:
+            lines.append(f"2 123456789012 eni-0a1b2c3d - - - - - - - {start} {start + 60} - NODATA")
+        elif i % 97 == 11:
+            lines.append(f"2 123456789012 eni-0a1b2c3d - - - - - - - {start} {start + 60} - SKIPDATA")
+        elif i % 10 == 3:
+            lines.append(f"2 123456789012 eni-0a1b2c3d 198.51.100.7 {HOST} {rng.randint(40000, 60000)} 22 6 1 40 "
+                         f"{start} {start + 1} REJECT OK")
+        else:
+            lines.append(f"2 123456789012 eni-0a1b2c3d {HOST} 93.184.0.{rng.randint(1, 250)} "
+                         f"{rng.randint(49152, 65000)} {rng.choice([443, 80, 53])} {rng.choice([6, 6, 17])} "
+                         f"{rng.randint(2, 40)} {rng.randint(100, 90000)} {start} {start + rng.randint(0, 59)} ACCEPT OK")
+    return lines
+
+
 CIC_COLUMNS = ["Flow Duration", "Total Fwd Packets", "Total Backward Packets", "Total Length of Fwd Packets",
                "Total Length of Bwd Packets", "Fwd Packet Length Max", "Flow Bytes/s", "Label"]
 

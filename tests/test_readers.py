@@ -11,7 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import compose
-from flow_fixtures import HOST, NETFLOW_FIELDS, netflow_rows, write_cicflowmeter, write_zeek, zeek_json_lines
+from flow_fixtures import (
+    HOST,
+    NETFLOW_FIELDS,
+    VPC_HEADER,
+    netflow_rows,
+    vpc_flow_lines,
+    write_cicflowmeter,
+    write_zeek,
+    zeek_json_lines,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -189,12 +198,94 @@ def test_netflow_parquet_and_csv_with_a_field_mapping(tmp_path):
     rows = netflow_rows(25)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nf.parquet")
     (tmp_path / "nf.csv").write_text(",".join(rows[0]) + "\n" + "\n".join(",".join(str(v) for v in r.values()) for r in rows) + "\n")
+    (tmp_path / "nf.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # goflow2 / ipfixcol2 style
     data = DataConfig(format="netflow", fields=dict(NETFLOW_FIELDS), time_format="epoch")
-    for name in ("nf.parquet", "nf.csv"):
-        records, rejected, _ = read_all(data, tmp_path / name)
+    fields = {}
+    for name in ("nf.parquet", "nf.csv", "nf.jsonl"):
+        records, rejected, acct = read_all(data, tmp_path / name)
         assert not rejected and len(records) == 25
         assert records[3].fields["proto"] == "tcp" and records[3].fields["src_ip"] == HOST
         assert records[3].ts == rows[3]["first_seen"]
+        fields[name] = [r.fields for r in records]
+    assert fields["nf.jsonl"] == fields["nf.csv"] == fields["nf.parquet"] and acct.metadata == 0
+    assert records[0].raw == json.dumps(rows[0])  # the line as it came, for the alert's evidence
+
+
+def test_netflow_json_lines_goflow2_style_nanoseconds_end_times_and_bad_records(tmp_path):
+    """goflow2's JSON: start and end in nanoseconds (duration from them), protocol numbers; a record without a
+    required field, with a nested value or a bad end time is rejected with line and reason."""
+    t0 = 1_700_000_000_123_456_789
+    good = {"type": "NETFLOW_V9", "time_flow_start_ns": t0, "time_flow_end_ns": t0 + 2_500_000_000,
+            "src_addr": HOST, "dst_addr": "93.184.0.9", "src_port": 50123, "dst_port": 443, "proto": 6,
+            "bytes": 5400, "packets": 12}
+    lines = [json.dumps(good), json.dumps({k: v for k, v in good.items() if k != "bytes"}),
+             json.dumps({**good, "proto": {"name": "tcp"}}), json.dumps({**good, "time_flow_end_ns": "later"}),
+             json.dumps({**good, "time_flow_end_ns": None}), "{not json"]
+    path = tmp_path / "goflow.json"
+    path.write_text("\n".join(lines) + "\n")
+    data = DataConfig(format="netflow", time_format="epoch_ns", fields={
+        "ts": "time_flow_start_ns", "end": "time_flow_end_ns", "src_ip": "src_addr", "dst_ip": "dst_addr",
+        "fwd_bytes": "bytes", "fwd_pkts": "packets"})
+    records, rejected, acct = read_all(data, path)
+    assert [r.line_no for r in records] == [1, 5] and acct.rejected == 4
+    flow = records[0].fields
+    assert flow["proto"] == "tcp" and flow["duration"] == pytest.approx(2.5) and flow["fwd_bytes"] == 5400
+    assert records[0].ts == pytest.approx(1_700_000_000.123456789) and records[1].fields.get("duration") is None
+    by_line = {r.line_no: r.reason for r in rejected}
+    assert by_line[2] == "JSON flow lacks field(s) ['bytes']"
+    assert by_line[3] == "bad value: field 'proto' is a JSON dict"
+    assert by_line[4] == "bad end time: 'later'" and by_line[6].startswith("invalid JSON")
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["s3-with-header", "cloudwatch-no-header"])
+def test_aws_vpc_flow_logs(tmp_path, header):
+    """AWS VPC flow logs, space-separated, with the header line S3 delivery writes or without (the default
+    version-2 fields): protocol numbers named, duration from start and end, the action as the flow's state;
+    NODATA records are metadata, SKIPDATA ones rejected with the reason."""
+    lines = vpc_flow_lines(300)
+    path = tmp_path / "vpc.log"
+    path.write_text("\n".join(([VPC_HEADER] if header else []) + lines) + "\n")
+    records, rejected, acct = read_all(DataConfig(format="vpcflow"), path)
+    n_nodata = sum(x.endswith("NODATA") for x in lines)
+    n_skip = sum(x.endswith("SKIPDATA") for x in lines)
+    assert n_nodata and n_skip and acct.metadata == n_nodata + header
+    assert len(records) == 300 - n_nodata - n_skip
+    assert len(rejected) == n_skip and {r.reason for r in rejected} == {"SKIPDATA: AWS skipped this interval's flow records"}
+    first = lines[0].split()
+    flow = records[0].fields
+    assert (flow["src_ip"], flow["dst_ip"], flow["dst_port"]) == (first[3], first[4], int(first[6]))
+    assert flow["proto"] in ("tcp", "udp") and flow["state"] == "ACCEPT" and flow["fwd_bytes"] == float(first[9])
+    assert flow["duration"] == int(first[11]) - int(first[10]) and records[0].ts == int(first[10])
+    assert records[0].raw == lines[0]
+    probe = next(r for r in records if r.fields["state"] == "REJECT")
+    assert probe.fields["src_ip"] == "198.51.100.7" and probe.fields["dst_port"] == 22
+
+
+def test_a_vpc_flow_log_without_header_prepares_the_same_in_ranges(tmp_path, monkeypatch, capfd):
+    """Read in 200-line ranges by two processes, a header-less VPC flow log (each range primed by the file's
+    first record) and a netflow JSON-lines file prepare to what one process reading them whole gives."""
+    from loglm.ingest import partitioned
+    from loglm.ingest.prepare import run as prepare
+
+    monkeypatch.setattr(partitioned, "LOCAL_SPLIT_BYTES", 0)  # a small input still goes to the two processes
+
+    vpc = tmp_path / "vpc.log"
+    vpc.write_text("\n".join(vpc_flow_lines(1000)) + "\n")
+    nf = tmp_path / "nf.jsonl"
+    nf.write_text("\n".join(json.dumps(r) for r in netflow_rows(1000, seed=3)) + "\n")
+    for path, extra in ((vpc, ["data.format=vpcflow"]),
+                        (nf, ["data.format=netflow", "+data.fields=" + json.dumps(NETFLOW_FIELDS).replace('"', "")])):
+        out = []
+        for workers in (1, 2):
+            cfg = compose("prepare", [f"paths.root={tmp_path}/w{workers}", "data=own", f"data.name={path.stem}",
+                                      f"data.inputs=[{path}]", *extra, "data.session.by=entity_window",
+                                      "data.session.entity_type=src_ip", "data.session.window_s=60",
+                                      f"workers={workers}", "ray.lines_per_task=200"])
+            summary = prepare(cfg)
+            rows = pq.read_table(Path(summary["path"]) / "sessions").sort_by("session_id").to_pylist()
+            out.append((summary["lines"], [(r["session_id"], list(r["tokens"])) for r in rows]))
+            assert f"read 1,000 lines in {1 if workers == 1 else 5} task" in capfd.readouterr().err
+        assert out[0] == out[1] and out[0][0]["accepted"] > 900 and len(out[0][1]) > 5, out[0][0]
 
 
 def test_flow_codec_buckets_backoff_and_no_addresses_in_vocabulary(tmp_path):
@@ -404,12 +495,17 @@ def test_shape_cached_masking_equals_the_patterns_on_the_text(tokens):
     b"#fields\tts\tid.orig_h\tid.resp_h\tproto", b"#separator \\x2c", b"1.5\t10.0.0.1\t10.0.0.2\ttcp",
     b'{"timestamp": 1, "message": "m"}', b'{"timestamp": "nan", "message": 1}', b"Flow Duration,Label",
     b"12,BENIGN", b"\xff\xfe", b"\x00", b"1e999\ta\tb\tc", b"1e300\t10.0.0.1\t10.0.0.2\ttcp",
-    b'{"timestamp": -1e300, "message": "m"}']), max_size=8))
+    b'{"timestamp": -1e300, "message": "m"}', b'{"ts": 1e300, "id.orig_h": "a", "id.resp_h": "b", "proto": "tcp"}',
+    b'{"ts": "2024-01-01T00:00:00Z", "id.orig_h": 1, "id.resp_h": [], "proto": "tcp"}',
+    b'{"ts": 1e15, "src_ip": "a", "dst_ip": "b", "fwd_bytes": 1, "fwd_pkts": "x"}',
+    b"2 1 eni-1 - - - - - - - 1 2 - NODATA", b"version srcaddr dstaddr bytes packets start end log-status",
+    b"2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1e300 -5 ACCEPT OK"]), max_size=8))
 def test_structured_readers_never_raise_and_account_every_line(lines):
-    """Arbitrary bytes into the JSON, Zeek and CSV readers: each line a record, a rejection or metadata."""
+    """Arbitrary bytes into the JSON, Zeek, CSV, NetFlow and VPC readers: each line a record, a rejection or
+    metadata."""
     import tempfile
 
-    for fmt in ("jsonl", "zeek", "cicflowmeter"):
+    for fmt in ("jsonl", "zeek", "cicflowmeter", "netflow", "vpcflow"):
         data = DataConfig(format=fmt, max_line_bytes=256,
                           fields={"message": "message", "time": "timestamp"} if fmt == "jsonl" else {})
         with tempfile.TemporaryDirectory() as d:

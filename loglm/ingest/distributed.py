@@ -73,7 +73,7 @@ def _leading_metadata(path: Path, fmt: str) -> int:
                     break
                 n += 1
         return n
-    return 1 if fmt in ("cicflowmeter", "netflow") else 0
+    return 1 if fmt in ("cicflowmeter", "netflow", "vpcflow") else 0  # a header (or the first record)
 
 
 def _lines(task: dict, max_line_bytes: int):

@@ -146,13 +146,17 @@ def _iso(value: str) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
+EPOCH_UNITS = {"epoch_ms": 10**3, "epoch_us": 10**6, "epoch_ns": 10**9}  # ints: digits divide exactly rounded
+
+
 def time_parser(time_format: str) -> Callable[[str], float]:
-    """``epoch`` (seconds), ``epoch_ms``, ``iso`` (ISO 8601, UTC unless it says otherwise), a strptime
-    format, or ``noyear:<strptime format>``."""
+    """``epoch`` (seconds), ``epoch_ms``, ``epoch_us``, ``epoch_ns`` (goflow2's ``time_flow_start_ns``),
+    ``iso`` (ISO 8601, UTC unless it says otherwise), a strptime format, or ``noyear:<strptime format>``."""
     if time_format == "epoch":
         return _epoch
-    if time_format == "epoch_ms":
-        return lambda value: float(value) / 1000.0
+    if time_format in EPOCH_UNITS:
+        scale = EPOCH_UNITS[time_format]
+        return lambda value: int(value) / scale if value.isdigit() else float(value) / scale
     if time_format == "iso":
         return _iso
     if time_format.startswith("noyear:"):

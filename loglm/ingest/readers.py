@@ -238,7 +238,7 @@ def event_parser(reader, mask: bool):
     return parse
 
 
-FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow")
+FLOW_FORMATS = ("zeek", "cicflowmeter", "netflow", "vpcflow")
 
 
 def formats_of(data) -> set[str]:
@@ -276,7 +276,7 @@ def make_reader(data, path: str | Path | None = None):
         from loglm.ingest.zeek import ZeekConnReader
 
         return ZeekConnReader(data)
-    if fmt in ("cicflowmeter", "netflow"):
+    if fmt in ("cicflowmeter", "netflow", "vpcflow"):
         from loglm.ingest.flow_table import FlowTableReader
 
         return FlowTableReader(data)
