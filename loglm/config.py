@@ -104,6 +104,10 @@ class DataConfig:
     entity_fields: dict[str, str] = field(default_factory=dict)
     # structured readers (jsonl, flows): field mapping, see loglm.ingest.json_reader / loglm.ingest.flows
     fields: dict[str, str] = field(default_factory=dict)
+    # jsonl: build each event from these fields instead of one message (security events whose meaning is in
+    # their fields: event.code, event.outcome, eventName, errorCode ...): "fields: event.code=4625 ..." with
+    # the values kept exactly (never masked) and each combination its own template (never generalised)
+    message_fields: list[str] = field(default_factory=list)
     # optional file with one anomalous entity id per line (evaluation only, never used for training)
     anomalous_ids: str | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -156,7 +160,7 @@ class DataConfig:
 
 # the DataConfig fields that say how a file is read (data.sources may set them per input)
 READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
-                 "max_line_bytes")
+                 "max_line_bytes", "message_fields")
 
 
 @dataclass

@@ -51,7 +51,7 @@ def event_parts(item: Record, mask: bool = True) -> tuple[str | None, dict[str, 
         ents = {kind: [value] for kind, value in item.header_entities.items()}
         ents["ip"] = list(dict.fromkeys(v for k in ("src_ip", "dst_ip") for v in ents.get(k, [])))
         return None, ents
-    masked, params = mask_params(item.content) if mask else (item.content, {})
+    masked, params = mask_params(item.content) if mask and not item.exact else (item.content, {})
     ents = entities_of(params)
     for kind, value in item.header_entities.items():
         ents.setdefault(kind, []).append(value)

@@ -28,6 +28,8 @@ class Record:
     header_entities: dict[str, str] = field(default_factory=dict)
     # structured records (network flows): canonical fields, turned into a flow sentence by loglm.ingest.flows
     fields: dict | None = None
+    # content is a field sentence (loglm.ingest.json_lines, data.message_fields): kept as it is, never masked
+    exact: bool = False
 
 
 @dataclass(slots=True)

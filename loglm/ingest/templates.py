@@ -15,6 +15,8 @@ from loglm.ingest.cache import BoundedCache
 
 WILDCARD = "<*>"
 FLOW_SENTENCE_START = "proto="  # loglm.ingest.flows writes every flow sentence starting so
+FIELD_SENTENCE_START = "fields:"  # loglm.ingest.json_lines writes every field sentence (data.message_fields) so
+EXACT_STARTS = (FLOW_SENTENCE_START, FIELD_SENTENCE_START)
 
 
 @dataclass
@@ -79,8 +81,8 @@ class TemplateMiner:
             return tid
         tokens = masked.split()
         best, sim = self._best(tokens)
-        # a flow sentence is its own template, never generalised (corpora that mix log lines and flows)
-        need = 1.0 if tokens and tokens[0].startswith(FLOW_SENTENCE_START) else self.sim_threshold
+        # a flow or field sentence is its own template, never generalised (corpora that mix log lines and flows)
+        need = 1.0 if tokens and tokens[0].startswith(EXACT_STARTS) else self.sim_threshold
         if best is not None and sim >= need:
             tpl = self.templates[best]
             tpl.tokens = [t if t == s else WILDCARD for t, s in zip(tpl.tokens, tokens)]
