@@ -74,3 +74,44 @@ def synthetic_run_overrides(root, n_blocks: int, seed: int) -> list[str]:
     log.write_text("\n".join(lines) + "\n")
     return [f"paths.root={root}", "debug=tests", "data.name=synthetic", f"data.inputs=[{log}]",
             "data.anomalous_ids=null", "data.split.method=seeded"]
+
+
+def windows_logons(days: int, seed: int, first_day: int = 0, attack: bool = False, users: int = 30) -> list[dict]:
+    """Winlogbeat-shaped (ECS) Windows Security logon events, one dict per event in time order: each day every
+    user logs on interactively, makes a few network logons and logs off (now and then after a mistyped
+    password, or with an explicit logoff 4647). ``attack``: on the last day one user (``user7``) takes 40
+    failed network logons from one outside address within 80 s, then a success, a special logon (4672) and
+    a new account (4720)."""
+    rng = random.Random(seed)
+    names = [f"user{i}" for i in range(users)]
+
+    def event(t: datetime, user: str, code: int, outcome: str, kind: str | None, ip: str) -> dict:
+        e = {"@timestamp": f"{t:%Y-%m-%dT%H:%M:%S}Z", "event": {"code": code, "outcome": outcome},
+             "user": {"name": user}, "source": {"ip": ip}}
+        if kind:
+            e["winlog"] = {"logon": {"type": kind}}
+        return e
+
+    start = datetime(2024, 5, 1, 8, 0, 0)
+    out = []
+    for d in range(first_day, first_day + days):
+        for k, user in enumerate(names):
+            t = start + timedelta(days=d, minutes=rng.randint(0, 120))
+            steps = [(4625, "failure", "Interactive")] if rng.random() < 0.1 else []
+            steps += [(4624, "success", "Interactive")] + [(4624, "success", "Network")] * rng.randint(1, 5)
+            steps += [(4634, "success", None)] * rng.randint(1, 3)
+            if rng.random() < 0.2:
+                steps.append((4647, "success", None))
+            for code, outcome, kind in steps:
+                t += timedelta(seconds=rng.randint(5, 600))
+                out.append(event(t, user, code, outcome, kind, f"10.0.0.{k + 10}"))
+        if attack and d == first_day + days - 1:
+            t = start + timedelta(days=d, hours=3)
+            for _ in range(40):
+                t += timedelta(seconds=2)
+                out.append(event(t, "user7", 4625, "failure", "Network", "203.0.113.5"))
+            for dt, code in ((2, 4624), (30, 4672), (60, 4720)):
+                out.append(event(t + timedelta(seconds=dt), "user7", code, "success", "Network" if code == 4624 else None,
+                                 "203.0.113.5"))
+    out.sort(key=lambda e: e["@timestamp"])
+    return out

@@ -133,3 +133,34 @@ def test_the_readme_syslog_commands_run_as_written_in_bash(tmp_path):
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
     assert summary["lines"]["accepted"] == 200 and summary["lines"]["rejected"] == 0, summary["lines"]
     assert alerts, "detection wrote no alerts file"
+
+
+def test_the_readme_security_events_block_alerts_on_the_brute_force_only(tmp_path):
+    """The README's Windows security events block, run as written in bash on generated Winlogbeat logons (20
+    days train a tiny model; a new day holds one brute force): every line is scored, and of the new day's
+    user sessions the only alert is the brute force, its evidence and expectations field sentences."""
+    from synthetic import windows_logons
+
+    train, new = tmp_path / "security.ndjson", tmp_path / "security-today.ndjson"
+    train.write_text("".join(json.dumps(e) + "\n" for e in windows_logons(20, seed=1)))
+    today = windows_logons(1, seed=2, first_day=25, attack=True)
+    new.write_text("".join(json.dumps(e) + "\n" for e in today))
+    block = readme_block("**Security events**")
+    script = block.replace("/var/log/winlogbeat/security-today.ndjson", str(new))
+    script = script.replace("/var/log/winlogbeat/security.ndjson", str(train))
+    script = script.replace("python -m ", f"{sys.executable} -m ")
+    fast = "SEC+=(model=tiny trainer.max_epochs=5 trainer.progress_bar=false)\n"
+    first = script.index(f"{sys.executable} -m")
+    script = "set -euo pipefail\n" + script[:first] + fast + script[first:]
+    env = {**os.environ, "LOGLM_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
+    assert summary["lines"]["accepted"] == len(today) and summary["lines"]["rejected"] == 0, summary["lines"]
+    alerts = [json.loads(x) for x in open(summary["alerts_path"])]
+    assert [a["entity"] for a in alerts] == [{"type": "user", "value": "user7"}], [a["session_id"] for a in alerts]
+    assert alerts[0]["entities"]["ip"] == ["203.0.113.5"]
+    top = alerts[0]["surprising_events"][0]
+    assert top["template"] == "fields: event.code=4625 winlog.logon.type=Network event.outcome=failure"
+    assert all(x["template"].startswith("fields: ") or x["template"].startswith("[") for x in top["expected"])
+

@@ -87,32 +87,14 @@ def test_json_lines_nested_fields_entities_and_rejections(tmp_path):
     assert reasons[2].startswith("bad timestamp") and "missing field 'event.message'" in reasons[3]
 
 
-def windows_logons(n: int, seed: int = 0) -> list[dict]:
-    """Winlogbeat-shaped (ECS) Windows logon events: users logging on and off, a few failed logons."""
-    import random
-
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        user = rng.choice(["alice", "bob", "carol"])
-        code, outcome, kind = rng.choice([(4624, "success", "Interactive"), (4624, "success", "Network"),
-                                          (4634, "success", None), (4625, "failure", "Network")])
-        event = {"@timestamp": f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}Z",
-                 "event": {"code": code, "outcome": outcome, "provider": "Microsoft-Windows-Security-Auditing"},
-                 "user": {"name": user}, "source": {"ip": f"10.0.0.{rng.randint(2, 9)}"},
-                 "message": f"An account {'failed to log on' if code == 4625 else 'was logged on'}. User {user}"}
-        if kind:
-            event["winlog"] = {"logon": {"type": kind}}
-        out.append(event)
-    return out
-
-
 def test_security_events_as_field_sentences_keep_their_codes_exactly(tmp_path):
     """data.message_fields: an event is its chosen fields, values not masked (4625 is the event, not a number),
     a field left out is "-", and every combination is its own template, never generalised; entities as before."""
+    from synthetic import windows_logons
+
     from loglm.ingest.prepare import run as prepare
 
-    events = windows_logons(600)
+    events = windows_logons(2, seed=0, attack=True)
     path = tmp_path / "security.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events) + "\n" + json.dumps({"@timestamp": "2024-05-01T11:00:00Z"})
                     + "\n")
@@ -120,11 +102,11 @@ def test_security_events_as_field_sentences_keep_their_codes_exactly(tmp_path):
                       message_fields=["event.code", "winlog.logon.type", "event.outcome"],
                       entity_fields={"user.name": "user", "source.ip": "ip"})
     records, rejected, _ = read_all(data, path)
-    assert len(records) == 600 and [r.reason for r in rejected] == [
+    assert len(records) == len(events) and [r.reason for r in rejected] == [
         "none of the message fields ['event.code', 'winlog.logon.type', 'event.outcome'] in the record"]
-    failed = next(r for r, e in zip(records, events) if e["event"]["code"] == 4625)
+    failed = next(r for r, e in zip(records, events) if e["source"]["ip"] == "203.0.113.5")
     assert failed.content == "fields: event.code=4625 winlog.logon.type=Network event.outcome=failure" and failed.exact
-    assert failed.header_entities["user"] in ("alice", "bob", "carol")
+    assert failed.header_entities == {"user": "user7", "ip": "203.0.113.5"}
     logoff = next(r for r, e in zip(records, events) if e["event"]["code"] == 4634)
     assert logoff.content == "fields: event.code=4634 winlog.logon.type=- event.outcome=success"
     cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=own", "data.name=winsec", "data.format=jsonl",
@@ -133,10 +115,11 @@ def test_security_events_as_field_sentences_keep_their_codes_exactly(tmp_path):
                               "+data.entity_fields={user.name: user, source.ip: ip}", "data.session.entity_type=user"])
     summary = prepare(cfg)
     vocab = json.loads((Path(summary["path"]) / "vocab.json").read_text())
-    texts = sorted(" ".join(t["tokens"]) if isinstance(t, dict) else str(t) for t in vocab["miner"]["templates"])
-    assert texts == sorted({f"fields: event.code={c} winlog.logon.type={k} event.outcome={o}" for c, k, o in [
+    texts = [" ".join(t["tokens"]) if isinstance(t, dict) else str(t) for t in vocab["miner"]["templates"]]
+    assert len(set(texts)) == len(texts) and all(t.startswith("fields: ") and "<" not in t for t in texts), texts
+    assert {f"fields: event.code={c} winlog.logon.type={k} event.outcome={o}" for c, k, o in [
         (4624, "Interactive", "success"), (4624, "Network", "success"), (4634, "-", "success"),
-        (4625, "Network", "failure")]}), texts  # four events, none generalised into another
+        (4625, "Interactive", "failure")]} <= set(texts), texts  # none generalised into another
     rows = pq.read_table(Path(summary["path"]) / "sessions").to_pylist()
     assert {r["entity_type"] for r in rows} == {"user"} and summary["lines"]["rejected"] == 1
 
