@@ -112,6 +112,22 @@ def readme_block(after: str) -> str:
     return text[start:text.index("```", start)]
 
 
+def run_readme_block(after: str, paths: dict[str, str], extra: str, tmp_path) -> dict:
+    """The README's bash block after ``after``, run in bash with its log paths swapped (``paths``, longest
+    first) and ``extra`` (settings for a fast run) added before its first command; detect's summary."""
+    script = readme_block(after)
+    for old, new in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        assert old in script, old
+        script = script.replace(old, new)
+    script = script.replace("python -m ", f"{sys.executable} -m ")
+    first = script.index(f"{sys.executable} -m")
+    script = "set -euo pipefail\n" + script[:first] + extra + "\n" + script[first:]
+    env = {**os.environ, "LOGLM_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
+
+
 def test_the_readme_syslog_commands_run_as_written_in_bash(tmp_path):
     """The README's syslog block, pasted into bash with only the log paths swapped and a tiny model added:
     prepare, pretrain and detect succeed and every line of the new file is accounted for (a quoting mistake
@@ -119,18 +135,12 @@ def test_the_readme_syslog_commands_run_as_written_in_bash(tmp_path):
     train, new = tmp_path / "auth.log", tmp_path / "auth.log.1"
     write_syslog(train, 1500, 1)
     write_syslog(new, 200, 2, T0 + timedelta(days=1))
-    block = readme_block("**Syslog with your own header**")
-    assert "/var/log/auth.log.1" in block and "OWN=(" in block
-    script = block.replace("/var/log/auth.log.1", str(new)).replace("/var/log/auth.log", str(train))
-    script = script.replace("python -m ", f"{sys.executable} -m ")
-    fast = "OWN+=(model=tiny trainer.max_epochs=1 trainer.progress_bar=false detect.small_validation=warn)\n"
-    first = script.index(f"{sys.executable} -m")
-    script = "set -euo pipefail\n" + script[:first] + fast + script[first:]
-    env = {**os.environ, "LOGLM_RUNS": str(tmp_path / "runs")}
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OWN=(" in readme_block("**Syslog with your own header**")
+    summary = run_readme_block("**Syslog with your own header**", {"/var/log/auth.log.1": str(new),
+                                                                     "/var/log/auth.log": str(train)},
+                               "OWN+=(model=tiny trainer.max_epochs=1 trainer.progress_bar=false "
+                               "detect.small_validation=warn)", tmp_path)
     alerts = list((tmp_path / "runs").rglob("*.jsonl"))
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
     assert summary["lines"]["accepted"] == 200 and summary["lines"]["rejected"] == 0, summary["lines"]
     assert alerts, "detection wrote no alerts file"
 
@@ -145,17 +155,9 @@ def test_the_readme_security_events_block_alerts_on_the_brute_force_only(tmp_pat
     train.write_text("".join(json.dumps(e) + "\n" for e in windows_logons(20, seed=1)))
     today = windows_logons(1, seed=2, first_day=25, attack=True)
     new.write_text("".join(json.dumps(e) + "\n" for e in today))
-    block = readme_block("**Security events**")
-    script = block.replace("/var/log/winlogbeat/security-today.ndjson", str(new))
-    script = script.replace("/var/log/winlogbeat/security.ndjson", str(train))
-    script = script.replace("python -m ", f"{sys.executable} -m ")
-    fast = "SEC+=(model=tiny trainer.max_epochs=5 trainer.progress_bar=false)\n"
-    first = script.index(f"{sys.executable} -m")
-    script = "set -euo pipefail\n" + script[:first] + fast + script[first:]
-    env = {**os.environ, "LOGLM_RUNS": str(tmp_path / "runs")}
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])  # detect's summary, printed last
+    summary = run_readme_block("**Security events**", {"/var/log/winlogbeat/security-today.ndjson": str(new),
+                                                        "/var/log/winlogbeat/security.ndjson": str(train)},
+                               "SEC+=(model=tiny trainer.max_epochs=5 trainer.progress_bar=false)", tmp_path)
     assert summary["lines"]["accepted"] == len(today) and summary["lines"]["rejected"] == 0, summary["lines"]
     alerts = [json.loads(x) for x in open(summary["alerts_path"])]
     assert [a["entity"] for a in alerts] == [{"type": "user", "value": "user7"}], [a["session_id"] for a in alerts]
