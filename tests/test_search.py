@@ -129,6 +129,12 @@ def test_windows_security_events_point_to_their_techniques():
     for code, technique in ((1102, "T1070.001"), (4698, "T1053"), (4720, "T1136.001"), (4769, "T1558"),
                             (5140, "T1021.002"), (7045, "T1543")):
         assert by_evidence(alert(code))[0]["id"] == technique, (code, by_evidence(alert(code)))
+    # CloudTrail API calls, as data.message_fields=[eventSource,eventName,errorCode] writes them
+    for call, technique in (("StopLogging", "T1562.008"), ("CreateUser", "T1136.003"), ("CreateAccessKey", "T1098.001"),
+                            ("AttachUserPolicy", "T1098.003"), ("GetSecretValue", "T1555.006"),
+                            ("RunInstances", "T1578.002"), ("DescribeInstances", "T1580"), ("ConsoleLogin", "T1078.004")):
+        cloud = {"surprising_events": [{"template": f"fields: eventSource=x.amazonaws.com eventName={call} errorCode=-"}]}
+        assert by_evidence(cloud)[0]["id"] == technique, (call, by_evidence(cloud))
 
 
 def test_an_alert_takes_the_kind_its_sure_events_vote_for():

@@ -105,6 +105,22 @@ WINDOWS_EVENTS = {
     7045: "new service installed create or modify system process windows service",
 }
 FAILED_LOGONS = frozenset({4625, 4771, 4776})
+# AWS CloudTrail API calls (eventName) in ATT&CK's words: the calls its cloud techniques describe
+_CLOUD_CALL = re.compile(r"eventName=(\w+)")
+CLOUDTRAIL_CALLS = {
+    "StopLogging": "disable or modify cloud logs trail logging", "DeleteTrail": "disable or modify cloud logs trail",
+    "UpdateTrail": "disable or modify cloud logs trail", "PutEventSelectors": "disable or modify cloud logs trail",
+    "DeleteFlowLogs": "disable or modify cloud logs flow logs", "DeleteDetector": "disable or modify cloud logs guardduty",
+    "CreateUser": "create account cloud account iam user", "CreateLoginProfile": "create account cloud account password console access",
+    "CreateAccessKey": "additional cloud credentials access key",
+    "AttachUserPolicy": "additional cloud roles policy permissions", "PutUserPolicy": "additional cloud roles policy",
+    "AttachRolePolicy": "additional cloud roles policy", "CreateRole": "additional cloud roles",
+    "GetSecretValue": "cloud secrets management stores secrets", "RunInstances": "create cloud instance compute",
+    "ListBuckets": "cloud storage object discovery buckets", "ListObjects": "cloud storage object discovery",
+    "GetObject": "data from cloud storage collection", "DescribeInstances": "cloud infrastructure discovery instances",
+    "GetCallerIdentity": "cloud account discovery", "ListUsers": "cloud account discovery users",
+    "DeleteBucket": "data destruction destroy data", "ConsoleLogin": "valid accounts cloud accounts console sign in",
+}
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
@@ -133,6 +149,9 @@ def evidence_text(alert: dict) -> str:
             codes[int(c)] += 1
     for c in codes:
         words.append(WINDOWS_EVENTS.get(c, ""))
+    for e in alert.get("surprising_events", []):
+        for call in _CLOUD_CALL.findall(str(e.get("template") or "")):
+            words.append(CLOUDTRAIL_CALLS.get(call, ""))
     listed = len(alert.get("surprising_events", []))
     if listed:  # an alert lists its top surprising events; its count says how many there were
         failed = sum(codes[c] for c in FAILED_LOGONS) / listed * int(alert.get("n_unexpected_events") or listed)
