@@ -50,6 +50,30 @@ def test_all_loghub_systems_have_a_preset():
     assert systems <= set(PRESETS) and len(systems) == 15
 
 
+def test_syslog_presets_traditional_high_precision_and_rfc5424(tmp_path):
+    """syslog as servers write it, each with its host as an entity: rsyslog's traditional format (a day padded
+    with a space, no pid), its ISO 8601 format (the offset honoured) and RFC 5424 (<PRI>1, NIL fields)."""
+    cases = {
+        "syslog": ["Nov  2 08:00:14 web1 sshd[1001]: Accepted password for alice from 10.0.0.9 port 5022 ssh2",
+                   "Nov 12 08:00:15 db2 kernel: [12345.678] eth0: link up"],
+        "syslog_iso": ["2024-05-01T10:00:00.25+02:00 web1 sshd[1001]: Failed password for bob from 10.1.2.3",
+                       "2024-05-01T10:00:01Z db2 systemd[1]: Started Session 3 of user alice."],
+        "rfc5424": ["<34>1 2024-05-01T10:00:00.25+02:00 web1 su - ID47 - 'su root' failed for lonvick",
+                    '<165>1 2024-05-01T10:00:01Z db2 myproc 8710 - [origin ip="192.0.2.1"] An application event'],
+    }
+    for fmt, lines in cases.items():
+        path = tmp_path / f"{fmt}.log"
+        path.write_text("\n".join(lines) + "\n")
+        records, rejected, _ = read_all(DataConfig(format=fmt), path)
+        assert not rejected and [r.header_entities for r in records] == [{"hostname": "web1"}, {"hostname": "db2"}]
+        if fmt == "syslog":
+            assert records[0].content.startswith("Accepted password") and records[1].content.startswith("[12345.678]")
+            assert records[1].ts - records[0].ts == 10 * 86400 + 1  # no year: the same year for both
+        else:
+            assert records[1].ts - records[0].ts == 2 * 3600 + 0.75  # +02:00 honoured
+            assert records[0].content.endswith("failed for lonvick") or records[0].content.startswith("Failed")
+
+
 def test_custom_header_and_its_errors(tmp_path):
     log = tmp_path / "app.log"
     log.write_text("2024-05-01T10:00:00 web01 nginx[12]: GET /index.html 200\n"

@@ -168,7 +168,7 @@ def _preset(name: str, header: str, time_fields: tuple[str, ...], time_format: s
     return LogFormat(name=name, header=header, time_fields=time_fields, time_parser=time_parser(time_format), **kw)
 
 
-# One preset per loghub system (header notation as published with loghub's benchmarks).
+# One preset per loghub system (header notation as published with loghub's benchmarks), and syslog's.
 PRESETS: dict[str, LogFormat] = {p.name: p for p in [
     _preset("hdfs", "<Date> <Time> <Pid> <Level> <Component>: <Content>", ("Date", "Time"), "%y%m%d %H%M%S"),
     _preset("bgl", "<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
@@ -198,6 +198,15 @@ PRESETS: dict[str, LogFormat] = {p.name: p for p in [
             "%Y-%m-%d %H:%M:%S"),
     _preset("zookeeper", r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>", ("Date", "Time"),
             "%Y-%m-%d %H:%M:%S,%f"),
+    # syslog as servers write it: rsyslog's traditional file format (RFC 3164 timestamps, no year), its
+    # high-precision file format (ISO 8601, the default of current distributions) and RFC 5424 (the
+    # network protocol, <PRI>VERSION first; structured data stays in the content).  The host is an entity.
+    _preset("syslog", r"<Month> <Day> <Time> <Host> <Component>(\[<Pid>\])?: <Content>", ("Month", "Day", "Time"),
+            "noyear:%b %d %H:%M:%S", entity_fields=(("Host", "hostname"),)),
+    _preset("syslog_iso", r"<Time> <Host> <Component>(\[<Pid>\])?: <Content>", ("Time",), "iso",
+            entity_fields=(("Host", "hostname"),)),
+    _preset("rfc5424", "<<Pri>>1 <Time> <Host> <App> <ProcId> <MsgId> <Content>", ("Time",), "iso",
+            entity_fields=(("Host", "hostname"),)),
 ]}
 
 
