@@ -633,6 +633,9 @@ class RootConfig:
     # prepare backend=local: processes reading and building sessions (null = one per core; inputs under 32 MiB
     # are read in this process)
     workers: int | None = None
+    # prepare: show the first N lines of each input as prepare reads them (time, entities, session, event
+    # text, or the rejection reason) and stop; nothing is written (loglm.ingest.preview)
+    preview: int | None = None
     ray: RayConfig = field(default_factory=RayConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

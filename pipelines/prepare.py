@@ -9,6 +9,10 @@ from pipelines._main import entry  # noqa: E402
 
 
 def _run(cfg):
+    if cfg.preview is not None:
+        from loglm.ingest.preview import preview
+
+        return preview(cfg, cfg.preview)
     from loglm.ingest.prepare import run
 
     return run(cfg)

@@ -167,3 +167,44 @@ def test_the_readme_security_events_block_alerts_on_the_brute_force_only(tmp_pat
     assert all(x["template"].startswith("fields: ") or x["template"].startswith("[") for x in top["expected"])
     assert alerts[0]["attacks"][0]["id"] == "T1110"  # ATT&CK context: Brute Force, from the Windows event ids
 
+
+def test_preview_shows_how_prepare_reads_the_first_lines_and_what_to_fix(tmp_path):
+    """prepare preview=N: the first N lines of each input, accepted (time, session, event text, entities) or
+    rejected (reason), per-file tallies, hints when nothing fits; nothing is written."""
+    import io
+
+    from flow_fixtures import write_zeek
+
+    from loglm.ingest.preview import preview
+
+    log = tmp_path / "auth.log"
+    log.write_text("Nov  2 08:00:14 web1 sshd[1001]: Accepted password for alice from 10.0.0.9 port 5022 ssh2\n"
+                   "not syslog at all\n"
+                   "Nov  2 08:00:15 web1 sshd[1001]: session opened for user alice\n"
+                   "Nov  2 08:00:16 web2 CRON[7]: (root) CMD (run-parts)\n")
+    root = tmp_path / "runs"
+
+    def show(*overrides, n=3):
+        buf = io.StringIO()
+        result = preview(compose("prepare", [f"paths.root={root}", "data=own", *overrides]), n, buf)
+        return result, buf.getvalue()
+
+    result, text = show("data.format=syslog", f"data.inputs=[{log}]")
+    assert "line 1: 2000-11-02T08:00:14Z session=web1@2000-11-02T08:00:00+00:00" in text
+    assert "event: Accepted password for alice from <ip> port <num> ssh2" in text
+    assert "line 2: REJECTED header does not match format syslog" in text and "line 4" not in text  # first 3
+    assert result["files"][str(log)]["accepted"] == 2 and result["files"][str(log)]["rejected"] == 1
+    assert "hint" not in text and not root.exists()  # nothing written
+    _, text = show("data.format=apache", f"data.inputs=[{log}]")
+    assert "hint: no line fits data.format=apache" in text
+    _, text = show("data.format=syslog", f"data.inputs=[{log}]", "data.session.entity_type=user")
+    assert "session=NONE" in text and "hint: no line names a user entity" not in text  # line 3 names alice
+    _, text = show("data.format=syslog", f"data.inputs=[{log}]", "data.session.entity_type=container")
+    assert "hint: no line names a container entity" in text
+    conn = tmp_path / "conn.log"
+    write_zeek(conn, 5, 0)
+    _, text = show("data.format=zeek", f"data.inputs=[{conn}]", "data.session.entity_type=src_ip", n=2)
+    assert "event: flow " in text and "dst_port=" in text and "label=Benign" in text
+    with pytest.raises(ValueError, match="sequence builder"):
+        show("data=hdfs_keys")
+
