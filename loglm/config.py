@@ -108,6 +108,10 @@ class DataConfig:
     # their fields: event.code, event.outcome, eventName, errorCode ...): "fields: event.code=4625 ..." with
     # the values kept exactly (never masked) and each combination its own template (never generalised)
     message_fields: list[str] = field(default_factory=list)
+    # raw text formats: a line the header does not match continues the record before it (Java stack traces,
+    # Python tracebacks): it joins that record's raw text (an alert's evidence), the event stays the first
+    # line's, and it is counted as "continued", not rejected.  Off: such lines are rejected, each with its line.
+    multiline: bool = False
     # optional file with one anomalous entity id per line (evaluation only, never used for training)
     anomalous_ids: str | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -156,11 +160,16 @@ class DataConfig:
             extra = sorted(set(src) - {"match", *READER_FIELDS})
             _check(not extra, f"data.sources[{i}] ({src['match']!r}) sets {extra}: only reader settings "
                               f"{list(READER_FIELDS)} can differ per source (sessions, splits and labels are shared)")
+        _check(not self.multiline or self.format not in NOT_LINE_TEXT,
+               f"data.multiline joins continuation lines of raw text logs; data.format={self.format} reads "
+               "records of its own (JSON objects, flows, sequences)")
 
 
+# formats whose records are not raw text lines under a header (data.multiline does not apply)
+NOT_LINE_TEXT = ("jsonl", "zeek", "cicflowmeter", "netflow", "vpcflow", "hdfs_keys", "hdfs_blocks", "id_sequences")
 # the DataConfig fields that say how a file is read (data.sources may set them per input)
 READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
-                 "max_line_bytes", "message_fields")
+                 "max_line_bytes", "message_fields", "multiline")
 
 
 @dataclass

@@ -115,3 +115,27 @@ def windows_logons(days: int, seed: int, first_day: int = 0, attack: bool = Fals
                                  "203.0.113.5"))
     out.sort(key=lambda e: e["@timestamp"])
     return out
+
+
+def java_log(records: int, seed: int, start: datetime = datetime(2015, 10, 18, 18, 1, 0)) -> list[str]:
+    """A Hadoop-format application log (``2015-10-18 18:01:47,978 WARN [main] org.apache...: text``) where a
+    share of the records carry a Java stack trace on the lines below them (an exception line, ``\\tat``
+    frames, sometimes ``Caused by:`` and ``... N more``), as real Java services write them."""
+    rng = random.Random(seed)
+    messages = [("INFO", "org.apache.hadoop.mapred.Task", "Task attempt_{} is done. And is in the process of committing"),
+                ("INFO", "org.apache.hadoop.ipc.Client", "Retrying connect to server: host{}:8030"),
+                ("WARN", "org.apache.hadoop.hdfs.DFSClient", "Error Recovery for block blk_{} in pipeline"),
+                ("ERROR", "org.apache.hadoop.yarn.YarnChild", "Exception running child : attempt_{}")]
+    lines, t = [], start
+    for i in range(records):
+        t += timedelta(milliseconds=rng.randint(5, 3000))
+        level, comp, text = messages[rng.randrange(len(messages))]
+        lines.append(f"{t:%Y-%m-%d %H:%M:%S},{t.microsecond // 1000:03d} {level} [main] {comp}: {text.format(i)}")
+        if level in ("WARN", "ERROR") and rng.random() < 0.7:
+            lines.append(f"java.io.IOException: Connection reset by peer {i}")
+            lines += [f"\tat org.apache.hadoop.ipc.Client$Connection.run(Client.java:{rng.randint(100, 999)})"
+                      for _ in range(rng.randint(2, 8))]
+            if rng.random() < 0.4:
+                lines.append("Caused by: java.net.ConnectException: Connection refused")
+                lines += ["\tat sun.nio.ch.SocketChannelImpl.checkConnect(Native Method)", f"\t... {rng.randint(2, 9)} more"]
+    return lines

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, compose
 
@@ -207,4 +208,43 @@ def test_preview_shows_how_prepare_reads_the_first_lines_and_what_to_fix(tmp_pat
     assert "event: flow " in text and "dst_port=" in text and "label=Benign" in text
     with pytest.raises(ValueError, match="sequence builder"):
         show("data=hdfs_keys")
+
+
+def test_java_logs_with_stack_traces_batch_and_stream_alike(tmp_path):
+    """data.multiline end to end: a model trained on a Java service's log (records with stack traces) scores
+    a new log in batch and as a stream with the same accounting (every trace line "continued", none rejected)
+    and the same events; a record's raw text, the alert's evidence, holds its trace."""
+    from synthetic import java_log
+
+    from loglm.detect.detector import run as detect
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    train, new = tmp_path / "app.log", tmp_path / "app.log.1"
+    train.write_text("\n".join(java_log(3000, seed=3)) + "\n")
+    new_lines = java_log(300, seed=4, start=datetime(2015, 10, 25, 9, 0, 0))
+    at = next(i for i, line in enumerate(new_lines) if i > 150 and line[:4].isdigit())  # a record never seen, traced
+    new_lines[at:at] = [new_lines[at][:23] + " FATAL [main] org.apache.hadoop.mapred.YarnChild: Error running child",
+                        "java.lang.OutOfMemoryError: Java heap space", "\tat java.util.Arrays.copyOf(Arrays.java:3332)"]
+    new.write_text("\n".join(new_lines) + "\n")
+    own = [f"paths.root={tmp_path}/runs", "data=own", "data.name=java", "data.format=hadoop", f"data.inputs=[{train}]",
+           "data.multiline=true", "data.session.by=window", "data.session.window_s=120", "model=tiny",
+           "trainer.max_epochs=1", "trainer.progress_bar=false", "detect.small_validation=warn"]
+    prepare(compose("prepare", own))
+    model = pretrain(compose("pretrain", own))
+    summaries = {}
+    for mode in ("batch", "stream"):
+        extra = ["follow=true", "follow_exit_s=1"] if mode == "stream" else []
+        summaries[mode] = detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}",
+                                                    f"inputs=[{new}]", f"out={tmp_path}/{mode}.jsonl", *extra]))
+    lines = {mode: {k: v for k, v in s["lines"].items()} for mode, s in summaries.items()}
+    traces = sum(not line[:4].isdigit() for line in new_lines)
+    assert lines["batch"] == lines["stream"], lines
+    assert lines["batch"]["continued"] == traces and lines["batch"]["accepted"] == 301 and lines["batch"]["rejected"] == 0
+    assert summaries["batch"]["events_scored"] == summaries["stream"]["events_scored"] == 301
+    assert pq.read_table(summaries["stream"]["scores_path"]).num_rows > 0
+    for mode in ("batch", "stream"):  # the unseen record alerts, its evidence the record with its trace
+        alerts = [json.loads(x) for x in open(tmp_path / f"{mode}.jsonl")]
+        evidence = [e for a in alerts for e in a["surprising_events"] if "FATAL" in (e.get("raw") or "")]
+        assert evidence and evidence[0]["raw"] == "\n".join(new_lines[at:at + 3]), (mode, evidence)
 

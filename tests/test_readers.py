@@ -4,6 +4,7 @@ NetFlow (CSV and Parquet); flow tokenization; the reject manifest; incremental m
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,6 +73,64 @@ def test_syslog_presets_traditional_high_precision_and_rfc5424(tmp_path):
         else:
             assert records[1].ts - records[0].ts == 2 * 3600 + 0.75  # +02:00 honoured
             assert records[0].content.endswith("failed for lonvick") or records[0].content.startswith("Failed")
+
+
+def test_multiline_records_keep_their_stack_traces(tmp_path):
+    """data.multiline: a line the header does not match continues the record before it; the record's event is
+    its first line's, its raw text all of it; continuation lines are counted as such, not rejected. Lines before
+    the first record stand alone (rejected). Off, every trace line is rejected."""
+    from synthetic import java_log
+
+    lines = ["\tat orphan.Frame(before the first record)", *java_log(200, seed=1)]
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(lines) + "\n")
+    traces = sum(not line[:4].isdigit() for line in lines) - 1
+    records, rejected, acct = read_all(DataConfig(format="hadoop", multiline=True), path)
+    assert len(records) == 200 and [r.line_no for r in rejected] == [1] and acct.continued == traces
+    assert acct.as_dict()["continued"] == traces and acct.read == len(lines)
+    first = lines.index(next(x for x in lines if x.startswith("java.io")))
+    rec = next(r for r in records if r.line_no == first)  # the record above the first trace (line numbers: 1-based)
+    assert rec.raw.split("\n")[0] == lines[first - 1] and rec.raw.split("\n")[1] == lines[first]
+    assert "\n" not in rec.content and rec.content.startswith(("Error Recovery", "Exception running"))
+    assert all("\tat " not in r.content for r in records)
+    plain, rejected_off, acct_off = read_all(DataConfig(format="hadoop"), path)
+    assert len(plain) == 200 and len(rejected_off) == traces + 1 and acct_off.continued == 0
+    assert [r.content for r in plain] == [r.content for r in records]  # the same events either way
+    # a record longer than max_line_bytes keeps its start and counts the rest
+    big, _, acct_big = read_all(DataConfig(format="hadoop", multiline=True, max_line_bytes=300), path)
+    assert acct_big.continued == traces and all(len(r.raw) <= 300 + 50 for r in big)
+    with pytest.raises(ValueError, match="data.multiline"):
+        DataConfig(format="jsonl", multiline=True)
+
+
+def test_multiline_records_read_in_ranges_by_two_processes_as_by_one(tmp_path, monkeypatch, capfd):
+    """Cut into 37-line ranges (most cuts fall inside a stack trace), read by two processes: each range is moved
+    to end where a record starts, so the events, sessions and line accounting equal one process's."""
+    from synthetic import java_log
+
+    from loglm.ingest import partitioned
+    from loglm.ingest.prepare import run as prepare
+
+    monkeypatch.setattr(partitioned, "LOCAL_SPLIT_BYTES", 0)
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(java_log(600, seed=2)) + "\n")
+    out = []
+    for workers in (1, 2):
+        cfg = compose("prepare", [f"paths.root={tmp_path}/w{workers}", "data=own", "data.name=app", "data.format=hadoop",
+                                  f"data.inputs=[{path}]", "data.multiline=true", "data.session.by=window",
+                                  "data.session.window_s=60", f"workers={workers}", "ray.lines_per_task=37"])
+        summary = prepare(cfg)
+        folder = Path(summary["path"])
+        events = pq.read_table(folder / "events.parquet").to_pylist()
+        rows = pq.read_table(folder / "sessions").sort_by("session_id").to_pylist()
+        out.append((summary["lines"], [(e["line_no"], e["raw"]) for e in events],
+                    [(r["session_id"], list(r["tokens"])) for r in rows]))
+        tasks = int(re.search(r"lines in (\d+) task", capfd.readouterr().err).group(1))
+        assert tasks == 1 if workers == 1 else tasks > 10
+    assert out[0] == out[1]
+    lines_acct = out[0][0]
+    assert lines_acct["accepted"] == 600 and lines_acct["rejected"] == 0 and lines_acct["continued"] > 300
+    assert any("\n\tat " in raw for _, raw in out[0][1])
 
 
 def test_custom_header_and_its_errors(tmp_path):

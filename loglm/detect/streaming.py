@@ -26,6 +26,7 @@ from loglm.detect.detector import (
 )
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import (
+    Continuations,
     LineAccount,
     Rejection,
     bounded_lines,
@@ -33,6 +34,7 @@ from loglm.ingest.readers import (
     line_of,
     make_reader,
     parse_line_safely,
+    record_starts,
 )
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
@@ -82,8 +84,10 @@ class StreamingDetector:
         return self._readers[source]
 
     # -- input ---------------------------------------------------------------------------------
-    def feed(self, raw: bytes, source: str, line_no: int) -> None:
-        self.account.read += 1
+    def feed(self, raw: bytes, source: str, line_no: int, continued: int = 0) -> None:
+        """One line, or with ``continued`` > 0 one record of that many more lines (data.multiline)."""
+        self.account.read += 1 + continued
+        self.account.continued += continued
         vocab = self.model.vocab
         reader = self._reader(source)
         parse = self._parsers.get(id(reader))
@@ -270,15 +274,20 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
+            starts = record_starts(det._reader(source))  # data.multiline: records of several lines
+            joiner = Continuations(starts, cfg.data.max_line_bytes) if starts else None
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for raw, n in lines:
                     with stop.deferred():
-                        det.feed(raw, source, n)
+                        for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
+                            det.feed(record, source, first, extra)
                     if stop.requested:
                         break
                 stop.finish()  # inside the try: a signal landing as the input ends is caught below too
             except KeyboardInterrupt:
                 pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
+            for first, record, extra in joiner.flush() if joiner else ():  # the record held at the end
+                det.feed(record, source, first, extra)
             summary = det.finish()
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:

@@ -13,6 +13,7 @@ import numpy as np
 
 from loglm.ingest.readers import (
     UNREADABLE,
+    LongLine,
     bounded_lines,
     cr_terminated,
     open_binary,
@@ -31,36 +32,69 @@ def whole_file(path: Path) -> dict:
 def iter_tasks(paths: list[Path], data, lines_per_task: int):
     """Byte ranges of ``lines_per_task`` lines per plain file (a compressed or Parquet file is one task), each
     yielded as soon as its end is found: prepare starts reading the first ranges while the rest of the file
-    is still being cut."""
-    from loglm.ingest.readers import source_config
+    is still being cut.  Where continuation lines join the record before them (``data.multiline``), a range
+    ends where a record starts, never inside a stack trace."""
+    from loglm.ingest.readers import make_reader, record_starts, source_config
 
     for path in paths:
         fmt = source_config(data, path).format
         if path.suffix in (".parquet", ".gz") or cr_terminated(path):  # CR-terminated: one task
             yield whole_file(path)
             continue
-        prime = _leading_metadata(path, fmt)
-        start, line_no, count, pos = 0, 1, 0, 0
-        with open(path, "rb") as fh:
-            while True:
-                block = fh.read(PLAN_BLOCK_BYTES)
-                if not block:
-                    break
-                n = block.count(b"\n")  # lines are counted in C; a block holding a range's end is indexed
-                if count + n >= lines_per_task:
-                    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
-                    for i in ends[lines_per_task - count - 1::lines_per_task]:
-                        end = pos + int(i)
-                        yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": end,
-                               "first_line": line_no, "prime": prime if start else 0}
-                        start, line_no = end, line_no + lines_per_task
-                    count = (count + n) % lines_per_task
-                else:
-                    count += n
-                pos += len(block)
-        if pos > start:
-            yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
-                   "prime": prime if start else 0}
+        starts = record_starts(make_reader(data, path))
+        if starts is not None:
+            yield from _at_record_starts(_line_ranges(path, fmt, lines_per_task), path, starts, data.max_line_bytes)
+        else:
+            yield from _line_ranges(path, fmt, lines_per_task)
+
+
+def _at_record_starts(tasks, path: Path, starts, max_line_bytes: int):
+    """``tasks`` (the consecutive ranges of one file) with each end moved forward past continuation lines to
+    the next line that starts a record (or the file's end); a range a long record swallowed is dropped."""
+    tasks = iter(tasks)
+    cur = next(tasks, None)
+    start, first_line = 0, 1
+    with open(path, "rb") as fh:
+        while cur is not None:
+            nxt = next(tasks, None)
+            if cur["end"] <= start:  # the record before ran past this whole range
+                cur = nxt
+                continue
+            end, line_no = cur["end"], (nxt["first_line"] if nxt is not None else None)
+            if nxt is not None:  # the line at cur's end is nxt's first
+                fh.seek(end)
+                for raw in bounded_lines(fh, max_line_bytes):
+                    if starts(raw):
+                        break
+                    end, line_no = end + (raw.total if isinstance(raw, LongLine) else len(raw)), line_no + 1
+            yield {**cur, "start": start, "end": end, "first_line": first_line}
+            start, first_line, cur = end, line_no, nxt
+
+
+def _line_ranges(path: Path, fmt: str, lines_per_task: int):
+    """Byte ranges of ``lines_per_task`` lines of one plain file."""
+    prime = _leading_metadata(path, fmt)
+    start, line_no, count, pos = 0, 1, 0, 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(PLAN_BLOCK_BYTES)
+            if not block:
+                break
+            n = block.count(b"\n")  # lines are counted in C; a block holding a range's end is indexed
+            if count + n >= lines_per_task:
+                ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
+                for i in ends[lines_per_task - count - 1::lines_per_task]:
+                    end = pos + int(i)
+                    yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": end,
+                           "first_line": line_no, "prime": prime if start else 0}
+                    start, line_no = end, line_no + lines_per_task
+                count = (count + n) % lines_per_task
+            else:
+                count += n
+            pos += len(block)
+    if pos > start:
+        yield {"kind": "lines", "path": os.fspath(path), "start": start, "end": pos, "first_line": line_no,
+               "prime": prime if start else 0}
 
 
 def _leading_metadata(path: Path, fmt: str) -> int:

@@ -222,9 +222,11 @@ def _items(task: dict, data, account: LineAccount, mask: bool):
     from loglm.ingest.distributed import _lines
     from loglm.ingest.readers import (
         event_parser,
+        join_continuations,
         make_reader,
         parse_line_safely,
         read_lines,
+        record_starts,
         tally,
         unreadable,
     )
@@ -233,10 +235,11 @@ def _items(task: dict, data, account: LineAccount, mask: bool):
     reader = make_reader(data, source)
     fast = event_parser(reader, mask) if task["kind"] == "lines" else None
     parse = fast or reader.parse_line
+    starts = record_starts(reader)
 
     if task["end"] < 0 or task["kind"] == "parquet":
         if fast is not None:
-            yield from read_lines(parse, Path(source), account, reader.max_line_bytes)
+            yield from read_lines(parse, Path(source), account, reader.max_line_bytes, starts)
         else:
             yield from reader.read(Path(source), account)
         return
@@ -246,8 +249,11 @@ def _items(task: dict, data, account: LineAccount, mask: bool):
                 parse_line_safely(reader.parse_line, fh.readline(), source, n)
 
     def lines():
-        for n, raw in _lines(task, data.max_line_bytes):
-            account.read += 1
+        pairs = _lines(task, data.max_line_bytes)  # a range starts at a record (iter_tasks cuts there)
+        records = join_continuations(pairs, starts, data.max_line_bytes) if starts else ((n, r, 0) for n, r in pairs)
+        for n, raw, extra in records:
+            account.read += 1 + extra
+            account.continued += extra
             item = unreadable(source, n - 1, raw) if isinstance(raw, BaseException) else \
                 parse_line_safely(parse, raw, source, n)
             if item is None:
@@ -1056,6 +1062,7 @@ def _prepare(cfg, out: Path, ray_mod, runner: _Runner, paths: list[Path], frozen
         account.accepted += a["accepted"]
         account.rejected += a["rejected"]
         account.metadata += a["metadata"]
+        account.continued += a.get("continued", 0)
         account.reasons.update(a["rejected_by_reason"])
     counts = np.array([r["events"] for r in read], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else np.zeros(0, np.int64)

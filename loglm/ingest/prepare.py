@@ -24,6 +24,7 @@ from loglm.ingest.readers import (
     expand_inputs,
     make_reader,
     read_lines,
+    record_starts,
 )
 from loglm.ingest.sessions import (
     Events,
@@ -87,7 +88,8 @@ def parse_inputs(inputs: list[str], data: DataConfig, miner: TemplateMiner, froz
         progress.detail = f"file {k}/{len(paths)} {path.name}"
         reader = make_reader(data, path)
         fast = event_parser(reader, mask)
-        items = read_lines(fast, path, account, reader.max_line_bytes) if fast else reader.read(path, account)
+        items = read_lines(fast, path, account, reader.max_line_bytes, record_starts(reader)) if fast else \
+            reader.read(path, account)
         for item in items:
             progress.tick()
             if type(item) is tuple:  # a raw text line through its reader's fast path

@@ -19,6 +19,7 @@ from loglm.ingest.readers import (
     accept,
     check_line,
     read_lines,
+    record_starts,
 )
 
 _FALLBACK = "fallback"  # a line shape the fast path leaves to parse_line (it rejects, or needs Unicode rules)
@@ -27,10 +28,12 @@ _FALLBACK = "fallback"  # a line shape the fast path leaves to parse_line (it re
 class RawTextReader:
     """Lines with a loghub-style header (``<Date> <Time> ... <Content>``)."""
 
-    def __init__(self, fmt: LogFormat, max_line_bytes: int = 65_536):
+    def __init__(self, fmt: LogFormat, max_line_bytes: int = 65_536, multiline: bool = False):
         self.fmt = fmt
         self.regex = fmt.regex()
         self.max_line_bytes = max_line_bytes
+        # data.multiline: a line the header does not match continues the record before it (readers.join_continuations)
+        self.multiline = multiline
         # log timestamps repeat heavily (second resolution): parse each distinct stamp once
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
         # the groups a line needs, fetched in one call (a groupdict of every header field cost twice as much)
@@ -44,9 +47,20 @@ class RawTextReader:
         self._tried = self._planned = 0
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        return read_lines(self.parse_line, path, account, self.max_line_bytes)
+        return read_lines(self.parse_line, path, account, self.max_line_bytes, record_starts(self))
+
+    def starts_record(self, raw: bytes) -> bool:
+        """Whether a line starts a record (its header matches) rather than continuing the one before it."""
+        text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+        return bool(text.strip()) and self.regex.match(text) is not None
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
+        head, sep, _ = raw_bytes.rstrip(b"\r\n").partition(b"\n")
+        if sep:  # a record of several lines (data.multiline): its event is its first line's, its raw all of it
+            item = self.parse_line(head, source, line_no)
+            if isinstance(item, Record):
+                item.raw = raw_bytes.decode("utf-8", "replace").rstrip("\r\n")
+            return item
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)
         if isinstance(text, Rejection):
             return text
@@ -80,8 +94,8 @@ class RawTextReader:
         long, rejected, or of a header pattern that names a digit take the general path.  The fast path
         turns itself off when shapes stop repeating (more than half new after 20,000 lines)."""
         plans = self._plans
-        if plans is None or len(raw) > self.max_line_bytes or not raw.isascii():
-            return None
+        if plans is None or len(raw) > self.max_line_bytes or not raw.isascii() or b"\n" in raw.rstrip(b"\r\n"):
+            return None  # a record of several lines (data.multiline) takes parse_line
         shape = raw.translate(_ZERO_BYTES)
         plan = plans.get(shape)
         if plan is None:

@@ -47,6 +47,8 @@ class LineAccount:
     accepted: int = 0
     rejected: int = 0
     metadata: int = 0  # header/comment lines of structured formats: neither events nor errors
+    # data.multiline: lines that continue the record before them (a stack trace), part of that record's event
+    continued: int = 0
     reasons: Counter = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:
@@ -54,11 +56,14 @@ class LineAccount:
         self.reasons[reason.split(":")[0]] += 1
 
     def as_dict(self) -> dict:
-        return {"read": self.read, "accepted": self.accepted, "rejected": self.rejected,
-                "metadata": self.metadata, "rejected_by_reason": dict(self.reasons)}
+        out = {"read": self.read, "accepted": self.accepted, "rejected": self.rejected,
+               "metadata": self.metadata, "rejected_by_reason": dict(self.reasons)}
+        if self.continued:
+            out["continued"] = self.continued
+        return out
 
     def reconciles(self) -> bool:
-        return self.read == self.accepted + self.rejected + self.metadata
+        return self.read == self.accepted + self.rejected + self.metadata + self.continued
 
 
 class LongLine(bytes):
@@ -195,10 +200,65 @@ def parse_line_safely(parse_line, raw: bytes, source: str, line_no: int) -> Reco
         return Rejection(source, line_no, f"unparseable line: {type(e).__name__}: {str(e)[:200]}")
 
 
-def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int = 65_536
+class Continuations:
+    """``data.multiline``: lines in, records out, where a line ``starts`` does not accept continues the record
+    before it (a stack trace under its log line).  ``push`` returns the records a line completes, ``flush``
+    the one still held (at the input's end, or when a stream stops).  A record is (first line number, its
+    lines joined by newlines, how many continuation lines), bounded at ``max_line_bytes`` (the rest of a very
+    long trace is counted, not kept); a line too long to read whole, and a file's lines before its first
+    record, stand alone; anything else (a read error) passes through."""
+
+    def __init__(self, starts, max_line_bytes: int):
+        self.starts, self.max_line_bytes = starts, max_line_bytes
+        self.pending: tuple[int, bytes] | None = None
+        self.parts: list[bytes] = []
+        self.size = self.extra = 0
+
+    def push(self, n: int, raw) -> list[tuple[int, bytes, int]]:
+        whole = isinstance(raw, bytes) and not isinstance(raw, LongLine)
+        if self.pending is not None and whole and not self.starts(raw):
+            self.extra += 1
+            if self.size < self.max_line_bytes:
+                part = raw.rstrip(b"\r\n")[: self.max_line_bytes - self.size]
+                self.parts.append(part)
+                self.size += len(part) + 1
+            return []
+        out = self.flush()
+        if whole:
+            self.pending, self.parts, self.size = (n, raw), [raw.rstrip(b"\r\n")], len(raw)
+        else:
+            out.append((n, raw, 0))
+        return out
+
+    def flush(self) -> list[tuple[int, bytes, int]]:
+        if self.pending is None:
+            return []
+        n, raw = self.pending
+        out = [(n, b"\n".join(self.parts) + b"\n" if self.extra else raw, self.extra)]
+        self.pending, self.parts, self.extra = None, [], 0
+        return out
+
+
+def join_continuations(lines: Iterable[tuple[int, bytes]], starts, max_line_bytes: int
+                       ) -> Iterator[tuple[int, bytes, int]]:
+    """(first line number, record, continuation lines) from (line number, line) pairs: :class:`Continuations`."""
+    joiner = Continuations(starts, max_line_bytes)
+    for n, raw in lines:
+        yield from joiner.push(n, raw)
+    yield from joiner.flush()
+
+
+def record_starts(reader):
+    """The reader's test for a line that starts a record, where its data settings join continuation lines
+    (``data.multiline``); None otherwise."""
+    return reader.starts_record if getattr(reader, "multiline", False) else None
+
+
+def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int = 65_536, starts=None
                ) -> Iterator[Record | Rejection]:
     """Every line of a text file through ``parse_line(raw, source, line_no)`` (None = a metadata line),
-    accounted: the one line loop of the text readers.  Lines are read bounded (:func:`bounded_lines`)."""
+    accounted: the one line loop of the text readers.  Lines are read bounded (:func:`bounded_lines`);
+    with ``starts`` (:func:`record_starts`), continuation lines join the record before them."""
     source = os.fspath(path)
 
     def items():
@@ -206,9 +266,14 @@ def read_lines(parse_line, path: Path, account: LineAccount, max_line_bytes: int
         cr = cr_terminated(path)
         try:
             with open_binary(path) as fh:
-                for line_no, raw_bytes in enumerate(bounded_lines(fh, max_line_bytes, cr), start=1):
-                    account.read += 1
-                    item = parse_line_safely(parse_line, raw_bytes, source, line_no)
+                pairs = enumerate(bounded_lines(fh, max_line_bytes, cr), start=1)
+                records = join_continuations(pairs, starts, max_line_bytes) if starts else \
+                    ((n, raw, 0) for n, raw in pairs)
+                for line_no, raw_bytes, extra in records:
+                    account.read += 1 + extra
+                    account.continued += extra
+                    line_no += extra  # the last line read, should the file break after it
+                    item = parse_line_safely(parse_line, raw_bytes, source, line_no - extra)
                     if item is None:
                         account.metadata += 1
                     else:
@@ -285,7 +350,7 @@ def make_reader(data, path: str | Path | None = None):
     from loglm.ingest.formats import format_of
     from loglm.ingest.raw_text import RawTextReader
 
-    return RawTextReader(format_of(data), data.max_line_bytes)
+    return RawTextReader(format_of(data), data.max_line_bytes, data.multiline)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
