@@ -55,7 +55,7 @@ class RawTextReader:
         return bool(text.strip()) and self.regex.match(text) is not None
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
-        head, sep, _ = raw_bytes.rstrip(b"\r\n").partition(b"\n")
+        head, sep, _ = raw_bytes.rstrip(b"\r\n").partition(b"\n") if self.multiline else (raw_bytes, b"", b"")
         if sep:  # a record of several lines (data.multiline): its event is its first line's, its raw all of it
             item = self.parse_line(head, source, line_no)
             if isinstance(item, Record):
@@ -94,7 +94,8 @@ class RawTextReader:
         long, rejected, or of a header pattern that names a digit take the general path.  The fast path
         turns itself off when shapes stop repeating (more than half new after 20,000 lines)."""
         plans = self._plans
-        if plans is None or len(raw) > self.max_line_bytes or not raw.isascii() or b"\n" in raw.rstrip(b"\r\n"):
+        if plans is None or len(raw) > self.max_line_bytes or not raw.isascii() or \
+                (self.multiline and b"\n" in raw.rstrip(b"\r\n")):
             return None  # a record of several lines (data.multiline) takes parse_line
         shape = raw.translate(_ZERO_BYTES)
         plan = plans.get(shape)
