@@ -85,6 +85,31 @@ def zeek_json_lines(n_normal: int, n_attack: int, seed: int = 0, ts: str = "epoc
     return lines
 
 
+ZEEK_DNS_FIELDS = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "trans_id", "query",
+                   "qtype_name", "rcode_name", "AA", "RD", "RA", "answers"]
+
+
+def zeek_dns_lines(n: int, seed: int = 0, nxdomain_burst: int = 0, t0: float = 1_655_071_198.0) -> list[str]:
+    """A Zeek dns.log (TSV with its header): hosts resolving everyday names; ``nxdomain_burst``: one host then
+    asks that many random names that do not exist (a DGA's signature)."""
+    rng = random.Random(seed)
+    header = ["#separator \\x09", "#path\tdns", "#fields\t" + "\t".join(ZEEK_DNS_FIELDS)]
+    rows, t = [], t0
+    for i in range(n):
+        t += rng.uniform(0.5, 5)
+        host = f"10.0.0.{rng.randint(2, 9)}"
+        name, qtype = rng.choice([("www.example.com", "A"), ("mail.example.com", "MX"), ("cdn.example.net", "AAAA"),
+                                  ("time.example.org", "A")])
+        rows.append([f"{t:.6f}", f"D{i}", host, str(rng.randint(1024, 65000)), "10.0.0.1", "53", "udp",
+                     str(rng.randint(1, 65535)), name, qtype, "NOERROR", "F", "T", "T", "93.184.216.34"])
+    for i in range(nxdomain_burst):
+        t += 0.2
+        name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(14)) + ".com"
+        rows.append([f"{t:.6f}", f"X{i}", "10.0.0.66", str(rng.randint(1024, 65000)), "10.0.0.1", "53", "udp",
+                     str(rng.randint(1, 65535)), name, "A", "NXDOMAIN", "F", "T", "T", "-"])
+    return header + ["\t".join(r) for r in rows]
+
+
 VPC_HEADER = ("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action "
               "log-status")
 

@@ -16,10 +16,12 @@ from flow_fixtures import (
     HOST,
     NETFLOW_FIELDS,
     VPC_HEADER,
+    ZEEK_DNS_FIELDS,
     netflow_rows,
     vpc_flow_lines,
     write_cicflowmeter,
     write_zeek,
+    zeek_dns_lines,
     zeek_json_lines,
 )
 from hypothesis import example, given, settings
@@ -297,6 +299,41 @@ def test_zeek_json_bad_records_are_rejected_with_line_and_reason(tmp_path):
     (flow,), _, _ = read_all(DataConfig(format="zeek", fields=fields), ecs)
     assert flow.ts == datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC).timestamp()
     assert (flow.fields["src_ip"], flow.fields["dst_port"], flow.fields["proto"]) == (HOST, 443, "tcp")
+
+
+def test_other_zeek_logs_are_read_as_events_by_their_fields(tmp_path):
+    """dns.log (any Zeek log but conn.log), TSV or JSON, with data.message_fields: each row an exact field sentence
+    with the connection's addresses as entities; prepare builds text events, not flows. Without message_fields
+    the header is refused, saying how to read it."""
+    from loglm.ingest.prepare import run as prepare
+
+    lines = zeek_dns_lines(300, nxdomain_burst=30)
+    tsv, js = tmp_path / "tsv" / "dns.log", tmp_path / "json" / "dns.log"
+    tsv.parent.mkdir()
+    js.parent.mkdir()
+    tsv.write_text("\n".join(lines) + "\n")
+    js.write_text("\n".join(json.dumps({k: v for k, v in zip(ZEEK_DNS_FIELDS, line.split("\t")) if v != "-"})
+                            for line in lines[3:]) + "\n")
+    data = DataConfig(format="zeek", message_fields=["qtype_name", "rcode_name", "answers"])
+    got = {}
+    for name, path in (("tsv", tsv), ("json", js)):
+        records, rejected, acct = read_all(data, path)
+        assert not rejected and len(records) == 330 and acct.metadata == (3 if name == "tsv" else 0)
+        got[name] = [(r.ts, r.content, r.header_entities, r.exact) for r in records]
+    assert got["tsv"] == [(ts, c, e, x) for ts, c, e, x in got["json"]]
+    burst = got["tsv"][-1]
+    assert burst[1] == "fields: qtype_name=A rcode_name=NXDOMAIN answers=-" and burst[3]
+    assert burst[2] == {"src_ip": "10.0.0.66", "dst_ip": "10.0.0.1", "pair": "10.0.0.66>10.0.0.1"}
+    _, refused, _ = read_all(DataConfig(format="zeek"), tsv)
+    assert len(refused) == 330 and "not a conn.log (other Zeek logs are read as events with data.message_fields)" \
+        in refused[0].reason
+    cfg = compose("prepare", [f"paths.root={tmp_path}/runs", "data=zeek_ctu", f"data.inputs=[{tsv}]",
+                              "data.message_fields=[qtype_name,rcode_name,answers]", "data.session.window_s=120"])
+    summary = prepare(cfg)
+    vocab = json.loads((Path(summary["path"]) / "vocab.json").read_text())
+    assert vocab.get("flow_codec") is None and summary["lines"]["accepted"] == 330
+    texts = {" ".join(t["tokens"]) if isinstance(t, dict) else str(t) for t in vocab["miner"]["templates"]}
+    assert "fields: qtype_name=MX rcode_name=NOERROR answers=93.184.216.34" in texts
 
 
 def test_cicflowmeter_csv(tmp_path):

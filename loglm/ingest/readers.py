@@ -314,7 +314,11 @@ def formats_of(data) -> set[str]:
 
 
 def reads_flows(data) -> bool:
-    return bool(formats_of(data) & set(FLOW_FORMATS))
+    """Whether any input is read as flows (a flow format; Zeek logs read as events by data.message_fields
+    are not)."""
+    settings = [(data.format, data.message_fields)] + [
+        (src.get("format", data.format), src.get("message_fields", data.message_fields)) for src in data.sources]
+    return any(fmt in FLOW_FORMATS and not (fmt == "zeek" and fields) for fmt, fields in settings)
 
 
 def source_config(data, path: str | Path):
