@@ -248,3 +248,31 @@ def test_java_logs_with_stack_traces_batch_and_stream_alike(tmp_path):
         evidence = [e for a in alerts for e in a["surprising_events"] if "FATAL" in (e.get("raw") or "")]
         assert evidence and evidence[0]["raw"] == "\n".join(new_lines[at:at + 3]), (mode, evidence)
 
+
+def test_zeek_dns_events_train_and_alert_on_an_nxdomain_burst(tmp_path):
+    """A Zeek dns.log read as events (data.message_fields) through the whole path: prepare, a tiny model,
+    detection on a new log with a DGA-like NXDOMAIN burst from one host: that host's window alerts, and its
+    evidence is the NXDOMAIN field sentence."""
+    from flow_fixtures import zeek_dns_lines
+
+    from loglm.detect.detector import run as detect
+    from loglm.ingest.prepare import run as prepare
+    from loglm.training.pretrain import run as pretrain
+
+    train, new = tmp_path / "dns.log", tmp_path / "dns-today.log"
+    train.write_text("\n".join(zeek_dns_lines(6000, seed=1)) + "\n")
+    new.write_text("\n".join(zeek_dns_lines(400, seed=2, nxdomain_burst=40, t0=1_656_000_000.0)) + "\n")
+    own = [f"paths.root={tmp_path}/runs", "data=own", "data.name=dns", "data.format=zeek", f"data.inputs=[{train}]",
+           "data.message_fields=[qtype_name,rcode_name]", "data.session.entity_type=src_ip",
+           "data.session.window_s=120", "model=tiny", "trainer.max_epochs=3", "trainer.progress_bar=false"]
+    prepare(compose("prepare", own))
+    model = pretrain(compose("pretrain", own))
+    result = detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}",
+                                       f"inputs=[{new}]", f"out={tmp_path}/alerts.jsonl"]))
+    assert result["lines"]["accepted"] == 440 and result["lines"]["rejected"] == 0
+    alerts = [json.loads(x) for x in open(tmp_path / "alerts.jsonl")]
+    hosts = {a["entity"]["value"] for a in alerts}
+    assert "10.0.0.66" in hosts and len(hosts) <= 2, [(a["session_id"], a["score"]) for a in alerts]
+    burst = next(a for a in alerts if a["entity"]["value"] == "10.0.0.66")
+    assert burst["surprising_events"][0]["template"] == "fields: qtype_name=A rcode_name=NXDOMAIN"
+
