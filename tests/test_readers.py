@@ -209,6 +209,75 @@ def test_security_events_as_field_sentences_keep_their_codes_exactly(tmp_path):
     assert {r["entity_type"] for r in rows} == {"user"} and summary["lines"]["rejected"] == 1
 
 
+def cloudtrail_records(n: int, seed: int = 0) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    calls = [("s3.amazonaws.com", "GetObject"), ("ec2.amazonaws.com", "DescribeInstances"),
+             ("sts.amazonaws.com", "AssumeRole"), ("iam.amazonaws.com", "CreateAccessKey")]
+    return [{"eventVersion": "1.08", "eventTime": f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}Z",
+             "eventSource": src, "eventName": name, "sourceIPAddress": f"10.0.0.{rng.randint(2, 9)}",
+             "userIdentity": {"type": "IAMUser", "arn": f"arn:aws:iam::123456789012:user/u{rng.randint(1, 4)}"},
+             **({"errorCode": "AccessDenied"} if rng.random() < 0.1 else {})}
+            for i, (src, name) in enumerate(rng.choice(calls) for _ in range(n))]
+
+
+def test_cloudtrail_documents_read_as_their_records(tmp_path, monkeypatch):
+    """AWS CloudTrail's S3 files ({"Records": [...]}, plain or gzipped) are read record by record, each
+    accounted as a line numbered by its place in the list, exactly as the same records as JSON lines; a
+    document without a Records list, or over the size bound, is one rejection saying so."""
+    import gzip
+
+    from loglm.ingest import json_lines
+
+    records = cloudtrail_records(120)
+    (tmp_path / "ct.json").write_text(json.dumps({"Records": records}))
+    with gzip.open(tmp_path / "ct2.json.gz", "wt") as fh:
+        json.dump({"Records": records}, fh, indent=2)  # pretty-printed too
+    (tmp_path / "ct.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    data = DataConfig(format="jsonl", fields={"time": "eventTime"}, time_format="iso",
+                      message_fields=["eventSource", "eventName", "errorCode"],
+                      entity_fields={"userIdentity.arn": "user", "sourceIPAddress": "ip"})
+    got = {}
+    for name in ("ct.json", "ct2.json.gz", "ct.jsonl"):
+        recs, rejected, acct = read_all(data, tmp_path / name)
+        assert not rejected and acct.read == 120
+        got[name] = [(r.line_no, r.ts, r.content, r.header_entities, json.loads(r.raw)) for r in recs]
+    assert got["ct.json"] == got["ct2.json.gz"] == got["ct.jsonl"]
+    assert got["ct.json"][0][2].startswith("fields: eventSource=") and got["ct.json"][0][4] == records[0]
+    (tmp_path / "other.json").write_text(json.dumps({"Records": "none"}))
+    _, rejected, acct = read_all(data, tmp_path / "other.json")
+    assert [r.reason for r in rejected] == ["JSON document without a Records list"] and acct.read == 1
+    monkeypatch.setattr(json_lines, "MAX_DOCUMENT_BYTES", 1000)
+    _, rejected, _ = read_all(data, tmp_path / "ct.json")
+    assert len(rejected) == 1 and rejected[0].reason.startswith("JSON document larger than 1000 bytes")
+
+
+def test_cloudtrail_documents_prepare_the_same_in_one_or_two_processes(tmp_path, monkeypatch, capfd):
+    """A folder of CloudTrail documents beside their records as JSON lines: two processes (each document one
+    task, never cut into line ranges) prepare what one does."""
+    from loglm.ingest import partitioned
+    from loglm.ingest.prepare import run as prepare
+
+    monkeypatch.setattr(partitioned, "LOCAL_SPLIT_BYTES", 0)
+    folder = tmp_path / "trail"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"ct{k}.json").write_text(json.dumps({"Records": cloudtrail_records(300, seed=k)}, indent=1))
+    out = []
+    for workers in (1, 2):
+        cfg = compose("prepare", [f"paths.root={tmp_path}/w{workers}", "data=own", "data.name=trail", "data.format=jsonl",
+                                  f"data.inputs=[{folder}]", "+data.fields={time: eventTime}", "data.time_format=iso",
+                                  "data.message_fields=[eventSource,eventName,errorCode]",
+                                  "+data.entity_fields={userIdentity.arn: user}", "data.session.entity_type=user",
+                                  "data.session.window_s=600", f"workers={workers}", "ray.lines_per_task=50"])
+        summary = prepare(cfg)
+        rows = pq.read_table(Path(summary["path"]) / "sessions").sort_by("session_id").to_pylist()
+        out.append((summary["lines"], [(r["session_id"], list(r["tokens"])) for r in rows]))
+        assert re.search(r"lines in 3 task", capfd.readouterr().err)
+    assert out[0] == out[1] and out[0][0]["accepted"] == 900 and out[0][0]["rejected"] == 0
+
+
 def test_zeek_conn_log_flows_labels_and_metadata(tmp_path):
     path = tmp_path / "conn.log.labeled"
     write_zeek(path, n_normal=50, n_attack=10)

@@ -41,6 +41,12 @@ def iter_tasks(paths: list[Path], data, lines_per_task: int):
         if path.suffix in (".parquet", ".gz") or cr_terminated(path):  # CR-terminated: one task
             yield whole_file(path)
             continue
+        if fmt == "jsonl":
+            from loglm.ingest.json_lines import records_document
+
+            if records_document(path):  # one JSON document (CloudTrail): read whole, one task
+                yield whole_file(path)
+                continue
         starts = record_starts(make_reader(data, path))
         if starts is not None:
             yield from _at_record_starts(_line_ranges(path, fmt, lines_per_task), path, starts, data.max_line_bytes)

@@ -25,11 +25,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import time_parser
-from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
+from loglm.ingest.readers import (
+    UNREADABLE,
+    LineAccount,
+    Record,
+    Rejection,
+    accept,
+    check_line,
+    open_binary,
+    read_lines,
+    tally,
+    unreadable,
+)
 from loglm.ingest.templates import FIELD_SENTENCE_START
 
 DEFAULT_FIELDS = {"message": "message", "time": "timestamp"}
@@ -74,6 +86,20 @@ def json_object(text: str, source: str, line_no: int) -> dict | Rejection:
     return obj
 
 
+MAX_DOCUMENT_BYTES = 256 << 20  # a {"Records": [...]} document is read whole (CloudTrail's files: a few MB)
+
+
+def records_document(path: Path) -> bool:
+    """Whether a file is one ``{"Records": [...]}`` JSON document (AWS CloudTrail as delivered to S3, plain or
+    gzipped) rather than JSON lines."""
+    try:
+        with open_binary(Path(path)) as fh:
+            head = fh.read(256).lstrip()
+    except (*UNREADABLE, IsADirectoryError):
+        return False
+    return head.startswith(b"{") and head[1:].lstrip().startswith(b'"Records"')
+
+
 class JsonLinesReader:
     def __init__(self, data):
         self.fields = {**DEFAULT_FIELDS, **dict(data.fields)}
@@ -83,7 +109,40 @@ class JsonLinesReader:
         self.message_fields = list(getattr(data, "message_fields", []) or [])
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+        if records_document(path):
+            return tally(self._document(path, account), account)
         return read_lines(self.parse_line, path, account, self.max_line_bytes)
+
+    def _document(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+        """The records of one ``{"Records": [...]}`` document (AWS CloudTrail's S3 files), each accounted as a
+        line numbered by its place in the list.  The document is read whole: one file, at most
+        MAX_DOCUMENT_BYTES, never the corpus."""
+        source = os.fspath(path)
+        try:
+            with open_binary(path) as fh:
+                body = fh.read(MAX_DOCUMENT_BYTES + 1)
+        except UNREADABLE as e:
+            account.read += 1
+            yield unreadable(source, 0, e)
+            return
+        if len(body) > MAX_DOCUMENT_BYTES:
+            account.read += 1
+            yield Rejection(source, 1, f"JSON document larger than {MAX_DOCUMENT_BYTES} bytes: not read (split it "
+                                       "into JSON lines, e.g. jq -c '.Records[]')")
+            return
+        doc = json_object(body.decode("utf-8", "replace"), source, 1)
+        records = doc.get("Records") if isinstance(doc, dict) else None
+        if not isinstance(records, list):
+            account.read += 1
+            yield doc if isinstance(doc, Rejection) else Rejection(source, 1, "JSON document without a Records list")
+            return
+        del body, doc
+        for n, rec in enumerate(records, 1):
+            account.read += 1
+            if not isinstance(rec, dict):
+                yield Rejection(source, n, f"not a JSON object: {type(rec).__name__}")
+                continue
+            yield self.from_object(rec, json.dumps(rec, separators=(",", ":")), source, n)
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)
@@ -92,6 +151,10 @@ class JsonLinesReader:
         obj = json_object(text, source, line_no)
         if isinstance(obj, Rejection):
             return obj
+        return self.from_object(obj, text, source, line_no)
+
+    def from_object(self, obj: dict, text: str, source: str, line_no: int) -> Record | Rejection:
+        """One JSON object (a line's, or a record of a ``{"Records": [...]}`` document) as an event."""
         if self.message_fields:
             message = field_sentence(obj, self.message_fields)
             if all(lookup(obj, n) is None for n in self.message_fields):
