@@ -128,7 +128,7 @@ def evidence_text(alert: dict) -> str:
     """The alert as words: its surprising events' templates, the services behind their ports, what the
     Windows Security events among them say, and its volume (many events to one service, many distinct
     ports, many failed logons)."""
-    words, ports, codes = [], Counter(), Counter()
+    words, ports, codes, calls = [], Counter(), Counter(), Counter()
     for e in alert.get("surprising_events", []):
         tpl = str(e.get("template") or "")
         # parameters masked as <ip>, <num>, <path> are not evidence of anything; raw lines are not read
@@ -145,13 +145,10 @@ def evidence_text(alert: dict) -> str:
             words.append(camel)
         for p in _PORT.findall(tpl):
             ports[int(p)] += 1
-        for c in _WINDOWS_EVENT.findall(tpl):
-            codes[int(c)] += 1
-    for c in codes:
-        words.append(WINDOWS_EVENTS.get(c, ""))
-    for e in alert.get("surprising_events", []):
-        for call in _CLOUD_CALL.findall(str(e.get("template") or "")):
-            words.append(CLOUDTRAIL_CALLS.get(call, ""))
+        codes.update(int(c) for c in _WINDOWS_EVENT.findall(tpl))
+        calls.update(_CLOUD_CALL.findall(tpl))
+    words += [WINDOWS_EVENTS.get(c, "") for c in codes]
+    words += [CLOUDTRAIL_CALLS.get(call, "") for call, n in calls.items() for _ in range(n)]
     listed = len(alert.get("surprising_events", []))
     if listed:  # an alert lists its top surprising events; its count says how many there were
         failed = sum(codes[c] for c in FAILED_LOGONS) / listed * int(alert.get("n_unexpected_events") or listed)

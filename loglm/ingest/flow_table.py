@@ -25,7 +25,7 @@ from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
-from loglm.ingest.json_lines import json_object, lookup
+from loglm.ingest.json_lines import json_object, lookup, nested_value
 from loglm.ingest.readers import (
     UNREADABLE,
     LineAccount,
@@ -112,9 +112,9 @@ class FlowTableReader:
         missing = [self.columns[k] for k in ("ts", *self.required) if row.get(self.columns[k]) is None]
         if missing:
             return Rejection(source, line_no, f"JSON flow lacks field(s) {missing}")
-        nested = next((c for c, v in row.items() if isinstance(v, dict | list)), None)
+        nested = nested_value(row, source, line_no)
         if nested is not None:
-            return Rejection(source, line_no, f"bad value: field {nested!r} is a JSON {type(row[nested]).__name__}")
+            return nested
         present = {k: c for k, c in self.columns.items() if row[c] is not None}  # as a table's header would say
         return self._flow(row, source, line_no, present, raw=text)
 

@@ -100,6 +100,15 @@ def records_document(path: Path) -> bool:
     return head.startswith(b"{") and head[1:].lstrip().startswith(b'"Records"')
 
 
+def nested_value(row: dict, source: str, line_no: int) -> Rejection | None:
+    """The rejection of a row of looked-up fields (flows: each a number or a string) holding an object or a
+    list; None when every value is flat."""
+    nested = next((c for c, v in row.items() if isinstance(v, dict | list)), None)
+    if nested is None:
+        return None
+    return Rejection(source, line_no, f"bad value: field {nested!r} is a JSON {type(row[nested]).__name__}")
+
+
 class JsonLinesReader:
     def __init__(self, data):
         self.fields = {**DEFAULT_FIELDS, **dict(data.fields)}

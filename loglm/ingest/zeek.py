@@ -26,7 +26,7 @@ from pathlib import Path
 
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
-from loglm.ingest.json_lines import field_sentence, json_object, lookup
+from loglm.ingest.json_lines import field_sentence, json_object, lookup, nested_value
 from loglm.ingest.readers import LineAccount, Record, Rejection, accept, check_line, read_lines
 
 ZEEK_COLUMNS = {
@@ -140,9 +140,9 @@ class ZeekConnReader:
                                self.columns["proto"]) if row.get(c) is None]
         if missing:
             return Rejection(source, line_no, f"Zeek JSON record lacks {missing}: not a conn.log record")
-        nested = next((c for c, v in row.items() if isinstance(v, dict | list)), None)
+        nested = nested_value(row, source, line_no)
         if nested is not None:
-            return Rejection(source, line_no, f"bad value: field {nested!r} is a JSON {type(row[nested]).__name__}")
+            return nested
         stamp = row[self.columns["ts"]]
         try:
             row[self.columns["ts"]] = json_ts(stamp)
