@@ -271,11 +271,11 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             open(out.with_suffix(".ocsf.jsonl"), "w") as findings_fh:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
         det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores)
+        starts = record_starts(det._reader(source))  # data.multiline: records of several lines
+        joiner = Continuations(starts, cfg.data.max_line_bytes) if starts else None
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
-            starts = record_starts(det._reader(source))  # data.multiline: records of several lines
-            joiner = Continuations(starts, cfg.data.max_line_bytes) if starts else None
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for raw, n in lines:
                     with stop.deferred():
