@@ -338,12 +338,12 @@ def test_a_gzip_bomb_line_is_measured_while_read_not_held(tmp_path):
 
 
 def test_streaming_reads_of_a_long_line_are_bounded(tmp_path):
-    from loglm.detect.streaming import follow_lines
+    from loglm.detect.streaming import FollowLines
     from loglm.ingest.readers import check_line
 
     path = tmp_path / "grow.log"
     path.write_bytes(b"short line\n" + b"B" * 300_000 + b"\nlast line without newline")
-    got = list(follow_lines(str(path), poll_s=0.01, idle_exit_s=0.05, max_line_bytes=1000))
+    got = list(FollowLines(str(path), poll_s=0.01, idle_exit_s=0.05, max_line_bytes=1000))
     assert [n for _, n in got] == [1, 2, 3]
     assert got[0][0] == b"short line\n" and got[2][0] == b"last line without newline"
     assert len(got[1][0]) == 1001 and check_line(got[1][0], "s", 2, 1000).reason == "line too long: 300001 bytes > 1000"

@@ -82,23 +82,33 @@ def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
          f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=4", "detect.stream_idle_close_s=5",
          "detect.batch_size=8"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []  # what it printed up to "following": the file it follows is open from then on
+    while not any("following" in x for x in said) and proc.poll() is None:
+        said.append(proc.stderr.readline())
     rng = random.Random(3)
-    written = 0
-    with open(log, "ab") as fh:
-        for b in range(40):
-            t = T0 + timedelta(seconds=10 * b)
-            events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, t)
-            if b == 5:  # an event the model never saw, then the block goes on
-                events.insert(3, (t, f"writeBlock blk_9{b} received exception java.io.IOException"))
-            for line in render(events):
-                fh.write(line.encode() + b"\n")
-                written += 1
-            fh.flush()
-            time.sleep(0.05)
+    written = before_rotation = 0
+    fh = open(log, "ab")
+    for b in range(40):
+        t = T0 + timedelta(seconds=10 * b)
+        events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, t)
+        if b == 5:  # an event the model never saw, then the block goes on
+            events.insert(3, (t, f"writeBlock blk_9{b} received exception java.io.IOException"))
+        if b == 20:  # logrotate (create) midway: the file renamed, the application writes to a new one
+            fh.close()
+            log.rename(log.with_suffix(".log.1"))
+            fh, before_rotation = open(log, "ab"), written
+        for line in render(events):
+            fh.write(line.encode() + b"\n")
+            written += 1
+        fh.flush()
+        time.sleep(0.05)
+    fh.close()
     stdout, stderr = proc.communicate(timeout=180)
+    stderr = "".join(said) + stderr
     assert proc.returncode == 0, stderr[-2000:]
     summary = json.loads(stdout)
-    assert summary["lines"]["read"] == written
+    assert summary["lines"]["read"] == written, stderr[-3000:]  # both files' lines, the rotated one's to its end
+    assert summary["rotations"] == [{"how": "replaced", "first_line": before_rotation + 1}]
     assert summary["sessions_scored"] >= 40
     alerts = [json.loads(x) for x in out.read_text().splitlines()]
     assert any(not e["known_event"] for a in alerts for e in a["surprising_events"])

@@ -207,14 +207,16 @@ def with_model_data(cfg, model_dir: Path):
 
 def follow(cfg, model, scorer) -> dict:
     """Streaming detection over one growing file or stdin ("-")."""
-    from loglm.detect.streaming import follow_lines, run_stream
+    from loglm.detect.streaming import FollowLines, run_stream
 
     if len(cfg.inputs) != 1:
         raise ValueError("follow=true takes exactly one input: a file that grows, or '-' for stdin")
     source = cfg.inputs[0]
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
-    return run_stream(cfg, model, scorer, follow_lines(source, idle_exit_s=cfg.follow_exit_s,
-                                                                max_line_bytes=cfg.data.max_line_bytes), source, out)
+    lines = FollowLines(source, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes)
+    summary = run_stream(cfg, model, scorer, lines, source, out)
+    summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in the stream's lines
+    return summary
 
 
 def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.ndarray, labels: np.ndarray,

@@ -226,42 +226,107 @@ def stream_idle_close(cfg, calibration: dict) -> tuple[float, str]:
     return 60.0, "default (the model records no training pauses)"
 
 
-def follow_lines(path: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
-                 max_line_bytes: int = 65_536) -> Iterator[tuple[bytes, int]]:
-    """Lines of a growing file (or '-' for stdin) as they arrive; ends after idle_exit_s without growth.
+class FollowLines:
+    """Lines of a growing file (or '-' for stdin) as they arrive, through log rotation, as ``tail -F`` reads:
+    iterate it for ``(line, stream line number)``; it ends after ``idle_exit_s`` without growth.
+
+    - **Replaced** (logrotate's default ``create``: the file renamed, a new one made under the name; or
+      deleted and made again): the old file is read to its end, then the new one from its start.
+    - **Truncated in place** (``copytruncate``): read again from its start.  Lines written between the last
+      read and the truncation are lost to any reader (they are only in logrotate's copy): prefer ``create``.
+    - **Gone** and not yet made again: the open file is still read, and the name checked at every poll.
+
+    Line numbers run on across files (the stream's count, what the accounting adds up); ``rotations`` lists,
+    for each switch, the stream line the new content starts at, so a rejection's line maps back to its file.
     At most ``max_line_bytes + 1`` bytes of a line are held: a longer one comes back as a
     :class:`~loglm.ingest.readers.LongLine` (rejected with its length), whatever arrives."""
-    if path == "-":
-        for n, raw in enumerate(bounded_lines(sys.stdin.buffer, max_line_bytes), 1):
-            yield raw, n
-        return
-    if path.endswith(".gz"):  # a compressed file is complete (it does not grow line by line): read it through
-        from loglm.ingest.readers import open_binary
 
-        with open_binary(Path(path)) as fh:
-            yield from ((raw, n) for n, raw in enumerate(bounded_lines(fh, max_line_bytes), 1))
-        return
-    limit = max_line_bytes + 1
-    with open(path, "rb") as fh:
+    def __init__(self, path: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
+                 max_line_bytes: int = 65_536):
+        self.path, self.poll_s, self.idle_exit_s, self.max_line_bytes = path, poll_s, idle_exit_s, max_line_bytes
+        self.rotations: list[dict] = []
+        # opened now: what is followed is the file the name pointed at when the stream was set up (a missing
+        # one fails here, before any work), not whatever it points at when the first line is asked for
+        self._fh = None if path == "-" or path.endswith(".gz") else open(path, "rb")
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        if self.path == "-":
+            for n, raw in enumerate(bounded_lines(sys.stdin.buffer, self.max_line_bytes), 1):
+                yield raw, n
+            return
+        if self.path.endswith(".gz"):  # a compressed file is complete (it does not grow line by line)
+            from loglm.ingest.readers import open_binary
+
+            with open_binary(Path(self.path)) as fh:
+                yield from ((raw, n) for n, raw in enumerate(bounded_lines(fh, self.max_line_bytes), 1))
+            return
+        yield from self._follow()
+
+    def _follow(self) -> Iterator[tuple[bytes, int]]:
+        limit = self.max_line_bytes + 1
+        fh, self._fh = self._fh, None
+        if fh is None:
+            raise RuntimeError(f"{self.path}: a FollowLines is iterated once")
+        ident = _identity(os.fstat(fh.fileno()))
         n, buf, total, last = 0, b"", 0, time.monotonic()
-        while True:
-            chunk = fh.readline(limit)
-            if chunk:
-                total += len(chunk)
-                if len(buf) < limit:  # keep the line's start only
-                    buf = (buf + chunk)[:limit]
-                if chunk.endswith(b"\n"):
-                    n += 1
-                    yield line_of(buf, total), n
-                    buf, total = b"", 0
-                last = time.monotonic()
-                continue
-            if idle_exit_s is not None and time.monotonic() - last >= idle_exit_s:
-                if buf:
-                    n += 1
-                    yield line_of(buf, total), n
-                return
-            time.sleep(poll_s)
+        try:
+            while True:
+                chunk = fh.readline(limit)
+                if chunk:
+                    total += len(chunk)
+                    if len(buf) < limit:  # keep the line's start only
+                        buf = (buf + chunk)[:limit]
+                    if chunk.endswith(b"\n"):
+                        n += 1
+                        yield line_of(buf, total), n
+                        buf, total = b"", 0
+                    last = time.monotonic()
+                    continue
+                # at the end of what the open file holds: has the name moved on to other content?
+                how = self._rotated(fh, ident)
+                if how:
+                    if buf:  # the old content's last line, never ended by a newline
+                        n += 1
+                        yield line_of(buf, total), n
+                        buf, total = b"", 0
+                    if how == "replaced":
+                        fh.close()
+                        fh = open(self.path, "rb")
+                        ident = _identity(os.fstat(fh.fileno()))
+                    else:
+                        fh.seek(0)
+                    self.rotations.append({"how": how, "first_line": n + 1})
+                    print(f"loglm: {self.path} was {how} (log rotation); reading it from its start: stream line "
+                          f"{n + 1} is its line 1", file=sys.stderr, flush=True)
+                    last = time.monotonic()
+                    continue
+                if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
+                    if buf:
+                        n += 1
+                        yield line_of(buf, total), n
+                    return
+                time.sleep(self.poll_s)
+        finally:
+            fh.close()
+
+    def _rotated(self, fh, ident: tuple[int, int]) -> str | None:
+        """"replaced" when the name now points at another file, "truncated" when the open file shrank below
+        the position read to, else None (also while the name is gone).  Called at the open file's end: a
+        replaced file is switched from only after it has been read to its end."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if _identity(st) != ident:
+            # a last write to the old file since the read that found its end: read it first
+            return "replaced" if os.fstat(fh.fileno()).st_size <= fh.tell() else None
+        if st.st_size < fh.tell():
+            return "truncated"
+        return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path) -> dict:
