@@ -112,6 +112,11 @@ class DataConfig:
     # Python tracebacks): it joins that record's raw text (an alert's evidence), the event stays the first
     # line's, and it is counted as "continued", not rejected.  Off: such lines are rejected, each with its line.
     multiline: bool = False
+    # timestamps without a year (traditional syslog, "noyear:" formats): each is placed in the latest year
+    # that does not put it after this reference (loglm.ingest.noyear): "mtime" (a file's last line before its
+    # modification time, every line before that last line), "now", a year (2024: the logs end in 2024) or an
+    # ISO date (2024-06-30: they end on or before it).  Streams place lines before the clock (or the year given)
+    year_reference: str = "mtime"
     # optional file with one anomalous entity id per line (evaluation only, never used for training)
     anomalous_ids: str | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -160,6 +165,10 @@ class DataConfig:
             extra = sorted(set(src) - {"match", *READER_FIELDS})
             _check(not extra, f"data.sources[{i}] ({src['match']!r}) sets {extra}: only reader settings "
                               f"{list(READER_FIELDS)} can differ per source (sessions, splits and labels are shared)")
+        from loglm.ingest.noyear import check_reference
+
+        why = check_reference(self.year_reference)
+        _check(why is None, str(why))
         _check(not self.multiline or self.format not in NOT_LINE_TEXT,
                f"data.multiline joins continuation lines of raw text logs; data.format={self.format} reads "
                "records of its own (JSON objects, flows, sequences)")
@@ -169,7 +178,7 @@ class DataConfig:
 NOT_LINE_TEXT = ("jsonl", "zeek", "cicflowmeter", "netflow", "vpcflow", "hdfs_keys", "hdfs_blocks", "id_sequences")
 # the DataConfig fields that say how a file is read (data.sources may set them per input)
 READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
-                 "max_line_bytes", "message_fields", "multiline")
+                 "max_line_bytes", "message_fields", "multiline", "year_reference")
 
 
 @dataclass

@@ -36,8 +36,10 @@ def syslog_lines(n: int, seed: int, start: datetime) -> list[tuple[datetime, str
 
 
 def write_syslog(path, n, seed, start=T0):
-    path.write_text("".join(f"{t:%b %d %H:%M:%S} {h} sshd[{1000 + i}]: {m}\n"
-                            for i, (t, h, m) in enumerate(syslog_lines(n, seed, start))))
+    lines = syslog_lines(n, seed, start)
+    path.write_text("".join(f"{t:%b %d %H:%M:%S} {h} sshd[{1000 + i}]: {m}\n" for i, (t, h, m) in enumerate(lines)))
+    last = lines[-1][0].timestamp()
+    os.utime(path, (last, last))  # as a log's last write: its lines' year comes from it (data.year_reference)
 
 
 def write_jsonl(path, n, seed, start=T0):
@@ -183,6 +185,8 @@ def test_preview_shows_how_prepare_reads_the_first_lines_and_what_to_fix(tmp_pat
                    "not syslog at all\n"
                    "Nov  2 08:00:15 web1 sshd[1001]: session opened for user alice\n"
                    "Nov  2 08:00:16 web2 CRON[7]: (root) CMD (run-parts)\n")
+    written = datetime(2025, 1, 10, tzinfo=UTC).timestamp()
+    os.utime(log, (written, written))  # no year in the lines: theirs is the last line's before this last write
     root = tmp_path / "runs"
 
     def show(*overrides, n=3):
@@ -191,7 +195,7 @@ def test_preview_shows_how_prepare_reads_the_first_lines_and_what_to_fix(tmp_pat
         return result, buf.getvalue()
 
     result, text = show("data.format=syslog", f"data.inputs=[{log}]")
-    assert "line 1: 2000-11-02T08:00:14Z session=web1@2000-11-02T08:00:00+00:00" in text
+    assert "line 1: 2024-11-02T08:00:14Z session=web1@2024-11-02T08:00:00+00:00" in text  # written 2025-01-10
     assert "event: Accepted password for alice from <ip> port <num> ssh2" in text
     assert "line 2: REJECTED header does not match format syslog" in text and "line 4" not in text  # first 3
     assert result["files"][str(log)]["accepted"] == 2 and result["files"][str(log)]["rejected"] == 1

@@ -176,12 +176,14 @@ def run(cfg) -> dict:
 
 # data.* keys that divide the work without changing what is read: always this command's own
 WORK_DIVISION_KEYS = ("spill_partitions", "shard_rows")
+# data.* keys that describe the inputs, not the model (when logs without a year end): this command's too
+INPUT_KEYS = ("year_reference",)
 
 
 def with_model_data(cfg, model_dir: Path):
     """Raw inputs are read the way the model's training data was (its config.yaml: format, header, fields,
     sessions), not with this command's defaults, unless ``detect.data_from=command``; how the work is divided
-    (:data:`WORK_DIVISION_KEYS`) stays this command's.  The training data's
+    (:data:`WORK_DIVISION_KEYS`) and what describes the inputs (:data:`INPUT_KEYS`) stay this command's.  The training data's
     label file does not describe new inputs and is dropped (labelled inputs: ``detect.data_from=command``
     with ``data.anomalous_ids``).  Says which it uses."""
     import dataclasses
@@ -197,7 +199,7 @@ def with_model_data(cfg, model_dir: Path):
 
     data = trained_data_config(model_dir, cfg.data, labels=False)
     # how this machine cuts the work, not what is read: the command's (partitions, rows per shard)
-    data = dataclasses.replace(data, **{k: getattr(cfg.data, k) for k in WORK_DIVISION_KEYS})
+    data = dataclasses.replace(data, **{k: getattr(cfg.data, k) for k in WORK_DIVISION_KEYS + INPUT_KEYS})
     if data != cfg.data:
         print(f"loglm: reading inputs as the model's training data was read (data {data.name!r}, format "
               f"{data.format!r}, sessions by {data.session.by}); detect.data_from=command uses this command's data.*",

@@ -52,7 +52,7 @@ class StreamingDetector:
         self.dcfg = detect_config_of(model, cfg.detect)
         self.threshold = alert_threshold(model.calibration)  # per session, the unit an alert is
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
-        self.reader = make_reader(cfg.data)
+        self.reader = make_reader(cfg.data, live=True)
         self._readers: dict = {}  # source -> its data.sources reader
         self.session_cfg = cfg.data.session
         self.idle_s, self.idle_from = stream_idle_close(cfg, model.calibration)
@@ -80,7 +80,7 @@ class StreamingDetector:
         if not self.cfg.data.sources:
             return self.reader
         if source not in self._readers:
-            self._readers[source] = make_reader(self.cfg.data, source)
+            self._readers[source] = make_reader(self.cfg.data, source, live=True)
         return self._readers[source]
 
     # -- input ---------------------------------------------------------------------------------

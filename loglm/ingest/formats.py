@@ -127,13 +127,15 @@ def _strptime(fmt: str) -> Callable[[str], float]:
 
 
 def _strptime_no_year(fmt: str) -> Callable[[str], float]:
-    """Headers without a year (syslog): read in leap year 2000 so that 'Feb 29' parses."""
+    """Headers without a year (syslog): read in leap year 2000 so that 'Feb 29' parses; the reader then
+    places each time in its year (:mod:`loglm.ingest.noyear`, ``data.year_reference``)."""
     full = _strptime("%Y " + fmt)
 
     def parse(value: str) -> float:
         return full("2000 " + value)
 
     parse.__name__ = f"strptime_no_year_{fmt}"
+    parse.no_year = True  # the reader places it in a year (loglm.ingest.noyear)
     return parse
 
 

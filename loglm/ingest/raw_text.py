@@ -28,7 +28,8 @@ _FALLBACK = "fallback"  # a line shape the fast path leaves to parse_line (it re
 class RawTextReader:
     """Lines with a loghub-style header (``<Date> <Time> ... <Content>``)."""
 
-    def __init__(self, fmt: LogFormat, max_line_bytes: int = 65_536, multiline: bool = False):
+    def __init__(self, fmt: LogFormat, max_line_bytes: int = 65_536, multiline: bool = False,
+                 year_reference: str = "mtime", path: Path | None = None):
         self.fmt = fmt
         self.regex = fmt.regex()
         self.max_line_bytes = max_line_bytes
@@ -36,6 +37,12 @@ class RawTextReader:
         self.multiline = multiline
         # log timestamps repeat heavily (second resolution): parse each distinct stamp once
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
+        # stamps without a year (syslog): placed in a year by loglm.ingest.noyear, from this input's last line
+        # (path; a reader without one places lines as they arrive, before the clock: a stream)
+        self._year_setting, self._year_path, self._placer = year_reference, path, None
+        if getattr(fmt.time_parser, "no_year", False):
+            self._stamp2000 = self._parse_time
+            self._parse_time = self._placed_time
         # the groups a line needs, fetched in one call (a groupdict of every header field cost twice as much)
         self._names = ("Content", *fmt.time_fields, *([fmt.label_field] if fmt.label_field else []),
                        *(name for name, _ in fmt.entity_fields))
@@ -46,7 +53,29 @@ class RawTextReader:
             self._plans = BoundedCache(16 << 20, 4096)
         self._tried = self._planned = 0
 
+    def _placed_time(self, stamp: str) -> float:
+        placer = self._placer
+        if placer is None:  # at the first line: reading the input's last line waits until a line needs it
+            from loglm.ingest.noyear import YearPlacer
+
+            placer = self._placer = YearPlacer(self._year_setting, self._year_path, self._line_stamp2000)
+            if placer.fixed:  # the same stamp, the same time: cached as the stamps are
+                self._fixed = functools.lru_cache(maxsize=1 << 16)(lambda s: placer(self._stamp2000(s)))
+        return self._fixed(stamp) if placer.fixed else placer(self._stamp2000(stamp))
+
+    def _line_stamp2000(self, text: str) -> float | None:
+        """A line's timestamp read in year 2000, or None where the header or the stamp does not fit."""
+        m = self.regex.match(text)
+        if m is None:
+            return None
+        try:
+            return self._stamp2000(" ".join(m.group(f) or "" for f in self.fmt.time_fields))
+        except (ValueError, OverflowError):
+            return None
+
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+        if self._year_path is None and self._placer is None:
+            self._year_path = path
         return read_lines(self.parse_line, path, account, self.max_line_bytes, record_starts(self))
 
     def starts_record(self, raw: bytes) -> bool:

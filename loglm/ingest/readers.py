@@ -333,9 +333,10 @@ def source_config(data, path: str | Path):
     return data
 
 
-def make_reader(data, path: str | Path | None = None):
+def make_reader(data, path: str | Path | None = None, live: bool = False):
     """The reader a data config names (``data.format``); for one input ``path``, the reader its
-    ``data.sources`` item names."""
+    ``data.sources`` item names.  ``live``: the lines arrive as they are written (a stream), so stamps
+    without a year are placed before the clock, not before the file's last line."""
     if path is not None and data.sources:
         data = source_config(data, path)
     fmt = data.format
@@ -354,7 +355,8 @@ def make_reader(data, path: str | Path | None = None):
     from loglm.ingest.formats import format_of
     from loglm.ingest.raw_text import RawTextReader
 
-    return RawTextReader(format_of(data), data.max_line_bytes, data.multiline)
+    year_path = None if live or path is None or not Path(path).is_file() else Path(path)
+    return RawTextReader(format_of(data), data.max_line_bytes, data.multiline, data.year_reference, year_path)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
