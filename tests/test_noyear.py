@@ -118,3 +118,25 @@ def test_detection_takes_the_year_reference_from_its_command_and_the_rest_from_t
     data = with_model_data(cfg, model_dir).data
     assert (data.format, data.name, data.year_reference) == ("syslog", "auth", "2026")
     assert with_model_data(replace(cfg, data=replace(cfg.data, year_reference="mtime")), model_dir).data.year_reference == "mtime"
+
+
+def test_the_arithmetic_placement_is_the_calendar_one():
+    """YearPlacer's fast path (a shift per year, a day less after February in common years) against
+    datetime's calendar, over every day of a year at several times, before references in leap and common
+    years and on both sides of New Year and Feb 29."""
+    from loglm.ingest.noyear import _Before, place
+
+    y2000 = datetime(2000, 1, 1, tzinfo=UTC)
+    stamps = [(y2000 + timedelta(days=d, seconds=s)).timestamp() for d in range(366) for s in (0, 3599, 86_399)]
+    for ref in ("2024-02-28", "2024-02-29", "2024-03-01", "2025-01-01", "2025-12-31", "2023-06-15", "2100-03-01"):
+        reference = datetime.fromisoformat(ref).replace(tzinfo=UTC).timestamp()
+        fast = _Before(reference)
+        assert [fast(t) for t in stamps] == [place(t, reference) for t in stamps], ref
+
+
+def test_one_reader_reading_two_files_places_each_by_its_own_last_line(tmp_path):
+    first = write_log(tmp_path / "a.log", TIMES[-1] + timedelta(seconds=30))
+    second = write_log(tmp_path / "b.log", TIMES[-1].replace(year=2027) + timedelta(seconds=30))
+    reader = make_reader(DataConfig(format="syslog"))
+    a, b = ([r.ts for r in reader.read(p, LineAccount())] for p in (first, second))
+    assert list(b) == [t.timestamp() + (2027 - 2026) * 365 * 86400 for t in TIMES] and list(a) == [t.timestamp() for t in TIMES]

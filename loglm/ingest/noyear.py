@@ -94,6 +94,36 @@ def last_stamp(path: Path, stamp_of: Callable[[str], float | None]) -> float | N
     return None
 
 
+_FEB29 = datetime(2000, 2, 29, tzinfo=UTC).timestamp()
+_MAR1 = datetime(2000, 3, 1, tzinfo=UTC).timestamp()
+
+
+class _Before:
+    """:func:`place` before one fixed reference, in arithmetic: the shift from 2000 to the reference's year
+    and the one before, a day less after February in a common year (Feb 29 takes :func:`place`)."""
+
+    def __init__(self, reference: float):
+        self.reference, self.cut = reference, reference + SLACK_S
+        year = datetime.fromtimestamp(self.cut, UTC).year
+        self.shifts = [self._shift(y) for y in (year, year - 1)]
+
+    @staticmethod
+    def _shift(year: int) -> tuple[float, float]:
+        """(before March, from March): what moves a year-2000 time into ``year``."""
+        base = datetime(year, 1, 1, tzinfo=UTC).timestamp() - _Y2000.timestamp()
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return base, base if leap else base - 86_400.0
+
+    def __call__(self, ts2000: float) -> float:
+        if _FEB29 <= ts2000 < _MAR1:
+            return place(ts2000, self.reference)
+        for early, late in self.shifts:
+            t = ts2000 + (late if ts2000 >= _MAR1 else early)
+            if t <= self.cut:
+                return t
+        return place(ts2000, self.reference)
+
+
 class YearPlacer:
     """Places year-2000 times of one input: ``placer(ts2000) -> ts``.  ``fixed`` says whether the result
     depends on the stamp alone (and may be cached by it)."""
@@ -103,12 +133,16 @@ class YearPlacer:
         self.fixed = path is not None or given is not None
         if path is None:  # a stream: each line before the clock as it arrives, or before the year given
             self.reference = given
+            self._before = None if given is None else _Before(given)
             return
         reference = given
         if reference is None:
             reference = path.stat().st_mtime if str(setting).strip() == "mtime" else time.time()
         last = last_stamp(path, stamp_of)
         self.reference = reference if last is None else place(last, reference)
+        self._before = None if self.reference is None else _Before(self.reference)
 
     def __call__(self, ts2000: float) -> float:
-        return place(ts2000, time.time() if self.reference is None else self.reference)
+        if self._before is not None:
+            return self._before(ts2000)
+        return place(ts2000, time.time())

@@ -39,7 +39,7 @@ class RawTextReader:
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
         # stamps without a year (syslog): placed in a year by loglm.ingest.noyear, from this input's last line
         # (path; a reader without one places lines as they arrive, before the clock: a stream)
-        self._year_setting, self._year_path, self._placer = year_reference, path, None
+        self._year_setting, self._year_path, self._placer, self._stamp2000 = year_reference, path, None, None
         if getattr(fmt.time_parser, "no_year", False):
             self._stamp2000 = self._parse_time
             self._parse_time = self._placed_time
@@ -59,9 +59,11 @@ class RawTextReader:
             from loglm.ingest.noyear import YearPlacer
 
             placer = self._placer = YearPlacer(self._year_setting, self._year_path, self._line_stamp2000)
-            if placer.fixed:  # the same stamp, the same time: cached as the stamps are
-                self._fixed = functools.lru_cache(maxsize=1 << 16)(lambda s: placer(self._stamp2000(s)))
-        return self._fixed(stamp) if placer.fixed else placer(self._stamp2000(stamp))
+            if placer.fixed:  # the same stamp, the same time: from now on one cache, as for stamps with a year
+                base = self.fmt.time_parser
+                self._parse_time = functools.lru_cache(maxsize=1 << 16)(lambda s: placer(base(s)))
+                return self._parse_time(stamp)
+        return placer(self._stamp2000(stamp))
 
     def _line_stamp2000(self, text: str) -> float | None:
         """A line's timestamp read in year 2000, or None where the header or the stamp does not fit."""
@@ -74,8 +76,8 @@ class RawTextReader:
             return None
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        if self._year_path is None and self._placer is None:
-            self._year_path = path
+        if self._stamp2000 is not None and self._year_path != path:  # another file: its own last line
+            self._year_path, self._placer, self._parse_time = path, None, self._placed_time
         return read_lines(self.parse_line, path, account, self.max_line_bytes, record_starts(self))
 
     def starts_record(self, raw: bytes) -> bool:
