@@ -89,7 +89,8 @@ class SplitConfig:
 class DataConfig:
     name: str = "hdfs_sample"
     # reader: a raw-text preset from loglm.ingest.formats.PRESETS (hdfs, bgl, linux, openssh, ... every
-    # loghub system), "jsonl", a flow format ("zeek", "cicflowmeter", "netflow", "vpcflow"), or a sequence builder
+    # loghub system), "jsonl", "cef" (ArcSight CEF, loglm.ingest.cef), a flow format ("zeek", "cicflowmeter",
+    # "netflow", "vpcflow"), or a sequence builder
     # ("hdfs_keys", "hdfs_blocks")
     format: str = "hdfs"
     inputs: list[str] = field(default_factory=list)
@@ -175,7 +176,7 @@ class DataConfig:
 
 
 # formats whose records are not raw text lines under a header (data.multiline does not apply)
-NOT_LINE_TEXT = ("jsonl", "zeek", "cicflowmeter", "netflow", "vpcflow", "hdfs_keys", "hdfs_blocks", "id_sequences")
+NOT_LINE_TEXT = ("jsonl", "cef", "zeek", "cicflowmeter", "netflow", "vpcflow", "hdfs_keys", "hdfs_blocks", "id_sequences")
 # the DataConfig fields that say how a file is read (data.sources may set them per input)
 READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
                  "max_line_bytes", "message_fields", "multiline", "year_reference")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 T0 = datetime(2008, 11, 9, 20, 0, 0)
 
@@ -139,3 +139,39 @@ def java_log(records: int, seed: int, start: datetime = datetime(2015, 10, 18, 1
                 lines.append("Caused by: java.net.ConnectException: Connection refused")
                 lines += ["\tat sun.nio.ch.SocketChannelImpl.checkConnect(Native Method)", f"\t... {rng.randint(2, 9)} more"]
     return lines
+
+
+def cef_firewall(days: int, seed: int, first_day: int = 0, scan: bool = False, hosts: int = 12) -> list[str]:
+    """A firewall's CEF events as forwarded to a SIEM (an RFC 3164 syslog prefix, ``rt`` in epoch milliseconds
+    or CEF's ``MMM dd yyyy HH:mm:ss`` form): each day every internal host opens web and DNS connections,
+    now and then one is denied. ``scan``: on the last day ``10.1.0.66`` probes 60 ports of one server within
+    a minute (denied; the IDS names the scan), then the day goes on as usual."""
+    rng = random.Random(seed)
+    start = datetime(2024, 5, 1, 8, 0, 0)
+
+    def line(t: datetime, cls: str, name: str, sev: int, src: str, dst: str, dpt: int, act: str) -> str:
+        stamp = str(int(t.replace(tzinfo=UTC).timestamp() * 1000)) if rng.random() < 0.7 else f"{t:%b %d %Y %H:%M:%S} UTC"
+        return (f"<134>{t:%b %e %H:%M:%S} fw01 CEF:0|Acme|NGFW|9.1|{cls}|{name}|{sev}|rt={stamp} src={src} "
+                f"spt={rng.randint(30000, 60000)} dst={dst} dpt={dpt} proto=TCP act={act} dvchost=fw01 "
+                f"msg=session {rng.randint(10**5, 10**6)} {name.lower()}")
+
+    out = []
+    for d in range(first_day, first_day + days):
+        for k in range(hosts):
+            src = f"10.1.0.{k + 10}"
+            t = start + timedelta(days=d, minutes=rng.randint(0, 60))
+            for _ in range(rng.randint(20, 40)):
+                t += timedelta(seconds=rng.randint(5, 120))
+                dst, dpt = rng.choice([("192.0.2.10", 443), ("192.0.2.11", 443), ("192.0.2.53", 53), ("192.0.2.12", 80)])
+                if rng.random() < 0.03:
+                    out.append((t, line(t, "TRAFFIC", "Connection denied", 3, src, "198.51.100.7", 25, "deny")))
+                else:
+                    out.append((t, line(t, "TRAFFIC", "Connection allowed", 1, src, dst, dpt, "allow")))
+        if scan and d == first_day + days - 1:
+            t = start + timedelta(days=d, hours=1)
+            out.append((t, line(t, "THREAT", "TCP Port Scan", 8, "10.1.0.66", "192.0.2.10", 0, "alert")))
+            for port in rng.sample(range(1, 10000), 60):
+                t += timedelta(seconds=1)
+                out.append((t, line(t, "TRAFFIC", "Connection denied", 3, "10.1.0.66", "192.0.2.10", port, "deny")))
+    out.sort(key=lambda x: x[0])
+    return [x for _, x in out]

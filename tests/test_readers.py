@@ -725,13 +725,15 @@ def test_shape_cached_masking_equals_the_patterns_on_the_text(tokens):
     b'{"ts": "2024-01-01T00:00:00Z", "id.orig_h": 1, "id.resp_h": [], "proto": "tcp"}',
     b'{"ts": 1e15, "src_ip": "a", "dst_ip": "b", "fwd_bytes": 1, "fwd_pkts": "x"}',
     b"2 1 eni-1 - - - - - - - 1 2 - NODATA", b"version srcaddr dstaddr bytes packets start end log-status",
-    b"2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1e300 -5 ACCEPT OK"]), max_size=8))
+    b"2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1e300 -5 ACCEPT OK", b"CEF:0|a|b|1|c|d|1|rt=99999999999999999999 src=x",
+    b"<134>1 2024-01-01T00:00:00Z h - - - CEF:0|a\\|b|c|1|c|d|1|end=Feb 30 2024 00:00:00 a\\=b=c \\",
+    b"CEF:0|a|b|1|c|d|1|rt=Jan 01 2024 00:00:00 -99:99 msg==", b"CEF:0|||||||start=1e3"]), max_size=8))
 def test_structured_readers_never_raise_and_account_every_line(lines):
-    """Arbitrary bytes into the JSON, Zeek, CSV, NetFlow and VPC readers: each line a record, a rejection or
-    metadata."""
+    """Arbitrary bytes into the JSON, CEF, Zeek, CSV, NetFlow and VPC readers: each line a record, a rejection
+    or metadata."""
     import tempfile
 
-    for fmt in ("jsonl", "zeek", "cicflowmeter", "netflow", "vpcflow"):
+    for fmt in ("jsonl", "cef", "zeek", "cicflowmeter", "netflow", "vpcflow"):
         data = DataConfig(format=fmt, max_line_bytes=256,
                           fields={"message": "message", "time": "timestamp"} if fmt == "jsonl" else {})
         with tempfile.TemporaryDirectory() as d:

@@ -344,6 +344,10 @@ def make_reader(data, path: str | Path | None = None, live: bool = False):
         from loglm.ingest.json_lines import JsonLinesReader
 
         return JsonLinesReader(data)
+    if fmt == "cef":
+        from loglm.ingest.cef import CefReader
+
+        return CefReader(data)
     if fmt == "zeek":
         from loglm.ingest.zeek import ZeekConnReader
 
