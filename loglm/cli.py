@@ -20,6 +20,9 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--follow", action="store_true",
                    help="stream: follow one growing file (or '-' for stdin), alerting as sessions close")
     p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
+    p.add_argument("--follow-from", choices=["resume", "start", "end"], default="resume",
+                   help="with --follow on a file: go on after the last line a run with this --out scored (resume, "
+                        "the default; saved in <out>.follow.json), from its first line (start), or its end (end)")
     p.add_argument("--verify-key", help="PEM Ed25519 public key: refuse a bundle not signed by its private key "
                                         "(default: $LOGLM_BUNDLE_VERIFY_KEY)")
     p.add_argument("--kinds", help="few-shot kinds file (`loglm kinds fit`): alerts get a kind and ATT&CK from it")
@@ -33,7 +36,7 @@ def detect_main(argv: list[str]) -> int:
     with until_exit():  # a stream that ended as a stop signal arrived still prints its summary
         try:
             summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
-                          a.verify_key, report=not a.no_report, kinds=a.kinds)
+                          a.verify_key, report=not a.no_report, kinds=a.kinds, follow_from=a.follow_from)
         except (FileNotFoundError, ValueError) as e:
             print(f"loglm detect: error: {e}", file=sys.stderr)
             return 2

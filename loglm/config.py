@@ -677,6 +677,10 @@ class RootConfig:
     # follow_exit_s ends the run after that long without new lines (null = follow forever)
     follow: bool = False
     follow_exit_s: float | None = None
+    # where following a file begins: "resume" (after the last line an earlier run with the same out scored,
+    # saved in <out>.follow.json, when the file is still that one; else its first line; outputs appended),
+    # "start" (its first line; outputs started empty) or "end" (lines written from now on; outputs appended)
+    follow_from: str = "resume"
     # embed: one vector per event too (context half and own half), into <out>.events.parquet
     embed_events: bool = False
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -78,3 +78,53 @@ def test_a_quiet_file_that_does_not_rotate_records_no_rotation(log):
     append(log, "only\n")
     follower = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1)
     assert list(follower) == [(b"only\n", 1)] and follower.rotations == []
+
+
+def test_a_saved_position_resumes_after_its_line_while_the_file_is_the_same(log, capsys):
+    append(log, *(f"l{i}\n" for i in range(1, 6)))
+    first = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1)
+    assert [n for _, n in first] == [1, 2, 3, 4, 5]
+    saved = first.position()
+    first.close()
+    assert (saved["line"], saved["offset"]) == (5, log.stat().st_size)
+    append(log, "l6\n", "l7\n")
+    again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
+    assert list(again) == [(b"l6\n", 6), (b"l7\n", 7)] and again.resumed["line"] == 5
+    again.close()
+    assert "resuming after line 5" in capsys.readouterr().err
+    # the file replaced while nothing followed it (rotated): the new one from its first line, saying why
+    log.rename(log.with_suffix(".log.1"))
+    append(log, "n1\n")
+    moved = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
+    assert list(moved) == [(b"n1\n", 1)] and moved.resumed is None
+    assert "the file was replaced since" in capsys.readouterr().err
+    # the same file emptied and written again past the position (copytruncate): its first bytes differ
+    here = moved.position()
+    moved.close()
+    log.write_bytes(b"other content, longer than before\n")
+    rewritten = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=here)
+    assert [n for _, n in rewritten] == [1] and "its first bytes changed" in capsys.readouterr().err
+
+
+def test_from_the_end_reads_only_new_lines_numbered_after_the_old(log):
+    append(log, "old1\n", "old2\n", "old3\n")
+    follower = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.5, start="end")
+    lines = iter(follower)
+    append(log, "new\n")
+    assert take(lines, 1) == [(b"new\n", 4)]
+
+
+def test_a_position_behind_a_held_line_resumes_where_that_line_is_read_again(log, monkeypatch):
+    """At least once: with stream line 5 still in an open session, the position is a kept mark at or before
+    line 5, so a restart after a crash reads line 5 (and what follows) again; marks behind it are dropped."""
+    monkeypatch.setattr(FollowLines, "CHECKPOINT_LINES", 3)
+    append(log, *(f"line {i}\n" for i in range(1, 11)))
+    follower = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1)
+    assert len(list(follower)) == 10
+    at = follower.position(oldest_held=5)
+    assert at["line"] == 3 and log.read_bytes()[at["offset"]:].startswith(b"line 4\n")
+    assert follower.position(oldest_held=9)["line"] == 6 and follower.position()["line"] == 10
+    follower.close()
+    again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=at)
+    assert [n for _, n in again][:2] == [4, 5]
+    again.close()

@@ -193,6 +193,79 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
     assert max(read) > 0, read  # at least one stop came after lines were read and scored
 
 
+def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path):
+    """follow_from=resume (the default): a second run with the same out reads only the lines written since the
+    first stopped, appends its alerts to the first run's and keeps the first run's scores file;
+    follow_from=start reads the file again from its first line into empty outputs."""
+    import pyarrow.parquet as pq
+
+    from loglm.detect.detector import run as detect
+
+    cfg, result = model
+    log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
+    rng = random.Random(4)
+
+    def write(first: int, count: int) -> int:
+        lines = []
+        for b in range(first, first + count):
+            t = T0 + timedelta(seconds=10 * b)
+            events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, t)
+            if b % 10 == 5:  # an event the model never saw: an alert in each run
+                events.insert(3, (t, f"writeBlock blk_9{b} received exception java.io.IOException"))
+            lines += render(events)
+        with open(log, "a") as fh:
+            fh.write("".join(x + "\n" for x in lines))
+        return len(lines)
+
+    def follow(*extra):
+        return detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}", f"inputs=[{log}]",
+                                         f"out={out}", "follow=true", "follow_exit_s=0.5", *extra]))
+
+    first_lines = write(0, 20)
+    first = follow()
+    assert first["lines"]["read"] == first_lines and first["resumed"] is None and first["alerts"] >= 1
+    assert json.loads(Path(first["state_path"]).read_text())["line"] == first_lines
+    second_lines = write(20, 10)
+    second = follow()
+    assert second["resumed"]["line"] == first_lines and second["lines"]["read"] == second_lines
+    assert second["alerts"] >= 1 and len(out.read_text().splitlines()) == first["alerts"] + second["alerts"]
+    assert pq.read_table(out.with_suffix(".scores.1.parquet")).num_rows == first["sessions_scored"]
+    assert pq.read_table(out.with_suffix(".scores.parquet")).num_rows == second["sessions_scored"]
+    again = follow("follow_from=start")
+    assert again["lines"]["read"] == first_lines + second_lines and again["resumed"] is None
+    assert len(out.read_text().splitlines()) == again["alerts"]
+
+
+def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tmp_path, monkeypatch):
+    """At least once: the position saved while the stream runs is before the first line of every session not
+    yet scored, so a restart after a crash (here: scoring fails on its fourth batch) reads them again."""
+    from loglm.detect import streaming
+    from loglm.detect.detector import run as detect
+
+    cfg, result = model
+    log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
+    log.write_bytes(b"".join(endless(5, 60)))
+    monkeypatch.setattr(streaming, "STATE_EVERY_S", 0.0)  # saved after every line
+    scored, calls, score = set(), [0], streaming.StreamingDetector._score_pending
+
+    def crashing(self):
+        if self.pending:
+            calls[0] += 1
+            if calls[0] == 4:
+                raise RuntimeError("scoring failed")
+            scored.update(e["line_no"] for _, events, _ in self.pending for e in events)
+        score(self)
+
+    monkeypatch.setattr(streaming.StreamingDetector, "_score_pending", crashing)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}", f"inputs=[{log}]",
+                                  f"out={out}", "follow=true", "follow_exit_s=0.5", "detect.batch_size=8"]))
+    saved = json.loads(out.with_suffix(".follow.json").read_text())
+    garbage = {n for n, raw in enumerate(log.read_bytes().splitlines(), 1) if raw.startswith(b"\xff")}
+    unscored = set(range(1, log.read_bytes().count(b"\n") + 1)) - scored - garbage
+    assert scored and unscored and saved["line"] < min(unscored), (saved["line"], min(unscored))
+
+
 def test_count_windows_stream_like_the_batch_path(model):
     """``data.session.by=count`` (the batch path's rule for sparse logs) works in streaming too: windows of
     ``window_events`` events in arrival order, each scored as it fills, the last one at the end."""

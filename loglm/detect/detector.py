@@ -215,10 +215,25 @@ def follow(cfg, model, scorer) -> dict:
         raise ValueError("follow=true takes exactly one input: a file that grows, or '-' for stdin")
     source = cfg.inputs[0]
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
-    lines = FollowLines(source, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes)
-    summary = run_stream(cfg, model, scorer, lines, source, out)
+    if cfg.follow_from not in FOLLOW_FROM:
+        raise ValueError(f"follow_from must be one of {FOLLOW_FROM}, got {cfg.follow_from!r}")
+    # a regular file's position is saved beside the alerts, so a restart goes on where this run stopped
+    state = None if source == "-" or source.endswith(".gz") else out.with_suffix(".follow.json")
+    from loglm.detect.streaming import load_state
+
+    saved = load_state(state, source) if state is not None and cfg.follow_from == "resume" else None
+    lines = FollowLines(source, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
+                        start=cfg.follow_from if cfg.follow_from != "resume" else "start", resume=saved)
+    try:
+        summary = run_stream(cfg, model, scorer, lines, source, out, state, append=cfg.follow_from != "start")
+    finally:
+        lines.close()
     summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in the stream's lines
+    summary["resumed"] = lines.resumed
     return summary
+
+
+FOLLOW_FROM = ("resume", "start", "end")
 
 
 def write_detection_report(alerts_path: Path, scores: np.ndarray, starts: np.ndarray, labels: np.ndarray,

@@ -10,8 +10,9 @@ import json
 import os
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from loglm.detect.alerts import events_from_parsed
@@ -195,6 +196,12 @@ class StreamingDetector:
         self.stats["events_scored"] += len(ev.ts)
         self.stats["alerts"] += len(alerts)
 
+    def oldest_held_line(self) -> int | None:
+        """The first line number of the oldest event not yet in a scored session (open or waiting)."""
+        firsts = [events[0]["line_no"] for events in self.open.values()]
+        firsts += [events[0]["line_no"] for _, events, _ in self.pending]
+        return min(firsts) if firsts else None
+
     def finish(self) -> dict:
         """The input ended: sessions still open are scored as batch detection would score them (closed, with
         [END], by :func:`loglm.ingest.sessions.is_closed`: an entity with ``data.session.idle_close_s=0`` is)."""
@@ -239,15 +246,80 @@ class FollowLines:
     Line numbers run on across files (the stream's count, what the accounting adds up); ``rotations`` lists,
     for each switch, the stream line the new content starts at, so a rejection's line maps back to its file.
     At most ``max_line_bytes + 1`` bytes of a line are held: a longer one comes back as a
-    :class:`~loglm.ingest.readers.LongLine` (rejected with its length), whatever arrives."""
+    :class:`~loglm.ingest.readers.LongLine` (rejected with its length), whatever arrives.
+
+    Where to begin (a regular file): ``start="start"`` its first line, ``"end"`` its current end (lines
+    written from now on; numbered after the lines already there), or ``resume`` (a :meth:`position` saved
+    by an earlier run): the line after it, when the file is still the one it was saved from (device, inode
+    and its first bytes), else its first line, saying why."""
+
+    CHECKPOINT_LINES = 1000  # a resume position is kept every this many lines (see position)
+    HEAD_BYTES = 1024  # a file's first bytes, hashed: a file is the one a position was saved from
 
     def __init__(self, path: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
-                 max_line_bytes: int = 65_536):
+                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None):
         self.path, self.poll_s, self.idle_exit_s, self.max_line_bytes = path, poll_s, idle_exit_s, max_line_bytes
         self.rotations: list[dict] = []
+        self.resumed: dict | None = None  # the saved position this run went on from, when it did
         # opened now: what is followed is the file the name pointed at when the stream was set up (a missing
         # one fails here, before any work), not whatever it points at when the first line is asked for
         self._fh = None if path == "-" or path.endswith(".gz") else open(path, "rb")
+        if self._fh is None:
+            if start == "end":
+                raise ValueError(f"follow_from=end needs a regular file; {path} is read through from its start")
+            return
+        self.identity = _identity(os.fstat(self._fh.fileno()))
+        self.n = self.offset = 0  # lines yielded so far; the byte after the last of them
+        if resume is not None:
+            why = self._why_not(resume)
+            if why is None:
+                self.n, self.offset = int(resume["line"]), self._fh.seek(int(resume["offset"]))
+                self.resumed = {"line": self.n, "offset": self.offset, "saved_at": resume.get("saved_at")}
+                print(f"loglm: {path}: resuming after line {self.n:,} (byte {self.offset:,}), where the last run "
+                      "stopped", file=sys.stderr, flush=True)
+            else:
+                print(f"loglm: {path}: not resuming the saved position ({why}); reading from the first line",
+                      file=sys.stderr, flush=True)
+        elif start == "end":
+            while block := self._fh.read(1 << 20):
+                self.n += block.count(b"\n")
+            self.offset = self._fh.tell()
+        # (next stream line, its byte offset, file identity): where a restart may go on from (position)
+        self._marks: deque[tuple[int, int, tuple[int, int]]] = deque([(self.n + 1, self.offset, self.identity)],
+                                                                      maxlen=100_000)
+
+    def _why_not(self, saved: dict) -> str | None:
+        """Why a saved position does not fit the file now under the name, or None."""
+        st = os.fstat(self._fh.fileno())
+        if (st.st_dev, st.st_ino) != (saved.get("dev"), saved.get("ino")):
+            return "the file was replaced since (rotated while the stream was stopped)"
+        if st.st_size < int(saved["offset"]):
+            return f"the file is shorter ({st.st_size:,} bytes) than the position ({int(saved['offset']):,})"
+        if self._head_sha256(int(saved.get("head_bytes", 0))) != saved.get("head_sha256"):
+            return "its first bytes changed (truncated and written again)"
+        return None
+
+    def _head_sha256(self, size: int) -> str:
+        import hashlib
+
+        return hashlib.sha256(os.pread(self._fd, size, 0)).hexdigest()
+
+    def position(self, oldest_held: int | None = None) -> dict:
+        """Where a restart goes on from so that no line is lost: after the last line read when
+        ``oldest_held`` is None (every line read is in a scored session), else at a kept mark at or before
+        stream line ``oldest_held`` (the oldest line still in an open session or a held record): a restart
+        reads it and what follows again (at least once).  A line held from before a rotation is not reached
+        back for: the position is the current file's start."""
+        line, offset = self.n, self.offset
+        if oldest_held is not None and oldest_held <= self.n:
+            marks = self._marks  # the oldest held line only grows: marks behind it are done with
+            while len(marks) > 1 and (marks[0][2] != self.identity or marks[1][0] <= oldest_held):
+                marks.popleft()  # an earlier file's (the name is the current file's now), or passed
+            line, offset = marks[0][0] - 1, marks[0][1]
+        size = min(self.HEAD_BYTES, offset)
+        return {"input": os.path.abspath(self.path), "dev": self.identity[0], "ino": self.identity[1], "line": line,
+                "offset": offset, "head_bytes": size, "head_sha256": self._head_sha256(size),
+                "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def __iter__(self) -> Iterator[tuple[bytes, int]]:
         if self.path == "-":
@@ -264,11 +336,10 @@ class FollowLines:
 
     def _follow(self) -> Iterator[tuple[bytes, int]]:
         limit = self.max_line_bytes + 1
-        fh, self._fh = self._fh, None
-        if fh is None:
+        fh = self._fh
+        if getattr(self, "_done", False):
             raise RuntimeError(f"{self.path}: a FollowLines is iterated once")
-        ident = _identity(os.fstat(fh.fileno()))
-        n, buf, total, last = 0, b"", 0, time.monotonic()
+        buf, total, last = b"", 0, time.monotonic()
         try:
             while True:
                 chunk = fh.readline(limit)
@@ -277,39 +348,53 @@ class FollowLines:
                     if len(buf) < limit:  # keep the line's start only
                         buf = (buf + chunk)[:limit]
                     if chunk.endswith(b"\n"):
-                        n += 1
-                        yield line_of(buf, total), n
+                        yield from self._line(line_of(buf, total), fh)
                         buf, total = b"", 0
                     last = time.monotonic()
                     continue
                 # at the end of what the open file holds: has the name moved on to other content?
-                how = self._rotated(fh, ident)
+                how = self._rotated(fh)
                 if how:
                     if buf:  # the old content's last line, never ended by a newline
-                        n += 1
-                        yield line_of(buf, total), n
+                        yield from self._line(line_of(buf, total), fh)
                         buf, total = b"", 0
                     if how == "replaced":
                         fh.close()
-                        fh = open(self.path, "rb")
-                        ident = _identity(os.fstat(fh.fileno()))
+                        fh = self._fh = open(self.path, "rb")
+                        self.identity = _identity(os.fstat(fh.fileno()))
                     else:
                         fh.seek(0)
-                    self.rotations.append({"how": how, "first_line": n + 1})
+                    self.offset = 0
+                    self._marks.append((self.n + 1, 0, self.identity))
+                    self.rotations.append({"how": how, "first_line": self.n + 1})
                     print(f"loglm: {self.path} was {how} (log rotation); reading it from its start: stream line "
-                          f"{n + 1} is its line 1", file=sys.stderr, flush=True)
+                          f"{self.n + 1} is its line 1", file=sys.stderr, flush=True)
                     last = time.monotonic()
                     continue
                 if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
                     if buf:
-                        n += 1
-                        yield line_of(buf, total), n
+                        yield from self._line(line_of(buf, total), fh)
                     return
                 time.sleep(self.poll_s)
         finally:
-            fh.close()
+            self._done = True  # the file stays open for position(); close() closes it
 
-    def _rotated(self, fh, ident: tuple[int, int]) -> str | None:
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    @property
+    def _fd(self) -> int:
+        return self._fh.fileno()
+
+    def _line(self, line: bytes, fh) -> Iterator[tuple[bytes, int]]:
+        self.n += 1
+        self.offset = fh.tell()
+        if self.n % self.CHECKPOINT_LINES == 0:
+            self._marks.append((self.n + 1, self.offset, self.identity))
+        yield line, self.n
+
+    def _rotated(self, fh) -> str | None:
         """"replaced" when the name now points at another file, "truncated" when the open file shrank below
         the position read to, else None (also while the name is gone).  Called at the open file's end: a
         replaced file is switched from only after it has been read to its end."""
@@ -317,7 +402,7 @@ class FollowLines:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
-        if _identity(st) != ident:
+        if _identity(st) != self.identity:
             # a last write to the old file since the read that found its end: read it first
             return "replaced" if os.fstat(fh.fileno()).st_size <= fh.tell() else None
         if st.st_size < fh.tell():
@@ -329,11 +414,52 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path) -> dict:
+STATE_EVERY_S = 5.0  # a followed file's resume position is saved this often (and when the stream ends)
+
+
+def save_state(path: Path, position: dict) -> None:
+    """The resume position, written beside and renamed into place (a crash leaves the last one whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(position) + "\n")
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, source: str) -> dict | None:
+    """The saved position of ``source`` in ``path``; None when there is none (or it is another input's)."""
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a resume position ({e.msg}); remove it, or follow_from=start") from None
+    if state.get("input") != os.path.abspath(source):
+        print(f"loglm: {path} is the position of {state.get('input')}, not {source}: not resuming", file=sys.stderr)
+        return None
+    return state
+
+
+def _keep_earlier(path: Path) -> None:
+    """An earlier run's scores file, renamed <name>.<k>.parquet (a resumed stream writes its own)."""
+    if path.is_file():
+        k = 1
+        while (kept := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
+            k += 1
+        path.rename(kept)
+
+
+def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path,
+               state: Path | None = None, append: bool = False) -> dict:
+    """Score ``lines`` as they come.  ``state``: where ``lines`` (a :class:`FollowLines`) saves its resume
+    position, every STATE_EVERY_S seconds at a line no open session holds yet and at the end after the last
+    line (every session scored).  ``append``: alerts, findings and rejections go on after an earlier run's
+    (its scores file kept as ``.scores.<k>.parquet``); else they start empty."""
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(out, "w") as alerts_fh, open(out.with_suffix(".rejected.jsonl"), "w") as rej_fh, \
-            open(out.with_suffix(".ocsf.jsonl"), "w") as findings_fh:
+    mode = "a" if append else "w"
+    if append:
+        _keep_earlier(out.with_suffix(".scores.parquet"))
+    with open(out, mode) as alerts_fh, open(out.with_suffix(".rejected.jsonl"), mode) as rej_fh, \
+            open(out.with_suffix(".ocsf.jsonl"), mode) as findings_fh:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
         det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores)
         starts = record_starts(det._reader(source))  # data.multiline: records of several lines
@@ -341,11 +467,17 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
+            saved = time.monotonic()
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for raw, n in lines:
                     with stop.deferred():
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
                             det.feed(record, source, first, extra)
+                        if state is not None and time.monotonic() - saved >= STATE_EVERY_S:
+                            held = [x for x in (det.oldest_held_line(), joiner and joiner.pending and
+                                                joiner.pending[0]) if x]
+                            save_state(state, lines.position(min(held) if held else None))
+                            saved = time.monotonic()
                     if stop.requested:
                         break
                 stop.finish()  # inside the try: a signal landing as the input ends is caught below too
@@ -354,6 +486,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             for first, record, extra in joiner.flush() if joiner else ():  # the record held at the end
                 det.feed(record, source, first, extra)
             summary = det.finish()
+            if state is not None:  # every line read is in a scored session: a restart goes on after the last
+                save_state(state, lines.position())
+                summary["state_path"] = str(state)
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
             summary["stopped_by"] = stop.name
