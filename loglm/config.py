@@ -436,6 +436,9 @@ class DetectConfig:
     # "session_pause_s"), else 60 s
     stream_idle_close_s: float | None = None
     max_open_sessions: int = 100_000
+    # streaming: a status line on stderr (lines read and rejected, sessions scored, alerts, sessions open,
+    # lines/s) at most this often while lines arrive, for an operator's journal; 0 = none
+    stream_status_s: float = 60.0
 
     def __post_init__(self):  # checked when the config is composed, before any work
         from loglm.detect.score_core import SCORE_RULES

@@ -193,7 +193,7 @@ def test_a_stop_signal_as_the_input_ends_still_finishes_cleanly(model, tmp_path)
     assert max(read) > 0, read  # at least one stop came after lines were read and scored
 
 
-def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path):
+def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path, capsys):
     """follow_from=resume (the default): a second run with the same out reads only the lines written since the
     first stopped, appends its alerts to the first run's and keeps the first run's scores file;
     follow_from=start reads the file again from its first line into empty outputs."""
@@ -222,7 +222,9 @@ def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path):
                                          f"out={out}", "follow=true", "follow_exit_s=0.5", *extra]))
 
     first_lines = write(0, 20)
-    first = follow()
+    first = follow("detect.stream_status_s=1e-9")  # a status line after every line
+    status = [x for x in capsys.readouterr().err.splitlines() if x.startswith("loglm: stream: ")]
+    assert len(status) >= first_lines - 1 and f"{first_lines:,} lines read (0 rejected)" in status[-1], status[-1:]
     assert first["lines"]["read"] == first_lines and first["resumed"] is None and first["alerts"] >= 1
     assert json.loads(Path(first["state_path"]).read_text())["line"] == first_lines
     second_lines = write(20, 10)

@@ -196,6 +196,11 @@ class StreamingDetector:
         self.stats["events_scored"] += len(ev.ts)
         self.stats["alerts"] += len(alerts)
 
+    def status_line(self, lines_per_s: float) -> str:
+        a, st = self.account, self.stats
+        return (f"loglm: stream: {a.read:,} lines read ({a.rejected:,} rejected), {st['sessions_scored']:,} sessions "
+                f"scored, {st['alerts']:,} alerts, {len(self.open):,} sessions open; {lines_per_s:,.0f} lines/s")
+
     def oldest_held_line(self) -> int | None:
         """The first line number of the oldest event not yet in a scored session (open or waiting)."""
         firsts = [events[0]["line_no"] for events in self.open.values()]
@@ -467,17 +472,23 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
-            saved = time.monotonic()
+            saved = said = time.monotonic()
+            status_s, read_then = cfg.detect.stream_status_s, 0
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for raw, n in lines:
                     with stop.deferred():
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
                             det.feed(record, source, first, extra)
-                        if state is not None and time.monotonic() - saved >= STATE_EVERY_S:
+                        now = time.monotonic()
+                        if state is not None and now - saved >= STATE_EVERY_S:
                             held = [x for x in (det.oldest_held_line(), joiner and joiner.pending and
                                                 joiner.pending[0]) if x]
                             save_state(state, lines.position(min(held) if held else None))
-                            saved = time.monotonic()
+                            saved = now
+                        if status_s and now - said >= status_s:
+                            print(det.status_line((det.account.read - read_then) / (now - said)), file=sys.stderr,
+                                  flush=True)
+                            said, read_then = now, det.account.read
                     if stop.requested:
                         break
                 stop.finish()  # inside the try: a signal landing as the input ends is caught below too
