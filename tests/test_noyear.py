@@ -140,3 +140,16 @@ def test_one_reader_reading_two_files_places_each_by_its_own_last_line(tmp_path)
     reader = make_reader(DataConfig(format="syslog"))
     a, b = ([r.ts for r in reader.read(p, LineAccount())] for p in (first, second))
     assert list(b) == [t.timestamp() + (2027 - 2026) * 365 * 86400 for t in TIMES] and list(a) == [t.timestamp() for t in TIMES]
+
+
+def test_json_lines_without_a_year_are_placed_as_syslog_lines_are_and_flow_tables_refuse_them(tmp_path):
+    import json
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps({"time": f"{t:%b %d %H:%M:%S}", "message": f"event {i}"}) + "\n"
+                            for i, t in enumerate(TIMES)))
+    os.utime(path, (TIMES[-1].timestamp() + 30, TIMES[-1].timestamp() + 30))
+    data = DataConfig(format="jsonl", fields={"time": "time", "message": "message"}, time_format="noyear:%b %d %H:%M:%S")
+    assert [r.ts for r in make_reader(data, path).read(path, LineAccount())] == [t.timestamp() for t in TIMES]
+    with pytest.raises(ValueError, match="flow records carry full times"):
+        make_reader(DataConfig(format="netflow", time_format="noyear:%b %d %H:%M:%S"), path)

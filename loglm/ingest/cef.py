@@ -146,7 +146,7 @@ class CefReader(JsonLinesReader):
         self.entity_fields = self.entity_fields or dict(DEFAULT_ENTITY_FIELDS)
         self.time_keys = (data.fields["time"],) if "time" in data.fields else TIME_KEYS
         self.fields["time"] = "@time"  # the first of time_keys a record has, read by cef_time in parse_line
-        self.parse_time = float
+        self.parse_time, self._placed = float, None  # CEF's own times (cef_time), never data.time_format
 
     def parse_line(self, raw_bytes: bytes, source: str, line_no: int) -> Record | Rejection:
         text = check_line(raw_bytes, source, line_no, self.max_line_bytes)

@@ -68,6 +68,9 @@ class FlowTableReader:
         self.columns = {**columns, **dict(data.fields)}
         self.required = required
         self.parse_time = time_parser(data.time_format)
+        if getattr(self.parse_time, "no_year", False):
+            raise ValueError(f"data.time_format={data.time_format!r}: flow records carry full times (epoch or a "
+                             "format with its year); noyear: formats are for log lines (syslog)")
         self.duration_scale = 1e-6 if data.format == "cicflowmeter" else 1.0  # CICFlowMeter: microseconds
         self.vpc = data.format == "vpcflow"
         self.max_line_bytes = data.max_line_bytes

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loglm.ingest.formats import time_parser
+from loglm.ingest.noyear import PlacedTimes, needs_year
 from loglm.ingest.readers import (
     UNREADABLE,
     LineAccount,
@@ -110,14 +111,27 @@ def nested_value(row: dict, source: str, line_no: int) -> Rejection | None:
 
 
 class JsonLinesReader:
-    def __init__(self, data):
+    def __init__(self, data, path: Path | None = None):
         self.fields = {**DEFAULT_FIELDS, **dict(data.fields)}
         self.entity_fields = dict(data.entity_fields)
         self.parse_time = time_parser(data.time_format)
+        self._placed = None
+        if needs_year(self.parse_time):  # "noyear:" stamps placed in their year from the input's last record
+            self._placed = self.parse_time = PlacedTimes(self.parse_time, data.year_reference, path, self._stamp2000)
         self.max_line_bytes = data.max_line_bytes
         self.message_fields = list(getattr(data, "message_fields", []) or [])
 
+    def _stamp2000(self, text: str) -> float | None:
+        """A JSON line's time read in year 2000 (``noyear:`` formats), or None where it has none."""
+        try:
+            obj = json.loads(text)
+            return self._placed.parse(str(lookup(obj, self.fields["time"]))) if isinstance(obj, dict) else None
+        except (ValueError, OverflowError, RecursionError):
+            return None
+
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
+        if self._placed is not None and self._placed.path != path:  # another file: its own last record
+            self._placed.for_input(path)
         if records_document(path):
             return tally(self._document(path, account), account)
         return read_lines(self.parse_line, path, account, self.max_line_bytes)

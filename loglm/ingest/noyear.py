@@ -146,3 +146,36 @@ class YearPlacer:
         if self._before is not None:
             return self._before(ts2000)
         return place(ts2000, time.time())
+
+
+class PlacedTimes:
+    """A ``noyear:`` time parser whose times are placed in their year for one input: ``times(stamp) -> ts``.
+    The input's last line is read (``stamp_of``: a line's year-2000 time, or None) at the first stamp, not
+    before; a reference fixed by then caches by stamp, a stream's (the clock) places each one.  ``for_input``
+    starts over for another file."""
+
+    def __init__(self, parse: Callable[[str], float], setting, path: Path | None,
+                 stamp_of: Callable[[str], float | None]):
+        self.parse, self.setting, self.stamp_of = parse, setting, stamp_of
+        self.for_input(path)
+
+    def for_input(self, path: Path | None) -> None:
+        self.path, self._placer, self._cached = path, None, None
+
+    def __call__(self, stamp: str) -> float:
+        if self._cached is not None:
+            return self._cached(stamp)
+        if self._placer is None:
+            import functools
+
+            placer = self._placer = YearPlacer(self.setting, self.path, self.stamp_of)
+            if placer.fixed:
+                parse = self.parse
+                self._cached = functools.lru_cache(maxsize=1 << 16)(lambda s: placer(parse(s)))
+                return self._cached(stamp)
+        return self._placer(self.parse(stamp))
+
+
+def needs_year(parse: Callable) -> bool:
+    """Whether a time parser reads stamps without a year (``noyear:`` formats)."""
+    return getattr(parse, "no_year", False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loglm.ingest.cache import BoundedCache
 from loglm.ingest.formats import LogFormat
+from loglm.ingest.noyear import PlacedTimes, needs_year
 from loglm.ingest.params import _ZERO_BYTES, Layout, apply_layout, entities_of, layout_of
 from loglm.ingest.readers import (
     TS_MAX,
@@ -39,10 +40,9 @@ class RawTextReader:
         self._parse_time = functools.lru_cache(maxsize=1 << 16)(fmt.time_parser)
         # stamps without a year (syslog): placed in a year by loglm.ingest.noyear, from this input's last line
         # (path; a reader without one places lines as they arrive, before the clock: a stream)
-        self._year_setting, self._year_path, self._placer, self._stamp2000 = year_reference, path, None, None
-        if getattr(fmt.time_parser, "no_year", False):
-            self._stamp2000 = self._parse_time
-            self._parse_time = self._placed_time
+        self._placed = None
+        if needs_year(fmt.time_parser):
+            self._placed = self._parse_time = PlacedTimes(fmt.time_parser, year_reference, path, self._line_stamp2000)
         # the groups a line needs, fetched in one call (a groupdict of every header field cost twice as much)
         self._names = ("Content", *fmt.time_fields, *([fmt.label_field] if fmt.label_field else []),
                        *(name for name, _ in fmt.entity_fields))
@@ -53,31 +53,19 @@ class RawTextReader:
             self._plans = BoundedCache(16 << 20, 4096)
         self._tried = self._planned = 0
 
-    def _placed_time(self, stamp: str) -> float:
-        placer = self._placer
-        if placer is None:  # at the first line: reading the input's last line waits until a line needs it
-            from loglm.ingest.noyear import YearPlacer
-
-            placer = self._placer = YearPlacer(self._year_setting, self._year_path, self._line_stamp2000)
-            if placer.fixed:  # the same stamp, the same time: from now on one cache, as for stamps with a year
-                base = self.fmt.time_parser
-                self._parse_time = functools.lru_cache(maxsize=1 << 16)(lambda s: placer(base(s)))
-                return self._parse_time(stamp)
-        return placer(self._stamp2000(stamp))
-
     def _line_stamp2000(self, text: str) -> float | None:
         """A line's timestamp read in year 2000, or None where the header or the stamp does not fit."""
         m = self.regex.match(text)
         if m is None:
             return None
         try:
-            return self._stamp2000(" ".join(m.group(f) or "" for f in self.fmt.time_fields))
+            return self.fmt.time_parser(" ".join(m.group(f) or "" for f in self.fmt.time_fields))
         except (ValueError, OverflowError):
             return None
 
     def read(self, path: Path, account: LineAccount) -> Iterator[Record | Rejection]:
-        if self._stamp2000 is not None and self._year_path != path:  # another file: its own last line
-            self._year_path, self._placer, self._parse_time = path, None, self._placed_time
+        if self._placed is not None and self._placed.path != path:  # another file: its own last line
+            self._placed.for_input(path)
         return read_lines(self.parse_line, path, account, self.max_line_bytes, record_starts(self))
 
     def starts_record(self, raw: bytes) -> bool:

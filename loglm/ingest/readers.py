@@ -340,10 +340,11 @@ def make_reader(data, path: str | Path | None = None, live: bool = False):
     if path is not None and data.sources:
         data = source_config(data, path)
     fmt = data.format
+    year_path = None if live or path is None or not Path(path).is_file() else Path(path)  # noyear: stamps
     if fmt == "jsonl":
         from loglm.ingest.json_lines import JsonLinesReader
 
-        return JsonLinesReader(data)
+        return JsonLinesReader(data, year_path)
     if fmt == "cef":
         from loglm.ingest.cef import CefReader
 
@@ -359,7 +360,6 @@ def make_reader(data, path: str | Path | None = None, live: bool = False):
     from loglm.ingest.formats import format_of
     from loglm.ingest.raw_text import RawTextReader
 
-    year_path = None if live or path is None or not Path(path).is_file() else Path(path)
     return RawTextReader(format_of(data), data.max_line_bytes, data.multiline, data.year_reference, year_path)
 
 
