@@ -557,6 +557,12 @@ SECTION_NOTES = {
              "every size in turn so the ratio between sizes sees the same machine), and the largest under a 2 GB "
              "address-space cap. Leaves "
              "out: multi-node runs (tests/test_two_nodes.py), real (non-generated) corpora of that size.",
+    "stream": "Compares: streaming detection (follow=true, from the file's start, its 1 s idle exit taken off) "
+              "and batch detection of the same raw HDFS lines with the same model (the demo's: small, 6 epochs), "
+              "lines/s (median of `repeats` runs, with the spread) and peak RSS (the process and its children, "
+              "sampled every 50 ms), on the shipped lines and on them four times over (each copy a week later, "
+              "its own block ids): what grows with the input and what does not. Leaves out: a live writer (the "
+              "file is complete when the stream starts), other formats, the ONNX engine.",
     "scoring_cpu": "Measures: detection scoring speed of the small encoder (n_views masked views per window) on random "
                    "windows, torch on 2 threads. Leaves out: accuracy (inference does that), ONNX.",
     "inference": "Compares: the teacher (torch, 5 masked views) and its distilled student (torch, ONNX fp32, ONNX "
@@ -689,6 +695,7 @@ def main() -> None:
     parser.add_argument("--scale-sizes", nargs="*", type=int, default=[1_000_000, 4_000_000, 16_000_000],
                         help="generated corpus sizes (lines) of the scale section")
     parser.add_argument("--analyst-model", help="model directory for the analyst section (default: pretrain one)")
+    parser.add_argument("--stream-model", help="model directory for the stream section (default: pretrain the demo's)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the sections' working folders (prepared data, models, generated corpora) instead "
                              "of removing them at the end; their paths are printed")
@@ -710,6 +717,8 @@ def main() -> None:
                     folder("analyst"), args.analyst_model),
                 "scale": lambda: __import__("benchmarks.scale", fromlist=["bench_scale"]).bench_scale(
                     folder("scale"), args.scale_sizes),
+                "stream": lambda: __import__("benchmarks.stream", fromlist=["bench_stream"]).bench_stream(
+                    folder("stream"), args.stream_model),
                 "inference": lambda: bench_inference(folder("inference"), args.teacher_epochs, args.student_epochs,
                                                      args.rtd_weight, args.inference_data)}
     results = {}
