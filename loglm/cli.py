@@ -26,6 +26,8 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--verify-key", help="PEM Ed25519 public key: refuse a bundle not signed by its private key "
                                         "(default: $LOGLM_BUNDLE_VERIFY_KEY)")
     p.add_argument("--kinds", help="few-shot kinds file (`loglm kinds fit`): alerts get a kind and ATT&CK from it")
+    p.add_argument("--cef", action="store_true",
+                   help="also write each alert as an ArcSight CEF line to <out>.cef (for a SIEM's CEF/syslog intake)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the HTML report (<out>.html); the engine then imports no plotting library")
     p.add_argument("inputs", nargs="+", help="raw log files or directories")
@@ -36,7 +38,7 @@ def detect_main(argv: list[str]) -> int:
     with until_exit():  # a stream that ended as a stop signal arrived still prints its summary
         try:
             summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
-                          a.verify_key, report=not a.no_report, kinds=a.kinds, follow_from=a.follow_from)
+                          a.verify_key, report=not a.no_report, kinds=a.kinds, follow_from=a.follow_from, cef=a.cef)
         except (FileNotFoundError, ValueError) as e:
             print(f"loglm detect: error: {e}", file=sys.stderr)
             return 2

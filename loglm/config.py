@@ -439,6 +439,9 @@ class DetectConfig:
     # streaming: a status line on stderr (lines read and rejected, sessions scored, alerts, sessions open,
     # lines/s) at most this often while lines arrive, for an operator's journal; 0 = none
     stream_status_s: float = 60.0
+    # also write each alert as an ArcSight CEF line to <alerts>.cef (batch and stream), for SIEMs and
+    # forwarders that take CEF over syslog (loglm.detect.cef_alerts)
+    cef: bool = False
 
     def __post_init__(self):  # checked when the config is composed, before any work
         from loglm.detect.score_core import SCORE_RULES

@@ -86,10 +86,46 @@ def test_a_firewalls_cef_events_train_a_model_that_alerts_on_a_port_scan(tmp_pat
     prepare(compose("prepare", own))
     model = pretrain(compose("pretrain", own))
     result = detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}",
-                                       f"inputs=[{new}]", f"out={tmp_path}/alerts.jsonl"]))
+                                       f"inputs=[{new}]", f"out={tmp_path}/alerts.jsonl", "detect.cef=true"]))
     assert result["lines"]["accepted"] == len(new_lines) and result["lines"]["rejected"] == 0
     alerts = sorted((json.loads(x) for x in open(tmp_path / "alerts.jsonl")), key=lambda a: -a["score"])
     assert alerts and alerts[0]["entity"]["value"] == "10.1.0.66", [(a["session_id"], a["score"]) for a in alerts]
     assert any("name=TCP_Port_Scan" in e["template"] for e in alerts[0]["surprising_events"])
     # the others: windows of a denied connection or two (3 % of training events); a handful of the day's
     assert len(alerts) <= 6 and result["sessions_scored"] >= 20, (len(alerts), result["sessions_scored"])
+    # detect.cef: each alert as a CEF line for a SIEM, read back by our own CEF reader; a stream writes the same
+    streamed = detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}", f"inputs=[{new}]",
+                                         f"out={tmp_path}/stream.jsonl", "detect.cef=true", "follow=true",
+                                         "follow_exit_s=0.5"]))
+    for summary in (result, streamed):
+        by_id = {a["alert_id"]: a for a in map(json.loads, open(summary["alerts_path"]))}
+        cef = [parse_cef(x) for x in open(summary["cef_path"]).read().splitlines()]
+        assert len(cef) == len(by_id) == summary["alerts"]
+        for c in cef:
+            a = by_id[c["externalId"]]
+            assert (c["deviceVendor"], c["deviceEventClassId"], c["name"]) == ("LogLM", "anomalous-session", a["title"])
+            assert c["src"] == c["cs2"] == a["entity"]["value"] and float(c["cfp1"]) == a["score"]
+            assert c["msg"] == a["surprising_events"][0]["template"] and int(c["rt"]) > 0
+    assert {c.split("externalId=")[1].split()[0] for c in open(result["cef_path"])} == \
+        {c.split("externalId=")[1].split()[0] for c in open(streamed["cef_path"])}
+    # without detect.cef an earlier run's CEF file does not stay beside new alerts
+    detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}", f"inputs=[{new}]",
+                              f"out={tmp_path}/alerts.jsonl"]))
+    assert not (tmp_path / "alerts.cef").exists()
+
+
+def test_an_alert_as_cef_reads_back_whatever_its_text_holds():
+    from loglm.detect.cef_alerts import alert_to_cef
+
+    alert = {"alert_id": "ab12", "time": "2024-05-01T10:00:00Z", "start_time": "2024-05-01T09:59:00Z",
+             "end_time": "2024-05-01T10:00:00Z", "title": "Unusual | sequence \\ for user bob", "severity": "high",
+             "session_id": "bob@2024-05-01T09:55:00", "entity": {"type": "user", "value": "bob"}, "score": 3.5,
+             "threshold": 1.25, "n_events": 7, "attacks": [{"id": "T1110"}, {"id": "T1078"}],
+             "kind": {"name": "SSH brute force", "confidence": 0.9},
+             "surprising_events": [{"template": "fields: event.code=4625 path=C:\\\\x\nnext line key=v"}]}
+    line = alert_to_cef(alert, "1.2.3")
+    assert "\n" not in line and line.startswith("CEF:0|LogLM|LogLM|1.2.3|anomalous-session|Unusual \\| sequence")
+    back = parse_cef(line)
+    assert back["name"] == alert["title"] and back["severity"] == "8" and back["suser"] == "bob"
+    assert back["msg"] == alert["surprising_events"][0]["template"] and back["cs3"] == "T1110,T1078"
+    assert (back["cs4"], back["externalId"], back["start"], back["cn1"]) == ("SSH brute force", "ab12", "1714557540000", "7")

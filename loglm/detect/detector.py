@@ -283,6 +283,24 @@ def report_from_files(alerts_path: Path, scores_path: Path, threshold: float, wh
     return path
 
 
+def write_cef(alerts_path: Path, alert_lines, enabled: bool) -> dict:
+    """``<alerts>.cef``: every alert as a CEF line (detect.cef), written whole; when off, an earlier run's
+    file is removed rather than left beside alerts it does not describe."""
+    path = alerts_path.with_suffix(".cef")
+    if not enabled:
+        if path.is_file():
+            path.unlink()
+            print(f"loglm: removed {path} of an earlier run (detect.cef=false)", file=sys.stderr)
+        return {}
+    from loglm.artifacts import atomic_write_bytes
+    from loglm.detect.cef_alerts import alert_to_cef
+    from loglm.detect.findings import product_version
+
+    version = product_version()
+    atomic_write_bytes(path, ((alert_to_cef(json.loads(x), version) + "\n").encode() for x in alert_lines))
+    return {"cef_path": str(path)}
+
+
 def write_findings(alerts_path: Path, spill, dcfg, work: Path) -> dict:
     """Grouped findings as OCSF Detection Findings next to the alerts (``<alerts>.ocsf.jsonl``), highest score
     first (ties: the order of their entities' first alerts, then time), from the alerts ``spill``
@@ -484,6 +502,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
         progress.done(f"{n_sessions:,} sessions scored, {len(alerts):,} alerts")
         atomic_write_bytes(out, alerts.lines())  # by score, then start time, then session, whatever the pieces
         findings_path = write_findings(out, alerts, cfg.detect, work)
+        findings_path.update(write_cef(out, alerts.lines(), cfg.detect.cef))
         if cfg.detect.report:
             findings_path["report_path"] = str(write_detection_report(
                 out, *view.arrays(), alerts.top(20), threshold, cfg, model, len(alerts)))

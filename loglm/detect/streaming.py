@@ -6,6 +6,7 @@ least recently active one is closed early, counted as "evicted"), each holding a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from loglm.detect.alerts import events_from_parsed
 from loglm.detect.calibration_record import alert_threshold
+from loglm.detect.cef_alerts import alert_to_cef
 from loglm.detect.detector import (
     ScoreWriter,
     check_not_all_rejected,
@@ -24,6 +26,7 @@ from loglm.detect.detector import (
     piece_alerts,
     report_from_files,
     session_score_rows,
+    write_cef,
 )
 from loglm.ingest.prepare import to_event
 from loglm.ingest.readers import (
@@ -45,8 +48,10 @@ from loglm.windows import windows_of
 
 
 class StreamingDetector:
-    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None, scores_out=None):
+    def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None, scores_out=None,
+                 cef_out=None):
         self.cfg = cfg
+        self.cef_out = cef_out  # detect.cef: each alert as a CEF line too
         self.scores_out = scores_out  # a detector.ScoreWriter: every scored session, as batch writes them
         self.model = model
         self.scorer = scorer
@@ -60,8 +65,11 @@ class StreamingDetector:
         self.max_open = cfg.detect.max_open_sessions
         self.alerts_out = alerts_out
         self.findings_out = findings_out
+        from loglm.detect.findings import product_version
+
+        self._version = product_version()
         if findings_out is not None:
-            from loglm.detect.findings import FindingStream, product_version
+            from loglm.detect.findings import FindingStream
 
             self.findings = FindingStream(cfg.detect.group_gap_s, cfg.detect.evidence_events, product_version(),
                                           cfg.detect.max_open_sessions)
@@ -187,11 +195,14 @@ class StreamingDetector:
             self.scores_out.add(session_score_rows(table, ws.score, pseudo=self.pseudo))
         for a in alerts:
             self.alerts_out.write(json.dumps(a) + "\n")
+            if self.cef_out is not None:
+                self.cef_out.write(alert_to_cef(a, self._version) + "\n")
             if self.findings_out is not None:  # SIEM feed: Create, then Update while the entity keeps alerting
                 self.findings_out.write(json.dumps(self.findings.feed(a)) + "\n")
         self.alerts_out.flush()
-        if self.findings_out is not None:
-            self.findings_out.flush()
+        for fh in (self.findings_out, self.cef_out):
+            if fh is not None:
+                fh.flush()
         self.stats["sessions_scored"] += len(sessions)
         self.stats["events_scored"] += len(ev.ts)
         self.stats["alerts"] += len(alerts)
@@ -463,10 +474,13 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
     mode = "a" if append else "w"
     if append:
         _keep_earlier(out.with_suffix(".scores.parquet"))
+    if not cfg.detect.cef:
+        write_cef(out, [], False)  # no stale CEF file beside this run's alerts
     with open(out, mode) as alerts_fh, open(out.with_suffix(".rejected.jsonl"), mode) as rej_fh, \
-            open(out.with_suffix(".ocsf.jsonl"), mode) as findings_fh:
+            open(out.with_suffix(".ocsf.jsonl"), mode) as findings_fh, \
+            (open(out.with_suffix(".cef"), mode) if cfg.detect.cef else contextlib.nullcontext()) as cef_fh:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
-        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores)
+        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores, cef_fh)
         starts = record_starts(det._reader(source))  # data.multiline: records of several lines
         joiner = Continuations(starts, cfg.data.max_line_bytes) if starts else None
         with stop_on_signals() as stop:
@@ -507,6 +521,8 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
     check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
     if cfg.detect.report:  # the same files as batch detection: alerts, findings, scores, rejections, report
         summary["report_path"] = str(report_from_files(out, Path(summary["scores_path"]), det.threshold, source, model))
+    if cfg.detect.cef:
+        summary["cef_path"] = str(out.with_suffix(".cef"))
     summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")),
                     "rejected_path": str(out.with_suffix(".rejected.jsonl")),
                     "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
