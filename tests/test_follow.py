@@ -128,3 +128,16 @@ def test_a_position_behind_a_held_line_resumes_where_that_line_is_read_again(log
     again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=at)
     assert [n for _, n in again][:2] == [4, 5]
     again.close()
+
+
+def test_a_last_line_still_being_written_is_read_again_whole_after_a_restart(log):
+    append(log, "done\n", "half of a li")
+    first = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1)
+    assert list(first) == [(b"done\n", 1), (b"half of a li", 2)]  # scored as it was when the stream ended
+    saved = first.position()
+    first.close()
+    assert (saved["line"], saved["offset"]) == (1, len(b"done\n"))
+    append(log, "ne\n")
+    again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
+    assert list(again) == [(b"half of a line\n", 2)]
+    again.close()

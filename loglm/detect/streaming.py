@@ -286,6 +286,7 @@ class FollowLines:
             return
         self.identity = _identity(os.fstat(self._fh.fileno()))
         self.n = self.offset = 0  # lines yielded so far; the byte after the last of them
+        self._unfinished: tuple[int, int] | None = None  # (line, offset) before a last line without its newline
         if resume is not None:
             why = self._why_not(resume)
             if why is None:
@@ -326,7 +327,7 @@ class FollowLines:
         stream line ``oldest_held`` (the oldest line still in an open session or a held record): a restart
         reads it and what follows again (at least once).  A line held from before a rotation is not reached
         back for: the position is the current file's start."""
-        line, offset = self.n, self.offset
+        line, offset = self._unfinished or (self.n, self.offset)
         if oldest_held is not None and oldest_held <= self.n:
             marks = self._marks  # the oldest held line only grows: marks behind it are done with
             while len(marks) > 1 and (marks[0][2] != self.identity or marks[1][0] <= oldest_held):
@@ -388,7 +389,8 @@ class FollowLines:
                     last = time.monotonic()
                     continue
                 if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
-                    if buf:
+                    if buf:  # a line still being written: scored as it is, and read again whole by a restart
+                        self._unfinished = (self.n, self.offset)
                         yield from self._line(line_of(buf, total), fh)
                     return
                 time.sleep(self.poll_s)
