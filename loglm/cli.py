@@ -18,7 +18,7 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--variant", choices=["fp32", "int8"], help="model variant (default: the bundle's preferred)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--follow", action="store_true",
-                   help="stream: follow one growing file (or '-' for stdin), alerting as sessions close")
+                   help="stream: follow growing files side by side (or '-' for stdin alone), alerting as sessions close")
     p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
     p.add_argument("--follow-from", choices=["resume", "start", "end"], default="resume",
                    help="with --follow on a file: go on after the last line a run with this --out scored (resume, "

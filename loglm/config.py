@@ -679,7 +679,7 @@ class RootConfig:
     # where detect writes alerts (default: <model dir>/alerts/<data.name>.jsonl)
     out: str | None = None
     split: str = "test"
-    # detect: follow the single input (a growing file, or "-" for stdin) and alert as sessions close;
+    # detect: follow the inputs (growing files, side by side; or "-" for stdin alone) and alert as sessions close;
     # follow_exit_s ends the run after that long without new lines (null = follow forever)
     follow: bool = False
     follow_exit_s: float | None = None

@@ -141,3 +141,31 @@ def test_a_last_line_still_being_written_is_read_again_whole_after_a_restart(log
     again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
     assert list(again) == [(b"half of a line\n", 2)]
     again.close()
+
+
+def test_several_files_side_by_side_each_with_its_own_lines_and_rotation(tmp_path, monkeypatch):
+    from loglm.detect.streaming import FollowFiles
+
+    monkeypatch.setattr(FollowFiles, "TURN_LINES", 2)
+    a, b = tmp_path / "auth.log", tmp_path / "syslog"
+    append(a, *(f"a{i}\n" for i in range(1, 6)))
+    append(b, "b1\n")
+    follower = FollowFiles([str(a), str(b)], poll_s=0.01, idle_exit_s=0.5)
+    lines = iter(follower)
+    # at most two lines of a file a turn: the quiet file's line does not wait behind the busy one's five
+    assert take(lines, 6) == [(b"a1\n", 1, str(a)), (b"a2\n", 2, str(a)), (b"b1\n", 1, str(b)),
+                              (b"a3\n", 3, str(a)), (b"a4\n", 4, str(a)), (b"a5\n", 5, str(a))]
+    b.rename(tmp_path / "syslog.1")  # one of them rotates
+    append(b, "b2 new file\n")
+    append(a, "a6\n")
+    assert sorted(take(lines, 2)) == [(b"a6\n", 6, str(a)), (b"b2 new file\n", 2, str(b))]
+    assert follower.rotations == {str(b): [{"how": "replaced", "first_line": 2}]} and list(lines) == []
+    saved = {p["input"]: p for p in follower.positions({})}
+    follower.close()
+    assert (saved[str(a)]["line"], saved[str(b)]["line"]) == (6, 2)
+    append(a, "a7\n")
+    again = FollowFiles([str(a), str(b)], poll_s=0.01, idle_exit_s=0.2, resume=saved)
+    assert list(again) == [(b"a7\n", 7, str(a))] and set(again.resumed) == {str(a), str(b)}
+    again.close()
+    with pytest.raises(ValueError, match="follow it alone"):
+        FollowFiles([str(a), "-"])

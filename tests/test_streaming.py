@@ -226,7 +226,7 @@ def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path, capsys):
     status = [x for x in capsys.readouterr().err.splitlines() if x.startswith("loglm: stream: ")]
     assert len(status) >= first_lines - 1 and f"{first_lines:,} lines read (0 rejected)" in status[-1], status[-1:]
     assert first["lines"]["read"] == first_lines and first["resumed"] is None and first["alerts"] >= 1
-    assert json.loads(Path(first["state_path"]).read_text())["line"] == first_lines
+    assert json.loads(Path(first["state_path"]).read_text())["positions"][0]["line"] == first_lines
     second_lines = write(20, 10)
     second = follow()
     assert second["resumed"]["line"] == first_lines and second["lines"]["read"] == second_lines
@@ -236,6 +236,39 @@ def test_a_restarted_stream_goes_on_where_it_stopped(model, tmp_path, capsys):
     again = follow("follow_from=start")
     assert again["lines"]["read"] == first_lines + second_lines and again["resumed"] is None
     assert len(out.read_text().splitlines()) == again["alerts"]
+
+
+def test_two_files_followed_together_score_each_and_resume_each(model, tmp_path):
+    """follow=true with two inputs: every line of both read and accounted, a bad line rejected with its own
+    file and line; a block whose lines are in both files is one session; a restart reads only what each
+    file gained."""
+    from loglm.detect.detector import run as detect
+
+    cfg, result = model
+    a, b, out = tmp_path / "dn1.log", tmp_path / "dn2.log", tmp_path / "alerts.jsonl"
+    rng = random.Random(6)
+    blocks = [render(normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, T0 + timedelta(seconds=10 * i)))
+              for i in range(20)]
+    a.write_text("".join(x + "\n" for blk in blocks[:10] for x in blk) + "".join(blocks[19][0] + "\n"))
+    b.write_text(blocks[10][0] + "\n" + blocks[10][1] + "\n" + "not a log line\n" +
+                 "".join(x + "\n" for blk in blocks[10:] for x in (blk[2:] if blk is blocks[10] else
+                                                                    blk[1:] if blk is blocks[19] else blk)))
+    lines = len(a.read_text().splitlines()) + len(b.read_text().splitlines())
+
+    def follow():
+        return detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+                                         f"inputs=[{a},{b}]", f"out={out}", "follow=true", "follow_exit_s=0.5"]))
+
+    first = follow()
+    assert first["lines"]["read"] == lines and first["lines"]["rejected"] == 1
+    assert [json.loads(x) for x in open(first["rejected_path"])] == [
+        {"file": str(b), "line": 3, "reason": "header does not match format hdfs"}]
+    assert first["sessions_scored"] == 20  # the block split across the files is one session
+    with open(a, "a") as fh:
+        fh.write("".join(x + "\n" for x in render(normal_block("blk_42", rng, T0 + timedelta(seconds=300)))))
+    second = follow()
+    assert second["lines"]["read"] == len(a.read_text().splitlines()) - len(blocks[19][:1]) - sum(map(len, blocks[:10]))
+    assert set(second["resumed"]) == {str(a), str(b)} and second["lines"]["rejected"] == 0
 
 
 def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tmp_path, monkeypatch):
@@ -262,7 +295,7 @@ def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tm
     with pytest.raises(RuntimeError, match="scoring failed"):
         detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}", f"inputs=[{log}]",
                                   f"out={out}", "follow=true", "follow_exit_s=0.5", "detect.batch_size=8"]))
-    saved = json.loads(out.with_suffix(".follow.json").read_text())
+    saved, = json.loads(out.with_suffix(".follow.json").read_text())["positions"]
     garbage = {n for n, raw in enumerate(log.read_bytes().splitlines(), 1) if raw.startswith(b"\xff")}
     unscored = set(range(1, log.read_bytes().count(b"\n") + 1)) - scored - garbage
     assert scored and unscored and saved["line"] < min(unscored), (saved["line"], min(unscored))

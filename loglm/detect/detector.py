@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -208,27 +209,32 @@ def with_model_data(cfg, model_dir: Path):
 
 
 def follow(cfg, model, scorer) -> dict:
-    """Streaming detection over one growing file or stdin ("-")."""
-    from loglm.detect.streaming import FollowLines, run_stream
+    """Streaming detection over growing files (several side by side) or stdin ("-")."""
+    from loglm.detect.streaming import FollowFiles, FollowLines, load_state, run_stream
 
-    if len(cfg.inputs) != 1:
-        raise ValueError("follow=true takes exactly one input: a file that grows, or '-' for stdin")
-    source = cfg.inputs[0]
-    out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
+    if not cfg.inputs:
+        raise ValueError("follow=true needs an input: a file that grows, several, or '-' for stdin")
     if cfg.follow_from not in FOLLOW_FROM:
         raise ValueError(f"follow_from must be one of {FOLLOW_FROM}, got {cfg.follow_from!r}")
-    # a regular file's position is saved beside the alerts, so a restart goes on where this run stopped
-    state = None if source == "-" or source.endswith(".gz") else out.with_suffix(".follow.json")
-    from loglm.detect.streaming import load_state
-
-    saved = load_state(state, source) if state is not None and cfg.follow_from == "resume" else None
-    lines = FollowLines(source, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
-                        start=cfg.follow_from if cfg.follow_from != "resume" else "start", resume=saved)
+    sources = list(cfg.inputs)
+    out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
+    # regular files' positions are saved beside the alerts, so a restart goes on where this run stopped
+    growing = not any(s == "-" or s.endswith(".gz") for s in sources)
+    state = out.with_suffix(".follow.json") if growing else None
+    saved = load_state(state, sources) if state is not None and cfg.follow_from == "resume" else {}
+    start = cfg.follow_from if cfg.follow_from != "resume" else "start"
+    if len(sources) == 1:
+        lines = FollowLines(sources[0], idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
+                            start=start, resume=saved.get(os.path.abspath(sources[0])))
+    else:
+        lines = FollowFiles(sources, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
+                            start=start, resume=saved)
     try:
-        summary = run_stream(cfg, model, scorer, lines, source, out, state, append=cfg.follow_from != "start")
+        summary = run_stream(cfg, model, scorer, lines, ", ".join(sources), out, state,
+                             append=cfg.follow_from != "start")
     finally:
         lines.close()
-    summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in the stream's lines
+    summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in its lines
     summary["resumed"] = lines.resumed
     return summary
 

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 from loglm.detect.alerts import events_from_parsed
@@ -82,6 +83,7 @@ class StreamingDetector:
                       "events_counted": 0}
         self._since_sweep = 0
         self._parsers: dict[int, object] = {}  # id(reader) -> its line parser
+        self._sources: set[str] = set()  # the files events came from
 
     def _reader(self, source: str):
         """The reader of ``source``: the data's own, or its ``data.sources`` item's (one per source, kept:
@@ -131,6 +133,7 @@ class StreamingDetector:
         self.account.accepted += 1
         event = {"source": source, "line_no": line_no, "ts": ts, "template": tid, "raw": raw_text,
                  "entities": ents, "masked": masked}
+        self._sources.add(source)
         self.watermark = max(self.watermark, ts)
         for key in keys:
             events = self.open.pop(key, None) or []
@@ -212,11 +215,16 @@ class StreamingDetector:
         return (f"loglm: stream: {a.read:,} lines read ({a.rejected:,} rejected), {st['sessions_scored']:,} sessions "
                 f"scored, {st['alerts']:,} alerts, {len(self.open):,} sessions open; {lines_per_s:,.0f} lines/s")
 
-    def oldest_held_line(self) -> int | None:
-        """The first line number of the oldest event not yet in a scored session (open or waiting)."""
-        firsts = [events[0]["line_no"] for events in self.open.values()]
-        firsts += [events[0]["line_no"] for _, events, _ in self.pending]
-        return min(firsts) if firsts else None
+    def oldest_held_lines(self) -> dict[str, int]:
+        """Per file, the line number of its oldest event not yet in a scored session (open or waiting)."""
+        held: dict[str, int] = {}
+        sessions = [*self.open.values(), *(events for _, events, _ in self.pending)]
+        one_file = len(self._sources) <= 1  # then a session's first event is its oldest: no need to look further
+        for events in sessions:
+            for e in events[:1] if one_file else events:  # in arrival order: each file's first is its oldest
+                if e["line_no"] < held.get(e["source"], e["line_no"] + 1):
+                    held[e["source"]] = e["line_no"]
+        return held
 
     def finish(self) -> dict:
         """The input ended: sessions still open are scored as batch detection would score them (closed, with
@@ -287,6 +295,7 @@ class FollowLines:
         self.identity = _identity(os.fstat(self._fh.fileno()))
         self.n = self.offset = 0  # lines yielded so far; the byte after the last of them
         self._unfinished: tuple[int, int] | None = None  # (line, offset) before a last line without its newline
+        self._buf, self._total, self.last = b"", 0, time.monotonic()  # the line being read; the last growth
         if resume is not None:
             why = self._why_not(resume)
             if why is None:
@@ -352,50 +361,70 @@ class FollowLines:
         yield from self._follow()
 
     def _follow(self) -> Iterator[tuple[bytes, int]]:
-        limit = self.max_line_bytes + 1
-        fh = self._fh
         if getattr(self, "_done", False):
             raise RuntimeError(f"{self.path}: a FollowLines is iterated once")
-        buf, total, last = b"", 0, time.monotonic()
+        self.last = time.monotonic()
         try:
             while True:
-                chunk = fh.readline(limit)
-                if chunk:
-                    total += len(chunk)
-                    if len(buf) < limit:  # keep the line's start only
-                        buf = (buf + chunk)[:limit]
-                    if chunk.endswith(b"\n"):
-                        yield from self._line(line_of(buf, total), fh)
-                        buf, total = b"", 0
-                    last = time.monotonic()
-                    continue
-                # at the end of what the open file holds: has the name moved on to other content?
-                how = self._rotated(fh)
-                if how:
-                    if buf:  # the old content's last line, never ended by a newline
-                        yield from self._line(line_of(buf, total), fh)
-                        buf, total = b"", 0
-                    if how == "replaced":
-                        fh.close()
-                        fh = self._fh = open(self.path, "rb")
-                        self.identity = _identity(os.fstat(fh.fileno()))
-                    else:
-                        fh.seek(0)
-                    self.offset = 0
-                    self._marks.append((self.n + 1, 0, self.identity))
-                    self.rotations.append({"how": how, "first_line": self.n + 1})
-                    print(f"loglm: {self.path} was {how} (log rotation); reading it from its start: stream line "
-                          f"{self.n + 1} is its line 1", file=sys.stderr, flush=True)
-                    last = time.monotonic()
-                    continue
-                if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
-                    if buf:  # a line still being written: scored as it is, and read again whole by a restart
-                        self._unfinished = (self.n, self.offset)
-                        yield from self._line(line_of(buf, total), fh)
+                yield from self.available()
+                if self.idle_exit_s is not None and time.monotonic() - self.last >= self.idle_exit_s:
+                    yield from self.unfinished()
                     return
                 time.sleep(self.poll_s)
         finally:
             self._done = True  # the file stays open for position(); close() closes it
+
+    def available(self) -> Iterator[tuple[bytes, int]]:
+        """The lines the file holds now, through a rotation found at its end; it returns at the end (a line
+        without its newline yet is kept for the next call).  Left unfinished, nothing is lost: the file's
+        position and the line being read are the follower's."""
+        limit = self.max_line_bytes + 1
+        while True:
+            fh = self._fh
+            chunk = fh.readline(limit)
+            if chunk:
+                self._total += len(chunk)
+                if len(self._buf) < limit:  # keep the line's start only
+                    self._buf = (self._buf + chunk)[:limit]
+                self.last = time.monotonic()
+                if chunk.endswith(b"\n"):
+                    line, self._buf, self._total = line_of(self._buf, self._total), b"", 0
+                    yield from self._line(line, fh)
+                continue
+            # at the end of what the open file holds: has the name moved on to other content?
+            how = self._rotated(fh)
+            if not how:
+                return
+            if self._buf:  # the old content's last line, never ended by a newline
+                line, self._buf, self._total = line_of(self._buf, self._total), b"", 0
+                yield from self._line(line, fh)
+            if how == "replaced":
+                fh.close()
+                self._fh = open(self.path, "rb")
+                self.identity = _identity(os.fstat(self._fh.fileno()))
+            else:
+                fh.seek(0)
+            self.offset = 0
+            self._marks.append((self.n + 1, 0, self.identity))
+            self.rotations.append({"how": how, "first_line": self.n + 1})
+            print(f"loglm: {self.path} was {how} (log rotation); reading it from its start: stream line "
+                  f"{self.n + 1} is its line 1", file=sys.stderr, flush=True)
+            self.last = time.monotonic()
+
+    def unfinished(self) -> Iterator[tuple[bytes, int]]:
+        """At the stream's end: a line still being written, scored as it is (a restart reads it again whole)."""
+        if self._buf:
+            self._unfinished = (self.n, self.offset)
+            line, self._buf, self._total = line_of(self._buf, self._total), b"", 0
+            yield from self._line(line, self._fh)
+
+    def positions(self, oldest_held: dict) -> list[dict]:
+        """:meth:`position` as :class:`FollowFiles` gives its files': ``oldest_held`` by path."""
+        return [self.position(oldest_held.get(self.path))]
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path]
 
     def close(self) -> None:
         if self._fh is not None:
@@ -428,6 +457,64 @@ class FollowLines:
         return None
 
 
+class FollowFiles:
+    """Several growing files side by side (``follow=true`` with several inputs): ``(line, its file's line
+    number, file)`` as lines arrive, each file followed as :class:`FollowLines` follows one (rotation, its own
+    line numbers, its own resume position).  A turn takes at most TURN_LINES lines of a file, so a quiet file's
+    lines do not wait behind a busy one's; it ends after ``idle_exit_s`` without growth in any of them."""
+
+    TURN_LINES = 1000
+
+    def __init__(self, paths: list[str], poll_s: float = 0.2, idle_exit_s: float | None = None,
+                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None):
+        bad = [p for p in paths if p == "-" or p.endswith(".gz")]
+        if bad:
+            raise ValueError(f"follow=true with several inputs follows growing files; {bad} cannot grow line by "
+                             "line (stdin, .gz): follow it alone")
+        if len(set(map(os.path.abspath, paths))) != len(paths):
+            raise ValueError(f"follow=true: an input is named twice in {paths}")
+        self.poll_s, self.idle_exit_s = poll_s, idle_exit_s
+        resume = resume or {}
+        self.followers = [FollowLines(p, poll_s, None, max_line_bytes, start, resume.get(os.path.abspath(p)))
+                          for p in paths]
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, str]]:
+        last = time.monotonic()
+        while True:
+            got = 0
+            for f in self.followers:
+                for raw, n in islice(f.available(), self.TURN_LINES):
+                    got += 1
+                    yield raw, n, f.path
+            if got:
+                last = time.monotonic()
+                continue
+            if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
+                for f in self.followers:
+                    yield from ((raw, n, f.path) for raw, n in f.unfinished())
+                return
+            time.sleep(self.poll_s)
+
+    def positions(self, oldest_held: dict) -> list[dict]:
+        return [p for f in self.followers for p in f.positions(oldest_held)]
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.followers]
+
+    @property
+    def rotations(self) -> dict:
+        return {f.path: f.rotations for f in self.followers if f.rotations}
+
+    @property
+    def resumed(self) -> dict | None:
+        return {f.path: f.resumed for f in self.followers if f.resumed} or None
+
+    def close(self) -> None:
+        for f in self.followers:
+            f.close()
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -435,25 +522,27 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 STATE_EVERY_S = 5.0  # a followed file's resume position is saved this often (and when the stream ends)
 
 
-def save_state(path: Path, position: dict) -> None:
-    """The resume position, written beside and renamed into place (a crash leaves the last one whole)."""
+def save_state(path: Path, positions: list[dict]) -> None:
+    """The resume positions (one per followed file), written beside and renamed into place (a crash leaves
+    the last whole)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(position) + "\n")
+    tmp.write_text(json.dumps({"positions": positions}) + "\n")
     os.replace(tmp, path)
 
 
-def load_state(path: Path, source: str) -> dict | None:
-    """The saved position of ``source`` in ``path``; None when there is none (or it is another input's)."""
+def load_state(path: Path, sources: list[str]) -> dict[str, dict]:
+    """The saved positions of ``sources`` in ``path``, by absolute path (none for a file it does not hold)."""
     if not path.is_file():
-        return None
+        return {}
     try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a resume position ({e.msg}); remove it, or follow_from=start") from None
-    if state.get("input") != os.path.abspath(source):
-        print(f"loglm: {path} is the position of {state.get('input')}, not {source}: not resuming", file=sys.stderr)
-        return None
-    return state
+        positions = json.loads(path.read_text())["positions"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path}: not a file of resume positions; remove it, or follow_from=start") from None
+    wanted = {os.path.abspath(s) for s in sources}
+    others = sorted({p.get("input") for p in positions} - wanted)
+    if others:
+        print(f"loglm: {path} also holds the positions of {others}, not followed now", file=sys.stderr)
+    return {p["input"]: p for p in positions if p.get("input") in wanted}
 
 
 def _keep_earlier(path: Path) -> None:
@@ -465,11 +554,12 @@ def _keep_earlier(path: Path) -> None:
         path.rename(kept)
 
 
-def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: str, out: Path,
+def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Path,
                state: Path | None = None, append: bool = False) -> dict:
-    """Score ``lines`` as they come.  ``state``: where ``lines`` (a :class:`FollowLines`) saves its resume
-    position, every STATE_EVERY_S seconds at a line no open session holds yet and at the end after the last
-    line (every session scored).  ``append``: alerts, findings and rejections go on after an earlier run's
+    """Score ``lines`` as they come: ``(line, line number)`` of ``source``, or ``(line, line number, file)``
+    (:class:`FollowFiles`; ``source`` then names them all).  ``state``: where ``lines`` (a
+    :class:`FollowLines` or :class:`FollowFiles`) saves its resume positions, every STATE_EVERY_S seconds at
+    a line no open session holds yet and at the end after the last line (every session scored).  ``append``: alerts, findings and rejections go on after an earlier run's
     (its scores file kept as ``.scores.<k>.parquet``); else they start empty."""
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -483,23 +573,38 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
             (open(out.with_suffix(".cef"), mode) if cfg.detect.cef else contextlib.nullcontext()) as cef_fh:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
         det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores, cef_fh)
-        starts = record_starts(det._reader(source))  # data.multiline: records of several lines
-        joiner = Continuations(starts, cfg.data.max_line_bytes) if starts else None
+        joiners: dict[str, Continuations | None] = {}  # data.multiline: records of several lines, per file
+
+        def joiner_of(src: str) -> Continuations | None:
+            if src not in joiners:
+                starts = record_starts(det._reader(src))
+                joiners[src] = Continuations(starts, cfg.data.max_line_bytes) if starts else None
+            return joiners[src]
+
+        def oldest_held() -> dict[str, int]:
+            held = det.oldest_held_lines()
+            for src, j in joiners.items():
+                if j is not None and j.pending:
+                    held[src] = min(held.get(src, j.pending[0]), j.pending[0])
+            return held
+
+        for src in getattr(lines, "paths", [source]):  # set up before the announcement, not inside the guarded read
+            joiner_of(src)
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
             saved = said = time.monotonic()
             status_s, read_then = cfg.detect.stream_status_s, 0
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
-                for raw, n in lines:
+                for item in lines:
+                    raw, n, src = item if len(item) == 3 else (*item, source)
                     with stop.deferred():
+                        joiner = joiner_of(src)
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
-                            det.feed(record, source, first, extra)
+                            det.feed(record, src, first, extra)
                         now = time.monotonic()
                         if state is not None and now - saved >= STATE_EVERY_S:
-                            held = [x for x in (det.oldest_held_line(), joiner and joiner.pending and
-                                                joiner.pending[0]) if x]
-                            save_state(state, lines.position(min(held) if held else None))
+                            save_state(state, lines.positions(oldest_held()))
                             saved = now
                         if status_s and now - said >= status_s:
                             print(det.status_line((det.account.read - read_then) / (now - said)), file=sys.stderr,
@@ -510,11 +615,12 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple[bytes, int]], source: s
                 stop.finish()  # inside the try: a signal landing as the input ends is caught below too
             except KeyboardInterrupt:
                 pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
-            for first, record, extra in joiner.flush() if joiner else ():  # the record held at the end
-                det.feed(record, source, first, extra)
+            for src, joiner in joiners.items():  # the records held at the end
+                for first, record, extra in joiner.flush() if joiner else ():
+                    det.feed(record, src, first, extra)
             summary = det.finish()
             if state is not None:  # every line read is in a scored session: a restart goes on after the last
-                save_state(state, lines.position())
+                save_state(state, lines.positions({}))
                 summary["state_path"] = str(state)
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
