@@ -403,3 +403,36 @@ print(json.dumps({{"rc": rc, "heavy": sorted({{m.split('.')[0] for m in sys.modu
     judged = Bundle(tmp_path / "judged").calibration
     assert judged["feedback"]["malicious_sessions_left_out"] == len(kinds) == 15
     assert judged["n_val_sessions"] == 150 - 15 and "malicious verdict left out" in judged["val_population"]
+
+
+def test_the_shipped_systemd_unit_runs_follows_and_resumes(exported, tmp_path):
+    """cluster/loglm-detect@.service's ExecStart, with this machine's paths and an idle exit: it streams a log
+    into alerts, findings and CEF lines, and run again (a restart) it reads only what the log gained."""
+    import shlex
+
+    _, _, result = exported
+    unit = (ROOT / "cluster" / "loglm-detect@.service").read_text()
+    exec_start = next(x.split("=", 1)[1] for x in unit.splitlines() if x.startswith("ExecStart="))
+    log = tmp_path / "log" / "auth.log"
+    log.parent.mkdir()
+    lines, _ = make_log(30, seed=9, anomalies={7: "unseen"})
+    log.write_text("\n".join(lines) + "\n")
+    cmd = (exec_start.replace("%i", "auth").replace("/opt/loglm/.venv/bin/loglm", f"{sys.executable} -m loglm.cli")
+           .replace("/var/lib/loglm/bundle", result["bundle"]).replace("/var/lib/loglm", str(tmp_path))
+           .replace("/var/log", str(tmp_path / "log")))
+    argv = shlex.split(cmd)
+    argv[-1:-1] = ["--follow-exit-s", "1"]
+
+    def run() -> dict:
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+    first = run()
+    alerts = tmp_path / "alerts" / "auth.jsonl"
+    assert first["lines"]["read"] == len(lines) and first["alerts"] >= 1 and first["resumed"] is None
+    assert len(alerts.with_suffix(".cef").read_text().splitlines()) == first["alerts"]
+    assert alerts.with_suffix(".ocsf.jsonl").is_file() and alerts.with_suffix(".follow.json").is_file()
+    again = run()
+    assert again["lines"]["read"] == 0 and again["resumed"]["line"] == len(lines)
+    assert len(alerts.read_text().splitlines()) == first["alerts"]  # kept, not emptied
