@@ -184,9 +184,9 @@ INPUT_KEYS = ("year_reference",)
 def with_model_data(cfg, model_dir: Path):
     """Raw inputs are read the way the model's training data was (its config.yaml: format, header, fields,
     sessions), not with this command's defaults, unless ``detect.data_from=command``; how the work is divided
-    (:data:`WORK_DIVISION_KEYS`) and what describes the inputs (:data:`INPUT_KEYS`) stay this command's.  The training data's
-    label file does not describe new inputs and is dropped (labelled inputs: ``detect.data_from=command``
-    with ``data.anomalous_ids``).  Says which it uses."""
+    (:data:`WORK_DIVISION_KEYS`) and what describes the inputs (:data:`INPUT_KEYS`) stay this command's.  The
+    training data's label file does not describe new inputs and is dropped (labelled inputs:
+    ``detect.data_from=command`` with ``data.anomalous_ids``).  Says which it uses."""
     import dataclasses
 
     if not cfg.inputs or cfg.detect.data_from == "command":

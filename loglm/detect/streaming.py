@@ -285,6 +285,7 @@ class FollowLines:
         self.path, self.poll_s, self.idle_exit_s, self.max_line_bytes = path, poll_s, idle_exit_s, max_line_bytes
         self.rotations: list[dict] = []
         self.resumed: dict | None = None  # the saved position this run went on from, when it did
+        self._done = False  # iterated (once only: the file's position is the follower's)
         # opened now: what is followed is the file the name pointed at when the stream was set up (a missing
         # one fails here, before any work), not whatever it points at when the first line is asked for
         self._fh = None if path == "-" or path.endswith(".gz") else open(path, "rb")
@@ -361,7 +362,7 @@ class FollowLines:
         yield from self._follow()
 
     def _follow(self) -> Iterator[tuple[bytes, int]]:
-        if getattr(self, "_done", False):
+        if self._done:
             raise RuntimeError(f"{self.path}: a FollowLines is iterated once")
         self.last = time.monotonic()
         try:
@@ -559,8 +560,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
     """Score ``lines`` as they come: ``(line, line number)`` of ``source``, or ``(line, line number, file)``
     (:class:`FollowFiles`; ``source`` then names them all).  ``state``: where ``lines`` (a
     :class:`FollowLines` or :class:`FollowFiles`) saves its resume positions, every STATE_EVERY_S seconds at
-    a line no open session holds yet and at the end after the last line (every session scored).  ``append``: alerts, findings and rejections go on after an earlier run's
-    (its scores file kept as ``.scores.<k>.parquet``); else they start empty."""
+    a line no open session holds yet and at the end after the last line (every session scored).
+    ``append``: alerts, findings and rejections go on after an earlier run's (its scores file kept as
+    ``.scores.<k>.parquet``); else they start empty."""
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mode = "a" if append else "w"

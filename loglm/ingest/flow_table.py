@@ -26,6 +26,7 @@ from pathlib import Path
 from loglm.ingest.flows import canonical_flow
 from loglm.ingest.formats import time_parser
 from loglm.ingest.json_lines import json_object, lookup, nested_value
+from loglm.ingest.noyear import needs_year
 from loglm.ingest.readers import (
     UNREADABLE,
     LineAccount,
@@ -68,7 +69,7 @@ class FlowTableReader:
         self.columns = {**columns, **dict(data.fields)}
         self.required = required
         self.parse_time = time_parser(data.time_format)
-        if getattr(self.parse_time, "no_year", False):
+        if needs_year(self.parse_time):
             raise ValueError(f"data.time_format={data.time_format!r}: flow records carry full times (epoch or a "
                              "format with its year); noyear: formats are for log lines (syslog)")
         self.duration_scale = 1e-6 if data.format == "cicflowmeter" else 1.0  # CICFlowMeter: microseconds
