@@ -238,7 +238,8 @@ def test_java_logs_with_stack_traces_batch_and_stream_alike(tmp_path):
     model = pretrain(compose("pretrain", own))
     summaries = {}
     for mode in ("batch", "stream"):
-        extra = ["follow=true", "follow_exit_s=1"] if mode == "stream" else []
+        # the stream waits 4 s for more lines: after 2 s of quiet it takes the record it holds as complete
+        extra = ["follow=true", "follow_exit_s=4"] if mode == "stream" else []
         summaries[mode] = detect(compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['model_dir']}",
                                                     f"inputs=[{new}]", f"out={tmp_path}/{mode}.jsonl", *extra]))
     lines = {mode: {k: v for k, v in s["lines"].items()} for mode, s in summaries.items()}
@@ -246,6 +247,7 @@ def test_java_logs_with_stack_traces_batch_and_stream_alike(tmp_path):
     assert lines["batch"] == lines["stream"], lines
     assert lines["batch"]["continued"] == traces and lines["batch"]["accepted"] == 301 and lines["batch"]["rejected"] == 0
     assert summaries["batch"]["events_scored"] == summaries["stream"]["events_scored"] == 301
+    assert summaries["stream"]["records_closed_quiet"] == 1  # the last record, scored before the stream ended
     assert pq.read_table(summaries["stream"]["scores_path"]).num_rows > 0
     for mode in ("batch", "stream"):  # the unseen record alerts, its evidence the record with its trace
         alerts = [json.loads(x) for x in open(tmp_path / f"{mode}.jsonl")]

@@ -123,6 +123,50 @@ def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
     assert Path(summary["rejected_path"]).is_file() and Path(summary["findings_path"]).is_file()
 
 
+@pytest.mark.parametrize("via", ["file", "stdin"])
+def test_a_log_gone_quiet_alerts_without_waiting_for_more_lines(model, tmp_path, via):
+    """Lines stop coming after an anomalous block: its alert is written while the stream waits for more,
+    not when it ends. Before, the block stayed open until later lines moved event time on (and its scoring
+    waited for a full batch of 64 sessions), so a quiet log kept its last alerts until the stream stopped."""
+    cfg, result = model
+    log, out = tmp_path / "quiet.log", tmp_path / "alerts.jsonl"
+    log.write_bytes(b"")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+         f"inputs=[{log if via == 'file' else '-'}]", f"out={out}", "follow=true", "follow_exit_s=300",
+         "detect.stream_idle_close_s=2", "detect.batch_size=64"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if b"loglm: following" in line:
+            break
+    rng = random.Random(8)
+    lines = []
+    for b in range(12):
+        events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, T0 + timedelta(seconds=10 * b))
+        if b == 11:
+            events.insert(3, (events[3][0], "writeBlock blk_911 received exception java.io.IOException"))
+        lines += [line.encode() + b"\n" for line in render(events)]
+    if via == "file":
+        log.write_bytes(b"".join(lines))
+    else:
+        proc.stdin.write(b"".join(lines))
+        proc.stdin.flush()  # and left open: more lines could come
+    deadline, alerts = time.monotonic() + 90, []
+    while not alerts and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        alerts = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    stdin, proc.stdin = proc.stdin, None
+    stdout, stderr = proc.communicate(timeout=60)
+    stdin.close()
+    assert still_running and alerts, stderr[-2000:]
+    assert any("IOException" in (e["raw"] or "") for a in alerts for e in a["surprising_events"])
+    summary = json.loads(stdout)
+    assert proc.returncode == 0 and summary["lines"]["read"] == len(lines) == summary["events_scored"]
+    assert summary["closed_quiet"] >= 1  # closed by the quiet, not by later events
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_on_stdin_scores_what_is_held_and_prints_the_summary(model, tmp_path, sig):
     """`docker stop` / systemd send SIGTERM, a terminal Ctrl-C: the stream must not lose buffered sessions."""

@@ -225,10 +225,10 @@ def follow(cfg, model, scorer) -> dict:
     start = cfg.follow_from if cfg.follow_from != "resume" else "start"
     if len(sources) == 1:
         lines = FollowLines(sources[0], idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
-                            start=start, resume=saved.get(os.path.abspath(sources[0])))
+                            start=start, resume=saved.get(os.path.abspath(sources[0])), ticks=True)
     else:
         lines = FollowFiles(sources, idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
-                            start=start, resume=saved)
+                            start=start, resume=saved, ticks=True)
     try:
         summary = run_stream(cfg, model, scorer, lines, ", ".join(sources), out, state,
                              append=cfg.follow_from != "start")

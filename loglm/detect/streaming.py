@@ -80,7 +80,8 @@ class StreamingDetector:
         self.pending: list[tuple[str, list[dict], bool]] = []  # (key, events, closed) waiting to be scored
         self.watermark = float("-inf")
         self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0,
-                      "events_counted": 0}
+                      "events_counted": 0, "closed_quiet": 0,
+                      "records_closed_quiet": 0}
         self._since_sweep = 0
         self._parsers: dict[int, object] = {}  # id(reader) -> its line parser
         self._sources: set[str] = set()  # the files events came from
@@ -166,6 +167,23 @@ class StreamingDetector:
         horizon = self.watermark - self.idle_s
         for key in [k for k, ev in self.open.items() if ev[-1]["ts"] <= horizon]:
             self.pending.append((key, self.open.pop(key), True))
+
+    def quiet(self, quiet_s: float, sweep: bool = True) -> None:
+        """The input is caught up and has given no line for ``quiet_s`` seconds of wall time: score the
+        sessions waiting for a full batch, and (``sweep``) close the sessions that would be idle for
+        ``idle_s`` if event time had gone on with the clock since the last line (the watermark of an idle
+        source moves with wall time; without this, a session's alert waited for later lines to move event time
+        on, and on a log gone quiet it waited for the stream's end).  The watermark itself is left where the
+        events put it: a line that comes after the quiet with an older time closes nothing early."""
+        if sweep and self.open:
+            self._since_sweep = 0
+            horizon = self.watermark + quiet_s - self.idle_s
+            by_events = self.watermark - self.idle_s  # what the event-time sweep would close
+            for key in [k for k, ev in self.open.items() if ev[-1]["ts"] <= horizon]:
+                events = self.open.pop(key)
+                self.stats["closed_quiet"] += events[-1]["ts"] > by_events
+                self.pending.append((key, events, True))
+        self._score_pending()
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_pending(self) -> None:
@@ -272,6 +290,9 @@ class FollowLines:
     At most ``max_line_bytes + 1`` bytes of a line are held: a longer one comes back as a
     :class:`~loglm.ingest.readers.LongLine` (rejected with its length), whatever arrives.
 
+    ``ticks``: also yield None each time the follower has caught up with the input and waits for more (at
+    most every ``poll_s`` while it waits), so that the reader can act on a quiet input (:func:`run_stream`).
+
     Where to begin (a regular file): ``start="start"`` its first line, ``"end"`` its current end (lines
     written from now on; numbered after the lines already there), or ``resume`` (a :meth:`position` saved
     by an earlier run): the line after it, when the file is still the one it was saved from (device, inode
@@ -281,8 +302,10 @@ class FollowLines:
     HEAD_BYTES = 1024  # a file's first bytes, hashed: a file is the one a position was saved from
 
     def __init__(self, path: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
-                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None):
+                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None,
+                 ticks: bool = False):
         self.path, self.poll_s, self.idle_exit_s, self.max_line_bytes = path, poll_s, idle_exit_s, max_line_bytes
+        self.ticks = ticks
         self.rotations: list[dict] = []
         self.resumed: dict | None = None  # the saved position this run went on from, when it did
         self._done = False  # iterated (once only: the file's position is the follower's)
@@ -348,10 +371,14 @@ class FollowLines:
                 "offset": offset, "head_bytes": size, "head_sha256": self._head_sha256(size),
                 "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
-    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+    def __iter__(self) -> Iterator[tuple[bytes, int] | None]:
         if self.path == "-":
-            for n, raw in enumerate(bounded_lines(sys.stdin.buffer, self.max_line_bytes), 1):
-                yield raw, n
+            # with ticks a thread reads: through a reader of its own on a copy of the descriptor, since at exit
+            # the interpreter takes sys.stdin's lock, which a thread blocked in a read holds (an abort)
+            stdin = open(os.dup(sys.stdin.fileno()), "rb") if self.ticks else sys.stdin.buffer
+            lines = enumerate(bounded_lines(stdin, self.max_line_bytes), 1)
+            for n, raw in _with_ticks(lines, self.poll_s) if self.ticks else lines:
+                yield None if n is None else (raw, n)
             return
         if self.path.endswith(".gz"):  # a compressed file is complete (it does not grow line by line)
             from loglm.ingest.readers import open_binary
@@ -371,6 +398,8 @@ class FollowLines:
                 if self.idle_exit_s is not None and time.monotonic() - self.last >= self.idle_exit_s:
                     yield from self.unfinished()
                     return
+                if self.ticks:
+                    yield None
                 time.sleep(self.poll_s)
         finally:
             self._done = True  # the file stays open for position(); close() closes it
@@ -467,19 +496,20 @@ class FollowFiles:
     TURN_LINES = 1000
 
     def __init__(self, paths: list[str], poll_s: float = 0.2, idle_exit_s: float | None = None,
-                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None):
+                 max_line_bytes: int = 65_536, start: str = "start", resume: dict | None = None,
+                 ticks: bool = False):
         bad = [p for p in paths if p == "-" or p.endswith(".gz")]
         if bad:
             raise ValueError(f"follow=true with several inputs follows growing files; {bad} cannot grow line by "
                              "line (stdin, .gz): follow it alone")
         if len(set(map(os.path.abspath, paths))) != len(paths):
             raise ValueError(f"follow=true: an input is named twice in {paths}")
-        self.poll_s, self.idle_exit_s = poll_s, idle_exit_s
+        self.poll_s, self.idle_exit_s, self.ticks = poll_s, idle_exit_s, ticks
         resume = resume or {}
         self.followers = [FollowLines(p, poll_s, None, max_line_bytes, start, resume.get(os.path.abspath(p)))
                           for p in paths]
 
-    def __iter__(self) -> Iterator[tuple[bytes, int, str]]:
+    def __iter__(self) -> Iterator[tuple[bytes, int, str] | None]:
         last = time.monotonic()
         while True:
             got = 0
@@ -494,6 +524,8 @@ class FollowFiles:
                 for f in self.followers:
                     yield from ((raw, n, f.path) for raw, n in f.unfinished())
                 return
+            if self.ticks:
+                yield None
             time.sleep(self.poll_s)
 
     def positions(self, oldest_held: dict) -> list[dict]:
@@ -516,11 +548,50 @@ class FollowFiles:
             f.close()
 
 
+def _with_ticks(items: Iterator, poll_s: float) -> Iterator:
+    """``items`` (a blocking iterator, e.g. stdin's lines) read by a thread, with ``(None, None)`` whenever
+    none is waiting (caught up) and then every ``poll_s`` until the next comes.  At most 256 items wait (a
+    slow reader holds the thread back, not memory): on a stop, what waits there is unread, as the pipe's
+    own buffer is."""
+    import queue
+    import threading
+
+    waiting: queue.Queue = queue.Queue(maxsize=256)
+    end = object()
+
+    def pump():
+        try:
+            for item in items:
+                waiting.put(item)
+        except BaseException as e:  # handed to the reading side, which raises it
+            waiting.put((end, e))
+            return
+        waiting.put((end, None))
+
+    threading.Thread(target=pump, name="loglm-stdin", daemon=True).start()
+    while True:
+        try:
+            item = waiting.get_nowait()
+        except queue.Empty:
+            yield None, None
+            try:
+                item = waiting.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+        if item[0] is end:
+            if item[1] is not None:
+                raise item[1]
+            return
+        yield item
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
 STATE_EVERY_S = 5.0  # a followed file's resume position is saved this often (and when the stream ends)
+QUIET_SWEEP_S = 1.0  # while the input is quiet, sessions are checked for closing at most this often
+JOIN_QUIET_S = 2.0  # data.multiline: a record held this long after its last line is taken as complete
 
 
 def save_state(path: Path, positions: list[dict]) -> None:
@@ -562,7 +633,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
     :class:`FollowLines` or :class:`FollowFiles`) saves its resume positions, every STATE_EVERY_S seconds at
     a line no open session holds yet and at the end after the last line (every session scored).
     ``append``: alerts, findings and rejections go on after an earlier run's (its scores file kept as
-    ``.scores.<k>.parquet``); else they start empty."""
+    ``.scores.<k>.parquet``); else they start empty.  A None in ``lines`` (a follower's tick) says the input
+    is caught up: what waits for a full batch is scored and sessions quiet long enough close
+    (:meth:`StreamingDetector.quiet`), so an alert does not wait for later lines."""
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mode = "a" if append else "w"
@@ -595,16 +668,33 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
-            saved = said = time.monotonic()
+            saved = said = fed_at = swept = time.monotonic()
             status_s, read_then = cfg.detect.stream_status_s, 0
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for item in lines:
+                    if item is None:  # the input is caught up (a tick of lines with ticks=True): act on the quiet
+                        now = time.monotonic()
+                        with stop.deferred():
+                            if now - fed_at >= JOIN_QUIET_S:  # a held record's last line came long ago
+                                for src, joiner in joiners.items():
+                                    for first, record, extra in joiner.flush() if joiner else ():
+                                        det.feed(record, src, first, extra)
+                                        det.stats["records_closed_quiet"] += 1
+                            sweep = now - swept >= QUIET_SWEEP_S  # each sweep looks at every open session
+                            det.quiet(now - fed_at, sweep)
+                            swept = now if sweep else swept
+                            if state is not None and now - saved >= STATE_EVERY_S:
+                                save_state(state, lines.positions(oldest_held()))
+                                saved = now
+                        if stop.requested:
+                            break
+                        continue
                     raw, n, src = item if len(item) == 3 else (*item, source)
                     with stop.deferred():
                         joiner = joiner_of(src)
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
                             det.feed(record, src, first, extra)
-                        now = time.monotonic()
+                        now = fed_at = time.monotonic()
                         if state is not None and now - saved >= STATE_EVERY_S:
                             save_state(state, lines.positions(oldest_held()))
                             saved = now
