@@ -167,6 +167,44 @@ def test_a_log_gone_quiet_alerts_without_waiting_for_more_lines(model, tmp_path,
     assert summary["closed_quiet"] >= 1  # closed by the quiet, not by later events
 
 
+def test_a_second_detection_with_the_same_out_is_refused_while_a_stream_writes_it(model, tmp_path):
+    """A unit started twice, or a batch run pointed at a stream's alerts: the second is refused before it
+    opens anything, naming the first's pid; the first's alerts and resume positions are untouched. Before,
+    the second truncated the alerts file and both saved positions to the same file."""
+    from loglm.detect.detector import run as detect
+
+    cfg, result = model
+    log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
+    rng = random.Random(4)
+    events = normal_block("blk_1", rng, T0)
+    events.insert(3, (events[3][0], "writeBlock blk_1 received exception java.io.IOException"))
+    log.write_text("".join(line + "\n" for line in render(events)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+         f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=300", "detect.stream_idle_close_s=1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.is_file() and out.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # the stream has alerted on the block (closed by the quiet)
+        written = out.read_text()
+        assert written and proc.poll() is None
+        for extra in (["follow=true"], []):  # a second stream, then a batch run
+            with pytest.raises(ValueError, match=f"another detection is writing these alerts \\(pid {proc.pid}"):
+                detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['model_dir']}",
+                                          f"inputs=[{log}]", f"out={out}", "follow_exit_s=1", *extra]))
+        assert out.read_text() == written
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert json.loads(stdout)["alerts"] == len(written.splitlines()) >= 1
+    # the lock went with the process: the same out is free again
+    again = detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['model_dir']}",
+                                      f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=1"]))
+    assert again["lines"]["read"] == 0 and out.read_text() == written  # resumed after the first run's lines
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_on_stdin_scores_what_is_held_and_prints_the_summary(model, tmp_path, sig):
     """`docker stop` / systemd send SIGTERM, a terminal Ctrl-C: the stream must not lose buffered sessions."""

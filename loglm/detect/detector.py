@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.config import DetectConfig
+from loglm.detect.out_lock import writing
 from loglm.detect.score_core import calibrated_config
 
 
@@ -210,8 +211,6 @@ def with_model_data(cfg, model_dir: Path):
 
 def follow(cfg, model, scorer) -> dict:
     """Streaming detection over growing files (several side by side) or stdin ("-")."""
-    from loglm.detect.streaming import FollowFiles, FollowLines, load_state, run_stream
-
     if not cfg.inputs:
         raise ValueError("follow=true needs an input: a file that grows, several, or '-' for stdin")
     if cfg.follow_from not in FOLLOW_FROM:
@@ -221,6 +220,13 @@ def follow(cfg, model, scorer) -> dict:
     # regular files' positions are saved beside the alerts, so a restart goes on where this run stopped
     growing = not any(s == "-" or s.endswith(".gz") for s in sources)
     state = out.with_suffix(".follow.json") if growing else None
+    with writing(out):  # before the positions are read: another stream on this out would save its own
+        return _follow(cfg, model, scorer, sources, out, state)
+
+
+def _follow(cfg, model, scorer, sources: list[str], out: Path, state: Path | None) -> dict:
+    from loglm.detect.streaming import FollowFiles, FollowLines, load_state, run_stream
+
     saved = load_state(state, sources) if state is not None and cfg.follow_from == "resume" else {}
     start = cfg.follow_from if cfg.follow_from != "resume" else "start"
     if len(sources) == 1:
@@ -447,13 +453,14 @@ def _detect_with(cfg, model, scorer) -> dict:
     model_dir = Path(model.folder)
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    scores = ScoreWriter(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None
-    try:
-        return _score_all(cfg, model, scorer, out, scores)
-    except BaseException:
-        if scores is not None:  # its hidden file, never renamed into place
-            scores.abort()
-        raise
+    with writing(out):
+        scores = ScoreWriter(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None
+        try:
+            return _score_all(cfg, model, scorer, out, scores)
+        except BaseException:
+            if scores is not None:  # its hidden file, never renamed into place
+                scores.abort()
+            raise
 
 
 def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
