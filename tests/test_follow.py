@@ -92,12 +92,16 @@ def test_a_saved_position_resumes_after_its_line_while_the_file_is_the_same(log,
     assert list(again) == [(b"l6\n", 6), (b"l7\n", 7)] and again.resumed["line"] == 5
     again.close()
     assert "resuming after line 5" in capsys.readouterr().err
-    # the file replaced while nothing followed it (rotated): the new one from its first line, saying why
+    # the file rotated (logrotate's create) while nothing followed it: the saved file's lines after the
+    # position are read under its new name (found by its inode), then the new file from its first line
     log.rename(log.with_suffix(".log.1"))
     append(log, "n1\n")
     moved = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
-    assert list(moved) == [(b"n1\n", 1)] and moved.resumed is None
-    assert "the file was replaced since" in capsys.readouterr().err
+    assert list(moved) == [(b"l6\n", 6), (b"l7\n", 7), (b"n1\n", 8)]
+    assert moved.resumed["from"] == str(log.with_suffix(".log.1"))
+    assert moved.rotations == [{"how": "replaced", "first_line": 8, "read_from": str(log.with_suffix(".log.1")),
+                                "lines_there": 2}]
+    assert "where the rotation moved it" in capsys.readouterr().err
     # the same file emptied and written again past the position (copytruncate): its first bytes differ
     here = moved.position()
     moved.close()
@@ -169,3 +173,52 @@ def test_several_files_side_by_side_each_with_its_own_lines_and_rotation(tmp_pat
     again.close()
     with pytest.raises(ValueError, match="follow it alone"):
         FollowFiles([str(a), "-"])
+
+
+def test_a_copy_truncated_while_stopped_is_resumed_in_logrotates_copy(log, capsys):
+    """copytruncate while no stream followed the file: the lines after the saved position are in the copy
+    (found by the file's first bytes), read there before the emptied file's new lines. A compressed copy is
+    not read: the file is then read from its first line, saying why."""
+    append(log, *(f"l{i}\n" for i in range(1, 6)))
+    first = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1)
+    assert len(list(first)) == 5
+    saved = first.position()
+    first.close()
+    append(log, "l6\n", "l7\n")
+    older = log.with_name("app.log-20261201")  # an older rotation beside it: other first bytes
+    older.write_bytes(b"x1\nx2\nx3\nx4\nx5\nx6\nx7\nx8\n")
+    copy = log.with_name("app.log-20261204")
+    copy.write_bytes(log.read_bytes())
+    os.truncate(log, 0)
+    append(log, "n1\n")
+    again = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
+    assert list(again) == [(b"l6\n", 6), (b"l7\n", 7), (b"n1\n", 8)]
+    assert again.rotations == [{"how": "truncated", "first_line": 8, "read_from": str(copy), "lines_there": 2}]
+    again.close()
+    copy.rename(copy.with_suffix(".gz"))  # (not really compressed: a .gz copy is not looked into at all)
+    lost = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.1, resume=saved)
+    assert list(lost) == [(b"n1\n", 1)] and lost.resumed is None
+    assert "no rotated file beside it holds it" in capsys.readouterr().err
+
+
+def test_lines_a_stream_had_not_read_when_its_file_was_copied_and_truncated_are_read_in_the_copy(log):
+    """A stream behind its file (a burst) when logrotate copytruncates it: the lines it had not read yet are
+    in the copy, and are read there before the emptied file's new lines. Before, they were lost."""
+    follower = FollowLines(str(log), poll_s=0.01, idle_exit_s=0.5)
+    lines = iter(follower)
+    writer = open(log, "ab", buffering=0)
+    try:
+        # more than a read buffer holds: the lines past it are only in the file
+        writer.write(b"first line of the day\n" + b"".join(b"line %d\n" % i for i in range(2, 5001)))
+        assert take(lines, 2) == [(b"first line of the day\n", 1), (b"line 2\n", 2)]  # 4,998 more unread
+        copy = log.with_name("app.log.1")
+        copy.write_bytes(log.read_bytes())  # copytruncate: the copy made, the file emptied under the writer
+        os.truncate(log, 0)
+        writer.write(b"c1\n")
+        rest = list(lines)
+    finally:
+        writer.close()
+    assert rest == [(b"line %d\n" % i, i) for i in range(3, 5001)] + [(b"c1\n", 5001)]
+    (rotation,) = follower.rotations  # the lines past what the reader had buffered were read in the copy
+    assert rotation["how"] == "truncated" and rotation["first_line"] == 5001 and rotation["read_from"] == str(copy)
+    assert 4000 < rotation["lines_there"] <= 4998

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from glob import escape as glob_escape
 from itertools import islice
 from pathlib import Path
 
@@ -281,8 +282,10 @@ class FollowLines:
 
     - **Replaced** (logrotate's default ``create``: the file renamed, a new one made under the name; or
       deleted and made again): the old file is read to its end, then the new one from its start.
-    - **Truncated in place** (``copytruncate``): read again from its start.  Lines written between the last
-      read and the truncation are lost to any reader (they are only in logrotate's copy): prefer ``create``.
+    - **Truncated in place** (``copytruncate``): read again from its start, after the lines it held that
+      were not read yet, read in logrotate's copy beside it (a file named after it that starts with its first
+      bytes; not a compressed one).  Lines written between the copy and the truncation are in neither: prefer
+      ``create``.
     - **Gone** and not yet made again: the open file is still read, and the name checked at every poll.
 
     Line numbers run on across files (the stream's count, what the accounting adds up); ``rotations`` lists,
@@ -296,7 +299,9 @@ class FollowLines:
     Where to begin (a regular file): ``start="start"`` its first line, ``"end"`` its current end (lines
     written from now on; numbered after the lines already there), or ``resume`` (a :meth:`position` saved
     by an earlier run): the line after it, when the file is still the one it was saved from (device, inode
-    and its first bytes), else its first line, saying why."""
+    and its first bytes); when it rotated meanwhile, the line after it in the rotated file beside it (the
+    saved file renamed, by its inode; or logrotate's copy, by its first bytes), then the new file from its
+    first line; else its first line, saying why."""
 
     CHECKPOINT_LINES = 1000  # a resume position is kept every this many lines (see position)
     HEAD_BYTES = 1024  # a file's first bytes, hashed: a file is the one a position was saved from
@@ -320,16 +325,30 @@ class FollowLines:
         self.n = self.offset = 0  # lines yielded so far; the byte after the last of them
         self._unfinished: tuple[int, int] | None = None  # (line, offset) before a last line without its newline
         self._buf, self._total, self.last = b"", 0, time.monotonic()  # the line being read; the last growth
+        self._head = b""  # the open file's first bytes (up to HEAD_BYTES), to know its rotated copy by
+        self._copy: dict | None = None  # while the lines a rotation moved into another file are read there
         if resume is not None:
             why = self._why_not(resume)
+            found = self._rotated_file(resume) if why is not None else None
+            if found is not None:  # rotated while no stream followed it: the lines since, read where they went
+                copy, how = found
+                self._fh.close()
+                self._fh = open(copy, "rb")
+                self.identity = _identity(os.fstat(self._fh.fileno()))
+                self._copy = {"path": str(copy), "how": how, "first": int(resume["line"]) + 1}
+                why = None
             if why is None:
                 self.n, self.offset = int(resume["line"]), self._fh.seek(int(resume["offset"]))
                 self.resumed = {"line": self.n, "offset": self.offset, "saved_at": resume.get("saved_at")}
-                print(f"loglm: {path}: resuming after line {self.n:,} (byte {self.offset:,}), where the last run "
-                      "stopped", file=sys.stderr, flush=True)
-            else:
-                print(f"loglm: {path}: not resuming the saved position ({why}); reading from the first line",
+                where = f"in {self._copy['path']}, where the rotation moved it, then {path} from its start" \
+                    if self._copy else "where the last run stopped"
+                if self._copy:
+                    self.resumed["from"] = self._copy["path"]
+                print(f"loglm: {path}: resuming after line {self.n:,} (byte {self.offset:,}), {where}",
                       file=sys.stderr, flush=True)
+            else:
+                print(f"loglm: {path}: not resuming the saved position ({why}; no rotated file beside it holds "
+                      "it); reading from the first line", file=sys.stderr, flush=True)
         elif start == "end":
             while block := self._fh.read(1 << 20):
                 self.n += block.count(b"\n")
@@ -348,6 +367,46 @@ class FollowLines:
         if self._head_sha256(int(saved.get("head_bytes", 0))) != saved.get("head_sha256"):
             return "its first bytes changed (truncated and written again)"
         return None
+
+    def _rotated_file(self, saved: dict) -> tuple[Path, str] | None:
+        """The file beside ``path`` that holds a saved position's lines after a rotation, and how it got
+        there: the saved file itself under a new name (``create``: its device and inode) or logrotate's copy
+        (``copytruncate``: the same first bytes), either at least as long as the position.  Names that start
+        with the file's name (``app.log.1``, ``app.log-20261204``); compressed ones are not read."""
+        import hashlib
+
+        offset, size = int(saved["offset"]), int(saved.get("head_bytes", 0))
+        base = Path(self.path).resolve()
+        found = []
+        for other in base.parent.glob(glob_escape(base.name) + "?*"):
+            if other.suffix in COMPRESSED or not other.is_file():
+                continue
+            st = other.stat()
+            if st.st_size < offset:
+                continue
+            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
+                found.append((2, st.st_mtime, other, "replaced"))
+                continue
+            with open(other, "rb") as fh:
+                head = fh.read(size)
+            if len(head) == size and hashlib.sha256(head).hexdigest() == saved.get("head_sha256"):
+                found.append((1, st.st_mtime, other, "truncated"))
+        if not found:
+            return None
+        _, _, path, how = max(found)  # the saved file itself before a copy; the latest copy before older ones
+        return path, how
+
+    def _copy_of_truncated(self) -> Path | None:
+        """The copy logrotate made before truncating the open file (``copytruncate``): a file beside it that
+        starts with the first bytes the open file had and reaches past the position read to."""
+        if not self._head:
+            return None
+        import hashlib
+
+        size = len(self._head)
+        found = self._rotated_file({"offset": self.offset, "head_bytes": size,
+                                    "head_sha256": hashlib.sha256(self._head).hexdigest()})
+        return found[0] if found else None
 
     def _head_sha256(self, size: int) -> str:
         import hashlib
@@ -425,20 +484,38 @@ class FollowLines:
             how = self._rotated(fh)
             if not how:
                 return
-            if self._buf:  # the old content's last line, never ended by a newline
+            copy = self._copy_of_truncated() if how == "truncated" else None
+            if self._buf and copy is None:  # the old content's last line, never ended by a newline
                 line, self._buf, self._total = line_of(self._buf, self._total), b"", 0
                 yield from self._line(line, fh)
-            if how == "replaced":
+            if copy is not None:  # lines written after the last read went into logrotate's copy: read them there
+                at = fh.tell() - self._total  # a line cut by the truncation is read whole there
+                self._buf, self._total = b"", 0
+                fh.close()
+                self._fh = open(copy, "rb")
+                self.offset = self._fh.seek(at)
+                self.identity = _identity(os.fstat(self._fh.fileno()))
+                self._copy = {"path": str(copy), "how": how, "first": self.n + 1}
+                self._marks.append((self.n + 1, self.offset, self.identity))
+                continue  # at its end the name is another file: "replaced" below, read from its start
+            rotation = {"how": how, "first_line": self.n + 1}
+            if self._copy is not None:  # the rotated file's lines are read: now the file under the name
+                how = rotation["how"] = self._copy["how"]
+                rotation.update(read_from=self._copy["path"], lines_there=self.n + 1 - self._copy["first"])
+                self._copy = None
+            if how == "replaced" or "read_from" in rotation:
                 fh.close()
                 self._fh = open(self.path, "rb")
                 self.identity = _identity(os.fstat(self._fh.fileno()))
             else:
                 fh.seek(0)
-            self.offset = 0
+            self.offset, self._head = 0, b""
             self._marks.append((self.n + 1, 0, self.identity))
-            self.rotations.append({"how": how, "first_line": self.n + 1})
+            self.rotations.append(rotation)
+            there = (f" (the {rotation['lines_there']:,} lines written before the rotation and not yet read were read "
+                     f"in {rotation['read_from']})" if "read_from" in rotation else "")
             print(f"loglm: {self.path} was {how} (log rotation); reading it from its start: stream line "
-                  f"{self.n + 1} is its line 1", file=sys.stderr, flush=True)
+                  f"{self.n + 1} is its line 1{there}", file=sys.stderr, flush=True)
             self.last = time.monotonic()
 
     def unfinished(self) -> Iterator[tuple[bytes, int]]:
@@ -467,6 +544,8 @@ class FollowLines:
     def _line(self, line: bytes, fh) -> Iterator[tuple[bytes, int]]:
         self.n += 1
         self.offset = fh.tell()
+        if len(self._head) < self.HEAD_BYTES and self.offset > len(self._head) and self._copy is None:
+            self._head = os.pread(fh.fileno(), self.HEAD_BYTES, 0)  # once, or while the file is short
         if self.n % self.CHECKPOINT_LINES == 0:
             self._marks.append((self.n + 1, self.offset, self.identity))
         yield line, self.n
@@ -589,6 +668,7 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")  # rotated files not read back for lost lines
 STATE_EVERY_S = 5.0  # a followed file's resume position is saved this often (and when the stream ends)
 QUIET_SWEEP_S = 1.0  # while the input is quiet, sessions are checked for closing at most this often
 JOIN_QUIET_S = 2.0  # data.multiline: a record held this long after its last line is taken as complete
