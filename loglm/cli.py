@@ -18,7 +18,8 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--variant", choices=["fp32", "int8"], help="model variant (default: the bundle's preferred)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--follow", action="store_true",
-                   help="stream: follow growing files side by side (or '-' for stdin alone), alerting as sessions close")
+                   help="stream: follow growing files side by side (or, alone, '-' for stdin or tcp://127.0.0.1:PORT / "
+                        "udp://127.0.0.1:PORT to receive syslog from a local relay), alerting as sessions close")
     p.add_argument("--follow-exit-s", type=float, help="with --follow: stop after this long without new lines")
     p.add_argument("--follow-from", choices=["resume", "start", "end"], default="resume",
                    help="with --follow on a file: go on after the last line a run with this --out scored (resume, "
@@ -30,7 +31,7 @@ def detect_main(argv: list[str]) -> int:
                    help="also write each alert as an ArcSight CEF line to <out>.cef (for a SIEM's CEF/syslog intake)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the HTML report (<out>.html); the engine then imports no plotting library")
-    p.add_argument("inputs", nargs="+", help="raw log files or directories")
+    p.add_argument("inputs", nargs="+", help="raw log files or directories (with --follow also -, tcp://, udp://)")
     a = p.parse_args(argv)
     from loglm.engine.detect import run
     from loglm.signals import until_exit
@@ -56,7 +57,7 @@ def embed_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0, help="batches embedded in parallel (0 = one per core)")
     p.add_argument("--events", action="store_true", help="one vector per event too, into <out>.events.parquet")
     p.add_argument("--verify-key", help="PEM Ed25519 public key the bundle must be signed with")
-    p.add_argument("inputs", nargs="+", help="raw log files or directories")
+    p.add_argument("inputs", nargs="+", help="raw log files or directories (with --follow also -, tcp://, udp://)")
     a = p.parse_args(argv)
     import dataclasses
     from pathlib import Path

@@ -679,7 +679,8 @@ class RootConfig:
     # where detect writes alerts (default: <model dir>/alerts/<data.name>.jsonl)
     out: str | None = None
     split: str = "test"
-    # detect: follow the inputs (growing files, side by side; or "-" for stdin alone) and alert as sessions close;
+    # detect: follow the inputs (growing files, side by side; or "-" for stdin, or a loopback syslog listener
+    # tcp://127.0.0.1:PORT / udp://127.0.0.1:PORT, alone) and alert as sessions close;
     # follow_exit_s ends the run after that long without new lines (null = follow forever)
     follow: bool = False
     follow_exit_s: float | None = None

@@ -123,48 +123,105 @@ def test_follow_a_growing_file_and_alert_on_its_sessions(model, tmp_path):
     assert Path(summary["rejected_path"]).is_file() and Path(summary["findings_path"]).is_file()
 
 
+def start_stream(model, inputs: str, out: Path, *extra: str) -> subprocess.Popen:
+    """pipelines.detect follow=true on ``inputs`` in its own process, once it says it follows (its input is
+    open or bound from then on); stderr is left to read after that line."""
+    cfg, result = model
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
+         f"inputs=[{inputs}]", f"out={out}", "follow=true", "follow_exit_s=300", *extra],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if b"loglm: following" in line:
+            break
+    return proc
+
+
+def blocks_with_one_anomaly(seed: int, n: int, anomalous: int) -> list[list[bytes]]:
+    """``n`` normal blocks 10 s apart, block ``anomalous`` with an event the model never saw: lines each."""
+    rng = random.Random(seed)
+    blocks = []
+    for b in range(n):
+        events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, T0 + timedelta(seconds=10 * b))
+        if b == anomalous:
+            events.insert(3, (events[3][0], f"writeBlock blk_9{b} received exception java.io.IOException"))
+        blocks.append([line.encode() for line in render(events)])
+    return blocks
+
+
+def alerts_while_running(proc: subprocess.Popen, out: Path, wait_s: float = 90) -> list[dict]:
+    """The alerts ``out`` holds once it holds any, [] if none came within ``wait_s`` or the process ended."""
+    deadline, alerts = time.monotonic() + wait_s, []
+    while not alerts and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        alerts = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    return alerts if proc.poll() is None else []
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, dict | None, str]:
+    """SIGTERM, then (exit code, summary, stderr) with the process's stdin left open until it exits."""
+    proc.send_signal(signal.SIGTERM)
+    stdin, proc.stdin = proc.stdin, None
+    stdout, stderr = proc.communicate(timeout=60)
+    stdin.close()
+    return proc.returncode, json.loads(stdout) if stdout.strip() else None, stderr.decode(errors="replace")
+
+
 @pytest.mark.parametrize("via", ["file", "stdin"])
 def test_a_log_gone_quiet_alerts_without_waiting_for_more_lines(model, tmp_path, via):
     """Lines stop coming after an anomalous block: its alert is written while the stream waits for more,
     not when it ends. Before, the block stayed open until later lines moved event time on (and its scoring
     waited for a full batch of 64 sessions), so a quiet log kept its last alerts until the stream stopped."""
-    cfg, result = model
     log, out = tmp_path / "quiet.log", tmp_path / "alerts.jsonl"
     log.write_bytes(b"")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
-         f"inputs=[{log if via == 'file' else '-'}]", f"out={out}", "follow=true", "follow_exit_s=300",
-         "detect.stream_idle_close_s=2", "detect.batch_size=64"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for line in proc.stderr:
-        if b"loglm: following" in line:
-            break
-    rng = random.Random(8)
-    lines = []
-    for b in range(12):
-        events = normal_block(f"blk_{rng.randint(10**17, 10**18)}", rng, T0 + timedelta(seconds=10 * b))
-        if b == 11:
-            events.insert(3, (events[3][0], "writeBlock blk_911 received exception java.io.IOException"))
-        lines += [line.encode() + b"\n" for line in render(events)]
+    proc = start_stream(model, str(log) if via == "file" else "-", out, "detect.stream_idle_close_s=2",
+                        "detect.batch_size=64")
+    lines = [line + b"\n" for block in blocks_with_one_anomaly(8, 12, 11) for line in block]
     if via == "file":
         log.write_bytes(b"".join(lines))
     else:
         proc.stdin.write(b"".join(lines))
         proc.stdin.flush()  # and left open: more lines could come
-    deadline, alerts = time.monotonic() + 90, []
-    while not alerts and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        alerts = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
-    still_running = proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    stdin, proc.stdin = proc.stdin, None
-    stdout, stderr = proc.communicate(timeout=60)
-    stdin.close()
-    assert still_running and alerts, stderr[-2000:]
+    alerts = alerts_while_running(proc, out)
+    code, summary, stderr = stop(proc)
+    assert alerts, stderr[-2000:]
     assert any("IOException" in (e["raw"] or "") for a in alerts for e in a["surprising_events"])
-    summary = json.loads(stdout)
-    assert proc.returncode == 0 and summary["lines"]["read"] == len(lines) == summary["events_scored"]
+    assert code == 0 and summary["lines"]["read"] == len(lines) == summary["events_scored"]
     assert summary["closed_quiet"] >= 1  # closed by the quiet, not by later events
+
+
+def test_syslog_over_tcp_from_a_relay_is_scored_as_a_stream(model, tmp_path):
+    """follow=true inputs=[tcp://127.0.0.1:PORT]: a relay's two connections (newline and octet-counted
+    framing, <PRI> on every message) carry the blocks; the anomalous one alerts while the stream still
+    listens, a message over max_line_bytes is rejected with its number, and every message is accounted."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "alerts.jsonl"
+    proc = start_stream(model, f"tcp://127.0.0.1:{port}", out, "detect.stream_idle_close_s=2")
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as a, socket.create_connection(("127.0.0.1", port)) as o:
+        for b, lines in enumerate(blocks_with_one_anomaly(9, 12, 9)):
+            lines = [b"<134>" + m for m in lines]
+            if b % 2:
+                o.sendall(b"".join(str(len(m)).encode() + b" " + m for m in lines))
+            else:
+                a.sendall(b"".join(m + b"\n" for m in lines))
+            sent += len(lines)
+        o.sendall(b"70000 " + b"x" * 70_000)  # over data.max_line_bytes (64 KiB)
+        sent += 1
+    alerts = alerts_while_running(proc, out)
+    code, summary, stderr = stop(proc)
+    assert alerts, stderr[-2000:]
+    assert code == 0, stderr[-2000:]
+    assert summary["lines"]["read"] == sent and summary["lines"]["rejected"] == 1
+    assert summary["events_scored"] == sent - 1 and summary["sessions_scored"] >= 12
+    assert summary["listener"]["connections"] == 2
+    assert any("IOException" in (e["raw"] or "") for a in alerts for e in a["surprising_events"])
+    (rejected,) = [json.loads(x) for x in Path(summary["rejected_path"]).read_text().splitlines()]
+    assert rejected["file"] == f"tcp://127.0.0.1:{port}" and "70,000" in rejected["reason"].replace("70000", "70,000")
 
 
 def test_a_second_detection_with_the_same_out_is_refused_while_a_stream_writes_it(model, tmp_path):
@@ -175,30 +232,20 @@ def test_a_second_detection_with_the_same_out_is_refused_while_a_stream_writes_i
 
     cfg, result = model
     log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
-    rng = random.Random(4)
-    events = normal_block("blk_1", rng, T0)
-    events.insert(3, (events[3][0], "writeBlock blk_1 received exception java.io.IOException"))
-    log.write_text("".join(line + "\n" for line in render(events)))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
-         f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=300", "detect.stream_idle_close_s=1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log.write_bytes(b"".join(line + b"\n" for line in blocks_with_one_anomaly(4, 1, 0)[0]))
+    proc = start_stream(model, str(log), out, "detect.stream_idle_close_s=1")
     try:
-        deadline = time.monotonic() + 90
-        while not (out.is_file() and out.read_text()) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)  # the stream has alerted on the block (closed by the quiet)
+        assert alerts_while_running(proc, out)  # the stream has alerted on the block (closed by the quiet)
         written = out.read_text()
-        assert written and proc.poll() is None
         for extra in (["follow=true"], []):  # a second stream, then a batch run
             with pytest.raises(ValueError, match=f"another detection is writing these alerts \\(pid {proc.pid}"):
                 detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['model_dir']}",
                                           f"inputs=[{log}]", f"out={out}", "follow_exit_s=1", *extra]))
         assert out.read_text() == written
     finally:
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert json.loads(stdout)["alerts"] == len(written.splitlines()) >= 1
+        code, summary, stderr = stop(proc)
+    assert code == 0, stderr[-2000:]
+    assert summary["alerts"] == len(written.splitlines()) >= 1
     # the lock went with the process: the same out is free again
     again = detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['model_dir']}",
                                       f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=1"]))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from loglm.config import DetectConfig
+from loglm.detect.listen import is_listener
 from loglm.detect.out_lock import writing
 from loglm.detect.score_core import calibrated_config
 
@@ -216,9 +217,11 @@ def follow(cfg, model, scorer) -> dict:
     if cfg.follow_from not in FOLLOW_FROM:
         raise ValueError(f"follow_from must be one of {FOLLOW_FROM}, got {cfg.follow_from!r}")
     sources = list(cfg.inputs)
+    if len(sources) > 1 and any(map(is_listener, sources)):
+        raise ValueError(f"follow=true: a network input is listened to alone, not beside others: {sources}")
     out = Path(cfg.out) if cfg.out else Path(model.folder) / "alerts" / "stream.jsonl"
     # regular files' positions are saved beside the alerts, so a restart goes on where this run stopped
-    growing = not any(s == "-" or s.endswith(".gz") for s in sources)
+    growing = not any(s == "-" or s.endswith(".gz") or is_listener(s) for s in sources)
     state = out.with_suffix(".follow.json") if growing else None
     with writing(out):  # before the positions are read: another stream on this out would save its own
         return _follow(cfg, model, scorer, sources, out, state)
@@ -229,7 +232,12 @@ def _follow(cfg, model, scorer, sources: list[str], out: Path, state: Path | Non
 
     saved = load_state(state, sources) if state is not None and cfg.follow_from == "resume" else {}
     start = cfg.follow_from if cfg.follow_from != "resume" else "start"
-    if len(sources) == 1:
+    if is_listener(sources[0]):
+        from loglm.detect.listen import SyslogListener, keeps_pri
+
+        lines = SyslogListener(sources[0], idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
+                               keep_pri=keeps_pri(cfg.data), ticks=True)
+    elif len(sources) == 1:
         lines = FollowLines(sources[0], idle_exit_s=cfg.follow_exit_s, max_line_bytes=cfg.data.max_line_bytes,
                             start=start, resume=saved.get(os.path.abspath(sources[0])), ticks=True)
     else:
@@ -242,6 +250,8 @@ def _follow(cfg, model, scorer, sources: list[str], out: Path, state: Path | Non
         lines.close()
     summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in its lines
     summary["resumed"] = lines.resumed
+    if isinstance(getattr(lines, "stats", None), dict):  # a network input: connections taken and refused
+        summary["listener"] = lines.stats
     return summary
 
 
@@ -450,6 +460,9 @@ def detect_with(cfg, model, scorer) -> dict:
 
 
 def _detect_with(cfg, model, scorer) -> dict:
+    listening = [s for s in cfg.inputs or () if is_listener(s)]
+    if listening:
+        raise ValueError(f"{listening[0]} is a network input: it is read as a stream (follow=true)")
     model_dir = Path(model.folder)
     out = Path(cfg.out) if cfg.out else model_dir / "alerts" / f"{cfg.data.name}-{'input' if cfg.inputs else cfg.split}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,84 @@
+"""Syslog over the network as a stream's input (loglm/detect/listen.py): framing, PRI, long messages,
+several connections, UDP, loopback only. The listener is driven directly; tests/test_streaming.py runs a
+whole stream on it."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from loglm.detect.listen import SyslogListener, address_of, is_listener
+from loglm.ingest.readers import LongLine
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def received(listener: SyslogListener) -> list:
+    return [item for item in listener]  # until idle_exit_s without a message
+
+
+def test_tcp_frames_of_both_kinds_from_several_connections_become_lines():
+    port = free_port()
+    listener = SyslogListener(f"tcp://127.0.0.1:{port}", poll_s=0.05, idle_exit_s=0.5, max_line_bytes=100)
+    a = socket.create_connection(("127.0.0.1", port))
+    b = socket.create_connection(("127.0.0.1", port))
+    # newline framing, PRI removed, CRLF accepted; a message cut across two sends is put together
+    a.sendall(b"<13>Dec  4 22:40:01 web sshd[1]: one\n<86>Dec  4 22:40:02 web sshd[1]: tw")
+    a.sendall(b"o\r\n")
+    # octet counting (rsyslog's TCP_Framing="octet-counted"): a newline inside a message is kept as #012
+    msg = b"<38>Dec  4 22:40:03 db su: three\nand a second line"
+    b.sendall(str(len(msg)).encode() + b" " + msg + b"4 four")
+    # too long in either framing: rejected with its start and length, the next message read as usual
+    b.sendall(b"150 " + b"x" * 150 + b"5 after")
+    a.sendall(b"y" * 130 + b"z" * 40 + b"\nlast without a newline")
+    # longer than one read (64 KiB) before its newline: rejected from the first read, the rest dropped
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"w" * 70_000 + b"\nafter the long one\n")
+    for conn in (a, b, c):
+        conn.close()
+    got = received(listener)
+    listener.close()
+    lines = [raw for raw, _ in got]
+    assert [n for _, n in got] == list(range(1, len(got) + 1))
+    assert b"Dec  4 22:40:01 web sshd[1]: one\n" in lines and b"Dec  4 22:40:02 web sshd[1]: two\n" in lines
+    assert b"Dec  4 22:40:03 db su: three#012and a second line\n" in lines
+    assert b"four\n" in lines and b"after\n" in lines and b"last without a newline\n" in lines
+    assert b"after the long one\n" in lines
+    long = [x for x in lines if isinstance(x, LongLine)]
+    assert sorted(x.total for x in long)[:2] == [150, 170] and all(len(x) == 101 for x in long)
+    assert len(long) == 3 and max(x.total for x in long) > 170  # counted up to the read it was cut in
+    assert len(lines) == 10 and listener.stats["connections"] == 3
+
+
+def test_udp_datagrams_are_messages_and_a_rfc5424_model_keeps_the_pri():
+    port = free_port(socket.SOCK_DGRAM)
+    listener = SyslogListener(f"udp://127.0.0.1:{port}", poll_s=0.05, idle_exit_s=0.5, keep_pri=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(3):
+            s.sendto(b"<165>1 2026-12-04T22:40:0%dZ host app - - - message %d\n" % (i, i), ("127.0.0.1", port))
+    got = received(listener)
+    listener.close()
+    assert got == [(b"<165>1 2026-12-04T22:40:0%dZ host app - - - message %d\n" % (i, i), i + 1) for i in range(3)]
+
+
+def test_a_listener_serves_loopback_only_and_says_how_to_take_other_hosts_logs():
+    assert is_listener("tcp://127.0.0.1:5514") and is_listener("udp://[::1]:514")
+    assert not is_listener("/var/log/tcp.log") and not is_listener("-")
+    assert address_of("tcp://localhost:5514") == ("tcp", "127.0.0.1", 5514)
+    for bad in ("tcp://0.0.0.0:5514", "udp://10.1.2.3:514", "tcp://siem.example.com:514"):
+        with pytest.raises(ValueError, match="loopback only.*forward a copy"):
+            address_of(bad)
+    for bad in ("tcp://127.0.0.1", "http://127.0.0.1:80", "tcp://127.0.0.1:5514/path"):
+        with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+            address_of(bad)
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(ValueError, match="cannot listen there"):
+            SyslogListener(f"tcp://127.0.0.1:{port}")
