@@ -1,5 +1,5 @@
-"""Bench section ``stream``: streaming detection (``follow=true``) against batch detection on the same raw
-lines, lines/s and peak RSS, on the shipped HDFS lines (``data/hdfs_loglead``) and on the same lines four
+"""Bench section ``stream``: streaming detection (``follow=true``, from the file and from a relay over TCP,
+``inputs=[tcp://127.0.0.1:PORT]``) against batch detection on the same raw lines, lines/s and peak RSS, on the shipped HDFS lines (``data/hdfs_loglead``) and on the same lines four
 times over (each copy with its own block ids, a week later than the one before): memory that does not
 follow the input is the claim measured."""
 
@@ -57,15 +57,19 @@ def _detect(tmp: Path, model: Path, log: Path, follow: bool) -> dict:
     process it starts, summed, sampled every 50 ms)."""
     import psutil
 
-    out = tmp / f"{log.stem}-{'stream' if follow else 'batch'}.jsonl"
-    cmd = [sys.executable, "-m", "pipelines.detect", f"paths.root={tmp / 'runs'}", f"ckpt={model}", f"inputs=[{log}]",
-           f"out={out}", "detect.report=false"]
+    mode = {False: "batch", True: "stream"}.get(follow, follow)
+    out = tmp / f"{log.stem}-{mode}.jsonl"
+    port = _free_port() if mode == "tcp" else None
+    source = f"tcp://127.0.0.1:{port}" if port else str(log)
+    cmd = [sys.executable, "-m", "pipelines.detect", f"paths.root={tmp / 'runs'}", f"ckpt={model}",
+           f"inputs=[{source}]", f"out={out}", "detect.report=false"]
     if follow:
         cmd += ["follow=true", "follow_exit_s=1", "follow_from=start", "detect.stream_status_s=0"]
     t0 = time.perf_counter()
     with open(tmp / "stdout.txt", "w") as so, open(tmp / "stderr.txt", "w") as se:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=so, stderr=se)
         top, peak = psutil.Process(proc.pid), 0
+        sender = _send_when_listening(tmp / "stderr.txt", port, log, proc) if port else None
         while proc.poll() is None:
             try:
                 rss = sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
@@ -74,9 +78,37 @@ def _detect(tmp: Path, model: Path, log: Path, follow: bool) -> dict:
             peak = max(peak, rss)
             time.sleep(0.05)
     wall = time.perf_counter() - t0
+    if sender is not None:
+        sender.join()
     if proc.returncode != 0:
         raise RuntimeError(f"detect failed ({proc.returncode}): {(tmp / 'stderr.txt').read_text()[-2000:]}")
     return {"summary": json.loads((tmp / "stdout.txt").read_text()), "wall_s": wall, "peak_rss_mb": peak / 2**20}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _send_when_listening(stderr: Path, port: int, log: Path, proc):
+    """A thread that waits for the stream to say it follows, then sends ``log`` to it over one TCP
+    connection, a relay's newline framing, as fast as the stream takes it."""
+    import socket
+    import threading
+
+    def send():
+        while proc.poll() is None and b"loglm: following" not in stderr.read_bytes():
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port)) as conn, open(log, "rb") as fh:
+            while block := fh.read(1 << 16):
+                conn.sendall(block)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
 
 
 def bench_stream(tmp: Path, model_dir: str | None = None, times: tuple[int, ...] = (1, 4), repeats: int = 3) -> dict:
@@ -86,7 +118,7 @@ def bench_stream(tmp: Path, model_dir: str | None = None, times: tuple[int, ...]
         log = tmp / f"hdfs_x{k}.log"
         lines = copies(log, k)
         row: dict = {"lines": lines}
-        for mode, follow in (("batch", False), ("stream", True)):
+        for mode, follow in (("batch", False), ("stream", True), ("tcp", "tcp")):
             runs = [_detect(tmp, model, log, follow) for _ in range(repeats)]
             secs = [r["summary"]["seconds"] - (1.0 if follow else 0.0) for r in runs]  # less the idle exit
             s = runs[0]["summary"]

@@ -39,7 +39,10 @@ def test_tcp_frames_of_both_kinds_from_several_connections_become_lines():
     # longer than one read (64 KiB) before its newline: rejected from the first read, the rest dropped
     c = socket.create_connection(("127.0.0.1", port))
     c.sendall(b"w" * 70_000 + b"\nafter the long one\n")
-    for conn in (a, b, c):
+    # lines without a PRI that start with digits (HDFS's "081109 203615 ..."): newline framing, not counts
+    d = socket.create_connection(("127.0.0.1", port))
+    d.sendall(b"081109 203615 148 INFO dfs.DataNode: one\n081109 203616 149 INFO dfs.DataNode: two\n")
+    for conn in (a, b, c, d):
         conn.close()
     got = received(listener)
     listener.close()
@@ -48,11 +51,12 @@ def test_tcp_frames_of_both_kinds_from_several_connections_become_lines():
     assert b"Dec  4 22:40:01 web sshd[1]: one\n" in lines and b"Dec  4 22:40:02 web sshd[1]: two\n" in lines
     assert b"Dec  4 22:40:03 db su: three#012and a second line\n" in lines
     assert b"four\n" in lines and b"after\n" in lines and b"last without a newline\n" in lines
-    assert b"after the long one\n" in lines
+    assert b"after the long one\n" in lines and b"081109 203616 149 INFO dfs.DataNode: two\n" in lines
+    assert b"081109 203615 148 INFO dfs.DataNode: one\n" in lines
     long = [x for x in lines if isinstance(x, LongLine)]
     assert sorted(x.total for x in long)[:2] == [150, 170] and all(len(x) == 101 for x in long)
     assert len(long) == 3 and max(x.total for x in long) > 170  # counted up to the read it was cut in
-    assert len(lines) == 10 and listener.stats["connections"] == 3
+    assert len(lines) == 12 and listener.stats["connections"] == 4
 
 
 def test_udp_datagrams_are_messages_and_a_rfc5424_model_keeps_the_pri():

@@ -3,9 +3,10 @@
 A local syslog relay (rsyslog, syslog-ng, a SIEM's forwarder) sends LogLM a copy of what it receives, and
 the stream scores it as it scores a followed file.  One message is one line:
 
-- **TCP** (RFC 6587): each frame either octet-counted (``LEN SP MSG``, what rsyslog sends with
-  ``TCP_Framing="octet-counted"``) or ended by a newline (the traditional framing); several connections
-  at once, each with its own framing, read in turn;
+- **TCP** (RFC 6587): octet-counted frames (``LEN SP MSG``, what rsyslog sends with
+  ``TCP_Framing="octet-counted"``; a connection whose first bytes read ``LEN SP <``) or lines ended by a
+  newline (the traditional framing; any other connection); several connections at once, each with its own
+  framing, read in turn;
 - **UDP** (RFC 5426): one message per datagram.
 
 A message's ``<PRI>`` is removed unless the data format begins with it (``rfc5424``, or a ``data.header``
@@ -88,6 +89,7 @@ class SyslogListener:
         self.selector.register(self.sock, selectors.EVENT_READ, None)
         self.buffers: dict[socket.socket, bytearray] = {}  # an open connection -> what it sent, not yet framed
         self.skipping: dict[socket.socket, int] = {}  # a connection -> bytes of a long frame still to drop
+        self.framing: dict[socket.socket, str] = {}  # a connection -> "octet" or "newline", from its first frame
         self.n = 0
         self.stats = {"connections": 0, "refused_connections": 0}
         self.rotations: list = []
@@ -152,6 +154,7 @@ class SyslogListener:
             sock.close()
             del self.buffers[sock]
             self.skipping.pop(sock, None)
+            self.framing.pop(sock, None)
             return out
         buf += data
         return self._frames(sock, buf, final=False)
@@ -172,7 +175,11 @@ class SyslogListener:
                 del buf[:drop]
                 self.skipping[sock] = skip - drop
                 continue
-            m = re.match(rb"(\d{1,10}) ", buf[:12]) if buf[:1].isdigit() else None
+            framing = self.framing.get(sock) or self._framing(buf, final)
+            if framing is None:
+                break  # too little yet to tell
+            self.framing[sock] = framing
+            m = re.match(rb"(\d{1,10}) ", buf[:12]) if framing == "octet" else None
             if m:  # octet-counted: LEN SP MSG
                 size, start = int(m.group(1)), m.end()
                 if size > self.max_line_bytes:
@@ -208,6 +215,20 @@ class SyslogListener:
             out.append(self._message(bytes(buf[:end]).rstrip(b"\r")))
             del buf[:end + 1]
         return out
+
+    @staticmethod
+    def _framing(buf: bytearray, final: bool) -> str | None:
+        """A connection's framing, from its first bytes (a sender keeps one framing for its connection, RFC
+        6587): octet counting when they read ``LEN SP <`` (a count, then a message's PRI), else newlines,
+        so a line that starts with digits (``081109 203615 ...``) is not taken for a count; None until
+        enough has arrived to tell."""
+        m = re.match(rb"\d{1,10}", buf)
+        if m is None:
+            return "newline"
+        rest = buf[m.end():m.end() + 2]
+        if len(rest) < 2 and not final and m.end() < 10:
+            return None
+        return "octet" if rest == b" <" else "newline"
 
     def _message(self, msg: bytes) -> bytes:
         if not self.keep_pri:
