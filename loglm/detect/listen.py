@@ -64,8 +64,8 @@ def address_of(source: str) -> tuple[str, str, int]:
 
 class SyslogListener:
     """Messages received on a loopback socket, as a :class:`~loglm.detect.streaming.FollowLines` gives lines:
-    ``(message, its number)``, and with ``ticks`` None whenever nothing is waiting (every ``poll_s`` while
-    none comes).  The socket is bound when the listener is made (a port in use fails before any work);
+    ``(message, its number)``, and with ``ticks`` None whenever nothing is waiting (caught up; then every
+    ``poll_s`` while none comes).  The socket is bound when the listener is made (a port in use fails before any work);
     ``idle_exit_s`` ends it after that long without a message."""
 
     def __init__(self, source: str, poll_s: float = 0.2, idle_exit_s: float | None = None,
@@ -105,20 +105,18 @@ class SyslogListener:
     def __iter__(self) -> Iterator[tuple[bytes, int] | None]:
         last = time.monotonic()
         while True:
-            got = 0
-            for key, _ in self.selector.select(self.poll_s):
+            ready = self.selector.select(0)
+            if not ready:  # caught up: a tick, then wait for more
+                if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
+                    return
+                if self.ticks:
+                    yield None
+                ready = self.selector.select(self.poll_s)
+            for key, _ in ready:
                 for message in self._read(key.fileobj):
-                    got += 1
+                    last = time.monotonic()
                     self.n += 1
                     yield message, self.n
-            now = time.monotonic()
-            if got:
-                last = now
-                continue
-            if self.idle_exit_s is not None and now - last >= self.idle_exit_s:
-                return
-            if self.ticks:
-                yield None
 
     def _read(self, sock) -> list[bytes]:
         if sock is self.sock and self.scheme == "udp":
