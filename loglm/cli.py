@@ -29,6 +29,9 @@ def detect_main(argv: list[str]) -> int:
     p.add_argument("--kinds", help="few-shot kinds file (`loglm kinds fit`): alerts get a kind and ATT&CK from it")
     p.add_argument("--cef", action="store_true",
                    help="also write each alert as an ArcSight CEF line to <out>.cef (for a SIEM's CEF/syslog intake)")
+    p.add_argument("--metrics-port", type=int,
+                   help="with --follow: Prometheus metrics at http://127.0.0.1:PORT/metrics while the stream runs "
+                        "(0: a free port, printed)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the HTML report (<out>.html); the engine then imports no plotting library")
     p.add_argument("inputs", nargs="+", help="raw log files or directories (with --follow also -, tcp://, udp://)")
@@ -39,7 +42,8 @@ def detect_main(argv: list[str]) -> int:
     with until_exit():  # a stream that ended as a stop signal arrived still prints its summary
         try:
             summary = run(a.bundle, a.inputs, a.out, a.threads, a.variant, a.batch_size, a.follow, a.follow_exit_s,
-                          a.verify_key, report=not a.no_report, kinds=a.kinds, follow_from=a.follow_from, cef=a.cef)
+                          a.verify_key, report=not a.no_report, kinds=a.kinds, follow_from=a.follow_from, cef=a.cef,
+                          metrics_port=a.metrics_port)
         except (FileNotFoundError, ValueError) as e:
             print(f"loglm detect: error: {e}", file=sys.stderr)
             return 2

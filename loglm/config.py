@@ -439,6 +439,10 @@ class DetectConfig:
     # streaming: a status line on stderr (lines read and rejected, sessions scored, alerts, sessions open,
     # lines/s) at most this often while lines arrive, for an operator's journal; 0 = none
     stream_status_s: float = 60.0
+    # streaming: serve Prometheus metrics (lines, rejections, sessions, alerts, sessions open, the input's
+    # age, event-time lag) at http://127.0.0.1:PORT/metrics while the stream runs (0: a free port, printed);
+    # null: none
+    metrics_port: int | None = None
     # also write each alert as an ArcSight CEF line to <alerts>.cef (batch and stream), for SIEMs and
     # forwarders that take CEF over syslog (loglm.detect.cef_alerts)
     cef: bool = False
@@ -462,6 +466,8 @@ class DetectConfig:
                f"detect.event_score must be 'own' or 'window', got {self.event_score!r}")
         if self.recalibration_unseen not in ("alert", "rank"):
             raise ValueError(f"detect.recalibration_unseen must be 'alert' or 'rank', got {self.recalibration_unseen!r}")
+        _check(self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+               f"detect.metrics_port must be a port (0-65535, 0: a free one) or null, got {self.metrics_port}")
         if self.stream_idle_close_s is not None and not self.stream_idle_close_s > 0:
             raise ValueError(f"detect.stream_idle_close_s must be > 0 (or null: from the training data), "
                              f"got {self.stream_idle_close_s}")

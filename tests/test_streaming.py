@@ -131,7 +131,9 @@ def start_stream(model, inputs: str, out: Path, *extra: str) -> subprocess.Popen
         [sys.executable, "-m", "pipelines.detect", f"paths.root={cfg.paths.root}", f"ckpt={result['run_id']}",
          f"inputs=[{inputs}]", f"out={out}", "follow=true", "follow_exit_s=300", *extra],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.said = []  # what it printed up to that line
     for line in proc.stderr:
+        proc.said.append(line.decode())
         if b"loglm: following" in line:
             break
     return proc
@@ -190,6 +192,35 @@ def test_a_log_gone_quiet_alerts_without_waiting_for_more_lines(model, tmp_path,
     assert summary["closed_quiet"] >= 1  # closed by the quiet, not by later events
 
 
+def test_a_running_stream_serves_prometheus_metrics_on_loopback(model, tmp_path):
+    """detect.metrics_port=0: the stream says where its metrics are; a scrape while it runs gives the lines
+    read, the alerts written, the sessions open, the input's age and the event-time lag; the server stops
+    with the stream."""
+    import re
+    import urllib.request
+
+    log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
+    lines = [line + b"\n" for block in blocks_with_one_anomaly(6, 6, 5) for line in block]
+    log.write_bytes(b"".join(lines) + b"\xff not a log line\n")
+    proc = start_stream(model, str(log), out, "detect.stream_idle_close_s=2", "detect.metrics_port=0")
+    (url,) = [m.group(1) for line in proc.said if (m := re.search(r"metrics at (http://127\.0\.0\.1:\d+/metrics)", line))]
+    try:
+        alerts = alerts_while_running(proc, out)
+        assert alerts
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        code, summary, stderr = stop(proc)
+    assert code == 0, stderr[-2000:]
+    got = {m.group(1): float(m.group(2)) for m in re.finditer(r"^loglm_stream_(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+    assert got["lines_read_total"] == len(lines) + 1 and got["lines_rejected_total"] == 1
+    assert got["alerts_total"] == len(alerts) and got["sessions_scored_total"] >= 6
+    assert got["sessions_scored_total"] + got["sessions_open"] <= summary["sessions_scored"]  # 7: blk_95's too
+    assert got["last_line_age_seconds"] > 0 and got["event_time_lag_seconds"] > 86400  # T0 is years ago
+    assert f'model_run="{model[1]["run_id"]}"' in text
+    with pytest.raises(OSError):  # gone with the stream
+        urllib.request.urlopen(url, timeout=5)
+
+
 def test_syslog_over_tcp_from_a_relay_is_scored_as_a_stream(model, tmp_path):
     """follow=true inputs=[tcp://127.0.0.1:PORT]: a relay's two connections (newline and octet-counted
     framing, <PRI> on every message) carry the blocks; the anomalous one alerts while the stream still
@@ -246,6 +277,7 @@ def test_a_second_detection_with_the_same_out_is_refused_while_a_stream_writes_i
         code, summary, stderr = stop(proc)
     assert code == 0, stderr[-2000:]
     assert summary["alerts"] == len(written.splitlines()) >= 1
+    assert not out.with_name(out.name + ".lock").exists()  # removed as the stream ended
     # the lock went with the process: the same out is free again
     again = detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={result['model_dir']}",
                                       f"inputs=[{log}]", f"out={out}", "follow=true", "follow_exit_s=1"]))
@@ -417,7 +449,8 @@ def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tm
             calls[0] += 1
             if calls[0] == 4:
                 raise RuntimeError("scoring failed")
-            scored.update(e["line_no"] for _, events, _ in self.pending for e in events)
+            batch = self.pending[:self.dcfg.batch_size]  # what one call scores
+            scored.update(e["line_no"] for _, events, _ in batch for e in events)
         score(self)
 
     monkeypatch.setattr(streaming.StreamingDetector, "_score_pending", crashing)

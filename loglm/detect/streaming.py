@@ -80,6 +80,7 @@ class StreamingDetector:
         self.open: OrderedDict[str, list[dict]] = OrderedDict()  # key -> events, least recently active first
         self.pending: list[tuple[str, list[dict], bool]] = []  # (key, events, closed) waiting to be scored
         self.watermark = float("-inf")
+        self.started_at, self.last_line_at = time.monotonic(), None  # for the metrics' input age
         self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0,
                       "events_counted": 0, "closed_quiet": 0,
                       "records_closed_quiet": 0}
@@ -153,7 +154,7 @@ class StreamingDetector:
         self._since_sweep += 1
         if self._since_sweep >= 1000:
             self._sweep_idle()
-        if len(self.pending) >= self.dcfg.batch_size:
+        while len(self.pending) >= self.dcfg.batch_size:
             self._score_pending()
 
     def _reject(self, source: str, line_no: int, reason: str) -> None:
@@ -184,15 +185,22 @@ class StreamingDetector:
                 events = self.open.pop(key)
                 self.stats["closed_quiet"] += events[-1]["ts"] > by_events
                 self.pending.append((key, events, True))
-        self._score_pending()
+        self._score_all_pending()
 
     # -- scoring -------------------------------------------------------------------------------
+    def _score_all_pending(self) -> None:
+        while self.pending:
+            self._score_pending()
+
     def _score_pending(self) -> None:
+        """Score the first ``detect.batch_size`` sessions waiting (a sweep can close thousands at once: they
+        are scored a batch at a time, not held in one table)."""
         if not self.pending:
             return
         ev = Events()
         sessions = []
-        for key, events, closed in self.pending:
+        batch, self.pending = self.pending[:self.dcfg.batch_size], self.pending[self.dcfg.batch_size:]
+        for key, events, closed in batch:
             start = len(ev.ts)
             for e in events:
                 ev.source.append(e["source"])
@@ -207,7 +215,6 @@ class StreamingDetector:
             etype = self.session_cfg.entity_type if by in ("entity", "entity_window") else {"count": "window"}.get(by, by)
             entity = key.split("@", 1)[0] if by == "entity_window" else key
             sessions.append(Session(key, etype, entity, list(range(start, len(ev.ts))), closed=closed, split="stream"))
-        self.pending = []
         table = session_table(sessions, ev, self.model.vocab)
         ws = self.scorer(*windows_of(table), self.dcfg)
         info = {"run_id": self.model.meta.get("run_id"), "model_dir": str(self.model.folder)}
@@ -256,7 +263,7 @@ class StreamingDetector:
                                                         self.watermark)))
             if len(self.pending) >= self.dcfg.batch_size:
                 self._score_pending()
-        self._score_pending()
+        self._score_all_pending()
         acct = self.account.as_dict()
         return {"lines": acct, **self.stats, "threshold": self.threshold, "idle_close_s": self.idle_s}
 
@@ -745,6 +752,12 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
 
         for src in getattr(lines, "paths", [source]):  # set up before the announcement, not inside the guarded read
             joiner_of(src)
+        metrics = None
+        if cfg.detect.metrics_port is not None:  # Prometheus metrics on 127.0.0.1 while the stream runs
+            from loglm.detect.stream_metrics import serve
+
+            metrics, port = serve(cfg.detect.metrics_port, det, source, model.meta.get("run_id"))
+            print(f"loglm: metrics at http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
@@ -774,7 +787,7 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
                         joiner = joiner_of(src)
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
                             det.feed(record, src, first, extra)
-                        now = fed_at = time.monotonic()
+                        now = fed_at = det.last_line_at = time.monotonic()
                         if state is not None and now - saved >= STATE_EVERY_S:
                             save_state(state, lines.positions(oldest_held()))
                             saved = now
@@ -797,6 +810,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
             summary["stopped_by"] = stop.name
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
     summary["scores_path"] = str(scores.close())
     check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
     if cfg.detect.report:  # the same files as batch detection: alerts, findings, scores, rejections, report

@@ -24,7 +24,7 @@ def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | 
 def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int = 0, variant: str | None = None,
         batch_size: int | None = None, follow: bool = False, follow_exit_s: float | None = None,
         verify_key: str | None = None, report: bool = True, kinds: str | None = None,
-        follow_from: str = "resume", cef: bool = False) -> dict:
+        follow_from: str = "resume", cef: bool = False, metrics_port: int | None = None) -> dict:
     """``report=False``: no HTML report, and so no matplotlib import (onnxruntime, numpy and pyarrow only)."""
     from loglm.detect.detector import detect_with
     from loglm.detect.detector import follow as follow_stream
@@ -43,6 +43,7 @@ def run(bundle_dir: str, inputs: list[str], out: str | None = None, threads: int
     if kinds:
         cfg.detect.kinds = kinds
     cfg.detect.cef = cef
+    cfg.detect.metrics_port = metrics_port
     if follow:
         cfg.follow_exit_s, cfg.follow_from = follow_exit_s, follow_from
         summary = follow_stream(cfg, bundle, bundle.scorer())
