@@ -442,6 +442,7 @@ def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tm
     log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
     log.write_bytes(b"".join(endless(5, 60)))
     monkeypatch.setattr(streaming, "STATE_EVERY_S", 0.0)  # saved after every line
+    monkeypatch.setattr(streaming, "SCORE_SESSIONS", 8)  # a call scores at most 8 sessions, however many close
     scored, calls, score = set(), [0], streaming.StreamingDetector._score_pending
 
     def crashing(self):
@@ -449,7 +450,7 @@ def test_a_crash_leaves_a_position_before_every_line_it_had_not_scored(model, tm
             calls[0] += 1
             if calls[0] == 4:
                 raise RuntimeError("scoring failed")
-            batch = self.pending[:self.dcfg.batch_size]  # what one call scores
+            batch = self.pending[:max(self.dcfg.batch_size, streaming.SCORE_SESSIONS)]  # what one call scores
             scored.update(e["line_no"] for _, events, _ in batch for e in events)
         score(self)
 
