@@ -250,8 +250,8 @@ def _follow(cfg, model, scorer, sources: list[str], out: Path, state: Path | Non
         lines.close()
     summary["rotations"] = lines.rotations  # where each new file (log rotation) starts in its lines
     summary["resumed"] = lines.resumed
-    if isinstance(getattr(lines, "stats", None), dict):  # a network input: connections taken and refused
-        summary["listener"] = lines.stats
+    if (stats := getattr(lines, "stats", None)) is not None:  # a network input: connections taken and refused
+        summary["listener"] = stats
     return summary
 
 

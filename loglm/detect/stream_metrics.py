@@ -9,6 +9,7 @@ exporter's textfile relay scrapes it) and stops with the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 PREFIX = "loglm_stream_"
@@ -45,16 +46,17 @@ class StreamCollector:
         yield counter("sessions_closed_quiet", "sessions closed because the input was quiet", st["closed_quiet"])
         yield gauge("sessions_open", "sessions open (waiting for more events)", len(det.open))
         yield gauge("threshold", "the alert threshold on a session's score", det.threshold)
-        last = det.last_line_at
         yield gauge("last_line_age_seconds", "seconds since the last line came (since the start before any)",
-                    time.monotonic() - (last if last is not None else det.started_at))
+                    time.monotonic() - det.last_line_at)
         if det.watermark != float("-inf"):
             yield gauge("event_time_lag_seconds", "the clock less the newest event's time: how late the log is read",
                         time.time() - det.watermark)
 
 
-def serve(port: int, det, source: str, model_run: str | None):
-    """Start the metrics server on 127.0.0.1:``port`` (0: a free port); (server, its port)."""
+@contextlib.contextmanager
+def serving(port: int, det, source: str, model_run: str | None):
+    """The metrics server on 127.0.0.1:``port`` (0: a free port) for the block, however it ends; yields the
+    port it serves on."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
@@ -63,4 +65,8 @@ def serve(port: int, det, source: str, model_run: str | None):
         server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
     except OSError as e:
         raise ValueError(f"detect.metrics_port={port}: cannot serve metrics there: {e.strerror}") from None
-    return server, server.server_address[1]
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

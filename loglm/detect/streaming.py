@@ -85,7 +85,7 @@ class StreamingDetector:
         self.open: OrderedDict[str, list[dict]] = OrderedDict()  # key -> events, least recently active first
         self.pending: list[tuple[str, list[dict], bool]] = []  # (key, events, closed) waiting to be scored
         self.watermark = float("-inf")
-        self.started_at, self.last_line_at = time.monotonic(), None  # for the metrics' input age
+        self.last_line_at = time.monotonic()  # when the last line came (the start, before any)
         self.stats = {"sessions_scored": 0, "events_scored": 0, "alerts": 0, "evicted": 0, "max_open_seen": 0,
                       "events_counted": 0, "closed_quiet": 0,
                       "records_closed_quiet": 0}
@@ -738,7 +738,8 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
         write_cef(out, [], False)  # no stale CEF file beside this run's alerts
     with open(out, mode) as alerts_fh, open(out.with_suffix(".rejected.jsonl"), mode) as rej_fh, \
             open(out.with_suffix(".ocsf.jsonl"), mode) as findings_fh, \
-            (open(out.with_suffix(".cef"), mode) if cfg.detect.cef else contextlib.nullcontext()) as cef_fh:
+            (open(out.with_suffix(".cef"), mode) if cfg.detect.cef else contextlib.nullcontext()) as cef_fh, \
+            contextlib.ExitStack() as served:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
         det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores, cef_fh)
         joiners: dict[str, Continuations | None] = {}  # data.multiline: records of several lines, per file
@@ -758,29 +759,28 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
 
         for src in getattr(lines, "paths", [source]):  # set up before the announcement, not inside the guarded read
             joiner_of(src)
-        metrics = None
         if cfg.detect.metrics_port is not None:  # Prometheus metrics on 127.0.0.1 while the stream runs
-            from loglm.detect.stream_metrics import serve
+            from loglm.detect.stream_metrics import serving
 
-            metrics, port = serve(cfg.detect.metrics_port, det, source, model.meta.get("run_id"))
+            port = served.enter_context(serving(cfg.detect.metrics_port, det, source, model.meta.get("run_id")))
             print(f"loglm: metrics at http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
                   f"a session closes after {det.idle_s:g} s without events ({det.idle_from})", file=sys.stderr, flush=True)
-            saved = said = fed_at = swept = time.monotonic()
+            saved = said = swept = time.monotonic()
             status_s, read_then = cfg.detect.stream_status_s, 0
             try:  # a signal interrupts a blocking read at once; one during feed() ends the stream after it
                 for item in lines:
                     if item is None:  # the input is caught up (a tick of lines with ticks=True): act on the quiet
                         now = time.monotonic()
                         with stop.deferred():
-                            if now - fed_at >= JOIN_QUIET_S:  # a held record's last line came long ago
+                            if now - det.last_line_at >= JOIN_QUIET_S:  # a held record's last line came long ago
                                 for src, joiner in joiners.items():
                                     for first, record, extra in joiner.flush() if joiner else ():
                                         det.feed(record, src, first, extra)
                                         det.stats["records_closed_quiet"] += 1
                             sweep = now - swept >= QUIET_SWEEP_S  # each sweep looks at every open session
-                            det.quiet(now - fed_at, sweep)
+                            det.quiet(now - det.last_line_at, sweep)
                             swept = now if sweep else swept
                             if state is not None and now - saved >= STATE_EVERY_S:
                                 save_state(state, lines.positions(oldest_held()))
@@ -793,7 +793,7 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
                         joiner = joiner_of(src)
                         for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
                             det.feed(record, src, first, extra)
-                        now = fed_at = det.last_line_at = time.monotonic()
+                        now = det.last_line_at = time.monotonic()
                         if state is not None and now - saved >= STATE_EVERY_S:
                             save_state(state, lines.positions(oldest_held()))
                             saved = now
@@ -816,9 +816,6 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
             result_ready()  # a stop from here to the exit no longer cuts the summary (signals.until_exit)
         if stop.received:
             summary["stopped_by"] = stop.name
-        if metrics is not None:
-            metrics.shutdown()
-            metrics.server_close()
     summary["scores_path"] = str(scores.close())
     check_not_all_rejected(summary["lines"], [], cfg.data)  # after the accounting is written and flushed
     if cfg.detect.report:  # the same files as batch detection: alerts, findings, scores, rejections, report
