@@ -168,12 +168,17 @@ class StreamingDetector:
             quoted = self.pseudo.scrub(reason) if self.pseudo else reason  # reasons may quote raw values
             self.rejections_out.write(json.dumps({"file": source, "line": line_no, "reason": quoted}) + "\n")
 
-    def _sweep_idle(self) -> None:
-        """Close sessions idle for stream_idle_close_s of event time (the newest timestamp seen)."""
+    def _sweep_idle(self, ahead_s: float = 0.0) -> None:
+        """Close sessions idle for stream_idle_close_s of event time (the newest timestamp seen), or, with
+        ``ahead_s``, of event time gone on that much further (:meth:`quiet`; those only it closes are counted
+        as ``closed_quiet``)."""
         self._since_sweep = 0
-        horizon = self.watermark - self.idle_s
+        by_events = self.watermark - self.idle_s
+        horizon = by_events + ahead_s
         for key in [k for k, ev in self.open.items() if ev[-1]["ts"] <= horizon]:
-            self.pending.append((key, self.open.pop(key), True))
+            events = self.open.pop(key)
+            self.stats["closed_quiet"] += events[-1]["ts"] > by_events
+            self.pending.append((key, events, True))
 
     def quiet(self, quiet_s: float, sweep: bool = True) -> None:
         """The input is caught up and has given no line for ``quiet_s`` seconds of wall time: score the
@@ -183,13 +188,7 @@ class StreamingDetector:
         on, and on a log gone quiet it waited for the stream's end).  The watermark itself is left where the
         events put it: a line that comes after the quiet with an older time closes nothing early."""
         if sweep and self.open:
-            self._since_sweep = 0
-            horizon = self.watermark + quiet_s - self.idle_s
-            by_events = self.watermark - self.idle_s  # what the event-time sweep would close
-            for key in [k for k, ev in self.open.items() if ev[-1]["ts"] <= horizon]:
-                events = self.open.pop(key)
-                self.stats["closed_quiet"] += events[-1]["ts"] > by_events
-                self.pending.append((key, events, True))
+            self._sweep_idle(quiet_s)
         self._score_all_pending()
 
     # -- scoring -------------------------------------------------------------------------------
