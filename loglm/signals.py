@@ -116,6 +116,15 @@ def stop_on_signals(grace_s: float | None = None):
             signal.signal(s, h)
 
 
+def held():
+    """A step of an input reader that takes something off a pipe or socket and hands it on: a stop signal
+    during it is recorded, not raised (the innermost :func:`stop_on_signals` block, if any), so what was taken
+    is not dropped between the read and the reader's caller; the caller sees ``requested`` and stops after it.
+    Unlike :func:`deferred_signals` it does not raise at its end (it may span a generator's ``yield``)."""
+    stop = active()
+    return stop.deferred() if stop is not None else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Ctrl-C / SIGTERM wait until the block is done (a checkpoint and its digest, an MLflow write: a stop cut

@@ -86,3 +86,46 @@ def test_a_listener_serves_loopback_only_and_says_how_to_take_other_hosts_logs()
         taken.listen()
         with pytest.raises(ValueError, match="cannot listen there"):
             SyslogListener(f"tcp://127.0.0.1:{port}")
+
+
+def test_on_a_stop_the_listener_hands_on_what_it_received_and_what_its_sockets_hold():
+    """A stop (SIGTERM) comes while messages wait: some already framed, more in an open connection's socket,
+    one connection not yet accepted, the last message without its newline. drain() gives every one of them,
+    in order per connection, then closes the connections (the relay sees the stop). Before, all of these
+    were dropped with the listener."""
+    port = free_port()
+    listener = SyslogListener(f"tcp://127.0.0.1:{port}", poll_s=0.05, max_line_bytes=1000)
+    a = socket.create_connection(("127.0.0.1", port))
+    a.sendall(b"".join(b"<13>a %d\n" % i for i in range(300)))
+    got = []
+    for item in listener:  # the stream takes a few, then stops
+        if item is not None:
+            got.append(item)
+        if len(got) == 5:
+            break
+    a.sendall(b"".join(b"<13>a %d\n" % i for i in range(300, 2000)) + b"<13>a cut")
+    b = socket.create_connection(("127.0.0.1", port))  # queued by the kernel, never accepted before the stop
+    b.sendall(b"11 <13>b first" + b"9 <13>b two")
+    drained = list(listener.drain(10))
+    messages = [m for m, _ in got + drained]
+    assert [n for _, n in got + drained] == list(range(1, len(messages) + 1))
+    assert [m for m in messages if m.startswith(b"a")] == [b"a %d\n" % i for i in range(2000)] + [b"a cut\n"]
+    assert [m for m in messages if m.startswith(b"b")] == [b"b first\n", b"b two\n"]
+    assert listener.stats["connections"] == 2
+    for s in (a, b):  # closed by the listener
+        s.settimeout(5)
+        assert s.recv(10) == b""
+        s.close()
+    with pytest.raises(OSError):  # no longer listening
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    listener.close()
+
+
+def test_on_a_stop_the_udp_listener_reads_the_datagrams_that_wait():
+    port = free_port(socket.SOCK_DGRAM)
+    listener = SyslogListener(f"udp://127.0.0.1:{port}", poll_s=0.05)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(50):
+            s.sendto(b"<13>d %d" % i, ("127.0.0.1", port))
+    assert [m for m, _ in listener.drain(10)] == [b"d %d\n" % i for i in range(50)]
+    listener.close()

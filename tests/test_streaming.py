@@ -562,3 +562,58 @@ def test_stream_reads_each_source_with_its_own_reader(model):
     assert len(by_block) == 2 and by_block["blk_111"] == by_block["blk_222"], by_block
     assert all(t >= 0 for t in by_block["blk_111"])
     det.finish()
+
+
+def test_on_a_stop_stdin_lines_read_by_the_thread_are_handed_on_and_the_pipe_read_to_its_end():
+    """The thread that reads stdin holds up to 256 lines the stream has not taken; a stop must not drop them,
+    nor what the pipe holds (the writer of `journalctl -f | loglm ...` stopped with it: the pipe ends)."""
+    import os
+    import threading
+
+    from loglm.detect.streaming import Ticked
+
+    r, w = os.pipe()
+    lines = [b"line %d\n" % i for i in range(5000)]
+    writer = threading.Thread(target=lambda: (os.write(w, b"".join(lines)), os.close(w)))
+    with open(r, "rb") as fh:
+        writer.start()  # 5000 lines: more than the thread's queue and the pipe's buffer together
+        ticked = Ticked(enumerate(fh, 1), poll_s=0.05)
+        got = []
+        for n, raw in ticked:
+            if n is not None:
+                got.append((n, raw))
+            if len(got) == 3:
+                break  # the stop
+        got += list(ticked.drain(30))
+        writer.join()
+    assert got == list(enumerate(lines, 1))
+    # an input that stays open: the drain ends once it is caught up
+    r, w = os.pipe()
+    os.write(w, b"a\nb\n")
+    with open(r, "rb") as fh:
+        ticked = Ticked(enumerate(fh, 1), poll_s=0.05)
+        t0 = time.monotonic()
+        assert list(ticked.drain(30)) == [(1, b"a\n"), (2, b"b\n")]
+        assert time.monotonic() - t0 < 10
+        os.close(w)
+
+
+def test_a_stop_while_a_relay_sends_scores_every_message_it_sent(model, tmp_path):
+    """SIGTERM while the stream is behind a relay that sent 20,000 messages at once: what waits in the
+    socket is read and scored before the stream exits (summary `read_at_stop`), every message accounted."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "alerts.jsonl"
+    proc = start_stream(model, f"tcp://127.0.0.1:{port}", out, "detect.stream_idle_close_s=100000")
+    blocks = blocks_with_one_anomaly(11, 2000, 3)
+    lines = [line + b"\n" for block in blocks for line in block]
+    with socket.create_connection(("127.0.0.1", port)) as relay:
+        relay.sendall(b"".join(lines))
+        code, summary, stderr = stop(proc)  # the relay's connection still open
+    assert code == 0, stderr[-2000:]
+    assert summary["stopped_by"] == "SIGTERM"
+    assert summary["lines"]["read"] == len(lines) == summary["events_scored"], stderr[-2000:]
+    assert summary["read_at_stop"] > 0

@@ -16,7 +16,9 @@ network.  Newlines inside a message become ``#012``, as rsyslog writes them to f
 
 Only loopback addresses are served (a server of this project binds 127.0.0.1): to take syslog from other
 hosts, let the host's syslog daemon receive it and forward a copy to LogLM on loopback.  A listener has no
-resume position: what arrives while no stream listens is not LogLM's to read again (the relay's queue is)."""
+resume position: what arrives while no stream listens is not LogLM's to read again (the relay's queue is).
+On a stop (SIGTERM), what the listener received and its sockets hold is read and scored first
+(:meth:`SyslogListener.drain`), then its connections are closed."""
 
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ import selectors
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from loglm.ingest.readers import LongLine
+from loglm.signals import held
 
 SCHEMES = ("tcp", "udp")
 _PRI = re.compile(rb"^<\d{1,3}>")
@@ -91,6 +95,7 @@ class SyslogListener:
         self.skipping: dict[socket.socket, int] = {}  # a connection -> bytes of a long frame still to drop
         self.framing: dict[socket.socket, str] = {}  # a connection -> "octet" or "newline", from its first frame
         self.n = 0
+        self._ready: deque[bytes] = deque()  # framed messages not yet handed on
         self.stats = {"connections": 0, "refused_connections": 0}
         self.rotations: list = []
         self.resumed = None
@@ -105,6 +110,11 @@ class SyslogListener:
     def __iter__(self) -> Iterator[tuple[bytes, int] | None]:
         last = time.monotonic()
         while True:
+            while self._ready:  # taken off the socket, handed on one by one; a stop in between drops none
+                with held():
+                    self.n += 1
+                    yield self._ready.popleft(), self.n
+                last = time.monotonic()
             ready = self.selector.select(0)
             if not ready:  # caught up: a tick, then wait for more
                 if self.idle_exit_s is not None and time.monotonic() - last >= self.idle_exit_s:
@@ -113,10 +123,40 @@ class SyslogListener:
                     yield None
                 ready = self.selector.select(self.poll_s)
             for key, _ in ready:
-                for message in self._read(key.fileobj):
-                    last = time.monotonic()
-                    self.n += 1
-                    yield message, self.n
+                with held():  # a stop between a read and its framing would lose what was read
+                    self._ready.extend(self._read(key.fileobj))
+
+    drains = True  # a stop reads what waits first (drain)
+
+    def drain(self, within_s: float) -> Iterator[tuple[bytes, int]]:
+        """After a stop: the messages received and not yet handed on, the connections waiting to be accepted
+        and what every connection (or the UDP socket) holds, read until nothing more waits or ``within_s``
+        has passed; a message cut short by the stop is its sender's last.  New connections are no longer
+        taken, and the open ones are closed, so the relay sees the stop (and keeps what it sends next)."""
+        deadline = time.monotonic() + within_s
+        if self.scheme == "tcp":
+            while len(self.buffers) < MAX_CONNECTIONS and self._accept():
+                pass  # connections queued by the kernel, not yet accepted: they may have sent already
+            self.selector.unregister(self.sock)
+            self.sock.close()
+        while True:
+            yield from self._pending()
+            ready = self.selector.select(0) if time.monotonic() < deadline else []
+            if not ready:
+                break
+            for key, _ in ready:
+                self._ready.extend(self._read(key.fileobj))
+        for conn, buf in list(self.buffers.items()):  # what a sender left without its end
+            self._ready.extend(self._frames(conn, buf, final=True))
+            self.selector.unregister(conn)
+            conn.close()
+            del self.buffers[conn]
+        yield from self._pending()
+
+    def _pending(self) -> Iterator[tuple[bytes, int]]:
+        while self._ready:
+            self.n += 1
+            yield self._ready.popleft(), self.n
 
     def _read(self, sock) -> list[bytes]:
         if sock is self.sock and self.scheme == "udp":
@@ -126,18 +166,7 @@ class SyslogListener:
                 return []
             return [self._message(data.rstrip(b"\r\n"))]
         if sock is self.sock:  # a new TCP connection
-            try:
-                conn, _ = sock.accept()
-            except BlockingIOError:
-                return []
-            if len(self.buffers) >= MAX_CONNECTIONS:
-                self.stats["refused_connections"] += 1
-                conn.close()
-                return []
-            conn.setblocking(False)
-            self.selector.register(conn, selectors.EVENT_READ, None)
-            self.buffers[conn] = bytearray()
-            self.stats["connections"] += 1
+            self._accept()
             return []
         try:
             data = sock.recv(1 << 16)
@@ -156,6 +185,22 @@ class SyslogListener:
             return out
         buf += data
         return self._frames(sock, buf, final=False)
+
+    def _accept(self) -> bool:
+        """Take a waiting TCP connection (closed at once beyond MAX_CONNECTIONS); False when none waits."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return False
+        if len(self.buffers) >= MAX_CONNECTIONS:
+            self.stats["refused_connections"] += 1
+            conn.close()
+            return True
+        conn.setblocking(False)
+        self.selector.register(conn, selectors.EVENT_READ, None)
+        self.buffers[conn] = bytearray()
+        self.stats["connections"] += 1
+        return True
 
     def _frames(self, sock, buf: bytearray, final: bool) -> list[bytes]:
         """The whole messages at the start of ``buf`` (taken out of it): RFC 6587 octet counting where a frame

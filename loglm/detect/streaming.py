@@ -45,7 +45,7 @@ from loglm.ingest.readers import (
 from loglm.ingest.sessions import Events, Session, session_keys
 from loglm.privacy import from_config
 from loglm.shards import session_table
-from loglm.signals import result_ready, stop_on_signals
+from loglm.signals import held, result_ready, stop_on_signals
 from loglm.windows import windows_of
 
 # sessions scored together at most: the scorer groups them by length (less padding), so scoring a sweep's
@@ -326,6 +326,7 @@ class FollowLines:
         self.rotations: list[dict] = []
         self.resumed: dict | None = None  # the saved position this run went on from, when it did
         self._done = False  # iterated (once only: the file's position is the follower's)
+        self._ticked: Ticked | None = None  # stdin read by a thread (with ticks)
         # opened now: what is followed is the file the name pointed at when the stream was set up (a missing
         # one fails here, before any work), not whatever it points at when the first line is asked for
         self._fh = None if path == "-" or path.endswith(".gz") else open(path, "rb")
@@ -448,7 +449,10 @@ class FollowLines:
             # the interpreter takes sys.stdin's lock, which a thread blocked in a read holds (an abort)
             stdin = open(os.dup(sys.stdin.fileno()), "rb") if self.ticks else sys.stdin.buffer
             lines = enumerate(bounded_lines(stdin, self.max_line_bytes), 1)
-            for n, raw in _with_ticks(lines, self.poll_s) if self.ticks else lines:
+            if self.ticks:
+                self._ticked = Ticked(lines, self.poll_s)
+                lines = self._ticked
+            for n, raw in lines:
                 yield None if n is None else (raw, n)
             return
         if self.path.endswith(".gz"):  # a compressed file is complete (it does not grow line by line)
@@ -458,6 +462,17 @@ class FollowLines:
                 yield from ((raw, n) for n, raw in enumerate(bounded_lines(fh, self.max_line_bytes), 1))
             return
         yield from self._follow()
+
+    @property
+    def drains(self) -> bool:
+        """Whether a stop has lines to read on (:meth:`drain`): stdin read by a thread."""
+        return self._ticked is not None
+
+    def drain(self, within_s: float) -> Iterator[tuple[bytes, int]]:
+        """After a stop, stdin read by a thread: the lines it took off the pipe and not yet handed on, and what
+        the pipe still holds (:meth:`Ticked.drain`).  A file needs none: it keeps its lines for a restart."""
+        if self._ticked is not None:
+            yield from ((raw, n) for n, raw in self._ticked.drain(within_s))
 
     def _follow(self) -> Iterator[tuple[bytes, int]]:
         if self._done:
@@ -639,41 +654,90 @@ class FollowFiles:
             f.close()
 
 
-def _with_ticks(items: Iterator, poll_s: float) -> Iterator:
+class Ticked:
     """``items`` (a blocking iterator, e.g. stdin's lines) read by a thread, with ``(None, None)`` whenever
     none is waiting (caught up) and then every ``poll_s`` until the next comes.  At most 256 items wait (a
-    slow reader holds the thread back, not memory): on a stop, what waits there is unread, as the pipe's
-    own buffer is."""
-    import queue
-    import threading
+    slow reader holds the thread back, not memory).  On a stop, :meth:`drain` gives what the thread has taken
+    off the input and not yet handed on, then reads on until the input is caught up or ends: nothing already
+    written to the pipe is dropped."""
 
-    waiting: queue.Queue = queue.Queue(maxsize=256)
-    end = object()
+    WAITING = 256
+    CAUGHT_UP_S = 0.3  # the thread waiting this long in a read with nothing queued: the input is caught up
 
-    def pump():
-        try:
-            for item in items:
-                waiting.put(item)
-        except BaseException as e:  # handed to the reading side, which raises it
-            waiting.put((end, e))
-            return
-        waiting.put((end, None))
+    def __init__(self, items: Iterator, poll_s: float):
+        import queue
+        import threading
 
-    threading.Thread(target=pump, name="loglm-stdin", daemon=True).start()
-    while True:
-        try:
-            item = waiting.get_nowait()
-        except queue.Empty:
-            yield None, None
+        self.poll_s = poll_s
+        self._waiting: queue.Queue = queue.Queue(maxsize=self.WAITING)
+        self._arrived = threading.Event()
+        self._end = object()
+        self._ended = False
+        self._reading_since: float | None = None  # when the thread began a read that has not returned
+
+        def pump():
             try:
-                item = waiting.get(timeout=poll_s)
-            except queue.Empty:
-                continue
-        if item[0] is end:
+                while True:
+                    self._reading_since = time.monotonic()
+                    item = next(items, self._end)
+                    self._reading_since = None
+                    if item is self._end:
+                        break
+                    self._waiting.put(item)
+                    self._arrived.set()
+            except BaseException as e:  # handed to the reading side, which raises it
+                self._reading_since = None
+                self._waiting.put((self._end, e))
+                self._arrived.set()
+                return
+            self._waiting.put((self._end, None))
+            self._arrived.set()
+
+        threading.Thread(target=pump, name="loglm-stdin", daemon=True).start()
+
+    def _take(self):
+        """The next waiting item, None if none waits, ``_end`` at the input's end (raising its error)."""
+        import queue
+
+        try:
+            item = self._waiting.get_nowait()
+        except queue.Empty:
+            return None
+        if item[0] is self._end:
+            self._ended = True
             if item[1] is not None:
                 raise item[1]
-            return
-        yield item
+            return self._end
+        return item
+
+    def __iter__(self) -> Iterator:
+        return self._given(None)
+
+    def drain(self, within_s: float) -> Iterator:
+        """After a stop: the items taken off the input and not yet handed on, then what the input still holds,
+        until the reading thread has waited ``CAUGHT_UP_S`` for more with nothing queued, the input ends, or
+        ``within_s`` has passed."""
+        return self._given(time.monotonic() + within_s)
+
+    def _given(self, deadline: float | None) -> Iterator:
+        """The items as they come: with ticks while the stream runs (``deadline`` None), else until caught up."""
+        while not self._ended and (deadline is None or time.monotonic() < deadline):
+            self._arrived.clear()
+            with held():  # taken and handed on with a stop recorded, not raised, in between
+                item = self._take()
+                if item is self._end:
+                    return
+                if item is not None:
+                    yield item
+                    continue
+            if deadline is None:
+                yield None, None
+            else:
+                since = self._reading_since
+                if since is not None and time.monotonic() - since >= self.CAUGHT_UP_S and self._waiting.empty():
+                    return
+            if self._waiting.empty():
+                self._arrived.wait(self.poll_s if deadline is None else 0.05)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -684,6 +748,7 @@ COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")  # rotated files not
 STATE_EVERY_S = 5.0  # a followed file's resume position is saved this often (and when the stream ends)
 QUIET_SWEEP_S = 1.0  # while the input is quiet, sessions are checked for closing at most this often
 JOIN_QUIET_S = 2.0  # data.multiline: a record held this long after its last line is taken as complete
+DRAIN_S = 10.0  # on a stop, stdin or a listener is read on for at most this long (until caught up)
 
 
 def save_state(path: Path, positions: list[dict]) -> None:
@@ -756,6 +821,13 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
                     held[src] = min(held.get(src, j.pending[0]), j.pending[0])
             return held
 
+        def take(item) -> None:
+            raw, n, src = item if len(item) == 3 else (*item, source)
+            joiner = joiner_of(src)
+            for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
+                det.feed(record, src, first, extra)
+            det.last_line_at = time.monotonic()
+
         for src in getattr(lines, "paths", [source]):  # set up before the announcement, not inside the guarded read
             joiner_of(src)
         if cfg.detect.metrics_port is not None:  # Prometheus metrics on 127.0.0.1 while the stream runs
@@ -787,12 +859,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
                         if stop.requested:
                             break
                         continue
-                    raw, n, src = item if len(item) == 3 else (*item, source)
                     with stop.deferred():
-                        joiner = joiner_of(src)
-                        for first, record, extra in joiner.push(n, raw) if joiner else ((n, raw, 0),):
-                            det.feed(record, src, first, extra)
-                        now = det.last_line_at = time.monotonic()
+                        take(item)
+                        now = det.last_line_at
                         if state is not None and now - saved >= STATE_EVERY_S:
                             save_state(state, lines.positions(oldest_held()))
                             saved = now
@@ -805,6 +874,14 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
                 stop.finish()  # inside the try: a signal landing as the input ends is caught below too
             except KeyboardInterrupt:
                 pass  # Ctrl-C / SIGTERM end a live stream: what was read is still scored and accounted
+            if stop.received and getattr(lines, "drains", False):  # stdin, a listener: what waits there too
+                print(f"loglm: reading what {'stdin' if source == '-' else source} still holds (at most {DRAIN_S:g} s) "
+                      "before stopping",
+                      file=sys.stderr, flush=True)
+                before = det.account.read
+                for item in lines.drain(DRAIN_S):
+                    take(item)
+                det.stats["read_at_stop"] = det.account.read - before
             for src, joiner in joiners.items():  # the records held at the end
                 for first, record, extra in joiner.flush() if joiner else ():
                     det.feed(record, src, first, extra)
