@@ -129,3 +129,40 @@ def test_on_a_stop_the_udp_listener_reads_the_datagrams_that_wait():
             s.sendto(b"<13>d %d" % i, ("127.0.0.1", port))
     assert [m for m, _ in listener.drain(10)] == [b"d %d\n" % i for i in range(50)]
     listener.close()
+
+
+def test_udp_datagrams_the_kernel_dropped_are_counted(capsys):
+    """UDP has no flow control: a flood the listener does not read in time overflows the socket's buffer.
+    Every datagram sent is then either read or counted as dropped by the kernel, and the listener says so."""
+    from loglm.detect.listen import kernel_drops
+
+    port = free_port(socket.SOCK_DGRAM)
+    listener = SyslogListener(f"udp://127.0.0.1:{port}", poll_s=0.05, max_line_bytes=4000)
+    sent = 3000
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(sent):  # 3000 x 4 KB: more than the kernel's largest receive buffer here
+            s.sendto(b"<13>x %d " % i + b"y" * 4000, ("127.0.0.1", port))
+    read = sum(1 for _ in listener.drain(10))
+    drops = listener.kernel_drops
+    assert drops is not None and drops > 0 and read > 0
+    assert read + drops == sent
+    # served as a metric beside the stream's own (detect.metrics_port)
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from loglm.detect.stream_metrics import StreamCollector
+
+    det = SimpleNamespace(account=SimpleNamespace(read=read, rejected=0), open={}, threshold=1.0, last_line_at=0.0,
+                          watermark=float("-inf"), stats=dict.fromkeys(
+                              ["sessions_scored", "alerts", "evicted", "closed_quiet"], 0))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StreamCollector(det, listener.source, None, listener))
+    assert f"loglm_stream_udp_kernel_drops_total{{input=\"{listener.source}\",model_run=\"\"}} {drops}.0" in \
+        generate_latest(registry).decode()
+    listener.close()
+    assert listener.stats["kernel_drops"] == drops
+    assert f"the kernel dropped {drops} datagrams" in capsys.readouterr().err
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a socket of its own: none
+        s.bind(("127.0.0.1", 0))
+        assert kernel_drops(s) == 0

@@ -17,6 +17,10 @@ network.  Newlines inside a message become ``#012``, as rsyslog writes them to f
 Only loopback addresses are served (a server of this project binds 127.0.0.1): to take syslog from other
 hosts, let the host's syslog daemon receive it and forward a copy to LogLM on loopback.  A listener has no
 resume position: what arrives while no stream listens is not LogLM's to read again (the relay's queue is).
+UDP has no flow control: a datagram that finds the socket's receive buffer full is dropped by the kernel,
+and LogLM cannot read it.  The listener asks for a large buffer (``UDP_RCVBUF``, capped by the kernel's
+``net.core.rmem_max``) and counts the kernel's drops for its socket (Linux ``/proc/net/udp``): summary
+``listener.kernel_drops``, metric ``loglm_stream_udp_kernel_drops``, and a warning when any.  TCP loses none.
 On a stop (SIGTERM), what the listener received and its sockets hold is read and scored first
 (:meth:`SyslogListener.drain`), then its connections are closed."""
 
@@ -38,6 +42,26 @@ from loglm.signals import held
 SCHEMES = ("tcp", "udp")
 _PRI = re.compile(rb"^<\d{1,3}>")
 MAX_CONNECTIONS = 64  # at once; a further one is closed at once (a relay keeps one or a few open)
+UDP_RCVBUF = 8 << 20  # bytes asked for a UDP socket's receive buffer (the kernel caps it at net.core.rmem_max)
+
+
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped for UDP socket ``sock`` (its receive buffer full), from Linux's
+    ``/proc/net/udp`` row of the socket's inode; None where that is not known (another system)."""
+    import os
+
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                for row in fh:
+                    fields = row.split()
+                    if len(fields) > 12 and fields[9] == inode:
+                        return int(fields[-1])
+        except OSError:
+            continue
+    return None
 
 
 def is_listener(source: str) -> bool:
@@ -88,6 +112,8 @@ class SyslogListener:
             raise ValueError(f"{source}: cannot listen there: {e.strerror}") from None
         if kind == socket.SOCK_STREAM:
             self.sock.listen(16)
+        else:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         self.sock.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.sock, selectors.EVENT_READ, None)
@@ -96,7 +122,8 @@ class SyslogListener:
         self.framing: dict[socket.socket, str] = {}  # a connection -> "octet" or "newline", from its first frame
         self.n = 0
         self._ready: deque[bytes] = deque()  # framed messages not yet handed on
-        self.stats = {"connections": 0, "refused_connections": 0}
+        self.stats = {"connections": 0, "refused_connections": 0} if kind == socket.SOCK_STREAM else {
+            "kernel_drops": 0}
         self.rotations: list = []
         self.resumed = None
 
@@ -283,12 +310,26 @@ class SyslogListener:
             return long
         return msg + b"\n"
 
+    @property
+    def kernel_drops(self) -> int | None:
+        """UDP: datagrams the kernel dropped so far (None for TCP, or where unknown)."""
+        if self.scheme != "udp" or self.sock.fileno() < 0:
+            return self.stats.get("kernel_drops") if self.scheme == "udp" else None
+        drops = kernel_drops(self.sock)
+        if drops is not None:
+            self.stats["kernel_drops"] = drops
+        return drops
+
     def close(self) -> None:
+        drops = self.kernel_drops
+        if drops:
+            print(f"loglm: {self.source}: the kernel dropped {drops} datagrams (the socket's receive buffer was "
+                  "full; UDP has no flow control): send over TCP to lose none", file=sys.stderr)
         for conn in list(self.buffers):
             conn.close()
         self.selector.close()
         self.sock.close()
-        if self.stats["refused_connections"]:
+        if self.stats.get("refused_connections"):
             print(f"loglm: {self.source}: {self.stats['refused_connections']} connections refused (more than "
                   f"{MAX_CONNECTIONS} at once)", file=sys.stderr)
 

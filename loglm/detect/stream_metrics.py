@@ -18,8 +18,8 @@ PREFIX = "loglm_stream_"
 class StreamCollector:
     """A Prometheus collector over a :class:`~loglm.detect.streaming.StreamingDetector`."""
 
-    def __init__(self, det, source: str, model_run: str | None):
-        self.det, self.labels = det, {"input": source, "model_run": model_run or ""}
+    def __init__(self, det, source: str, model_run: str | None, inputs=None):
+        self.det, self.labels, self.inputs = det, {"input": source, "model_run": model_run or ""}, inputs
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -48,19 +48,22 @@ class StreamCollector:
         yield gauge("threshold", "the alert threshold on a session's score", det.threshold)
         yield gauge("last_line_age_seconds", "seconds since the last line came (since the start before any)",
                     time.monotonic() - det.last_line_at)
+        if (drops := getattr(self.inputs, "kernel_drops", None)) is not None:  # a UDP listener
+            yield counter("udp_kernel_drops", "datagrams the kernel dropped before LogLM could read them (receive "
+                          "buffer full)", drops)
         if det.watermark != float("-inf"):
             yield gauge("event_time_lag_seconds", "the clock less the newest event's time: how late the log is read",
                         time.time() - det.watermark)
 
 
 @contextlib.contextmanager
-def serving(port: int, det, source: str, model_run: str | None):
+def serving(port: int, det, source: str, model_run: str | None, inputs=None):
     """The metrics server on 127.0.0.1:``port`` (0: a free port) for the block, however it ends; yields the
-    port it serves on."""
+    port it serves on.  ``inputs``: the stream's line source (a UDP listener's kernel drops are served)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StreamCollector(det, source, model_run))
+    registry.register(StreamCollector(det, source, model_run, inputs))
     try:
         server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
     except OSError as e:

@@ -833,7 +833,8 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
         if cfg.detect.metrics_port is not None:  # Prometheus metrics on 127.0.0.1 while the stream runs
             from loglm.detect.stream_metrics import serving
 
-            port = served.enter_context(serving(cfg.detect.metrics_port, det, source, model.meta.get("run_id")))
+            port = served.enter_context(serving(cfg.detect.metrics_port, det, source, model.meta.get("run_id"),
+                                                      lines))
             print(f"loglm: metrics at http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
         with stop_on_signals() as stop:
             print(f"loglm: following {source}; alerts to {out} (Ctrl-C or SIGTERM stops after scoring what is held); "
