@@ -222,3 +222,26 @@ def test_lines_a_stream_had_not_read_when_its_file_was_copied_and_truncated_are_
     (rotation,) = follower.rotations  # the lines past what the reader had buffered were read in the copy
     assert rotation["how"] == "truncated" and rotation["first_line"] == 5001 and rotation["read_from"] == str(copy)
     assert 4000 < rotation["lines_there"] <= 4998
+
+
+def test_a_file_truncated_and_written_past_the_position_between_two_polls_is_read_from_its_start(log):
+    """copytruncate, then a busy writer fills the emptied file past where the stream had read before its next
+    poll: the size never looked smaller, so the truncation is told by the file's first bytes. Before, the
+    stream read on from its old offset: the new file's first lines lost, the next read from the middle of one."""
+    follower = FollowLines(str(log), poll_s=0.01)
+    writer = open(log, "ab", buffering=0)
+    try:
+        writer.write(b"first line of the day\nsecond\n")
+        assert list(follower.available()) == [(b"first line of the day\n", 1), (b"second\n", 2)]
+        os.truncate(log, 0)
+        new = [b"new %d\n" % i for i in range(20)]
+        writer.write(b"".join(new))  # 140 bytes: past the 29 read before
+        got = list(follower.available())
+    finally:
+        writer.close()
+    assert got == [(line, i) for i, line in enumerate(new, 3)]
+    assert follower.rotations == [{"how": "truncated", "first_line": 3}]
+    # and growth alone is not a truncation
+    with open(log, "ab") as fh:
+        fh.write(b"more\n")
+    assert list(follower.available()) == [(b"more\n", 23)] and len(follower.rotations) == 1

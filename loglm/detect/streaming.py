@@ -297,7 +297,8 @@ class FollowLines:
     - **Truncated in place** (``copytruncate``): read again from its start, after the lines it held that
       were not read yet, read in logrotate's copy beside it (a file named after it that starts with its first
       bytes; not a compressed one).  Lines written between the copy and the truncation are in neither: prefer
-      ``create``.
+      ``create``.  Told by the file shrinking below the position read, or by its first bytes changing (written
+      again past that position between two polls).
     - **Gone** and not yet made again: the open file is still read, and the name checked at every poll.
 
     Line numbers run on across files (the stream's count, what the accounting adds up); ``rotations`` lists,
@@ -495,9 +496,11 @@ class FollowLines:
         without its newline yet is kept for the next call).  Left unfinished, nothing is lost: the file's
         position and the line being read are the follower's."""
         limit = self.max_line_bytes + 1
+        rewritten = self._head_changed(self._fh)  # truncated and written past the position since the last call
         while True:
             fh = self._fh
-            chunk = fh.readline(limit)
+            chunk = b"" if rewritten else fh.readline(limit)
+            rewritten = False
             if chunk:
                 self._total += len(chunk)
                 if len(self._buf) < limit:  # keep the line's start only
@@ -579,7 +582,7 @@ class FollowLines:
 
     def _rotated(self, fh) -> str | None:
         """"replaced" when the name now points at another file, "truncated" when the open file shrank below
-        the position read to, else None (also while the name is gone).  Called at the open file's end: a
+        the position read to or its first bytes changed, else None (also while the name is gone).  Called at the open file's end: a
         replaced file is switched from only after it has been read to its end."""
         try:
             st = os.stat(self.path)
@@ -588,9 +591,14 @@ class FollowLines:
         if _identity(st) != self.identity:
             # a last write to the old file since the read that found its end: read it first
             return "replaced" if os.fstat(fh.fileno()).st_size <= fh.tell() else None
-        if st.st_size < fh.tell():
+        if st.st_size < fh.tell() or self._head_changed(fh):
             return "truncated"
         return None
+
+    def _head_changed(self, fh) -> bool:
+        """The open file's first bytes are no longer those read: it was truncated in place and written again,
+        past the position read to (a busy writer between two polls), so its size alone does not tell."""
+        return bool(self._head) and self._copy is None and os.pread(fh.fileno(), len(self._head), 0) != self._head
 
 
 class FollowFiles:
