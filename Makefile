@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup browser demo test test-fast bench ui lint clean
+.PHONY: setup browser demo test test-fast bench screenshot ui lint clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: setup $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# docs/triage.png from the newest demo bundle's alerts (run `make demo` first)
+screenshot: browser
+	$(BIN)/python -m benchmarks.triage_screenshot $(ARGS)
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port $${PORT:-5000}

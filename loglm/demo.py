@@ -100,7 +100,7 @@ def show_context(alerts_path: str, embeddings: str) -> None:
     from rich.console import Console
 
     from loglm.analyst.embed import read_embeddings
-    from loglm.analyst.search import similar_sessions
+    from loglm.analyst.search import label_name, similar_sessions
 
     console = Console()
     with open(alerts_path) as fh:
@@ -113,9 +113,8 @@ def show_context(alerts_path: str, embeddings: str) -> None:
         near = similar_sessions(meta, vecs, a["session_id"], 5)
     except ValueError:
         near = []
-    label = {1: "anomalous", 0: "normal", -1: "unlabelled", None: "unlabelled"}
     console.print("  most similar sessions: " + "; ".join(
-        f"{n['session_id']} ({n['similarity']:.3f}, {label.get(n['label'], n['label'])})" for n in near))
+        f"{n['session_id']} ({n['similarity']:.3f}, {label_name(n['label'])})" for n in near))
     attacks = a.get("attacks") or []
     console.print("  ATT&CK context: " + ("; ".join(f"{t['id']} {t['name']} ({t['source']})" for t in attacks)
                                          or "none (no kind given and no technique close to its evidence)"))

@@ -372,6 +372,7 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             assert first["surprising_events"][0]["template"].split()[0] in text
             assert "the model expected" in text and "ATT&CK context" in text
             assert page.locator("tr.similar").count() == 10  # nearest sessions from the embeddings
+            assert page.locator("tr.similar td").nth(2).inner_text() in ("anomalous", "normal", "unlabelled")
             assert page.locator("#attacks a").count() == len(first.get("attacks", []))  # links, or "none"
             page.screenshot(path=str(tmp_path / "triage.png"), full_page=True)
             page.fill("#note", "maintenance window")
@@ -392,6 +393,13 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # the README's picture is taken the same way (`make screenshot`): the top alert's page, 1200 px wide
+    from benchmarks.triage_screenshot import main as screenshot
+
+    shot = screenshot(["--alerts", str(alerts_path), "--embeddings", str(emb), "--out", str(tmp_path / "shot.png")])
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(head[16:20], "big") == 1200
+    assert not (tmp_path / "shot.feedback.jsonl").exists()
 
 
 def test_event_vectors_torch_and_engine_agree_and_kinds_fit_on_events_label_alerts(deployed, tmp_path):

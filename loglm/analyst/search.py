@@ -13,6 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 AUTO_HNSW_FROM = 300_000
+LABEL_NAMES = {1: "anomalous", 0: "normal", -1: "unlabelled", None: "unlabelled"}  # a session's label, in words
+
+
+def label_name(label) -> str:
+    """A similar session's label as an analyst reads it (the data's own value when it is not one of ours)."""
+    return LABEL_NAMES.get(label, str(label))
 
 
 class VectorIndex:

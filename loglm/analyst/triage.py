@@ -89,6 +89,8 @@ class Triage:
             return []
 
     def alert_page(self, alert_id: str) -> str | None:
+        from loglm.analyst.search import label_name
+
         a = self.by_id.get(alert_id)
         if a is None:
             return None
@@ -104,7 +106,7 @@ class Triage:
         ents = "<br>".join(f"<b>{_e(k)}</b>: {_e(', '.join(map(str, v[:20])))}" for k, v in a["entities"].items())
         sim = self.similar(a)
         sim_rows = "".join(f"<tr class=similar><td>{_e(s['session_id'])}</td><td>{s['similarity']:.3f}</td>"
-                           f"<td>{_e(s.get('label'))}</td><td>{s.get('n_events')}</td></tr>" for s in sim)
+                           f"<td>{_e(label_name(s.get('label')))}</td><td>{s.get('n_events')}</td></tr>" for s in sim)
         similar = ("<table><tr><th>session</th><th>cosine</th><th>label</th><th>events</th></tr>" + sim_rows + "</table>"
                    if sim else "<p class=muted>no embeddings file given (loglm triage --embeddings ...)</p>")
         kind = a.get("kind")
