@@ -358,6 +358,11 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             except OSError:
                 time.sleep(0.25)
         alerts = sorted(fb.load_alerts(alerts_path), key=lambda a: -a["score"])
+        from loglm.analyst.embed import read_embeddings
+        from loglm.analyst.groups import group_alerts, groups_of
+
+        groups = groups_of(group_alerts(alerts, *read_embeddings(emb)))
+        assert len(groups) < len(alerts)  # the log repeats its anomalies: some alerts share a group
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -380,8 +385,19 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             page.wait_for_function("document.getElementById('status').textContent.startsWith('recorded')")
             page.goto(f"http://127.0.0.1:{port}/")
             assert page.locator("tr[data-alert] td.verdict").first.inner_text() == "benign"
+            row = fb.read(table)[first["alert_id"]]
+            # alert groups: one row per group, the largest judged at once from its page
+            page.goto(f"http://127.0.0.1:{port}/groups")
+            assert page.locator("tr[data-group]").count() == len(groups)
+            lead = max(groups, key=lambda g: len(groups[g]))
+            page.goto(f"http://127.0.0.1:{port}/group/{lead}")
+            assert page.locator("tr.member").count() == len(groups[lead])
+            page.click("#malicious")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('recorded')")
+            assert page.inner_text("#status") == f"recorded: malicious for {len(groups[lead])} alerts"
             browser.close()
-        row = fb.read(table)[first["alert_id"]]
+        verdicts = fb.read(table)
+        assert all(verdicts[m]["verdict"] == "malicious" and verdicts[m]["group"] == lead for m in groups[lead])
         assert row["verdict"] == "benign" and row["note"] == "maintenance window" and row["session_id"] == first["session_id"]
         # the server listens on loopback only
         import socket

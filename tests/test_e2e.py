@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
     bundles = [p for p in (root / "bundles").iterdir() if not p.name.startswith(".")]
     assert len(bundles) == 1 and (bundles[0] / "model.onnx").is_file()
     assert (bundles[0] / "alerts" / "detect.jsonl").is_file() and "loglm detect --bundle" in out
+    assert re.search(r"alert groups: (\d+) alerts in (\d+) groups", out)  # what the triage page groups
     prepared = json.loads((root / "data" / "hdfs_loglead" / "MANIFEST.json").read_text())["summary"]
     assert prepared["lines"] == {"read": 165563, "accepted": 165563, "rejected": 0, "metadata": 0,
                                  "rejected_by_reason": {}}

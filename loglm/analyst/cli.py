@@ -128,10 +128,13 @@ def triage_main(argv: list[str]) -> int:
     p.add_argument("--feedback", default="runs/feedback.jsonl")
     p.add_argument("--embeddings", help="session vectors for 'similar sequences' (pipelines.embed / loglm embed)")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--group-cosine", type=float, default=None,
+                   help="alerts whose session vectors reach this cosine with a group's leading alert are one group "
+                        "(default 0.995, loglm.analyst.groups; 0 turns grouping off)")
     a = p.parse_args(argv)
     from loglm.analyst.triage import serve
 
-    serve(a.alerts, a.feedback, a.embeddings, a.port)
+    serve(a.alerts, a.feedback, a.embeddings, a.port, a.group_cosine)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The analysts' verdicts on alerts: an append-only JSON-lines table (one row per verdict, newest wins).
 
 Rows: time, alert_id, session_id, entity, verdict (benign | malicious), kind (optional: "SSH brute force"),
-note, analyst, the alerts file and model the alert came from.  Appends take a file lock, so the triage page
+note, analyst, the alerts file and model the alert came from, and for a verdict given to an alert group
+(loglm.analyst.groups) the group's leading alert.  Appends take a file lock, so the triage page
 and `loglm feedback` can write at once.  Tuning (loglm.analyst.tune) reads benign verdicts as normal data;
 `loglm kinds fit` reads malicious verdicts with a kind as few-shot examples.
 """
@@ -19,22 +20,30 @@ VERDICTS = ("benign", "malicious")
 
 def record(path: str | Path, alert: dict, verdict: str, kind: str | None = None, note: str = "",
            analyst: str | None = None, alerts_file: str | None = None) -> dict:
+    return record_many(path, [alert], verdict, kind, note, analyst, alerts_file)[0]
+
+
+def record_many(path: str | Path, alerts: list[dict], verdict: str, kind: str | None = None, note: str = "",
+                analyst: str | None = None, alerts_file: str | None = None, group: str | None = None) -> list[dict]:
+    """One verdict for several alerts (an alert group: ``group`` its leader's alert_id, kept on each row),
+    appended in one locked write."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "alert_id": alert["alert_id"],
-           "session_id": alert["session_id"], "entity": alert.get("entity"), "verdict": verdict,
-           "kind": kind or None, "note": note[:2000], "analyst": analyst or getpass.getuser(),
-           "alerts_file": alerts_file, "model": alert.get("model")}
+    now, who = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), analyst or getpass.getuser()
+    rows = [{"time": now, "alert_id": a["alert_id"], "session_id": a["session_id"], "entity": a.get("entity"),
+             "verdict": verdict, "kind": kind or None, "note": note[:2000], "analyst": who,
+             "alerts_file": alerts_file, "model": a.get("model"), **({"group": group} if group else {})}
+            for a in alerts]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            fh.write(json.dumps(row) + "\n")
+            fh.write("".join(json.dumps(row) + "\n" for row in rows))
             fh.flush()
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-    return row
+    return rows
 
 
 def read(path: str | Path) -> dict[str, dict]:

@@ -2,7 +2,9 @@
 
 Alerts ranked by score; each opens to its raw lines with what the model expected instead, entities, time
 span, similar past sequences (when an embeddings file is given), its kind and ATT&CK context; two buttons
-record the analyst's verdict into the feedback table (loglm.analyst.feedback).
+record the analyst's verdict into the feedback table (loglm.analyst.feedback).  With an embeddings file the
+alerts are also grouped (loglm.analyst.groups): ``/groups`` lists one row per group, and a group's page records
+one verdict for every alert in it.
 
 Stack: Starlette on uvicorn, both already installed with MLflow's server (no new dependency), pages rendered
 on the server as plain HTML with a few lines of JavaScript for the buttons (no build step, no CDN: it works
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from pathlib import Path
 
 from loglm.analyst import feedback as fb
@@ -30,6 +33,14 @@ SCRIPT = """async function verdict(id, v){
     body: JSON.stringify({alert_id:id, verdict:v, kind:kind, note:note})});
   const j = await r.json();
   document.getElementById('status').textContent = r.ok ? ('recorded: ' + j.verdict) : ('error: ' + j.error);
+}
+async function groupVerdict(id, v){
+  const kind = document.getElementById('kind').value, note = document.getElementById('note').value;
+  const r = await fetch('/api/feedback', {method:'POST', headers:{'content-type':'application/json'},
+    body: JSON.stringify({group:id, verdict:v, kind:kind, note:note})});
+  const j = await r.json();
+  document.getElementById('status').textContent = r.ok ? ('recorded: ' + j.verdict + ' for ' + j.alerts + ' alerts')
+    : ('error: ' + j.error);
 }"""
 
 
@@ -44,7 +55,8 @@ def _attacks(a: dict) -> str:
 
 
 class Triage:
-    def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None):
+    def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None,
+                 group_cosine: float | None = None):
         self.alerts_path = Path(alerts_path)
         self.feedback_path = Path(feedback_path)
         self.alerts = sorted(fb.load_alerts(self.alerts_path), key=lambda a: -a["score"])
@@ -56,6 +68,18 @@ class Triage:
 
             self.meta, self.vectors = read_embeddings(embeddings)
             self.index = VectorIndex(self.vectors)
+        # alert groups (loglm.analyst.groups): with session vectors, one verdict for a repeated pattern
+        self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
+        self.group_cosine = None
+        if self.vectors is not None and group_cosine != 0:
+            from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts
+
+            self.group_cosine = group_cosine or GROUP_MIN_COSINE
+            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine)
+        from loglm.analyst.groups import groups_of
+
+        self.groups = groups_of({a["alert_id"]: self.leader[a["alert_id"]] for a in self.alerts})
+        self.group_no = {lead: n for n, lead in enumerate(self.groups, 1)}  # in score order of their leaders
 
     def page(self, title: str, body: str) -> str:
         return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{CSS}</style>"
@@ -70,13 +94,62 @@ class Triage:
             top = ", ".join(t["id"] for t in a.get("attacks", [])[:2])
             rows.append(f"<tr data-alert='{_e(a['alert_id'])}'><td>{rank}</td><td class='sev-{_e(a['severity'])}'>{_e(a['severity'])}</td>"
                         f"<td><a href='/alert/{_e(a['alert_id'])}'>{_e(a['title'])}</a></td><td>{a['score']:.4g}</td>"
-                        f"<td>{_e(a['start_time'])}</td><td>{a['n_events']}</td><td>{_e(kind)}</td><td>{_e(top)}</td>"
-                        f"<td class=verdict>{_e(v)}</td></tr>")
+                        f"<td>{_e(a['start_time'])}</td><td>{a['n_events']}</td><td>{self._group_cell(a)}</td>"
+                        f"<td>{_e(kind)}</td><td>{_e(top)}</td><td class=verdict>{_e(v)}</td></tr>")
         body = (f"<h1>LogLM triage</h1><p class=muted>{len(self.alerts)} alerts from {_e(self.alerts_path)}, ranked by "
-                f"score; verdicts go to {_e(self.feedback_path)}</p><table><tr><th>#</th><th>severity</th><th>alert</th>"
-                "<th>score</th><th>start</th><th>events</th><th>kind</th><th>ATT&amp;CK</th><th>verdict</th></tr>"
-                + "".join(rows) + "</table>")
+                f"score; verdicts go to {_e(self.feedback_path)}</p>{self._groups_line()}<table><tr><th>#</th>"
+                "<th>severity</th><th>alert</th><th>score</th><th>start</th><th>events</th><th>group</th><th>kind</th>"
+                "<th>ATT&amp;CK</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
         return self.page("LogLM triage", body)
+
+    def _group_cell(self, a: dict) -> str:
+        lead = self.leader[a["alert_id"]]
+        n = len(self.groups[lead])
+        return "" if n == 1 else f"<a class=group href='/group/{_e(lead)}'>G{self.group_no[lead]} ({n})</a>"
+
+    def _groups_line(self) -> str:
+        if self.group_cosine is None:
+            return ("<p class=muted>alert groups need session vectors (loglm triage --embeddings ...)</p>"
+                    if self.vectors is None else "")
+        return (f"<p>{len(self.groups)} groups (<a href='/groups'>one row each</a>): alerts whose sessions' vectors "
+                f"have cosine &ge; {self.group_cosine:g} with their group's highest-scoring alert</p>")
+
+    def groups_page(self) -> str:
+        verdicts = fb.read(self.feedback_path)
+        rows = []
+        for lead, members in self.groups.items():
+            a = self.by_id[lead]
+            judged = Counter(verdicts[m]["verdict"] for m in members if m in verdicts)
+            rows.append(f"<tr data-group='{_e(lead)}'><td>G{self.group_no[lead]}</td><td>{len(members)}</td>"
+                        f"<td><a href='/group/{_e(lead)}'>{_e(a['title'])}</a></td><td>{a['score']:.4g}</td>"
+                        f"<td class=verdict>{_e(', '.join(f'{v} {n}' for v, n in sorted(judged.items())))}</td></tr>")
+        body = (f"<p><a href='/'>&larr; all alerts</a></p><h1>Alert groups</h1><p class=muted>{len(self.alerts)} "
+                f"alerts in {len(self.groups)} groups, each led by its highest-scoring alert</p>"
+                "<table><tr><th>group</th><th>alerts</th><th>leading alert</th><th>score</th><th>verdicts</th></tr>"
+                + "".join(rows) + "</table>")
+        return self.page("LogLM alert groups", body)
+
+    def group_page(self, lead: str) -> str | None:
+        members = self.groups.get(lead)
+        if members is None:
+            return None
+        verdicts = fb.read(self.feedback_path)
+        rows = "".join(
+            f"<tr class=member data-alert='{_e(m)}'><td><a href='/alert/{_e(m)}'>{_e(self.by_id[m]['title'])}</a></td>"
+            f"<td>{self.by_id[m]['score']:.4g}</td><td>{_e(self.by_id[m]['start_time'])}</td>"
+            f"<td>{self.by_id[m]['n_events']}</td><td class=verdict>{_e(verdicts.get(m, {}).get('verdict', ''))}</td></tr>"
+            for m in members)
+        n = len(members)
+        body = (f"<p><a href='/groups'>&larr; all groups</a></p><h1>Group G{self.group_no[lead]}: {n} alerts like "
+                f"<a href='/alert/{_e(lead)}'>{_e(self.by_id[lead]['title'])}</a></h1>"
+                "<table><tr><th>alert</th><th>score</th><th>start</th><th>events</th><th>verdict</th></tr>"
+                f"{rows}</table><h2>Verdict for the whole group</h2>"
+                "<p><input id=kind placeholder='kind (optional), e.g. SSH brute force' size=40> "
+                "<input id=note placeholder='note' size=40></p>"
+                f"<p><button id=benign onclick=\"groupVerdict('{_e(lead)}','benign')\">Benign: all {n}</button>"
+                f"<button id=malicious onclick=\"groupVerdict('{_e(lead)}','malicious')\">Malicious: all {n}</button>"
+                "<span id=status class=muted></span></p>")
+        return self.page(f"Group G{self.group_no[lead]}", body)
 
     def similar(self, a: dict, k: int = 10) -> list[dict]:
         if self.index is None:
@@ -143,9 +216,25 @@ class Triage:
             page = self.alert_page(request.path_params["alert_id"])
             return HTMLResponse(page) if page else HTMLResponse("no such alert", status_code=404)
 
+        async def groups(request: Request):
+            return HTMLResponse(self.groups_page())
+
+        async def group(request: Request):
+            page = self.group_page(request.path_params["lead"])
+            return HTMLResponse(page) if page else HTMLResponse("no such group", status_code=404)
+
         async def post_feedback(request: Request):
             try:
                 body = json.loads(await request.body())
+                if body.get("group") is not None:  # one verdict for every alert of a group
+                    members = self.groups.get(str(body["group"]))
+                    if members is None:
+                        return JSONResponse({"error": "no such group"}, status_code=404)
+                    rows = fb.record_many(self.feedback_path, [self.by_id[m] for m in members],
+                                          str(body.get("verdict")), body.get("kind") or None,
+                                          str(body.get("note") or ""), alerts_file=str(self.alerts_path),
+                                          group=str(body["group"]))
+                    return JSONResponse({"verdict": rows[0]["verdict"], "alerts": len(rows), "group": body["group"]})
                 a = self.by_id.get(str(body.get("alert_id")))
                 if a is None:
                     return JSONResponse({"error": "no such alert"}, status_code=404)
@@ -155,13 +244,16 @@ class Triage:
                 return JSONResponse({"error": str(e)}, status_code=400)
             return JSONResponse(row)
 
-        return Starlette(routes=[Route("/", index), Route("/alert/{alert_id}", alert),
+        return Starlette(routes=[Route("/", index), Route("/alert/{alert_id}", alert), Route("/groups", groups),
+                                 Route("/group/{lead}", group),
                                  Route("/api/feedback", post_feedback, methods=["POST"])])
 
 
-def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int = 8765) -> None:
+def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int = 8765,
+          group_cosine: float | None = None) -> None:
     import uvicorn
 
-    triage = Triage(alerts, feedback, embeddings)
-    print(f"loglm triage: http://127.0.0.1:{port}/ ({len(triage.alerts)} alerts; verdicts to {feedback})", flush=True)
+    triage = Triage(alerts, feedback, embeddings, group_cosine)
+    print(f"loglm triage: http://127.0.0.1:{port}/ ({len(triage.alerts)} alerts in {len(triage.groups)} groups; "
+          f"verdicts to {feedback})", flush=True)
     uvicorn.run(triage.app(), host="127.0.0.1", port=port, log_level="warning")
