@@ -379,6 +379,8 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             assert page.locator("tr.similar").count() == 10  # nearest sessions from the embeddings
             assert page.locator("tr.similar td").nth(2).inner_text() in ("anomalous", "normal", "unlabelled")
             assert page.locator("#attacks a").count() == len(first.get("attacks", []))  # links, or "none"
+            first_group = next(m for m in groups.values() if first["alert_id"] in m)
+            assert (f"({len(first_group)}) alerts like this one" in text) == (len(first_group) > 1)
             page.screenshot(path=str(tmp_path / "triage.png"), full_page=True)
             page.fill("#note", "maintenance window")
             page.click("#benign")

@@ -189,7 +189,9 @@ class Triage:
                 f"<p><span class='sev-{_e(a['severity'])}'>{_e(a['severity'])}</span> · score {a['score']:.4g} &gt; "
                 f"threshold {a['threshold']:.4g} · {_e(a['start_time'])} → {_e(a['end_time'])} · {a['n_events']} events, "
                 f"{a['n_unexpected_events']} unexpected · alert <code>{_e(a['alert_id'])}</code></p>"
-                f"<h2>Kind</h2><p id=kindname>{kind_text}</p>"
+                + (f"<p>group: {self._group_cell(a)} alerts like this one, judged at once on the group's page</p>"
+                   if len(self.groups[self.leader[alert_id]]) > 1 else "")
+                + f"<h2>Kind</h2><p id=kindname>{kind_text}</p>"
                 f"<h2>ATT&amp;CK context</h2><p id=attacks>{_attacks(a)}</p>"
                 f"<h2>Entities</h2><p>{ents}</p>"
                 "<h2>Surprising events</h2><table><tr><th>pos</th><th>time / line</th><th>surprisal</th>"
