@@ -418,6 +418,14 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
     head = shot.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(head[16:20], "big") == 1200
     assert not (tmp_path / "shot.feedback.jsonl").exists()
+    # the same group verdict from a shell (a SOAR playbook): any member's alert id names its group
+    member = groups[lead][-1]
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "feedback", "--alerts", str(alerts_path), "--alert-id",
+                           member, "--verdict", "benign", "--group", "--embeddings", str(emb), "--table",
+                           str(tmp_path / "cli.jsonl")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(json.loads(proc.stdout)["alerts"]) == sorted(groups[lead])
+    assert {r["group"] for r in fb.read(tmp_path / "cli.jsonl").values()} == {lead}
 
 
 def test_event_vectors_torch_and_engine_agree_and_kinds_fit_on_events_label_alerts(deployed, tmp_path):

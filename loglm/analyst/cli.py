@@ -110,12 +110,29 @@ def feedback_main(argv: list[str]) -> int:
     p.add_argument("--kind", help="what it is (malicious verdicts): becomes a few-shot example")
     p.add_argument("--note", default="")
     p.add_argument("--table", default="runs/feedback.jsonl", help="feedback table (JSON lines, appended)")
+    p.add_argument("--group", action="store_true",
+                   help="the verdict for every alert of the alert's group (needs --embeddings; loglm.analyst.groups)")
+    p.add_argument("--embeddings", help="session vectors (pipelines.embed / loglm embed), for --group")
+    p.add_argument("--group-cosine", type=float, default=None, help="as loglm triage --group-cosine (default 0.995)")
     a = p.parse_args(argv)
     from loglm.analyst import feedback as fb
 
     try:
-        alert = fb.find_alert(fb.load_alerts(a.alerts), a.alert_id)
-        print(json.dumps(fb.record(a.table, alert, a.verdict, a.kind, a.note, alerts_file=a.alerts)))
+        alerts = fb.load_alerts(a.alerts)
+        alert = fb.find_alert(alerts, a.alert_id)
+        if not a.group:
+            print(json.dumps(fb.record(a.table, alert, a.verdict, a.kind, a.note, alerts_file=a.alerts)))
+            return 0
+        if not a.embeddings:
+            raise ValueError("--group needs --embeddings (the session vectors the alerts are grouped by)")
+        from loglm.analyst.embed import read_embeddings
+        from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts
+
+        leader = group_alerts(alerts, *read_embeddings(a.embeddings), a.group_cosine or GROUP_MIN_COSINE)
+        lead = leader[alert["alert_id"]]
+        members = [x for x in alerts if leader[x["alert_id"]] == lead]
+        rows = fb.record_many(a.table, members, a.verdict, a.kind, a.note, alerts_file=a.alerts, group=lead)
+        print(json.dumps({"verdict": a.verdict, "group": lead, "alerts": [r["alert_id"] for r in rows]}))
     except (FileNotFoundError, ValueError) as e:
         print(f"loglm feedback: error: {e}", file=sys.stderr)
         return 2
