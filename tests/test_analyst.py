@@ -330,6 +330,7 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
     """Alerts ranked; an alert's page shows its raw lines, what the model expected, similar sequences and
     ATT&CK context; the Benign button records a verdict the table and the index page then show."""
     import time
+    import urllib.error
     import urllib.request
 
     from playwright.sync_api import sync_playwright
@@ -400,6 +401,22 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             browser.close()
         verdicts = fb.read(table)
         assert all(verdicts[m]["verdict"] == "malicious" and verdicts[m]["group"] == lead for m in groups[lead])
+        # another site cannot post a verdict through the analyst's browser, nor reach the page by another name
+        def post(body: bytes, **headers):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/feedback", data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        verdict = json.dumps({"alert_id": first["alert_id"], "verdict": "malicious"}).encode()
+        before = table.read_text()
+        assert post(verdict, **{"Content-Type": "text/plain"}) == 415  # a form-like post: no CORS preflight
+        assert post(verdict, **{"Content-Type": "application/json", "Origin": "https://evil.example"}) == 403
+        assert post(verdict, **{"Content-Type": "application/json", "Host": "evil.example"}) == 400  # DNS rebinding
+        assert table.read_text() == before
+        assert post(verdict, **{"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"}) == 200
         assert row["verdict"] == "benign" and row["note"] == "maintenance window" and row["session_id"] == first["session_id"]
         # the server listens on loopback only
         import socket

@@ -54,6 +54,24 @@ def _attacks(a: dict) -> str:
     return "<br>".join(items) or "<span class=muted>none</span>"
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def cross_site(headers) -> tuple[int, str] | None:
+    """(status, reason) for a verdict that does not come from the page itself, else None.  A verdict trains the
+    model (benign sessions are tuned on as normal), so another site must not be able to post one through the
+    analyst's browser: only JSON is taken (a cross-site JSON post needs a CORS preflight, which this server never
+    grants; a form or ``text/plain`` post does not), and a request from another origin is refused."""
+    from urllib.parse import urlsplit
+
+    if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return 415, "verdicts are posted as application/json by the triage page"
+    origin = headers.get("origin")
+    if origin is not None and urlsplit(origin).hostname not in LOCAL_HOSTS:
+        return 403, f"a verdict from another site ({origin}) is refused"
+    return None
+
+
 class Triage:
     def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None,
                  group_cosine: float | None = None):
@@ -207,6 +225,8 @@ class Triage:
 
     def app(self):
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
         from starlette.requests import Request
         from starlette.responses import HTMLResponse, JSONResponse
         from starlette.routing import Route
@@ -226,6 +246,9 @@ class Triage:
             return HTMLResponse(page) if page else HTMLResponse("no such group", status_code=404)
 
         async def post_feedback(request: Request):
+            refused = cross_site(request.headers)
+            if refused:
+                return JSONResponse({"error": refused[1]}, status_code=refused[0])
             try:
                 body = json.loads(await request.body())
                 if body.get("group") is not None:  # one verdict for every alert of a group
@@ -246,9 +269,12 @@ class Triage:
                 return JSONResponse({"error": str(e)}, status_code=400)
             return JSONResponse(row)
 
+        # a page served on loopback is still reachable from any site the analyst's browser opens: only requests
+        # naming this host are served (DNS rebinding), and verdicts come only from this page (cross-site posts)
         return Starlette(routes=[Route("/", index), Route("/alert/{alert_id}", alert), Route("/groups", groups),
                                  Route("/group/{lead}", group),
-                                 Route("/api/feedback", post_feedback, methods=["POST"])])
+                                 Route("/api/feedback", post_feedback, methods=["POST"])],
+                         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS))])
 
 
 def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int = 8765,
