@@ -126,11 +126,12 @@ def feedback_main(argv: list[str]) -> int:
         if not a.embeddings:
             raise ValueError("--group needs --embeddings (the session vectors the alerts are grouped by)")
         from loglm.analyst.embed import read_embeddings
-        from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts
+        from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts, groups_of
 
         leader = group_alerts(alerts, *read_embeddings(a.embeddings), a.group_cosine or GROUP_MIN_COSINE)
         lead = leader[alert["alert_id"]]
-        members = [x for x in alerts if leader[x["alert_id"]] == lead]
+        by_id = {x["alert_id"]: x for x in alerts}
+        members = [by_id[m] for m in groups_of(leader)[lead]]
         rows = fb.record_many(a.table, members, a.verdict, a.kind, a.note, alerts_file=a.alerts, group=lead)
         print(json.dumps({"verdict": a.verdict, "group": lead, "alerts": [r["alert_id"] for r in rows]}))
     except (FileNotFoundError, ValueError) as e:
