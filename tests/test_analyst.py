@@ -398,7 +398,20 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             page.click("#malicious")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('recorded')")
             assert page.inner_text("#status") == f"recorded: malicious for {len(groups[lead])} alerts"
+            # a stream appends to the file the page is open on: the page says so, a reload shows them ranked
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert page.inner_text("#live") == ""
+            new = [dict(a, alert_id=f"new{i}", score=a["score"] * 10) for i, a in enumerate(alerts[:2])]
+            original = alerts_path.read_text()
+            with open(alerts_path, "a") as fh:
+                fh.write("".join(json.dumps(a) + "\n" for a in new) + json.dumps(new[0])[:40])  # one being written
+            page.wait_for_function("document.getElementById('live').textContent.startsWith('2 new alerts')",
+                                   timeout=15_000)
+            page.click("#live a")
+            page.wait_for_selector("tr[data-alert='new0']")
+            assert rows.count() == len(alerts) + 2 and rows.first.get_attribute("data-alert") == "new0"
             browser.close()
+        alerts_path.write_text(original)  # the detection's own alerts again, for what follows
         verdicts = fb.read(table)
         assert all(verdicts[m]["verdict"] == "malicious" and verdicts[m]["group"] == lead for m in groups[lead])
         # another site cannot post a verdict through the analyst's browser, nor reach the page by another name

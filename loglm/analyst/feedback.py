@@ -72,10 +72,17 @@ def sessions_by_verdict(path: str | Path) -> tuple[set[str], set[str]]:
 
 
 def load_alerts(path: str | Path) -> list[dict]:
+    """Every alert of a complete alerts file; a line that is not an alert is an error naming file and line."""
+    from loglm.analyst.alerts_file import AlertsFile
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no alerts file {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    f = AlertsFile(path)
+    f.refresh(final=True)
+    if f.rejected:
+        raise ValueError(f"{len(f.rejected)} lines are not alerts: {f.describe_rejected()}")
+    return f.alerts
 
 
 def find_alert(alerts: list[dict], alert_id: str) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +26,7 @@ table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1p
 .sev-critical{color:#7b1fa2;font-weight:600}.sev-high{color:#c0392b;font-weight:600}.sev-medium{color:#e67e22}.sev-low{color:#8a6d00}
 code{font:12px ui-monospace,Menlo,monospace;white-space:pre-wrap;word-break:break-all}.muted{color:#5b6577}
 button{padding:6px 14px;margin-right:8px;border:1px solid #8895a7;border-radius:4px;background:#f4f6f9;cursor:pointer}
-.verdict{font-weight:600}a{color:#1f4e79}"""
+.verdict{font-weight:600}a{color:#1f4e79}.warn{color:#c0392b}"""
 
 SCRIPT = """async function verdict(id, v){
   const kind = document.getElementById('kind').value, note = document.getElementById('note').value;
@@ -36,11 +37,22 @@ SCRIPT = """async function verdict(id, v){
 }
 async function groupVerdict(id, v){
   const kind = document.getElementById('kind').value, note = document.getElementById('note').value;
+  const members = Array.from(document.querySelectorAll('tr.member'), tr => tr.dataset.alert);
   const r = await fetch('/api/feedback', {method:'POST', headers:{'content-type':'application/json'},
-    body: JSON.stringify({group:id, verdict:v, kind:kind, note:note})});
+    body: JSON.stringify({group:id, members:members, verdict:v, kind:kind, note:note})});
   const j = await r.json();
   document.getElementById('status').textContent = r.ok ? ('recorded: ' + j.verdict + ' for ' + j.alerts + ' alerts')
     : ('error: ' + j.error);
+}
+function watch(n, reloads){  // the index page: say when the alerts file has gained alerts (a stream writes it)
+  setInterval(async () => {
+    try {
+      const j = await (await fetch('/api/state')).json();
+      const live = document.getElementById('live');
+      if (j.reloads !== reloads) live.innerHTML = 'the alerts file was replaced or rewritten: <a href="/">reload</a>';
+      else if (j.alerts !== n) live.innerHTML = (j.alerts - n) + ' new alerts: <a href="/">reload</a>';
+    } catch (e) {}
+  }, 2000);
 }"""
 
 
@@ -73,12 +85,17 @@ def cross_site(headers) -> tuple[int, str] | None:
 
 
 class Triage:
+    """The page's state: the alerts file read on before each request (:class:`AlertsFile`: a stream's new alerts
+    appear, a file being written is read whole lines only, a replaced or rewritten one is read again), ranked,
+    grouped again when it changed."""
+
     def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None,
                  group_cosine: float | None = None):
+        from loglm.analyst.alerts_file import AlertsFile
+
         self.alerts_path = Path(alerts_path)
         self.feedback_path = Path(feedback_path)
-        self.alerts = sorted(fb.load_alerts(self.alerts_path), key=lambda a: -a["score"])
-        self.by_id = {a["alert_id"]: a for a in self.alerts}
+        self.file = AlertsFile(self.alerts_path)
         self.meta = self.vectors = self.index = None
         if embeddings:
             from loglm.analyst.embed import read_embeddings
@@ -86,18 +103,38 @@ class Triage:
 
             self.meta, self.vectors = read_embeddings(embeddings)
             self.index = VectorIndex(self.vectors)
-        # alert groups (loglm.analyst.groups): with session vectors, one verdict for a repeated pattern
-        self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
         self.group_cosine = None
         if self.vectors is not None and group_cosine != 0:
-            from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts
+            from loglm.analyst.groups import GROUP_MIN_COSINE
 
             self.group_cosine = group_cosine or GROUP_MIN_COSINE
-            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine)
-        from loglm.analyst.groups import groups_of
+        self.alerts: list[dict] = []
+        self._seen = (-1, -1)
+        self.refresh()
 
+    def refresh(self) -> bool:
+        """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
+        from loglm.analyst.groups import group_alerts, groups_of
+
+        try:
+            self.file.refresh()
+        except FileNotFoundError:
+            if self._seen == (-1, -1):
+                raise FileNotFoundError(f"no alerts file {self.alerts_path}") from None
+            return False  # moved away (rotated): the alerts read so far stay on the page
+        seen = (self.file.reloads, len(self.file.alerts))
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        self.alerts = sorted(self.file.alerts, key=lambda a: -a["score"])
+        self.by_id = {a["alert_id"]: a for a in self.alerts}
+        # alert groups (loglm.analyst.groups): with session vectors, one verdict for a repeated pattern
+        self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
+        if self.group_cosine is not None:
+            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine)
         self.groups = groups_of({a["alert_id"]: self.leader[a["alert_id"]] for a in self.alerts})
         self.group_no = {lead: n for n, lead in enumerate(self.groups, 1)}  # in score order of their leaders
+        return True
 
     def page(self, title: str, body: str) -> str:
         return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{CSS}</style>"
@@ -114,8 +151,11 @@ class Triage:
                         f"<td><a href='/alert/{_e(a['alert_id'])}'>{_e(a['title'])}</a></td><td>{a['score']:.4g}</td>"
                         f"<td>{_e(a['start_time'])}</td><td>{a['n_events']}</td><td>{self._group_cell(a)}</td>"
                         f"<td>{_e(kind)}</td><td>{_e(top)}</td><td class=verdict>{_e(v)}</td></tr>")
+        rejected = (f"<p class=warn id=rejected>{len(self.file.rejected)} lines of the alerts file are not alerts and are "
+                    f"left out: {_e(self.file.describe_rejected())}</p>" if self.file.rejected else "")
         body = (f"<h1>LogLM triage</h1><p class=muted>{len(self.alerts)} alerts from {_e(self.alerts_path)}, ranked by "
-                f"score; verdicts go to {_e(self.feedback_path)}</p>{self._groups_line()}<table><tr><th>#</th>"
+                f"score; verdicts go to {_e(self.feedback_path)}</p><p id=live class=warn></p>{rejected}"
+                f"<script>watch({len(self.alerts)}, {self.file.reloads})</script>{self._groups_line()}<table><tr><th>#</th>"
                 "<th>severity</th><th>alert</th><th>score</th><th>start</th><th>events</th><th>group</th><th>kind</th>"
                 "<th>ATT&amp;CK</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
         return self.page("LogLM triage", body)
@@ -232,27 +272,45 @@ class Triage:
         from starlette.routing import Route
 
         async def index(request: Request):
+            self.refresh()
             return HTMLResponse(self.index_page())
 
         async def alert(request: Request):
+            self.refresh()
             page = self.alert_page(request.path_params["alert_id"])
             return HTMLResponse(page) if page else HTMLResponse("no such alert", status_code=404)
 
         async def groups(request: Request):
+            self.refresh()
             return HTMLResponse(self.groups_page())
 
         async def group(request: Request):
+            self.refresh()
             page = self.group_page(request.path_params["lead"])
             return HTMLResponse(page) if page else HTMLResponse("no such group", status_code=404)
+
+        async def state(request: Request):
+            self.refresh()
+            return JSONResponse({"alerts": len(self.alerts), "reloads": self.file.reloads,
+                                 "rejected_lines": len(self.file.rejected)})
 
         async def post_feedback(request: Request):
             refused = cross_site(request.headers)
             if refused:
                 return JSONResponse({"error": refused[1]}, status_code=refused[0])
+            self.refresh()
             try:
                 body = json.loads(await request.body())
                 if body.get("group") is not None:  # one verdict for every alert of a group
                     members = self.groups.get(str(body["group"]))
+                    if body.get("members") is not None:  # the members the analyst saw (the file may have grown since)
+                        if not isinstance(body["members"], list):
+                            raise ValueError("members is a list of alert ids")
+                        members = [str(m) for m in body["members"]]
+                        unknown = [m for m in members if m not in self.by_id]
+                        if unknown or not members:
+                            return JSONResponse({"error": f"no such alerts: {unknown[:5]}" if unknown
+                                                 else "no members"}, status_code=404)
                     if members is None:
                         return JSONResponse({"error": "no such group"}, status_code=404)
                     rows = fb.record_many(self.feedback_path, [self.by_id[m] for m in members],
@@ -272,7 +330,7 @@ class Triage:
         # a page served on loopback is still reachable from any site the analyst's browser opens: only requests
         # naming this host are served (DNS rebinding), and verdicts come only from this page (cross-site posts)
         return Starlette(routes=[Route("/", index), Route("/alert/{alert_id}", alert), Route("/groups", groups),
-                                 Route("/group/{lead}", group),
+                                 Route("/group/{lead}", group), Route("/api/state", state),
                                  Route("/api/feedback", post_feedback, methods=["POST"])],
                          middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_HOSTS))])
 
@@ -284,4 +342,7 @@ def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int =
     triage = Triage(alerts, feedback, embeddings, group_cosine)
     print(f"loglm triage: http://127.0.0.1:{port}/ ({len(triage.alerts)} alerts in {len(triage.groups)} groups; "
           f"verdicts to {feedback})", flush=True)
+    if triage.file.rejected:
+        print(f"loglm triage: {len(triage.file.rejected)} lines are not alerts and are left out: "
+              f"{triage.file.describe_rejected()}", file=sys.stderr, flush=True)
     uvicorn.run(triage.app(), host="127.0.0.1", port=port, log_level="warning")

@@ -1,0 +1,87 @@
+"""An alerts file still being written (loglm.analyst.alerts_file) and the triage page over it: whole lines only,
+read on from where the last read ended, read again when replaced, cut or rewritten; a line that is not an alert
+is kept out with its line number; the page ranks and groups again when the file changed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from loglm.analyst.alerts_file import AlertsFile
+from loglm.analyst.feedback import load_alerts
+
+
+def alert(i: int, score: float) -> dict:
+    return {"alert_id": f"a{i}", "session_id": f"s{i}", "score": score, "severity": "high", "title": f"alert {i}",
+            "start_time": "2026-12-05T00:00:00", "n_events": 3, "entities": {}, "surprising_events": []}
+
+
+def line(a: dict) -> str:
+    return json.dumps(a) + "\n"
+
+
+def test_a_growing_file_is_read_on_whole_lines_only_and_read_again_when_rewritten(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    path.write_text(line(alert(0, 1.0)) + line(alert(1, 2.0))[:30])  # the second is being written
+    f = AlertsFile(path)
+    assert [a["alert_id"] for a in f.refresh()] == ["a0"]
+    assert f.refresh() == []  # nothing whole yet
+    with open(path, "a") as fh:
+        fh.write(line(alert(1, 2.0))[30:] + "not json\n" + json.dumps({"x": 1}) + "\n" + line(alert(2, 3.0)))
+    assert [a["alert_id"] for a in f.refresh()] == ["a1", "a2"]
+    assert [n for n, _ in f.rejected] == [3, 4] and "not JSON" in f.rejected[0][1]
+    assert "no alert_id, session_id, score" in f.rejected[1][1]
+    assert f.describe_rejected().startswith(f"{path}:3: not JSON")
+    assert len(f.alerts) == 3 and f.lines == 5 and f.reloads == 0
+    # a new run over the same name, longer than what was read: its first bytes tell
+    path.write_text("".join(line(alert(i, float(i))) for i in range(10, 20)))
+    new = f.refresh()
+    assert f.reloads == 1 and [a["alert_id"] for a in new] == [f"a{i}" for i in range(10, 20)]
+    assert f.alerts == new and f.rejected == []
+    # cut shorter, and replaced by another file (logrotate's create)
+    path.write_text(line(alert(30, 1.0)))
+    assert [a["alert_id"] for a in f.refresh()] == ["a30"] and f.reloads == 2
+    other = tmp_path / "other.jsonl"
+    other.write_text(line(alert(30, 1.0)) + line(alert(31, 1.0)))
+    os.replace(other, path)
+    assert [a["alert_id"] for a in f.refresh()] == ["a30", "a31"] and f.reloads == 3
+
+
+def test_load_alerts_names_the_line_that_is_not_an_alert(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    path.write_text(line(alert(0, 1.0)) + "\n" + "{broken\n" + line(alert(1, 1.0)).rstrip("\n"))
+    with pytest.raises(ValueError, match=r"1 lines are not alerts: .*alerts.jsonl:3: not JSON"):
+        load_alerts(path)
+    path.write_text(line(alert(0, 1.0)) + line(alert(1, 1.0)).rstrip("\n"))  # a complete file's last line
+    assert [a["alert_id"] for a in load_alerts(path)] == ["a0", "a1"]
+
+
+def test_the_triage_page_ranks_and_groups_the_alerts_a_stream_appends(tmp_path):
+    from loglm.analyst.triage import Triage
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 8))
+    vectors = np.concatenate([base[[0, 0, 1, 1]] + 1e-4 * rng.normal(size=(4, 8)), rng.normal(size=(20, 8))])
+    flat = pa.array(vectors.astype(np.float32).ravel())
+    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(24)],
+                             "embedding": pa.FixedSizeListArray.from_arrays(flat, 8)}), tmp_path / "emb.parquet")
+    path = tmp_path / "alerts.jsonl"
+    path.write_text(line(alert(0, 5.0)) + line(alert(2, 4.0)))
+    t = Triage(path, tmp_path / "feedback.jsonl", tmp_path / "emb.parquet")
+    assert [a["alert_id"] for a in t.alerts] == ["a0", "a2"] and len(t.groups) == 2
+    assert t.refresh() is False  # unchanged: nothing is read, ranked or grouped again
+    with open(path, "a") as fh:
+        fh.write(line(alert(1, 9.0)) + line(alert(3, 1.0)) + "oops\n" + line(alert(4, 2.0))[:10])
+    assert t.refresh() is True
+    assert [a["alert_id"] for a in t.alerts] == ["a1", "a0", "a2", "a3"]  # ranked again, the cut line waits
+    assert t.groups == {"a1": ["a1", "a0"], "a2": ["a2", "a3"]}  # the new alert leads its pattern's group
+    page = t.index_page()
+    assert "4 alerts from" in page and "watch(4, 0)" in page
+    assert "1 lines of the alerts file are not alerts" in page and "alerts.jsonl:5: not JSON" in page
+    path.unlink()  # rotated away: what was read stays on the page
+    assert t.refresh() is False and len(t.alerts) == 4
