@@ -425,6 +425,9 @@ class DetectConfig:
     # likely ATT&CK techniques on every alert (loglm/analyst/attack.py): from its kind when known, else from
     # the similarity of its evidence to the technique descriptions
     attack_context: bool = True
+    # each alert's session vector beside the alerts (<alerts>.vectors.jsonl, loglm/analyst/alert_vectors.py):
+    # the triage page finds similar sessions for, and groups, alerts no embeddings file holds (a stream's)
+    alert_vectors: bool = True
     # a few-shot kinds file (`loglm kinds fit`): each alert is labelled with the closest known kind and a
     # confidence, "unknown" below the file's min_confidence
     kinds: str | None = None

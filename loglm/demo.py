@@ -119,10 +119,10 @@ def show_context(alerts_path: str, embeddings: str) -> None:
     console.print("  ATT&CK context: " + ("; ".join(f"{t['id']} {t['name']} ({t['source']})" for t in attacks)
                                          or "none (no kind given and no technique close to its evidence)"))
     from loglm.analyst.feedback import load_alerts
-    from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts
+    from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts_file
 
     alerts = load_alerts(alerts_path)
-    groups = len(set(group_alerts(alerts, meta, vecs).values()))
+    groups = len(set(group_alerts_file(alerts, alerts_path, meta, vecs).values()))
     console.print(f"  alert groups: {len(alerts)} alerts in {groups} groups (sessions' centred vectors within cosine "
                   f"{GROUP_MIN_COSINE} of the group's top alert: one verdict each on the triage page)")
     console.print(f"  triage: loglm triage --alerts {alerts_path} --embeddings {embeddings}")

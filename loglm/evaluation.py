@@ -448,10 +448,14 @@ class ScoredSplit:
     memory follows the largest piece."""
 
     def __init__(self, cfg, loaded, dcfg, data_dir: Path, event, work: Path):
+        import dataclasses
+
         from loglm.detect.alerts import AlertSpill
         from loglm.privacy import from_config
         from loglm.report import SessionView
 
+        # the evaluation's alerts feed its report only (no alerts file): their vectors are not needed
+        dcfg = dataclasses.replace(dcfg, alert_vectors=False)
         self.cfg, self.loaded, self.dcfg, self.data_dir, self.event = cfg, loaded, dcfg, data_dir, event
         self.unit = cfg.data.eval_unit
         if self.unit not in ("session", "event"):

@@ -85,3 +85,15 @@ def test_the_triage_page_ranks_and_groups_the_alerts_a_stream_appends(tmp_path):
     assert "1 lines of the alerts file are not alerts" in page and "alerts.jsonl:5: not JSON" in page
     path.unlink()  # rotated away: what was read stays on the page
     assert t.refresh() is False and len(t.alerts) == 4
+
+
+def test_only_vectors_of_one_model_are_compared():
+    """A stream that appended across a model's promotion holds two models' vectors: they share no space."""
+    from loglm.analyst.alert_vectors import comparable
+
+    alerts = [dict(alert(i, float(i)), model={"run_id": "old" if i < 2 else "new"}) for i in range(4)]
+    vec = {a["alert_id"]: np.ones(4, np.float32) for a in alerts}
+    assert sorted(comparable(alerts, vec, None, has_file=False)) == ["a2", "a3"]  # the top alert's model
+    assert sorted(comparable(alerts, vec, "old", has_file=True)) == ["a0", "a1"]  # the embeddings file's
+    assert comparable(alerts, vec, None, has_file=True) == {}  # a file that does not name its model
+    assert comparable(alerts, {}, None, has_file=False) == {}

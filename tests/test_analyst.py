@@ -359,10 +359,13 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
             except OSError:
                 time.sleep(0.25)
         alerts = sorted(fb.load_alerts(alerts_path), key=lambda a: -a["score"])
+        from loglm.analyst.alert_vectors import AlertVectors
         from loglm.analyst.embed import read_embeddings
-        from loglm.analyst.groups import group_alerts, groups_of
+        from loglm.analyst.groups import group_alerts_file, groups_of
 
-        groups = groups_of(group_alerts(alerts, *read_embeddings(emb)))
+        own = AlertVectors(alerts_path)  # detection's vectors of the alerts, beside them
+        assert own.refresh() and len(own.by_alert) == len(alerts)
+        groups = groups_of(group_alerts_file(alerts, alerts_path, *read_embeddings(emb)))
         assert len(groups) < len(alerts)  # the log repeats its anomalies: some alerts share a group
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
@@ -456,6 +459,72 @@ def test_triage_page_in_a_real_browser(deployed, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(json.loads(proc.stdout)["alerts"]) == sorted(groups[lead])
     assert {r["group"] for r in fb.read(tmp_path / "cli.jsonl").values()} == {lead}
+
+
+def test_detection_writes_each_alerts_vector_and_the_page_groups_and_searches_a_streams_alerts(deployed, tmp_path):
+    """Batch and streaming detection write each alert's session vector beside the alerts (alerts.vectors.jsonl),
+    the same vector pipelines.embed gives its session; the triage page then groups a stream's alerts with no
+    embeddings file, and finds similar past sessions for alerts the embeddings file does not hold, but only
+    when the file comes from the alerts' model."""
+    from loglm.analyst import feedback as fb
+    from loglm.analyst.alert_vectors import vectors_path
+    from loglm.analyst.embed import embeddings_model, read_embeddings, torch_embed_fn
+    from loglm.analyst.embed import run as embed
+    from loglm.analyst.triage import Triage
+    from loglm.detect.detector import run as detect
+    from loglm.detect.detector import with_model_data
+    from loglm.model.store import load_model
+
+    cfg, model, bundle = deployed
+    log = tmp_path / "new.log"
+    write_log(log, 60, 77, {5: "unseen", 15: "swap", 25: "unseen", 35: "swap"})
+    batch = tmp_path / "batch.jsonl"
+    summary = detect(replace(cfg, ckpt=model["model_dir"], inputs=[str(log)], out=str(batch)))
+    assert summary["vectors_path"] == str(vectors_path(batch))
+    rows = [json.loads(x) for x in vectors_path(batch).read_text().splitlines()]
+    alerts = fb.load_alerts(batch)
+    assert len(alerts) >= 4 and sorted(r["alert_id"] for r in rows) == sorted(a["alert_id"] for a in alerts)
+    assert "_vector" not in batch.read_text()  # the alerts a SIEM reads carry no vectors
+    loaded = load_model(model["model_dir"])
+    emb = tmp_path / "emb.parquet"
+    embed(replace(with_model_data(replace(cfg, inputs=[str(log)], out=str(emb)), Path(loaded.folder))), loaded,
+          torch_embed_fn(loaded.encoder))
+    meta, vectors = read_embeddings(emb)
+    assert embeddings_model(meta) == model["run_id"] == alerts[0]["model"]["run_id"]
+    row = {sid: i for i, sid in enumerate(meta.column("session_id").to_pylist())}
+    for r in rows:  # detection's vector is embed's, for the same session
+        assert float(np.dot(r["vector"], vectors[row[r["session_id"]]])) > 0.9999
+    # a stream over the same log: its alerts have vectors too, grouped without any embeddings file
+    stream = tmp_path / "stream.jsonl"
+    detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={model['model_dir']}", f"inputs=[{log}]",
+                              f"out={stream}", "follow=true", "follow_exit_s=1", "detect.stream_idle_close_s=1"]))
+    streamed = fb.load_alerts(stream)
+    assert len(streamed) >= 4 and len(vectors_path(stream).read_text().splitlines()) == len(streamed)
+    alone = Triage(stream, tmp_path / "fb.jsonl")  # no embeddings file: no centre, no groups
+    assert not alone.grouped and len(alone.groups) == len(streamed)
+    assert "alert groups need an embeddings file" in alone.index_page()
+    # an embeddings file of past sessions only: the stream's alerts are found by their own vectors
+    past = tmp_path / "past.log"
+    write_log(past, 40, 5, {})
+    emb_past = tmp_path / "past.parquet"
+    embed(replace(with_model_data(replace(cfg, inputs=[str(past)], out=str(emb_past)), Path(loaded.folder))), loaded,
+          torch_embed_fn(loaded.encoder))
+    page = Triage(stream, tmp_path / "fb.jsonl", emb_past)
+    top = page.alerts[0]
+    assert top["session_id"] not in read_embeddings(emb_past)[0].column("session_id").to_pylist()
+    assert len(page.similar(top)) == 10  # similar past sessions
+    assert page.grouped and len(page.groups) < len(streamed)  # the log repeats its anomalies
+    off = Triage(stream, tmp_path / "fb.jsonl", emb_past, group_cosine=0)
+    assert len(off.groups) == len(streamed) and not off.grouped
+    # an embeddings file of another model: its vectors are not comparable with the alerts' (no similar
+    # sessions by the alert's vector, groups only by the file's own rows, here none)
+    other = tmp_path / "other.parquet"
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(emb_past)
+    pq.write_table(t.replace_schema_metadata({b"loglm.model_run_id": b"another-run"}), other)
+    foreign = Triage(stream, tmp_path / "fb.jsonl", other)
+    assert foreign.similar(top) == [] and len(foreign.groups) == len(streamed)
 
 
 def test_event_vectors_torch_and_engine_agree_and_kinds_fit_on_events_label_alerts(deployed, tmp_path):

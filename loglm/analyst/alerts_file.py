@@ -1,6 +1,7 @@
-"""An alerts file that detection may still be writing (``loglm stream`` appends and flushes as sessions close).
+"""An alerts file that detection may still be writing (``loglm stream`` appends and flushes as sessions close),
+and its alerts' session vectors beside it (``alerts.vectors.jsonl``, :mod:`loglm.analyst.alert_vectors`).
 
-:class:`AlertsFile` reads it on from where its last read ended, whole lines only: a last line without its
+:class:`JsonLines` reads such a file on from where its last read ended, whole lines only: a last line without its
 newline is a write in progress and waits for the next read.  A file that was replaced (another inode), cut
 (shorter than what was read) or rewritten (its first bytes changed: a new run over the same name) is read
 again from its start.  A line that is not an alert is kept out with its line number and reason, and counted;
@@ -17,9 +18,14 @@ REQUIRED = ("alert_id", "session_id", "score")
 HEAD_BYTES = 256  # the first bytes compared to tell a rewritten file from a grown one
 
 
-class AlertsFile:
-    def __init__(self, path: str | Path):
+class JsonLines:
+    """The JSON objects of a file being appended to, each with the keys ``required``; ``alerts`` holds them."""
+
+    what = "a row"
+
+    def __init__(self, path: str | Path, required: tuple[str, ...] = REQUIRED):
         self.path = Path(path)
+        self.required = required
         self.alerts: list[dict] = []
         self.rejected: list[tuple[int, str]] = []  # (line number, reason)
         self.lines = 0  # whole lines read so far
@@ -63,9 +69,9 @@ class AlertsFile:
         except ValueError as e:
             self.rejected.append((self.lines, f"not JSON ({e})"))
             return None
-        missing = [k for k in REQUIRED if not isinstance(alert, dict) or k not in alert]
+        missing = [k for k in self.required if not isinstance(alert, dict) or k not in alert]
         if missing:
-            self.rejected.append((self.lines, f"not an alert (no {', '.join(missing)})"))
+            self.rejected.append((self.lines, f"not {self.what} (no {', '.join(missing)})"))
             return None
         return alert
 
@@ -77,3 +83,10 @@ class AlertsFile:
         shown = "; ".join(f"{self.path}:{n}: {why}" for n, why in self.rejected[:limit])
         more = len(self.rejected) - limit
         return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+class AlertsFile(JsonLines):
+    what = "an alert"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, REQUIRED)

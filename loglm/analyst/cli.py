@@ -112,7 +112,8 @@ def feedback_main(argv: list[str]) -> int:
     p.add_argument("--table", default="runs/feedback.jsonl", help="feedback table (JSON lines, appended)")
     p.add_argument("--group", action="store_true",
                    help="the verdict for every alert of the alert's group (needs --embeddings; loglm.analyst.groups)")
-    p.add_argument("--embeddings", help="session vectors (pipelines.embed / loglm embed), for --group")
+    p.add_argument("--embeddings", help="session vectors (pipelines.embed / loglm embed), for --group: as "
+                   "loglm triage --embeddings")
     p.add_argument("--group-cosine", type=float, default=None, help="as loglm triage --group-cosine (default 0.995)")
     a = p.parse_args(argv)
     from loglm.analyst import feedback as fb
@@ -123,12 +124,14 @@ def feedback_main(argv: list[str]) -> int:
         if not a.group:
             print(json.dumps(fb.record(a.table, alert, a.verdict, a.kind, a.note, alerts_file=a.alerts)))
             return 0
-        if not a.embeddings:
-            raise ValueError("--group needs --embeddings (the session vectors the alerts are grouped by)")
         from loglm.analyst.embed import read_embeddings
-        from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts, groups_of
+        from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts_file, groups_of
 
-        leader = group_alerts(alerts, *read_embeddings(a.embeddings), a.group_cosine or GROUP_MIN_COSINE)
+        if not a.embeddings:
+            raise ValueError("--group needs --embeddings (past sessions' vectors: their mean is the centre the "
+                             "alerts' vectors are compared around)")
+        meta, vectors = read_embeddings(a.embeddings)
+        leader = group_alerts_file(alerts, a.alerts, meta, vectors, a.group_cosine or GROUP_MIN_COSINE)
         lead = leader[alert["alert_id"]]
         by_id = {x["alert_id"]: x for x in alerts}
         members = [by_id[m] for m in groups_of(leader)[lead]]

@@ -159,11 +159,30 @@ def embedding_table(table, window_vectors: np.ndarray, scores: np.ndarray | None
     return out
 
 
+MODEL_KEY = b"loglm.model_run_id"  # the schema metadata naming the model whose vectors a file holds
+
+
+def with_model(table, model):
+    """``table`` with its model's run id in the schema metadata (an alert's own vector is compared with a
+    file's only when both come from one model: loglm.analyst.alert_vectors)."""
+    run_id = (getattr(model, "meta", None) or {}).get("run_id")
+    return table if run_id is None else table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                                        MODEL_KEY: str(run_id).encode()})
+
+
+def embeddings_model(meta) -> str | None:
+    """The run id of the model an embeddings file's vectors come from (None: not recorded, an older file)."""
+    value = (meta.schema.metadata or {}).get(MODEL_KEY)
+    return value.decode() if value else None
+
+
 def read_embeddings(path: str | Path) -> tuple[object, np.ndarray]:
     """(the Parquet table without its vectors, (n, d) float32 vectors)."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(path)
+    if "embedding" not in t.column_names:
+        raise ValueError(f"{path}: not an embeddings file (no 'embedding' column; pipelines.embed / loglm embed write one)")
     col = t.column("embedding").combine_chunks()
     d = col.type.list_size
     vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
@@ -194,7 +213,7 @@ def run(cfg, model, embed_fn: EmbedFn, workers: int = 1, event_fn: EmbedFn | Non
             for table, _ in source.tables():
                 toks, gaps, closed = windows_of(table)
                 vectors = embed_windows(embed_fn, toks, gaps, closed, dcfg.batch_size, dcfg.max_batch_tokens, workers)
-                sessions.write(embedding_table(table, vectors))
+                sessions.write(with_model(embedding_table(table, vectors), model))
                 windows, dim = windows + len(toks), int(vectors.shape[1])
                 if events is not None:
                     for batch in event_embedding_batches(event_fn, table, toks, gaps, closed, dcfg.batch_size,

@@ -3,6 +3,8 @@ One step, used by batch detection, streaming and evaluation alike."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 
 def embed_fn_of(model):
     """The window embedder of a loaded model: an exported bundle's ONNX graph or a torch encoder's."""
@@ -51,29 +53,38 @@ def event_kinds(clf, sids: list[str], per_window: list) -> dict[str, dict]:
 
 
 def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
-    """Adds ``kind`` ({name, confidence}) with ``dcfg.kinds`` and ``attacks`` with ``dcfg.attack_context``."""
-    if not alerts or not (dcfg.kinds or dcfg.attack_context):
+    """Adds ``kind`` ({name, confidence}) with ``dcfg.kinds``, ``attacks`` with ``dcfg.attack_context`` and, with
+    ``dcfg.alert_vectors``, the session's vector for the writer to put beside the alerts
+    (:mod:`loglm.analyst.alert_vectors`)."""
+    if dcfg.alert_vectors and not getattr(model, "has_embedding", True):
+        dcfg = replace(dcfg, alert_vectors=False)  # a bundle exported before its graph had vectors
+    if not alerts or not (dcfg.kinds or dcfg.attack_context or dcfg.alert_vectors):
         return alerts
-    if dcfg.kinds:
-        from loglm.analyst.embed import embed_windows, session_vectors
-        from loglm.analyst.fewshot import FewShot
-
-        clf = FewShot.load(dcfg.kinds)
+    clf = sub = ids = sv = None
+    if dcfg.kinds or dcfg.alert_vectors:  # the alerted sessions' windows only
         wanted = {a["session_id"] for a in alerts}
         sids = table.column("session_id").to_pylist()
         rows = [r for r, s in enumerate(sids) if s in wanted]
         sub = table.take(rows)
+    if dcfg.kinds:
+        from loglm.analyst.fewshot import FewShot
+
+        clf = FewShot.load(dcfg.kinds)
+    if dcfg.alert_vectors or (clf is not None and clf.unit != "event"):
+        from loglm.analyst.embed import embed_windows, session_vectors
         from loglm.windows import windows_of
 
+        vec = embed_windows(embed_fn_of(model), *windows_of(sub), dcfg.batch_size, dcfg.max_batch_tokens)
+        ids, sv = session_vectors([sids[r] for r in rows], vec)
+    if clf is not None:
         if clf.unit == "event":
             from loglm.analyst.embed import embed_events
+            from loglm.windows import windows_of
 
             per_window = embed_events(event_embed_fn_of(model), *windows_of(sub), dcfg.batch_size,
                                       dcfg.max_batch_tokens)
             dims = next((v.shape[1] for v in per_window if len(v)), clf.dims)
         else:
-            vec = embed_windows(embed_fn_of(model), *windows_of(sub), dcfg.batch_size, dcfg.max_batch_tokens)
-            ids, sv = session_vectors([sids[r] for r in rows], vec)
             dims = sv.shape[1]
         if dims != clf.dims:
             raise ValueError(f"detect.kinds={dcfg.kinds}: its classifier reads {clf.dims} dimensions, "
@@ -85,6 +96,10 @@ def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
             kind = {sid: {"name": n, "confidence": round(float(c), 4)} for sid, n, c in zip(ids, names, conf)}
         for a in alerts:
             a["kind"] = kind[a["session_id"]]
+    if dcfg.alert_vectors:
+        from loglm.analyst.alert_vectors import attach
+
+        attach(alerts, ids, sv)
     if dcfg.attack_context:
         from loglm.analyst.attack import attack_context
 
@@ -92,4 +107,3 @@ def enrich_alerts(alerts: list[dict], table, model, dcfg) -> list[dict]:
             known = a.get("kind", {}).get("name")
             a["attacks"] = attack_context(a, None if known in (None, "unknown") else known)
     return alerts
-

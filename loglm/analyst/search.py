@@ -71,12 +71,19 @@ def similar_sessions(meta, vectors: np.ndarray, session_id: str, k: int = 10, ki
         row = ids.index(session_id)
     except ValueError:
         raise ValueError(f"session {session_id!r} is not in the embeddings ({len(ids)} sessions)") from None
+    return similar_to(meta, vectors, vectors[row], k, kind, index, skip=session_id)
+
+
+def similar_to(meta, vectors: np.ndarray, query: np.ndarray, k: int = 10, kind: str = "auto",
+               index: VectorIndex | None = None, skip: str | None = None) -> list[dict]:
+    """The ``k`` sessions most similar to the unit vector ``query`` (an alert's own, :mod:`loglm.analyst.alert_vectors`),
+    session ``skip`` left out, as :func:`similar_sessions` gives them."""
     index = index or VectorIndex(vectors, kind)
-    sims, idx = index.search(vectors[row], k + 1)
+    sims, idx = index.search(np.asarray(query, dtype=np.float32), k + 1)
     cols = {c: meta.column(c).to_pylist() for c in meta.column_names}
     out = []
     for s, i in zip(sims[0], idx[0]):
-        if i < 0 or i == row:
+        if i < 0 or cols["session_id"][i] == skip:
             continue
         out.append({**{c: cols[c][i] for c in cols}, "similarity": round(float(s), 4)})
     return out[:k]

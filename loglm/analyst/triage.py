@@ -91,11 +91,13 @@ class Triage:
 
     def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None,
                  group_cosine: float | None = None):
+        from loglm.analyst.alert_vectors import AlertVectors
         from loglm.analyst.alerts_file import AlertsFile
 
         self.alerts_path = Path(alerts_path)
         self.feedback_path = Path(feedback_path)
         self.file = AlertsFile(self.alerts_path)
+        self.own = AlertVectors(self.alerts_path)  # each alert's session vector, written beside the alerts
         self.meta = self.vectors = self.index = None
         if embeddings:
             from loglm.analyst.embed import read_embeddings
@@ -103,26 +105,29 @@ class Triage:
 
             self.meta, self.vectors = read_embeddings(embeddings)
             self.index = VectorIndex(self.vectors)
-        self.group_cosine = None
-        if self.vectors is not None and group_cosine != 0:
-            from loglm.analyst.groups import GROUP_MIN_COSINE
+        from loglm.analyst.embed import embeddings_model
 
-            self.group_cosine = group_cosine or GROUP_MIN_COSINE
+        self.space = embeddings_model(self.meta) if self.meta is not None else None  # the file's model
+        from loglm.analyst.groups import GROUP_MIN_COSINE
+
+        self.group_cosine = None if group_cosine == 0 else group_cosine or GROUP_MIN_COSINE
         self.alerts: list[dict] = []
-        self._seen = (-1, -1)
+        self._seen = (-1, -1, -1)
         self.refresh()
 
     def refresh(self) -> bool:
         """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
+        from loglm.analyst.alert_vectors import comparable
         from loglm.analyst.groups import group_alerts, groups_of
 
         try:
             self.file.refresh()
         except FileNotFoundError:
-            if self._seen == (-1, -1):
+            if self._seen == (-1, -1, -1):
                 raise FileNotFoundError(f"no alerts file {self.alerts_path}") from None
             return False  # moved away (rotated): the alerts read so far stay on the page
-        seen = (self.file.reloads, len(self.file.alerts))
+        self.own.refresh()
+        seen = (self.file.reloads, len(self.file.alerts), len(self.own.by_alert))
         if seen == self._seen:
             return False
         self._seen = seen
@@ -130,8 +135,11 @@ class Triage:
         self.by_id = {a["alert_id"]: a for a in self.alerts}
         # alert groups (loglm.analyst.groups): with session vectors, one verdict for a repeated pattern
         self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
-        if self.group_cosine is not None:
-            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine)
+        # alerts' own vectors, where comparable with the embeddings file's (one model) or with each other
+        self.own_vectors = comparable(self.alerts, self.own.by_alert, self.space, self.vectors is not None)
+        self.grouped = self.group_cosine is not None and self.vectors is not None  # the file's mean is the centre
+        if self.grouped:
+            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine, self.own_vectors)
         self.groups = groups_of({a["alert_id"]: self.leader[a["alert_id"]] for a in self.alerts})
         self.group_no = {lead: n for n, lead in enumerate(self.groups, 1)}  # in score order of their leaders
         return True
@@ -167,8 +175,10 @@ class Triage:
 
     def _groups_line(self) -> str:
         if self.group_cosine is None:
-            return ("<p class=muted>alert groups need session vectors (loglm triage --embeddings ...)</p>"
-                    if self.vectors is None else "")
+            return ""  # turned off (--group-cosine 0)
+        if not self.grouped:
+            return ("<p class=muted>alert groups need an embeddings file of past sessions (loglm triage "
+                    "--embeddings ...): their mean vector is the centre the alerts' vectors are compared around</p>")
         return (f"<p>{len(self.groups)} groups (<a href='/groups'>one row each</a>): alerts whose sessions' vectors "
                 f"have cosine &ge; {self.group_cosine:g} with their group's highest-scoring alert</p>")
 
@@ -210,10 +220,15 @@ class Triage:
         return self.page(f"Group G{self.group_no[lead]}", body)
 
     def similar(self, a: dict, k: int = 10) -> list[dict]:
+        """The past sessions (the embeddings file) nearest the alert's session: by the alert's own vector when
+        detection wrote one, else by its session's row in the file."""
         if self.index is None:
             return []
-        from loglm.analyst.search import similar_sessions
+        from loglm.analyst.search import similar_sessions, similar_to
 
+        own = self.own_vectors.get(a["alert_id"])
+        if own is not None:
+            return similar_to(self.meta, self.vectors, own, k, index=self.index, skip=a["session_id"])
         try:
             return similar_sessions(self.meta, self.vectors, a["session_id"], k, index=self.index)
         except ValueError:
@@ -239,7 +254,7 @@ class Triage:
         sim_rows = "".join(f"<tr class=similar><td>{_e(s['session_id'])}</td><td>{s['similarity']:.3f}</td>"
                            f"<td>{_e(label_name(s.get('label')))}</td><td>{s.get('n_events')}</td></tr>" for s in sim)
         similar = ("<table><tr><th>session</th><th>cosine</th><th>label</th><th>events</th></tr>" + sim_rows + "</table>"
-                   if sim else "<p class=muted>no embeddings file given (loglm triage --embeddings ...)</p>")
+                   if sim else "<p class=muted>similar past sessions need an embeddings file of them (loglm triage --embeddings ...)</p>")
         kind = a.get("kind")
         kind_text = (f"{_e(kind['name'])} (confidence {kind['confidence']:.2f})" if kind
                      else "<span class=muted>not labelled (detect.kinds=...)</span>")

@@ -201,9 +201,26 @@ class AlertSpill(LineSpill):
     made detection's memory grow with the input.  The alerts file, the grouped findings and the report's top
     alerts are written in their final order from the file."""
 
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.vectors = open(Path(path).with_suffix(".vectors.jsonl"), "w+b")  # loglm.analyst.alert_vectors
+
     def add_alerts(self, alerts: list[dict]) -> None:
+        from loglm.analyst.alert_vectors import take
+
+        self.vectors.write(b"".join((json.dumps(r) + "\n").encode() for r in take(alerts)))
         for a in alerts:  # key: (-score, start, session, entity type, entity value)
             self.add((-a["score"], a["start_time"], a["session_id"], a["entity"]["type"], a["entity"]["value"]), a)
+
+    def vector_lines(self):
+        """The alerts' vector rows, in the order the pieces came (each row names its alert)."""
+        self.vectors.flush()
+        self.vectors.seek(0)
+        yield from self.vectors
+
+    def close(self) -> None:
+        super().close()
+        self.vectors.close()
 
     def top(self, n: int) -> list[dict]:
         return [json.loads(self.read(r)) for r in self.ordered()[:n]]

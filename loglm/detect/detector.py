@@ -496,6 +496,7 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
 
 
 def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> dict:
+    from loglm.analyst.alert_vectors import vectors_path
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.calibration_record import alert_threshold
     from loglm.privacy import from_config
@@ -527,6 +528,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
             progress.tick(len(rows))
         progress.done(f"{n_sessions:,} sessions scored, {len(alerts):,} alerts")
         atomic_write_bytes(out, alerts.lines())  # by score, then start time, then session, whatever the pieces
+        atomic_write_bytes(vectors_path(out), alerts.vector_lines())  # empty with detect.alert_vectors=false
         findings_path = write_findings(out, alerts, cfg.detect, work)
         findings_path.update(write_cef(out, alerts.lines(), cfg.detect.cef))
         if cfg.detect.report:
@@ -542,6 +544,7 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
                                           for f, n, r in source.rejected_lines()))
     elapsed = time.perf_counter() - t0
     summary = {"alerts_path": str(out), "alerts": len(alerts), **findings_path,
+               "vectors_path": str(vectors_path(out)),
                "scores_path": str(out.with_suffix(".scores.parquet")) if cfg.detect.write_scores else None,
                "sessions_scored": n_sessions, "events_scored": n_events, "pieces_scored": pieces,
                "threshold": threshold,

@@ -18,6 +18,8 @@ from glob import escape as glob_escape
 from itertools import islice
 from pathlib import Path
 
+from loglm.analyst.alert_vectors import take as take_vectors
+from loglm.analyst.alert_vectors import vectors_path
 from loglm.detect.alerts import events_from_parsed
 from loglm.detect.calibration_record import alert_threshold
 from loglm.detect.cef_alerts import alert_to_cef
@@ -56,8 +58,9 @@ SCORE_SESSIONS = 1024
 
 class StreamingDetector:
     def __init__(self, cfg, model, scorer, alerts_out, rejections_out=None, findings_out=None, scores_out=None,
-                 cef_out=None):
+                 cef_out=None, vectors_out=None):
         self.cfg = cfg
+        self.vectors_out = vectors_out  # each alert's session vector (loglm.analyst.alert_vectors)
         self.cef_out = cef_out  # detect.cef: each alert as a CEF line too
         self.scores_out = scores_out  # a detector.ScoreWriter: every scored session, as batch writes them
         self.model = model
@@ -227,6 +230,10 @@ class StreamingDetector:
                               self.pseudo)
         if self.scores_out is not None:
             self.scores_out.add(session_score_rows(table, ws.score, pseudo=self.pseudo))
+        vectors = take_vectors(alerts)
+        if self.vectors_out is not None and vectors:  # before the alerts: a reader of both finds them there
+            self.vectors_out.write("".join(json.dumps(r) + "\n" for r in vectors))
+            self.vectors_out.flush()
         for a in alerts:
             self.alerts_out.write(json.dumps(a) + "\n")
             if self.cef_out is not None:
@@ -811,9 +818,9 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
     with open(out, mode) as alerts_fh, open(out.with_suffix(".rejected.jsonl"), mode) as rej_fh, \
             open(out.with_suffix(".ocsf.jsonl"), mode) as findings_fh, \
             (open(out.with_suffix(".cef"), mode) if cfg.detect.cef else contextlib.nullcontext()) as cef_fh, \
-            contextlib.ExitStack() as served:
+            open(vectors_path(out), mode) as vectors_fh, contextlib.ExitStack() as served:
         scores = ScoreWriter(out.with_suffix(".scores.parquet"))
-        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores, cef_fh)
+        det = StreamingDetector(cfg, model, scorer, alerts_fh, rej_fh, findings_fh, scores, cef_fh, vectors_fh)
         joiners: dict[str, Continuations | None] = {}  # data.multiline: records of several lines, per file
 
         def joiner_of(src: str) -> Continuations | None:
@@ -908,6 +915,7 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
     if cfg.detect.cef:
         summary["cef_path"] = str(out.with_suffix(".cef"))
     summary.update({"alerts_path": str(out), "findings_path": str(out.with_suffix(".ocsf.jsonl")),
+                    "vectors_path": str(vectors_path(out)),
                     "rejected_path": str(out.with_suffix(".rejected.jsonl")),
                     "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()})
     return summary
