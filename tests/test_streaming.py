@@ -208,6 +208,12 @@ def test_a_running_stream_serves_prometheus_metrics_on_loopback(model, tmp_path)
         alerts = alerts_while_running(proc, out)
         assert alerts
         text = urllib.request.urlopen(url, timeout=10).read().decode()
+        import urllib.error
+
+        with pytest.raises(urllib.error.HTTPError, match="400"):  # another host's page (DNS rebinding)
+            urllib.request.urlopen(urllib.request.Request(url, headers={"Host": "evil.example"}), timeout=10)
+        local = url.replace("127.0.0.1", "localhost")
+        assert "loglm_stream_lines_read_total" in urllib.request.urlopen(local, timeout=10).read().decode()
     finally:
         code, summary, stderr = stop(proc)
     assert code == 0, stderr[-2000:]

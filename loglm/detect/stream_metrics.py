@@ -5,7 +5,8 @@ counts (lines read and rejected, sessions scored, alerts, sessions evicted or cl
 sessions open, how long ago the last line came (a stalled input or relay) and how far the newest event's
 time is behind the clock (a log read late).  Every value is read from the stream when scraped: the stream
 itself does no extra work per line.  The server binds 127.0.0.1 only (a local Prometheus agent or node
-exporter's textfile relay scrapes it) and stops with the stream."""
+exporter's textfile relay scrapes it) and stops with the stream.  A request naming another host (a web page
+the operator opened, through DNS rebinding) is refused (400): the metrics name the stream's inputs."""
 
 from __future__ import annotations
 
@@ -56,18 +57,52 @@ class StreamCollector:
                         time.time() - det.watermark)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _local_only(app):
+    """The WSGI ``app`` for requests whose Host names this machine's loopback; others get 400."""
+    def guarded(environ, start_response):
+        from urllib.parse import urlsplit
+
+        host = environ.get("HTTP_HOST", "127.0.0.1")
+        try:
+            name = urlsplit("//" + host).hostname
+        except ValueError:
+            name = None
+        if name not in LOCAL_HOSTS:
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [f"metrics are served to this machine only, not to host {host!r}\n".encode()]
+        return app(environ, start_response)
+
+    return guarded
+
+
 @contextlib.contextmanager
 def serving(port: int, det, source: str, model_run: str | None, inputs=None):
     """The metrics server on 127.0.0.1:``port`` (0: a free port) for the block, however it ends; yields the
     port it serves on.  ``inputs``: the stream's line source (a UDP listener's kernel drops are served)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    import socketserver
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # scrapes are not the stream's log
+            pass
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StreamCollector(det, source, model_run, inputs))
     try:
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+        server = make_server("127.0.0.1", port, _local_only(make_wsgi_app(registry)), Server, Quiet)
     except OSError as e:
         raise ValueError(f"detect.metrics_port={port}: cannot serve metrics there: {e.strerror}") from None
+    thread = threading.Thread(target=server.serve_forever, name="loglm-metrics", daemon=True)
+    thread.start()
     try:
         yield server.server_address[1]
     finally:
