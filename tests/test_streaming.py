@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +192,33 @@ def test_a_log_gone_quiet_alerts_without_waiting_for_more_lines(model, tmp_path,
     assert any("IOException" in (e["raw"] or "") for a in alerts for e in a["surprising_events"])
     assert code == 0 and summary["lines"]["read"] == len(lines) == summary["events_scored"]
     assert summary["closed_quiet"] >= 1  # closed by the quiet, not by later events
+
+
+def test_logrotate_copytruncate_of_a_streams_own_alerts_leaves_no_hole(model, tmp_path):
+    """A stream run as a service has its alerts rotated by logrotate's copytruncate (the file emptied while the
+    stream writes it). Started fresh (follow_from=start), the stream wrote without O_APPEND: its next alert
+    landed at the old offset, after a hole of NUL bytes that broke every JSON reader of the file."""
+    log, out = tmp_path / "live.log", tmp_path / "alerts.jsonl"
+    out.write_text("an earlier run's alert\n")  # a fresh run empties it first
+    log.write_bytes(b"".join(line + b"\n" for line in blocks_with_one_anomaly(4, 2, 0)[0]))
+    proc = start_stream(model, str(log), out, "detect.stream_idle_close_s=1", "follow_from=start")
+    try:
+        first = alerts_while_running(proc, out)
+        assert first and not out.with_suffix(".rejected.jsonl").read_text()
+        for path in (out, out.with_suffix(".ocsf.jsonl"), out.with_suffix(".vectors.jsonl")):
+            shutil.copy(path, path.with_name(path.name + ".1"))  # what copytruncate does
+            os.truncate(path, 0)
+        with open(log, "ab") as fh:
+            fh.write(b"".join(line + b"\n" for line in blocks_with_one_anomaly(5, 2, 0)[0]))
+        second = alerts_while_running(proc, out)
+    finally:
+        code, summary, stderr = stop(proc)
+    assert code == 0, stderr[-2000:]
+    assert second  # the second anomalous block's alert, read from the emptied file (json.loads failed on NULs)
+    assert [json.loads(x) for x in out.with_name(out.name + ".1").read_text().splitlines()] == first
+    for path in (out, out.with_suffix(".ocsf.jsonl"), out.with_suffix(".vectors.jsonl")):
+        data = path.read_bytes()
+        assert b"\x00" not in data and all(json.loads(x) for x in data.splitlines()), path
 
 
 def test_a_running_stream_serves_prometheus_metrics_on_loopback(model, tmp_path):

@@ -810,9 +810,16 @@ def run_stream(cfg, model, scorer, lines: Iterable[tuple], source: str, out: Pat
     (:meth:`StreamingDetector.quiet`), so an alert does not wait for later lines."""
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    mode = "a" if append else "w"
+    # every output is written in append mode (O_APPEND), a fresh run's emptied first: logrotate's copytruncate
+    # empties a file the stream still writes, and a write at the old offset would leave a hole of NUL bytes
+    mode = "a"
     if append:
         _keep_earlier(out.with_suffix(".scores.parquet"))
+    else:
+        for path in (out, out.with_suffix(".rejected.jsonl"), out.with_suffix(".ocsf.jsonl"), vectors_path(out),
+                     out.with_suffix(".cef")):
+            if path.exists():
+                open(path, "w").close()
     if not cfg.detect.cef:
         write_cef(out, [], False)  # no stale CEF file beside this run's alerts
     with open(out, mode) as alerts_fh, open(out.with_suffix(".rejected.jsonl"), mode) as rej_fh, \
