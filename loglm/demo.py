@@ -88,6 +88,10 @@ def show_alert(path: str) -> None:
     console.print(f"[bold]Top alert[/bold] {a['alert_id']} ({a['severity']}): {a['title']}\n"
                   f"  score {a['score']:.4f} > threshold {a['threshold']:.4f}; {a['n_events']} events "
                   f"{a['start_time']} .. {a['end_time']}; entities {a['entities']}")
+    if "label" in a:  # the dataset's own label (never shown to the model): is the top alert right?
+        console.print("  dataset label: " + ("anomalous (a true positive)" if a["label"] else
+                      "normal: a false positive. A verdict 'benign' on the triage page (for its whole group) "
+                      "and `python -m pipelines.tune` teach the model this pattern"))
     for e in a["surprising_events"]:
         exp = ", ".join(f"{x['template']} ({x['p']:.2f})" for x in e["expected"][:2])
         rank = "unseen" if e["rank"] is None else f"{e['rank']:>3}"  # an event type training never saw

@@ -48,6 +48,10 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
     assert len(bundles) == 1 and (bundles[0] / "model.onnx").is_file()
     assert (bundles[0] / "alerts" / "detect.jsonl").is_file() and "loglm detect --bundle" in out
     assert re.search(r"alert groups: (\d+) alerts in (\d+) groups", out)  # what the triage page groups
+    assert "dataset label: " in out  # whether the top alert is right, from the data's own label
+    engine_alerts = (bundles[0] / "alerts" / "detect.jsonl").read_text().splitlines()
+    vectors = (bundles[0] / "alerts" / "detect.vectors.jsonl").read_text().splitlines()
+    assert len(vectors) == len(engine_alerts) > 0  # each alert's session vector beside it
     prepared = json.loads((root / "data" / "hdfs_loglead" / "MANIFEST.json").read_text())["summary"]
     assert prepared["lines"] == {"read": 165563, "accepted": 165563, "rejected": 0, "metadata": 0,
                                  "rejected_by_reason": {}}

@@ -115,19 +115,23 @@ class Triage:
         self._seen = (-1, -1, -1)
         self.refresh()
 
-    def refresh(self) -> bool:
-        """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
-        from loglm.analyst.alert_vectors import comparable
-        from loglm.analyst.groups import group_alerts, groups_of
-
+    def _read(self) -> tuple[int, int, int]:
+        """Read what the alerts file and its vectors gained: (reloads, alerts, vectors) read so far."""
         try:
             self.file.refresh()
         except FileNotFoundError:
             if self._seen == (-1, -1, -1):
                 raise FileNotFoundError(f"no alerts file {self.alerts_path}") from None
-            return False  # moved away (rotated): the alerts read so far stay on the page
+            return self._seen  # moved away (rotated): the alerts read so far stay on the page
         self.own.refresh()
-        seen = (self.file.reloads, len(self.file.alerts), len(self.own.by_alert))
+        return self.file.reloads, len(self.file.alerts), len(self.own.by_alert)
+
+    def refresh(self) -> bool:
+        """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
+        from loglm.analyst.alert_vectors import comparable
+        from loglm.analyst.groups import group_alerts, groups_of
+
+        seen = self._read()
         if seen == self._seen:
             return False
         self._seen = seen
@@ -304,9 +308,9 @@ class Triage:
             page = self.group_page(request.path_params["lead"])
             return HTMLResponse(page) if page else HTMLResponse("no such group", status_code=404)
 
-        async def state(request: Request):
-            self.refresh()
-            return JSONResponse({"alerts": len(self.alerts), "reloads": self.file.reloads,
+        async def state(request: Request):  # polled every 2 s by an open index page: reads, never regroups
+            self._read()
+            return JSONResponse({"alerts": len(self.file.alerts), "reloads": self.file.reloads,
                                  "rejected_lines": len(self.file.rejected)})
 
         async def post_feedback(request: Request):
