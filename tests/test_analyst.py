@@ -527,6 +527,19 @@ def test_detection_writes_each_alerts_vector_and_the_page_groups_and_searches_a_
     assert foreign.similar(top) == [] and len(foreign.groups) == len(streamed)
 
 
+def test_a_split_of_data_never_prepared_names_the_data_the_model_was_trained_on(deployed, tmp_path):
+    """`pipelines.embed ckpt=M split=train` (or detect) without data=: the command's default data is not the
+    model's. Before, pyarrow's "Failed to open local file .../events.parquet" was all it said."""
+    from loglm.detect.detector import run as detect
+
+    cfg, model, _ = deployed
+    other = replace(cfg, ckpt=model["model_dir"], inputs=[], split="test", out=str(tmp_path / "a.jsonl"),
+                    data=replace(cfg.data, name="hdfs_sample"))
+    with pytest.raises(ValueError, match=rf"split=test of data 'hdfs_sample' is not prepared .* this model was "
+                                         rf"trained on data '{cfg.data.name}': add data={cfg.data.name}"):
+        detect(other)
+
+
 def test_event_vectors_torch_and_engine_agree_and_kinds_fit_on_events_label_alerts(deployed, tmp_path):
     """``embed_events=true`` (``loglm embed --events``): one vector per event beside the session file, the same
     from torch and the ONNX engine; a kinds file fitted on event vectors (examples by ``event_idx``) labels

@@ -66,6 +66,19 @@ def check_same_vocabulary(model_dir: Path, data_dir: Path) -> None:
                          "model's own vocabulary")
 
 
+def check_prepared(model_dir: Path, data_dir: Path, cfg) -> None:
+    """A split is scored from prepared data: none there is an error naming the data the model was trained on."""
+    if (data_dir / "MANIFEST.json").is_file():
+        return
+    from loglm.config import trained_data_config
+
+    trained = trained_data_config(model_dir, cfg.data).name
+    hint = (f"this model was trained on data {trained!r}: add data={trained} (or dataset={trained})"
+            if trained != cfg.data.name else f"prepare it first: python -m pipelines.prepare data={trained}")
+    raise ValueError(f"split={cfg.split} of data {cfg.data.name!r} is not prepared ({data_dir} holds no "
+                     f"MANIFEST.json): {hint}; or give raw inputs=[...]")
+
+
 def check_not_all_rejected(lines: dict, rejections: list, data) -> None:
     """Every line rejected is a wrong format or wrong settings, not a quiet day: an error naming the reasons."""
     if lines["read"] > lines["metadata"] and lines["accepted"] == 0:
@@ -376,6 +389,7 @@ class DetectionInput:
         cfg = self.cfg
         if not cfg.inputs:
             self.folder = prepared_dir(cfg.paths.root, cfg.data.name)
+            check_prepared(Path(self.model.folder), self.folder, cfg)
             check_same_vocabulary(Path(self.model.folder), self.folder)
         elif cfg.data.format in builders.BUILDERS:
             raise ValueError(
