@@ -513,6 +513,11 @@ def test_detection_writes_each_alerts_vector_and_the_page_groups_and_searches_a_
     top = page.alerts[0]
     assert top["session_id"] not in read_embeddings(emb_past)[0].column("session_id").to_pylist()
     assert len(page.similar(top)) == 10  # similar past sessions
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "similar", "--embeddings", str(emb_past), "--alerts",
+                           str(stream), "--alert-id", top["alert_id"], "--top", "3"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # the same from a shell
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [n["session_id"] for n in json.loads(proc.stdout)] == [n["session_id"] for n in page.similar(top, 3)]
     assert page.grouped and len(page.groups) < len(streamed)  # the log repeats its anomalies
     off = Triage(stream, tmp_path / "fb.jsonl", emb_past, group_cosine=0)
     assert len(off.groups) == len(streamed) and not off.grouped

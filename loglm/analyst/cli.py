@@ -11,15 +11,40 @@ import sys
 def similar_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="loglm similar", description="Sessions most similar to one (cosine of their vectors).")
     p.add_argument("--embeddings", required=True, help="Parquet written by pipelines.embed / loglm embed")
-    p.add_argument("--session", required=True, help="session id (an alert's session_id)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", help="session id (an alert's session_id)")
+    which.add_argument("--alert-id", help="an alert of --alerts: by the vector detection wrote beside it (a "
+                       "stream's alert, whose session no embeddings file holds yet), else by its session")
+    p.add_argument("--alerts", help="alerts file (JSON lines), for --alert-id")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto")
     a = p.parse_args(argv)
-    from loglm.analyst.embed import read_embeddings
-    from loglm.analyst.search import similar_sessions
+    from loglm.analyst.embed import embeddings_model, read_embeddings
+    from loglm.analyst.search import similar_for_alert, similar_sessions
 
-    meta, vecs = read_embeddings(a.embeddings)
-    print(json.dumps(similar_sessions(meta, vecs, a.session, a.top, a.index), indent=2))
+    try:
+        meta, vecs = read_embeddings(a.embeddings)
+        if a.session:
+            near = similar_sessions(meta, vecs, a.session, a.top, a.index)
+        else:
+            from loglm.analyst import feedback as fb
+            from loglm.analyst.alert_vectors import AlertVectors, comparable
+
+            if not a.alerts:
+                raise ValueError("--alert-id needs --alerts (the alerts file it is in)")
+            alerts = fb.load_alerts(a.alerts)
+            alert = fb.find_alert(alerts, a.alert_id)
+            own = AlertVectors(a.alerts)
+            own.refresh()
+            mine = comparable([alert], own.by_alert, embeddings_model(meta), True).get(alert["alert_id"])
+            if mine is None and alert["session_id"] not in set(meta.column("session_id").to_pylist()):
+                raise ValueError(f"alert {a.alert_id}: its session is not in {a.embeddings} and it has no vector "
+                                 f"from this embeddings file's model beside the alerts ({own.file.path})")
+            near = similar_for_alert(meta, vecs, alert, mine, a.top, a.index)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"loglm similar: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(near, indent=2))
     return 0
 
 

@@ -87,3 +87,16 @@ def similar_to(meta, vectors: np.ndarray, query: np.ndarray, k: int = 10, kind: 
             continue
         out.append({**{c: cols[c][i] for c in cols}, "similarity": round(float(s), 4)})
     return out[:k]
+
+
+def similar_for_alert(meta, vectors: np.ndarray, alert: dict, own: np.ndarray | None, k: int = 10,
+                      kind: str = "auto", index: VectorIndex | None = None) -> list[dict]:
+    """The past sessions nearest an alert's session: by ``own``, the alert's vector that detection wrote beside
+    the alerts (:mod:`loglm.analyst.alert_vectors`; only where it comes from the embeddings' model), else by its
+    session's row in the embeddings; [] when neither is known."""
+    if own is not None:
+        return similar_to(meta, vectors, own, k, kind, index, skip=alert["session_id"])
+    try:
+        return similar_sessions(meta, vectors, alert["session_id"], k, kind, index)
+    except ValueError:
+        return []

@@ -228,15 +228,9 @@ class Triage:
         detection wrote one, else by its session's row in the file."""
         if self.index is None:
             return []
-        from loglm.analyst.search import similar_sessions, similar_to
+        from loglm.analyst.search import similar_for_alert
 
-        own = self.own_vectors.get(a["alert_id"])
-        if own is not None:
-            return similar_to(self.meta, self.vectors, own, k, index=self.index, skip=a["session_id"])
-        try:
-            return similar_sessions(self.meta, self.vectors, a["session_id"], k, index=self.index)
-        except ValueError:
-            return []
+        return similar_for_alert(self.meta, self.vectors, a, self.own_vectors.get(a["alert_id"]), k, index=self.index)
 
     def alert_page(self, alert_id: str) -> str | None:
         from loglm.analyst.search import label_name
