@@ -245,3 +245,24 @@ def test_a_file_truncated_and_written_past_the_position_between_two_polls_is_rea
     with open(log, "ab") as fh:
         fh.write(b"more\n")
     assert list(follower.available()) == [(b"more\n", 23)] and len(follower.rotations) == 1
+
+
+def test_a_truncation_is_told_even_when_every_file_starts_with_the_same_banner(log):
+    """Files that all start alike (a banner longer than the first bytes compared) give the head check nothing:
+    the bytes just before the position read to, remembered when the stream was last caught up, tell."""
+    banner = b"# service log v2, " + b"=" * 1100 + b"\n"
+    follower = FollowLines(str(log), poll_s=0.01)
+    writer = open(log, "ab", buffering=0)
+    try:
+        writer.write(banner + b"yesterday 1\nyesterday 2\n")
+        assert [n for _, n in follower.available()] == [1, 2, 3]
+        os.truncate(log, 0)
+        new = [banner] + [b"today %d\n" % i for i in range(30)]
+        writer.write(b"".join(new))  # past the position read to, the same first 1,024 bytes
+        got = list(follower.available())
+        assert got == [(line, i) for i, line in enumerate(new, 4)]
+        assert follower.rotations == [{"how": "truncated", "first_line": 4}]
+        writer.write(b"more\n")  # growth alone is not a truncation
+        assert list(follower.available()) == [(b"more\n", 35)] and len(follower.rotations) == 1
+    finally:
+        writer.close()

@@ -346,6 +346,7 @@ class FollowLines:
         self.n = self.offset = 0  # lines yielded so far; the byte after the last of them
         self._unfinished: tuple[int, int] | None = None  # (line, offset) before a last line without its newline
         self._buf, self._total, self.last = b"", 0, time.monotonic()  # the line being read; the last growth
+        self._tail: tuple[int, bytes] | None = None  # (position, the bytes before it) when last caught up
         self._head = b""  # the open file's first bytes (up to HEAD_BYTES), to know its rotated copy by
         self._copy: dict | None = None  # while the lines a rotation moved into another file are read there
         if resume is not None:
@@ -546,7 +547,7 @@ class FollowLines:
                 self.identity = _identity(os.fstat(self._fh.fileno()))
             else:
                 fh.seek(0)
-            self.offset, self._head = 0, b""
+            self.offset, self._head, self._tail = 0, b"", None
             self._marks.append((self.n + 1, 0, self.identity))
             self.rotations.append(rotation)
             there = (f" (the {rotation['lines_there']:,} lines written before the rotation and not yet read were read "
@@ -600,12 +601,25 @@ class FollowLines:
             return "replaced" if os.fstat(fh.fileno()).st_size <= fh.tell() else None
         if st.st_size < fh.tell() or self._head_changed(fh):
             return "truncated"
+        at = fh.tell()  # caught up: remember the bytes just before the position (_head_changed)
+        self._tail = (at, os.pread(fh.fileno(), min(self.TAIL_BYTES, at), at - min(self.TAIL_BYTES, at)))
         return None
 
+    TAIL_BYTES = 64
+
     def _head_changed(self, fh) -> bool:
-        """The open file's first bytes are no longer those read: it was truncated in place and written again,
-        past the position read to (a busy writer between two polls), so its size alone does not tell."""
-        return bool(self._head) and self._copy is None and os.pread(fh.fileno(), len(self._head), 0) != self._head
+        """The open file was truncated in place and written again past the position read to (a busy writer
+        between two polls), so its size alone does not tell: its first bytes are no longer those read, or, for
+        files that all start alike (a banner), the bytes just before the position read to when it was last
+        caught up are not those it read there."""
+        if self._copy is not None:
+            return False
+        if self._head and os.pread(fh.fileno(), len(self._head), 0) != self._head:
+            return True
+        if self._tail is None or self._tail[0] != fh.tell():
+            return False
+        at, tail = self._tail
+        return os.pread(fh.fileno(), len(tail), at - len(tail)) != tail
 
 
 class FollowFiles:
