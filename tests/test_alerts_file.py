@@ -67,9 +67,13 @@ def test_the_triage_page_ranks_and_groups_the_alerts_a_stream_appends(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.normal(size=(2, 8))
     vectors = np.concatenate([base[[0, 0, 1, 1]] + 1e-4 * rng.normal(size=(4, 8)), rng.normal(size=(20, 8))])
-    flat = pa.array(vectors.astype(np.float32).ravel())
-    pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(24)],
-                             "embedding": pa.FixedSizeListArray.from_arrays(flat, 8)}), tmp_path / "emb.parquet")
+    def write(v):
+        flat = pa.array(v.astype(np.float32).ravel())
+        pq.write_table(pa.table({"session_id": [f"s{i}" for i in range(24)],
+                                 "embedding": pa.FixedSizeListArray.from_arrays(flat, 8)}), tmp_path / ".emb.tmp")
+        os.replace(tmp_path / ".emb.tmp", tmp_path / "emb.parquet")
+
+    write(vectors)
     path = tmp_path / "alerts.jsonl"
     path.write_text(line(alert(0, 5.0)) + line(alert(2, 4.0)))
     t = Triage(path, tmp_path / "feedback.jsonl", tmp_path / "emb.parquet")
@@ -83,6 +87,14 @@ def test_the_triage_page_ranks_and_groups_the_alerts_a_stream_appends(tmp_path):
     page = t.index_page()
     assert "4 alerts from" in page and "watch(4, 0)" in page
     assert "1 lines of the alerts file are not alerts" in page and "alerts.jsonl:5: not JSON" in page
+    # the embeddings written again (pipelines.embed: a new file renamed into place): read again, regrouped
+    vectors[1] = vectors[0]  # s1 (a1) now sits apart from s0 (a0): a1 leads alone
+    vectors[1, :4] *= -1
+    write(vectors)
+    assert t.refresh() is True and t.embeddings_loads == 2
+    assert t.groups["a1"] == ["a1"] and t.leader["a0"] != "a1"
+    (tmp_path / "emb.parquet").write_bytes(b"not parquet")  # a broken file: the vectors read before stay
+    assert t.refresh() is False and t.embeddings_loads == 2 and "the vectors read before are used" in t.index_page()
     path.unlink()  # rotated away: what was read stays on the page
     assert t.refresh() is False and len(t.alerts) == 4
 

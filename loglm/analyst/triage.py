@@ -98,39 +98,60 @@ class Triage:
         self.feedback_path = Path(feedback_path)
         self.file = AlertsFile(self.alerts_path)
         self.own = AlertVectors(self.alerts_path)  # each alert's session vector, written beside the alerts
-        self.meta = self.vectors = self.index = None
-        if embeddings:
-            from loglm.analyst.embed import read_embeddings
-            from loglm.analyst.search import VectorIndex
-
-            self.meta, self.vectors = read_embeddings(embeddings)
-            self.index = VectorIndex(self.vectors)
-        from loglm.analyst.embed import embeddings_model
-
-        self.space = embeddings_model(self.meta) if self.meta is not None else None  # the file's model
+        self.embeddings = Path(embeddings) if embeddings else None
+        self.meta = self.vectors = self.index = self.space = None
+        self._emb_ident = None  # (inode, size, mtime) of the embeddings file read
+        self.embeddings_error: str | None = None
+        self.embeddings_loads = 0
         from loglm.analyst.groups import GROUP_MIN_COSINE
 
         self.group_cosine = None if group_cosine == 0 else group_cosine or GROUP_MIN_COSINE
         self.alerts: list[dict] = []
-        self._seen = (-1, -1, -1)
+        self._seen = (-1, -1, -1, -1)
+        self._load_embeddings(first=True)
         self.refresh()
+
+    def _load_embeddings(self, first: bool = False) -> None:
+        """Read the embeddings file when it changed (``pipelines.embed`` wrote it again: it writes a file whole,
+        then renames it into place); one that cannot be read keeps the vectors read before, and says why."""
+        if self.embeddings is None:
+            return
+        from loglm.analyst.embed import embeddings_model, read_embeddings
+        from loglm.analyst.search import VectorIndex
+
+        try:
+            st = self.embeddings.stat()
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if ident == self._emb_ident:
+                return
+            meta, vectors = read_embeddings(self.embeddings)
+        except (OSError, ValueError) as e:
+            if first:
+                raise
+            self.embeddings_error = f"{self.embeddings}: {e}; the vectors read before are used"
+            return
+        self.meta, self.vectors, self.index = meta, vectors, VectorIndex(vectors)
+        self.space = embeddings_model(meta)  # the file's model
+        self._emb_ident, self.embeddings_error = ident, None
+        self.embeddings_loads += 1
 
     def _read(self) -> tuple[int, int, int]:
         """Read what the alerts file and its vectors gained: (reloads, alerts, vectors) read so far."""
         try:
             self.file.refresh()
         except FileNotFoundError:
-            if self._seen == (-1, -1, -1):
+            if self._seen == (-1, -1, -1, -1):
                 raise FileNotFoundError(f"no alerts file {self.alerts_path}") from None
             return self._seen  # moved away (rotated): the alerts read so far stay on the page
         self.own.refresh()
-        return self.file.reloads, len(self.file.alerts), len(self.own.by_alert)
+        return self.file.reloads, len(self.file.alerts), len(self.own.by_alert), self.embeddings_loads
 
     def refresh(self) -> bool:
         """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
         from loglm.analyst.alert_vectors import comparable
         from loglm.analyst.groups import group_alerts, groups_of
 
+        self._load_embeddings()
         seen = self._read()
         if seen == self._seen:
             return False
@@ -163,7 +184,8 @@ class Triage:
                         f"<td><a href='/alert/{_e(a['alert_id'])}'>{_e(a['title'])}</a></td><td>{a['score']:.4g}</td>"
                         f"<td>{_e(a['start_time'])}</td><td>{a['n_events']}</td><td>{self._group_cell(a)}</td>"
                         f"<td>{_e(kind)}</td><td>{_e(top)}</td><td class=verdict>{_e(v)}</td></tr>")
-        rejected = (f"<p class=warn id=rejected>{len(self.file.rejected)} lines of the alerts file are not alerts and are "
+        rejected = (f"<p class=warn id=embeddings>{_e(self.embeddings_error)}</p>" if self.embeddings_error else "")
+        rejected += (f"<p class=warn id=rejected>{len(self.file.rejected)} lines of the alerts file are not alerts and are "
                     f"left out: {_e(self.file.describe_rejected())}</p>" if self.file.rejected else "")
         body = (f"<h1>LogLM triage</h1><p class=muted>{len(self.alerts)} alerts from {_e(self.alerts_path)}, ranked by "
                 f"score; verdicts go to {_e(self.feedback_path)}</p><p id=live class=warn></p>{rejected}"
