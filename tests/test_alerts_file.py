@@ -109,3 +109,18 @@ def test_only_vectors_of_one_model_are_compared():
     assert sorted(comparable(alerts, vec, "old", has_file=True)) == ["a0", "a1"]  # the embeddings file's
     assert comparable(alerts, vec, None, has_file=True) == {}  # a file that does not name its model
     assert comparable(alerts, {}, None, has_file=False) == {}
+
+
+def test_the_page_can_wait_for_a_stream_to_write_its_alerts_file(tmp_path):
+    """A page started beside its stream (two services) may come first: with wait it serves an empty list and says
+    it waits; without, a missing file is an error naming it and --wait."""
+    from loglm.analyst.triage import Triage
+
+    path = tmp_path / "alerts.jsonl"
+    with pytest.raises(FileNotFoundError, match=r"no alerts file .*alerts.jsonl \(loglm triage --wait"):
+        Triage(path, tmp_path / "fb.jsonl")
+    t = Triage(path, tmp_path / "fb.jsonl", wait=True)
+    assert t.missing and t.alerts == [] and "waiting for" in t.index_page()
+    assert t.refresh() is False  # still nothing
+    path.write_text(line(alert(0, 1.0)))
+    assert t.refresh() is True and [a["alert_id"] for a in t.alerts] == ["a0"] and "waiting for" not in t.index_page()

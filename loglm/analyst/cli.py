@@ -177,10 +177,17 @@ def triage_main(argv: list[str]) -> int:
     p.add_argument("--group-cosine", type=float, default=None,
                    help="alerts whose session vectors reach this cosine with a group's leading alert are one group "
                         "(default 0.995, loglm.analyst.groups; 0 turns grouping off)")
+    p.add_argument("--wait", action="store_true",
+                   help="start even when the alerts file is not there yet (a page started beside its stream, as "
+                        "services are); without it a missing file is an error")
     a = p.parse_args(argv)
     from loglm.analyst.triage import serve
 
-    serve(a.alerts, a.feedback, a.embeddings, a.port, a.group_cosine)
+    try:
+        serve(a.alerts, a.feedback, a.embeddings, a.port, a.group_cosine, a.wait)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"loglm triage: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

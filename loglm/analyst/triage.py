@@ -90,7 +90,7 @@ class Triage:
     grouped again when it changed."""
 
     def __init__(self, alerts_path: str | Path, feedback_path: str | Path, embeddings: str | Path | None = None,
-                 group_cosine: float | None = None):
+                 group_cosine: float | None = None, wait: bool = False):
         from loglm.analyst.alert_vectors import AlertVectors
         from loglm.analyst.alerts_file import AlertsFile
 
@@ -98,6 +98,8 @@ class Triage:
         self.feedback_path = Path(feedback_path)
         self.file = AlertsFile(self.alerts_path)
         self.own = AlertVectors(self.alerts_path)  # each alert's session vector, written beside the alerts
+        self.wait = wait  # an alerts file not there yet is waited for (a page started before its stream)
+        self.missing = False
         self.embeddings = Path(embeddings) if embeddings else None
         self.meta = self.vectors = self.index = self.space = None
         self._emb_ident = None  # (inode, size, mtime) of the embeddings file read
@@ -140,9 +142,14 @@ class Triage:
         try:
             self.file.refresh()
         except FileNotFoundError:
-            if self._seen == (-1, -1, -1, -1):
-                raise FileNotFoundError(f"no alerts file {self.alerts_path}") from None
+            if self._seen == (-1, -1, -1, -1) or self.missing:
+                if not self.wait:
+                    raise FileNotFoundError(f"no alerts file {self.alerts_path} (loglm triage --wait waits for "
+                                            "a stream to write it)") from None
+                self.missing = True
+                return 0, 0, 0, self.embeddings_loads
             return self._seen  # moved away (rotated): the alerts read so far stay on the page
+        self.missing = False
         self.own.refresh()
         return self.file.reloads, len(self.file.alerts), len(self.own.by_alert), self.embeddings_loads
 
@@ -187,6 +194,9 @@ class Triage:
         rejected = (f"<p class=warn id=embeddings>{_e(self.embeddings_error)}</p>" if self.embeddings_error else "")
         rejected += (f"<p class=warn id=rejected>{len(self.file.rejected)} lines of the alerts file are not alerts and are "
                     f"left out: {_e(self.file.describe_rejected())}</p>" if self.file.rejected else "")
+        if self.missing:
+            rejected += (f"<p class=warn id=waiting>waiting for {_e(self.alerts_path)}: no such file yet (the "
+                         "stream creates it when it starts)</p>")
         body = (f"<h1>LogLM triage</h1><p class=muted>{len(self.alerts)} alerts from {_e(self.alerts_path)}, ranked by "
                 f"score; verdicts go to {_e(self.feedback_path)}</p><p id=live class=warn></p>{rejected}"
                 f"<script>watch({len(self.alerts)}, {self.file.reloads})</script>{self._groups_line()}<table><tr><th>#</th>"
@@ -371,10 +381,12 @@ class Triage:
 
 
 def serve(alerts: str, feedback: str, embeddings: str | None = None, port: int = 8765,
-          group_cosine: float | None = None) -> None:
+          group_cosine: float | None = None, wait: bool = False) -> None:
     import uvicorn
 
-    triage = Triage(alerts, feedback, embeddings, group_cosine)
+    triage = Triage(alerts, feedback, embeddings, group_cosine, wait)
+    if triage.missing:
+        print(f"loglm triage: waiting for {alerts} (no such file yet)", file=sys.stderr, flush=True)
     print(f"loglm triage: http://127.0.0.1:{port}/ ({len(triage.alerts)} alerts in {len(triage.groups)} groups; "
           f"verdicts to {feedback})", flush=True)
     if triage.file.rejected:
