@@ -80,7 +80,8 @@ def test_the_triage_page_ranks_and_groups_the_alerts_a_stream_appends(tmp_path):
     assert [a["alert_id"] for a in t.alerts] == ["a0", "a2"] and len(t.groups) == 2
     assert t.refresh() is False  # unchanged: nothing is read, ranked or grouped again
     with open(path, "a") as fh:
-        fh.write(line(alert(1, 9.0)) + line(alert(3, 1.0)) + "oops\n" + line(alert(4, 2.0))[:10])
+        fh.write(line(alert(1, 9.0)) + line(alert(3, 1.0)) + "oops\n" + line(alert(0, 5.0))  # a0 again (a restart)
+                 + line(alert(4, 2.0))[:10])
     assert t.refresh() is True
     assert [a["alert_id"] for a in t.alerts] == ["a1", "a0", "a2", "a3"]  # ranked again, the cut line waits
     assert t.groups == {"a1": ["a1", "a0"], "a2": ["a2", "a3"]}  # the new alert leads its pattern's group

@@ -137,8 +137,8 @@ class Triage:
         self._emb_ident, self.embeddings_error = ident, None
         self.embeddings_loads += 1
 
-    def _read(self) -> tuple[int, int, int]:
-        """Read what the alerts file and its vectors gained: (reloads, alerts, vectors) read so far."""
+    def _read(self) -> tuple[int, int, int, int]:
+        """Read what the alerts file and its vectors gained: (reloads, alerts, vectors, embeddings loads) so far."""
         try:
             self.file.refresh()
         except FileNotFoundError:
@@ -163,11 +163,12 @@ class Triage:
         if seen == self._seen:
             return False
         self._seen = seen
-        self.alerts = sorted(self.file.alerts, key=lambda a: -a["score"])
+        # one row per alert id: a stream restarted after a crash can write an alert again (the same id)
+        self.alerts = sorted({a["alert_id"]: a for a in self.file.alerts}.values(), key=lambda a: -a["score"])
         self.by_id = {a["alert_id"]: a for a in self.alerts}
         # alert groups (loglm.analyst.groups): with session vectors, one verdict for a repeated pattern
         self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
-        # alerts' own vectors, where comparable with the embeddings file's (one model) or with each other
+        # alerts' own vectors, where they come from the embeddings file's model
         self.own_vectors = comparable(self.alerts, self.own.by_alert, self.space, self.vectors is not None)
         self.grouped = self.group_cosine is not None and self.vectors is not None  # the file's mean is the centre
         if self.grouped:
