@@ -57,14 +57,14 @@ class AlertVectors:
             self.file.refresh()
         except FileNotFoundError:
             return False
-        seen = (self.file.reloads, len(self.file.alerts))
+        seen = (self.file.reloads, len(self.file.rows))
         if seen == self._seen:
             return False
         start = self._seen[1] if self.file.reloads == self._seen[0] else 0
         if start == 0:
             self.by_alert = {}
         self._seen = seen
-        for r in self.file.alerts[start:]:
+        for r in self.file.rows[start:]:
             self.by_alert[r["alert_id"]] = np.asarray(r["vector"], dtype=np.float32)
         return True
 

@@ -19,14 +19,14 @@ HEAD_BYTES = 256  # the first bytes compared to tell a rewritten file from a gro
 
 
 class JsonLines:
-    """The JSON objects of a file being appended to, each with the keys ``required``; ``alerts`` holds them."""
+    """The JSON objects of a file being appended to, each with the keys ``required``; ``rows`` holds them."""
 
     what = "a row"
 
     def __init__(self, path: str | Path, required: tuple[str, ...] = REQUIRED):
         self.path = Path(path)
         self.required = required
-        self.alerts: list[dict] = []
+        self.rows: list[dict] = []
         self.rejected: list[tuple[int, str]] = []  # (line number, reason)
         self.lines = 0  # whole lines read so far
         self.reloads = 0  # times the file was read again from its start (replaced, cut or rewritten)
@@ -35,7 +35,7 @@ class JsonLines:
         self._head = b""
 
     def refresh(self, final: bool = False) -> list[dict]:
-        """The alerts added since the last call (all of them after a reload: check ``reloads``).  ``final``
+        """The rows added since the last call (all of them after a reload: check ``reloads``).  ``final``
         also takes a last line without its newline (a file that is complete)."""
         st = os.stat(self.path)  # FileNotFoundError names the path
         with open(self.path, "rb") as fh:
@@ -52,31 +52,31 @@ class JsonLines:
                     break  # being written: read it whole next time
                 self._offset += len(raw)
                 self.lines += 1
-                alert = self._parse(raw)
-                if alert is not None:
-                    new.append(alert)
+                row = self._parse(raw)
+                if row is not None:
+                    new.append(row)
             if len(self._head) < HEAD_BYTES:
                 fh.seek(0)
                 self._head = fh.read(min(HEAD_BYTES, self._offset))
-        self.alerts.extend(new)
+        self.rows.extend(new)
         return new
 
     def _parse(self, raw: bytes) -> dict | None:
         if not raw.strip():
             return None
         try:
-            alert = json.loads(raw)
+            row = json.loads(raw)
         except ValueError as e:
             self.rejected.append((self.lines, f"not JSON ({e})"))
             return None
-        missing = [k for k in self.required if not isinstance(alert, dict) or k not in alert]
+        missing = [k for k in self.required if not isinstance(row, dict) or k not in row]
         if missing:
             self.rejected.append((self.lines, f"not {self.what} (no {', '.join(missing)})"))
             return None
-        return alert
+        return row
 
     def _reset(self) -> None:
-        self.alerts, self.rejected, self.lines, self._offset, self._head = [], [], 0, 0, b""
+        self.rows, self.rejected, self.lines, self._offset, self._head = [], [], 0, 0, b""
 
     def describe_rejected(self, limit: int = 3) -> str:
         """``FILE:LINE: reason`` for the first ``limit`` lines kept out, and how many in all."""
@@ -90,3 +90,7 @@ class AlertsFile(JsonLines):
 
     def __init__(self, path: str | Path):
         super().__init__(path, REQUIRED)
+
+    @property
+    def alerts(self) -> list[dict]:
+        return self.rows
