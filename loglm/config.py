@@ -103,6 +103,11 @@ class DataConfig:
     label_field: str | None = None
     # header field -> entity kind, e.g. {Host: hostname}
     entity_fields: dict[str, str] = field(default_factory=dict)
+    # raw text: header fields naming the program that wrote a line, part of each event ("sshd: Accepted ..."),
+    # so one message from two programs is two events and a program new on a host is an unseen event.
+    # null: the preset's (syslog, syslog_iso: [Component]; rfc5424: [App]; the loghub presets and a header of
+    # your own: none); [] reads the content alone
+    event_fields: list[str] | None = None
     # structured readers (jsonl, flows): field mapping, see loglm.ingest.json_reader / loglm.ingest.flows
     fields: dict[str, str] = field(default_factory=dict)
     # jsonl: build each event from these fields instead of one message (security events whose meaning is in
@@ -179,7 +184,7 @@ class DataConfig:
 NOT_LINE_TEXT = ("jsonl", "cef", "zeek", "cicflowmeter", "netflow", "vpcflow", "hdfs_keys", "hdfs_blocks", "id_sequences")
 # the DataConfig fields that say how a file is read (data.sources may set them per input)
 READER_FIELDS = ("format", "fields", "header", "time_fields", "time_format", "label_field", "entity_fields",
-                 "max_line_bytes", "message_fields", "multiline", "year_reference")
+                 "event_fields", "max_line_bytes", "message_fields", "multiline", "year_reference")
 
 
 @dataclass
@@ -807,6 +812,18 @@ def data_config_from_dict(d: dict) -> DataConfig:
     return DataConfig(**d)
 
 
+def stored_data(stored):
+    """A model's recorded data settings as it read its lines: a model from before ``data.event_fields``
+    (its record has no such key) read each line's content alone, and so goes on doing so."""
+    if "event_fields" in stored:
+        return stored
+    if isinstance(stored, dict):
+        return {**stored, "event_fields": []}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(stored, {"event_fields": []})
+
+
 def trained_data_config(model_dir: Path, fallback: DataConfig, labels: bool = True) -> DataConfig:
     """The data settings a model was trained with (its ``config.yaml``), so a student, a detector or a
     recalibration ingests logs the same way; ``fallback`` when the model folder records none.  ``labels=False``
@@ -814,8 +831,11 @@ def trained_data_config(model_dir: Path, fallback: DataConfig, labels: bool = Tr
     from omegaconf import OmegaConf
 
     path = Path(model_dir) / "config.yaml"
-    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path).data)) \
-        if path.is_file() else fallback
+    if path.is_file():
+        stored = OmegaConf.load(path).data
+        data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), stored_data(stored)))
+    else:
+        data = fallback
     return data if labels else dataclasses.replace(data, anomalous_ids=None)
 
 

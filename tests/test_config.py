@@ -253,3 +253,21 @@ def test_a_gpu_for_scoring_that_is_not_there_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match="detect.device=cuda: no CUDA GPU is usable here"):
         run(cfg)
     assert not (tmp_path / "models").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_model_recorded_before_event_fields_goes_on_reading_the_content_alone(tmp_path):
+    """A model (or bundle) whose recorded data settings have no ``event_fields`` read each line's content alone:
+    detection with it does the same, not the preset's program-prefixed events its vocabulary never saw."""
+    from types import SimpleNamespace
+
+    from loglm.config import DataConfig, trained_data_config
+    from loglm.engine.detect import bundle_config
+    from loglm.ingest.formats import format_of
+
+    (tmp_path / "config.yaml").write_text("data:\n  name: auth\n  format: syslog\n")
+    old = trained_data_config(tmp_path, DataConfig())
+    assert old.event_fields == [] and format_of(old).event_fields == ()
+    (tmp_path / "config.yaml").write_text("data:\n  name: auth\n  format: syslog\n  event_fields: null\n")
+    assert format_of(trained_data_config(tmp_path, DataConfig())).event_fields == ("Component",)
+    bundle = SimpleNamespace(info={"data": {"name": "auth", "format": "syslog", "session": {}}, "detect": {}})
+    assert bundle_config(bundle, [], None).data.event_fields == []

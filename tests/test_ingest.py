@@ -99,6 +99,30 @@ def test_miner_template_cap_is_a_clear_error():
         miner.add("f g h i")
 
 
+def test_a_namespace_keeps_programs_apart_and_groups_within_one_as_before():
+    """Messages carrying the program that wrote them (``with_namespace``): one message from two programs is two
+    templates; within one program messages group exactly as they do without a namespace (the namespace is in
+    the group key and carries no weight in the similarity); it survives a save and load and is shown as
+    ``program: message``."""
+    from loglm.ingest.templates import shown, with_namespace
+
+    msgs = ["Accepted password for <*> from <ip>", "Failed password for root from <ip>",
+            "session opened for user root by (uid=<num>)", "session opened for user bob by (uid=<num>)",
+            "Started foo", "Stopped foo"]
+    plain = TemplateMiner()
+    ids = [plain.add(m) for m in msgs]
+    for program in ("sshd", "python3"):  # a program's digits do not make it a variable
+        miner = TemplateMiner()
+        assert [miner.add(with_namespace(program, m)) for m in msgs] == ids
+        assert [t.text for t in miner.templates] == [f"{program}: {t.text}" for t in plain.templates]
+    miner = TemplateMiner()
+    a, b = miner.add(with_namespace("sshd", msgs[2])), miner.add(with_namespace("su", msgs[2]))
+    assert a != b and miner.match(with_namespace("login", msgs[2])) is None and miner.match(msgs[2]) is None
+    loaded = TemplateMiner.from_state(miner.state())
+    assert loaded.match(with_namespace("su", msgs[2])) == b and loaded.templates[b].text.startswith("su: session")
+    assert with_namespace("my prog", "x") == "my_prog\x1fx" and shown("my_prog\x1fx") == "my_prog: x"
+
+
 def test_prepared_data_knows_when_it_is_stale(tmp_path):
     """A prepared folder records its inputs and settings; a changed input or setting is named, and pretrain
     refuses the stale folder before any work instead of training on it."""
@@ -120,6 +144,9 @@ def test_prepared_data_knows_when_it_is_stale(tmp_path):
     assert stale_reason(data_dir, compose("pretrain", overrides + ["data.eval_unit=event"])) is None  # reporting only
     changed = compose("pretrain", overrides + ["data.session.max_events=32"])
     assert "data.session.max_events" in stale_reason(data_dir, changed)
+    # a program field each event carries (data.event_fields) reads lines anew; a format without one stays fresh
+    assert "data.event_fields" in stale_reason(data_dir, compose("pretrain", overrides + ["data.event_fields=[Component]"]))
+    assert stale_reason(data_dir, compose("pretrain", overrides + ["data.event_fields=[]"])) is None
     # the same file spelled another way (a repo's ../shared seen from elsewhere) is the same input; another is not
     (tmp_path / "sub").mkdir()
     spelled = compose("pretrain", overrides + [f"data.inputs=[{tmp_path}/sub/../train.log]"])

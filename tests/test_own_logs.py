@@ -282,3 +282,63 @@ def test_zeek_dns_events_train_and_alert_on_an_nxdomain_burst(tmp_path):
     burst = next(a for a in alerts if a["entity"]["value"] == "10.0.0.66")
     assert burst["surprising_events"][0]["template"] == "fields: qtype_name=A rcode_name=NXDOMAIN"
 
+
+
+def write_auth_log(path, n, seed, start=T0, extra: tuple[tuple[datetime, str], ...] = ()):
+    """``write_syslog``'s sshd lines in the traditional syslog layout (the ``syslog`` preset), plus ``extra``
+    lines (time, ``host program[pid]: message``), in time order."""
+    lines = [(t, f"{h} sshd[{1000 + i}]: {m}") for i, (t, h, m) in enumerate(syslog_lines(n, seed, start))]
+    lines = sorted([*lines, *extra], key=lambda x: x[0])
+    path.write_text("".join(f"{t:%b %d %H:%M:%S} {rest}\n" for t, rest in lines))
+    last = lines[-1][0].timestamp()
+    os.utime(path, (last, last))
+
+
+@pytest.mark.parametrize("event_fields", [None, "[]"])
+def test_a_second_ssh_server_accepting_a_login_is_an_unseen_event_because_events_carry_their_program(
+        tmp_path, event_fields):
+    """Syslog events carry the program that wrote them (``data.event_fields``, the ``syslog`` preset's
+    ``Component``): a login accepted by ``dropbear``, an SSH server that never logged on these hosts, reads
+    exactly like sshd's, and only its program tells it apart.  With ``data.event_fields=[]`` (the content
+    alone, as before) it is sshd's familiar event and not surprising."""
+    from loglm.detect.detector import run as detect
+    from loglm.ingest.prepare import run as prepare
+    from loglm.ingest.templates import with_namespace
+    from loglm.model.store import load_model
+    from loglm.training.pretrain import run as pretrain
+
+    train, new = tmp_path / "auth.log", tmp_path / "auth.log.new"
+    write_auth_log(train, 1500, 1)
+    day2 = T0 + timedelta(days=1)
+    write_auth_log(new, 200, 2, day2, extra=((day2 + timedelta(minutes=30),
+                                               "db1 dropbear[4242]: Accepted password for user root from 10.0.3.3 "
+                                               "port 40000 ssh2"),))
+    overrides = [f"paths.root={tmp_path}/runs", "data=own", "data.name=auth", f"data.inputs=[{train}]",
+                 "data.format=syslog", "model=tiny", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                 "detect.small_validation=warn", *([f"data.event_fields={event_fields}"] if event_fields else [])]
+    cfg = compose("pretrain", overrides)
+    assert prepare(cfg)["lines"]["accepted"] == 1500
+    model = pretrain(cfg)
+    det = compose("detect", [f"paths.root={tmp_path}/runs", f"ckpt={model['run_id']}", f"inputs=[{new}]",
+                             f"out={tmp_path}/alerts.jsonl"])
+    result = detect(det)
+    assert result["lines"]["accepted"] == 201 and result["lines"]["rejected"] == 0
+    alerts = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    seen = [e for a in alerts for e in a["surprising_events"] if "dropbear[" in (e["raw"] or "")]
+    if event_fields is None:
+        assert len(seen) == 1 and not seen[0]["known_event"]
+        assert seen[0]["template"] == "dropbear: Accepted password for user root from <ip> port <num> ssh2"
+        assert {e["template"] for e in seen[0]["expected"]} <= {
+            "sshd: " + m for m in ("Accepted password for user <*> from <ip> port <num> ssh2",
+                                   "pam_unix(sshd:session): session opened for user <*> by (uid=<num>)",
+                                   "Received disconnect from <ip> port <num>:<num>: disconnected by user",
+                                   "pam_unix(sshd:session): session closed for user <*>")}
+    else:  # the content alone: sshd's own, familiar event
+        assert all(e["known_event"] and e["template"].startswith("Accepted password for user") for e in seen)
+    miner = load_model(model["model_dir"]).vocab.miner
+    login = "Accepted password for user root from <ip> port <num> ssh2"
+    if event_fields is None:
+        assert miner.match(with_namespace("sshd", login)) is not None
+        assert miner.match(with_namespace("dropbear", login)) is None and miner.match(login) is None
+    else:
+        assert miner.match(login) is not None

@@ -75,6 +75,49 @@ def test_syslog_presets_traditional_high_precision_and_rfc5424(tmp_path):
         else:
             assert records[1].ts - records[0].ts == 2 * 3600 + 0.75  # +02:00 honoured
             assert records[0].content.endswith("failed for lonvick") or records[0].content.startswith("Failed")
+        # the program that wrote each line is its events' namespace (RFC 5424's nil APP-NAME: none)
+        assert [r.namespace for r in records] == {"syslog": ["sshd", "kernel"], "syslog_iso": ["sshd", "systemd"],
+                                                  "rfc5424": ["su", "myproc"]}[fmt]
+    path = tmp_path / "nil.log"
+    path.write_text("<34>1 2024-05-01T10:00:00Z web1 - - - - a message from no app\n")
+    assert read_all(DataConfig(format="rfc5424"), path)[0][0].namespace is None
+
+
+def test_event_fields_put_the_program_before_the_message_on_both_ingest_paths(tmp_path):
+    """``data.event_fields``: the header fields naming the program, part of each event (``sshd\\x1f...``,
+    shown ``sshd: ...``); the shape-planned fast path and the general path read a line alike; ``[]`` reads
+    the content alone; a field the header lacks is an error naming it."""
+    from loglm.ingest.prepare import event_parts
+    from loglm.ingest.raw_text import RawTextReader
+    from loglm.ingest.templates import shown
+
+    custom = dict(format="custom", header="<Month> <Day> <Time> <Host> <Component>: <Content>",
+                  time_fields=["Month", "Day", "Time"], time_format="noyear:%b %d %H:%M:%S",
+                  entity_fields={"Host": "hostname"})
+    lines = [b"Nov  2 08:00:14 web1 sshd: Accepted password for root from 10.0.0.5 port 22 ssh2",
+             b"Nov  2 08:00:15 web1 su: pam_unix(su:session): session opened for user root by alice(uid=1000)",
+             b"Nov  2 08:00:16 web1 su: a line holding the separator\x1fas a space"]
+    reader = RawTextReader(format_of(DataConfig(**custom, event_fields=["Component"])))
+    for i, line in enumerate(lines):
+        fast = reader.event_of(line, "f", i + 1)
+        masked, ents = event_parts(reader.parse_line(line, "f", i + 1))
+        if i < 2:  # planned by its shape
+            assert fast is not None and fast[5] == masked and fast[6] == ents
+        else:  # a line holding the separator takes the general path
+            assert fast is None
+    assert [shown(event_parts(reader.parse_line(x, "f", 1))[0]) for x in lines] == [
+        "sshd: Accepted password for root from <ip> port <num> ssh2",
+        "su: pam_unix(su:session): session opened for user root by alice(uid=<num>)",
+        "su: a line holding the separator as a space"]
+    plain = RawTextReader(format_of(DataConfig(**custom)))  # a header of one's own: the content alone
+    assert event_parts(plain.parse_line(lines[0], "f", 1))[0] == "Accepted password for root from <ip> port <num> ssh2"
+    assert format_of(DataConfig(format="syslog", event_fields=[])).event_fields == ()
+    pid = RawTextReader(format_of(DataConfig(**custom, event_fields=["Component"])))  # "sshd[1001]" is sshd's
+    line = b"Nov  2 08:00:14 web1 sshd[1001]: Connection closed"
+    assert pid.parse_line(line, "f", 1).namespace == "sshd"
+    assert pid.event_of(line, "f", 1)[5] == event_parts(pid.parse_line(line, "f", 1))[0] == "sshd\x1fConnection closed"
+    with pytest.raises(ValueError, match=r"data.event_fields names \['Program'\]"):
+        format_of(DataConfig(**custom, event_fields=["Program"]))
 
 
 def test_multiline_records_keep_their_stack_traces(tmp_path):
@@ -928,3 +971,17 @@ def test_tuning_growth_never_makes_the_direction_only_catch_all_a_token():
     assert grown.flow_codec.catch_all(grown.flow_codec.sentence(stray[0]))
     assert all(token(f) == UNK for f in stray + [flow(9999, "never", 7, "in")])
     assert all(token(f) == vocab.token(vocab.miner.match(codec.sentence(f))) for f in train)  # old reads stay
+
+
+def test_program_events_bench_names_the_templates_the_program_splits(tmp_path):
+    """``benchmarks.program_events``: on loghub's Linux layout, sshd's and su's "session opened" lines are one
+    template read alone and two with the program; a message only one program writes stays one."""
+    from benchmarks.program_events import compare
+
+    log = tmp_path / "Linux_2k.log"
+    log.write_text("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: session opened for user root by (uid=0)\n"
+                   "Jun 14 15:16:02 combo su(pam_unix)[19940]: session opened for user news by (uid=0)\n"
+                   "Jun 14 15:16:03 combo sshd(pam_unix)[19941]: check pass; user unknown\n")
+    out = compare(log, "linux")
+    assert out["lines"] == 3 and (out["templates_content_alone"], out["templates_with_program"]) == (2, 3)
+    assert out["split_by_program"] == {"session opened for user <*> by (uid=<num>)": ["sshd(pam_unix)", "su(pam_unix)"]}

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loglm.detect.score_core import WindowScores
+from loglm.ingest.templates import shown
 from loglm.vocab import UNK, Vocabulary
 
 
@@ -107,7 +108,7 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
             ev = event(event_idx[r][p])
             tok = tokens[r][p]
             tid = ev["template"]
-            tpl = vocab.miner.templates[tid].text if tid is not None and tid >= 0 else ev.get("masked", "")
+            tpl = vocab.miner.templates[tid].text if tid is not None and tid >= 0 else shown(ev.get("masked", ""))
             evidence.append({
                 "position": position, "time": iso(ev["ts"]), "file": ev["source"], "line": int(ev["line_no"]),
                 "raw": ev["raw"], "template": tpl, "known_event": tok != UNK, "surprisal": round(s, 4),

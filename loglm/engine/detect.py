@@ -12,7 +12,9 @@ from loglm.config import DataConfig, DetectConfig, RootConfig, SessionConfig
 def bundle_config(bundle, inputs: list[str], out: str | None, batch_size: int | None = None) -> RootConfig:
     """The detection config a bundle carries (ingest format, session rule, scoring), plus the inputs."""
     info = bundle.info
-    data = dict(info["data"])
+    from loglm.config import stored_data
+
+    data = dict(stored_data(dict(info["data"])))
     data["session"] = SessionConfig(**data["session"])
     cfg = RootConfig(data=DataConfig(**{k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(DataConfig)}}),
                      detect=DetectConfig(**info["detect"]), inputs=list(inputs), out=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable
@@ -21,6 +22,9 @@ class LogFormat:
     label_field: str | None = None
     # entity fields taken from the header (e.g. BGL node -> hostname)
     entity_fields: tuple[tuple[str, str], ...] = ()
+    # header fields naming the program that wrote a line (syslog's Component): each event is the program's
+    # (loglm.ingest.templates namespace), so the same message from sshd and from su are two events
+    event_fields: tuple[str, ...] = ()
 
     def regex(self):
         return header_regex(self.header)
@@ -203,12 +207,13 @@ PRESETS: dict[str, LogFormat] = {p.name: p for p in [
     # syslog as servers write it: rsyslog's traditional file format (RFC 3164 timestamps, no year), its
     # high-precision file format (ISO 8601, the default of current distributions) and RFC 5424 (the
     # network protocol, <PRI>VERSION first; structured data stays in the content).  The host is an entity.
+    # The program (syslog's tag, RFC 5424's APP-NAME) is part of each event (data.event_fields).
     _preset("syslog", r"<Month> <Day> <Time> <Host> <Component>(\[<Pid>\])?: <Content>", ("Month", "Day", "Time"),
-            "noyear:%b %d %H:%M:%S", entity_fields=(("Host", "hostname"),)),
+            "noyear:%b %d %H:%M:%S", entity_fields=(("Host", "hostname"),), event_fields=("Component",)),
     _preset("syslog_iso", r"<Time> <Host> <Component>(\[<Pid>\])?: <Content>", ("Time",), "iso",
-            entity_fields=(("Host", "hostname"),)),
+            entity_fields=(("Host", "hostname"),), event_fields=("Component",)),
     _preset("rfc5424", "<<Pri>>1 <Time> <Host> <App> <ProcId> <MsgId> <Content>", ("Time",), "iso",
-            entity_fields=(("Host", "hostname"),)),
+            entity_fields=(("Host", "hostname"),), event_fields=("App",)),
 ]}
 
 
@@ -221,7 +226,32 @@ def get_format(name: str) -> LogFormat:
 
 
 def format_of(data) -> LogFormat:
-    """The format a data config names: a preset, or its own ``data.header`` notation."""
+    """The format a data config names: a preset, or its own ``data.header`` notation; ``data.event_fields``
+    (when set) names the program fields in place of the preset's."""
+    fmt = _format_of(data)
+    fields = getattr(data, "event_fields", None)
+    if fields is not None:
+        fmt = dataclasses.replace(fmt, event_fields=tuple(fields))
+    missing = [f for f in fmt.event_fields if f not in fmt.regex().groupindex]
+    if missing:
+        raise ValueError(f"data.event_fields names {missing}, not a field of the header "
+                         f"{fmt.header!r} (format {fmt.name})")
+    return fmt
+
+
+def event_fields_of(data) -> tuple[str, ...]:
+    """The header fields each event of ``data`` is prefixed by (none for formats that are not raw text)."""
+    from loglm.config import NOT_LINE_TEXT
+
+    if data.format in NOT_LINE_TEXT:
+        return ()
+    try:
+        return format_of(data).event_fields
+    except ValueError:
+        return ()
+
+
+def _format_of(data) -> LogFormat:
     if data.header:
         if not data.time_fields:
             raise ValueError("data.header is set but data.time_fields is empty: name the header fields "

@@ -31,7 +31,7 @@ from loglm.ingest.sessions import (
     Session,
     sessionize,
 )
-from loglm.ingest.templates import TemplateMiner
+from loglm.ingest.templates import TemplateMiner, clean, with_namespace
 from loglm.signals import Stopped, stop_on_signals
 from loglm.vocab import Vocabulary
 
@@ -53,6 +53,9 @@ def event_parts(item: Record, mask: bool = True) -> tuple[str | None, dict[str, 
         ents["ip"] = list(dict.fromkeys(v for k in ("src_ip", "dst_ip") for v in ents.get(k, [])))
         return None, ents
     masked, params = mask_params(item.content) if mask and not item.exact else (item.content, {})
+    # the program that wrote the line is part of its event (data.event_fields); a line's own separator
+    # character reads as a space, as it always did, never as a namespace
+    masked = with_namespace(item.namespace, clean(masked))
     ents = entities_of(params)
     for kind, value in item.header_entities.items():
         ents.setdefault(kind, []).append(value)
@@ -380,6 +383,19 @@ def ingest_fingerprint(cfg, contents: bool = True) -> dict:
 
 
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_INGEST_KEYS}
+    # the program fields each event carries, as resolved (a preset's own included): a folder prepared before
+    # events carried their program is stale; one without any keeps its fingerprint
+    from loglm.ingest.formats import event_fields_of
+
+    data.pop("event_fields", None)
+    if event_fields_of(cfg.data):
+        data["event_fields"] = list(event_fields_of(cfg.data))
+    for src in data.get("sources") or []:
+        src.pop("event_fields", None)
+        fields = event_fields_of(dataclasses.replace(cfg.data, sources=[], **{k: v for k, v in src.items()
+                                                                              if k != "match"}))
+        if fields:
+            src["event_fields"] = list(fields)
     tokenizer = dataclasses.asdict(cfg.tokenizer)
     if not tokenizer.get("time_resolution_s"):  # unset: folders prepared before the setting existed stay fresh
         tokenizer.pop("time_resolution_s", None)

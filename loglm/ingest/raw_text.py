@@ -22,6 +22,19 @@ from loglm.ingest.readers import (
     read_lines,
     record_starts,
 )
+from loglm.ingest.templates import NAMESPACE_END, with_namespace
+
+_PID = re.compile(r"\[\d+\]$")
+
+
+def program(values) -> str | None:
+    """The namespace of a line from its program fields' values: ``-`` (RFC 5424's nil) and empty ones left
+    out, a trailing ``[pid]`` dropped (a header of one's own that reads ``sshd[1001]`` as the program: every
+    process would be a program of its own)."""
+    parts = [_PID.sub("", v) for v in values if v and v != "-"]
+    parts = [v for v in parts if v]
+    return "/".join(parts) if parts else None
+
 
 _FALLBACK = "fallback"  # a line shape the fast path leaves to parse_line (it rejects, or needs Unicode rules)
 
@@ -45,7 +58,8 @@ class RawTextReader:
             self._placed = self._parse_time = PlacedTimes(fmt.time_parser, year_reference, path, self._line_stamp2000)
         # the groups a line needs, fetched in one call (a groupdict of every header field cost twice as much)
         self._names = ("Content", *fmt.time_fields, *([fmt.label_field] if fmt.label_field else []),
-                       *(name for name, _ in fmt.entity_fields))
+                       *(name for name, _ in fmt.entity_fields), *fmt.event_fields)
+        self._n_ns = len(fmt.event_fields)  # the last groups fetched: the program (data.event_fields)
         self._n_time = len(fmt.time_fields)
         # Line plans (see event_of): a header pattern without digits matches a line and its shape alike
         self._plans: BoundedCache | None = None
@@ -98,7 +112,8 @@ class RawTextReader:
         if self.fmt.label_field:
             label, rest = values[rest], rest + 1
         ents = {kind: value for (_, kind), value in zip(self.fmt.entity_fields, values[rest:]) if value}
-        return accept(Record(source, line_no, ts, values[0], text, label, ents))
+        namespace = program(values[len(values) - self._n_ns:]) if self._n_ns else None
+        return accept(Record(source, line_no, ts, values[0], text, label, ents, namespace=namespace))
 
     # ------------------------------------------------------------------------------------------ fast path
 
@@ -127,7 +142,7 @@ class RawTextReader:
             self._plans = None
         if plan is _FALLBACK:
             return None
-        end, (cs, ce), stamps, label_span, ent_spans, layout, distinct = plan
+        end, (cs, ce), stamps, label_span, ent_spans, layout, distinct, ns_spans = plan
         text = raw[:end].decode("ascii")
         stamp = text[stamps[0][0]:stamps[0][1]] if len(stamps) == 1 else " ".join([text[a:b] for a, b in stamps])
         try:
@@ -142,6 +157,8 @@ class RawTextReader:
             ents = params if distinct else entities_of(params)  # one value per kind: nothing to merge
         else:
             masked, ents = content, {}
+        if ns_spans:
+            masked = with_namespace(program([text[a:b] for a, b in ns_spans]), masked)
         for kind, a, b in ent_spans:
             if b > a:
                 ents.setdefault(kind, []).append(text[a:b])
@@ -150,7 +167,7 @@ class RawTextReader:
 
     def _plan(self, shape: bytes):
         """Where one shape's fields and parameters lie, or _FALLBACK (parse_line decides such lines)."""
-        if b"\x00" in shape:
+        if b"\x00" in shape or NAMESPACE_END.encode() in shape:  # parse_line cleans the separator
             return _FALLBACK
         body = shape.rstrip(b"\r\n").decode("ascii")
         if not body.strip():
@@ -173,7 +190,8 @@ class RawTextReader:
             if span[1] > span[0]:
                 by_kind[kind] = span
         ent_spans = tuple((kind, a, b) for kind, (a, b) in by_kind.items())
+        ns_spans = tuple(spans[len(spans) - self._n_ns:]) if self._n_ns else ()
         layout: Layout = layout_of(body[content[0]:content[1]])
         kinds = [kind for kind, _, _ in layout[1]]
         distinct = len(kinds) == len(set(kinds)) and not layout[2]
-        return len(body), content, stamps, label_span, ent_spans, layout, distinct
+        return len(body), content, stamps, label_span, ent_spans, layout, distinct, ns_spans

@@ -30,6 +30,8 @@ class Record:
     fields: dict | None = None
     # content is a field sentence (loglm.ingest.json_lines, data.message_fields): kept as it is, never masked
     exact: bool = False
+    # the program that wrote the line (data.event_fields): its events' namespace (loglm.ingest.templates)
+    namespace: str | None = None
 
 
 @dataclass(slots=True)

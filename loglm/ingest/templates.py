@@ -5,6 +5,14 @@ token; within a group a message joins the most similar template when at least ``
 tokens agree, and differing positions become ``<*>``.  Template ids are assigned in order of first
 appearance and never change, so a miner continued on new data keeps old ids stable.  An exact-text cache
 makes repeated messages (the bulk of any log) a dictionary lookup.
+
+A message may carry a **namespace**: the program that wrote it (syslog's ``sshd`` in ``sshd[42]: ...``,
+``data.event_fields``), written ``<program>\x1f<message>`` (:func:`with_namespace`).  It is the message's first
+token, must be equal for two messages to share a template (it is part of the group key, beside the message's
+own first token, and never becomes ``<*>``) and carries no weight in the similarity, so within one program
+messages group exactly as they would without it.  "Session opened for user root" from ``su`` and from
+``sshd`` are then two events, and a program that never wrote on a host before is an unseen event.  Shown as
+``sshd: <message>`` (:func:`shown`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,33 @@ WILDCARD = "<*>"
 FLOW_SENTENCE_START = "proto="  # loglm.ingest.flows writes every flow sentence starting so
 FIELD_SENTENCE_START = "fields:"  # loglm.ingest.json_lines writes every field sentence (data.message_fields) so
 EXACT_STARTS = (FLOW_SENTENCE_START, FIELD_SENTENCE_START)
+NAMESPACE_END = "\x1f"  # ends a message's namespace (ASCII unit separator; removed from the text it prefixes)
+
+
+def with_namespace(namespace: str | None, masked: str) -> str:
+    """``masked`` prefixed by its namespace (a program name; whitespace in it becomes ``_``), or as it is
+    when there is none.  The caller removes ``NAMESPACE_END`` from ``masked`` first (:func:`clean`)."""
+    if not namespace:
+        return masked
+    return "_".join(namespace.replace(NAMESPACE_END, " ").split()) + NAMESPACE_END + masked
+
+
+def clean(text: str) -> str:
+    """``text`` without the namespace separator (a line that holds one reads it as a space)."""
+    return text.replace(NAMESPACE_END, " ") if NAMESPACE_END in text else text
+
+
+def shown(masked: str) -> str:
+    """A message as people read it: ``sshd: Accepted ...`` for ``sshd\x1fAccepted ...``."""
+    return masked.replace(NAMESPACE_END, ": ", 1) if NAMESPACE_END in masked else masked
+
+
+def tokens_of(masked: str) -> list[str]:
+    """A message's tokens; a namespace is the first, kept with its ``NAMESPACE_END``."""
+    if NAMESPACE_END not in masked:
+        return masked.split()
+    namespace, _, body = masked.partition(NAMESPACE_END)
+    return [namespace + NAMESPACE_END, *body.split()]
 
 
 @dataclass
@@ -27,6 +62,8 @@ class Template:
 
     @property
     def text(self) -> str:
+        if self.tokens and self.tokens[0].endswith(NAMESPACE_END):
+            return self.tokens[0][:-1] + ": " + " ".join(self.tokens[1:])
         return " ".join(self.tokens)
 
 
@@ -41,11 +78,12 @@ class TemplateMiner:
         self._match_cache: BoundedCache = BoundedCache(64 << 20, 1024)
 
     @staticmethod
-    def _group_key(tokens: list[str]) -> tuple[int, str]:
-        first = tokens[0] if tokens else ""
+    def _group_key(tokens: list[str]) -> tuple:
+        namespace = tokens[0] if tokens and tokens[0].endswith(NAMESPACE_END) else None
+        first = tokens[1 if namespace else 0] if len(tokens) > (1 if namespace else 0) else ""
         if any(c.isdigit() for c in first) or first.startswith("<"):
             first = WILDCARD
-        return len(tokens), first
+        return (len(tokens), first) if namespace is None else (len(tokens), namespace, first)
 
     @staticmethod
     def _similarity(template: list[str], tokens: list[str]) -> float:
@@ -56,7 +94,7 @@ class TemplateMiner:
         """
         same = constant = 0
         for t, s in zip(template, tokens):
-            if "<" in s and ">" in s:
+            if ("<" in s and ">" in s) or s.endswith(NAMESPACE_END):  # the namespace: equal by the group key
                 continue
             constant += 1
             if t == s:
@@ -79,7 +117,7 @@ class TemplateMiner:
         if tid is not None:
             self.templates[tid].count += 1
             return tid
-        tokens = masked.split()
+        tokens = tokens_of(masked)
         best, sim = self._best(tokens)
         # a flow or field sentence is its own template, never generalised (corpora that mix log lines and flows)
         need = 1.0 if tokens and tokens[0].startswith(EXACT_STARTS) else self.sim_threshold
@@ -107,7 +145,7 @@ class TemplateMiner:
             return tid
         if masked in self._match_cache:  # templates never change while matching: answers can be kept
             return self._match_cache[masked]
-        tokens = masked.split()
+        tokens = tokens_of(masked)
         best, _ = self._best(tokens)
         found = None
         if best is not None and all(t == s or t == WILDCARD for t, s in zip(self.templates[best].tokens, tokens)):
