@@ -196,7 +196,7 @@ def test_preview_shows_how_prepare_reads_the_first_lines_and_what_to_fix(tmp_pat
 
     result, text = show("data.format=syslog", f"data.inputs=[{log}]")
     assert "line 1: 2024-11-02T08:00:14Z session=web1@2024-11-02T08:00:00+00:00" in text  # written 2025-01-10
-    assert "event: Accepted password for alice from <ip> port <num> ssh2" in text
+    assert "event: sshd: Accepted password for alice from <ip> port <num> ssh2" in text  # the program: its event's
     assert "line 2: REJECTED header does not match format syslog" in text and "line 4" not in text  # first 3
     assert result["files"][str(log)]["accepted"] == 2 and result["files"][str(log)]["rejected"] == 1
     assert "hint" not in text and not root.exists()  # nothing written

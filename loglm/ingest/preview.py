@@ -15,6 +15,7 @@ from itertools import islice
 from loglm.ingest.prepare import event_parts
 from loglm.ingest.readers import LineAccount, Record, expand_inputs, make_reader
 from loglm.ingest.sessions import session_keys
+from loglm.ingest.templates import shown
 
 # data.format values read by a sequence builder, not line by line: nothing to preview per line
 BUILT = ("hdfs_keys", "hdfs_blocks", "id_sequences")
@@ -32,7 +33,7 @@ def _event(item: Record) -> str:
         keep = {k: v for k, v in item.fields.items() if v is not None and k not in ("ts", "label", "src_ip", "dst_ip")}
         return "flow " + " ".join(f"{k}={v}" for k, v in keep.items())
     masked, _ = event_parts(item)
-    return masked
+    return shown(masked)  # "sshd: Accepted ..." for a line whose program is part of its event
 
 
 def preview(cfg, n: int, out=None) -> dict:
