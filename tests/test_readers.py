@@ -935,6 +935,47 @@ def test_the_fast_path_equals_the_general_path_on_hostile_lines(system, line, ed
             assert _fast_or_general(reader, raw, mask) == _general_event(reader, raw, mask), raw
 
 
+_SYSLOG = ["Nov  2 08:00:14 web1 sshd[1001]: Accepted password for alice from 10.0.0.9 port 5022 ssh2",
+           "Nov 12 08:00:15 db2 kernel: [12345.678] eth0: link up",
+           "Nov 12 08:00:16 db2 systemd[1]: Started Session 3 of user alice.",
+           "Nov 12 08:00:17 web10 CRON[4242]: (root) CMD (run-parts /etc/cron.hourly)",
+           "Nov 12 08:00:18 web10 sudo:   alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/bin/bash",
+           "Nov 12 08:00:19 mx1 postfix/smtpd[2211]: connect from unknown[192.0.2.7]",
+           "Nov 12 08:00:20 mx1 foo[bar]: a tag with a bracket that is not a pid",
+           "Nov 12 08:00:21 mx1 -- MARK --"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=st.integers(0, len(_SYSLOG) - 1),
+       edits=st.lists(st.tuples(st.integers(0, 12), st.sampled_from(_HOSTILE), st.booleans()), max_size=3),
+       fmt=st.sampled_from(["syslog", "syslog_iso"]))
+@example(line=0, edits=[], fmt="syslog")
+def test_the_syslog_presets_are_shape_planned_and_read_as_the_general_path(line, edits, fmt):
+    """The syslog presets read a tag's ``[pid]`` with the program field (no optional group, so their headers
+    qualify for shape plans, 3x faster to prepare): the fast path equals the general path on real layouts
+    with pieces swapped or inserted anywhere, and the program is the tag without its pid."""
+    reader = make_reader(DataConfig(format=fmt, year_reference="2024"))
+    assert reader._plans is not None
+    text = _SYSLOG[line]
+    if fmt == "syslog_iso":
+        text = "2024-05-01T10:00:00.25+02:00 " + text[16:]
+    words = text.split(" ")
+    for at, piece, swap in edits:
+        at = min(at, len(words))
+        if swap and at < len(words):
+            words[at] = piece
+        else:
+            words.insert(at, piece)
+    raw = " ".join(words).encode("utf-8") + b"\n"
+    for mask in (True, False):
+        for _ in range(2):
+            assert _fast_or_general(reader, raw, mask) == _general_event(reader, raw, mask), raw
+    if not edits:
+        expect = ["sshd", "kernel", "systemd", "CRON", "sudo", "postfix/smtpd", "foo", None][line]
+        got = reader.parse_line(raw, "f", 1)
+        assert (got.namespace if isinstance(got, Record) else None) == expect
+
+
 def test_tuning_growth_never_makes_the_direction_only_catch_all_a_token():
     """Growing a flow model's vocabulary on new traffic (loglm.analyst.tune.grown_vocabulary): a new service's
     flows, seen min_count times, become a token; flows unlike every known service and size back off to

@@ -24,13 +24,13 @@ from loglm.ingest.readers import (
 )
 from loglm.ingest.templates import NAMESPACE_END, with_namespace
 
-_PID = re.compile(r"\[\d+\]$")
+_PID = re.compile(r"\[[^\[\]]*\]$")
 
 
 def program(values) -> str | None:
     """The namespace of a line from its program fields' values: ``-`` (RFC 5424's nil) and empty ones left
-    out, a trailing ``[pid]`` dropped (a header of one's own that reads ``sshd[1001]`` as the program: every
-    process would be a program of its own)."""
+    out, a trailing ``[pid]`` dropped (the syslog presets, and a header of one's own, read ``sshd[1001]`` as
+    the program field: every process would otherwise be a program of its own)."""
     parts = [_PID.sub("", v) for v in values if v and v != "-"]
     parts = [v for v in parts if v]
     return "/".join(parts) if parts else None
