@@ -100,11 +100,22 @@ def syslog_corpus(path: Path, n: int, seed: int = 1) -> Path:
     return path
 
 
+def timed_prepare(cfg, repeats: int) -> tuple[dict, float]:
+    """(prepare's summary, median seconds of ``repeats`` whole prepares of ``cfg``)."""
+    from loglm.ingest.prepare import run as prepare
+
+    took = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        summary = prepare(cfg)
+        took.append(time.perf_counter() - t0)
+    return summary, sorted(took)[len(took) // 2]
+
+
 def bench_prepare_syslog(tmp: Path, lines: int = 300_000, repeats: int = 3) -> dict:
     """Our prepare stage end to end on a generated auth log read with the ``syslog`` preset (the program part
     of each event), median of ``repeats``."""
     from loglm.config import DataConfig, RootConfig, SessionConfig
-    from loglm.ingest.prepare import run as prepare
 
     cfg = RootConfig()
     cfg.paths.root = str(tmp)
@@ -112,12 +123,7 @@ def bench_prepare_syslog(tmp: Path, lines: int = 300_000, repeats: int = 3) -> d
     cfg.data = DataConfig(name="bench_syslog", format="syslog", inputs=[str(syslog_corpus(tmp / "auth.log", lines))],
                           year_reference="2024",
                           session=SessionConfig(by="entity_window", entity_type="hostname", window_s=300))
-    took = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        summary = prepare(cfg)
-        took.append(time.perf_counter() - t0)
-    median = sorted(took)[len(took) // 2]
+    summary, median = timed_prepare(cfg, repeats)
     return {"lines": summary["lines"]["read"], "rejected": summary["lines"]["rejected"],
             "seconds_median": round(median, 2), "lines_per_s": round(summary["lines"]["read"] / median, 1)}
 
@@ -127,7 +133,6 @@ def bench_ingest(tmp: Path, repeats: int = 3) -> dict:
     accuracy on every loghub 2k system, and our whole prepare stage end to end."""
     from loglm.config import DataConfig, RootConfig, SessionConfig
     from loglm.ingest.grouping import grouping_accuracy, loghub_truth
-    from loglm.ingest.prepare import run as prepare
 
     loghub = SHARED / "loghub_2k"
     inputs = {"hdfs_20k": (hdfs_input(), "hdfs")}
@@ -174,12 +179,7 @@ def bench_ingest(tmp: Path, repeats: int = 3) -> dict:
     cfg.paths.root = str(tmp)
     src = hdfs_input()
     cfg.data = DataConfig(name="bench_hdfs", format="hdfs", inputs=[str(src)], session=SessionConfig(max_events=256))
-    took = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        summary = prepare(cfg)
-        took.append(time.perf_counter() - t0)
-    median = sorted(took)[len(took) // 2]
+    summary, median = timed_prepare(cfg, repeats)
     head = throughput["hdfs_20k"]
     scored = [g for g in grouping.values() if "error" not in g]
     return {

@@ -904,6 +904,17 @@ def test_the_shape_planned_fast_path_reads_every_preset_as_the_general_path(syst
         assert taken >= len(lines), system  # the fixture's lines are ASCII: the fast path took them
 
 
+def _edited(words: list[str], edits) -> list[str]:
+    """``words`` with each (position, piece, swap) of ``edits`` swapped in or inserted."""
+    for at, piece, swap in edits:
+        at = min(at, len(words))
+        if swap and at < len(words):
+            words[at] = piece
+        else:
+            words.insert(at, piece)
+    return words
+
+
 _HOSTILE = ["blk_-1608999687919862906", "blk_38865", "/10.250.19.102:54106", "10.251.71.16", "user=bob", "uid=0",
             "R02-M1-N0-C:J12-U11", "2005-06-03-15.42.50.675872", "-", "[req-38101a0b-2096-447d-96ea-a692162415ae",
             "\"quoted\"", "back\\slash", "\t", "\x00", "\x7f", "\u00e9", "\u0663", "0x1F", "3.14", "   ", "", ":",
@@ -922,13 +933,7 @@ def test_the_fast_path_equals_the_general_path_on_hostile_lines(system, line, ed
     characters, quotes, non-ASCII digits, impossible dates, empty fields, a missing separator): accepted or
     rejected alike, with the same fields."""
     reader = make_reader(DataConfig(format=system.lower()))
-    words = (FIXTURES / "loghub" / f"{system}_40.log").read_text().splitlines()[line].split(" ")
-    for at, piece, swap in edits:
-        at = min(at, len(words))
-        if swap and at < len(words):
-            words[at] = piece
-        else:
-            words.insert(at, piece)
+    words = _edited((FIXTURES / "loghub" / f"{system}_40.log").read_text().splitlines()[line].split(" "), edits)
     raw = " ".join(words).encode("utf-8") + ending
     for mask in (True, False):
         for _ in range(2):
@@ -959,14 +964,7 @@ def test_the_syslog_presets_are_shape_planned_and_read_as_the_general_path(line,
     text = _SYSLOG[line]
     if fmt == "syslog_iso":
         text = "2024-05-01T10:00:00.25+02:00 " + text[16:]
-    words = text.split(" ")
-    for at, piece, swap in edits:
-        at = min(at, len(words))
-        if swap and at < len(words):
-            words[at] = piece
-        else:
-            words.insert(at, piece)
-    raw = " ".join(words).encode("utf-8") + b"\n"
+    raw = " ".join(_edited(text.split(" "), edits)).encode("utf-8") + b"\n"
     for mask in (True, False):
         for _ in range(2):
             assert _fast_or_general(reader, raw, mask) == _general_event(reader, raw, mask), raw
