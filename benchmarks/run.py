@@ -199,7 +199,7 @@ def bench_ingest(tmp: Path, repeats: int = 3) -> dict:
                                  if "error" in g or g["grouping_accuracy_ours"] < g["grouping_accuracy_drain3"]],
         "prepare_end_to_end_lines_per_s": round(summary["lines"]["read"] / median, 1),
         "prepare_input": str(src),
-        "prepare_syslog": bench_prepare_syslog(tmp / "syslog"),
+        **{f"prepare_syslog_{k}": v for k, v in bench_prepare_syslog(tmp / "syslog").items()},
         "throughput": throughput,
         "grouping": grouping,
     }

@@ -106,7 +106,7 @@ class DataConfig:
     # raw text: header fields naming the program that wrote a line, part of each event ("sshd: Accepted ..."),
     # so one message from two programs is two events and a program new on a host is an unseen event.
     # null: the preset's (syslog, syslog_iso: [Component]; rfc5424: [App]; the loghub presets and a header of
-    # your own: none); [] reads the content alone
+    # your own: none); [] reads the content alone.  jsonl: the fields holding it (journald: [SYSLOG_IDENTIFIER])
     event_fields: list[str] | None = None
     # structured readers (jsonl, flows): field mapping, see loglm.ingest.json_reader / loglm.ingest.flows
     fields: dict[str, str] = field(default_factory=dict)
@@ -175,6 +175,11 @@ class DataConfig:
 
         why = check_reference(self.year_reference)
         _check(why is None, str(why))
+        _check(not self.event_fields or self.format not in NOT_LINE_TEXT or
+               (self.format == "jsonl" and not self.message_fields),
+               f"data.event_fields names the program of raw text lines and JSON lines (data.format=jsonl with a "
+               f"message field); data.format={self.format} builds its events from fields of its own"
+               + (" (name the program among data.message_fields)" if self.message_fields else ""))
         _check(not self.multiline or self.format not in NOT_LINE_TEXT,
                f"data.multiline joins continuation lines of raw text logs; data.format={self.format} reads "
                "records of its own (JSON objects, flows, sequences)")

@@ -1012,6 +1012,36 @@ def test_tuning_growth_never_makes_the_direction_only_catch_all_a_token():
     assert all(token(f) == vocab.token(vocab.miner.match(codec.sentence(f))) for f in train)  # old reads stay
 
 
+def test_journald_json_events_carry_their_program_and_other_readers_refuse_the_setting(tmp_path):
+    """``journalctl -o json``: the message in MESSAGE, the program in SYSLOG_IDENTIFIER (``data.event_fields``),
+    microsecond timestamps; a record without the field has no program; a format that builds its events from
+    fields of its own refuses the setting when the config is composed."""
+    from loglm.ingest.prepare import event_parts
+    from loglm.ingest.templates import shown
+
+    log = tmp_path / "journal.json"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"__REALTIME_TIMESTAMP": "1714557600250000", "_HOSTNAME": "web1", "SYSLOG_IDENTIFIER": "sshd",
+         "_PID": "1001", "MESSAGE": "Accepted publickey for alice from 10.0.0.9 port 5022 ssh2"},
+        {"__REALTIME_TIMESTAMP": "1714557601000000", "_HOSTNAME": "web1", "SYSLOG_IDENTIFIER": "sudo",
+         "MESSAGE": "pam_unix(sudo:session): session opened for user root(uid=0) by alice(uid=1000)"},
+        {"__REALTIME_TIMESTAMP": "1714557602000000", "_HOSTNAME": "web1", "MESSAGE": "no identifier here"}]) + "\n")
+    data = DataConfig(format="jsonl", fields={"message": "MESSAGE", "time": "__REALTIME_TIMESTAMP"},
+                      time_format="epoch_us", entity_fields={"_HOSTNAME": "hostname"}, event_fields=["SYSLOG_IDENTIFIER"])
+    records, rejected, _ = read_all(data, log)
+    assert not rejected and [r.namespace for r in records] == ["sshd", "sudo", None]
+    assert records[0].ts == 1714557600.25
+    assert [shown(event_parts(r)[0]) for r in records] == [
+        "sshd: Accepted publickey for alice from <ip> port <num> ssh2",
+        "sudo: pam_unix(sudo:session): session opened for user root(uid=<num>) by alice(uid=<num>)",
+        "no identifier here"]
+    with pytest.raises(Exception, match="data.event_fields names the program"):
+        compose("prepare", ["data=own", "data.format=zeek", "data.event_fields=[service]"])
+    with pytest.raises(Exception, match="among data.message_fields"):
+        compose("prepare", ["data=own", "data.format=jsonl", "data.message_fields=[event.code]",
+                            "data.event_fields=[process.name]"])
+
+
 def test_program_events_bench_names_the_templates_the_program_splits(tmp_path):
     """``benchmarks.program_events``: on loghub's Linux layout, sshd's and su's "session opened" lines are one
     template read alone and two with the program; a message only one program writes stays one."""

@@ -245,9 +245,12 @@ def format_of(data) -> LogFormat:
 
 
 def event_fields_of(data) -> tuple[str, ...]:
-    """The header fields each event of ``data`` is prefixed by (none for formats that are not raw text)."""
+    """The fields naming the program each event of ``data`` carries: a raw text format's header fields (a
+    preset's own unless ``data.event_fields`` is set), a JSON lines reader's fields; none for the others."""
     from loglm.config import NOT_LINE_TEXT
 
+    if data.format == "jsonl":
+        return tuple(data.event_fields or ())
     if data.format in NOT_LINE_TEXT:
         return ()
     try:

@@ -43,7 +43,7 @@ from loglm.ingest.readers import (
     tally,
     unreadable,
 )
-from loglm.ingest.templates import FIELD_SENTENCE_START
+from loglm.ingest.templates import FIELD_SENTENCE_START, namespace_of
 
 DEFAULT_FIELDS = {"message": "message", "time": "timestamp"}
 MAX_FIELD_VALUE = 64  # characters of one value in a field sentence (a longer one is cut, marked with "~")
@@ -120,6 +120,9 @@ class JsonLinesReader:
             self._placed = self.parse_time = PlacedTimes(self.parse_time, data.year_reference, path, self._stamp2000)
         self.max_line_bytes = data.max_line_bytes
         self.message_fields = list(getattr(data, "message_fields", []) or [])
+        # the fields naming the program that wrote a record (journald's SYSLOG_IDENTIFIER, ECS's process.name):
+        # its events' namespace, as the syslog presets' tag (loglm.ingest.templates)
+        self.event_fields = list(getattr(data, "event_fields", None) or [])
 
     def _stamp2000(self, text: str) -> float | None:
         """A JSON line's time read in year 2000 (``noyear:`` formats), or None where it has none."""
@@ -201,5 +204,9 @@ class JsonLinesReader:
             if value is not None and not isinstance(value, dict | list) and str(value):
                 ents[kind] = str(value)
         label = lookup(obj, self.fields["label"]) if "label" in self.fields else None
+        namespace = None
+        if self.event_fields:
+            values = [lookup(obj, f) for f in self.event_fields]
+            namespace = namespace_of([str(v) for v in values if v is not None and not isinstance(v, dict | list)])
         return accept(Record(source, line_no, ts, str(message), text, None if label is None else str(label), ents,
-                             exact=bool(self.message_fields)))
+                             exact=bool(self.message_fields), namespace=namespace))

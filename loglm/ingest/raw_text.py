@@ -22,19 +22,7 @@ from loglm.ingest.readers import (
     read_lines,
     record_starts,
 )
-from loglm.ingest.templates import NAMESPACE_END, with_namespace
-
-_PID = re.compile(r"\[[^\[\]]*\]$")
-
-
-def program(values) -> str | None:
-    """The namespace of a line from its program fields' values: ``-`` (RFC 5424's nil) and empty ones left
-    out, a trailing ``[pid]`` dropped (the syslog presets, and a header of one's own, read ``sshd[1001]`` as
-    the program field: every process would otherwise be a program of its own)."""
-    parts = [_PID.sub("", v) for v in values if v and v != "-"]
-    parts = [v for v in parts if v]
-    return "/".join(parts) if parts else None
-
+from loglm.ingest.templates import NAMESPACE_END, namespace_of, with_namespace
 
 _FALLBACK = "fallback"  # a line shape the fast path leaves to parse_line (it rejects, or needs Unicode rules)
 
@@ -112,7 +100,7 @@ class RawTextReader:
         if self.fmt.label_field:
             label, rest = values[rest], rest + 1
         ents = {kind: value for (_, kind), value in zip(self.fmt.entity_fields, values[rest:]) if value}
-        namespace = program(values[len(values) - self._n_ns:]) if self._n_ns else None
+        namespace = namespace_of(values[len(values) - self._n_ns:]) if self._n_ns else None
         return accept(Record(source, line_no, ts, values[0], text, label, ents, namespace=namespace))
 
     # ------------------------------------------------------------------------------------------ fast path
@@ -158,7 +146,7 @@ class RawTextReader:
         else:
             masked, ents = content, {}
         if ns_spans:
-            masked = with_namespace(program([text[a:b] for a, b in ns_spans]), masked)
+            masked = with_namespace(namespace_of([text[a:b] for a, b in ns_spans]), masked)
         for kind, a, b in ent_spans:
             if b > a:
                 ents.setdefault(kind, []).append(text[a:b])

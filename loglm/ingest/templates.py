@@ -17,6 +17,7 @@ messages group exactly as they would without it.  "Session opened for user root"
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from loglm.ingest.cache import BoundedCache
@@ -34,6 +35,19 @@ def with_namespace(namespace: str | None, masked: str) -> str:
     if not namespace:
         return masked
     return "_".join(namespace.replace(NAMESPACE_END, " ").split()) + NAMESPACE_END + masked
+
+
+_PID = re.compile(r"\[[^\[\]]*\]$")
+
+
+def namespace_of(values) -> str | None:
+    """A record's namespace from the values of its program fields (``data.event_fields``): ``-`` (RFC 5424's
+    nil) and empty ones left out, a trailing ``[pid]`` dropped (the syslog presets, and a header of one's own,
+    read ``sshd[1001]`` as the program field: every process would otherwise be a program of its own); several
+    are joined by ``/``; None when nothing is left."""
+    parts = [_PID.sub("", v) for v in values if v and v != "-"]
+    parts = [v for v in parts if v]
+    return "/".join(parts) if parts else None
 
 
 def clean(text: str) -> str:
