@@ -5,8 +5,10 @@ embeddings file carries each session's label, as ``pipelines.embed`` writes it f
 For each threshold: the number of groups, purity (the share of alerts whose label is their group's majority
 label: what one verdict per group gets right) and the groups that mix labels.  ``--vectors``: ``file`` groups by the
 embeddings file's rows; ``own`` as the triage page does, by the vectors detection wrote beside the alerts
-(``alerts.vectors.jsonl``) where they share the file's model; ``alone`` by those vectors with no embeddings file
-(centred on the alerts' own mean: measured to show why the page does not group without a file).  Labels come from the file."""
+(``alerts.vectors.jsonl``) where they share the file's model; ``model`` by those vectors with no embeddings file,
+centred on the model's own centre (its normal validation sessions' mean, the first row of the vectors: what the
+page does without a file); ``alone`` by those vectors centred on the alerts' own mean (measured to show why the
+page does not do that).  Labels come from the embeddings file in every case."""
 
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ def measure(alerts_path: str, embeddings: str, thresholds=THRESHOLDS, vectors_fr
             leader = group_alerts(alerts, meta, vectors, th)
         elif vectors_from == "own":
             leader = group_alerts_file(alerts, alerts_path, meta, vectors, th)
+        elif vectors_from == "model":
+            leader = group_alerts_file(alerts, alerts_path, None, None, th)
+            if leader is None:
+                raise ValueError(f"{alerts_path}: its vectors hold no model centre (a model calibrated before it was kept)")
         else:  # the alerts' own vectors centred on their own mean (what the page does not do)
             own = alone_vectors(alerts, alerts_path)
             leader = group_alerts(alerts, None, None, th, own, centre=np.mean(list(own.values()), axis=0))
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--alerts", required=True)
     ap.add_argument("--embeddings", required=True)
-    ap.add_argument("--vectors", choices=["file", "own", "alone"], default="file")
+    ap.add_argument("--vectors", choices=["file", "own", "model", "alone"], default="file")
     args = ap.parse_args(argv)
     result = measure(args.alerts, args.embeddings, vectors_from=args.vectors)
     print(json.dumps(result, indent=1))

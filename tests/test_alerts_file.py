@@ -125,3 +125,37 @@ def test_the_page_can_wait_for_a_stream_to_write_its_alerts_file(tmp_path):
     assert t.refresh() is False  # still nothing
     path.write_text(line(alert(0, 1.0)))
     assert t.refresh() is True and [a["alert_id"] for a in t.alerts] == ["a0"] and "waiting for" not in t.index_page()
+
+
+def test_without_an_embeddings_file_alerts_group_around_their_models_centre_kept_across_a_rotation(tmp_path):
+    """The vectors file opens with the model's centre (``centre_of``): the page groups the alerts' own vectors
+    around it, for the alerts of that model only; a copytruncate of the vectors file (its first row gone) keeps
+    the centre read before; a vectors file without one (a model calibrated before it was kept) groups nothing."""
+    from loglm.analyst.alert_vectors import vectors_path
+    from loglm.analyst.triage import Triage
+
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=8)
+    base = centre + rng.normal(size=(2, 8))  # two patterns, both near the model's common direction
+    vec = {i: base[i // 2] + 1e-3 * rng.normal(size=8) for i in range(4)}
+    path = tmp_path / "alerts.jsonl"
+    path.write_text("".join(line(dict(alert(i, 10.0 - i), model={"run_id": "m1"})) for i in range(4)))
+    rows = [{"alert_id": f"a{i}", "session_id": f"s{i}", "vector": (v / np.linalg.norm(v)).tolist()} for i, v in vec.items()]
+    head = {"alert_id": "", "centre_of": "m1", "vector": centre.tolist()}
+    vectors_path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = Triage(path, tmp_path / "fb.jsonl")
+    assert not t.grouped and "alert groups need a centre" in t.index_page()
+    vectors_path(path).write_text("".join(json.dumps(r) + "\n" for r in [head, *rows]))
+    t = Triage(path, tmp_path / "fb.jsonl")
+    assert t.grouped and t.groups == {"a0": ["a0", "a1"], "a2": ["a2", "a3"]}
+    assert "centred on the model's normal sessions' mean" in t.index_page()
+    os.truncate(vectors_path(path), 0)  # logrotate's copytruncate, then the stream's next alert
+    with open(path, "a") as fh:
+        fh.write(line(dict(alert(4, 9.5), model={"run_id": "m1"})))
+    with open(vectors_path(path), "a") as fh:
+        fh.write(json.dumps({**rows[0], "alert_id": "a4", "session_id": "s4"}) + "\n")
+    assert t.refresh() and t.grouped and t.leader["a4"] == "a4"  # only a4 has a vector now; grouped, around m1's centre
+    other = tmp_path / "other.jsonl"  # another model's alerts: m1's centre is not theirs
+    other.write_text("".join(line(dict(alert(i, 10.0 - i), model={"run_id": "m2"})) for i in range(4)))
+    vectors_path(other).write_text("".join(json.dumps(r) + "\n" for r in [head, *rows]))
+    assert not Triage(other, tmp_path / "fb.jsonl").grouped

@@ -483,6 +483,10 @@ def test_detection_writes_each_alerts_vector_and_the_page_groups_and_searches_a_
     assert summary["vectors_path"] == str(vectors_path(batch))
     rows = [json.loads(x) for x in vectors_path(batch).read_text().splitlines()]
     alerts = fb.load_alerts(batch)
+    # first the model's centre (its normal validation sessions' mean, kept in its calibration), then each alert's
+    centre, rows = rows[0], rows[1:]
+    assert centre["centre_of"] == model["run_id"] and centre["alert_id"] == ""
+    assert np.allclose(centre["vector"], load_model(model["model_dir"]).calibration["embedding_centre"]["vector"])
     assert len(alerts) >= 4 and sorted(r["alert_id"] for r in rows) == sorted(a["alert_id"] for a in alerts)
     assert "_vector" not in batch.read_text()  # the alerts a SIEM reads carry no vectors
     loaded = load_model(model["model_dir"])
@@ -499,10 +503,23 @@ def test_detection_writes_each_alerts_vector_and_the_page_groups_and_searches_a_
     detect(compose("detect", [f"paths.root={cfg.paths.root}", f"ckpt={model['model_dir']}", f"inputs=[{log}]",
                               f"out={stream}", "follow=true", "follow_exit_s=1", "detect.stream_idle_close_s=1"]))
     streamed = fb.load_alerts(stream)
-    assert len(streamed) >= 4 and len(vectors_path(stream).read_text().splitlines()) == len(streamed)
-    alone = Triage(stream, tmp_path / "fb.jsonl")  # no embeddings file: no centre, no groups
-    assert not alone.grouped and len(alone.groups) == len(streamed)
-    assert "alert groups need an embeddings file" in alone.index_page()
+    lines = vectors_path(stream).read_text().splitlines()
+    assert len(streamed) >= 4 and len(lines) == len(streamed) + 1 and json.loads(lines[0]) == centre
+    alone = Triage(stream, tmp_path / "fb.jsonl")  # no embeddings file: around the model's own centre
+    assert alone.grouped and len(alone.groups) < len(streamed)
+    assert "centred on the model's normal sessions' mean" in alone.index_page()
+    member = next(m for members in alone.groups.values() if len(members) > 1 for m in members)
+    proc = subprocess.run([sys.executable, "-m", "loglm.cli", "feedback", "--alerts", str(stream), "--alert-id",
+                           member, "--verdict", "benign", "--group", "--table", str(tmp_path / "cli.jsonl")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # the same groups from a shell
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(json.loads(proc.stdout)["alerts"]) == sorted(alone.groups[alone.leader[member]])
+    # a model calibrated before it kept a centre wrote none: no groups, and the page says what they need
+    vectors_path(stream).write_text("".join(x + "\n" for x in lines[1:]))
+    older = Triage(stream, tmp_path / "fb.jsonl")
+    assert not older.grouped and len(older.groups) == len(streamed)
+    assert "alert groups need a centre" in older.index_page()
+    vectors_path(stream).write_text("".join(x + "\n" for x in lines))
     # an embeddings file of past sessions only: the stream's alerts are found by their own vectors
     past = tmp_path / "past.log"
     write_log(past, 40, 5, {})

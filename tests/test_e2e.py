@@ -51,7 +51,8 @@ def test_demo_prints_metrics_alerts_and_run_ids(demo_run):
     assert "dataset label: " in out  # whether the top alert is right, from the data's own label
     engine_alerts = (bundles[0] / "alerts" / "detect.jsonl").read_text().splitlines()
     vectors = (bundles[0] / "alerts" / "detect.vectors.jsonl").read_text().splitlines()
-    assert len(vectors) == len(engine_alerts) > 0  # each alert's session vector beside it
+    assert len(vectors) == len(engine_alerts) + 1 > 1  # the model's centre, then each alert's session vector
+    assert json.loads(vectors[0])["centre_of"] == bundles[0].name
     prepared = json.loads((root / "data" / "hdfs_loglead" / "MANIFEST.json").read_text())["summary"]
     assert prepared["lines"] == {"read": 165563, "accepted": 165563, "rejected": 0, "metadata": 0,
                                  "rejected_by_reason": {}}

@@ -14,6 +14,21 @@ from pathlib import Path
 import numpy as np
 
 KEY = "_vector"  # where enrich_alerts leaves an alert's vector for its writer to take out
+CENTRE = "centre_of"  # a row holding a model's centre (its run id), not an alert's vector
+
+
+def centre_line(model) -> bytes:
+    """The row that opens an alerts file's vectors: the model's centre, the mean of its normal validation
+    sessions' vectors (``calibration.json``'s ``embedding_centre``), around which the triage page groups alerts
+    when no embeddings file is given (:mod:`loglm.analyst.groups`); empty for a model calibrated before it was
+    kept."""
+    import json
+
+    centre = (model.calibration or {}).get("embedding_centre")
+    run = model.meta.get("run_id")
+    if not centre or not run:
+        return b""
+    return (json.dumps({"alert_id": "", CENTRE: run, "vector": centre["vector"]}) + "\n").encode()
 
 
 def vectors_path(alerts_path: str | Path) -> Path:
@@ -50,6 +65,7 @@ class AlertVectors:
         self.file = JsonLines(vectors_path(alerts_path), ("alert_id", "vector"))
         self.file.what = "an alert's vector"
         self.by_alert: dict[str, np.ndarray] = {}
+        self.centres: dict[str, np.ndarray] = {}  # model run id -> its centre (a row naming CENTRE)
         self._seen = (-1, -1)
 
     def refresh(self) -> bool:
@@ -61,11 +77,14 @@ class AlertVectors:
         if seen == self._seen:
             return False
         start = self._seen[1] if self.file.reloads == self._seen[0] else 0
-        if start == 0:
+        if start == 0:  # centres are kept: a file rotated by copytruncate loses its first row, not its model
             self.by_alert = {}
         self._seen = seen
         for r in self.file.rows[start:]:
-            self.by_alert[r["alert_id"]] = np.asarray(r["vector"], dtype=np.float32)
+            if r.get(CENTRE):
+                self.centres[r[CENTRE]] = np.asarray(r["vector"], dtype=np.float64)
+            else:
+                self.by_alert[r["alert_id"]] = np.asarray(r["vector"], dtype=np.float32)
         return True
 
 
@@ -82,9 +101,15 @@ def comparable(alerts: list[dict], by_alert: dict[str, np.ndarray], space: str |
     if has_file and space is None:
         return {}
     if not has_file:
-        top = max((a for a in alerts if a["alert_id"] in by_alert), key=lambda a: a["score"], default=None)
-        if top is None:
+        space = space_of(alerts, by_alert)
+        if space is None:
             return {}
-        space = model_of(top)
     return {a["alert_id"]: by_alert[a["alert_id"]] for a in alerts
             if a["alert_id"] in by_alert and model_of(a) == space}
+
+
+def space_of(alerts: list[dict], by_alert: dict[str, np.ndarray]) -> str | None:
+    """Without an embeddings file, the vector space alerts are compared in: the model of the highest-scoring
+    alert that has a vector (None when none has)."""
+    top = max((a for a in alerts if a["alert_id"] in by_alert), key=lambda a: a["score"], default=None)
+    return None if top is None else model_of(top)

@@ -136,7 +136,7 @@ def feedback_main(argv: list[str]) -> int:
     p.add_argument("--note", default="")
     p.add_argument("--table", default="runs/feedback.jsonl", help="feedback table (JSON lines, appended)")
     p.add_argument("--group", action="store_true",
-                   help="the verdict for every alert of the alert's group (needs --embeddings; loglm.analyst.groups)")
+                   help="the verdict for every alert of the alert's group (loglm.analyst.groups)")
     p.add_argument("--embeddings", help="session vectors (pipelines.embed / loglm embed), for --group: as "
                    "loglm triage --embeddings")
     p.add_argument("--group-cosine", type=float, default=None, help="as loglm triage --group-cosine (default 0.995)")
@@ -152,11 +152,12 @@ def feedback_main(argv: list[str]) -> int:
         from loglm.analyst.embed import read_embeddings
         from loglm.analyst.groups import GROUP_MIN_COSINE, group_alerts_file, groups_of
 
-        if not a.embeddings:
-            raise ValueError("--group needs --embeddings (past sessions' vectors: their mean is the centre the "
-                             "alerts' vectors are compared around)")
-        meta, vectors = read_embeddings(a.embeddings)
+        meta, vectors = read_embeddings(a.embeddings) if a.embeddings else (None, None)
         leader = group_alerts_file(alerts, a.alerts, meta, vectors, a.group_cosine or GROUP_MIN_COSINE)
+        if leader is None:
+            raise ValueError("--group needs a centre to compare the alerts' vectors around: --embeddings (past "
+                             "sessions' vectors), or the model's own beside the alerts (a model calibrated since "
+                             "2026-12-05 writes it there)")
         lead = leader[alert["alert_id"]]
         by_id = {x["alert_id"]: x for x in alerts}
         members = [by_id[m] for m in groups_of(leader)[lead]]

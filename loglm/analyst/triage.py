@@ -156,7 +156,7 @@ class Triage:
     def refresh(self) -> bool:
         """Read what the alerts file gained (or all of it again); rank and group again when it changed."""
         from loglm.analyst.alert_vectors import comparable
-        from loglm.analyst.groups import group_alerts, groups_of
+        from loglm.analyst.groups import group_alerts_file, groups_of
 
         self._load_embeddings()
         seen = self._read()
@@ -170,9 +170,12 @@ class Triage:
         self.leader: dict[str, str] = {a["alert_id"]: a["alert_id"] for a in self.alerts}
         # alerts' own vectors, where they come from the embeddings file's model
         self.own_vectors = comparable(self.alerts, self.own.by_alert, self.space, self.vectors is not None)
-        self.grouped = self.group_cosine is not None and self.vectors is not None  # the file's mean is the centre
+        # around the file's mean, or without a file around the alerts' model's own centre (none: not grouped)
+        grouped = group_alerts_file(self.alerts, self.alerts_path, self.meta, self.vectors, self.group_cosine,
+                                    self.own) if self.group_cosine is not None else None
+        self.grouped = grouped is not None
         if self.grouped:
-            self.leader = group_alerts(self.alerts, self.meta, self.vectors, self.group_cosine, self.own_vectors)
+            self.leader = grouped
         self.groups = groups_of({a["alert_id"]: self.leader[a["alert_id"]] for a in self.alerts})
         self.group_no = {lead: n for n, lead in enumerate(self.groups, 1)}  # in score order of their leaders
         return True
@@ -214,10 +217,13 @@ class Triage:
         if self.group_cosine is None:
             return ""  # turned off (--group-cosine 0)
         if not self.grouped:
-            return ("<p class=muted>alert groups need an embeddings file of past sessions (loglm triage "
-                    "--embeddings ...): their mean vector is the centre the alerts' vectors are compared around</p>")
+            return ("<p class=muted>alert groups need a centre to compare the alerts' vectors around: an "
+                    "embeddings file of past sessions (loglm triage --embeddings ...), or the model's own, which "
+                    "detection writes beside the alerts (a model calibrated since 2026-12-05)</p>")
+        around = "past sessions' mean" if self.vectors is not None else "the model's normal sessions' mean"
         return (f"<p>{len(self.groups)} groups (<a href='/groups'>one row each</a>): alerts whose sessions' vectors "
-                f"have cosine &ge; {self.group_cosine:g} with their group's highest-scoring alert</p>")
+                f"have cosine &ge; {self.group_cosine:g} with their group's highest-scoring alert, centred on "
+                f"{around}</p>")
 
     def groups_page(self) -> str:
         verdicts = fb.read(self.feedback_path)

@@ -112,14 +112,37 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
                                   ws)
     cal = calibration_of(items, cfg, population, warning, None, {"session_pause_s": prepared_pauses(data_dir)},
                          n_effective=effective)
+    labels = None
     if weights is not None:  # items are events, alerts are sessions: the alert unit's own threshold
         labels = session_labels_of_events(sids, event_label_codes(val, data_dir, data))
         per_session = session_max(sids, ws.score)
         cal.update(alert_calibration(np.array([v for sid, v in per_session.items() if labels[sid] == 0]),
                                      cal["threshold"], cfg, ALERT_POPULATION))
+    centre = embedding_centre(encoder, val, labels)
+    if centre is not None:
+        cal["embedding_centre"] = centre
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / CALIBRATION, cal)
     return cal
+
+
+def embedding_centre(encoder, val: pa.Table, labels: dict[str, int] | None = None) -> dict | None:
+    """The mean of the normal validation sessions' unit vectors (:mod:`loglm.analyst.embed`, the vectors
+    detection writes beside its alerts), kept with the calibration: the centre alert groups compare a model's
+    session vectors around when no embeddings file of past sessions is given (:mod:`loglm.analyst.groups`; on
+    the demo's alerts it groups as the file's mean does, docs/analyst.md).  ``labels``: per session, 0 for
+    normal (per-event calibration, where ``val`` holds every session with a normal event); None: ``val`` is
+    normal sessions only.  None when there is no such session."""
+    from loglm.analyst.embed import embed_windows, session_vectors, torch_embed_fn
+
+    if labels is not None:
+        val = val.filter(pa.array([labels.get(s) == 0 for s in val.column("session_id").to_pylist()]))
+    if val.num_rows == 0:
+        return None
+    vectors = embed_windows(torch_embed_fn(encoder), *windows_of(val))
+    _, sessions = session_vectors(val.column("session_id").to_pylist(), vectors)
+    return {"vector": [round(float(x), 6) for x in sessions.mean(axis=0)], "sessions": len(sessions),
+            "population": "normal validation sessions"}
 
 
 TIME_WINDOWS = ("window", "entity_window")

@@ -510,7 +510,9 @@ def _score_all(cfg, model, scorer, out: Path, scores) -> dict:
 
 
 def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> dict:
-    from loglm.analyst.alert_vectors import vectors_path
+    import itertools
+
+    from loglm.analyst.alert_vectors import centre_line, vectors_path
     from loglm.artifacts import atomic_write_bytes
     from loglm.detect.calibration_record import alert_threshold
     from loglm.privacy import from_config
@@ -542,7 +544,10 @@ def _score_pieces(cfg, model, scorer, out: Path, scores, alerts, work: Path) -> 
             progress.tick(len(rows))
         progress.done(f"{n_sessions:,} sessions scored, {len(alerts):,} alerts")
         atomic_write_bytes(out, alerts.lines())  # by score, then start time, then session, whatever the pieces
-        atomic_write_bytes(vectors_path(out), alerts.vector_lines())  # empty with detect.alert_vectors=false
+        # the model's centre first (what groups alerts without an embeddings file), then each alert's vector;
+        # empty with detect.alert_vectors=false
+        atomic_write_bytes(vectors_path(out), itertools.chain([centre_line(model)] if dcfg.alert_vectors else [],
+                                                              alerts.vector_lines()))
         findings_path = write_findings(out, alerts, cfg.detect, work)
         findings_path.update(write_cef(out, alerts.lines(), cfg.detect.cef))
         if cfg.detect.report:

@@ -277,7 +277,9 @@ def recalibration(cfg, loaded, scorer, dcfg, out: Path) -> tuple[dict, dict]:
                 "them among themselves; the model does not know this environment, tune it (pipelines.tune)")
         warning = f"{warning}; {note}" if warning else note
     cal = calibration_of(items, dcfg, population, warning, n_effective=effective,
-                         extra={"session_pause_s": loaded.calibration.get("session_pause_s")})  # training's
+                         extra={"session_pause_s": loaded.calibration.get("session_pause_s"),  # training's
+                                **({"embedding_centre": loaded.calibration["embedding_centre"]}
+                                   if "embedding_centre" in loaded.calibration else {})})  # the model's own vectors
     if cfg.data.eval_unit == "event":  # items are events, alerts are sessions: the alert unit's own threshold
         from loglm.detect.calibration_record import alert_calibration
 

@@ -18,8 +18,8 @@ from glob import escape as glob_escape
 from itertools import islice
 from pathlib import Path
 
+from loglm.analyst.alert_vectors import centre_line, vectors_path
 from loglm.analyst.alert_vectors import take as take_vectors
-from loglm.analyst.alert_vectors import vectors_path
 from loglm.detect.alerts import events_from_parsed
 from loglm.detect.calibration_record import alert_threshold
 from loglm.detect.cef_alerts import alert_to_cef
@@ -67,6 +67,9 @@ class StreamingDetector:
         self.scorer = scorer
         self.dcfg = detect_config_of(model, cfg.detect)
         self.threshold = alert_threshold(model.calibration)  # per session, the unit an alert is
+        if vectors_out is not None and self.dcfg.alert_vectors:  # the model's centre opens its vectors (each
+            vectors_out.write(centre_line(model).decode())  # start: a restart with another model adds its own)
+            vectors_out.flush()
         self.pseudo = from_config(cfg.detect)  # once: fails fast on a missing key, not on the first alert
         self.reader = make_reader(cfg.data, live=True)
         self._readers: dict = {}  # source -> its data.sources reader
