@@ -159,3 +159,32 @@ def test_without_an_embeddings_file_alerts_group_around_their_models_centre_kept
     other.write_text("".join(line(dict(alert(i, 10.0 - i), model={"run_id": "m2"})) for i in range(4)))
     vectors_path(other).write_text("".join(json.dumps(r) + "\n" for r in [head, *rows]))
     assert not Triage(other, tmp_path / "fb.jsonl").grouped
+
+
+def test_the_model_centre_is_the_mean_of_normal_validation_sessions_drawn_to_a_bounded_count(monkeypatch):
+    """``calibrate.embedding_centre``: each session's vector is the normalised mean of its windows, the centre
+    the mean over sessions; only normal sessions count (per-event calibration's labels), and at most
+    ``CENTRE_SESSIONS`` of them, a seeded draw, are embedded."""
+    import loglm.analyst.embed as embed
+    import loglm.detect.calibrate as calibrate
+
+    embedded = []
+
+    def fake_windows(fn, tokens, gaps, closed):  # a window's vector: its first token's direction
+        embedded.append(len(tokens))
+        return np.stack([np.eye(4, dtype=np.float32)[int(t[0]) % 4] for t in tokens])
+
+    monkeypatch.setattr(embed, "embed_windows", fake_windows)
+    monkeypatch.setattr(embed, "torch_embed_fn", lambda encoder: None)
+    val = pa.table({"session_id": ["s0", "s0", "s1", "s2"], "tokens": [[0, 5], [1, 5], [0], [2]],
+                    "gaps": [[0.0, 0.0], [0.0, 0.0], [0.0], [0.0]], "closed": [True] * 4})
+    c = calibrate.embedding_centre(None, val, {"s0": 0, "s1": 0, "s2": 1})  # s2 holds an anomalous event
+    s0 = np.array([1, 1, 0, 0]) / np.sqrt(2)
+    assert c["sessions"] == 2 and np.allclose(c["vector"], (s0 + np.array([1, 0, 0, 0])) / 2, atol=1e-6)
+    monkeypatch.setattr(calibrate, "CENTRE_SESSIONS", 2)
+    embedded.clear()
+    c = calibrate.embedding_centre(None, val)
+    again = calibrate.embedding_centre(None, val)
+    assert c["sessions"] == 2 and embedded[0] in (2, 3) and embedded[0] == embedded[1]  # 2 of 3 sessions' windows
+    assert again == c  # the same draw every time
+    assert calibrate.embedding_centre(None, val, {"s0": 1, "s1": 1, "s2": 1}) is None

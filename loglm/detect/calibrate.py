@@ -126,17 +126,27 @@ def calibrate(encoder, data_dir: str | Path, cfg: DetectConfig, out_dir: Path | 
     return cal
 
 
+CENTRE_SESSIONS = 20_000  # at most this many validation sessions (a seeded draw) make the centre
+
+
 def embedding_centre(encoder, val: pa.Table, labels: dict[str, int] | None = None) -> dict | None:
     """The mean of the normal validation sessions' unit vectors (:mod:`loglm.analyst.embed`, the vectors
     detection writes beside its alerts), kept with the calibration: the centre alert groups compare a model's
     session vectors around when no embeddings file of past sessions is given (:mod:`loglm.analyst.groups`; on
     the demo's alerts it groups as the file's mean does, docs/analyst.md).  ``labels``: per session, 0 for
     normal (per-event calibration, where ``val`` holds every session with a normal event); None: ``val`` is
-    normal sessions only.  None when there is no such session."""
+    normal sessions only.  At most ``CENTRE_SESSIONS`` of them (a seeded draw: the mean's error is then ~1/140 of a
+    unit vector's spread).  None when there is no such session."""
     from loglm.analyst.embed import embed_windows, session_vectors, torch_embed_fn
 
-    if labels is not None:
-        val = val.filter(pa.array([labels.get(s) == 0 for s in val.column("session_id").to_pylist()]))
+    sids = val.column("session_id").to_pylist()
+    keep = [labels.get(s) == 0 for s in sids] if labels is not None else [True] * len(sids)
+    ids = sorted({s for s, k in zip(sids, keep) if k})
+    if len(ids) > CENTRE_SESSIONS:  # a mean of this many unit vectors is as good, at bounded cost and memory
+        rng = np.random.default_rng(0)
+        chosen = set(rng.choice(np.array(ids, dtype=object), CENTRE_SESSIONS, replace=False).tolist())
+        keep = [k and s in chosen for s, k in zip(sids, keep)]
+    val = val.filter(pa.array(keep))
     if val.num_rows == 0:
         return None
     vectors = embed_windows(torch_embed_fn(encoder), *windows_of(val))
