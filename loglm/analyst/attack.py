@@ -105,6 +105,26 @@ WINDOWS_EVENTS = {
     7045: "new service installed create or modify system process windows service",
 }
 FAILED_LOGONS = frozenset({4625, 4771, 4776})
+# what the program that wrote a syslog or journald event (its namespace, data.event_fields) is, in the words
+# ATT&CK's descriptions use (as SERVICES for ports); matched on the name without a path or a version digit
+PROGRAMS = {
+    "sshd": "ssh secure shell remote services login", "dropbear": "ssh secure shell remote services login",
+    "sudo": "sudo sudoers abuse elevation control mechanism", "su": "su elevated privileges abuse elevation control",
+    "pkexec": "abuse elevation control mechanism elevated privileges", "polkitd": "abuse elevation control mechanism",
+    "cron": "cron scheduled task job crontab", "crond": "cron scheduled task job crontab",
+    "anacron": "cron scheduled task job", "crontab": "cron scheduled task job crontab",
+    "atd": "at scheduled task job", "systemd": "systemd service", "systemd-logind": "login session",
+    "useradd": "create account local account", "adduser": "create account local account",
+    "groupadd": "create account local groups", "usermod": "account manipulation", "userdel": "account access removal",
+    "passwd": "account manipulation password", "chpasswd": "account manipulation password",
+    "login": "login valid accounts local accounts", "gdm": "login", "lightdm": "login",
+    "vsftpd": "ftp file transfer login", "proftpd": "ftp file transfer login", "smtpd": "smtp mail email",
+    "postfix": "smtp mail email", "sendmail": "smtp mail email", "named": "dns domain name system",
+    "dnsmasq": "dns domain name system", "nginx": "http web server", "httpd": "http web server",
+    "apache2": "http web server", "auditd": "audit logging", "rsyslogd": "system logs logging",
+    "systemd-journald": "system logs logging", "insmod": "kernel modules and extensions",
+    "modprobe": "kernel modules and extensions",
+}
 # AWS CloudTrail API calls (eventName) in ATT&CK's words: the calls its cloud techniques describe
 _CLOUD_CALL = re.compile(r"eventName=(\w+)")
 CLOUDTRAIL_CALLS = {
@@ -122,6 +142,11 @@ CLOUDTRAIL_CALLS = {
     "DeleteBucket": "data destruction destroy data", "ConsoleLogin": "valid accounts cloud accounts console sign in",
 }
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _program_key(program: str) -> str:
+    """``postfix/smtpd`` -> ``smtpd``, ``CRON`` -> ``cron``, ``python3`` stays: a program's table key."""
+    return program.rsplit("/", 1)[-1].lower()
 
 
 def evidence_text(alert: dict) -> str:
@@ -143,6 +168,8 @@ def evidence_text(alert: dict) -> str:
         camel = _CAMEL.sub(" ", text)  # API names as words too: StopLogging -> Stop Logging
         if camel != text:
             words.append(camel)
+        if e.get("program"):  # sshd, sudo, useradd ...: the program says what the event is about
+            words.append(PROGRAMS.get(_program_key(str(e["program"])), ""))
         for p in _PORT.findall(tpl):
             ports[int(p)] += 1
         codes.update(int(c) for c in _WINDOWS_EVENT.findall(tpl))
@@ -174,7 +201,7 @@ def evidence_text(alert: dict) -> str:
 
 STOP = frozenset("""a an and are as at be by can for from has have in into is it its may of on or such that the
 their them these they this to use used using via was were which while with within without will adversaries
-adversary""".split())
+adversary root""".split())  # root: the superuser in logs, not a root certificate
 
 
 def _terms(text: str) -> Counter:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loglm.detect.score_core import WindowScores
-from loglm.ingest.templates import shown
+from loglm.ingest.templates import namespace_in, shown
 from loglm.vocab import UNK, Vocabulary
 
 
@@ -114,6 +114,8 @@ def build_alerts(table, ws: WindowScores, event: Callable[[int], dict], vocab: V
                 "raw": ev["raw"], "template": tpl, "known_event": tok != UNK, "surprisal": round(s, 4),
                 # an event type training never saw has no rank among the model's predictions
                 "rank": None if tok == UNK else int(min(ws.rank[r][p], 1 << 30)), "expected": expected,
+                # the program that wrote it, where it is part of the event (data.event_fields)
+                **({"program": program} if (program := namespace_in(ev.get("masked") or "")) else {}),
             })
         evidence.sort(key=lambda e: e["position"])
         ents: dict[str, list[str]] = {}

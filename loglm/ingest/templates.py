@@ -60,6 +60,11 @@ def shown(masked: str) -> str:
     return masked.replace(NAMESPACE_END, ": ", 1) if NAMESPACE_END in masked else masked
 
 
+def namespace_in(masked: str) -> str | None:
+    """The namespace (program) a message carries, or None."""
+    return masked.partition(NAMESPACE_END)[0] if NAMESPACE_END in masked else None
+
+
 def tokens_of(masked: str) -> list[str]:
     """A message's tokens; a namespace is the first, kept with its ``NAMESPACE_END``."""
     if NAMESPACE_END not in masked:
