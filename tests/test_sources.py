@@ -68,3 +68,55 @@ def test_a_flow_sentence_is_never_generalised_beside_log_lines():
     d = miner.add("Receiving block <block_id> src: <ip> from: <ip>")
     assert a != b and c == d and "<*>" in miner.templates[c].text
     assert miner.match("proto=tcp dir=out svc=ssl port=443 state=SF | dur=5 ob=5 ib=6 op=2 ip=2") is None
+
+
+def test_syslog_beside_journald_json_each_with_its_program(tmp_path):
+    """A syslog file beside a journald export (data.sources): each reader names the program its own way (the
+    preset's tag, the JSON's SYSLOG_IDENTIFIER), both land in one vocabulary as ``program: message``; the
+    prepared folder's fingerprint records each source's program fields, so changing one reads the corpus anew."""
+    from loglm.ingest.prepare import ingest_fingerprint, prepared_dir, stale_reason
+    from loglm.ingest.prepare import run as prepare
+    from loglm.vocab import Vocabulary
+
+    log = tmp_path / "auth.log"
+    log.write_text("".join(f"May  1 10:{m:02d}:00 web1 sshd[{100 + m}]: Accepted publickey for alice from "
+                           f"10.0.0.{m + 1} port {40000 + m} ssh2\n" for m in range(30)))
+    journal = tmp_path / "journal.json"
+    journal.write_text("".join(json.dumps({"__REALTIME_TIMESTAMP": str((1714557600 + 60 * m) * 10**6),
+                                           "_HOSTNAME": "web2", "SYSLOG_IDENTIFIER": "sudo",
+                                           "MESSAGE": f"alice : TTY=pts/{m % 3} ; PWD=/home/alice ; USER=root ; "
+                                                      "COMMAND=/usr/bin/id"}) + "\n" for m in range(30)))
+    source = json.dumps({"match": "*.json", "format": "jsonl", "time_format": "epoch_us",
+                         "fields": {"message": "MESSAGE", "time": "__REALTIME_TIMESTAMP"},
+                         "entity_fields": {"_HOSTNAME": "hostname"}, "event_fields": ["SYSLOG_IDENTIFIER"]}
+                        ).replace('"', "")
+    overrides = [f"paths.root={tmp_path}/runs", "data=own", "data.name=mixed", f"data.inputs=[{log},{journal}]",
+                 "data.format=syslog", "data.year_reference=2024", "data.split.method=seeded",
+                 "data.split.train_frac=0.8", "data.split.val_frac=0.2", f"data.sources=[{source}]"]
+    cfg = compose("prepare", overrides)
+    fp = ingest_fingerprint(cfg, contents=False)["config"]["data"]
+    assert fp["event_fields"] == ["Component"] and fp["sources"][0]["event_fields"] == ["SYSLOG_IDENTIFIER"]
+    assert prepare(cfg)["lines"]["accepted"] == 60
+    data_dir = prepared_dir(cfg.paths.root, "mixed")
+    vocab = Vocabulary.load(data_dir / "vocab.json")
+    texts = {vocab.token_text(t) for t in range(5, vocab.size)}
+    assert {x.split(": ", 1)[0] for x in texts} == {"sshd", "sudo"}, texts
+    changed = compose("prepare", overrides[:-1] + [f"data.sources=[{source.replace('[SYSLOG_IDENTIFIER]', '[]')}]"])
+    assert "data.sources" in stale_reason(data_dir, changed)
+
+
+def test_a_source_of_another_format_does_not_inherit_the_main_formats_program_fields(tmp_path):
+    """``data.event_fields=[Component]`` names a field of the main header; a Zeek source beside it takes its own
+    reader settings and reads as before (it inherited the setting, and its config refused it at read time)."""
+    from loglm.config import DataConfig
+    from loglm.ingest.readers import make_reader, source_config
+
+    data = DataConfig(format="custom", header="<Month> <Day> <Time> <Host> <Component>: <Content>",
+                      time_fields=["Month", "Day", "Time"], time_format="noyear:%b %d %H:%M:%S",
+                      event_fields=["Component"], sources=[{"match": "*.labeled", "format": "zeek"},
+                                                           {"match": "*.json", "format": "jsonl",
+                                                            "event_fields": ["SYSLOG_IDENTIFIER"]}])
+    assert source_config(data, tmp_path / "conn.log.labeled").event_fields is None
+    assert type(make_reader(data, tmp_path / "conn.log.labeled")).__name__ == "ZeekConnReader"
+    assert source_config(data, tmp_path / "j.json").event_fields == ["SYSLOG_IDENTIFIER"]
+    assert source_config(data, tmp_path / "auth.log").event_fields == ["Component"]

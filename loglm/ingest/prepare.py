@@ -386,14 +386,14 @@ def ingest_fingerprint(cfg, contents: bool = True) -> dict:
     # the program fields each event carries, as resolved (a preset's own included): a folder prepared before
     # events carried their program is stale; one without any keeps its fingerprint
     from loglm.ingest.formats import event_fields_of
+    from loglm.ingest.readers import source_data
 
     data.pop("event_fields", None)
     if event_fields_of(cfg.data):
         data["event_fields"] = list(event_fields_of(cfg.data))
-    for src in data.get("sources") or []:
+    for src in data.get("sources") or []:  # each source's own, as resolved (set there, or its preset's)
+        fields = event_fields_of(source_data(cfg.data, src))
         src.pop("event_fields", None)
-        fields = event_fields_of(dataclasses.replace(cfg.data, sources=[], **{k: v for k, v in src.items()
-                                                                              if k != "match"}))
         if fields:
             src["event_fields"] = list(fields)
     tokenizer = dataclasses.asdict(cfg.tokenizer)

@@ -326,13 +326,24 @@ def reads_flows(data) -> bool:
 def source_config(data, path: str | Path):
     """The data settings ``path`` is read with: those of the first ``data.sources`` item whose ``match``
     globs its path or name, else ``data``'s own."""
-    import dataclasses
     from fnmatch import fnmatch
 
     for src in data.sources:
         if fnmatch(str(path), src["match"]) or fnmatch(Path(path).name, src["match"]):
-            return dataclasses.replace(data, sources=[], **{k: v for k, v in src.items() if k != "match"})
+            return source_data(data, src)
     return data
+
+
+def source_data(data, src: dict):
+    """``data`` with one ``data.sources`` item's reader settings.  A source of another format that names no
+    program fields takes its own format's (a preset's), not the ones ``data.event_fields`` names for the
+    main format: a syslog header's ``Component`` means nothing to a Zeek log."""
+    import dataclasses
+
+    settings = {k: v for k, v in src.items() if k != "match"}
+    if src.get("format", data.format) != data.format and "event_fields" not in src:
+        settings["event_fields"] = None
+    return dataclasses.replace(data, sources=[], **settings)
 
 
 def make_reader(data, path: str | Path | None = None, live: bool = False):
