@@ -129,3 +129,6 @@ def test_an_alert_as_cef_reads_back_whatever_its_text_holds():
     assert back["name"] == alert["title"] and back["severity"] == "8" and back["suser"] == "bob"
     assert back["msg"] == alert["surprising_events"][0]["template"] and back["cs3"] == "T1110,T1078"
     assert (back["cs4"], back["externalId"], back["start"], back["cn1"]) == ("SSH brute force", "ab12", "1714557540000", "7")
+    assert "sproc" not in back  # a security event's fields name no program
+    syslog = {**alert, "surprising_events": [{"template": "sudo: <*> : TTY=<*> ; USER=root", "program": "sudo"}]}
+    assert parse_cef(alert_to_cef(syslog, "1.2.3"))["sproc"] == "sudo"  # CEF's source process name

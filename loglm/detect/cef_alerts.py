@@ -48,6 +48,8 @@ def alert_to_cef(alert: dict, version: str) -> str:
     events = alert.get("surprising_events") or []
     if events:
         ext.append(("msg", str(events[0].get("template") or "")[:MAX_MSG]))
+        if events[0].get("program"):  # the program that wrote it (syslog, journald): CEF's source process name
+            ext.append(("sproc", str(events[0]["program"])))
     head = "|".join(_header(x) for x in ("LogLM", "LogLM", version, "anomalous-session", alert.get("title", "")))
     return (f"CEF:0|{head}|{SEVERITY.get(alert.get('severity'), 5)}|"
             + " ".join(f"{k}={_value(v)}" for k, v in ext))
