@@ -389,8 +389,8 @@ def ingest_fingerprint(cfg, contents: bool = True) -> dict:
     from loglm.ingest.readers import source_data
 
     data.pop("event_fields", None)
-    if event_fields_of(cfg.data):
-        data["event_fields"] = list(event_fields_of(cfg.data))
+    if fields := event_fields_of(cfg.data):
+        data["event_fields"] = list(fields)
     for src in data.get("sources") or []:  # each source's own, as resolved (set there, or its preset's)
         fields = event_fields_of(source_data(cfg.data, src))
         src.pop("event_fields", None)
